@@ -1,0 +1,1 @@
+"""flockd.identity"""
