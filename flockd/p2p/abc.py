@@ -1,0 +1,72 @@
+"""The p2p layer's face towards the rest of the daemon (node, RPC, chain, rounds)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal
+
+Direction = Literal["inbound", "outbound"]
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    peer_id: str  # libp2p peer id (secp256k1, 16Uiu2...)
+    address: str  # the same participant's Ethereum address (checksummed)
+    addrs: list[str]  # multiaddrs we know for it
+    direction: Direction
+    latency_ms: float | None  # last measured round trip, None until measured
+
+
+@dataclass(frozen=True)
+class GossipMessage:
+    """A gossip envelope that passed signature, freshness, replay and rate checks."""
+
+    topic: str
+    kind: str
+    sender: str  # Ethereum address recovered from the envelope signature
+    peer_id: str  # the libp2p peer that relayed it to us
+    payload: object  # msgpack-decoded payload
+    time: int  # sender's unix time (seconds)
+
+
+GossipHandler = Callable[[GossipMessage], Awaitable[None]]
+# A blob handler gets (remote peer id, kind, data) and returns a reply blob or None.
+BlobHandler = Callable[[str, str, bytes], Awaitable[bytes | None]]
+
+
+class P2PNetwork(ABC):
+    """What the daemon needs of the network: peers, gossip, and direct blob streams."""
+
+    @property
+    @abstractmethod
+    def peer_id(self) -> str: ...
+
+    @abstractmethod
+    def listen_addrs(self) -> list[str]: ...
+
+    @abstractmethod
+    def peers(self) -> list[PeerInfo]: ...
+
+    @abstractmethod
+    async def connect(self, multiaddr: str) -> str:
+        """Dial a peer; returns its peer id. Raises P2PError with a clear message."""
+
+    @abstractmethod
+    async def publish(self, topic: str, kind: str, payload: object) -> None: ...
+
+    @abstractmethod
+    def subscribe(self, topic: str, handler: GossipHandler) -> None:
+        """Register before run(); handlers run in the service's nursery."""
+
+    @abstractmethod
+    def handle_blobs(self, kind: str, handler: BlobHandler, *, max_size: int) -> None: ...
+
+    @abstractmethod
+    async def send_blob(self, peer_id: str, kind: str, data: bytes) -> bytes | None:
+        """Open a stream to peer_id, send one blob, return the peer's reply blob (if any)."""
+
+
+class P2PError(Exception):
+    """A network operation failed (unreachable peer, refused stream, bad address)."""
