@@ -1,0 +1,179 @@
+"""Command lines: `flockd init|run|testnet` and `flockctl`. Thin: parse, call, report."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from pathlib import Path
+
+from flockd import __version__
+
+DEFAULT_DATADIR = Path(os.environ.get("FLOCKD_DATADIR", "~/.flockd")).expanduser()
+
+
+class CLIError(Exception):
+    """A one-line message for the user; the command exits 1."""
+
+
+def flockd_main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except CLIError as exc:
+        print(f"flockd: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def flockctl_main(argv: list[str] | None = None) -> int:
+    from flockd.ctl import main
+
+    return main(sys.argv[1:] if argv is None else argv)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flockd", description="Peer-to-peer federated learning daemon.")
+    parser.add_argument("--version", action="version", version=f"flockd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    init = sub.add_parser("init", help="create keys and a config in a new data directory")
+    _datadir_args(init)
+    init.add_argument("--light-kdf", action="store_true", help="fast, weaker key encryption (testnets)")
+    init.add_argument("--listen", action="append", help="libp2p listen multiaddr (repeatable)")
+    init.add_argument("--bootstrap", action="append", help="bootstrap peer multiaddr (repeatable)")
+    init.add_argument("--network", help="network name")
+    init.set_defaults(func=_cmd_init)
+
+    run = sub.add_parser("run", help="run the daemon in the foreground")
+    _datadir_args(run)
+    run.add_argument("--listen", action="append", help="override p2p.listen (repeatable)")
+    run.add_argument("--bootstrap", action="append", help="override p2p.bootstrap (repeatable)")
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--log-json", action="store_true", default=None, help="JSON log lines")
+    run.add_argument("--chain-http", type=int, metavar="PORT", help="serve chain JSON-RPC on 127.0.0.1:PORT")
+    run.add_argument("--chain-rpc", metavar="URL", help="use an external EVM node instead of the embedded chain")
+    run.set_defaults(func=_cmd_run)
+
+    testnet = sub.add_parser("testnet", help="run a local multi-node network (see scripts/testnet)", add_help=False)
+    testnet.add_argument("rest", nargs=argparse.REMAINDER)
+    testnet.set_defaults(func=_cmd_testnet)
+    return parser
+
+
+def _datadir_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--datadir", type=Path, default=DEFAULT_DATADIR, help=f"data directory (default {DEFAULT_DATADIR})")
+    p.add_argument("--password-file", type=Path, help="file holding the key password (else $FLOCKD_PASSWORD or a prompt)")
+
+
+def _read_password(args: argparse.Namespace, *, confirm: bool) -> str:
+    if args.password_file is not None:
+        try:
+            return args.password_file.read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise CLIError(f"cannot read password file: {exc.strerror}: {args.password_file}") from None
+    if "FLOCKD_PASSWORD" in os.environ:
+        return os.environ["FLOCKD_PASSWORD"]
+    if not sys.stdin.isatty():
+        raise CLIError("no password: use --password-file or set FLOCKD_PASSWORD")
+    password = getpass.getpass("key password: ")
+    if confirm and getpass.getpass("repeat password: ") != password:
+        raise CLIError("passwords do not match")
+    return password
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    from flockd.config import CONFIG_FILE, DEFAULT_CONFIG_TOML, ConfigError, config_from_dict
+    from flockd.identity.files import write_new_file
+    from flockd.identity.keystore import IdentityError, create_identity
+
+    datadir: Path = args.datadir
+    text = DEFAULT_CONFIG_TOML
+    try:
+        text = _customise_config(text, args)
+        import tomllib
+
+        config_from_dict(tomllib.loads(text))
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from None
+    password = _read_password(args, confirm=True)
+    if not password:
+        raise CLIError("refusing an empty password")
+    datadir.mkdir(parents=True, exist_ok=True)
+    os.chmod(datadir, 0o700)
+    try:
+        identity = create_identity(datadir, password, light_kdf=args.light_kdf)
+    except IdentityError as exc:
+        raise CLIError(str(exc)) from None
+    if not (datadir / CONFIG_FILE).exists():
+        write_new_file(datadir / CONFIG_FILE, text.encode(), mode=0o644)
+    print(f"datadir   {datadir}")
+    print(f"address   {identity.address}")
+    print(f"peer id   {identity.peer_id}")
+    print(f"vrf key   {identity.vrf_public_key.hex()}")
+    return 0
+
+
+def _customise_config(text: str, args: argparse.Namespace) -> str:
+    """Set the few values init takes as flags, keeping the commented defaults intact."""
+    import json
+
+    replacements = {
+        'listen = ["/ip4/127.0.0.1/tcp/0"]': ("listen", args.listen),
+        "bootstrap = []": ("bootstrap", args.bootstrap),
+        'network = "flock-local"': ("network", args.network),
+    }
+    for line, (key, value) in replacements.items():
+        if value is not None:
+            text = text.replace(line, f"{key} = {json.dumps(value)}")
+    return text
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import trio
+
+    from flockd.config import ConfigError, load_config
+    from flockd.datadir import DatadirLock, DatadirLockedError
+    from flockd.identity.keystore import IdentityError, load_identity
+    from flockd.logs import configure_logging
+
+    datadir: Path = args.datadir
+    try:
+        config = load_config(datadir).with_overrides(
+            node={"log_level": args.log_level, "log_json": args.log_json},
+            p2p={"listen": args.listen, "bootstrap": args.bootstrap},
+            chain={"http_port": args.chain_http, "rpc_url": args.chain_rpc},
+        )
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from None
+    lock = DatadirLock(datadir)
+    try:
+        lock.acquire()
+    except DatadirLockedError as exc:
+        raise CLIError(str(exc)) from None
+    try:
+        try:
+            identity = load_identity(datadir, _read_password(args, confirm=False))
+        except IdentityError as exc:
+            raise CLIError(str(exc)) from None
+        configure_logging(config.node.log_level, json=config.node.log_json)
+        from flockd.node import Node
+
+        node = Node(config, identity, datadir)
+        trio.run(node.run)
+    finally:
+        lock.release()
+    return 0
+
+
+def _cmd_testnet(args: argparse.Namespace) -> int:
+    from flockd.testnet import main
+
+    return main(args.rest)
+
+
+if __name__ == "__main__":
+    sys.exit(flockd_main())

@@ -1,0 +1,193 @@
+"""One typed configuration object: `<datadir>/config.toml`, then command-line overrides.
+
+Everything is validated at start-up so a bad value stops the daemon with one line
+naming the key, instead of failing later somewhere deep in a service.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from multiaddr import Multiaddr
+
+CONFIG_FILE = "config.toml"
+
+DEFAULT_CONFIG_TOML = """\
+# flockd configuration. Every key is optional; the values below are the defaults.
+
+[node]
+# Nodes only talk to nodes of the same network (gossip topics are named after it).
+network = "flock-local"
+# debug | info | warning | error
+log_level = "info"
+# Logs as JSON lines instead of key=value (also: flockd run --log-json).
+log_json = false
+
+[p2p]
+# libp2p listen addresses; port 0 picks a free port (node_info reports the real one).
+listen = ["/ip4/127.0.0.1/tcp/0"]
+# Peers to dial at start, as multiaddrs ending in /p2p/<peer id>.
+bootstrap = []
+# Peer exchange stops dialling new peers beyond this many connections.
+max_peers = 50
+
+[rpc]
+# The control socket is <datadir>/flockd.ipc (mode 0600); these bound what a client may send.
+max_request_bytes = 1048576
+max_clients = 256
+
+[chain]
+# Empty: use the embedded chain. An http(s) URL: use that external EVM node instead.
+rpc_url = ""
+# Serve the embedded chain's Ethereum JSON-RPC over HTTP on 127.0.0.1:PORT (0 = off).
+http_port = 0
+# Blocks to wait on top of a result before acting on it.
+confirmations = 2
+
+[metrics]
+# Prometheus text on 127.0.0.1:PORT (0 = off).
+port = 0
+"""
+
+
+class ConfigError(Exception):
+    """A configuration value is missing, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class NodeSection:
+    network: str = "flock-local"
+    log_level: str = "info"
+    log_json: bool = False
+
+
+@dataclass(frozen=True)
+class P2PSection:
+    listen: list[str] = field(default_factory=lambda: ["/ip4/127.0.0.1/tcp/0"])
+    bootstrap: list[str] = field(default_factory=list)
+    max_peers: int = 50
+
+
+@dataclass(frozen=True)
+class RPCSection:
+    max_request_bytes: int = 1 << 20
+    max_clients: int = 256
+
+
+@dataclass(frozen=True)
+class ChainSection:
+    rpc_url: str = ""
+    http_port: int = 0
+    confirmations: int = 2
+
+
+@dataclass(frozen=True)
+class MetricsSection:
+    port: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    node: NodeSection = field(default_factory=NodeSection)
+    p2p: P2PSection = field(default_factory=P2PSection)
+    rpc: RPCSection = field(default_factory=RPCSection)
+    chain: ChainSection = field(default_factory=ChainSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
+
+    def with_overrides(self, **sections: dict[str, Any]) -> Config:
+        """Apply flag values, e.g. with_overrides(p2p={"bootstrap": [...]}); None means unset."""
+        merged = self
+        for name, values in sections.items():
+            current = getattr(merged, name)
+            given = {k: v for k, v in values.items() if v is not None}
+            section = _build_section(type(current), {**_as_dict(current), **given}, name)
+            merged = replace(merged, **{name: section})
+        merged.validate()
+        return merged
+
+    def validate(self) -> None:
+        if self.node.log_level not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"node.log_level: {self.node.log_level!r} is not one of debug, info, warning, error")
+        if not self.node.network or not self.node.network.replace("-", "").isalnum():
+            raise ConfigError(f"node.network: {self.node.network!r} must be letters, digits and dashes")
+        for key, addrs in (("p2p.listen", self.p2p.listen), ("p2p.bootstrap", self.p2p.bootstrap)):
+            for addr in addrs:
+                _check_multiaddr(key, addr, need_peer_id=key == "p2p.bootstrap")
+        if not self.p2p.listen:
+            raise ConfigError("p2p.listen: at least one listen address is needed")
+        _check_range("p2p.max_peers", self.p2p.max_peers, 1, 10_000)
+        _check_range("rpc.max_request_bytes", self.rpc.max_request_bytes, 1024, 256 << 20)
+        _check_range("rpc.max_clients", self.rpc.max_clients, 1, 100_000)
+        _check_range("chain.http_port", self.chain.http_port, 0, 65535)
+        _check_range("chain.confirmations", self.chain.confirmations, 0, 1000)
+        _check_range("metrics.port", self.metrics.port, 0, 65535)
+        url = self.chain.rpc_url
+        if url and not url.startswith(("http://", "https://")):
+            raise ConfigError(f"chain.rpc_url: {url!r} must be an http:// or https:// URL")
+
+
+def load_config(datadir: Path) -> Config:
+    path = datadir / CONFIG_FILE
+    if not path.exists():
+        raise ConfigError(f"{path} not found: run `flockd init --datadir {datadir}` first")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return config_from_dict(raw)
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    known = {f.name: f.type for f in fields(Config)}
+    for name in raw:
+        if name not in known:
+            raise ConfigError(f"unknown section [{name}] (known: {', '.join(known)})")
+    sections = {}
+    for f in fields(Config):
+        section_raw = raw.get(f.name, {})
+        if not isinstance(section_raw, dict):
+            raise ConfigError(f"[{f.name}] must be a table")
+        section_type = type(getattr(Config(), f.name))
+        sections[f.name] = _build_section(section_type, section_raw, f.name)
+    config = Config(**sections)
+    config.validate()
+    return config
+
+
+def _as_dict(section: Any) -> dict[str, Any]:
+    return {f.name: getattr(section, f.name) for f in fields(section)}
+
+
+def _build_section(section_type: type[Any], values: dict[str, Any], name: str) -> Any:
+    defaults = section_type()
+    out = {}
+    for key, value in values.items():
+        if not hasattr(defaults, key):
+            allowed = ", ".join(f.name for f in fields(section_type))
+            raise ConfigError(f"{name}.{key}: unknown key (known: {allowed})")
+        expected = type(getattr(defaults, key))
+        if expected is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"{name}.{key}: expected an integer, got {value!r}")
+        if expected is list and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise ConfigError(f"{name}.{key}: expected a list of strings, got {value!r}")
+        if expected in (str, bool) and not isinstance(value, expected):
+            raise ConfigError(f"{name}.{key}: expected {expected.__name__}, got {value!r}")
+        out[key] = value
+    return section_type(**out)
+
+
+def _check_range(key: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{key}: {value} is out of range [{low}, {high}]")
+
+
+def _check_multiaddr(key: str, addr: str, *, need_peer_id: bool) -> None:
+    try:
+        ma = Multiaddr(addr)
+    except Exception as exc:
+        raise ConfigError(f"{key}: {addr!r} is not a multiaddr ({exc})") from None
+    if need_peer_id and "p2p" not in [p.name for p in ma.protocols()]:
+        raise ConfigError(f"{key}: {addr!r} needs a /p2p/<peer id> part")

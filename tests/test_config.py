@@ -1,0 +1,48 @@
+import tomllib
+
+import pytest
+
+from flockd.config import DEFAULT_CONFIG_TOML, Config, ConfigError, config_from_dict, load_config
+
+
+def test_default_file_equals_default_object():
+    assert config_from_dict(tomllib.loads(DEFAULT_CONFIG_TOML)) == Config()
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"nope": {}}, r"unknown section \[nope\]"),
+        ({"p2p": {"max_peers": "9"}}, r"p2p.max_peers: expected an integer"),
+        ({"p2p": {"max_peers": True}}, r"p2p.max_peers: expected an integer"),
+        ({"p2p": {"max_peers": 0}}, r"p2p.max_peers: 0 is out of range"),
+        ({"p2p": {"listen": "/ip4/127.0.0.1/tcp/0"}}, r"p2p.listen: expected a list of strings"),
+        ({"p2p": {"listen": ["bogus"]}}, r"p2p.listen: 'bogus' is not a multiaddr"),
+        ({"p2p": {"listen": []}}, r"p2p.listen: at least one"),
+        ({"p2p": {"bootstrap": ["/ip4/127.0.0.1/tcp/4001"]}}, r"needs a /p2p/<peer id>"),
+        ({"p2p": {"colour": "red"}}, r"p2p.colour: unknown key"),
+        ({"node": {"log_level": "loud"}}, r"node.log_level"),
+        ({"node": {"network": "a b"}}, r"node.network"),
+        ({"chain": {"rpc_url": "ftp://x"}}, r"chain.rpc_url"),
+        ({"chain": {"http_port": 70000}}, r"chain.http_port"),
+        ({"rpc": []}, r"\[rpc\] must be a table"),
+    ],
+)
+def test_bad_values_name_the_key(raw, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(raw)
+
+
+def test_overrides_validate_and_ignore_unset():
+    config = Config().with_overrides(p2p={"bootstrap": None, "max_peers": 7})
+    assert config.p2p.max_peers == 7 and config.p2p.bootstrap == []
+    with pytest.raises(ConfigError, match="chain.rpc_url"):
+        Config().with_overrides(chain={"rpc_url": "nope"})
+
+
+def test_missing_and_broken_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path)
+    (tmp_path / "config.toml").write_text("[p2p\n")
+    with pytest.raises(ConfigError, match="config.toml"):
+        load_config(tmp_path)
