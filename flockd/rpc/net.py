@@ -1,0 +1,44 @@
+"""net_*: the daemon's libp2p peers."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+from multiaddr import Multiaddr
+
+from flockd.p2p.abc import P2PError, P2PNetwork
+from flockd.rpc.errors import INVALID_PARAMS, NETWORK_ERROR, RPCError
+from flockd.rpc.params import clip, short_repr
+
+
+class NetNamespace:
+    namespace: ClassVar[str] = "net"
+
+    def __init__(self, network: P2PNetwork) -> None:
+        self._network = network
+
+    def net_peers(self) -> list[dict[str, Any]]:
+        """Connected peers: peer id, address, multiaddrs, direction, latency."""
+        peers = sorted(self._network.peers(), key=lambda p: p.peer_id)
+        return [dataclasses.asdict(p) for p in peers]
+
+    async def net_connect(self, multiaddr: str) -> dict[str, str]:
+        """Dial a peer by multiaddr (with its /p2p/ id); returns its peer id."""
+        _check_multiaddr(multiaddr)
+        try:
+            peer_id = await self._network.connect(multiaddr)
+        except P2PError as exc:
+            raise RPCError(NETWORK_ERROR, f"cannot connect to {multiaddr}: {exc}") from None
+        return {"peer_id": peer_id}
+
+
+def _check_multiaddr(text: str) -> None:
+    try:
+        parsed = Multiaddr(text)
+        empty = not list(parsed.protocols())
+    except Exception as exc:  # the multiaddr package raises several unrelated types on bad input
+        reason = str(exc).split(" (string:")[0]
+        raise RPCError(INVALID_PARAMS, f"net_connect: invalid multiaddr: {clip(reason, 200)}") from None
+    if empty:
+        raise RPCError(INVALID_PARAMS, f"net_connect: invalid multiaddr {short_repr(text)}: no protocols")
