@@ -1,0 +1,343 @@
+"""P2PService: the node's libp2p host (TCP + Noise + Yamux), gossip, blob streams, peering.
+
+Start order matters (py-libp2p 0.8.1): pubsub and gossipsub run and are ready BEFORE the
+host listens or dials, or early connections never get a pubsub stream. On the way out the
+host is closed explicitly, or its socket leaks and peers keep listing us for seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import trio
+from eth_keys import keys
+from libp2p import new_host
+from libp2p.abc import INetStream
+from libp2p.crypto.secp256k1 import create_new_key_pair
+from libp2p.network.config import ConnectionConfig
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo as Libp2pPeerInfo
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.pubsub.gossipsub import GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.tools.anyio_service import background_trio_service
+from multiaddr import Multiaddr
+
+from flockd.p2p import blobs, peerx
+from flockd.p2p.abc import BlobHandler, GossipHandler, P2PError, P2PNetwork, PeerInfo
+from flockd.p2p.gossip import Gossip
+from flockd.p2p.limits import P2PLimits
+from flockd.p2p.logs import route_libp2p_logs
+from flockd.p2p.peering import Peering
+from flockd.p2p.streams import close_stream, read_frame, write_frame
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus  # trio's own TaskStatus is hidden by trio-stubs
+
+logger = logging.getLogger("flockd.p2p")
+MESHSUB = "/meshsub/1.2.0"
+
+
+class P2PService(P2PNetwork):
+    def __init__(
+        self,
+        secret: bytes,
+        *,
+        network_id: str,
+        listen: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
+        bootstrap: Sequence[str] = (),
+        limits: P2PLimits | None = None,
+    ) -> None:
+        """`secret`: the node's 32-byte secp256k1 key (also its Ethereum key). `listen` and
+        `bootstrap` are multiaddrs; bootstrap ones end in /p2p/<peer-id>. Raises P2PError."""
+        if len(secret) != 32:
+            raise P2PError("the node secret must be 32 bytes")
+        route_libp2p_logs()
+        self._limits = limits = limits or P2PLimits()
+        self._listen = [_parse_multiaddr(a) for a in listen]
+        seeds = [_parse_peer_multiaddr(a) for a in bootstrap]
+        key = keys.PrivateKey(secret)
+        self._host = new_host(
+            key_pair=create_new_key_pair(secret),
+            listen_addrs=self._listen,
+            connection_config=_connection_config(limits),
+        )
+        self._id = self._host.get_id()
+        self._gossip = Gossip(key, self_id=self._id, network_id=network_id, limits=limits)
+        self._peering = Peering(self._host, limits, seeds=seeds, own_addrs=self._own_dial_addrs)
+        self._blob_handlers: dict[str, tuple[BlobHandler, int]] = {}
+        self._blob_slots = trio.Semaphore(limits.max_inbound_blobs)
+        self._running = False
+        self._host.set_stream_handler(blobs.PROTOCOL, self._serve_blob)  # type: ignore[arg-type]
+
+    # --- lifecycle ---
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen, join gossip, dial seeds and exchange peers until cancelled. One run per
+        instance. `task_status.started()` fires once listening (listen_addrs() is valid)."""
+        gossipsub = GossipSub(
+            protocols=[MESHSUB],  # type: ignore[list-item]
+            degree=6,
+            degree_low=4,
+            degree_high=12,
+            heartbeat_interval=1,
+            # Built-in spam protection drops >10 msg/s per topic per peer, ours included,
+            # and eclipse protection wants distinct IPs (loopback has one): we enforce our
+            # own per-peer limits on envelopes instead.
+            spam_protection_enabled=False,
+            eclipse_protection_enabled=False,
+        )
+        pubsub = Pubsub(self._host, gossipsub)
+        async with background_trio_service(pubsub), background_trio_service(gossipsub):
+            await pubsub.wait_until_ready()
+            async with self._host.run(listen_addrs=self._listen):
+                try:
+                    async with trio.open_nursery() as nursery:
+                        await self._gossip.start(pubsub, nursery)
+                        nursery.start_soon(self._peering.run)
+                        self._running = True
+                        logger.info("p2p listening on %s", " ".join(self.listen_addrs()))
+                        task_status.started()
+                        await trio.sleep_forever()
+                finally:
+                    self._running = False
+                    with trio.CancelScope(shield=True), trio.move_on_after(5):
+                        await self._host.close()
+
+    # --- identity and peers ---
+
+    @property
+    def peer_id(self) -> str:
+        return str(self._id.to_base58())
+
+    def listen_addrs(self) -> list[str]:
+        return [str(a) for a in self._host.get_addrs()]
+
+    def peers(self) -> list[PeerInfo]:
+        infos = []
+        for peer, conns in self._host.get_network().get_connections_map().items():
+            if not conns:
+                continue
+            peer_id = peer.to_base58()
+            inbound = str(getattr(conns[0], "direction", "")) == "inbound"
+            infos.append(
+                PeerInfo(
+                    peer_id=peer_id,
+                    address=peerx.check_peer_id(peer_id),
+                    addrs=self._peering.addrs_of(peer_id),
+                    direction="inbound" if inbound else "outbound",
+                    latency_ms=self._peering.latency_of(peer_id),
+                )
+            )
+        return infos
+
+    async def connect(self, multiaddr: str) -> str:
+        self._require_running()
+        info = _parse_peer_multiaddr(multiaddr)
+        if info.peer_id == self._id:
+            raise P2PError("refusing to connect to ourselves")
+        await self._peering.dial(info.peer_id, list(info.addrs))
+        return str(info.peer_id.to_base58())
+
+    # --- gossip ---
+
+    def subscribe(self, topic: str, handler: GossipHandler) -> None:
+        self._gossip.subscribe(topic, handler)
+
+    async def publish(self, topic: str, kind: str, payload: object) -> None:
+        self._require_running()
+        await self._gossip.publish(topic, kind, payload)
+
+    # --- blobs ---
+
+    def handle_blobs(self, kind: str, handler: BlobHandler, *, max_size: int) -> None:
+        blobs.check_kind(kind)
+        self._blob_handlers[kind] = (handler, max_size)
+
+    async def send_blob(self, peer_id: str, kind: str, data: bytes) -> bytes | None:
+        """Raises BlobRejected when the peer refuses (its reason in the message), other
+        BlobError subclasses for transfer failures, P2PError when it cannot be reached."""
+        self._require_running()
+        blobs.check_kind(kind)
+        peerx.check_peer_id(peer_id)
+        try:
+            with trio.fail_after(self._limits.dial_timeout):
+                stream = await self._host.new_stream(ID.from_base58(peer_id), [blobs.PROTOCOL])  # type: ignore[list-item]
+        except Exception as exc:  # timeouts and libp2p's assorted dial/negotiation errors
+            raise P2PError(f"cannot open a blob stream to {peer_id}: {exc!r}") from exc
+        try:
+            reply = await self._request(stream, kind, data)
+        except BaseException:
+            await close_stream(stream, reset=True)
+            raise
+        await close_stream(stream)
+        if reply.kind == blobs.REPLY_ERROR:
+            raise blobs.BlobRejected(
+                f"{peer_id} refused the {kind!r} blob: {reply.data.decode(errors='replace')}"
+            )
+        return reply.data if reply.kind == blobs.REPLY_DATA else None
+
+    async def _request(self, stream: INetStream, kind: str, data: bytes) -> blobs.Frame:
+        # Upload and wait for the reply at the same time: a peer that refuses the blob
+        # (too large, unknown kind, busy) answers at once, and we stop uploading.
+        limits = self._limits
+        reply_wait = trio.CancelScope()
+        upload_error: list[blobs.BlobError] = []
+        uploading = True
+
+        async def upload() -> None:
+            nonlocal uploading
+            try:
+                await write_frame(
+                    stream, kind, data, chunk=limits.blob_chunk, timeout=limits.blob_read_timeout
+                )
+                reply_wait.deadline = trio.current_time() + limits.blob_reply_timeout
+            except blobs.BlobError as exc:
+                upload_error.append(exc)
+                reply_wait.deadline = trio.current_time() + 1.0  # an error reply may be on its way
+            finally:
+                uploading = False
+
+        reply: blobs.Frame | None = None
+        read_error: blobs.BlobError | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(upload)
+            with reply_wait:
+                try:
+                    reply = await read_frame(
+                        stream,
+                        self._reply_cap,
+                        chunk=limits.blob_chunk,
+                        timeout=limits.blob_read_timeout,
+                        first_timeout=math.inf,  # bounded by reply_wait once the upload ends
+                    )
+                except blobs.BlobError as exc:
+                    read_error = exc
+            if uploading:
+                # Resetting (not cancelling) stops the writer: cancelling a write midway
+                # could leave half a frame on the connection shared by every stream.
+                await close_stream(stream, reset=True)
+        if reply is not None:
+            return reply
+        if upload_error:
+            raise upload_error[0]
+        raise read_error or blobs.BlobTimeout(f"no reply within {limits.blob_reply_timeout:.0f}s")
+
+    def _reply_cap(self, kind: str) -> int | None:
+        return {
+            blobs.REPLY_DATA: self._limits.max_reply,
+            blobs.REPLY_NONE: 0,
+            blobs.REPLY_ERROR: blobs.MAX_ERROR_REPLY,
+        }.get(kind)
+
+    def _inbound_cap(self, kind: str) -> int | None:
+        entry = self._blob_handlers.get(kind)
+        return entry[1] if entry else None
+
+    async def _serve_blob(self, stream: INetStream) -> None:
+        peer_id = stream.muxed_conn.peer_id.to_base58()
+        try:
+            self._blob_slots.acquire_nowait()
+        except trio.WouldBlock:
+            await self._refuse(stream, "busy: too many concurrent blob transfers")
+            return
+        try:
+            await self._serve_blob_slot(stream, peer_id)
+        finally:
+            self._blob_slots.release()
+
+    async def _serve_blob_slot(self, stream: INetStream, peer_id: str) -> None:
+        limits = self._limits
+        try:
+            frame = await read_frame(
+                stream, self._inbound_cap, chunk=limits.blob_chunk, timeout=limits.blob_read_timeout
+            )
+        except blobs.BlobError as exc:
+            logger.info("blob from %s rejected: %s", peer_id, exc)
+            await self._refuse(stream, str(exc))
+            return
+        handler = self._blob_handlers[frame.kind][0]
+        try:
+            reply = await handler(peer_id, frame.kind, frame.data)
+        except Exception:  # a handler bug must cost one transfer, not the service
+            logger.exception("blob handler for %r failed", frame.kind)
+            await self._refuse(stream, "the handler failed")
+            return
+        reply_kind = blobs.REPLY_NONE if reply is None else blobs.REPLY_DATA
+        try:
+            await write_frame(
+                stream,
+                reply_kind,
+                reply or b"",
+                chunk=limits.blob_chunk,
+                timeout=limits.blob_read_timeout,
+            )
+        except blobs.BlobError as exc:
+            logger.info("reply to %s failed: %s", peer_id, exc)
+            await close_stream(stream, reset=True)
+            return
+        await close_stream(stream)
+
+    async def _refuse(self, stream: INetStream, reason: str) -> None:
+        message = reason.encode()[: blobs.MAX_ERROR_REPLY]
+        with contextlib.suppress(blobs.BlobError):
+            await write_frame(
+                stream, blobs.REPLY_ERROR, message, chunk=blobs.MAX_ERROR_REPLY, timeout=2.0
+            )
+        # The sender resets once it reads the refusal; wait briefly (reading, so its
+        # writes do not stall on flow control before it gets there), then reset anyway.
+        with trio.move_on_after(2.0):
+            with contextlib.suppress(Exception):  # reset/EOF: what we are waiting for
+                while await stream.read(self._limits.blob_chunk):
+                    pass
+        await close_stream(stream, reset=True)
+
+    # --- helpers ---
+
+    def _own_dial_addrs(self) -> list[str]:
+        return [str(a) for a in self._host.get_transport_addrs()]
+
+    def _require_running(self) -> None:
+        if not self._running:
+            raise P2PError("the p2p service is not running")
+
+
+def _connection_config(limits: P2PLimits) -> ConnectionConfig:
+    # libp2p's auto-connector would dial everything in the peerstore up to 50 connections;
+    # peering.py decides whom we dial (max_peers), so it is off (low watermark 0). Inbound
+    # connections may exceed max_peers by as much again before libp2p prunes.
+    ceiling = 2 * limits.max_peers
+    return ConnectionConfig(
+        min_connections=0,
+        low_watermark=0,
+        high_watermark=ceiling,
+        max_connections=ceiling + 8,
+        dial_timeout=limits.dial_timeout,
+    )
+
+
+def _parse_multiaddr(text: str) -> Multiaddr:
+    try:
+        return Multiaddr(text)
+    except Exception as exc:  # multiaddr raises several parse error types
+        raise P2PError(f"invalid multiaddr {text!r}: {exc}") from exc
+
+
+def _parse_peer_multiaddr(text: str) -> Libp2pPeerInfo:
+    """A dialable peer address: /ip4|ip6|dns*/<host>/tcp/<port>/p2p/<secp256k1 peer id>."""
+    addr = _parse_multiaddr(text)
+    try:
+        info = info_from_p2p_addr(addr)
+    except Exception as exc:
+        raise P2PError(f"multiaddr {text!r} must end in /p2p/<peer-id>") from exc
+    try:
+        peerx.check_peer_id(info.peer_id.to_base58())
+        for transport in info.addrs:
+            peerx.check_dial_addr(str(transport))
+    except peerx.BadPeerEntry as exc:
+        raise P2PError(f"cannot dial {text!r}: {exc}") from exc
+    return info

@@ -1,0 +1,33 @@
+"""Every bound the p2p layer enforces, in one place so an operator can see (and tune) them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+@dataclass(frozen=True)
+class P2PLimits:
+    # Peers.
+    max_peers: int = 32  # we stop dialing exchanged peers once this many are connected
+    dial_timeout: float = 10.0
+    peer_exchange_interval: float = 5.0  # seconds between peer-list exchanges with each peer
+    bootstrap_backoff_max: float = 30.0  # cap of the exponential retry delay for seeds
+
+    # Gossip. libp2p silently drops messages over ~1 MiB, so we stay far below it.
+    max_envelope: int = 256 * KiB
+    freshness_past: float = 120.0  # envelopes older than this (seconds) are stale
+    freshness_future: float = 30.0  # tolerated clock skew into the future
+    relay_rate: float = 100.0  # envelopes per second accepted from one relaying peer...
+    relay_burst: float = 400.0  # ...with this much burst
+    publish_queue_high: int = 8  # pace publishing while a peer's outbound RPC queue is this full
+    publish_pace_max_wait: float = 2.0
+
+    # Blob streams.
+    blob_read_timeout: float = 15.0  # a read that makes no progress for this long fails
+    blob_reply_timeout: float = 120.0  # after our upload: the peer's handler time + its reply
+    blob_chunk: int = 1 * MiB  # largest single read/write
+    max_inbound_blobs: int = 4  # concurrent inbound transfers (each may hold max_size bytes)
+    max_reply: int = 64 * MiB  # largest reply send_blob accepts
