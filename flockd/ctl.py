@@ -49,7 +49,7 @@ def main(argv: list[str]) -> int:
         with IPCClient(path, timeout=args.timeout) as client:
             result = client.call(args.method, params)
     except RPCError as exc:
-        print(f"flockctl: {args.method}: {exc.message} (code {exc.code})", file=sys.stderr)
+        print(f"flockctl: error {exc.code}: {exc.message}", file=sys.stderr)
         return EXIT_ERROR_REPLY
     except OSError as exc:  # no daemon, refused, timed out, broken reply
         print(f"flockctl: {exc}", file=sys.stderr)
@@ -91,7 +91,9 @@ def render(result: Any, console: Console) -> None:
     """Lists of objects as a table, an object as `key: value` lines, anything else as is."""
     if isinstance(result, list) and result and all(isinstance(r, dict) for r in result):
         columns = list(dict.fromkeys(k for row in result for k in row))
-        table = Table(*columns)
+        table = Table()
+        for column in columns:
+            table.add_column(column, overflow="fold")  # fold, never cut: people copy ids from here
         for row in result:
             table.add_row(*(Text(_cell(row.get(c))) for c in columns))  # Text: no markup from data
         console.print(table)

@@ -174,6 +174,7 @@ def error_of(reply: dict[str, Any], code: int) -> str:
 
 
 async def test_node_info(dispatcher: Dispatcher) -> None:
+    params: Any
     for params in (None, [], {}):
         reply = await rpc(dispatcher, req("node_info", params, id="a"))
         assert reply == {

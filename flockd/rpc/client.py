@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import select
 import socket
 from pathlib import Path
 from types import TracebackType
@@ -112,10 +113,12 @@ class IPCClient:
 
 
 def _closed_by_peer(sock: socket.socket) -> bool:
-    try:
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except BlockingIOError:
+    # select() first: a socket with a timeout waits that long in recv(), MSG_DONTWAIT or not.
+    readable, _, _ = select.select([sock], [], [], 0)
+    if not readable:
         return False  # open, nothing to read: the normal case
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
     except OSError:
         return True
 
