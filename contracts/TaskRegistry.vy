@@ -1,0 +1,916 @@
+# pragma version ~=0.4.3
+"""
+@title flockd task registry
+@notice One contract for every federated-learning task, identified by a uint256
+        task_id (1, 2, ...). Holds stake, delegation, the round state machine
+        (seed, VRF-checked proposals, commit-reveal votes, stake-weighted tally),
+        rewards and slashing. Spec: protocol/spec/contracts.md.
+"""
+from ethereum.ercs import IERC20
+
+# Bounds that keep every loop and array finite.
+MAX_PARTICIPANTS: constant(uint256) = 64
+MAX_PROPOSALS: constant(uint256) = 16
+# blockhash() reaches back 256 blocks: the whole propose window must see B_r.
+MAX_PROPOSE_BLOCKS: constant(uint256) = 256
+MAX_PHASE_BLOCKS: constant(uint256) = 2**32
+MAX_RECIPE_LEN: constant(uint256) = 64
+
+ONE: constant(uint256) = 2**64  # sortition fixed point
+BPS: constant(uint256) = 10000
+SCORE_BOUND: constant(int256) = 10**18  # |score| in whole-round mode
+VRF_PROOF_LEN: constant(uint256) = 80
+VRF_BETA_LEN: constant(uint256) = 64
+
+MODE_PER_PROPOSAL: constant(uint8) = 0
+MODE_WHOLE_ROUND: constant(uint8) = 1
+
+STATUS_NONE: constant(uint8) = 0
+STATUS_JOINING: constant(uint8) = 1
+STATUS_RUNNING: constant(uint8) = 2
+STATUS_FINISHED: constant(uint8) = 3
+
+PHASE_IDLE: constant(uint8) = 0  # task not running
+PHASE_OPENING: constant(uint8) = 1  # the block B_r itself: seed not yet readable
+PHASE_PROPOSE: constant(uint8) = 2
+PHASE_COMMIT: constant(uint8) = 3
+PHASE_REVEAL: constant(uint8) = 4
+PHASE_CLOSED: constant(uint8) = 5  # finalise may be called
+
+SLASH_REJECTED_PROPOSAL: constant(uint8) = 1
+SLASH_LOSING_VOTE: constant(uint8) = 2
+SLASH_UNREVEALED_VOTE: constant(uint8) = 3
+REWARD_PROPOSER: constant(uint8) = 1
+REWARD_VOTER: constant(uint8) = 2
+
+
+struct TaskParams:
+    recipe: String[MAX_RECIPE_LEN]
+    recipe_hash: bytes32
+    model_init_hash: bytes32
+    rounds: uint256
+    min_participants: uint256
+    min_stake: uint256
+    stake_unit: uint256
+    expected_proposers: uint256
+    max_proposals: uint256
+    propose_blocks: uint256
+    commit_blocks: uint256
+    reveal_blocks: uint256
+    reward_pool: uint256
+    vote_mode: uint8
+    slash_bps: uint256
+    proposer_share_bps: uint256
+
+struct TaskState:
+    creator: address
+    status: uint8
+    current_round: uint256
+    total_stake: uint256  # sum of the stake of active participants' pools
+    pool: uint256  # undistributed rewards (reward_pool + slashes - payouts)
+
+# A participant's stake pool: own stake + delegations, shared pro rata by shares.
+struct Participant:
+    active: bool
+    vrf_pk: bytes32
+    stake: uint256
+    total_shares: uint256
+
+struct Round:
+    open_block: uint256
+    seed: bytes32
+    n_proposals: uint256
+    revealed_stake: uint256
+    accept_stake: uint256[MAX_PROPOSALS]
+    score_sum: int256
+    finalised: bool
+    accepted_mask: uint256
+    model_hash: bytes32
+
+struct Proposal:
+    proposer: address
+    delta_hash: bytes32
+
+struct Ballot:
+    digest: bytes32
+    revealed: bool
+    accept_mask: uint256
+    score: int256
+
+
+event TaskCreated:
+    task_id: indexed(uint256)
+    creator: indexed(address)
+    recipe: String[MAX_RECIPE_LEN]
+    recipe_hash: bytes32
+    model_init_hash: bytes32
+    rounds: uint256
+    reward_pool: uint256
+    vote_mode: uint8
+
+event Joined:
+    task_id: indexed(uint256)
+    participant: indexed(address)
+    stake: uint256
+    vrf_pk: bytes32
+
+event Delegated:
+    task_id: indexed(uint256)
+    delegator: indexed(address)
+    participant: indexed(address)
+    amount: uint256
+
+event Withdrawn:
+    task_id: indexed(uint256)
+    holder: indexed(address)
+    participant: indexed(address)
+    amount: uint256
+
+event RoundOpened:
+    task_id: indexed(uint256)
+    round: indexed(uint256)
+    open_block: uint256
+
+event SeedFixed:
+    task_id: indexed(uint256)
+    round: indexed(uint256)
+    seed: bytes32
+
+event Proposed:
+    task_id: indexed(uint256)
+    round: indexed(uint256)
+    proposer: indexed(address)
+    index: uint256
+    delta_hash: bytes32
+
+event VoteCommitted:
+    task_id: indexed(uint256)
+    round: indexed(uint256)
+    voter: indexed(address)
+    digest: bytes32
+
+event VoteRevealed:
+    task_id: indexed(uint256)
+    round: indexed(uint256)
+    voter: indexed(address)
+    votes: DynArray[int256, MAX_PROPOSALS]
+    salt: bytes32
+
+event RoundFinalised:
+    task_id: indexed(uint256)
+    round: indexed(uint256)
+    accepted_mask: uint256
+    n_proposals: uint256
+    revealed_stake: uint256
+
+event ModelVoted:
+    task_id: indexed(uint256)
+    round: indexed(uint256)
+    participant: indexed(address)
+    model_hash: bytes32
+    support: uint256
+
+event ModelRecorded:
+    task_id: indexed(uint256)
+    round: indexed(uint256)
+    model_hash: bytes32
+
+event Rewarded:
+    task_id: indexed(uint256)
+    round: indexed(uint256)
+    participant: indexed(address)
+    amount: uint256
+    kind: uint8
+
+event Slashed:
+    task_id: indexed(uint256)
+    round: indexed(uint256)
+    participant: indexed(address)
+    amount: uint256
+    reason: uint8
+
+event TaskStarted:
+    task_id: indexed(uint256)
+    n_participants: uint256
+    total_stake: uint256
+
+event TaskFinished:
+    task_id: indexed(uint256)
+    rounds_completed: uint256
+    refund: uint256
+
+
+token: public(immutable(IERC20))
+vrf_verifier: public(immutable(address))
+task_count: public(uint256)
+
+_params: HashMap[uint256, TaskParams]
+_state: HashMap[uint256, TaskState]
+_participants: HashMap[uint256, DynArray[address, MAX_PARTICIPANTS]]
+_pools: HashMap[uint256, HashMap[address, Participant]]
+_vrf_owner: HashMap[uint256, HashMap[bytes32, address]]
+# task -> participant -> holder -> shares of that participant's pool
+_shares: HashMap[uint256, HashMap[address, HashMap[address, uint256]]]
+_rounds: HashMap[uint256, HashMap[uint256, Round]]
+_proposals: HashMap[uint256, HashMap[uint256, DynArray[Proposal, MAX_PROPOSALS]]]
+_proposal_slot: HashMap[uint256, HashMap[uint256, HashMap[address, uint256]]]  # index + 1
+_ballots: HashMap[uint256, HashMap[uint256, HashMap[address, Ballot]]]
+_model_support: HashMap[uint256, HashMap[uint256, HashMap[bytes32, uint256]]]
+_model_voted: HashMap[uint256, HashMap[uint256, HashMap[address, bool]]]
+
+
+@deploy
+def __init__(stake_token: address, verifier: address):
+    """
+    @param stake_token the ERC-20 used for stake and rewards
+    @param verifier ECVRF verifier: the precompile 0x...0F10 on the embedded chain,
+           or a verifier contract on an external chain (same calling convention)
+    """
+    token = IERC20(stake_token)
+    vrf_verifier = verifier
+
+
+# ---------------------------------------------------------------- sortition
+
+@internal
+@pure
+def _fixed_pow(q: uint256, w: uint256) -> uint256:
+    result: uint256 = ONE
+    base: uint256 = q
+    e: uint256 = w
+    for i: uint256 in range(256):
+        if e == 0:
+            break
+        if e & 1 == 1:
+            result = (result * base) >> 64
+        base = (base * base) >> 64
+        e = e >> 1
+    return result
+
+
+@internal
+@pure
+def _is_proposer(stake: uint256, total: uint256, expected: uint256, unit: uint256, x: uint256) -> bool:
+    w: uint256 = stake // unit
+    big_w: uint256 = total // unit
+    if big_w == 0 or w == 0:
+        return False
+    p: uint256 = min(ONE, expected * ONE // big_w)
+    return x >= self._fixed_pow(ONE - p, w)
+
+
+@external
+@pure
+def fixed_pow(q: uint256, w: uint256) -> uint256:
+    """@notice (q / 2**64) ** w in 64.64 fixed point, exactly as the spec's square-and-multiply"""
+    assert q <= ONE, "q above one"
+    return self._fixed_pow(q, w)
+
+
+@external
+@pure
+def is_proposer(stake: uint256, total: uint256, expected: uint256, unit: uint256, x: uint256) -> bool:
+    """@notice the sortition rule propose() enforces; x = first 8 bytes of beta, big-endian"""
+    assert unit > 0 and expected <= MAX_PROPOSALS and x < ONE, "bad sortition input"
+    return self._is_proposer(stake, total, expected, unit, x)
+
+
+@external
+@pure
+def vote_digest(votes: DynArray[int256, MAX_PROPOSALS], salt: bytes32, voter: address) -> bytes32:
+    """@notice the digest commit_vote expects: keccak256(abi_encode(votes, salt, voter))"""
+    return keccak256(abi_encode(votes, salt, voter))
+
+
+# ---------------------------------------------------------------- helpers
+
+@internal
+def _pull(sender: address, amount: uint256):
+    assert extcall token.transferFrom(sender, self, amount, default_return_value=True), "transfer failed"
+
+
+@internal
+def _push(receiver: address, amount: uint256):
+    assert extcall token.transfer(receiver, amount, default_return_value=True), "transfer failed"
+
+
+@internal
+def _deposit(task_id: uint256, participant: address, holder: address, amount: uint256):
+    pool: Participant = self._pools[task_id][participant]
+    shares: uint256 = amount
+    if pool.total_shares > 0:
+        # deposits happen only before the task starts, when one share = one token;
+        # the general formula keeps that true if it ever changes
+        assert pool.stake > 0, "pool wiped out"
+        shares = amount * pool.total_shares // pool.stake
+    assert shares > 0, "deposit too small"
+    self._shares[task_id][participant][holder] += shares
+    self._pools[task_id][participant].total_shares = pool.total_shares + shares
+    self._pools[task_id][participant].stake = pool.stake + amount
+    self._pull(holder, amount)
+
+
+@internal
+def _remove_participant(task_id: uint256, who: address):
+    addrs: DynArray[address, MAX_PARTICIPANTS] = self._participants[task_id]
+    n: uint256 = len(addrs)
+    for i: uint256 in range(MAX_PARTICIPANTS):
+        if i >= n:
+            break
+        if addrs[i] == who:
+            addrs[i] = addrs[n - 1]
+            addrs.pop()
+            break
+    self._participants[task_id] = addrs
+
+
+@internal
+@view
+def _deadlines(task_id: uint256, r: uint256) -> (uint256, uint256, uint256):
+    p: TaskParams = self._params[task_id]
+    start: uint256 = self._rounds[task_id][r].open_block
+    propose_end: uint256 = start + p.propose_blocks
+    commit_end: uint256 = propose_end + p.commit_blocks
+    return propose_end, commit_end, commit_end + p.reveal_blocks
+
+
+@internal
+@view
+def _phase(task_id: uint256) -> uint8:
+    if self._state[task_id].status != STATUS_RUNNING:
+        return PHASE_IDLE
+    r: uint256 = self._state[task_id].current_round
+    propose_end: uint256 = 0
+    commit_end: uint256 = 0
+    reveal_end: uint256 = 0
+    propose_end, commit_end, reveal_end = self._deadlines(task_id, r)
+    if block.number <= self._rounds[task_id][r].open_block:
+        return PHASE_OPENING
+    if block.number <= propose_end:
+        return PHASE_PROPOSE
+    if block.number <= commit_end:
+        return PHASE_COMMIT
+    if block.number <= reveal_end:
+        return PHASE_REVEAL
+    return PHASE_CLOSED
+
+
+@internal
+@view
+def _require_phase(task_id: uint256, r: uint256, phase: uint8):
+    assert self._state[task_id].status == STATUS_RUNNING, "task not running"
+    assert self._state[task_id].current_round == r, "wrong round"
+    assert self._phase(task_id) == phase, "wrong phase"
+
+
+@internal
+@view
+def _computed_seed(task_id: uint256, r: uint256) -> bytes32:
+    open_block: uint256 = self._rounds[task_id][r].open_block
+    if block.number <= open_block or block.number - open_block > 256:
+        return empty(bytes32)
+    return keccak256(concat(blockhash(open_block), convert(task_id, bytes32), convert(r, bytes32)))
+
+
+@internal
+def _fix_seed(task_id: uint256, r: uint256) -> bytes32:
+    seed: bytes32 = self._rounds[task_id][r].seed
+    if seed == empty(bytes32):
+        seed = self._computed_seed(task_id, r)
+        assert seed != empty(bytes32), "seed unavailable"
+        self._rounds[task_id][r].seed = seed
+        log SeedFixed(task_id=task_id, round=r, seed=seed)
+    return seed
+
+
+@internal
+def _vrf_beta(pk: bytes32, proof: Bytes[VRF_PROOF_LEN], seed: bytes32) -> Bytes[VRF_BETA_LEN]:
+    ok: bool = False
+    beta: Bytes[VRF_BETA_LEN] = b""
+    ok, beta = raw_call(
+        vrf_verifier,
+        concat(pk, proof, seed),
+        max_outsize=VRF_BETA_LEN,
+        revert_on_failure=False,
+    )
+    # an address without code "succeeds" with empty output: that is a rejection too
+    assert ok and len(beta) == VRF_BETA_LEN, "vrf proof rejected"
+    return beta
+
+
+@internal
+def _open_round(task_id: uint256, r: uint256):
+    self._state[task_id].current_round = r
+    self._rounds[task_id][r].open_block = block.number
+    log RoundOpened(task_id=task_id, round=r, open_block=block.number)
+
+
+@internal
+def _credit(task_id: uint256, r: uint256, who: address, amount: uint256, kind: uint8):
+    if amount == 0:
+        return
+    self._pools[task_id][who].stake += amount
+    self._state[task_id].total_stake += amount
+    log Rewarded(task_id=task_id, round=r, participant=who, amount=amount, kind=kind)
+
+
+@internal
+def _slash(task_id: uint256, r: uint256, who: address, num: uint256, den: uint256, reason: uint8) -> uint256:
+    amount: uint256 = self._pools[task_id][who].stake * num // den
+    if amount == 0:
+        return 0
+    self._pools[task_id][who].stake -= amount
+    self._state[task_id].total_stake -= amount
+    log Slashed(task_id=task_id, round=r, participant=who, amount=amount, reason=reason)
+    return amount
+
+
+@internal
+@pure
+def _popcount(x: uint256) -> uint256:
+    n: uint256 = 0
+    v: uint256 = x
+    for i: uint256 in range(MAX_PROPOSALS):
+        if v == 0:
+            break
+        n += v & 1
+        v = v >> 1
+    return n
+
+
+# ---------------------------------------------------------------- task lifecycle
+
+@external
+@nonreentrant
+def create_task(p: TaskParams) -> uint256:
+    """@notice create a task; the reward pool is pulled from the caller (approve first)"""
+    assert p.rounds >= 1, "rounds"
+    assert p.min_participants >= 2 and p.min_participants <= MAX_PARTICIPANTS, "min_participants"
+    assert p.stake_unit >= 1 and p.min_stake >= p.stake_unit, "min_stake below stake_unit"
+    assert p.max_proposals >= 1 and p.max_proposals <= MAX_PROPOSALS, "max_proposals"
+    assert p.expected_proposers >= 1 and p.expected_proposers <= MAX_PROPOSALS, "expected_proposers"
+    assert p.propose_blocks >= 1 and p.propose_blocks <= MAX_PROPOSE_BLOCKS, "propose_blocks"
+    assert p.commit_blocks >= 1 and p.commit_blocks <= MAX_PHASE_BLOCKS, "commit_blocks"
+    assert p.reveal_blocks >= 1 and p.reveal_blocks <= MAX_PHASE_BLOCKS, "reveal_blocks"
+    assert p.vote_mode <= MODE_WHOLE_ROUND, "vote_mode"
+    assert p.slash_bps <= BPS and p.proposer_share_bps <= BPS, "basis points"
+    task_id: uint256 = self.task_count + 1
+    self.task_count = task_id
+    self._params[task_id] = p
+    self._state[task_id] = TaskState(
+        creator=msg.sender, status=STATUS_JOINING, current_round=0, total_stake=0, pool=p.reward_pool
+    )
+    if p.reward_pool > 0:
+        self._pull(msg.sender, p.reward_pool)
+    log TaskCreated(
+        task_id=task_id,
+        creator=msg.sender,
+        recipe=p.recipe,
+        recipe_hash=p.recipe_hash,
+        model_init_hash=p.model_init_hash,
+        rounds=p.rounds,
+        reward_pool=p.reward_pool,
+        vote_mode=p.vote_mode,
+    )
+    return task_id
+
+
+@external
+@nonreentrant
+def join(task_id: uint256, stake: uint256, vrf_pk: bytes32):
+    """@notice stake (pulled from the caller) and register a VRF key; only before the start"""
+    assert self._state[task_id].status == STATUS_JOINING, "task not open for joining"
+    assert stake >= self._params[task_id].min_stake, "stake below minimum"
+    assert vrf_pk != empty(bytes32), "empty vrf key"
+    assert not self._pools[task_id][msg.sender].active, "already joined"
+    assert self._vrf_owner[task_id][vrf_pk] == empty(address), "vrf key already registered"
+    assert len(self._participants[task_id]) < MAX_PARTICIPANTS, "task full"
+    self._participants[task_id].append(msg.sender)
+    self._vrf_owner[task_id][vrf_pk] = msg.sender
+    self._pools[task_id][msg.sender].active = True
+    self._pools[task_id][msg.sender].vrf_pk = vrf_pk
+    self._deposit(task_id, msg.sender, msg.sender, stake)
+    # a pool left behind by an earlier leave may still hold delegations: it rejoins whole
+    self._state[task_id].total_stake += self._pools[task_id][msg.sender].stake
+    log Joined(task_id=task_id, participant=msg.sender, stake=stake, vrf_pk=vrf_pk)
+
+
+@external
+@nonreentrant
+def delegate(task_id: uint256, participant: address, amount: uint256):
+    """@notice add stake to a participant's pool; shares its rewards and slashes pro rata"""
+    assert self._state[task_id].status == STATUS_JOINING, "task not open for joining"
+    assert self._pools[task_id][participant].active, "not a participant"
+    assert amount > 0, "zero amount"
+    self._deposit(task_id, participant, msg.sender, amount)
+    self._state[task_id].total_stake += amount
+    log Delegated(task_id=task_id, delegator=msg.sender, participant=participant, amount=amount)
+
+
+@external
+@nonreentrant
+def withdraw(task_id: uint256, participant: address) -> uint256:
+    """
+    @notice redeem all the caller's shares of `participant`'s pool. Allowed before
+            the task starts and after it ends, never while it runs. A participant
+            withdrawing its own shares leaves the task.
+    """
+    status: uint8 = self._state[task_id].status
+    assert status != STATUS_RUNNING, "task running"
+    assert status != STATUS_NONE, "no such task"
+    shares: uint256 = self._shares[task_id][participant][msg.sender]
+    assert shares > 0, "nothing to withdraw"
+    pool: Participant = self._pools[task_id][participant]
+    amount: uint256 = shares * pool.stake // pool.total_shares
+    if pool.active:
+        if msg.sender == participant:
+            self._state[task_id].total_stake -= pool.stake
+            self._pools[task_id][participant].active = False
+            self._vrf_owner[task_id][pool.vrf_pk] = empty(address)
+            self._remove_participant(task_id, participant)
+        else:
+            self._state[task_id].total_stake -= amount
+    self._shares[task_id][participant][msg.sender] = 0
+    self._pools[task_id][participant].total_shares = pool.total_shares - shares
+    self._pools[task_id][participant].stake = pool.stake - amount
+    if amount > 0:
+        self._push(msg.sender, amount)
+    log Withdrawn(task_id=task_id, holder=msg.sender, participant=participant, amount=amount)
+    return amount
+
+
+@external
+def start_task(task_id: uint256):
+    """@notice creator closes joining and opens round 0 at this block"""
+    st: TaskState = self._state[task_id]
+    assert st.status == STATUS_JOINING, "task not open for joining"
+    assert msg.sender == st.creator, "only the creator"
+    n: uint256 = len(self._participants[task_id])
+    assert n >= self._params[task_id].min_participants, "not enough participants"
+    self._state[task_id].status = STATUS_RUNNING
+    log TaskStarted(task_id=task_id, n_participants=n, total_stake=st.total_stake)
+    self._open_round(task_id, 0)
+
+
+@external
+@nonreentrant
+def cancel_task(task_id: uint256):
+    """@notice creator abandons a task that has not started; the pool is refunded"""
+    st: TaskState = self._state[task_id]
+    assert st.status == STATUS_JOINING, "task not open for joining"
+    assert msg.sender == st.creator, "only the creator"
+    self._state[task_id].status = STATUS_FINISHED
+    self._state[task_id].pool = 0
+    if st.pool > 0:
+        self._push(st.creator, st.pool)
+    log TaskFinished(task_id=task_id, rounds_completed=0, refund=st.pool)
+
+
+# ---------------------------------------------------------------- the round
+
+@external
+def propose(task_id: uint256, r: uint256, delta_hash: bytes32, vrf_proof: Bytes[VRF_PROOF_LEN]) -> uint256:
+    """@notice claim a proposer slot with an ECVRF proof on the round seed; returns the index"""
+    self._require_phase(task_id, r, PHASE_PROPOSE)
+    pool: Participant = self._pools[task_id][msg.sender]
+    assert pool.active, "not a participant"
+    assert self._proposal_slot[task_id][r][msg.sender] == 0, "already proposed"
+    p: TaskParams = self._params[task_id]
+    index: uint256 = len(self._proposals[task_id][r])
+    assert index < p.max_proposals, "proposal cap reached"
+    assert delta_hash != empty(bytes32), "empty delta hash"
+    assert len(vrf_proof) == VRF_PROOF_LEN, "vrf proof length"
+    seed: bytes32 = self._fix_seed(task_id, r)
+    beta: Bytes[VRF_BETA_LEN] = self._vrf_beta(pool.vrf_pk, vrf_proof, seed)
+    x: uint256 = extract32(beta, 0, output_type=uint256) >> 192
+    total: uint256 = self._state[task_id].total_stake
+    assert self._is_proposer(pool.stake, total, p.expected_proposers, p.stake_unit, x), "not elected"
+    self._proposals[task_id][r].append(Proposal(proposer=msg.sender, delta_hash=delta_hash))
+    self._proposal_slot[task_id][r][msg.sender] = index + 1
+    self._rounds[task_id][r].n_proposals = index + 1
+    log Proposed(task_id=task_id, round=r, proposer=msg.sender, index=index, delta_hash=delta_hash)
+    return index
+
+
+@external
+def commit_vote(task_id: uint256, r: uint256, digest: bytes32):
+    """@notice a voter (joined, not a proposer this round) commits its vote digest once"""
+    self._require_phase(task_id, r, PHASE_COMMIT)
+    assert self._pools[task_id][msg.sender].active, "not a participant"
+    assert self._proposal_slot[task_id][r][msg.sender] == 0, "proposers do not vote"
+    assert self._ballots[task_id][r][msg.sender].digest == empty(bytes32), "already committed"
+    assert digest != empty(bytes32), "empty digest"
+    self._ballots[task_id][r][msg.sender].digest = digest
+    log VoteCommitted(task_id=task_id, round=r, voter=msg.sender, digest=digest)
+
+
+@external
+def reveal_vote(task_id: uint256, r: uint256, votes: DynArray[int256, MAX_PROPOSALS], salt: bytes32):
+    """
+    @notice open a committed vote. Per-proposal mode: one +1 (accept) or -1 (reject)
+            per proposal, in proposal order. Whole-round mode: one score in
+            [-10**18, 10**18] for the aggregate (none when the round has no proposal).
+    """
+    self._require_phase(task_id, r, PHASE_REVEAL)
+    ballot: Ballot = self._ballots[task_id][r][msg.sender]
+    assert ballot.digest != empty(bytes32), "no commitment"
+    assert not ballot.revealed, "already revealed"
+    assert keccak256(abi_encode(votes, salt, msg.sender)) == ballot.digest, "reveal does not match commitment"
+    n: uint256 = self._rounds[task_id][r].n_proposals
+    stake: uint256 = self._pools[task_id][msg.sender].stake
+    if self._params[task_id].vote_mode == MODE_PER_PROPOSAL:
+        assert len(votes) == n, "one vote per proposal"
+        mask: uint256 = 0
+        for i: uint256 in range(MAX_PROPOSALS):
+            if i >= n:
+                break
+            if votes[i] == 1:
+                mask |= 1 << i
+                self._rounds[task_id][r].accept_stake[i] += stake
+            else:
+                assert votes[i] == -1, "vote must be +1 or -1"
+        ballot.accept_mask = mask
+    else:
+        assert len(votes) == min(n, 1), "one score for the round"
+        if n > 0:
+            score: int256 = votes[0]
+            assert score >= -SCORE_BOUND and score <= SCORE_BOUND, "score out of range"
+            self._rounds[task_id][r].score_sum += convert(stake, int256) * score
+            ballot.score = score
+            if score >= 0:
+                ballot.accept_mask = 1
+    ballot.revealed = True
+    self._ballots[task_id][r][msg.sender] = ballot
+    self._rounds[task_id][r].revealed_stake += stake
+    log VoteRevealed(task_id=task_id, round=r, voter=msg.sender, votes=votes, salt=salt)
+
+
+@internal
+@view
+def _accepted_mask(task_id: uint256, r: uint256, n: uint256, whole: bool) -> uint256:
+    rnd: Round = self._rounds[task_id][r]
+    if whole:
+        if rnd.score_sum >= 0:
+            return (1 << n) - 1
+        return 0
+    mask: uint256 = 0
+    for i: uint256 in range(MAX_PROPOSALS):
+        if i >= n:
+            break
+        if rnd.accept_stake[i] * 2 > rnd.revealed_stake:
+            mask |= 1 << i
+    return mask
+
+
+@internal
+def _settle_proposers(task_id: uint256, r: uint256, mask: uint256, budget: uint256, slash_bps: uint256) -> (uint256, uint256):
+    """returns (paid, slashed)"""
+    n: uint256 = len(self._proposals[task_id][r])
+    n_accepted: uint256 = self._popcount(mask)
+    each: uint256 = 0
+    if n_accepted > 0:
+        each = budget // n_accepted
+    paid: uint256 = 0
+    slashed: uint256 = 0
+    for i: uint256 in range(MAX_PROPOSALS):
+        if i >= n:
+            break
+        who: address = self._proposals[task_id][r][i].proposer
+        if (mask >> i) & 1 == 1:
+            self._credit(task_id, r, who, each, REWARD_PROPOSER)
+            paid += each
+        else:
+            slashed += self._slash(task_id, r, who, slash_bps, BPS, SLASH_REJECTED_PROPOSAL)
+    return paid, slashed
+
+
+@internal
+def _settle_voters(task_id: uint256, r: uint256, mask: uint256, n: uint256, whole: bool, budget: uint256, slash_bps: uint256) -> (uint256, uint256):
+    """returns (paid, slashed)"""
+    addrs: DynArray[address, MAX_PARTICIPANTS] = self._participants[task_id]
+    winners: bool[MAX_PARTICIPANTS] = empty(bool[MAX_PARTICIPANTS])
+    winning_stake: uint256 = 0
+    slashed: uint256 = 0
+    units: uint256 = n
+    full: uint256 = (1 << n) - 1
+    if whole:
+        units = 1
+    for i: uint256 in range(MAX_PARTICIPANTS):
+        if i >= len(addrs):
+            break
+        who: address = addrs[i]
+        ballot: Ballot = self._ballots[task_id][r][who]
+        if ballot.digest == empty(bytes32):
+            continue  # did not vote (or proposed): neither rewarded nor slashed
+        if not ballot.revealed:
+            slashed += self._slash(task_id, r, who, slash_bps, BPS, SLASH_UNREVEALED_VOTE)
+            continue
+        if n == 0:
+            continue
+        losses: uint256 = 0
+        if whole:
+            if (ballot.accept_mask == 1) != (mask != 0):
+                losses = 1
+        else:
+            losses = self._popcount((ballot.accept_mask ^ mask) & full)
+        if losses > 0:
+            slashed += self._slash(task_id, r, who, slash_bps * losses, BPS * units, SLASH_LOSING_VOTE)
+        else:
+            winners[i] = True
+            winning_stake += self._pools[task_id][who].stake
+    paid: uint256 = 0
+    if winning_stake == 0:
+        return 0, slashed
+    for i: uint256 in range(MAX_PARTICIPANTS):
+        if i >= len(addrs):
+            break
+        if winners[i]:
+            share: uint256 = budget * self._pools[task_id][addrs[i]].stake // winning_stake
+            self._credit(task_id, r, addrs[i], share, REWARD_VOTER)
+            paid += share
+    return paid, slashed
+
+
+@external
+@nonreentrant
+def finalise(task_id: uint256, r: uint256):
+    """
+    @notice anyone, after the reveal window: tally, reward, slash, and open round r+1
+            at this block (or finish the task after the last round)
+    """
+    self._require_phase(task_id, r, PHASE_CLOSED)
+    p: TaskParams = self._params[task_id]
+    n: uint256 = self._rounds[task_id][r].n_proposals
+    revealed: uint256 = self._rounds[task_id][r].revealed_stake
+    whole: bool = p.vote_mode == MODE_WHOLE_ROUND
+    # without a single revealed vote there is no verdict: nobody is judged
+    decided: bool = n > 0 and revealed > 0
+    mask: uint256 = 0
+    if decided:
+        mask = self._accepted_mask(task_id, r, n, whole)
+    budget: uint256 = self._state[task_id].pool // (p.rounds - r)
+    proposer_budget: uint256 = budget * p.proposer_share_bps // BPS
+    paid: uint256 = 0
+    slashed: uint256 = 0
+    if decided:
+        paid, slashed = self._settle_proposers(task_id, r, mask, proposer_budget, p.slash_bps)
+    voter_paid: uint256 = 0
+    voter_slashed: uint256 = 0
+    voter_budget: uint256 = 0
+    if decided:
+        voter_budget = budget - proposer_budget
+    voter_paid, voter_slashed = self._settle_voters(task_id, r, mask, n, whole, voter_budget, p.slash_bps)
+    self._state[task_id].pool = self._state[task_id].pool + slashed + voter_slashed - paid - voter_paid
+    self._rounds[task_id][r].accepted_mask = mask
+    self._rounds[task_id][r].finalised = True
+    log RoundFinalised(task_id=task_id, round=r, accepted_mask=mask, n_proposals=n, revealed_stake=revealed)
+    if mask == 0:
+        # nothing accepted: the model stays what it was
+        previous: bytes32 = p.model_init_hash
+        if r > 0:
+            previous = self._rounds[task_id][r - 1].model_hash
+        if previous != empty(bytes32):
+            self._rounds[task_id][r].model_hash = previous
+            log ModelRecorded(task_id=task_id, round=r, model_hash=previous)
+    if r + 1 < p.rounds:
+        self._open_round(task_id, r + 1)
+        return
+    refund: uint256 = self._state[task_id].pool
+    self._state[task_id].status = STATUS_FINISHED
+    self._state[task_id].pool = 0
+    if refund > 0:
+        self._push(self._state[task_id].creator, refund)
+    log TaskFinished(task_id=task_id, rounds_completed=p.rounds, refund=refund)
+
+
+@external
+def record_model(task_id: uint256, r: uint256, model_hash: bytes32):
+    """
+    @notice a participant attests the hash of model_r = model_{r-1} + aggregate(accepted
+            deltas); the first hash backed by more than half of the total stake is recorded
+    """
+    status: uint8 = self._state[task_id].status
+    assert status == STATUS_RUNNING or status == STATUS_FINISHED, "task not running"
+    assert self._rounds[task_id][r].finalised, "round not finalised"
+    assert self._rounds[task_id][r].model_hash == empty(bytes32), "model already recorded"
+    assert model_hash != empty(bytes32), "empty model hash"
+    pool: Participant = self._pools[task_id][msg.sender]
+    assert pool.active, "not a participant"
+    assert not self._model_voted[task_id][r][msg.sender], "already attested"
+    self._model_voted[task_id][r][msg.sender] = True
+    support: uint256 = self._model_support[task_id][r][model_hash] + pool.stake
+    self._model_support[task_id][r][model_hash] = support
+    log ModelVoted(task_id=task_id, round=r, participant=msg.sender, model_hash=model_hash, support=support)
+    if support * 2 > self._state[task_id].total_stake:
+        self._rounds[task_id][r].model_hash = model_hash
+        log ModelRecorded(task_id=task_id, round=r, model_hash=model_hash)
+
+
+# ---------------------------------------------------------------- views
+
+@external
+@view
+def get_params(task_id: uint256) -> TaskParams:
+    return self._params[task_id]
+
+
+@external
+@view
+def get_state(task_id: uint256) -> TaskState:
+    return self._state[task_id]
+
+
+@external
+@view
+def get_participants(task_id: uint256) -> DynArray[address, MAX_PARTICIPANTS]:
+    return self._participants[task_id]
+
+
+@external
+@view
+def get_participant(task_id: uint256, who: address) -> Participant:
+    return self._pools[task_id][who]
+
+
+@external
+@view
+def shares_of(task_id: uint256, participant: address, holder: address) -> uint256:
+    return self._shares[task_id][participant][holder]
+
+
+@external
+@view
+def value_of(task_id: uint256, participant: address, holder: address) -> uint256:
+    pool: Participant = self._pools[task_id][participant]
+    if pool.total_shares == 0:
+        return 0
+    return self._shares[task_id][participant][holder] * pool.stake // pool.total_shares
+
+
+@external
+@view
+def get_round(task_id: uint256, r: uint256) -> Round:
+    return self._rounds[task_id][r]
+
+
+@external
+@view
+def get_proposals(task_id: uint256, r: uint256) -> DynArray[Proposal, MAX_PROPOSALS]:
+    return self._proposals[task_id][r]
+
+
+@external
+@view
+def proposal_slot(task_id: uint256, r: uint256, who: address) -> uint256:
+    """@notice 1 + the index of who's proposal in round r, 0 if none"""
+    return self._proposal_slot[task_id][r][who]
+
+
+@external
+@view
+def get_ballot(task_id: uint256, r: uint256, voter: address) -> Ballot:
+    return self._ballots[task_id][r][voter]
+
+
+@external
+@view
+def model_support(task_id: uint256, r: uint256, model_hash: bytes32) -> uint256:
+    return self._model_support[task_id][r][model_hash]
+
+
+@external
+@view
+def round_seed(task_id: uint256, r: uint256) -> bytes32:
+    """@notice seed(r); zero while unknowable (the block B_r itself) or once blockhash expired unstored"""
+    seed: bytes32 = self._rounds[task_id][r].seed
+    if seed != empty(bytes32):
+        return seed
+    if self._state[task_id].status == STATUS_NONE or self._rounds[task_id][r].open_block == 0:
+        return empty(bytes32)
+    return self._computed_seed(task_id, r)
+
+
+@external
+@view
+def phase(task_id: uint256) -> uint8:
+    return self._phase(task_id)
+
+
+@external
+@view
+def deadlines(task_id: uint256, r: uint256) -> (uint256, uint256, uint256):
+    """@notice last block of the propose, commit and reveal windows of round r"""
+    return self._deadlines(task_id, r)
+
+
+@external
+@view
+def sortition_threshold(task_id: uint256, who: address) -> uint256:
+    """@notice P0: who is elected this round iff first8(beta) >= this (2**64 = never)"""
+    p: TaskParams = self._params[task_id]
+    w: uint256 = self._pools[task_id][who].stake // p.stake_unit
+    big_w: uint256 = self._state[task_id].total_stake // p.stake_unit
+    if w == 0 or big_w == 0:
+        return ONE
+    q: uint256 = ONE - min(ONE, p.expected_proposers * ONE // big_w)
+    return self._fixed_pow(q, w)
