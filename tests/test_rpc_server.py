@@ -164,6 +164,23 @@ async def test_a_half_written_request_blocks_nobody_and_times_out(short_tmp: Pat
     await assert_still_answers(served.path)
 
 
+async def test_a_request_trickled_byte_by_byte_is_cut_off(short_tmp: Path, nursery: trio.Nursery) -> None:
+    served = await start_server(nursery, short_tmp, idle_timeout=0.3)
+    trickler = await Conn.open(served.path)
+    request = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "node_info", "params": ["x" * 1000]}).encode()
+    with trio.fail_after(30):
+        for byte in request:  # each read is prompt, the request never completes in time
+            try:
+                await trickler.send(bytes([byte]))
+            except trio.BrokenResourceError:
+                break
+            await trio.sleep(0.02)
+        else:
+            pytest.fail("the server waited for the whole trickled request")
+    await trickler.stream.aclose()
+    await assert_still_answers(served.path)
+
+
 async def test_a_hundred_concurrent_clients(short_tmp: Path, nursery: trio.Nursery) -> None:
     served = await start_server(nursery, short_tmp)
     answered: list[int] = []

@@ -24,7 +24,7 @@ log = get_logger("flockd.rpc.server")
 
 DEFAULT_MAX_REQUEST_BYTES = 1 << 20
 DEFAULT_MAX_CLIENTS = 256
-DEFAULT_IDLE_TIMEOUT = 120.0  # seconds a connection may sit without completing a line
+DEFAULT_IDLE_TIMEOUT = 120.0  # seconds a client has to complete its next request line
 MAX_UNIX_PATH = 107  # sun_path holds 108 bytes, NUL included
 _RECEIVE_CHUNK = 64 * 1024
 _REJECT_TIMEOUT = 1.0
@@ -135,6 +135,9 @@ class _Server:
 
     async def _converse(self, stream: trio.SocketStream) -> None:
         lines = LineBuffer(self.max_request_bytes)
+        # A deadline per request, not per read: a client trickling one byte at a time
+        # must still complete its line within idle_timeout.
+        deadline = trio.current_time() + self.idle_timeout
         while True:
             try:
                 line = lines.next_line()
@@ -145,14 +148,14 @@ class _Server:
                 return
             if line is None:
                 data = b""
-                with trio.move_on_after(self.idle_timeout):
+                with trio.move_on_at(deadline):
                     data = await stream.receive_some(_RECEIVE_CHUNK)
                 if not data:
                     return  # end of stream, or idle too long
                 lines.feed(data)
-                continue
-            if line.strip():
+            elif line.strip():
                 await self._answer(stream, line)
+                deadline = trio.current_time() + self.idle_timeout
 
     async def _answer(self, stream: trio.SocketStream, line: bytes) -> None:
         reply = await self.dispatcher.handle(line)
