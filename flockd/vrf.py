@@ -8,9 +8,10 @@ Why the point arithmetic is not a thin wrapper over libsodium: libsodium's scala
 multiplication refuses points outside the prime-order subgroup, but RFC 9381 verification
 must work on a public key or Gamma that carries a small-order component (and the TAI
 hash-to-curve must accept such candidates before clearing the cofactor, or its counter
-diverges from the RFC). So decoding and additions go through `crypto_core_ed25519_add`,
-which only needs a point on the curve, and a multiple of an arbitrary point is split as
-n*P = (n >> 3)*(8P) + (n & 7)*P, where 8P is in the subgroup libsodium accepts.
+diverges from the RFC). So such points are decoded and added with `crypto_core_ed25519_add`,
+which only needs a point on the curve, and a multiple of one is split as
+n*P = (n >> 3)*(8P) + (n & 7)*P, where 8P is in the subgroup libsodium accepts. Honest
+keys and proofs are in that subgroup and take the direct path.
 
 Secret scalars stay inside libsodium (scalar_reduce/mul/add), not Python integers.
 """
@@ -18,6 +19,7 @@ Secret scalars stay inside libsodium (scalar_reduce/mul/add), not Python integer
 from __future__ import annotations
 
 import hashlib
+from typing import NamedTuple
 
 from nacl import bindings as sodium
 from nacl import exceptions as nacl_exceptions
@@ -56,18 +58,33 @@ class ProofMismatch(VRFError):
 
 # --- point and scalar helpers (points are 32-byte canonical encodings) ---------------------
 
+_FIELD_PRIME = 2**255 - 19
 
-def _decode_point(encoded: bytes) -> bytes | None:
-    """RFC 8032 5.1.3 decoding: the point if `encoded` is a canonical curve point, else None."""
-    if len(encoded) != 32:
+
+def _is_canonical(encoded: bytes) -> bool:
+    """RFC 8032 5.1.3's encoding rules: y < p, and no sign bit on x = 0 (y = 1 or y = -1)."""
+    n = int.from_bytes(encoded, "little")
+    y, x_sign = n & ((1 << 255) - 1), n >> 255
+    return y < _FIELD_PRIME and not (x_sign and y in (1, _FIELD_PRIME - 1))
+
+
+class _Point(NamedTuple):
+    encoded: bytes
+    prime_order: bool  # in the prime-order subgroup, so libsodium multiplies it directly
+
+
+def _decode_point(encoded: bytes) -> _Point | None:
+    """The point if `encoded` is a canonical curve point (any subgroup), else None."""
+    if len(encoded) != 32 or not _is_canonical(encoded):
         return None
+    if sodium.crypto_core_ed25519_is_valid_point(encoded):
+        return _Point(encoded, prime_order=True)  # the honest case, settled in one call
     try:
-        # Adding the identity decodes without a subgroup check; re-encoding is canonical,
-        # so a mismatch exposes y >= p and the "x = 0 with sign bit set" encodings.
-        reencoded = sodium.crypto_core_ed25519_add(encoded, IDENTITY)
+        # libsodium's addition decodes without a subgroup check: it fails only off the curve.
+        sodium.crypto_core_ed25519_add(encoded, IDENTITY)
     except nacl_exceptions.RuntimeError:
-        return None  # no square root: not on the curve
-    return encoded if reencoded == encoded else None
+        return None
+    return _Point(encoded, prime_order=False)
 
 
 def _add(p: bytes, q: bytes) -> bytes:
@@ -98,8 +115,12 @@ def _mul_subgroup(n: bytes, p: bytes) -> bytes:
     return IDENTITY if n == _ZERO_SCALAR else sodium.crypto_scalarmult_ed25519_noclamp(n, p)
 
 
-def _mul_any(n: int, p: bytes) -> bytes:
+def _mul_any(n: int, point: _Point) -> bytes:
     """n*P for any curve point P, small-order component included."""
+    p = point.encoded
+    if point.prime_order:
+        return _mul_subgroup(_scalar(n), p)
+    # n*P = (n >> 3)*(8P) + (n & 7)*P, and 8P has lost the small-order part.
     p8 = _times_cofactor(p)
     high = IDENTITY if p8 == IDENTITY else _mul_subgroup(_scalar(n >> 3), p8)
     low = IDENTITY
@@ -131,11 +152,15 @@ def _encode_to_curve(salt: bytes, alpha: bytes) -> bytes:
     prefix = SUITE + b"\x01" + salt + alpha
     for ctr in range(256):
         candidate = hashlib.sha512(prefix + bytes([ctr]) + b"\x00").digest()[:32]
-        point = _decode_point(candidate)
-        if point is not None:
-            h = _times_cofactor(point)
-            if h != IDENTITY:
-                return h
+        if not _is_canonical(candidate):
+            continue
+        try:
+            # The first doubling doubles as the on-curve check (no subgroup check: see top).
+            h = _times_cofactor(candidate)
+        except nacl_exceptions.RuntimeError:
+            continue
+        if h != IDENTITY:
+            return h
     # Each try succeeds with probability about 1/2, so this is 2**-256 unlikely.
     raise VRFError("encode_to_curve found no point in 256 tries")
 
@@ -150,7 +175,7 @@ def _gamma_to_hash(gamma: bytes) -> bytes:
     return hashlib.sha512(SUITE + b"\x03" + _times_cofactor(gamma) + b"\x00").digest()
 
 
-def _decode_proof(pi: bytes) -> tuple[bytes, bytes, int]:
+def _decode_proof(pi: bytes) -> tuple[_Point, bytes, int]:
     """(Gamma, c as 16 bytes, s) or MalformedProof, per RFC 9381 5.4.4."""
     if not isinstance(pi, bytes) or len(pi) != PROOF_BYTES:
         raise MalformedProof(f"proof must be {PROOF_BYTES} bytes")
@@ -172,15 +197,20 @@ def public_key(secret_key: bytes) -> bytes:
     return _mul_base(x)
 
 
-def validate_public_key(pk: bytes) -> None:
-    """RFC 9381 ECVRF_validate_key: canonical, on the curve, not of small order."""
+def _decode_public_key(pk: bytes) -> _Point:
     if not isinstance(pk, bytes) or len(pk) != PUBLIC_KEY_BYTES:
         raise InvalidPublicKey(f"public key must be {PUBLIC_KEY_BYTES} bytes")
     point = _decode_point(pk)
     if point is None:
         raise InvalidPublicKey("public key is not a canonical curve point")
-    if _times_cofactor(point) == IDENTITY:
+    if not point.prime_order and _times_cofactor(pk) == IDENTITY:
         raise InvalidPublicKey("public key has small order")
+    return point
+
+
+def validate_public_key(pk: bytes) -> None:
+    """RFC 9381 ECVRF_validate_key: canonical, on the curve, not of small order."""
+    _decode_public_key(pk)
 
 
 def prove(secret_key: bytes, alpha: bytes) -> bytes:
@@ -199,17 +229,17 @@ def prove(secret_key: bytes, alpha: bytes) -> bytes:
 def proof_to_hash(pi: bytes) -> bytes:
     """RFC 9381 5.2: the 64-byte output beta of a proof (call verify() first to trust it)."""
     gamma, _, _ = _decode_proof(pi)
-    return _gamma_to_hash(gamma)
+    return _gamma_to_hash(gamma.encoded)
 
 
 def verify(pk: bytes, alpha: bytes, pi: bytes) -> bytes:
     """RFC 9381 5.3 with validate_key: beta when pi is valid, else a VRFError subclass."""
-    validate_public_key(pk)
+    y = _decode_public_key(pk)
     gamma, c, s = _decode_proof(pi)
     h = _encode_to_curve(pk, bytes(alpha))
     c_int = int.from_bytes(c, "little")
-    u = _sub(_mul_base(_scalar(s)), _mul_any(c_int, pk))
+    u = _sub(_mul_base(_scalar(s)), _mul_any(c_int, y))
     v = _sub(_mul_subgroup(_scalar(s), h), _mul_any(c_int, gamma))
-    if _challenge(pk, h, gamma, u, v) != c:
+    if _challenge(pk, h, gamma.encoded, u, v) != c:
         raise ProofMismatch("proof does not verify for this key and input")
-    return _gamma_to_hash(gamma)
+    return _gamma_to_hash(gamma.encoded)
