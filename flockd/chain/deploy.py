@@ -112,6 +112,7 @@ class ScratchChain:
 
     funded: Sequence[bytes]
     balance: int = 10**24
+    alloc: dict[bytes, GenesisAccount] = field(default_factory=dict)  # extra genesis accounts
     written: set[tuple[bytes, int]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -139,6 +140,7 @@ class ScratchChain:
             addr: {"balance": self.balance, "nonce": 0, "code": b"", "storage": {}}
             for addr in self.funded
         }
+        state.update({addr: dict(account) for addr, account in self.alloc.items()})
         # py-evm's stubs want Address/BlockNumber newtypes everywhere: keep the chain Any
         self.chain: Any = chain_class.from_genesis(AtomicDB(), genesis_params, state)
         self._pending: list[SignedTransactionAPI] = []
