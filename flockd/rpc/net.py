@@ -29,16 +29,16 @@ class NetNamespace:
         try:
             peer_id = await self._network.connect(multiaddr)
         except P2PError as exc:
-            raise RPCError(NETWORK_ERROR, f"cannot connect to {multiaddr}: {exc}") from None
+            raise RPCError(NETWORK_ERROR, f"net_connect: {exc}") from None
         return {"peer_id": peer_id}
 
 
 def _check_multiaddr(text: str) -> None:
     try:
-        parsed = Multiaddr(text)
-        empty = not list(parsed.protocols())
+        protocols = [p.name for p in Multiaddr(text).protocols()]
     except Exception as exc:  # the multiaddr package raises several unrelated types on bad input
         reason = str(exc).split(" (string:")[0]
         raise RPCError(INVALID_PARAMS, f"net_connect: invalid multiaddr: {clip(reason, 200)}") from None
-    if empty:
-        raise RPCError(INVALID_PARAMS, f"net_connect: invalid multiaddr {short_repr(text)}: no protocols")
+    if len(protocols) < 2 or protocols[-1] != "p2p":
+        # Caught here, so a malformed address is -32602 and only a failed dial is -32000.
+        raise RPCError(INVALID_PARAMS, f"net_connect: multiaddr {short_repr(text)} must end in /p2p/<peer id>")
