@@ -14,7 +14,7 @@ import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any
 
 from flockd.logs import get_logger
 from flockd.rpc.errors import (
@@ -33,10 +33,6 @@ DEFAULT_MAX_BATCH = 100
 _NAMESPACE_NAME = re.compile(r"[a-z][a-z0-9]*")
 _METHOD_SUFFIX = re.compile(r"[a-z][a-z0-9_]*")
 _REQUEST_MEMBERS = frozenset({"jsonrpc", "method", "params", "id"})
-
-
-class Namespace(Protocol):
-    namespace: ClassVar[str]
 
 
 @dataclass(frozen=True)
@@ -68,6 +64,8 @@ class Method:
 
 
 class Dispatcher:
+    """Routes requests to namespace methods; adding a namespace is one add_namespace() call."""
+
     def __init__(self, namespaces: Iterable[object] = (), *, max_batch: int = DEFAULT_MAX_BATCH) -> None:
         self.max_batch = max_batch
         self._methods: dict[str, Method] = {}
