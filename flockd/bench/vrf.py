@@ -16,12 +16,18 @@ import nacl.signing
 
 from flockd import sortition, vrf
 
+REPEATS = 3
+
 
 def _rate(label: str, count: int, step: Callable[[int], object]) -> float:
-    start = time.perf_counter()
-    for i in range(count):
-        step(i)
-    elapsed = time.perf_counter() - start
+    # The fastest of a few passes: the machine is shared, and other load only slows a pass.
+    best = float("inf")
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        for i in range(count):
+            step(i)
+        best = min(best, time.perf_counter() - start)
+    elapsed = best
     per_second = count / elapsed
     print(f"  {label:<34} {per_second:>10,.0f} /s   {elapsed / count * 1e6:>8.1f} us each")
     return per_second
@@ -29,7 +35,7 @@ def _rate(label: str, count: int, step: Callable[[int], object]) -> float:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench vrf", description=__doc__)
-    parser.add_argument("-n", type=int, default=2000, help="operations per figure (default 2000)")
+    parser.add_argument("-n", type=int, default=1000, help="operations per pass (default 1000)")
     args = parser.parse_args(argv)
     n = max(1, args.n)
 
@@ -39,7 +45,9 @@ def main(argv: list[str]) -> int:
     signer = nacl.signing.SigningKey(secret)
     verifier = signer.verify_key
 
-    print(f"ECVRF-EDWARDS25519-SHA512-TAI, {n} operations per figure, 32-byte alpha")
+    print(
+        f"ECVRF-EDWARDS25519-SHA512-TAI, 32-byte alpha; each figure is the best of {REPEATS} passes of {n}"
+    )
     print("baseline (libsodium Ed25519, same curve):")
     sign_rate = _rate("ed25519 sign", n, lambda i: signer.sign(alphas[i]))
     signatures = [signer.sign(a) for a in alphas]
