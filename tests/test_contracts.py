@@ -74,11 +74,12 @@ class Registry:
     """The token and registry deployed on a fresh scratch chain, accounts funded and approved."""
 
     n_accounts: int = 8
+    vrf_salt: bytes = b""  # another salt, other VRF keys, other draws
     accounts: list[Account] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.accounts = [
-            Account(PrivateKey(keccak(b"acct%d" % i)), keccak(b"vrf%d" % i))
+            Account(PrivateKey(keccak(b"acct%d" % i)), keccak(b"vrf%d" % i + self.vrf_salt))
             for i in range(self.n_accounts)
         ]
         addrs = [a.address for a in self.accounts]

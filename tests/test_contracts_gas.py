@@ -1,0 +1,153 @@
+"""Gas used by every contract function, and the worst case (64 participants, 16
+proposals) fitting comfortably in a block.
+
+    .venv/bin/python tests/test_contracts_gas.py      # prints the markdown table
+"""
+
+from __future__ import annotations
+
+from eth_utils import keccak
+from test_contracts import (
+    E18,
+    PHASE_COMMIT,
+    PHASE_REVEAL,
+    REGISTRY,
+    TOKEN,
+    Registry,
+    as_tuple,
+    params,
+    salt,
+)
+
+from flockd import sortition
+from flockd.chain.deploy import SCRATCH_GAS_LIMIT, TxResult
+
+Row = tuple[str, int, str]
+
+
+def _ok(results: list[TxResult]) -> list[TxResult]:
+    assert all(r.ok for r in results), [r.computation.error for r in results if not r.ok]
+    return results
+
+
+def small_task_rows() -> list[Row]:
+    reg = Registry()
+    rows: list[Row] = []
+    chain = reg.chain
+    holders = [a.address for a in reg.accounts[:3]]
+    res = chain.transact(reg.accounts[0].key, b"", TOKEN.deploy_data("S", "S", holders, [1, 1, 1]))
+    rows.append(("StakeToken constructor (3 holders)", res.gas_used, "deploy"))
+    res = chain.transact(reg.accounts[0].key, b"", REGISTRY.deploy_data(reg.token, bytes(20)))
+    rows.append(("TaskRegistry constructor", res.gas_used, f"deploy, runtime {len(REGISTRY.bytecode_runtime)} B"))
+    data = TOKEN.encode_call("transfer", reg.addr(1), E18)
+    rows.append(("token.transfer", chain.transact(reg.accounts[0].key, reg.token, data).gas_used, ""))
+    data = TOKEN.encode_call("approve", reg.addr(1), E18)
+    rows.append(("token.approve", chain.transact(reg.accounts[0].key, reg.token, data).gas_used, ""))
+
+    rows.append(("create_task", reg.tx(0, "create_task", as_tuple(params())).gas_used, "pulls the reward pool"))
+    task = 1
+    rows.append(("join", reg.join(task, 1).gas_used, "first participant"))
+    rows.append(("join", reg.join(task, 2).gas_used, "later participant"))
+    for who in (3, 4, 5):
+        reg.join(task, who)
+    rows.append(("delegate", reg.tx(6, "delegate", task, reg.addr(1), E18).gas_used, ""))
+    rows.append(("withdraw", reg.tx(6, "withdraw", task, reg.addr(1)).gas_used, "delegator, before start"))
+    rows.append(("start_task", reg.tx(0, "start_task", task).gas_used, "opens round 0"))
+    rows.append(("propose", reg.propose(task, 0, 1).gas_used, "first of the round: fixes the seed; VRF precompile"))
+    rows.append(("propose", reg.propose(task, 0, 2).gas_used, "later"))
+    ballots = {3: [1, -1], 4: [1, -1], 5: [1, 1]}
+    reg.advance_to(task, 0, PHASE_COMMIT)
+    for who, votes in ballots.items():
+        reg.send(who, "commit_vote", task, 0, reg.digest(who, votes, salt(who, 0)))
+    commits = _ok(reg.chain.mine())
+    rows.append(("commit_vote", commits[0].gas_used, ""))
+    reg.advance_to(task, 0, PHASE_REVEAL)
+    for who, votes in ballots.items():
+        reg.send(who, "reveal_vote", task, 0, votes, salt(who, 0))
+    reveals = _ok(reg.chain.mine())
+    rows.append(("reveal_vote", reveals[0].gas_used, "per-proposal mode, 2 proposals, first revealer"))
+    reg.advance_to(task, 0, 5)
+    res = reg.tx(0, "finalise", task, 0)
+    rows.append(("finalise", res.gas_used, "5 participants, 2 proposals (1 accepted), opens next round"))
+    rows.append(("record_model", reg.tx(3, "record_model", task, 0, keccak(b"m")).gas_used, "attestation, no majority yet"))
+    rows.append(("record_model", reg.tx(1, "record_model", task, 0, keccak(b"m")).gas_used, "attestation reaching the majority"))
+
+    other = reg.create()
+    rows.append(("cancel_task", reg.tx(0, "cancel_task", other).gas_used, "refunds the pool"))
+
+    whole = reg.started([1, 2, 3], vote_mode=1)
+    reg.propose(whole, 0, 1)
+    reg.advance_to(whole, 0, PHASE_COMMIT)
+    reg.tx(2, "commit_vote", whole, 0, reg.digest(2, [E18 // 2], salt(2, 0)))
+    reg.advance_to(whole, 0, PHASE_REVEAL)
+    res = reg.tx(2, "reveal_vote", whole, 0, [E18 // 2], salt(2, 0))
+    rows.append(("reveal_vote", res.gas_used, "whole-round mode, one score"))
+    return rows
+
+
+def _worst_case_registry() -> tuple[Registry, int, list[int]]:
+    """64 participants and a VRF key set under which at least 16 of them are elected."""
+    for attempt in range(20):
+        reg = Registry(n_accounts=64, vrf_salt=b"%d" % attempt)
+        task = reg.started(list(range(64)), expected_proposers=16, stake_unit=100 * E18)
+        seed, total = reg.seed(task, 0), reg.view("get_state", task)[3]
+        elected = [
+            who for who in range(64)
+            if sortition.elect(
+                reg.accounts[who].vrf_sk, seed, sortition.Stakes(100 * E18, total, 100 * E18, 16)
+            ).weight
+        ]
+        if len(elected) >= 16:
+            return reg, task, elected[:16]
+    raise AssertionError("no key set elected 16 proposers")
+
+
+def worst_case_rows() -> list[Row]:
+    reg, task, proposers = _worst_case_registry()
+    for who in proposers:
+        reg.send(who, "propose", task, 0, keccak(b"%d" % who), reg.proof(who, task, 0))
+    _ok(reg.chain.mine())
+    voters = [w for w in range(64) if w not in proposers]
+    # even proposals accepted, odd rejected; every 4th voter votes the other way (slashed)
+    ballots = {
+        who: [(1 if i % 2 == 0 else -1) * (-1 if n % 4 == 0 else 1) for i in range(16)]
+        for n, who in enumerate(voters)
+    }
+    reg.advance_to(task, 0, PHASE_COMMIT)
+    for who, votes in ballots.items():
+        reg.send(who, "commit_vote", task, 0, reg.digest(who, votes, salt(who, 0)))
+    _ok(reg.chain.mine())
+    reg.advance_to(task, 0, PHASE_REVEAL)
+    for who, votes in ballots.items():
+        reg.send(who, "reveal_vote", task, 0, votes, salt(who, 0))
+    reveal = _ok(reg.chain.mine())
+    reg.advance_to(task, 0, 5)
+    res = reg.tx(0, "finalise", task, 0)
+    mask = dict(reg.events(res))["RoundFinalised"]["accepted_mask"]
+    assert mask == int("01" * 8, 2)
+    return [
+        ("reveal_vote", reveal[-1].gas_used, "per-proposal mode, 16 proposals, last revealer"),
+        ("finalise", res.gas_used, "worst case: 64 participants, 16 proposals, 8 accepted, 12 voters slashed"),
+    ]
+
+
+def gas_table() -> list[Row]:
+    return small_task_rows() + worst_case_rows()
+
+
+def test_gas_table_and_worst_case_fits_a_block() -> None:
+    rows = gas_table()
+    assert all(gas > 21_000 for _, gas, _ in rows)
+    worst = max(gas for name, gas, _ in rows if name == "finalise")
+    assert worst < SCRATCH_GAS_LIMIT // 4
+
+
+def main() -> None:
+    print("| function | gas | case |")
+    print("| --- | ---: | --- |")
+    for name, gas, note in gas_table():
+        print(f"| `{name}` | {gas:,} | {note} |")
+
+
+if __name__ == "__main__":
+    main()
