@@ -265,3 +265,10 @@ def test_well_formed_is_not_valid():
 def test_validate_public_key_rejects_non_bytes():
     with pytest.raises(vrf.InvalidPublicKey):
         vrf.validate_public_key("d7" * 16)  # type: ignore[arg-type]
+
+
+def test_benchmark_runs(capsys):
+    from flockd.bench import vrf as bench
+
+    assert bench.main(["-n", "4"]) == 0
+    assert "vrf verify" in capsys.readouterr().out

@@ -27,9 +27,8 @@ def _rate(label: str, count: int, step: Callable[[int], object]) -> float:
         for i in range(count):
             step(i)
         best = min(best, time.perf_counter() - start)
-    elapsed = best
-    per_second = count / elapsed
-    print(f"  {label:<34} {per_second:>10,.0f} /s   {elapsed / count * 1e6:>8.1f} us each")
+    per_second = count / best
+    print(f"  {label:<34} {per_second:>10,.0f} /s   {best / count * 1e6:>8.1f} us each")
     return per_second
 
 
