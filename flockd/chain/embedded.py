@@ -200,9 +200,11 @@ class EmbeddedChain:
         if tx.gas > self.genesis.gas_limit:
             raise GasTooHigh(f"gas {tx.gas} exceeds the block gas limit {self.genesis.gas_limit}")
         try:
-            tx.validate()  # field ranges, intrinsic gas
+            tx.validate()  # field ranges
         except ValidationError as exc:
-            raise GasTooLow(str(exc)) if "gas" in str(exc).lower() else MalformedTx(str(exc)) from None
+            raise MalformedTx(str(exc)) from None
+        if tx.gas < tx.intrinsic_gas:  # typed txs' validate() does not check it
+            raise GasTooLow(f"gas {tx.gas} is below the intrinsic cost {tx.intrinsic_gas}")
 
     def add_transaction(self, raw: bytes) -> bytes:
         """Admit a signed raw tx to the mempool; returns its hash. Raises a TxRejected subclass."""
@@ -307,7 +309,7 @@ class EmbeddedChain:
 
     def _has_block(self, block_hash: bytes) -> bool:
         try:
-            self._chain.get_block_by_hash(Hash32(block_hash))
+            self._chain.get_block_by_hash(Hash32(bytes(block_hash)))
         except (HeaderNotFound, KeyError):
             return False
         return True
@@ -330,7 +332,7 @@ class EmbeddedChain:
             head = self._chain.get_canonical_head()
             if isinstance(ref, bytes):
                 try:
-                    return self._chain.get_block_header_by_hash(Hash32(ref))
+                    return self._chain.get_block_header_by_hash(Hash32(bytes(ref)))
                 except (HeaderNotFound, ValidationError):
                     raise UnknownBlock(f"no block {ref.hex()}") from None
             if ref in ("latest", "pending"):
@@ -355,7 +357,7 @@ class EmbeddedChain:
     def get_block_by_hash(self, block_hash: bytes) -> BlockAPI | None:
         with self._lock:
             try:
-                return self._chain.get_block_by_hash(Hash32(block_hash))
+                return self._chain.get_block_by_hash(Hash32(bytes(block_hash)))
             except (HeaderNotFound, ValidationError, KeyError):
                 return None
 
@@ -489,8 +491,10 @@ class EmbeddedChain:
         return cast(int, self._chain.create_header_from_parent(head).base_fee_per_gas)
 
     def _locate(self, tx_hash: bytes) -> _Located | None:
+        # bytes(): py-evm builds this lookup key with an f-string, so a HexBytes hash (what
+        # eth-account returns) would silently miss.
         try:
-            number, index = self._chain.get_canonical_transaction_index(Hash32(tx_hash))
+            number, index = self._chain.get_canonical_transaction_index(Hash32(bytes(tx_hash)))
         except TransactionNotFound:
             return None
         block = self._chain.get_canonical_block_by_number(number)
