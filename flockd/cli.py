@@ -161,8 +161,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise CLIError(str(exc)) from None
         configure_logging(config.node.log_level, json=config.node.log_json)
         from flockd.node import Node
+        from flockd.p2p.abc import P2PError
 
-        node = Node(config, identity, datadir)
+        try:
+            node = Node(config, identity, datadir)
+        except P2PError as exc:
+            raise CLIError(str(exc)) from None
         trio.run(node.run)
     finally:
         lock.release()

@@ -20,6 +20,7 @@ import nacl.secret
 import nacl.utils
 from eth_account import Account
 from eth_keys import keys
+from eth_keys.datatypes import PrivateKey
 
 from flockd.identity.files import write_new_file
 
@@ -39,7 +40,7 @@ class Identity:
     vrf_secret: bytes  # 32-byte Ed25519 seed for the ECVRF
 
     @property
-    def private_key(self) -> keys.PrivateKey:
+    def private_key(self) -> PrivateKey:
         return keys.PrivateKey(self.node_secret)
 
     @property

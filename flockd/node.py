@@ -1,0 +1,110 @@
+"""The daemon: wires the services into one trio nursery, in order, and stops them in reverse.
+
+Start order: p2p (so the node has an identity on the network), then the control
+socket (so a client never reaches a node that cannot answer). Stop order is the
+reverse: the socket closes first, so no request arrives at a half-stopped node.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import trio
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus  # trio's own TaskStatus is hidden by trio-stubs
+
+from flockd import __version__
+from flockd.config import Config
+from flockd.datadir import IPC_SOCKET
+from flockd.identity.keystore import Identity
+from flockd.logs import get_logger
+from flockd.rpc.dispatch import Dispatcher
+
+log = get_logger("flockd.node")
+
+
+class Node:
+    def __init__(self, config: Config, identity: Identity, datadir: Path) -> None:
+        from flockd.p2p.host import P2PService
+        from flockd.p2p.limits import P2PLimits
+
+        self.config = config
+        self.identity = identity
+        self.datadir = datadir
+        self.version = __version__
+        self.address = identity.address
+        self.peer_id = identity.peer_id
+        self.started_at = time.time()
+        self.p2p = P2PService(
+            identity.node_secret,
+            network_id=config.node.network,
+            listen=config.p2p.listen,
+            bootstrap=config.p2p.bootstrap,
+            limits=P2PLimits(max_peers=config.p2p.max_peers),
+        )
+        self._stop = trio.Event()
+
+    # -- NodeControl (what the node_* RPC namespace needs) --------------------
+    def listen_addrs(self) -> list[str]:
+        return self.p2p.listen_addrs()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    # -- lifecycle -----------------------------------------------------------
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_signals)
+            async with AsyncExitStack() as services:
+                await self._start(services, "p2p", self.p2p.run)
+                await self._start(services, "rpc", self._serve_control_socket)
+                log.info(
+                    "node started",
+                    address=self.address,
+                    peer_id=self.peer_id,
+                    listen=self.listen_addrs(),
+                )
+                await self._stop.wait()
+                log.info("node stopping")
+            nursery.cancel_scope.cancel()
+        log.info("node stopped")
+
+    async def _start(self, stack: AsyncExitStack, name: str, service: object) -> None:
+        # One nursery per service, entered in start order; the exit stack unwinds them
+        # in reverse, cancelling each before the one it depends on.
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        stack.callback(nursery.cancel_scope.cancel)
+        await nursery.start(service)  # type: ignore[arg-type]
+        log.debug("service started", service=name)
+
+    async def _serve_control_socket(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        from flockd.rpc.server import serve_ipc
+
+        await serve_ipc(
+            self.datadir / IPC_SOCKET,
+            self._dispatcher(),
+            max_request_bytes=self.config.rpc.max_request_bytes,
+            max_clients=self.config.rpc.max_clients,
+            task_status=task_status,
+        )
+
+    def _dispatcher(self) -> Dispatcher:
+        from flockd.rpc.meta import RPCNamespace
+        from flockd.rpc.net import NetNamespace
+        from flockd.rpc.node import NodeNamespace
+
+        namespaces: list[object] = [NodeNamespace(self), NetNamespace(self.p2p)]
+        dispatcher = Dispatcher(namespaces)
+        dispatcher.add_namespace(RPCNamespace(dispatcher))
+        return dispatcher
+
+    async def _watch_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("signal received", signal=signal.Signals(signum).name)
+                self.request_stop()

@@ -1,0 +1,5 @@
+import sys
+
+from flockd.testnet.main import main
+
+sys.exit(main(sys.argv[1:]))

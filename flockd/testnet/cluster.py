@@ -1,0 +1,166 @@
+"""N real daemons on 127.0.0.1, one process each: the testnet's and the integration tests' engine."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flockd.datadir import IPC_SOCKET
+from flockd.rpc.client import IPCClient
+
+PASSWORD = "flockd-testnet"  # testnet keys guard nothing of value
+
+
+class ClusterError(Exception):
+    """A daemon failed to start, died, or did not reach the expected state in time."""
+
+
+@dataclass
+class Daemon:
+    index: int
+    datadir: Path
+    address: str = ""
+    peer_id: str = ""
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(default_factory=Path)
+
+    @property
+    def ipc(self) -> Path:
+        return self.datadir / IPC_SOCKET
+
+    def client(self, timeout: float = 10.0) -> IPCClient:
+        return IPCClient(self.ipc, timeout=timeout)
+
+    def call(self, method: str, params: Any = None) -> Any:
+        return self.client().call(method, params)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+class Cluster:
+    def __init__(self, workdir: Path, size: int, *, extra_run_args: list[str] | None = None) -> None:
+        self.workdir = workdir
+        self.daemons = [Daemon(i, workdir / f"node{i}") for i in range(size)]
+        self.extra_run_args = extra_run_args or []
+        self.env = {**os.environ, "FLOCKD_PASSWORD": PASSWORD}
+
+    # -- set-up ---------------------------------------------------------------
+    def init(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for d in self.daemons:
+            if (d.datadir / "keystore.json").exists():
+                self._read_identity(d)
+                continue
+            out = self._flockd("init", "--datadir", str(d.datadir), "--light-kdf")
+            fields = dict(line.split(None, 1) for line in out.splitlines() if line.strip())
+            d.address = fields["address"].strip()
+            d.peer_id = fields["peer id"].strip() if "peer id" in fields else fields["peer"].split()[-1]
+
+    def _read_identity(self, d: Daemon) -> None:
+        from flockd.identity.keystore import load_identity
+
+        identity = load_identity(d.datadir, PASSWORD)
+        d.address, d.peer_id = identity.address, identity.peer_id
+
+    def _flockd(self, *args: str) -> str:
+        proc = subprocess.run(
+            [sys.executable, "-m", "flockd.cli", *args], env=self.env, capture_output=True, text=True
+        )
+        if proc.returncode != 0:
+            raise ClusterError(f"flockd {args[0]} failed: {proc.stderr.strip()}")
+        return proc.stdout
+
+    # -- processes ------------------------------------------------------------
+    def start(self, *, timeout: float = 60.0, detach: bool = False) -> None:
+        """Start node 0, then every other node bootstrapped to it."""
+        self.start_daemon(self.daemons[0], bootstrap=None, detach=detach)
+        self.wait_ready(self.daemons[0], timeout)
+        seed = self.bootstrap_addr()
+        for d in self.daemons[1:]:
+            self.start_daemon(d, bootstrap=seed, detach=detach)
+        for d in self.daemons[1:]:
+            self.wait_ready(d, timeout)
+
+    def bootstrap_addr(self) -> str:
+        seed = self.daemons[0]
+        addr: str = seed.call("node_info")["listen_addrs"][0]
+        return addr if "/p2p/" in addr else f"{addr}/p2p/{seed.peer_id}"
+
+    def start_daemon(self, d: Daemon, *, bootstrap: str | None, detach: bool = False) -> None:
+        args = [sys.executable, "-m", "flockd.cli", "run", "--datadir", str(d.datadir), *self.extra_run_args]
+        if bootstrap:
+            args += ["--bootstrap", bootstrap]
+        d.log_path = d.datadir / "flockd.log"
+        with open(d.log_path, "ab") as log:
+            d.process = subprocess.Popen(
+                args, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=detach,
+            )
+
+    def wait_ready(self, d: Daemon, timeout: float) -> None:
+        self.wait_for(lambda: d.call("node_info") is not None, timeout, f"node{d.index} control socket", d)
+
+    def wait_for(self, check: Callable[[], bool], timeout: float, what: str, d: Daemon | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            for dd in [d] if d else self.daemons:
+                if dd.process is not None and not dd.alive():
+                    raise ClusterError(f"node{dd.index} exited with {dd.process.returncode}; log: {self.tail(dd)}")
+            try:
+                if check():
+                    return
+            except Exception as exc:  # not up yet: the socket may not exist
+                last_error = exc
+            time.sleep(0.2)
+        raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last_error})")
+
+    def wait_full_mesh(self, timeout: float = 60.0) -> None:
+        want = len(self.daemons) - 1
+
+        def full() -> bool:
+            return all(len(d.call("net_peers")) >= want for d in self.daemons)
+
+        self.wait_for(full, timeout, f"every node to see {want} peers")
+
+    def stop(self, timeout: float = 30.0) -> list[int | None]:
+        """node_stop every daemon, then SIGTERM, then SIGKILL; returns exit codes."""
+        for d in self.daemons:
+            if d.alive():
+                try:
+                    d.call("node_stop")
+                except Exception:
+                    assert d.process is not None
+                    d.process.send_signal(signal.SIGTERM)
+        codes: list[int | None] = []
+        deadline = time.monotonic() + timeout
+        for d in self.daemons:
+            if d.process is None:
+                codes.append(None)
+                continue
+            try:
+                codes.append(d.process.wait(timeout=max(0.1, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                d.process.kill()
+                codes.append(d.process.wait())
+        return codes
+
+    def kill(self, d: Daemon) -> None:
+        assert d.process is not None
+        d.process.send_signal(signal.SIGKILL)
+        d.process.wait()
+
+    @staticmethod
+    def tail(d: Daemon, lines: int = 15) -> str:
+        try:
+            return "\n".join(d.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
