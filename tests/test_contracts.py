@@ -601,3 +601,15 @@ def test_contract_elects_exactly_whom_python_elects() -> None:
     results = reg.chain.mine()
     assert [r.ok for r in results] == elected
     assert 0 < sum(elected) < len(joiners)  # this deterministic chain draws a mix
+
+
+def test_seed_survives_blockhash_expiry_only_once_fixed(reg: Registry) -> None:
+    fixed = reg.started([1, 2, 3], propose_blocks=1)
+    seed = reg.seed(fixed, 0)
+    reg.propose(fixed, 0, 1)
+    unfixed = reg.started([1, 2, 3], propose_blocks=1)
+    assert reg.view("round_seed", unfixed, 0) == reg.seed(unfixed, 0)
+    reg.chain.mine_empty(257)
+    assert reg.view("round_seed", fixed, 0) == seed
+    assert reg.view("round_seed", unfixed, 0) == bytes(32)
+    assert reg.view("round_seed", 99, 0) == bytes(32)
