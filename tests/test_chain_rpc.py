@@ -1,0 +1,150 @@
+"""The eth JSON-RPC namespace: web3 8 over HTTP reads and writes the embedded chain; bad input answered."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+import trio
+import vyper
+from eth_account import Account
+from eth_keys import keys
+from web3 import Web3
+from web3.exceptions import ContractLogicError
+from web3.middleware import ExtraDataToPOAMiddleware
+
+from flockd.chain.embedded import EmbeddedChain
+from flockd.chain.eth_api import EthAPI
+from flockd.chain.eth_http import MAX_BODY, serve_http
+from flockd.chain.genesis import Genesis
+
+T0 = 1_700_000_000
+SEALER = keys.PrivateKey(b"\x01" * 32)
+ALICE = Account.from_key(b"\x0a" * 32)
+BOB = Account.from_key(b"\x0b" * 32)
+
+STORE_SOURCE = """# pragma version ^0.4.0
+event Stored:
+    who: indexed(address)
+    value: uint256
+
+stored: public(uint256)
+
+@external
+def store(v: uint256):
+    assert v != 13, "unlucky"
+    self.stored = v
+    log Stored(who=msg.sender, value=v)
+"""
+
+
+def make_chain() -> EmbeddedChain:
+    genesis = Genesis.create(
+        chain_id=4242,
+        authorities=[SEALER.public_key.to_canonical_address()],
+        timestamp=T0,
+        alloc={ALICE.address: {"balance": 10**21}},
+    )
+    return EmbeddedChain(genesis, None, SEALER)
+
+
+def seal(chain: EmbeddedChain) -> None:
+    chain.seal_block(chain.next_seal_time(0))
+
+
+def web3_session(port: int, chain: EmbeddedChain) -> None:
+    """Runs in a worker thread: web3's HTTPProvider is synchronous."""
+    w3 = Web3(Web3.HTTPProvider(f"http://127.0.0.1:{port}", request_kwargs={"timeout": 10}))
+    # As for any PoA chain (geth clique too): the seal makes extraData longer than 32 bytes.
+    w3.middleware_onion.inject(ExtraDataToPOAMiddleware, layer=0)
+    assert w3.eth.chain_id == 4242 and w3.net.version == "4242"
+    seal(chain)
+    assert w3.eth.block_number == 1
+    block = w3.eth.get_block("latest")
+    assert block["number"] == 1 and block["hash"] == chain.head.hash and block["miner"] == chain_address(chain)
+    assert w3.eth.get_block(0)["timestamp"] == T0
+
+    # A plain transfer, signed locally, fees filled by web3 from our fee methods.
+    tx = {"to": BOB.address, "value": 777, "gas": 21_000, "nonce": w3.eth.get_transaction_count(ALICE.address),
+          "chainId": w3.eth.chain_id, "maxFeePerGas": w3.eth.gas_price * 2,
+          "maxPriorityFeePerGas": w3.eth.max_priority_fee}
+    tx_hash = w3.eth.send_raw_transaction(ALICE.sign_transaction(tx).raw_transaction)
+    assert w3.eth.get_transaction(tx_hash)["blockNumber"] is None
+    seal(chain)
+    receipt = w3.eth.get_transaction_receipt(tx_hash)
+    assert receipt["status"] == 1 and receipt["gasUsed"] == 21_000 and receipt["blockNumber"] == 2
+    assert w3.eth.get_balance(BOB.address) == 777
+    assert w3.eth.get_transaction(tx_hash)["from"] == ALICE.address
+
+    # A contract through web3's own contract layer: build_transaction (estimateGas, fees),
+    # call, revert reason, events.
+    compiled = vyper.compile_code(STORE_SOURCE, output_formats=["abi", "bytecode"])
+    factory = w3.eth.contract(abi=compiled["abi"], bytecode=compiled["bytecode"])
+    deploy = factory.constructor().build_transaction({"from": ALICE.address, "nonce": 1})
+    tx_hash = w3.eth.send_raw_transaction(ALICE.sign_transaction(deploy).raw_transaction)
+    seal(chain)
+    contract = w3.eth.contract(address=w3.eth.get_transaction_receipt(tx_hash)["contractAddress"], abi=compiled["abi"])
+    store = contract.functions.store(42).build_transaction({"from": ALICE.address, "nonce": 2})
+    tx_hash = w3.eth.send_raw_transaction(ALICE.sign_transaction(store).raw_transaction)
+    seal(chain)
+    receipt = w3.eth.get_transaction_receipt(tx_hash)
+    (event,) = contract.events.Stored().process_receipt(receipt)
+    assert event["args"]["value"] == 42 and event["args"]["who"] == ALICE.address
+    assert contract.functions.stored().call() == 42
+    # "safe" = head - confirmations (2): the contract is not there yet, then it is.
+    assert w3.eth.get_code(contract.address, "safe") == b""
+    seal(chain)
+    seal(chain)
+    assert contract.functions.stored().call(block_identifier="safe") == 42
+    with pytest.raises(ContractLogicError, match="unlucky"):
+        contract.functions.store(13).call({"from": ALICE.address})
+    (log,) = contract.events.Stored().get_logs(from_block=0)
+    assert log["transactionHash"] == tx_hash
+    history = w3.eth.fee_history(3, "latest", [50])
+    assert len(history["baseFeePerGas"]) == 4 and len(history["reward"]) == 3
+
+
+def chain_address(chain: EmbeddedChain) -> str:
+    return Web3.to_checksum_address(chain.sealer_address)
+
+
+async def test_web3_over_http_reads_and_writes_the_chain():
+    chain = make_chain()
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_http, 0, EthAPI(chain))
+        await trio.to_thread.run_sync(web3_session, port, chain)
+        # Transport limits: GET refused, oversized body refused.
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            assert (await client.get("/")).status_code == 405
+            assert (await client.post("/", content=b" " * (MAX_BODY + 1))).status_code == 413
+        nursery.cancel_scope.cancel()
+
+
+def test_malformed_requests_get_specific_errors():
+    api = EthAPI(make_chain())
+
+    def ask(body) -> dict:
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return json.loads(api.handle_body(raw))
+
+    def req(method, *params):
+        return ask({"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)})
+
+    assert ask(b"{not json")["error"]["code"] == -32700
+    assert ask({"id": 1, "method": "eth_chainId"})["error"]["code"] == -32600
+    assert ask([])["error"]["code"] == -32600
+    assert ask([{"jsonrpc": "2.0", "id": i, "method": "eth_chainId"} for i in range(101)])["error"]["code"] == -32600
+    assert req("eth_nope")["error"]["code"] == -32601
+    assert req("eth_getBalance", "0x1234")["error"]["code"] == -32602  # not an address
+    assert req("eth_getBalance", "0x" + "00" * 20, "0xzz")["error"]["code"] == -32602
+    assert req("eth_getBlockByNumber")["error"]["code"] == -32602  # missing param
+    assert req("eth_getBlockByNumber", "0x99", False)["result"] is None
+    assert req("eth_getBalance", "0x" + "00" * 20, "0x99")["error"]["code"] == -32000
+    assert "NonceGap" in req("eth_sendRawTransaction", "0x" + bytes(ALICE.sign_transaction(
+        {"to": BOB.address, "value": 1, "gas": 21_000, "gasPrice": 10**10, "nonce": 5, "chainId": 4242}
+    ).raw_transaction).hex())["error"]["message"]
+    assert "MalformedTx" in req("eth_sendRawTransaction", "0x02c0")["error"]["message"]
+    assert api.handle_body(json.dumps({"jsonrpc": "2.0", "method": "eth_chainId"}).encode()) is None  # notification
+    batch = ask([{"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"}, {"jsonrpc": "2.0", "id": 2, "method": "eth_blockNumber"}])
+    assert [r["result"] for r in batch] == ["0x1092", "0x0"]
