@@ -86,50 +86,26 @@ def _read_password(args: argparse.Namespace, *, confirm: bool) -> str:
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
-    from flockd.config import CONFIG_FILE, DEFAULT_CONFIG_TOML, ConfigError, config_from_dict
-    from flockd.identity.files import write_new_file
-    from flockd.identity.keystore import IdentityError, create_identity
+    from flockd.config import ConfigError
+    from flockd.datadir import init_datadir, initial_config
+    from flockd.identity.keystore import IdentityError
 
-    datadir: Path = args.datadir
-    text = DEFAULT_CONFIG_TOML
     try:
-        text = _customise_config(text, args)
-        import tomllib
-
-        config_from_dict(tomllib.loads(text))
+        config_text = initial_config(listen=args.listen, bootstrap=args.bootstrap, network=args.network)
     except ConfigError as exc:
         raise CLIError(str(exc)) from None
     password = _read_password(args, confirm=True)
     if not password:
         raise CLIError("refusing an empty password")
-    datadir.mkdir(parents=True, exist_ok=True)
-    os.chmod(datadir, 0o700)
     try:
-        identity = create_identity(datadir, password, light_kdf=args.light_kdf)
+        identity = init_datadir(args.datadir, password, config_text, light_kdf=args.light_kdf)
     except IdentityError as exc:
         raise CLIError(str(exc)) from None
-    if not (datadir / CONFIG_FILE).exists():
-        write_new_file(datadir / CONFIG_FILE, text.encode(), mode=0o644)
-    print(f"datadir   {datadir}")
+    print(f"datadir   {args.datadir}")
     print(f"address   {identity.address}")
     print(f"peer id   {identity.peer_id}")
     print(f"vrf key   {identity.vrf_public_key.hex()}")
     return 0
-
-
-def _customise_config(text: str, args: argparse.Namespace) -> str:
-    """Set the few values init takes as flags, keeping the commented defaults intact."""
-    import json
-
-    replacements = {
-        'listen = ["/ip4/127.0.0.1/tcp/0"]': ("listen", args.listen),
-        "bootstrap = []": ("bootstrap", args.bootstrap),
-        'network = "flock-local"': ("network", args.network),
-    }
-    for line, (key, value) in replacements.items():
-        if value is not None:
-            text = text.replace(line, f"{key} = {json.dumps(value)}")
-    return text
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

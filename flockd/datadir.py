@@ -5,6 +5,10 @@ from __future__ import annotations
 import fcntl
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from flockd.identity.keystore import Identity
 
 IPC_SOCKET = "flockd.ipc"
 LOCK_FILE = "flockd.lock"
@@ -50,3 +54,39 @@ class DatadirLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def initial_config(
+    *, listen: list[str] | None = None, bootstrap: list[str] | None = None, network: str | None = None
+) -> str:
+    """The commented default config.toml with the values given as flags set in place;
+    validated (ConfigError), so a bad flag fails before a password is even asked for."""
+    import json
+    import tomllib
+
+    from flockd.config import DEFAULT_CONFIG_TOML, config_from_dict
+
+    text = DEFAULT_CONFIG_TOML
+    for default_line, key, value in (
+        ('listen = ["/ip4/127.0.0.1/tcp/0"]', "listen", listen),
+        ("bootstrap = []", "bootstrap", bootstrap),
+        ('network = "flock-local"', "network", network),
+    ):
+        if value is not None:
+            text = text.replace(default_line, f"{key} = {json.dumps(value)}")
+    config_from_dict(tomllib.loads(text))
+    return text
+
+
+def init_datadir(datadir: Path, password: str, config_text: str, *, light_kdf: bool = False) -> Identity:
+    """`flockd init`: keys, then config.toml; an existing key is never overwritten (IdentityError)."""
+    from flockd.config import CONFIG_FILE
+    from flockd.identity.files import write_new_file
+    from flockd.identity.keystore import create_identity
+
+    datadir.mkdir(parents=True, exist_ok=True)
+    os.chmod(datadir, 0o700)
+    identity = create_identity(datadir, password, light_kdf=light_kdf)
+    if not (datadir / CONFIG_FILE).exists():
+        write_new_file(datadir / CONFIG_FILE, config_text.encode(), mode=0o644)
+    return identity

@@ -54,29 +54,22 @@ class Cluster:
 
     # -- set-up ---------------------------------------------------------------
     def init(self) -> None:
+        """Keys and config for every datadir that has none yet (in this process: a
+        `flockd init` subprocess per node would pay the imports N times over)."""
+        from flockd.datadir import init_datadir, initial_config
+        from flockd.identity.keystore import NODE_KEYSTORE
+
         self.workdir.mkdir(parents=True, exist_ok=True)
         for d in self.daemons:
-            if (d.datadir / "keystore.json").exists():
-                self._read_identity(d)
-                continue
-            out = self._flockd("init", "--datadir", str(d.datadir), "--light-kdf")
-            fields = dict(line.split(None, 1) for line in out.splitlines() if line.strip())
-            d.address = fields["address"].strip()
-            d.peer_id = fields["peer id"].strip() if "peer id" in fields else fields["peer"].split()[-1]
+            if not (d.datadir / NODE_KEYSTORE).exists():
+                init_datadir(d.datadir, PASSWORD, initial_config(), light_kdf=True)
+            self._read_identity(d)
 
     def _read_identity(self, d: Daemon) -> None:
         from flockd.identity.keystore import load_identity
 
         identity = load_identity(d.datadir, PASSWORD)
         d.address, d.peer_id = identity.address, identity.peer_id
-
-    def _flockd(self, *args: str) -> str:
-        proc = subprocess.run(
-            [sys.executable, "-m", "flockd.cli", *args], env=self.env, capture_output=True, text=True
-        )
-        if proc.returncode != 0:
-            raise ClusterError(f"flockd {args[0]} failed: {proc.stderr.strip()}")
-        return proc.stdout
 
     # -- processes ------------------------------------------------------------
     def start(self, *, timeout: float = 60.0, detach: bool = False) -> None:
