@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,7 @@ from flockd.chain.records import (
 from flockd.chain.sealer import build_block
 
 MAX_BLOCK_BYTES = 4 * 1024 * 1024
+BLOCK_CACHE_SIZE = 64  # decoded blocks (and their receipts) kept for reads
 MAX_LOG_RANGE = 10_000  # blocks one get_logs may scan
 SUPPORTED_TX_TYPES = (None, 1, 2)  # legacy (EIP-155), access list, dynamic fee; no blobs/set-code
 
@@ -122,6 +124,7 @@ class EmbeddedChain:
         self.confirmations = confirmations
         self.clock = clock
         self.mempool = Mempool(mempool_limits)
+        self._blocks: OrderedDict[bytes, tuple[BlockAPI, tuple[ReceiptAPI, ...] | None]] = OrderedDict()
         self._lock = threading.RLock()
         self._db = SqliteDB(db_path) if db_path is not None else AtomicDB()
         self._chain = self._open(genesis)
@@ -402,7 +405,7 @@ class EmbeddedChain:
             if located is None:
                 return None
             block, index, tx = located.block, located.index, located.tx
-            receipts = block.get_receipts(self._chain.chaindb)
+            receipts = self._receipts(block)
             receipt = receipts[index]
             previous = receipts[index - 1].gas_used if index else 0
             first_log = sum(len(r.logs) for r in receipts[:index])
@@ -472,8 +475,8 @@ class EmbeddedChain:
                 header = self._chain.get_canonical_block_header_by_number(BlockNumber(number))
                 if not flt.may_match_bloom(header.bloom):
                     continue
-                block = self._chain.get_block_by_header(header)
-                receipts = block.get_receipts(self._chain.chaindb)
+                block = self._block(header.hash)
+                receipts = self._receipts(block)
                 first_log = 0
                 for index, (tx, receipt) in enumerate(zip(block.transactions, receipts, strict=True)):
                     for entry in self._logs_of(block, index, receipt, tx.hash, first_log):
@@ -490,6 +493,26 @@ class EmbeddedChain:
     def _next_base_fee(self, head: BlockHeaderAPI) -> int:
         return cast(int, self._chain.create_header_from_parent(head).base_fee_per_gas)
 
+    def _block(self, block_hash: bytes) -> BlockAPI:
+        """A stored block, decoded once: blocks are immutable by hash, so a small LRU cache is
+        safe and turns N receipt lookups in one block from O(N²) decoding into O(N)."""
+        cached = self._blocks.get(block_hash)
+        if cached is None:
+            cached = (self._chain.get_block_by_hash(Hash32(bytes(block_hash))), None)
+            self._blocks[block_hash] = cached
+            if len(self._blocks) > BLOCK_CACHE_SIZE:
+                self._blocks.popitem(last=False)
+        else:
+            self._blocks.move_to_end(block_hash)
+        return cached[0]
+
+    def _receipts(self, block: BlockAPI) -> tuple[ReceiptAPI, ...]:
+        block, receipts = self._blocks.get(block.hash) or (block, None)
+        if receipts is None:
+            receipts = tuple(block.get_receipts(self._chain.chaindb))
+            self._blocks[block.hash] = (block, receipts)
+        return receipts
+
     def _locate(self, tx_hash: bytes) -> _Located | None:
         # bytes(): py-evm builds this lookup key with an f-string, so a HexBytes hash (what
         # eth-account returns) would silently miss.
@@ -497,7 +520,7 @@ class EmbeddedChain:
             number, index = self._chain.get_canonical_transaction_index(Hash32(bytes(tx_hash)))
         except TransactionNotFound:
             return None
-        block = self._chain.get_canonical_block_by_number(number)
+        block = self._block(self._chain.get_canonical_block_hash(number))
         return _Located(block.transactions[index], block, index)
 
     def _logs_of(self, block: BlockAPI, index: int, receipt: ReceiptAPI, tx_hash: bytes, first_log: int) -> list[LogEntry]:
