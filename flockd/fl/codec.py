@@ -93,7 +93,7 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays do not compare as booleans; compare .hash
 class Delta:
     """A decoded delta: float32 tensors in name order, the sender's sample count, its hash."""
 
@@ -176,7 +176,8 @@ def _encode(tensors: Tensors, kind: str, samples: int, enc: str, topk_fraction: 
         if enc == "f32":
             chunks.append(flat.tobytes())
         elif enc == "f16":
-            half = flat.astype("<f2")
+            with np.errstate(over="ignore"):  # overflow becomes inf, refused just below
+                half = flat.astype("<f2")
             if not np.isfinite(half).all():
                 raise NonFiniteDelta(f"{name} overflows float16")
             chunks.append(half.tobytes())

@@ -31,7 +31,7 @@ def canonical(tensors: Mapping[str, np.ndarray]) -> Tensors:
         array = np.asarray(tensors[name])
         if array.dtype.kind != "f":
             raise StateError(f"{name}: dtype {array.dtype} is not floating point")
-        out[name] = np.ascontiguousarray(array, dtype="<f4")
+        out[name] = np.asarray(array, dtype="<f4", order="C")  # keeps 0-d arrays 0-d
     return out
 
 

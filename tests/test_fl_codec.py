@@ -1,0 +1,241 @@
+"""Delta codec: round trips, and every kind of bad input rejected with its own error."""
+
+import struct
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from flockd.fl.codec import (
+    DeltaError,
+    DeltaHashMismatch,
+    DeltaLengthMismatch,
+    DeltaShapeMismatch,
+    DeltaTooLarge,
+    DisallowedDtype,
+    Limits,
+    MalformedDelta,
+    NonCanonicalDelta,
+    NonFiniteDelta,
+    UnsupportedDeltaVersion,
+    UnsupportedEncoding,
+    decode_delta,
+    decode_state,
+    delta_hash,
+    encode_delta,
+    encode_state,
+)
+
+
+def sample() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(7)
+    return {
+        "layer.weight": rng.normal(size=(4, 3)).astype(np.float32),
+        "layer.bias": rng.normal(size=(4,)).astype(np.float32),
+        "scale": np.array(0.5, np.float32),
+    }
+
+
+SHAPES = {"layer.weight": (4, 3), "layer.bias": (4,), "scale": ()}
+
+
+def split(data: bytes) -> tuple[dict, bytes]:
+    (header_len,) = struct.unpack_from("<I", data, 4)
+    return msgpack.unpackb(data[8 : 8 + header_len]), data[8 + header_len :]
+
+
+def rebuild(header: dict, body: bytes) -> bytes:
+    raw = msgpack.packb(header, use_bin_type=True)
+    return b"FLKD" + struct.pack("<I", len(raw)) + raw + body
+
+
+def test_f32_round_trip_is_exact_and_canonical():
+    data = encode_delta(sample(), samples=42)
+    delta = decode_delta(data, expected_shapes=SHAPES)
+    assert list(delta.tensors) == sorted(SHAPES)
+    for name, array in sample().items():
+        np.testing.assert_array_equal(delta.tensors[name], array)
+        assert delta.tensors[name].dtype == np.float32
+    assert delta.samples == 42 and delta.encoding == "f32"
+    assert delta.hash == delta_hash(data)
+    # Insertion order of the input does not change the bytes.
+    assert encode_delta(dict(reversed(list(sample().items()))), samples=42) == data
+
+
+def test_f16_round_trip_within_half_precision():
+    delta = decode_delta(encode_delta(sample(), encoding="f16"))
+    for name, array in sample().items():
+        np.testing.assert_allclose(delta.tensors[name], array, rtol=1e-3, atol=1e-3)
+
+
+def test_topk_keeps_the_largest_entries():
+    tensors = {"w": np.array([[0.1, -5.0, 0.2], [3.0, 0.0, -0.3]], np.float32)}
+    data = encode_delta(tensors, encoding="topk", topk_fraction=2 / 6)
+    delta = decode_delta(data)
+    expected = np.array([[0, -5.0, 0], [3.0, 0, 0]], np.float32)
+    np.testing.assert_array_equal(delta.tensors["w"], expected)
+    big = {"w": np.random.default_rng(1).normal(size=1000).astype(np.float32)}
+    sparse = encode_delta(big, encoding="topk", topk_fraction=0.1)
+    assert len(sparse) < len(encode_delta(big)) / 4
+    assert np.count_nonzero(decode_delta(sparse).tensors["w"]) == 100
+
+
+def test_model_state_and_delta_kinds_do_not_mix():
+    with pytest.raises(MalformedDelta):
+        decode_delta(encode_state(sample()))
+    with pytest.raises(MalformedDelta):
+        decode_state(encode_delta(sample()))
+    state = decode_state(encode_state(sample()), expected_shapes=SHAPES)
+    np.testing.assert_array_equal(state["scale"], sample()["scale"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    arrays=st.dictionaries(
+        st.text(st.characters(codec="utf-8"), min_size=1, max_size=12),
+        hnp.arrays(
+            np.float32,
+            hnp.array_shapes(min_dims=0, max_dims=3, max_side=5),
+            elements=st.floats(-1e4, 1e4, width=32),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    samples=st.integers(0, 2**32 - 1),
+)
+def test_hypothesis_round_trip(arrays, samples):
+    data = encode_delta(arrays, samples=samples)
+    delta = decode_delta(data, expected_shapes={k: v.shape for k, v in arrays.items()})
+    assert delta.samples == samples
+    for name, array in arrays.items():
+        np.testing.assert_array_equal(delta.tensors[name], array)
+    # Re-encoding the decoded delta reproduces the same bytes (one encoding per delta).
+    assert encode_delta(delta.tensors, samples=samples) == data
+
+
+def test_forged_bytes_do_not_match_the_commitment():
+    data = encode_delta(sample())
+    forged = data[:-4] + struct.pack("<f", 9.0)
+    with pytest.raises(DeltaHashMismatch):
+        decode_delta(forged, expected_hash=delta_hash(data))
+    decode_delta(data, expected_hash=delta_hash(data))
+
+
+def test_changed_shape_is_rejected():
+    data = encode_delta(sample())
+    with pytest.raises(DeltaShapeMismatch):
+        decode_delta(data, expected_shapes={**SHAPES, "layer.weight": (3, 4)})
+    with pytest.raises(DeltaShapeMismatch):
+        decode_delta(data, expected_shapes={**SHAPES, "extra": (1,)})
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_values_are_rejected(bad):
+    header, body = split(encode_delta(sample()))
+    forged = rebuild(header, body[:-4] + struct.pack("<f", bad))
+    with pytest.raises(NonFiniteDelta):
+        decode_delta(forged)
+    with pytest.raises(NonFiniteDelta):
+        encode_delta({"x": np.array([bad], np.float32)})
+
+
+def test_float16_overflow_is_refused_at_encoding():
+    with pytest.raises(NonFiniteDelta):
+        encode_delta({"x": np.array([1e6], np.float32)}, encoding="f16")
+
+
+def test_oversized_inputs_are_rejected_before_parsing():
+    data = encode_delta(sample())
+    with pytest.raises(DeltaTooLarge):
+        decode_delta(data, limits=Limits(max_bytes=len(data) - 1))
+    with pytest.raises(DeltaTooLarge):
+        decode_delta(b"FLKD" + struct.pack("<I", 2**31) + b"\x00" * 16)
+    header, body = split(data)
+    header["shapes"][0] = [1 << 20, 1 << 20]  # declares 2**40 elements with a tiny body
+    with pytest.raises(DeltaTooLarge):
+        decode_delta(rebuild(header, body))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"FLK",
+        b"NOPE" + struct.pack("<I", 0),
+        b"FLKD" + struct.pack("<I", 100) + b"\x80",  # header longer than the data
+        b"FLKD" + struct.pack("<I", 1) + b"\xc1",  # reserved msgpack byte
+        b"FLKD" + struct.pack("<I", 1) + b"\x90",  # an array, not a map
+        b"FLKD" + struct.pack("<I", 3) + b"\x91" * 3,  # nested garbage
+    ],
+)
+def test_malformed_bytes_are_rejected(data):
+    with pytest.raises(MalformedDelta):
+        decode_delta(data)
+
+
+def test_deeply_nested_header_is_rejected():
+    depth = 100_000
+    raw = b"\x91" * depth + b"\x00"
+    with pytest.raises(MalformedDelta):
+        decode_delta(b"FLKD" + struct.pack("<I", len(raw)) + raw)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        ("v", 2, UnsupportedDeltaVersion),
+        ("enc", "bf16", UnsupportedEncoding),
+        ("dtypes", ["float64", "float32", "float32"], DisallowedDtype),
+        ("dtypes", ["float16", "float16", "float16"], DisallowedDtype),
+        ("names", ["scale", "layer.weight", "layer.bias"], NonCanonicalDelta),
+        ("names", ["a", "a", "b"], NonCanonicalDelta),
+        ("names", ["a", 5, "b"], MalformedDelta),
+        ("n", -1, MalformedDelta),
+        ("n", "many", MalformedDelta),
+        ("shapes", [[4], [4, -3], []], MalformedDelta),
+        ("shapes", [[4], [4, 3]], MalformedDelta),
+        ("shapes", [[4], [4, 3], [1] * 9], MalformedDelta),
+        ("kind", "model", MalformedDelta),
+        ("extra", 1, MalformedDelta),
+    ],
+)
+def test_bad_header_fields_have_specific_errors(field, value, error):
+    header, body = split(encode_delta(sample()))
+    header[field] = value
+    with pytest.raises(error):
+        decode_delta(rebuild(header, body))
+
+
+def test_non_canonical_header_bytes_are_rejected():
+    header, body = split(encode_delta(sample()))
+    reordered = dict(reversed(list(header.items())))
+    with pytest.raises(NonCanonicalDelta):
+        decode_delta(rebuild(reordered, body))
+
+
+@pytest.mark.parametrize("cut", [-1, 1])
+def test_body_length_must_match_exactly(cut):
+    data = encode_delta(sample())
+    forged = data[:cut] if cut < 0 else data + b"\x00" * cut
+    with pytest.raises(DeltaLengthMismatch):
+        decode_delta(forged)
+
+
+def test_topk_indices_must_be_ascending_and_in_range():
+    data = encode_delta(
+        {"w": np.arange(1, 11, dtype=np.float32)}, encoding="topk", topk_fraction=0.2
+    )
+    header, body = split(data)
+    indices, values = body[:8], body[8:]
+    for bad in ([9, 8], [9, 9], [8, 10]):
+        with pytest.raises(NonCanonicalDelta):
+            decode_delta(rebuild(header, struct.pack("<2I", *bad) + values))
+    assert decode_delta(rebuild(header, indices + values)).tensors["w"][9] == 10.0
+
+
+def test_every_rejection_is_a_delta_error():
+    for cls in (DeltaTooLarge, MalformedDelta, NonFiniteDelta, DeltaHashMismatch):
+        assert issubclass(cls, DeltaError)
