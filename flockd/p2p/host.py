@@ -79,34 +79,53 @@ class P2PService(P2PNetwork):
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen, join gossip, dial seeds and exchange peers until cancelled. One run per
         instance. `task_status.started()` fires once listening (listen_addrs() is valid)."""
-        gossipsub = GossipSub(
-            protocols=[MESHSUB],  # type: ignore[list-item]
-            degree=6,
-            degree_low=4,
-            degree_high=12,
-            heartbeat_interval=1,
-            # Built-in spam protection drops >10 msg/s per topic per peer, ours included,
-            # and eclipse protection wants distinct IPs (loopback has one): we enforce our
-            # own per-peer limits on envelopes instead.
-            spam_protection_enabled=False,
-            eclipse_protection_enabled=False,
-        )
-        pubsub = Pubsub(self._host, gossipsub)
-        async with background_trio_service(pubsub), background_trio_service(gossipsub):
-            await pubsub.wait_until_ready()
-            async with self._host.run(listen_addrs=self._listen):
-                try:
-                    async with trio.open_nursery() as nursery:
-                        await self._gossip.start(pubsub, nursery)
-                        nursery.start_soon(self._peering.run)
-                        self._running = True
-                        logger.info("p2p listening on %s", " ".join(self.listen_addrs()))
-                        task_status.started()
-                        await trio.sleep_forever()
-                finally:
-                    self._running = False
-                    with trio.CancelScope(shield=True), trio.move_on_after(5):
-                        await self._host.close()
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            try:
+                await nursery.start(self._run_libp2p, stop)
+                task_status.started()
+                await trio.sleep_forever()
+            finally:
+                stop.set()
+
+    async def _run_libp2p(self, stop: trio.Event, *, task_status: TaskStatus[None]) -> None:
+        # libp2p's services run in nurseries opened here, so a cancellation from outside
+        # would reach them at the same moment as us: the swarm would then close its
+        # connections under cancellation, which skips closing the sockets (upstream #1485;
+        # peers keep listing us). Shielded, we stop our own tasks first, close the host
+        # while nothing is cancelled, and only then let the services wind down.
+        with trio.CancelScope(shield=True):
+            gossipsub = GossipSub(
+                protocols=[MESHSUB],  # type: ignore[list-item]
+                degree=6,
+                degree_low=4,
+                degree_high=12,
+                heartbeat_interval=1,
+                # Built-in spam protection drops >10 msg/s per topic per peer, ours
+                # included, and eclipse protection wants distinct IPs (loopback has one):
+                # we enforce our own per-peer limits on envelopes instead.
+                spam_protection_enabled=False,
+                eclipse_protection_enabled=False,
+            )
+            pubsub = Pubsub(self._host, gossipsub)
+            # Pubsub must be running before the host listens or dials (see module doc).
+            async with background_trio_service(pubsub), background_trio_service(gossipsub):
+                await pubsub.wait_until_ready()
+                async with self._host.run(listen_addrs=self._listen):
+                    try:
+                        async with trio.open_nursery() as ours:
+                            await self._gossip.start(pubsub, ours)
+                            ours.start_soon(self._peering.run)
+                            self._running = True
+                            logger.info("p2p listening on %s", " ".join(self.listen_addrs()))
+                            task_status.started()
+                            await stop.wait()
+                            ours.cancel_scope.cancel()
+                    finally:
+                        self._running = False
+                        with trio.move_on_after(5):
+                            await self._host.close()
+                        logger.info("p2p host closed")
 
     # --- identity and peers ---
 

@@ -97,7 +97,10 @@ class Peering:
                     await self.dial(seed.peer_id, list(seed.addrs))
                     logger.info("connected to bootstrap peer %s", seed.peer_id)
                 except P2PError as exc:
-                    logger.warning("bootstrap peer unreachable, retrying in %.1fs: %s", delay, exc)
+                    # Loud on the first failure and at the slowest retry pace, quiet between.
+                    quiet = 0.25 < delay < self._limits.bootstrap_backoff_max
+                    log = logger.debug if quiet else logger.warning
+                    log("bootstrap peer unreachable, retrying in %.1fs: %s", delay, exc)
                     await trio.sleep(delay)
                     delay = min(delay * 2, self._limits.bootstrap_backoff_max)
                     continue
