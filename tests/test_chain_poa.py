@@ -7,7 +7,14 @@ import rlp
 from eth.abc import BlockAPI
 from eth_keys import keys
 
-from flockd.chain.embedded import EmbeddedChain, InvalidExecution, NotOurTurn
+from flockd.chain.embedded import (
+    MAX_BLOCK_BYTES,
+    BlockTooLarge,
+    EmbeddedChain,
+    InvalidExecution,
+    MalformedBlock,
+    NotOurTurn,
+)
 from flockd.chain.genesis import Genesis
 from flockd.chain.poa import (
     BadHeaderField,
@@ -121,6 +128,10 @@ def test_forged_and_ill_timed_blocks_are_rejected_by_all(tmp_path):
     _rejected_by_all(nodes, sealer, _resign(block, key, state_root=b"\x13" * 32), InvalidExecution)
     _rejected_by_all(nodes, sealer, _resign(block, key, gas_limit=block.header.gas_limit + 1), BadHeaderField)
     _rejected_by_all(nodes, sealer, _resign(block, key, timestamp=T0), BadTimestamp)  # not after parent
+    # Bytes that are no block at all.
+    for raw, error in ((b"\xc0", MalformedBlock), (b"\x01" * 10, MalformedBlock), (b"\x00" * (MAX_BLOCK_BYTES + 1), BlockTooLarge)):
+        with pytest.raises(error):
+            nodes[0].import_block(raw)
     # The untampered block is fine.
     broadcast(nodes, sealer, block)
 
