@@ -14,7 +14,6 @@ from web3 import Web3
 from web3.exceptions import ContractLogicError
 from web3.middleware import ExtraDataToPOAMiddleware
 
-from flockd.chain.abc import ChainRPCError, ChainUnavailable, HTTPBackend, InProcessBackend
 from flockd.chain.embedded import EmbeddedChain
 from flockd.chain.eth_api import EthAPI
 from flockd.chain.eth_http import MAX_BODY, serve_http
@@ -120,27 +119,6 @@ async def test_web3_over_http_reads_and_writes_the_chain():
             assert (await client.get("/")).status_code == 405
             assert (await client.post("/", content=b" " * (MAX_BODY + 1))).status_code == 413
         nursery.cancel_scope.cancel()
-
-
-async def test_both_backends_answer_alike():
-    chain = make_chain()
-    seal(chain)
-    async with trio.open_nursery() as nursery:
-        port = await nursery.start(serve_http, 0, EthAPI(chain))
-        backends = [InProcessBackend(EthAPI(chain)), HTTPBackend(f"http://127.0.0.1:{port}")]
-        for backend in backends:
-            assert await backend.request("eth_chainId", []) == "0x1092"
-            block = await backend.request("eth_getBlockByNumber", ["latest", False])
-            assert block["hash"] == "0x" + chain.head.hash.hex()
-            with pytest.raises(ChainRPCError) as error:
-                await backend.request("eth_getBalance", ["0x12"])
-            assert error.value.code == -32602
-            await backend.aclose()
-        nursery.cancel_scope.cancel()
-    closed = HTTPBackend(f"http://127.0.0.1:{port}", timeout=2)
-    with pytest.raises(ChainUnavailable):
-        await closed.request("eth_chainId", [])
-    await closed.aclose()
 
 
 def test_malformed_requests_get_specific_errors():
