@@ -239,3 +239,26 @@ def test_topk_indices_must_be_ascending_and_in_range():
 def test_every_rejection_is_a_delta_error():
     for cls in (DeltaTooLarge, MalformedDelta, NonFiniteDelta, DeltaHashMismatch):
         assert issubclass(cls, DeltaError)
+
+
+def test_known_answers_from_the_spec():
+    # The worked example of protocol/spec/delta.md.
+    tensors = {"b": np.array([0.5], np.float32), "a.w": np.array([[1.0, -2.0]], np.float32)}
+    f32 = encode_delta(tensors, samples=3)
+    assert f32.hex() == (
+        "464c4b444c00000087a17601a46b696e64a564656c7461a3656e63a3663332a16e03a56e616d"
+        "657392a3612e77a162a664747970657392a7666c6f61743332a7666c6f61743332a673686170"
+        "65739292010291010000803f000000c00000003f"
+    )
+    assert delta_hash(f32).hex() == (
+        "7a66e202edf2e01b0e52bde75b631642dd47402caae57420497b19fd3436f3a4"
+    )
+    topk = encode_delta(tensors, samples=3, encoding="topk", topk_fraction=0.5)
+    assert delta_hash(topk).hex() == (
+        "756f62b141f57601126c9479e42117a1fcebd9df5e833a85a2552ff873d649a2"
+    )
+    from flockd.fl.checkpoint import model_hash
+
+    assert model_hash(tensors).hex() == (
+        "0368c3fdd12a740f032bca585b1fb921ba744e6de3ca37e228a9c5e7daa85b55"
+    )
