@@ -6,6 +6,7 @@ import torch
 from eth_utils import keccak
 
 from flockd.fl.aggregate import apply
+from flockd.fl.builtin import CancerLogReg
 from flockd.fl.checkpoint import (
     CheckpointHashMismatch,
     CheckpointMismatch,
@@ -21,7 +22,9 @@ from flockd.fl.codec import decode_delta, encode_delta
 from flockd.fl.data import DataError, DataSpec
 from flockd.fl.recipe import (
     BUILTIN_RECIPES,
+    ENTRY_POINT_GROUP,
     BadRecipeConfig,
+    RecipeError,
     UnknownRecipe,
     canonical_json,
     load_recipe,
@@ -192,3 +195,27 @@ def test_apply_of_decoded_delta_reaches_the_trained_model():
     rebuilt = apply(base, delta.tensors)
     for name, array in model_state(model).items():
         np.testing.assert_allclose(rebuilt[name], array, atol=1e-6)
+
+
+class ToyRecipe(CancerLogReg):
+    name = "toy-plugin"
+
+
+def test_plugins_come_from_the_entry_point_group(monkeypatch):
+    from importlib.metadata import EntryPoint, EntryPoints
+
+    import flockd.fl.recipe as recipe_module
+
+    plugins = EntryPoints(
+        [
+            EntryPoint("toy-plugin", f"{__name__}:ToyRecipe", ENTRY_POINT_GROUP),
+            EntryPoint("liar", f"{__name__}:ToyRecipe", ENTRY_POINT_GROUP),
+            EntryPoint("digits-mlp", f"{__name__}:ToyRecipe", ENTRY_POINT_GROUP),
+        ]
+    )
+    monkeypatch.setattr(recipe_module, "entry_points", lambda group: plugins)
+    assert isinstance(load_recipe("toy-plugin"), ToyRecipe)
+    assert {"toy-plugin", "liar", "digits-mlp"} <= set(recipe_names())
+    with pytest.raises(RecipeError):
+        load_recipe("liar")  # the class's name must be the registered name
+    assert type(load_recipe("digits-mlp")).__name__ == "DigitsMLP"  # built-ins win
