@@ -13,6 +13,7 @@ from trio_typing import TaskStatus  # trio's own is hidden from mypy by trio-stu
 
 from flockd.identity.peerid import peer_id_from_secret
 from flockd.p2p.abc import GossipMessage, P2PError
+from flockd.p2p.envelope import EnvelopeTooLarge
 from flockd.p2p.host import P2PService
 from flockd.p2p.limits import P2PLimits
 
@@ -96,6 +97,8 @@ async def test_mesh_forms_and_gossip_arrives_exactly_once() -> None:
                     assert kinds == Counter({"headline": 1, "marker": 1})
                     assert all(m.sender == sender and m.topic == "news" for m in inboxes[i])
             assert [m.payload for m in inboxes[0] if m.kind == "headline"] == [{"n": 1}]
+            with pytest.raises(EnvelopeTooLarge):  # refused loudly, not dropped by libp2p
+                await nodes[3].publish("news", "huge", b"x" * LIMITS.max_envelope)
 
             # One host leaves: its run() returns, its port closes, every other host drops it.
             leaving = nodes[4]

@@ -50,7 +50,9 @@ async def serve(blob_size: int) -> None:
     host.handle_blobs(KIND, on_blob, max_size=blob_size)
     async with trio.open_nursery() as nursery:
         await nursery.start(host.run)
-        listeners = await nursery.start(partial(trio.serve_tcp, serve_plain_tcp, 0, host="127.0.0.1"))
+        listeners = await nursery.start(
+            partial(trio.serve_tcp, serve_plain_tcp, 0, host="127.0.0.1")
+        )
         tcp_port = listeners[0].socket.getsockname()[1]
         print(host.listen_addrs()[0], tcp_port, flush=True)
         await wait_for_stdin_eof()  # the parent closes our stdin when it is done

@@ -54,18 +54,27 @@ class P2PNetwork(ABC):
         """Dial a peer; returns its peer id. Raises P2PError with a clear message."""
 
     @abstractmethod
-    async def publish(self, topic: str, kind: str, payload: object) -> None: ...
+    async def publish(self, topic: str, kind: str, payload: object) -> None:
+        """Sign and gossip `payload` (any msgpack value) under `kind` on `topic`.
+
+        `topic` is a short name ([a-z0-9_.-]); the network id is added to it. Raises
+        EnvelopeTooLarge (a P2PError) above the gossip cap: send large data as a blob."""
 
     @abstractmethod
     def subscribe(self, topic: str, handler: GossipHandler) -> None:
-        """Register before run(); handlers run in the service's nursery."""
+        """Best before run() (also works after). Handlers for a topic run one message at a
+        time in the service's nursery; our own messages are not delivered back to us."""
 
     @abstractmethod
-    def handle_blobs(self, kind: str, handler: BlobHandler, *, max_size: int) -> None: ...
+    def handle_blobs(self, kind: str, handler: BlobHandler, *, max_size: int) -> None:
+        """Accept inbound blobs of `kind` ([a-z0-9_.-]) up to `max_size` bytes."""
 
     @abstractmethod
     async def send_blob(self, peer_id: str, kind: str, data: bytes) -> bytes | None:
-        """Open a stream to peer_id, send one blob, return the peer's reply blob (if any)."""
+        """Open a stream to peer_id, send one blob, return the peer's reply blob (if any).
+
+        Raises BlobRejected (with the peer's reason) when refused, other BlobError
+        subclasses when the transfer fails, P2PError when the peer cannot be reached."""
 
 
 class P2PError(Exception):
