@@ -46,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--listen", action="append", help="libp2p listen multiaddr (repeatable)")
     init.add_argument("--bootstrap", action="append", help="bootstrap peer multiaddr (repeatable)")
     init.add_argument("--network", help="network name")
+    init.add_argument("--genesis", type=Path, help="join the network of this genesis.json (default: a chain of its own)")
     init.set_defaults(func=_cmd_init)
 
     run = sub.add_parser("run", help="run the daemon in the foreground")
@@ -86,19 +87,21 @@ def _read_password(args: argparse.Namespace, *, confirm: bool) -> str:
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
+    from flockd.chain.genesis import Genesis, GenesisError
     from flockd.config import ConfigError
     from flockd.datadir import init_datadir, initial_config
     from flockd.identity.keystore import IdentityError
 
     try:
         config_text = initial_config(listen=args.listen, bootstrap=args.bootstrap, network=args.network)
-    except ConfigError as exc:
+        genesis = Genesis.load(args.genesis) if args.genesis else None
+    except (ConfigError, GenesisError, OSError) as exc:
         raise CLIError(str(exc)) from None
     password = _read_password(args, confirm=True)
     if not password:
         raise CLIError("refusing an empty password")
     try:
-        identity = init_datadir(args.datadir, password, config_text, light_kdf=args.light_kdf)
+        identity = init_datadir(args.datadir, password, config_text, light_kdf=args.light_kdf, genesis=genesis)
     except IdentityError as exc:
         raise CLIError(str(exc)) from None
     print(f"datadir   {args.datadir}")
@@ -136,12 +139,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         except IdentityError as exc:
             raise CLIError(str(exc)) from None
         configure_logging(config.node.log_level, json=config.node.log_json)
+        from flockd.chain.embedded import GenesisMismatch
+        from flockd.chain.genesis import GenesisError
         from flockd.node import Node
         from flockd.p2p.abc import P2PError
 
         try:
             node = Node(config, identity, datadir)
-        except P2PError as exc:
+        except (P2PError, GenesisError, GenesisMismatch) as exc:
             raise CLIError(str(exc)) from None
         trio.run(node.run)
     finally:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from flockd.chain.genesis import Genesis
     from flockd.identity.keystore import Identity
 
 IPC_SOCKET = "flockd.ipc"
@@ -78,8 +79,13 @@ def initial_config(
     return text
 
 
-def init_datadir(datadir: Path, password: str, config_text: str, *, light_kdf: bool = False) -> Identity:
-    """`flockd init`: keys, then config.toml; an existing key is never overwritten (IdentityError)."""
+def init_datadir(
+    datadir: Path, password: str, config_text: str, *, light_kdf: bool = False, genesis: Genesis | None = None
+) -> Identity:
+    """`flockd init`: keys, config.toml and genesis.json. Without a network's genesis the
+    node gets a chain of its own, sealed by itself alone. An existing key is never
+    overwritten (IdentityError)."""
+    from flockd.chain.network import GENESIS_FILE, install_genesis, network_genesis
     from flockd.config import CONFIG_FILE
     from flockd.identity.files import write_new_file
     from flockd.identity.keystore import create_identity
@@ -89,4 +95,6 @@ def init_datadir(datadir: Path, password: str, config_text: str, *, light_kdf: b
     identity = create_identity(datadir, password, light_kdf=light_kdf)
     if not (datadir / CONFIG_FILE).exists():
         write_new_file(datadir / CONFIG_FILE, config_text.encode(), mode=0o644)
+    if not (datadir / GENESIS_FILE).exists():
+        install_genesis(datadir, genesis or network_genesis([identity.address]))
     return identity

@@ -1,8 +1,9 @@
 """The daemon: wires the services into one trio nursery, in order, and stops them in reverse.
 
-Start order: p2p (so the node has an identity on the network), then the control
-socket (so a client never reaches a node that cannot answer). Stop order is the
-reverse: the socket closes first, so no request arrives at a half-stopped node.
+Start order: p2p (so the node has an identity on the network), the chain (embedded:
+sealing and sync over p2p; or a backend for an external node), then the control socket
+(so a client never reaches a node that cannot answer). Stop order is the reverse: the
+socket closes first, so no request arrives at a half-stopped node.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import trio
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus  # trio's own TaskStatus is hidden by trio-stubs
+
+    from flockd.chain.backends import ChainBackend
+    from flockd.chain.service import ChainService
 
 from flockd import __version__
 from flockd.config import Config
@@ -48,6 +52,30 @@ class Node:
             limits=P2PLimits(max_peers=config.p2p.max_peers),
         )
         self._stop = trio.Event()
+        self._open_chain()
+
+    def _open_chain(self) -> None:
+        from flockd.chain.backends import HttpBackend, InProcessBackend
+
+        self.chain_service: ChainService | None = None
+        if self.config.chain.rpc_url:
+            self.chain_backend: ChainBackend = HttpBackend(self.config.chain.rpc_url)
+            return
+        from flockd.chain.embedded import EmbeddedChain
+        from flockd.chain.genesis import Genesis
+        from flockd.chain.network import GENESIS_FILE
+        from flockd.chain.service import ChainService
+
+        genesis = Genesis.load(self.datadir / GENESIS_FILE)
+        (self.datadir / "chain").mkdir(exist_ok=True)
+        chain = EmbeddedChain(
+            genesis,
+            self.datadir / "chain" / "chain.sqlite",
+            sealer_key=self.identity.private_key,
+            confirmations=self.config.chain.confirmations,
+        )
+        self.chain_service = ChainService(chain, self.p2p, http_port=self.config.chain.http_port)
+        self.chain_backend = InProcessBackend(self.chain_service.api)
 
     # -- NodeControl (what the node_* RPC namespace needs) --------------------
     def listen_addrs(self) -> list[str]:
@@ -62,6 +90,8 @@ class Node:
             nursery.start_soon(self._watch_signals)
             async with AsyncExitStack() as services:
                 await self._start(services, "p2p", self.p2p.run)
+                if self.chain_service is not None:
+                    await self._start(services, "chain", self.chain_service.run)
                 await self._start(services, "rpc", self._serve_control_socket)
                 log.info(
                     "node started",
@@ -94,11 +124,16 @@ class Node:
         )
 
     def _dispatcher(self) -> Dispatcher:
+        from flockd.rpc.chain import ChainNamespace
         from flockd.rpc.meta import RPCNamespace
         from flockd.rpc.net import NetNamespace
         from flockd.rpc.node import NodeNamespace
 
-        namespaces: list[object] = [NodeNamespace(self), NetNamespace(self.p2p)]
+        namespaces: list[object] = [
+            NodeNamespace(self),
+            NetNamespace(self.p2p),
+            ChainNamespace(self.chain_backend, self.chain_service, confirmations=self.config.chain.confirmations),
+        ]
         dispatcher = Dispatcher(namespaces)
         dispatcher.add_namespace(RPCNamespace(dispatcher))
         return dispatcher

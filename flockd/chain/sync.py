@@ -1,6 +1,6 @@
 """Block sync without I/O: what to ask a peer for, the wire encodings, and how to answer.
 
-Wire (msgpack, for the p2p blob stream kind "chain/blocks/1" and the block gossip topic):
+Wire (msgpack, for the p2p blob stream kind "chain.blocks.1" and the block gossip topic):
 
     request   [1, "range", start, count]        canonical blocks start .. start+count-1
               [1, "by_hash", hash32, count]     block `hash` and up to count-1 ancestors
@@ -34,9 +34,9 @@ import rlp
 from flockd.chain.embedded import MAX_BLOCK_BYTES, EmbeddedChain
 from flockd.chain.records import ImportResult
 
-BLOCKS_KIND = "chain/blocks/1"
-BLOCK_TOPIC = "chain/block/1"
-TX_TOPIC = "chain/tx/1"
+BLOCKS_KIND = "chain.blocks.1"
+BLOCK_TOPIC = "chain.block.1"
+TX_TOPIC = "chain.tx.1"
 VERSION = 1
 MAX_BATCH_BLOCKS = 64
 MAX_BATCH_BYTES = 16 * 1024 * 1024

@@ -56,14 +56,21 @@ class Cluster:
     def init(self) -> None:
         """Keys and config for every datadir that has none yet (in this process: a
         `flockd init` subprocess per node would pay the imports N times over)."""
+        from flockd.chain.network import install_genesis, network_genesis
         from flockd.datadir import init_datadir, initial_config
         from flockd.identity.keystore import NODE_KEYSTORE
 
         self.workdir.mkdir(parents=True, exist_ok=True)
+        fresh = [d for d in self.daemons if not (d.datadir / NODE_KEYSTORE).exists()]
         for d in self.daemons:
-            if not (d.datadir / NODE_KEYSTORE).exists():
+            if d in fresh:
                 init_datadir(d.datadir, PASSWORD, initial_config(), light_kdf=True)
             self._read_identity(d)
+        if fresh:
+            # One network: every node an authority, funded, all holding the same genesis.
+            genesis = network_genesis([d.address for d in self.daemons])
+            for d in self.daemons:
+                install_genesis(d.datadir, genesis, replace=True)
 
     def _read_identity(self, d: Daemon) -> None:
         from flockd.identity.keystore import load_identity
