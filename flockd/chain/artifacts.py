@@ -27,7 +27,8 @@ COMPILER = "vyper 0.4.3"
 
 STAKE_TOKEN = "StakeToken"
 TASK_REGISTRY = "TaskRegistry"
-CONTRACT_NAMES = (STAKE_TOKEN, TASK_REGISTRY)
+ECVRF_VERIFIER = "EcvrfVerifier"  # for chains without the VRF precompile
+CONTRACT_NAMES = (STAKE_TOKEN, TASK_REGISTRY, ECVRF_VERIFIER)
 
 
 class ArtifactError(Exception):
