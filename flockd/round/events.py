@@ -1,0 +1,241 @@
+"""Events: what the adapters tell the round machine.
+
+Chain events mirror the TaskRegistry logs of the node's task; the adapter feeds the
+events of block N before ``BlockSealed(N)``, so a machine that sees the clock pass a
+deadline has already seen everything that landed before it. Every other event is the
+answer to an action (ElectionDone to RunElection, TrainingDone to StartTraining, ...) or
+a peer's push (DeltaReceived). Field checks here reject malformed values with
+InvalidEvent; whether an event fits the round's state is the machine's business.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flockd.round.base import (
+    SCORE_BOUND,
+    Address,
+    InvalidEvent,
+    TxKind,
+    check_address,
+    check_hash,
+    check_round,
+)
+from flockd.sortition import Election
+
+
+def _check_votes(votes: object) -> None:
+    if not isinstance(votes, tuple) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and -SCORE_BOUND <= v <= SCORE_BOUND
+        for v in votes
+    ):
+        raise InvalidEvent(f"votes must be a tuple of ints in [-{SCORE_BOUND}, {SCORE_BOUND}]")
+
+
+@dataclass(frozen=True)
+class BlockSealed:
+    """The chain's head reached block ``number``: the machine's only clock."""
+
+    number: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.number, bool) or not isinstance(self.number, int) or self.number < 0:
+            raise InvalidEvent("block number must be a non-negative integer")
+
+
+@dataclass(frozen=True)
+class RoundOpened:
+    """RoundOpened(task, round, open_block) log; ``block_hash`` is the hash of that block."""
+
+    round: int
+    open_block: int
+    block_hash: bytes
+
+    def __post_init__(self) -> None:
+        check_round(self.round)
+        check_round(self.open_block)
+        check_hash("block_hash", self.block_hash)
+
+
+@dataclass(frozen=True)
+class ElectionDone:
+    round: int
+    election: Election
+
+    def __post_init__(self) -> None:
+        check_round(self.round)
+        if not isinstance(self.election, Election):
+            raise InvalidEvent("election must be a sortition.Election")
+
+
+@dataclass(frozen=True)
+class ModelReady:
+    """The node now holds model_``round`` (aggregated here, or fetched and hash-checked).
+    Round -1 is the task's initial model."""
+
+    round: int
+    model_hash: bytes
+
+    def __post_init__(self) -> None:
+        check_round(self.round, lowest=-1)
+        check_hash("model_hash", self.model_hash)
+
+
+@dataclass(frozen=True)
+class TrainingDone:
+    """This node's encoded delta for the round (the machine hashes it itself)."""
+
+    round: int
+    delta: bytes
+
+    def __post_init__(self) -> None:
+        check_round(self.round)
+        if not isinstance(self.delta, bytes) or not self.delta:
+            raise InvalidEvent("delta must be non-empty bytes")
+
+
+@dataclass(frozen=True)
+class ProposalOnChain:
+    """Proposed(task, round, proposer, index, delta_hash) log."""
+
+    round: int
+    index: int
+    proposer: Address
+    delta_hash: bytes
+
+    def __post_init__(self) -> None:
+        check_round(self.round)
+        check_round(self.index)
+        check_address("proposer", self.proposer)
+        check_hash("delta_hash", self.delta_hash)
+
+
+@dataclass(frozen=True)
+class DeltaReceived:
+    """A delta from peer ``sender`` that claims to be ``proposer``'s proposal. Its bytes
+    are untrusted: the machine accepts them only if they hash to the on-chain commitment."""
+
+    round: int
+    proposer: Address
+    delta: bytes
+    sender: Address
+
+    def __post_init__(self) -> None:
+        check_round(self.round)
+        check_address("proposer", self.proposer)
+        check_address("sender", self.sender)
+        if not isinstance(self.delta, bytes):
+            raise InvalidEvent("delta must be bytes")
+
+
+@dataclass(frozen=True)
+class ScoresReady:
+    """The scorer's answer to ScoreProposals: per-proposal mode one +1/-1 per delta it was
+    given (any value at a missing delta's place is replaced by -1), whole-round mode one
+    score."""
+
+    round: int
+    votes: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        check_round(self.round)
+        _check_votes(self.votes)
+
+
+@dataclass(frozen=True)
+class BallotRestored:
+    """After a restart: the votes and salt this node saved before sending its commit."""
+
+    round: int
+    votes: tuple[int, ...]
+    salt: bytes
+
+    def __post_init__(self) -> None:
+        check_round(self.round)
+        _check_votes(self.votes)
+        check_hash("salt", self.salt)
+
+
+@dataclass(frozen=True)
+class VoteCommittedOnChain:
+    round: int
+    voter: Address
+    digest: bytes
+
+    def __post_init__(self) -> None:
+        check_round(self.round)
+        check_address("voter", self.voter)
+        check_hash("digest", self.digest)
+
+
+@dataclass(frozen=True)
+class VoteRevealedOnChain:
+    round: int
+    voter: Address
+    votes: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        check_round(self.round)
+        check_address("voter", self.voter)
+        _check_votes(self.votes)
+
+
+@dataclass(frozen=True)
+class RoundFinalisedOnChain:
+    """RoundFinalised(task, round, accepted_mask, n_proposals, revealed_stake) log."""
+
+    round: int
+    accepted_mask: int
+    n_proposals: int
+
+    def __post_init__(self) -> None:
+        check_round(self.round)
+        if not isinstance(self.n_proposals, int) or not 0 <= self.n_proposals <= 16:
+            raise InvalidEvent("n_proposals must be in [0, 16]")
+        mask = self.accepted_mask
+        if not isinstance(mask, int) or mask < 0 or mask >> self.n_proposals:
+            raise InvalidEvent("accepted_mask has bits beyond n_proposals")
+
+
+@dataclass(frozen=True)
+class ModelRecordedOnChain:
+    round: int
+    model_hash: bytes
+
+    def __post_init__(self) -> None:
+        check_round(self.round)
+        check_hash("model_hash", self.model_hash)
+
+
+@dataclass(frozen=True)
+class TxFailed:
+    """A transaction of this node failed. ``reverted``: it ran and reverted (final);
+    otherwise it was dropped or timed out, and the machine may send it again."""
+
+    round: int
+    kind: TxKind
+    reason: str
+    reverted: bool = True
+
+    def __post_init__(self) -> None:
+        check_round(self.round)
+        if not isinstance(self.kind, TxKind):
+            raise InvalidEvent("kind must be a TxKind")
+
+
+RoundEvent = (
+    RoundOpened
+    | ElectionDone
+    | ModelReady
+    | TrainingDone
+    | ProposalOnChain
+    | DeltaReceived
+    | ScoresReady
+    | BallotRestored
+    | VoteCommittedOnChain
+    | VoteRevealedOnChain
+    | RoundFinalisedOnChain
+    | ModelRecordedOnChain
+    | TxFailed
+)
+Event = BlockSealed | RoundEvent

@@ -1,0 +1,189 @@
+"""TaskMachine: a task's rounds one after another, routed to one RoundMachine each.
+
+Rounds overlap by design: round r+1 opens in the block that finalises r, while this node
+may still be aggregating model_r. The base model of round r+1 is model_r as soon as the
+node holds it (ModelReady(r)); if the chain later records another hash, the node fetches
+that one and round r+1 carries on from it. A node that missed rounds (late join, restart)
+fetches the newest recorded model it needs instead of replaying what it never saw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from flockd.round.actions import Action, DeltaRejected, FetchModel, RoundComplete, TaskComplete
+from flockd.round.base import Phase, RejectReason, TaskConfig
+from flockd.round.events import (
+    BlockSealed,
+    DeltaReceived,
+    Event,
+    ModelReady,
+    ModelRecordedOnChain,
+    RoundOpened,
+)
+from flockd.round.machine import RoundMachine, SaltSource
+
+
+class TaskMachine:
+    def __init__(self, config: TaskConfig, salt_source: SaltSource) -> None:
+        self.config = config
+        self._salt_source = salt_source
+        self._machines: dict[int, RoundMachine] = {}
+        self._head: int | None = None
+        self._current: int | None = None  # newest round opened
+        self._held: dict[int, bytes] = {}  # model_r this node holds; r = -1 the initial one
+        self._recorded: dict[int, bytes] = {-1: config.model_init_hash}
+        self._completed: dict[int, bytes] = {}
+        self._fetching: set[tuple[int, bytes]] = set()
+        self._finished = False
+
+    @classmethod
+    def replay(
+        cls, config: TaskConfig, events: Iterable[Event], salt_source: SaltSource
+    ) -> tuple[TaskMachine, list[Action]]:
+        """Rebuild after a restart: BlockSealed(head), ModelReady of every model held on
+        disk, the newest ModelRecordedOnChain, then the current round's logs and saved
+        ballot and deltas (see RoundMachine.replay). Actions come from the final picture."""
+        machine = cls(config, salt_source)
+        out: list[Action] = []
+        for event in events:
+            machine._apply(event, out)
+        machine._advance(out)
+        return machine, out
+
+    def handle(self, event: Event) -> list[Action]:
+        out: list[Action] = []
+        self._apply(event, out)
+        self._advance(out)
+        return out
+
+    def _apply(self, event: Event, out: list[Action]) -> None:
+        if isinstance(event, BlockSealed):
+            self._head = max(self._head or 0, event.number)
+            for live in self._machines.values():
+                live._apply(event, out)
+            return
+        if isinstance(event, ModelReady):
+            self._held[event.round] = event.model_hash
+            for r in (event.round, event.round + 1):
+                if r in self._machines:
+                    self._machines[r]._apply(event, out)
+            return
+        if isinstance(event, ModelRecordedOnChain):
+            self._recorded[event.round] = event.model_hash
+        if isinstance(event, RoundOpened):
+            self._current = max(self._current if self._current is not None else -1, event.round)
+        machine = self._machine_for(event)
+        if machine is not None:
+            machine._apply(event, out)
+        elif isinstance(event, DeltaReceived):
+            out.append(DeltaRejected(event.round, event.proposer, event.sender, RejectReason.WRONG_ROUND))
+
+    def _machine_for(self, event: Event) -> RoundMachine | None:
+        """The round's machine; created when the round opens, or early for a delta of the
+        next round (a push can outrun this node's view of the chain)."""
+        assert not isinstance(event, BlockSealed)
+        r = event.round
+        if r in self._machines:
+            return self._machines[r]
+        upcoming = (self._current if self._current is not None else -1) + 1
+        early = isinstance(event, DeltaReceived) and r == upcoming
+        wanted = isinstance(event, RoundOpened) or early
+        if not wanted or r >= self.config.rounds or r in self._completed:
+            return None  # a round this node no longer follows, or too far ahead
+        machine = RoundMachine(self.config, r, self._salt_source)
+        self._machines[r] = machine
+        # What the task already knows, in the order the round would have seen it.
+        scratch: list[Action] = []
+        if self._head is not None:
+            machine._apply(BlockSealed(self._head), scratch)
+        if r - 1 in self._held:
+            machine._apply(ModelReady(r - 1, self._held[r - 1]), scratch)
+        if r in self._held:
+            machine._apply(ModelReady(r, self._held[r]), scratch)
+        if r in self._recorded:
+            machine._apply(ModelRecordedOnChain(r, self._recorded[r]), scratch)
+        return machine
+
+    def _advance(self, out: list[Action]) -> None:
+        # In round order, so that model_r reaches round r+1 before r+1 decides.
+        for r in sorted(self._machines):
+            machine = self._machines[r]
+            start = len(out)
+            machine._advance(out)
+            for action in out[start:]:
+                if isinstance(action, RoundComplete):
+                    self._completed[action.round] = action.model_hash
+            model = machine.model_hash  # also model_{r-1} itself when nothing was accepted
+            if model is not None and self._held.get(r) != model:
+                self._held[r] = model
+                if r + 1 in self._machines:
+                    self._machines[r + 1]._apply(ModelReady(r, model), out)
+        self._fetch_missed_models(out)
+        last = self.config.rounds - 1
+        final = self._completed.get(last)
+        recorded = self._recorded.get(last)
+        if final is None and recorded is not None and self._held.get(last) == recorded:
+            final = recorded
+        if final is not None and not self._finished:
+            self._finished = True
+            out.append(TaskComplete(final))
+        self._forget_old_rounds()
+
+    def _fetch_missed_models(self, out: list[Action]) -> None:
+        """Models the node needs but has no round machine to compute: the base of the
+        current round, and the final model once the task is over."""
+        wanted = {self.config.rounds - 1}
+        if self._current is not None:
+            wanted.add(self._current - 1)
+        for r in sorted(wanted):
+            recorded = self._recorded.get(r)
+            if r in self._machines or recorded is None or self._held.get(r) == recorded:
+                continue
+            if (r, recorded) not in self._fetching:
+                self._fetching.add((r, recorded))
+                out.append(FetchModel(r, recorded))
+
+    def _forget_old_rounds(self) -> None:
+        # Keep the current round and the one before it (still applying); older ones can
+        # no longer change anything this node does.
+        if self._current is None:
+            return
+        for r in list(self._machines):
+            done = self._machines[r].phase is Phase.DONE
+            if r < self._current - 1 or (r < self._current and done):
+                del self._machines[r]
+
+    # ------------------------------------------------------------------ inspection
+
+    @property
+    def current_round(self) -> int | None:
+        return self._current
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    def machine(self, r: int) -> RoundMachine | None:
+        return self._machines.get(r)
+
+    @property
+    def model_hash(self) -> bytes | None:
+        """The newest model this node holds (model_{-1} = the initial one)."""
+        return self._held[max(self._held)] if self._held else None
+
+    @property
+    def completed(self) -> dict[int, bytes]:
+        return dict(self._completed)
+
+    def status(self) -> dict[str, Any]:
+        model = self.model_hash
+        return {
+            "task_id": self.config.task_id,
+            "current_round": self._current,
+            "rounds": self.config.rounds,
+            "finished": self._finished,
+            "model_hash": None if model is None else "0x" + model.hex(),
+            "live_rounds": [self._machines[r].status() for r in sorted(self._machines)],
+        }
