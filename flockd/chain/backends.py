@@ -1,8 +1,8 @@
 """How the contract client reaches a chain: Ethereum JSON-RPC, in process or over HTTP.
 
-Both backends speak the same thing — one JSON-RPC 2.0 request in, its `result` out, or a
-specific ChainError — so the client above them has one code path (DESIGN: "One path for
-both chains"):
+Both implement flockd.chain.abc.ChainBackend — one JSON-RPC 2.0 request in, its `result`
+out, or a specific ChainError — so the client above them has one code path (DESIGN: "One
+path for both chains"):
 
     InProcessBackend(EthAPI(chain))   the daemon's own EmbeddedChain; EthAPI.handle runs in
                                       a worker thread (chain work is synchronous and CPU-bound;
@@ -21,11 +21,12 @@ import itertools
 import json
 from collections.abc import Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import trio
 
+from flockd.chain.abc import ChainBackend, ChainBackendError, ChainRPCError, ChainUnavailable
 from flockd.chain.eth_api import EthAPI
 
 if TYPE_CHECKING:
@@ -36,44 +37,21 @@ DEFAULT_TIMEOUT = 15.0  # seconds for one whole request/reply exchange
 MAX_REPLY_BYTES = 16 * 1024 * 1024  # a getLogs page or a full block stays far below
 
 
-class ChainError(Exception):
-    """Base of every error a chain backend raises."""
-
-
-class ChainUnavailable(ChainError):
-    """The node could not be reached or did not answer over HTTP (connection, status)."""
+# The seam (flockd.chain.abc) names the base errors; these are the specific ones.
+ChainError = ChainBackendError  # base of every error a chain backend raises
+RPCError = ChainRPCError  # the node answered with a JSON-RPC error object
 
 
 class ChainTimeout(ChainUnavailable):
     """The node did not answer in time."""
 
 
-class MalformedReply(ChainError):
-    """The reply is not a JSON-RPC 2.0 response to our request."""
+class MalformedReply(ChainUnavailable):
+    """The reply is not a JSON-RPC 2.0 response to our request (or a result of the wrong shape)."""
 
 
 class ReplyTooLarge(MalformedReply):
     """The reply exceeds the backend's size cap."""
-
-
-class RPCError(ChainError):
-    """The node answered with a JSON-RPC error object."""
-
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.data = data
-
-
-class ChainBackend(Protocol):
-    """The seam between the contract client and a chain: Ethereum JSON-RPC methods."""
-
-    async def request(self, method: str, params: Sequence[Any]) -> Any:
-        """The `result` of one call; RPCError, MalformedReply or ChainUnavailable otherwise."""
-        ...
-
-    async def aclose(self) -> None: ...
 
 
 def parse_reply(reply: Any, request_id: int) -> Any:
@@ -113,7 +91,7 @@ class _Requests:
         return request_id, {"jsonrpc": "2.0", "id": request_id, "method": method, "params": list(params)}
 
 
-class InProcessBackend:
+class InProcessBackend(ChainBackend):
     """The daemon's own EmbeddedChain, through the same EthAPI that serves HTTP clients."""
 
     def __init__(self, api: EthAPI) -> None:
@@ -125,6 +103,7 @@ class InProcessBackend:
         return cls(EthAPI(chain))
 
     async def request(self, method: str, params: Sequence[Any]) -> Any:
+        """The result, or RPCError for an error reply (same codes as over HTTP)."""
         request_id, body = self._requests.build(method, params)
         # Not abandoned on cancel: a chain call is short, and a thread left running after
         # its caller is gone is exactly the orphan structured concurrency forbids.
@@ -141,7 +120,7 @@ class InProcessBackend:
         await self.aclose()
 
 
-class HttpBackend:
+class HttpBackend(ChainBackend):
     """An external Ethereum node's JSON-RPC over HTTP(S)."""
 
     def __init__(
@@ -193,7 +172,7 @@ class HttpBackend:
                     raise ReplyTooLarge(f"reply declares {declared} bytes, cap {self.max_reply_bytes}")
                 chunks: list[bytes] = []
                 size = 0
-                async for chunk in response.aiter_raw():
+                async for chunk in response.aiter_bytes():  # decoded: a gzip bomb hits the cap too
                     size += len(chunk)
                     if size > self.max_reply_bytes:
                         raise ReplyTooLarge(f"reply exceeds the cap of {self.max_reply_bytes} bytes")
@@ -254,7 +233,9 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "MAX_REPLY_BYTES",
     "ChainBackend",
+    "ChainBackendError",
     "ChainError",
+    "ChainRPCError",
     "ChainTimeout",
     "ChainUnavailable",
     "HttpBackend",
