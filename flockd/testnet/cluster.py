@@ -157,6 +157,7 @@ class Cluster:
         assert d.process is not None
         d.process.send_signal(signal.SIGKILL)
         d.process.wait()
+        d.process = None  # deliberately dead: not a failure for wait_for to report
 
     @staticmethod
     def tail(d: Daemon, lines: int = 15) -> str:
@@ -164,3 +165,18 @@ class Cluster:
             return "\n".join(d.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+def heads(daemons: list[Daemon]) -> list[tuple[int, str]]:
+    """(number, hash) of each daemon's chain head."""
+    out = []
+    for d in daemons:
+        head = d.call("chain_head")
+        out.append((head["number"], head["hash"]))
+    return out
+
+
+def agree_at_least(daemons: list[Daemon], height: int) -> bool:
+    """Every daemon's head is the same block, at `height` or above."""
+    seen = heads(daemons)
+    return len(set(seen)) == 1 and seen[0][0] >= height
