@@ -388,3 +388,50 @@ async def test_deploy_on_anvil_wires_token_and_verifier(anvil: AnvilNode) -> Non
         assert await registry.task_count() == 0
         assert await env.token(0).balance_of(MEMBERS[3].address) == 10**6 * E18
         assert await env.token(0).total_supply() == N_ACCOUNTS * 10**6 * E18
+
+
+async def test_registry_without_verifier_code_admits_no_proposal(anvil: AnvilNode) -> None:
+    """A verifier address without code "succeeds" with empty output: the registry must refuse."""
+    async with anvil_env(anvil) as env:
+        env.deployment = await deploy(env.client(0), HOLDINGS, VRF_PRECOMPILE_ADDRESS)
+        registry = env.registry(0)
+        task = await started_task(env)
+        await advance_to(env, task, 0, PHASE_PROPOSE)
+        proof = vrf.prove(MEMBERS[1].vrf_sk, await registry.round_seed(task, 0))
+        with pytest.raises(ContractRevert, match="vrf proof rejected"):
+            await env.registry(1).propose(task, 0, keccak(b"delta"), proof)
+
+
+async def test_anvil_resubmission_and_confirmations(anvil: AnvilNode) -> None:
+    """With automining off, an unmined tx is re-sent with higher fees (anvil replaces it in
+    its pool); a receipt counts only once `confirmations` blocks sit on top of it."""
+    async with anvil_env(anvil) as env:
+        policy = TxPolicy(confirmations=2, poll_interval=0.01, resubmit_after=0.05, max_resubmits=50, timeout=30)
+        client = ContractClient(env.backend, MEMBERS[3].account, policy)
+        token = Token(client, env.deployment.token)
+        await env.backend.request("evm_setAutomine", [False])
+        try:
+            pending = await client.send(env.deployment.token, token.artifact.encode_call("transfer", MEMBERS[2].address, 5))
+            result: list[tuple[int, int]] = []
+
+            async def wait() -> None:
+                receipt = await client.wait(pending)
+                result.append((receipt.block_number, await client.block_number()))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(wait)
+                with trio.fail_after(20):
+                    while len(pending.hashes) < 3:
+                        await trio.sleep(0.01)
+                for _ in range(10):  # one block at a time until the wait is over
+                    await env.mine(1)
+                    await trio.sleep(0.1)
+                    if result:
+                        break
+        finally:
+            await env.backend.request("evm_setAutomine", [True])
+        ((mined, head_at_return),) = result
+        assert head_at_return >= mined + 2
+        receipt = await client.get_receipt(pending.hashes[-1]) or await client.get_receipt(pending.hashes[-2])
+        assert receipt is not None and receipt.status == 1
+        assert await token.balance_of(MEMBERS[2].address) == 10**6 * E18 + 5
