@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from nacl import exceptions as nacl_exceptions
 from flockd import sortition, vrf
 from flockd.chain.artifacts import ECVRF_VERIFIER, STAKE_TOKEN, TASK_REGISTRY, load
 from flockd.chain.deploy import ScratchChain, TxFailed, TxResult
+from flockd.chain.precompile import VRF_PRECOMPILE_ADDRESS
 
 VERIFIER = load(ECVRF_VERIFIER)
 TOKEN = load(STAKE_TOKEN)
@@ -191,61 +193,117 @@ def test_wrong_input_length_reverts(verifier: Verifier, size: int) -> None:
 E18 = 10**18
 
 
-def test_registry_checks_proposals_with_the_verifier_contract() -> None:
-    keys = [PrivateKey(keccak(b"participant %d" % i)) for i in range(4)]
-    vrf_keys = [keccak(b"participant vrf %d" % i) for i in range(4)]
+@dataclass
+class ProposeWindow:
+    """A TaskRegistry that verifies with the contract, task 1 in the propose phase of round 0:
+    6 participants of one stake unit, 3 expected proposers (each elected with p = 1/2)."""
+
+    chain: ScratchChain
+    keys: list[PrivateKey]
+    registry: bytes
+    proofs: list[bytes]  # each participant's proof on the round seed
+    elected: list[bool]
+
+    def propose(self, who: int, proof: bytes) -> TxResult:
+        data = REGISTRY.encode_call("propose", 1, 0, keccak(b"delta %d" % who), proof)
+        return self.chain.transact(self.keys[who], self.registry, data)
+
+
+def open_propose_window() -> ProposeWindow:
+    keys = [PrivateKey(keccak(b"participant %d" % i)) for i in range(6)]
+    vrf_keys = [keccak(b"participant vrf %d" % i) for i in range(6)]
     addrs = [k.public_key.to_canonical_address() for k in keys]
     chain = ScratchChain(funded=addrs)
     verifier = chain.deploy(keys[0], VERIFIER)
-    token = chain.deploy(keys[0], TOKEN, "Stake", "STK", addrs, [10**6 * E18] * 4)
+    token = chain.deploy(keys[0], TOKEN, "Stake", "STK", addrs, [10**6 * E18] * 6)
     registry = chain.deploy(keys[0], REGISTRY, token, verifier)
     assert chain.call(registry, REGISTRY.encode_call("vrf_verifier"))[12:] == verifier
-
-    def tx(who: int, fn: str, *args: object) -> TxResult:
-        return chain.transact(keys[who], registry, REGISTRY.encode_call(fn, *args))
-
     for k in keys:
         chain.send(k, token, TOKEN.encode_call("approve", registry, 2**256 - 1))
-    assert all(r.ok for r in chain.mine())
-    # 4 participants of one stake unit, 2 expected proposers: each is elected with p = 1/2
     task = dict(  # TaskParams, in field order
         recipe="mnist-mlp", recipe_hash=keccak(b"recipe"), model_init_hash=keccak(b"model 0"),
         rounds=1, min_participants=2, min_stake=100 * E18, stake_unit=100 * E18,
-        expected_proposers=2, max_proposals=16, propose_blocks=12, commit_blocks=12,
+        expected_proposers=3, max_proposals=16, propose_blocks=12, commit_blocks=12,
         reveal_blocks=12, reward_pool=1000 * E18, vote_mode=0, slash_bps=1000,
         proposer_share_bps=6000,
     )  # fmt: skip
-    tx(0, "create_task", tuple(task.values())).check()
-    for who in range(4):
-        chain.send(
-            keys[who],
-            registry,
-            REGISTRY.encode_call("join", 1, 100 * E18, vrf.public_key(vrf_keys[who])),
-        )
+    chain.send(keys[0], registry, REGISTRY.encode_call("create_task", tuple(task.values())))
+    for key, sk in zip(keys, vrf_keys, strict=True):
+        chain.send(key, registry, REGISTRY.encode_call("join", 1, 100 * E18, vrf.public_key(sk)))
     assert all(r.ok for r in chain.mine())
-    tx(0, "start_task", 1).check()
-    open_block = chain.block_number
-    seed = sortition.round_seed(chain.block_hash(open_block), 1, 0)
+    chain.transact(keys[0], registry, REGISTRY.encode_call("start_task", 1)).check()
+    seed = sortition.round_seed(chain.block_hash(chain.block_number), 1, 0)
     proofs = [vrf.prove(sk, seed) for sk in vrf_keys]
-    stakes = sortition.Stakes(100 * E18, 400 * E18, 100 * E18, 2)
+    stakes = sortition.Stakes(100 * E18, 600 * E18, 100 * E18, 3)
     elected = [stakes.weight(sortition.draw(vrf.proof_to_hash(pi))) > 0 for pi in proofs]
-    assert True in elected and False in elected, "this chain's seed elects everyone or no one"
-    winner, loser = elected.index(True), elected.index(False)
+    return ProposeWindow(chain, keys, registry, proofs, elected)
 
-    result = tx(winner, "propose", 1, 0, keccak(b"delta"), proofs[winner]).check()
-    (proposed,) = [
+
+def test_registry_checks_proposals_with_the_verifier_contract() -> None:
+    window = open_propose_window()
+    assert True in window.elected and False in window.elected, "seed elects all or none"
+    winner, loser = window.elected.index(True), window.elected.index(False)
+
+    result = window.propose(winner, window.proofs[winner]).check()
+    (seed_fixed, proposed) = [
         REGISTRY.decode_log(topics, data)
         for addr, topics, data in result.logs()
-        if addr == registry
-    ][1:]  # SeedFixed, then Proposed
-    assert proposed is not None and proposed[0] == "Proposed"
-    assert proposed[1]["proposer"] == "0x" + addrs[winner].hex()
-    # a valid proof whose beta loses the draw: the contract used the verifier's beta
+        if addr == window.registry
+    ]
+    assert seed_fixed is not None and proposed is not None and proposed[0] == "Proposed"
+    assert proposed[1]["proposer"] == "0x" + window.keys[winner].public_key.to_address()[2:]
+    # a valid proof whose beta loses the draw: the registry used the verifier's beta
     with pytest.raises(TxFailed, match="not elected"):
-        tx(loser, "propose", 1, 0, keccak(b"delta"), proofs[loser]).check()
+        window.propose(loser, window.proofs[loser]).check()
     # forged: the winner's proof claimed under another key, and a proof with c altered
     with pytest.raises(TxFailed, match="vrf proof rejected"):
-        tx(loser, "propose", 1, 0, keccak(b"delta"), proofs[winner]).check()
+        window.propose(loser, window.proofs[winner]).check()
     with pytest.raises(TxFailed, match="vrf proof rejected"):
-        tx(loser, "propose", 1, 0, keccak(b"delta"), _flip(proofs[loser], 300)).check()
-    assert chain.call(registry, REGISTRY.encode_call("proposal_slot", 1, 0, addrs[winner]))[-1] == 1
+        window.propose(loser, _flip(window.proofs[loser], 300)).check()
+
+
+# --- gas figures (docs/parts/bench-gas.md) ---------------------------------------------------
+
+
+def gas_rows() -> list[tuple[str, int, str]]:
+    """Whole-transaction gas of verifications, the precompile in the same run as baseline."""
+    verifier = Verifier()
+    chain = verifier.chain
+
+    def gas(to: bytes, data: bytes) -> int:
+        return chain.transact(OWNER, to, data, gas=29_000_000).gas_used
+
+    rows = [("EcvrfVerifier constructor", gas(b"", VERIFIER.deploy_data()), "deploy")]
+    sk = keccak(b"gas key")
+    pk = vrf.public_key(sk)
+    by_counter: dict[int, bytes] = {}
+    for i in range(64):
+        alpha = keccak(b"gas seed %d" % i)
+        by_counter.setdefault(tai_counter(pk, alpha), alpha)
+    for ctr in (0, 1, 2):
+        alpha = by_counter[ctr]
+        data = pk + vrf.prove(sk, alpha) + alpha
+        what = f"32-byte alpha, hash-to-curve counter {ctr}"
+        rows.append(("verify (valid)", gas(verifier.address, data), what))
+        if ctr == 0:
+            rows.append(("precompile 0x0F10 (baseline)", gas(VRF_PRECOMPILE_ADDRESS, data), what))
+            rows.append(("verify (forged c)", gas(verifier.address, _flip(data, 300)), what))
+    for length in (0, MAX_ALPHA):
+        alpha = bytes(range(length))
+        data = pk + vrf.prove(sk, alpha) + alpha
+        rows.append(("verify (valid)", gas(verifier.address, data), f"{length}-byte alpha"))
+    bad_pk = (2).to_bytes(32, "little")  # y = 2 has no x on the curve
+    rows.append(
+        ("verify (bad key)", gas(verifier.address, bad_pk + bytes(80 + 32)), "early revert")
+    )
+    window = open_propose_window()
+    winner = window.elected.index(True)
+    rows.append(("TaskRegistry.propose", window.propose(winner, window.proofs[winner]).check().gas_used,
+                 "first of the round, verified by EcvrfVerifier"))  # fmt: skip
+    return rows
+
+
+if __name__ == "__main__":
+    print("| call | gas | case |\n| --- | ---: | --- |")
+    for name, used, what in gas_rows():
+        print(f"| {name} | {used:,} | {what} |")
