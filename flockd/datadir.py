@@ -87,7 +87,7 @@ def init_datadir(
     overwritten (IdentityError)."""
     from flockd.chain.network import GENESIS_FILE, install_genesis, network_genesis
     from flockd.config import CONFIG_FILE
-    from flockd.identity.files import write_new_file
+    from flockd.files import write_new_file
     from flockd.identity.keystore import create_identity
 
     datadir.mkdir(parents=True, exist_ok=True)

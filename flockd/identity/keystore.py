@@ -22,7 +22,7 @@ from eth_account import Account
 from eth_keys import keys
 from eth_keys.datatypes import PrivateKey
 
-from flockd.identity.files import write_new_file
+from flockd.files import write_new_file
 
 NODE_KEYSTORE = "keystore.json"
 VRF_KEYFILE = "vrf-key.json"
