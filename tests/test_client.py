@@ -33,6 +33,7 @@ from flockd.chain.client import (
     Log,
     NoAccount,
     TxPolicy,
+    TxRejected,
     TxTimeout,
     revert_reason,
 )
@@ -192,6 +193,13 @@ async def test_waits_for_confirmations(node: Node) -> None:
                 break
     ((mined, head_at_return),) = seen
     assert head_at_return >= mined + 2
+
+
+async def test_refused_transaction_is_tx_rejected(node: Node) -> None:
+    client = node.client()
+    with pytest.raises(TxRejected, match="InsufficientFunds"):
+        await client.transact(BOB_ADDR, b"", value=10**30, gas=21_000)  # explicit gas: no estimate
+    assert (await client.transact(BOB_ADDR, b"", value=1)).status == 1  # the nonce was not used up
 
 
 async def test_revert_reasons_from_estimate_call_and_receipt(node: Node) -> None:
