@@ -35,6 +35,7 @@ from flockd.round import (
     ProposalOnChain,
     PushDelta,
     RoundComplete,
+    RoundEvent,
     RoundFinalisedOnChain,
     RoundOpened,
     RunElection,
@@ -66,6 +67,9 @@ INIT = keccak(b"model_-1")
 PROPOSERS = {0: {A: "good"}, 1: {A: "good", C: "bad"}}
 ROUNDS = 2
 SCORE = 10**17  # whole-round mode: +0.1 or -0.1 accuracy, fixed point
+
+
+TxAction = SubmitPropose | SubmitCommit | SubmitReveal | SubmitFinalise | SubmitRecordModel
 
 
 class Revert(Exception):
@@ -104,14 +108,14 @@ class FakeChain:
     recorded: dict[int, bytes] = field(default_factory=dict)
     support: dict[tuple[int, bytes], int] = field(default_factory=dict)
     attested: set[tuple[int, bytes]] = field(default_factory=set)
-    pending: list[tuple[bytes, Action]] = field(default_factory=list)
-    log: list[tuple[int, Event]] = field(default_factory=list)
+    pending: list[tuple[bytes, TxAction]] = field(default_factory=list)
+    log: list[tuple[int, RoundEvent]] = field(default_factory=list)
     running: bool = True
 
-    def start(self) -> list[Event]:
+    def start(self) -> list[RoundEvent]:
         self.head += 1
         self.open_block = self.head
-        events: list[Event] = [RoundOpened(0, self.head, block_hash(self.head))]
+        events: list[RoundEvent] = [RoundOpened(0, self.head, block_hash(self.head))]
         self.log += [(self.head, e) for e in events]
         return events
 
@@ -122,9 +126,9 @@ class FakeChain:
                 return name
         return "closed"
 
-    def seal(self) -> tuple[int, list[Event], dict[bytes, list[TxFailed]]]:
+    def seal(self) -> tuple[int, list[RoundEvent], dict[bytes, list[TxFailed]]]:
         self.head += 1
-        events: list[Event] = []
+        events: list[RoundEvent] = []
         failures: dict[bytes, list[TxFailed]] = defaultdict(list)
         pending, self.pending = self.pending, []
         for sender, action in pending:
@@ -132,7 +136,7 @@ class FakeChain:
                 events += self._apply(sender, action)
             except Revert as exc:
                 kind = _TX_KINDS[type(action)]
-                failures[sender].append(TxFailed(action.round, kind, str(exc)))  # type: ignore[attr-defined]
+                failures[sender].append(TxFailed(action.round, kind, str(exc)))
         self.log += [(self.head, e) for e in events]
         return self.head, events, failures
 
@@ -140,11 +144,11 @@ class FakeChain:
         if not ok:
             raise Revert(reason)
 
-    def _apply(self, sender: bytes, action: Action) -> list[Event]:
+    def _apply(self, sender: bytes, action: TxAction) -> list[RoundEvent]:
         r, b = self.round, self.head
         if isinstance(action, SubmitRecordModel):
             return self._record(sender, action)
-        self._require(self.running and getattr(action, "round", r) == r, "wrong round")
+        self._require(self.running and action.round == r, "wrong round")
         if isinstance(action, SubmitPropose):
             self._require(self.phase(b) == "propose", "wrong phase")
             self._require(sender in PROPOSERS[r], "not elected")
@@ -171,7 +175,7 @@ class FakeChain:
         self._require(self.phase(b) == "closed", "wrong phase")
         return self._finalise()
 
-    def _finalise(self) -> list[Event]:
+    def _finalise(self) -> list[RoundEvent]:
         r, n = self.round, len(self.proposals)
         mask = 0
         if n and self.reveals:
@@ -182,7 +186,7 @@ class FakeChain:
                     ayes = sum(1 for v in self.reveals.values() if v[i] == 1)
                     mask |= (2 * ayes > len(self.reveals)) << i
         self.finalised[r] = mask
-        events: list[Event] = [RoundFinalisedOnChain(r, mask, n)]
+        events: list[RoundEvent] = [RoundFinalisedOnChain(r, mask, n)]
         previous = self.recorded.get(r - 1) if r else INIT
         if mask == 0 and previous is not None:
             self.recorded[r] = previous
@@ -195,7 +199,7 @@ class FakeChain:
             self.running = False
         return events
 
-    def _record(self, sender: bytes, action: SubmitRecordModel) -> list[Event]:
+    def _record(self, sender: bytes, action: SubmitRecordModel) -> list[RoundEvent]:
         r = action.round
         self._require(r in self.finalised, "round not finalised")
         self._require(r not in self.recorded, "model already recorded")
@@ -314,9 +318,11 @@ class Sim:
             self.act(node, node.task.handle(ModelReady(-1, INIT)))  # every node builds model_-1
         self.broadcast_block(self.chain.head + 1, self.chain.start(), {})
 
-    def broadcast_block(self, number: int, events: list[Event], failures: dict[bytes, list[TxFailed]]) -> None:
+    def broadcast_block(
+        self, number: int, events: list[RoundEvent], failures: dict[bytes, list[TxFailed]]
+    ) -> None:
         for address in NODES:
-            batch = [*events, *failures.get(address, [])]
+            batch: list[Event] = [*events, *failures.get(address, [])]
             if self.rng is not None and self.rng.random() < 0.1:
                 batch += events  # a log delivered twice
             for event in batch:
@@ -360,7 +366,7 @@ class Sim:
         newest = max((r for r in self.chain.recorded if r < from_round), default=None)
         if newest is not None:
             events.append(ModelRecordedOnChain(newest, self.chain.recorded[newest]))
-        events += [e for _, e in self.chain.log if getattr(e, "round", -1) >= from_round]
+        events += [e for _, e in self.chain.log if e.round >= from_round]
         events += [BallotRestored(r, v, s) for r, (v, s) in old.ballots.items() if r >= from_round]
         events += [
             DeltaReceived(e.round, e.proposer, old.deltas[e.delta_hash], address)
@@ -376,7 +382,7 @@ class Sim:
 
 def on_chain(sim: Sim, kind: type, voter: bytes, r: int) -> bool:
     return any(
-        isinstance(e, kind) and getattr(e, "voter", None) == voter and e.round == r  # type: ignore[attr-defined]
+        isinstance(e, kind) and getattr(e, "voter", None) == voter and e.round == r
         for _, e in sim.chain.log
     )
 
