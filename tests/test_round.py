@@ -13,6 +13,7 @@ from eth_utils import keccak
 from flockd import sortition
 from flockd.round import (
     Aggregate,
+    AggregateFailed,
     BallotRestored,
     BlockSealed,
     ConflictingEvent,
@@ -556,6 +557,16 @@ def test_model_recorded_by_the_majority_wins_over_a_local_one() -> None:
     mine, theirs = keccak(b"mine"), keccak(b"theirs")
     assert node.feed(ModelRecordedOnChain(0, theirs)) == []  # our aggregate is still running
     assert node.feed(ModelReady(0, mine)) == [FetchModel(0, theirs)]
+    assert node.feed(ModelReady(0, theirs)) == [RoundComplete(0, theirs)]
+
+
+def test_failed_aggregate_falls_back_to_the_recorded_model() -> None:
+    node = voter_with_deltas()
+    node.to(REVEAL_END)
+    node.feed(RoundFinalisedOnChain(0, 0b11, 2))
+    theirs = keccak(b"theirs")
+    assert node.feed(ModelRecordedOnChain(0, theirs)) == []  # waiting for our aggregate
+    assert node.feed(AggregateFailed(0, "delta 1 does not fit the model")) == [FetchModel(0, theirs)]
     assert node.feed(ModelReady(0, theirs)) == [RoundComplete(0, theirs)]
 
 

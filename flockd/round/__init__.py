@@ -47,6 +47,7 @@ from flockd.round.base import (
 )
 from flockd.round.deltas import Proposal
 from flockd.round.events import (
+    AggregateFailed,
     BallotRestored,
     BlockSealed,
     DeltaReceived,
@@ -74,6 +75,7 @@ __all__ = [
     "Action",
     "Address",
     "Aggregate",
+    "AggregateFailed",
     "BallotRestored",
     "BlockSealed",
     "ConflictingEvent",

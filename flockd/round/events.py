@@ -208,6 +208,18 @@ class ModelRecordedOnChain:
 
 
 @dataclass(frozen=True)
+class AggregateFailed:
+    """The adapter could not compute model_r (an accepted delta that does not fit the
+    model, say): the node will take the model the chain records instead."""
+
+    round: int
+    reason: str
+
+    def __post_init__(self) -> None:
+        check_round(self.round)
+
+
+@dataclass(frozen=True)
 class TxFailed:
     """A transaction of this node failed. ``reverted``: it ran and reverted (final);
     otherwise it was dropped or timed out, and the machine may send it again."""
@@ -236,6 +248,7 @@ RoundEvent = (
     | VoteRevealedOnChain
     | RoundFinalisedOnChain
     | ModelRecordedOnChain
+    | AggregateFailed
     | TxFailed
 )
 Event = BlockSealed | RoundEvent

@@ -49,6 +49,7 @@ from flockd.round.base import (
 )
 from flockd.round.deltas import DeltaBook, Proposal
 from flockd.round.events import (
+    AggregateFailed,
     BallotRestored,
     BlockSealed,
     DeltaReceived,
@@ -130,6 +131,7 @@ class RoundMachine:
         self._ticked_since_final = False
         self._model: bytes | None = None  # model_r, as this node holds it
         self._recorded: bytes | None = None
+        self._aggregate_failed = False
         self._fetching_model: set[bytes] = set()
         self._complete = False
 
@@ -208,6 +210,8 @@ class RoundMachine:
                 if self._recorded is not None and self._recorded != event.model_hash:
                     raise ConflictingEvent(f"round {self.round} recorded two models")
                 self._recorded = event.model_hash
+            case AggregateFailed():
+                self._aggregate_failed = True
             case TxFailed():
                 self._tx[event.kind].failed(event.reverted)
 
@@ -359,7 +363,7 @@ class RoundMachine:
                 self._complete = True
                 out.append(RoundComplete(self.round, recorded))
             return
-        if "aggregate" in self._asked and self._model is None:
+        if "aggregate" in self._asked and self._model is None and not self._aggregate_failed:
             return  # our own aggregate is still being computed
         if recorded not in self._fetching_model:
             self._fetching_model.add(recorded)
