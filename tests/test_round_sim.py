@@ -467,3 +467,38 @@ def test_any_interleaving_ends_in_the_same_accepted_set(seed: int, mode: VoteMod
     sim.start()
     sim.run()
     assert_task_agrees(sim)
+
+
+class LossySim(Sim):
+    """Deltas may be lost; any message may be delivered twice or up to six blocks late.
+    Votes can then differ from the honest outcome, but nothing may break."""
+
+    def step(self) -> None:
+        assert self.rng is not None
+        held = []
+        self.rng.shuffle(self.queue)
+        for at, to, event in self.queue:
+            draw = self.rng.random()
+            if isinstance(event, DeltaReceived) and draw < 0.15:
+                continue  # lost on the network
+            if draw < 0.4 and self.chain.head - at < 6:
+                held.append((at, to, event))
+                continue
+            if draw < 0.5:
+                held.append((at, to, event))
+            self.deliver(to, event)
+        self.queue = held
+        number, events, failures = self.chain.seal()
+        self.broadcast_block(number, events, failures)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**64), mode=st.sampled_from(VoteMode))
+def test_lossy_network_never_breaks_the_machines(seed: int, mode: VoteMode) -> None:
+    sim = LossySim(mode, random.Random(seed))
+    sim.start()
+    sim.run(blocks=80)
+    final = sim.chain.recorded.get(ROUNDS - 1)
+    for node in sim.nodes.values():
+        assert node.final in (None, final)
+        assert node.completed.items() <= sim.chain.recorded.items()
