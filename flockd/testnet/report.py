@@ -1,0 +1,302 @@
+"""The testnet's end-of-task report, built from every node's `task_status` reply.
+
+`build_report` is pure (RPC results in, a JSON-able dict out); `write_report` turns that
+dict into report.json, report.md and accuracy.png. Per-round figures come from node0's
+history, since every honest node records the same rounds; the agreement checks compare
+every node against node0 and against the chain.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+ACCURACY_PNG = "accuracy.png"
+
+# Figures one history entry must carry, and those that may be null (not measured).
+_ROUND_INTS = ("round", "proposals", "accepted", "rejected")
+_ROUND_MEASURES = ("test_accuracy", "test_loss", "seconds", "gas_used", "started_block", "finished_block")
+
+
+class ReportError(ValueError):
+    """A task_status reply is missing a field or carries one of the wrong type."""
+
+
+def node_name(index: int) -> str:
+    return f"node{index}"
+
+
+def short_hex(value: str | None, head: int = 6, tail: int = 4) -> str:
+    """`0xabcdef…1234`: enough to tell hashes and addresses apart at a glance."""
+    if not value:
+        return "—"
+    return value if len(value) <= head + tail + 1 else f"{value[:head]}…{value[-tail:]}"
+
+
+def build_report(
+    statuses: list[dict[str, Any]],
+    *,
+    nodes: int,
+    rounds: int,
+    recipe: str,
+    partition: str,
+    wall_seconds: float,
+    malicious: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """`statuses[i]` is node i's `task_status` reply, taken after the task finished."""
+    if not statuses:
+        raise ReportError("no task_status replies")
+    histories = [_history(s, i) for i, s in enumerate(statuses)]
+    names = [node_name(i) for i in range(len(statuses))]
+    addresses = {n: _str(s, "me", n) for n, s in zip(names, statuses, strict=True)}
+    malicious = dict(malicious or {})
+    by_address = {a.lower(): n for n, a in addresses.items()}
+
+    per_round = [_round_figures(entry, histories, by_address, malicious) for entry in histories[0]]
+
+    final_accuracies = {n: (h[-1]["test_accuracy"] if h else None) for n, h in zip(names, histories, strict=True)}
+    model_hashes = {n: _opt_str(s, "model_hash", n) for n, s in zip(names, statuses, strict=True)}
+    chain_hashes = {n: _opt_str(s, "chain_model_hash", n) for n, s in zip(names, statuses, strict=True)}
+    chain_model_hash = chain_hashes[names[0]]
+    disagreeing = sorted(
+        (n for n in names if not _same_hash(model_hashes[n], chain_model_hash)
+         or not _same_hash(chain_hashes[n], chain_model_hash)),
+        key=names.index,
+    )
+    return {
+        "task_id": statuses[0].get("task_id"),
+        "state": statuses[0].get("state"),
+        "recipe": recipe,
+        "nodes": nodes,
+        "partition": partition,
+        "rounds": rounds,
+        "rounds_completed": len(per_round),
+        "wall_seconds": round(wall_seconds, 3),
+        "malicious": malicious,
+        "command": testnet_command(nodes=nodes, rounds=rounds, recipe=recipe, partition=partition),
+        "per_round": per_round,
+        "totals": _totals(per_round),
+        "final_accuracy": final_accuracies[names[0]],
+        "final_accuracies": final_accuracies,
+        "accuracies_agree": _all_close(list(final_accuracies.values())),
+        "addresses": addresses,
+        "model_hashes": model_hashes,
+        "chain_model_hash": chain_model_hash,
+        "chain_model_hashes": chain_hashes,
+        "all_nodes_agree": chain_model_hash is not None and not disagreeing,
+        "disagreeing_nodes": disagreeing,
+    }
+
+
+def testnet_command(*, nodes: int, rounds: int, recipe: str, partition: str) -> str:
+    return f"scripts/testnet --nodes {nodes} --rounds {rounds} --recipe {recipe} --partition {partition}"
+
+
+def _round_figures(
+    entry: Mapping[str, Any],
+    histories: Sequence[Sequence[Mapping[str, Any]]],
+    by_address: Mapping[str, str],
+    malicious: Mapping[str, Any],
+) -> dict[str, Any]:
+    figures = {k: entry[k] for k in (*_ROUND_INTS, *_ROUND_MEASURES, "model_hash")}
+    # Every node that recorded this round must have derived the same model from it.
+    hashes = {h["model_hash"].lower() for hist in histories for h in hist if h["round"] == entry["round"]}
+    figures["nodes_agree"] = len(hashes) == 1
+    if malicious:
+        proposers = [by_address.get(a.lower(), a) for a in entry["proposers"]]
+        accepted = [by_address.get(a.lower(), a) for a in entry["accepted_proposers"]]
+        figures["malicious_proposed"] = sum(p in malicious for p in proposers)
+        figures["malicious_accepted"] = sum(p in malicious for p in accepted)
+    return figures
+
+
+def _totals(per_round: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    def total(key: str) -> Any:
+        values = [r[key] for r in per_round if r[key] is not None]
+        return sum(values) if values else None
+
+    return {k: total(k) for k in ("proposals", "accepted", "rejected", "gas_used", "seconds")}
+
+
+def _same_hash(a: str | None, b: str | None) -> bool:
+    return a is not None and b is not None and a.lower() == b.lower()
+
+
+def _all_close(values: Sequence[float | None]) -> bool:
+    # Same model bytes and the same held-out split give the same accuracy; the tolerance
+    # only absorbs float formatting on the way through JSON.
+    first = values[0]
+    if first is None:
+        return all(v is None for v in values)
+    return all(v is not None and math.isclose(v, first, abs_tol=1e-9) for v in values)
+
+
+# -- validation of the RPC replies ------------------------------------------------------
+def _history(status: Any, index: int) -> list[dict[str, Any]]:
+    where = node_name(index)
+    if not isinstance(status, Mapping):
+        raise ReportError(f"{where}: task_status is not an object")
+    history = status.get("history")
+    if not isinstance(history, list):
+        raise ReportError(f"{where}: history is not a list")
+    for entry in history:
+        _check_entry(entry, where)
+    return history
+
+
+def _check_entry(entry: Any, where: str) -> None:
+    if not isinstance(entry, Mapping):
+        raise ReportError(f"{where}: history entry is not an object")
+    for key in _ROUND_INTS:
+        if not _is_int(entry.get(key)) or entry[key] < 0:
+            raise ReportError(f"{where}: history {key} must be a non-negative integer")
+    for key in _ROUND_MEASURES:
+        if key not in entry or not (entry[key] is None or _is_number(entry[key])):
+            raise ReportError(f"{where}: history {key} must be a number or null")
+    if not isinstance(entry.get("model_hash"), str):
+        raise ReportError(f"{where}: history model_hash must be a string")
+    for key in ("proposers", "accepted_proposers"):
+        value = entry.get(key)
+        if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
+            raise ReportError(f"{where}: history {key} must be a list of addresses")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def _str(status: Mapping[str, Any], key: str, where: str) -> str:
+    value = status.get(key)
+    if not isinstance(value, str):
+        raise ReportError(f"{where}: {key} must be a string")
+    return value
+
+
+def _opt_str(status: Mapping[str, Any], key: str, where: str) -> str | None:
+    value = status.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ReportError(f"{where}: {key} must be a string or null")
+    return value
+
+
+# -- files ------------------------------------------------------------------------------
+def write_report(report: dict[str, Any], outdir: Path) -> list[Path]:
+    """Write report.json, report.md and accuracy.png into `outdir`; return their paths."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path, png_path = outdir / REPORT_JSON, outdir / REPORT_MD, outdir / ACCURACY_PNG
+    json_path.write_text(json.dumps(report, sort_keys=True, indent=2) + "\n")
+    md_path.write_text(render_markdown(report))
+    plot_accuracy(report, png_path)
+    return [json_path, md_path, png_path]
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    ok = "yes" if report["all_nodes_agree"] else "**NO**"
+    totals = report["totals"]
+    lines = [
+        f"# flockd testnet: {report['recipe']} on {report['nodes']} nodes",
+        "",
+        f"- final accuracy (held-out test split, node0): **{_fmt(report['final_accuracy'], '.4f')}**"
+        + ("" if report["accuracies_agree"] else " (nodes report different accuracies)"),
+        f"- rounds: {report['rounds_completed']} of {report['rounds']} (task state: {report['state']})",
+        f"- every node holds the model recorded on chain: {ok}",
+        f"- chain model hash: `{report['chain_model_hash']}`",
+        f"- proposals: {totals['proposals']}, accepted {totals['accepted']}, rejected {totals['rejected']}",
+        f"- gas: {_fmt(totals['gas_used'], ',')}; wall time {report['wall_seconds']:.1f} s",
+        f"- partition: {report['partition']}; malicious nodes: {_malicious_text(report['malicious'])}",
+        "",
+        "## Rounds",
+        "",
+        "| round | accuracy | loss | proposals | accepted | rejected | seconds | gas | blocks | model | nodes agree |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
+    ]
+    for r in report["per_round"]:
+        lines.append(
+            f"| {r['round']} | {_fmt(r['test_accuracy'], '.4f')} | {_fmt(r['test_loss'], '.4f')} "
+            f"| {r['proposals']} | {r['accepted']} | {r['rejected']} | {_fmt(r['seconds'], '.1f')} "
+            f"| {_fmt(r['gas_used'], ',')} | {r['started_block']}–{r['finished_block']} "
+            f"| `{short_hex(r['model_hash'])}` | {'yes' if r['nodes_agree'] else 'NO'} |"
+        )
+    lines += [
+        "",
+        "## Nodes",
+        "",
+        "| node | address | final model hash | equals chain | final accuracy | malicious |",
+        "|---|---|---|---|---:|---|",
+    ]
+    for name, address in report["addresses"].items():
+        agrees = name not in report["disagreeing_nodes"]
+        lines.append(
+            f"| {name} | `{address}` | `{report['model_hashes'][name]}` | {'yes' if agrees else 'NO'} "
+            f"| {_fmt(report['final_accuracies'][name], '.4f')} | {report['malicious'].get(name, '')} |"
+        )
+    lines += [
+        "",
+        "## How this was produced",
+        "",
+        f"`{report['command']}` started {report['nodes']} flockd daemons on 127.0.0.1, all authorities",
+        "of one embedded chain; node0 created the task, every node joined it, and the rounds ran until",
+        "the task finished. Per-round figures are node0's `task_status` history; model hashes are",
+        "each node's `task_status` at the end, compared with the hash the task contract recorded.",
+        f"Accuracy is measured on the held-out test split, never trained on. Plot: `{ACCURACY_PNG}`;",
+        f"every figure: `{REPORT_JSON}`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _fmt(value: float | int | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def _malicious_text(malicious: Mapping[str, Any]) -> str:
+    return ", ".join(f"{n} ({b})" for n, b in sorted(malicious.items())) or "none"
+
+
+def plot_accuracy(report: Mapping[str, Any], path: Path) -> None:
+    """Accuracy per round as a line over accepted/rejected proposals as stacked bars."""
+    # The object API with an explicit Agg canvas: no pyplot global state, no display needed.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    rows = report["per_round"]
+    xs = [r["round"] for r in rows]
+    accepted = [r["accepted"] for r in rows]
+    rejected = [r["rejected"] for r in rows]
+    measured = [(r["round"], r["test_accuracy"]) for r in rows if r["test_accuracy"] is not None]
+
+    fig = Figure(figsize=(8, 4.5), dpi=120, layout="constrained")
+    FigureCanvasAgg(fig)
+    acc_ax = fig.add_subplot()
+    bar_ax = acc_ax.twinx()
+    bar_ax.bar(xs, accepted, width=0.6, color="#4caf50", alpha=0.45, label="accepted proposals")
+    bar_ax.bar(xs, rejected, width=0.6, bottom=accepted, color="#e53935", alpha=0.45, label="rejected proposals")
+    bar_ax.set_ylabel("proposals")
+    bar_ax.set_ylim(0, max([a + r for a, r in zip(accepted, rejected, strict=True)] + [1]) * 1.6)
+    bar_ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    if measured:
+        acc_ax.plot(*zip(*measured, strict=True), marker="o", color="#1f4e99", label="test accuracy")
+    acc_ax.set_ylim(0, 1.02)
+    acc_ax.set_ylabel("test accuracy (held out)")
+    acc_ax.set_xlabel("round")
+    acc_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    acc_ax.grid(True, alpha=0.3)
+    acc_ax.set_zorder(bar_ax.get_zorder() + 1)  # the line in front of the bars
+    acc_ax.patch.set_visible(False)
+    handles = acc_ax.get_legend_handles_labels()[0] + bar_ax.get_legend_handles_labels()[0]
+    fig.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False)
+    acc_ax.set_title(
+        f"flockd testnet: {report['nodes']} nodes · {report['recipe']} · partition {report['partition']}"
+    )
+    # No Software/time metadata: the same report gives the same bytes.
+    fig.savefig(path, format="png", metadata={"Software": None})
