@@ -1,7 +1,8 @@
 """The daemon: wires the services into one trio nursery, in order, and stops them in reverse.
 
 Start order: p2p (so the node has an identity on the network), the chain (embedded:
-sealing and sync over p2p; or a backend for an external node), then the control socket
+sealing and sync over p2p; or a backend for an external node), the learning tasks
+(they need both), then the control socket
 (so a client never reaches a node that cannot answer). Stop order is the reverse: the
 socket closes first, so no request arrives at a half-stopped node.
 """
@@ -53,6 +54,32 @@ class Node:
         )
         self._stop = trio.Event()
         self._open_chain()
+        self._open_tasks()
+
+    def _open_tasks(self) -> None:
+        from eth_account import Account
+
+        from flockd.chain.client import ContractClient, TxPolicy
+        from flockd.chain.deploy import STAKE_TOKEN_ADDRESS, TASK_REGISTRY_ADDRESS
+        from flockd.chain.registry import Registry, Token
+        from flockd.store import Store
+        from flockd.tasks.runner import NodeContext
+        from flockd.tasks.service import TaskService
+
+        client = ContractClient(
+            self.chain_backend,
+            Account.from_key(self.identity.node_secret),
+            TxPolicy(confirmations=self.config.chain.confirmations, poll_interval=0.2),
+        )
+        context = NodeContext(
+            network=self.p2p,
+            registry=Registry(client, TASK_REGISTRY_ADDRESS),
+            store=Store(self.datadir / "store"),
+            address=bytes(self.identity.private_key.public_key.to_canonical_address()),
+            vrf_secret=self.identity.vrf_secret,
+            confirmations=self.config.chain.confirmations,
+        )
+        self.tasks = TaskService(context, Token(client, STAKE_TOKEN_ADDRESS))
 
     def _open_chain(self) -> None:
         from flockd.chain.backends import HttpBackend, InProcessBackend
@@ -92,6 +119,7 @@ class Node:
                 await self._start(services, "p2p", self.p2p.run)
                 if self.chain_service is not None:
                     await self._start(services, "chain", self.chain_service.run)
+                await self._start(services, "tasks", self.tasks.run)
                 await self._start(services, "rpc", self._serve_control_socket)
                 log.info(
                     "node started",
@@ -128,11 +156,15 @@ class Node:
         from flockd.rpc.meta import RPCNamespace
         from flockd.rpc.net import NetNamespace
         from flockd.rpc.node import NodeNamespace
+        from flockd.rpc.task import ModelNamespace, RoundNamespace, TaskNamespace
 
         namespaces: list[object] = [
             NodeNamespace(self),
             NetNamespace(self.p2p),
             ChainNamespace(self.chain_backend, self.chain_service, confirmations=self.config.chain.confirmations),
+            TaskNamespace(self.tasks),
+            RoundNamespace(self.tasks),
+            ModelNamespace(self.tasks, self.datadir / "exports"),
         ]
         dispatcher = Dispatcher(namespaces)
         dispatcher.add_namespace(RPCNamespace(dispatcher))

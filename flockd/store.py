@@ -79,16 +79,18 @@ class Store:
 
     # -- round history: one JSON line per finished round ----------------------------------
 
-    def append_history(self, task_id: int, record: Mapping[str, Any]) -> None:
-        path = self.root / "tasks" / f"{task_id}.jsonl"
+    def append_history(self, task_id: int, record: Mapping[str, Any], log: str = "history") -> None:
+        """Append one record to a task's log ("history": finished rounds; "ballots": the
+        votes and salt behind each vote commit, needed to reveal after a restart)."""
+        path = self.root / "tasks" / f"{task_id}.{log}.jsonl"
         line = json.dumps(record, sort_keys=True) + "\n"
         with open(path, "a") as f:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
 
-    def history(self, task_id: int) -> list[dict[str, Any]]:
-        path = self.root / "tasks" / f"{task_id}.jsonl"
+    def history(self, task_id: int, log: str = "history") -> list[dict[str, Any]]:
+        path = self.root / "tasks" / f"{task_id}.{log}.jsonl"
         if not path.exists():
             return []
         records = []

@@ -54,7 +54,7 @@ def test_history_survives_a_torn_last_line(tmp_path):
     store = Store(tmp_path)
     store.append_history(1, {"round": 0, "accepted": 2})
     store.append_history(1, {"round": 1, "accepted": 1})
-    with open(tmp_path / "tasks" / "1.jsonl", "a") as f:
+    with open(tmp_path / "tasks" / "1.history.jsonl", "a") as f:
         f.write('{"round": 2, "acc')  # a crash mid-write
     assert [r["round"] for r in store.history(1)] == [0, 1]
     assert store.history(2) == []

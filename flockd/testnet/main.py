@@ -1,4 +1,5 @@
-"""Start N daemons, wait for one connected mesh, show it, stop them (or leave them up)."""
+"""Start N daemons, wait for one connected mesh, run a learning task to its end and report
+on it, then stop them (or leave them up)."""
 
 from __future__ import annotations
 
@@ -9,18 +10,33 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.live import Live
 from rich.table import Table
 
 from flockd.testnet.cluster import Cluster, ClusterError
+from flockd.testnet.progress import progress_table
+from flockd.testnet.report import build_report, write_report
+from flockd.testnet.task import TaskPlan, create_and_join, wait_finished
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="scripts/testnet", description="Run a local flockd network on 127.0.0.1.")
-    p.add_argument("--nodes", type=int, default=4, help="number of daemons (default 4)")
+    p = argparse.ArgumentParser(
+        prog="scripts/testnet",
+        description="Run a local flockd network on 127.0.0.1 and train a model on it to the end.",
+    )
+    p.add_argument("--nodes", type=int, default=6, help="number of daemons (default 6)")
     p.add_argument("--workdir", type=Path, default=Path("testnet-work"), help="where datadirs go (default ./testnet-work)")
     p.add_argument("--fresh", action="store_true", help="delete the workdir first")
     p.add_argument("--keep-running", action="store_true", help="leave the daemons up and print how to reach them")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the mesh")
+    p.add_argument("--rounds", type=int, default=8, help="learning rounds to run (0: only form the mesh)")
+    p.add_argument("--recipe", default="digits-mlp", help="recipe (digits-mlp, digits-cnn, cancer-logreg)")
+    p.add_argument("--partition", default="iid", help="iid or dirichlet:ALPHA")
+    p.add_argument("--rule", default="fedavg", help="aggregation: fedavg, median, trimmed-mean:B, krum:F, multi-krum:F:M")
+    p.add_argument("--proposers", type=int, default=3, help="expected proposers per round")
+    p.add_argument("--vote-mode", choices=["per-proposal", "whole-round"], default="per-proposal")
+    p.add_argument("--task-timeout", type=float, default=1800.0, help="seconds to wait for the task")
+    p.add_argument("--report-dir", type=Path, default=None, help="where the report goes (default WORKDIR/report)")
     args = p.parse_args(argv)
     if not 1 <= args.nodes <= 64:
         p.error("--nodes must be between 1 and 64")
@@ -42,6 +58,11 @@ def main(argv: list[str]) -> int:
         cluster.wait_full_mesh(args.timeout)
         console.print(peer_table(cluster))
         console.print(f"full mesh of {args.nodes} nodes in {time.monotonic() - started:.1f}s")
+        if args.rounds > 0:
+            ok = run_task(console, cluster, args)
+            if not ok:
+                cluster.stop()
+                return 1
         if args.keep_running:
             print_reach(console, cluster)
             return 0
@@ -60,6 +81,35 @@ def main(argv: list[str]) -> int:
         return 1
     console.print("all daemons stopped cleanly")
     return 0
+
+
+def run_task(console: Console, cluster: Cluster, args: argparse.Namespace) -> bool:
+    """Create, join and run one task to its end with a live view; write the report."""
+    plan = TaskPlan(
+        recipe=args.recipe, rounds=args.rounds, partition=args.partition, rule=args.rule,
+        expected_proposers=args.proposers, vote_mode=args.vote_mode,
+    )
+    started = time.monotonic()
+    task_id = create_and_join(cluster, plan)
+    console.print(f"task {task_id}: {plan.recipe}, {plan.rounds} rounds, {plan.partition}, {plan.rule}; all nodes joined")
+    with Live(console=console, refresh_per_second=2, transient=False) as live:
+        statuses = wait_finished(
+            cluster, task_id, plan, args.task_timeout,
+            lambda sts, rss: live.update(progress_table(sts, rss)),
+        )
+    wall = time.monotonic() - started
+    report = build_report(
+        statuses, nodes=len(cluster.daemons), rounds=plan.rounds, recipe=plan.recipe,
+        partition=plan.partition, wall_seconds=wall,
+    )
+    verified = [d.call("model_verify", {"task_id": task_id}) for d in cluster.daemons]
+    report["model_verify"] = {f"node{d.index}": v["ok"] for d, v in zip(cluster.daemons, verified, strict=True)}
+    outdir = args.report_dir or cluster.workdir / "report"
+    paths = write_report(report, outdir)
+    console.print(f"final accuracy {report['final_accuracy']:.4f}; nodes agree with the chain: {report['all_nodes_agree']}; "
+                  f"model_verify: {report['model_verify']}")
+    console.print("report: " + ", ".join(str(p) for p in paths))
+    return bool(report["all_nodes_agree"]) and all(report["model_verify"].values())
 
 
 def peer_table(cluster: Cluster) -> Table:

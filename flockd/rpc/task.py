@@ -1,0 +1,132 @@
+"""task_*, round_* and model_* methods: learning tasks on this node."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from flockd.chain.backends import ChainError
+from flockd.chain.client import ContractRevert
+from flockd.rpc.errors import RPCError
+from flockd.tasks.service import TaskError, TaskService
+from flockd.tasks.spec import SpecError, TaskSpec
+from flockd.tasks.verify import verify_lineage
+from flockd.tasks.work import Worker
+
+TASK_ERROR = -32020
+E18 = 10**18
+
+
+class _TaskErrors:
+    """Maps the task layer's errors onto JSON-RPC errors with a message that says why."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if isinstance(exc, SpecError):
+            raise RPCError(-32602, str(exc)) from None
+        if isinstance(exc, ContractRevert):
+            raise RPCError(TASK_ERROR, f"the registry refused: {exc.reason}") from None
+        if isinstance(exc, TaskError | ChainError):
+            raise RPCError(TASK_ERROR, f"{type(exc).__name__}: {exc}") from None
+
+
+class TaskNamespace:
+    namespace = "task"
+
+    def __init__(self, tasks: TaskService) -> None:
+        self._tasks = tasks
+
+    async def task_create(
+        self,
+        recipe: str,
+        rounds: int = 10,
+        config: dict[str, Any] | None = None,
+        rule: str = "fedavg",
+        partition: str = "iid",
+        num_nodes: int = 1,
+        seed: int = 0,
+        expected_proposers: int = 3,
+        min_participants: int = 1,
+        stake_unit: int = E18,
+        min_stake: int = E18,
+        propose_blocks: int = 8,
+        commit_blocks: int = 6,
+        reveal_blocks: int = 4,
+        reward_pool: int = 0,
+        vote_mode: Literal["per-proposal", "whole-round"] = "per-proposal",
+        max_proposals: int = 16,
+    ) -> dict[str, Any]:
+        """Create a task on chain; returns its id and the spec every joiner must present."""
+        with _TaskErrors():
+            spec = TaskSpec(recipe=recipe, config=config or {}, rule=rule, partition=partition, num_nodes=num_nodes, seed=seed)
+            created = await self._tasks.create(
+                spec, rounds=rounds, expected_proposers=expected_proposers, min_participants=min_participants,
+                min_stake=min_stake, stake_unit=stake_unit, propose_blocks=propose_blocks,
+                commit_blocks=commit_blocks, reveal_blocks=reveal_blocks, reward_pool=reward_pool,
+                vote_mode=0 if vote_mode == "per-proposal" else 1, max_proposals=max_proposals,
+            )
+            return {**created, "spec": spec.to_json()}
+
+    async def task_join(self, task_id: int, spec: dict[str, Any], stake: int = 100 * E18, data_path: str | None = None) -> dict[str, Any]:
+        """Stake on a task and take part in its rounds (spec: as task_create returned it)."""
+        with _TaskErrors():
+            return await self._tasks.join(task_id, TaskSpec.from_json(spec), stake, data_path)
+
+    async def task_start(self, task_id: int) -> dict[str, Any]:
+        """Start a task's first round (its creator, once enough participants joined)."""
+        with _TaskErrors():
+            return await self._tasks.start(task_id)
+
+    async def task_status(self, task_id: int) -> dict[str, Any]:
+        """State, participants, this node's rounds so far (accuracy, accepted, model hash)."""
+        with _TaskErrors():
+            return await self._tasks.status(task_id)
+
+
+class RoundNamespace:
+    namespace = "round"
+
+    def __init__(self, tasks: TaskService) -> None:
+        self._tasks = tasks
+
+    def round_status(self, task_id: int) -> dict[str, Any]:
+        """The current round as this node sees it: phase, role, proposals, votes."""
+        with _TaskErrors():
+            return self._tasks.round_status(task_id)
+
+
+class ModelNamespace:
+    namespace = "model"
+
+    def __init__(self, tasks: TaskService, export_dir: Path) -> None:
+        self._tasks = tasks
+        self._export_dir = export_dir
+
+    async def model_export(self, task_id: int, path: str | None = None) -> dict[str, Any]:
+        """Write this node's latest model of a task as a safetensors file."""
+        with _TaskErrors():
+            status = await self._tasks.status(task_id)
+            if not status["model_hash"]:
+                raise TaskError(f"no model of task {task_id} yet")
+            digest = bytes.fromhex(status["model_hash"][2:])
+            data = self._tasks.ctx.store.get_model_bytes(digest)
+            if data is None:
+                raise TaskError(f"model {status['model_hash']} is not stored")
+            self._export_dir.mkdir(exist_ok=True)
+            target = Path(path) if path else self._export_dir / f"task{task_id}-{status['model_hash'][2:14]}.safetensors"
+            target.write_bytes(data)
+            return {"path": str(target.resolve()), "model_hash": status["model_hash"], "rounds": len(status["history"])}
+
+    async def model_verify(self, task_id: int) -> dict[str, Any]:
+        """Replay the task's model lineage from the chain and the stored deltas; check every hash."""
+        with _TaskErrors():
+            tasks = self._tasks
+            runner = tasks.runners.get(task_id)
+            if runner is not None:
+                worker = runner.worker
+            else:
+                joined = tasks.joined(task_id)
+                worker = Worker(joined.spec, 0, joined.data_path)
+            return await verify_lineage(tasks.registry, tasks.ctx.store, worker, task_id)

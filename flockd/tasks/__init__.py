@@ -1,0 +1,1 @@
+"""Learning tasks in the daemon: the adapters around the round state machine (flockd.round)."""

@@ -1,0 +1,65 @@
+"""What every participant of a task must agree on off chain, pinned on chain by its hash.
+
+The registry stores the recipe's name and `recipe_hash`; flockd sets that hash to
+keccak256 of the canonical JSON of the whole TaskSpec (recipe config, aggregation rule,
+data partition, voting tolerance), so a node that joins with different settings is
+refused before it can disagree with everyone else's model bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from eth_utils import keccak
+
+from flockd.fl.aggregate import Rule
+from flockd.fl.data import Partition
+from flockd.fl.recipe import canonical_json, load_recipe
+
+
+class SpecError(ValueError):
+    """A task spec is malformed or does not match the task's on-chain hash."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    recipe: str
+    config: dict[str, Any] = field(default_factory=dict)
+    rule: str = "fedavg"  # aggregation rule (flockd.fl.aggregate.Rule syntax)
+    partition: str = "iid"  # iid | dirichlet:ALPHA (how the bundled data is split across nodes)
+    num_nodes: int = 1  # the bundled data is split into this many parts
+    seed: int = 0  # data split and initial model
+    max_accuracy_drop: float = 0.10  # a voter rejects a delta costing more validation accuracy
+
+    def __post_init__(self) -> None:
+        try:
+            load_recipe(self.recipe, self.config)
+            Rule.parse(self.rule)
+            Partition.parse(self.partition)
+        except Exception as exc:
+            raise SpecError(f"bad task spec: {exc}") from None
+        if not 1 <= self.num_nodes <= 1024:
+            raise SpecError("num_nodes must be in [1, 1024]")
+        if not 0.0 <= self.max_accuracy_drop <= 1.0:
+            raise SpecError("max_accuracy_drop must be in [0, 1]")
+
+    @property
+    def spec_hash(self) -> bytes:
+        return keccak(canonical_json(asdict(self)))
+
+    def to_json(self) -> dict[str, Any]:
+        return json.loads(canonical_json(asdict(self)))
+
+    @classmethod
+    def from_json(cls, data: Any) -> TaskSpec:
+        if not isinstance(data, dict):
+            raise SpecError("a task spec is a JSON object")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SpecError(f"unknown task spec keys {unknown}")
+        if "recipe" not in data:
+            raise SpecError("a task spec needs a recipe")
+        return cls(**data)

@@ -1,0 +1,57 @@
+"""model_verify: rebuild a task's model lineage from the chain and the deltas, hash by hash.
+
+model_-1 is the recipe's initial model (its hash is on chain); model_r is model_{r-1} plus
+the aggregate of round r's accepted deltas in canonical order, and must hash to the model
+hash the chain recorded for round r. Every delta must hash to its on-chain commitment.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flockd.chain.registry import Registry
+from flockd.fl.checkpoint import model_hash
+from flockd.store import Store
+from flockd.tasks.work import Worker
+
+
+async def verify_lineage(registry: Registry, store: Store, worker: Worker, task_id: int) -> dict[str, Any]:
+    import trio
+
+    params = await registry.get_params(task_id)
+    state = await registry.get_state(task_id)
+    model = await trio.to_thread.run_sync(worker.initial_model)
+    current = model_hash(model)
+    problems: list[str] = []
+    if current != params.model_init_hash:
+        problems.append(f"initial model {current.hex()} != on-chain {params.model_init_hash.hex()}")
+    checked = []
+    for r in range(state.current_round + (1 if state.status == 3 else 0)):
+        info = await registry.get_round(task_id, r)
+        if not info.finalised:
+            break
+        proposals = await registry.get_proposals(task_id, r)
+        accepted = [p for i, p in enumerate(proposals) if info.accepted_mask >> i & 1]
+        deltas = []
+        for p in accepted:
+            data = store.get_delta(p.delta_hash)
+            if data is None:
+                problems.append(f"round {r}: delta {p.delta_hash.hex()} of {p.proposer.hex()} is not stored here")
+                break
+            deltas.append(data)
+        else:
+            model = await trio.to_thread.run_sync(worker.aggregate, model, deltas)
+            current = model_hash(model)
+            if current != info.model_hash:
+                problems.append(f"round {r}: replayed model {current.hex()} != recorded {info.model_hash.hex()}")
+            checked.append({"round": r, "accepted": len(accepted), "model_hash": "0x" + current.hex()})
+            continue
+        break
+    return {
+        "task_id": task_id,
+        "ok": not problems and bool(checked),
+        "rounds_checked": len(checked),
+        "final_model_hash": "0x" + current.hex(),
+        "rounds": checked,
+        "problems": problems,
+    }

@@ -1,0 +1,80 @@
+"""The CPU side of a node's part in a task: train, score, aggregate, evaluate.
+
+Synchronous and deterministic; the runner calls every method through trio.to_thread so
+the event loop keeps serving the network while torch works.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+from flockd.fl.aggregate import aggregate, apply
+from flockd.fl.codec import Delta, decode_delta, encode_delta
+from flockd.fl.data import DataSpec
+from flockd.fl.recipe import Metrics, limit_torch_threads, load_recipe, training_seed
+from flockd.fl.score import Scorer, accepts
+from flockd.fl.tensors import Tensors, load_model_state, model_state, shapes, subtract
+from flockd.round import SCORE_BOUND
+from flockd.tasks.spec import TaskSpec
+
+
+class Worker:
+    def __init__(self, spec: TaskSpec, node_index: int, data_path: str | None = None) -> None:
+        limit_torch_threads(1)  # several daemons share a few cores
+        self.spec = spec
+        self.recipe = load_recipe(spec.recipe, spec.config)
+        self.node_index = node_index
+        data = DataSpec(
+            node_index=node_index % spec.num_nodes,
+            num_nodes=spec.num_nodes,
+            partition=spec.partition,
+            seed=spec.seed,
+            path=data_path,
+        )
+        self.train_split, self.val_split = self.recipe.load_data(data)
+        self.test_split = self.recipe.load_test(data)
+        self._model = self.recipe.build_model(spec.seed)
+        self.layout = shapes(model_state(self._model))
+        self._lock = threading.Lock()  # one torch model, one user at a time
+
+    def initial_model(self) -> Tensors:
+        return model_state(self.recipe.build_model(self.spec.seed))
+
+    def decode(self, data: bytes, expected_hash: bytes | None = None) -> Delta:
+        return decode_delta(data, expected_shapes=self.layout, expected_hash=expected_hash)
+
+    def train(self, base: Tensors, round_number: int) -> bytes:
+        with self._lock:
+            load_model_state(self._model, base)
+            seed = training_seed(self.spec.seed, round_number, self.node_index)
+            stats = self.recipe.train(self._model, self.train_split, seed=seed)
+            return encode_delta(subtract(model_state(self._model), base), samples=stats["samples"])
+
+    def score(self, base: Tensors, deltas: Sequence[bytes | None], whole_round: bool) -> tuple[int, ...]:
+        """Per-proposal: +1 / -1 for each delta (a missing one is -1). Whole-round: one
+        score for the aggregate, the validation accuracy gain in fixed point."""
+        with self._lock:
+            scorer = Scorer(self.recipe, base, self.val_split)
+            if whole_round:
+                decoded = [self.decode(d) for d in deltas if d is not None]
+                gain = scorer.score(aggregate(decoded, self.spec.rule)).accuracy_gain
+                return (max(-SCORE_BOUND, min(SCORE_BOUND, round(gain * SCORE_BOUND))),)
+            votes = []
+            for data in deltas:
+                if data is None:
+                    votes.append(-1)
+                    continue
+                score = scorer.score(self.decode(data).tensors)
+                votes.append(1 if accepts(score, max_accuracy_drop=self.spec.max_accuracy_drop) else -1)
+            return tuple(votes)
+
+    def aggregate(self, base: Tensors, deltas: Sequence[bytes]) -> Tensors:
+        if not deltas:
+            return dict(base)
+        return apply(base, aggregate([self.decode(d) for d in deltas], self.spec.rule))
+
+    def evaluate_test(self, state: Tensors) -> Metrics:
+        with self._lock:
+            load_model_state(self._model, state)
+            return self.recipe.evaluate(self._model, self.test_split)

@@ -1,0 +1,75 @@
+"""Run one learning task across a running testnet: create, join everywhere, start, watch."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from flockd.testnet.cluster import Cluster, ClusterError
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    recipe: str = "digits-mlp"
+    rounds: int = 8
+    partition: str = "iid"
+    rule: str = "fedavg"
+    expected_proposers: int = 3
+    propose_blocks: int = 8
+    commit_blocks: int = 6
+    reveal_blocks: int = 4
+    vote_mode: str = "per-proposal"
+    seed: int = 0
+
+
+def create_and_join(cluster: Cluster, plan: TaskPlan) -> int:
+    nodes = len(cluster.daemons)
+    created = cluster.daemons[0].call("task_create", {
+        "recipe": plan.recipe, "rounds": plan.rounds, "partition": plan.partition, "rule": plan.rule,
+        "num_nodes": nodes, "seed": plan.seed, "expected_proposers": min(plan.expected_proposers, nodes),
+        "min_participants": nodes, "propose_blocks": plan.propose_blocks, "commit_blocks": plan.commit_blocks,
+        "reveal_blocks": plan.reveal_blocks, "vote_mode": plan.vote_mode,
+    })
+    task_id: int = created["task_id"]
+    with ThreadPoolExecutor(max_workers=nodes) as pool:
+        joins = [pool.submit(d.call, "task_join", {"task_id": task_id, "spec": created["spec"]}) for d in cluster.daemons]
+        for future in joins:
+            future.result()
+    cluster.daemons[0].call("task_start", {"task_id": task_id})
+    return task_id
+
+
+def poll(cluster: Cluster, task_id: int) -> tuple[list[dict[str, Any] | None], list[dict[str, Any] | None]]:
+    statuses: list[dict[str, Any] | None] = []
+    rounds: list[dict[str, Any] | None] = []
+    for d in cluster.daemons:
+        try:
+            statuses.append(d.call("task_status", {"task_id": task_id}))
+        except Exception:
+            statuses.append(None)
+        try:
+            rounds.append(d.call("round_status", {"task_id": task_id}))
+        except Exception:
+            rounds.append(None)
+    return statuses, rounds
+
+
+def wait_finished(
+    cluster: Cluster, task_id: int, plan: TaskPlan, timeout: float,
+    on_poll: Callable[[list[dict[str, Any] | None], list[dict[str, Any] | None]], None],
+) -> list[dict[str, Any]]:
+    """Poll until every node finished every round; returns each node's task_status."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        statuses, rounds = poll(cluster, task_id)
+        on_poll(statuses, rounds)
+        if all(s is not None and s["state"] == "finished" and len(s["history"]) >= plan.rounds for s in statuses):
+            return [s for s in statuses if s is not None]
+        for d in cluster.daemons:
+            if d.process is not None and not d.alive():
+                raise ClusterError(f"node{d.index} died: {cluster.tail(d)}")
+        time.sleep(1.0)
+    raise ClusterError(f"the task did not finish within {timeout:.0f}s")
