@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import trio
 
+from flockd import safejson
 from flockd.chain.abc import ChainBackend, ChainBackendError, ChainRPCError, ChainUnavailable
 from flockd.chain.eth_api import EthAPI
 
@@ -155,7 +156,7 @@ class HttpBackend(ChainBackend):
         if scope.cancelled_caught:
             raise ChainTimeout(f"{self.url}: {method} got no complete reply within {self.timeout} s")
         try:
-            reply = json.loads(raw)
+            reply = safejson.loads(raw)
         except (ValueError, UnicodeDecodeError):
             if status != 200:
                 raise ChainUnavailable(f"{self.url}: HTTP {status}") from None

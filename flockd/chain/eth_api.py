@@ -24,6 +24,7 @@ from eth_abi import decode as abi_decode
 from eth_abi.exceptions import DecodingError
 from eth_utils import to_checksum_address
 
+from flockd import safejson
 from flockd.chain.embedded import EmbeddedChain
 from flockd.chain.mempool import TxRejected
 from flockd.chain.records import (
@@ -85,7 +86,7 @@ class EthAPI:
     def handle_body(self, body: bytes) -> bytes | None:
         """One HTTP body in, one out (None: only notifications, nothing to send)."""
         try:
-            message = json.loads(body)
+            message = safejson.loads(body)
         except (ValueError, UnicodeDecodeError):
             return _dump(_error(None, EthRPCError(PARSE_ERROR, "parse error")))
         if isinstance(message, list):

@@ -11,6 +11,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from flockd import safejson
 from flockd.rpc.errors import RPCError
 
 DEFAULT_TIMEOUT = 30.0
@@ -125,7 +126,7 @@ def _closed_by_peer(sock: socket.socket) -> bool:
 
 def _result(line: bytes, request_id: int) -> Any:
     try:
-        reply = json.loads(line)
+        reply = safejson.loads(line)
     except ValueError:
         raise IPCProtocolError(f"reply is not JSON: {line[:80]!r}") from None
     if not isinstance(reply, dict) or reply.get("jsonrpc") != "2.0":

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from flockd import safejson
 from flockd.logs import get_logger
 from flockd.rpc.errors import (
     INTERNAL_ERROR,
@@ -208,8 +209,8 @@ def _parse_request(request: Any) -> tuple[str | int | None, str, list[Any] | dic
 
 def _decode(line: bytes) -> Any:
     try:
-        return json.loads(line, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
-    except RecursionError:
+        return safejson.loads(line, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
+    except (RecursionError, safejson.TooDeep):
         raise RPCError(PARSE_ERROR, "parse error: nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
         raise RPCError(PARSE_ERROR, f"parse error: {clip(str(exc), 120)}") from None
