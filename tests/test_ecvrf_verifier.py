@@ -262,7 +262,7 @@ def test_registry_checks_proposals_with_the_verifier_contract() -> None:
         window.propose(loser, _flip(window.proofs[loser], 300)).check()
 
 
-# --- gas figures (docs/parts/bench-gas.md) ---------------------------------------------------
+# --- gas figures (docs/benchmarks.md) ---------------------------------------------------
 
 
 def gas_rows() -> list[tuple[str, int, str]]:

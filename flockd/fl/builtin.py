@@ -30,7 +30,7 @@ from flockd.fl.data import (
 )
 from flockd.fl.recipe import BadRecipeConfig, Metrics, Recipe, TrainStats
 
-# Local training per round, measured in docs/parts/fl.md: 8 nodes x 10 rounds of these
+# Local training per round, measured in docs/learning.md: 8 nodes x 10 rounds of these
 # reach ~97% held-out digits accuracy (IID) at well under a second per round.
 _TRAINING_KEYS: dict[str, Any] = {"epochs": 5, "lr": 0.1, "momentum": 0.9, "batch_size": 32}
 

@@ -23,7 +23,7 @@ from flockd.fl.recipe import Metrics, Recipe
 from flockd.fl.tensors import load_model_state
 
 # Defaults of `accepts`: how much worse than the baseline an honest update may look.
-# Measured (docs/parts/fl.md): on IID digits an honest proposer's model scores at worst
+# Measured (docs/learning.md): on IID digits an honest proposer's model scores at worst
 # -0.08 accuracy / +0.20 loss on another node's validation split; a 2x sign flip or
 # N(0, 0.2) noise scores -0.25 / +0.9 and -0.14 / +0.4 at the median.
 MAX_ACCURACY_DROP = 0.10
