@@ -59,6 +59,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--chain-rpc", metavar="URL", help="use an external EVM node instead of the embedded chain")
     run.set_defaults(func=_cmd_run)
 
+    deploy = sub.add_parser("deploy", help="deploy the contracts on an external EVM node; point config.toml at them")
+    _datadir_args(deploy)
+    deploy.add_argument("--chain-rpc", required=True, metavar="URL", help="the node's JSON-RPC (http/https)")
+    deploy.add_argument("--holder", action="append", default=[], metavar="ADDRESS=AMOUNT",
+                        help="mint AMOUNT stake tokens (whole tokens) to ADDRESS (repeatable; default: 10^6 to this node)")
+    deploy.set_defaults(func=_cmd_deploy)
+
     testnet = sub.add_parser("testnet", help="run a local multi-node network (see scripts/testnet)", add_help=False)
     testnet.add_argument("rest", nargs=argparse.REMAINDER)
     testnet.set_defaults(func=_cmd_testnet)
@@ -151,6 +158,48 @@ def _cmd_run(args: argparse.Namespace) -> int:
         trio.run(node.run)
     finally:
         lock.release()
+    return 0
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    import trio
+    from eth_account import Account
+    from eth_utils import is_address, to_canonical_address, to_checksum_address
+
+    from flockd.chain.backends import ChainError, HttpBackend
+    from flockd.chain.client import ContractClient
+    from flockd.chain.registry import deploy
+    from flockd.config import ConfigError, load_config
+    from flockd.datadir import record_deployment
+    from flockd.identity.keystore import IdentityError, load_identity
+
+    try:
+        load_config(args.datadir).with_overrides(chain={"rpc_url": "", "registry": "", "token": ""})
+        identity = load_identity(args.datadir, _read_password(args, confirm=False))
+    except (ConfigError, IdentityError) as exc:
+        raise CLIError(str(exc)) from None
+    holders: dict[bytes, int] = {}
+    for spec in args.holder or [f"{identity.address}=1000000"]:
+        address, _, amount = spec.partition("=")
+        if not is_address(address) or not amount.isdigit():
+            raise CLIError(f"--holder {spec!r}: expected ADDRESS=WHOLE_TOKENS")
+        holders[bytes(to_canonical_address(address))] = int(amount) * 10**18
+
+    async def run() -> tuple[bytes, bytes, bytes]:
+        async with HttpBackend(args.chain_rpc) as backend:
+            client = ContractClient(backend, Account.from_key(identity.node_secret))
+            done = await deploy(client, holders)
+            return done.token, done.registry, done.verifier
+
+    try:
+        token, registry, verifier = trio.run(run)
+    except (ChainError, ValueError) as exc:
+        raise CLIError(f"deploy failed: {exc}") from None
+    record_deployment(args.datadir, args.chain_rpc, to_checksum_address(registry), to_checksum_address(token))
+    print(f"token     {to_checksum_address(token)}")
+    print(f"verifier  {to_checksum_address(verifier)}")
+    print(f"registry  {to_checksum_address(registry)}")
+    print(f"config    {args.datadir / 'config.toml'} now uses them ([chain] rpc_url, registry, token)")
     return 0
 
 

@@ -42,6 +42,10 @@ max_clients = 256
 [chain]
 # Empty: use the embedded chain. An http(s) URL: use that external EVM node instead.
 rpc_url = ""
+# With rpc_url: the task registry and stake token there (`flockd deploy` fills these in).
+# Empty: the contracts the embedded chain holds from genesis.
+registry = ""
+token = ""
 # Serve the embedded chain's Ethereum JSON-RPC over HTTP on 127.0.0.1:PORT (0 = off).
 http_port = 0
 # Blocks to wait on top of a result before acting on it.
@@ -80,6 +84,8 @@ class RPCSection:
 @dataclass(frozen=True)
 class ChainSection:
     rpc_url: str = ""
+    registry: str = ""
+    token: str = ""
     http_port: int = 0
     confirmations: int = 2
 
@@ -127,6 +133,12 @@ class Config:
         url = self.chain.rpc_url
         if url and not url.startswith(("http://", "https://")):
             raise ConfigError(f"chain.rpc_url: {url!r} must be an http:// or https:// URL")
+        for key in ("registry", "token"):
+            value = getattr(self.chain, key)
+            if value and not (len(value) == 42 and value.startswith("0x") and _is_hex(value[2:])):
+                raise ConfigError(f"chain.{key}: {value!r} is not a 0x-prefixed 20-byte address")
+        if url and not (self.chain.registry and self.chain.token):
+            raise ConfigError("chain.rpc_url is set: chain.registry and chain.token must name its contracts (flockd deploy)")
 
 
 def load_config(datadir: Path) -> Config:
@@ -177,6 +189,14 @@ def _build_section(section_type: type[Any], values: dict[str, Any], name: str) -
             raise ConfigError(f"{name}.{key}: expected {expected.__name__}, got {value!r}")
         out[key] = value
     return section_type(**out)
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        int(text, 16)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_range(key: str, value: int, low: int, high: int) -> None:

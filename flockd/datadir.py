@@ -98,3 +98,31 @@ def init_datadir(
     if not (datadir / GENESIS_FILE).exists():
         install_genesis(datadir, genesis or network_genesis([identity.address]))
     return identity
+
+
+def record_deployment(datadir: Path, rpc_url: str, registry: str, token: str) -> None:
+    """Point config.toml at contracts on an external chain, keeping its comments; the
+    result is validated before it replaces the old file."""
+    import tomllib
+
+    from flockd.config import CONFIG_FILE, ConfigError, config_from_dict
+
+    path = datadir / CONFIG_FILE
+    lines = path.read_text().splitlines(keepends=True)
+    values = {"rpc_url": rpc_url, "registry": registry, "token": token}
+    section, seen = "", set()
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            section = stripped
+        key = stripped.split("=", 1)[0].strip()
+        if section == "[chain]" and key in values and "=" in stripped:
+            lines[i] = f'{key} = "{values[key]}"\n'
+            seen.add(key)
+    if seen != set(values):
+        raise ConfigError(f"{path}: no [chain] {', '.join(sorted(set(values) - seen))} line to set; add them by hand")
+    text = "".join(lines)
+    config_from_dict(tomllib.loads(text))
+    tmp = path.with_name(path.name + ".new")
+    tmp.write_text(text)
+    tmp.replace(path)

@@ -71,15 +71,18 @@ class Node:
             Account.from_key(self.identity.node_secret),
             TxPolicy(confirmations=self.config.chain.confirmations, poll_interval=0.2),
         )
+        chain = self.config.chain
+        registry = bytes.fromhex(chain.registry[2:]) if chain.registry else TASK_REGISTRY_ADDRESS
+        token = bytes.fromhex(chain.token[2:]) if chain.token else STAKE_TOKEN_ADDRESS
         context = NodeContext(
             network=self.p2p,
-            registry=Registry(client, TASK_REGISTRY_ADDRESS),
+            registry=Registry(client, registry),
             store=Store(self.datadir / "store"),
             address=bytes(self.identity.private_key.public_key.to_canonical_address()),
             vrf_secret=self.identity.vrf_secret,
             confirmations=self.config.chain.confirmations,
         )
-        self.tasks = TaskService(context, Token(client, STAKE_TOKEN_ADDRESS))
+        self.tasks = TaskService(context, Token(client, token))
 
     def _open_chain(self) -> None:
         from flockd.chain.backends import HttpBackend, InProcessBackend

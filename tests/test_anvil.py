@@ -10,19 +10,14 @@ without it that case is an expected failure whose reason says so.
 from __future__ import annotations
 
 import functools
-import os
-import re
-import subprocess
-import tempfile
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import pytest
 import trio
+from anvil_node import AnvilNode
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_keys.datatypes import PrivateKey
@@ -53,7 +48,7 @@ from flockd.chain.registry import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-TOOLS_ANVIL = REPO / ".tools/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"
+
 E18 = 10**18
 N_ACCOUNTS = 4
 STAKE = 100 * E18
@@ -83,61 +78,6 @@ HOLDINGS = {m.address: 10**6 * E18 for m in MEMBERS}
 
 
 # -- anvil ---------------------------------------------------------------------------------
-
-
-def anvil_binary() -> str | None:
-    for candidate in (os.environ.get("FLOCKD_ANVIL"), str(TOOLS_ANVIL)):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-class AnvilNode:
-    """A real anvil on 127.0.0.1, started on first use (so embedded-only runs never start it)."""
-
-    def __init__(self) -> None:
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._url: str | None = None
-        self._log = tempfile.NamedTemporaryFile(prefix="anvil-", suffix=".log")  # noqa: SIM115
-
-    def url(self) -> str:
-        if self._url is None:
-            self._url = self._start()
-        return self._url
-
-    def _start(self) -> str:
-        binary = anvil_binary()
-        if binary is None:
-            pytest.skip("anvil not found: set FLOCKD_ANVIL (scripts/test installs it from npm @foundry-rs/anvil)")
-        # --port 0: anvil binds a free port itself and prints it, so no bind-then-release race.
-        # Output goes to a file: a pipe nobody drains would block anvil once full.
-        self.proc = subprocess.Popen(
-            [binary, "--host", "127.0.0.1", "--port", "0", "--accounts", "1", "--hardfork", "prague"],
-            stdout=self._log, stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            found = re.search(rb"Listening on 127\.0\.0\.1:(\d+)", Path(self._log.name).read_bytes())
-            if found:
-                url = f"http://127.0.0.1:{int(found.group(1))}"
-                reply = httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}, timeout=5)
-                assert "result" in reply.json()
-                return url
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        output = Path(self._log.name).read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"anvil did not start: {output}")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
 
 
 @pytest.fixture(scope="module")

@@ -129,4 +129,4 @@ class ModelNamespace:
             else:
                 joined = tasks.joined(task_id)
                 worker = Worker(joined.spec, 0, joined.data_path)
-            return await verify_lineage(tasks.registry, tasks.ctx.store, worker, task_id)
+            return await verify_lineage(tasks.registry, tasks.ctx.store, worker, task_id, tasks.fetch_delta)

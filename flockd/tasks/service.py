@@ -13,17 +13,22 @@ import trio
 from flockd.chain.registry import Registry, TaskParams, Token
 from flockd.files import write_new_file
 from flockd.fl.checkpoint import model_hash
+from flockd.fl.codec import delta_hash
 from flockd.fl.recipe import load_recipe
 from flockd.fl.tensors import model_state
 from flockd.identity.peerid import address_from_peer_id
 from flockd.logs import get_logger
+from flockd.p2p.abc import P2PError
+from flockd.p2p.blobs import BlobError
 from flockd.tasks.exchange import (
     DELTA_KIND,
     FETCH_KIND,
     MAX_DELTA_BYTES,
     MAX_FETCH_REQUEST,
+    FetchRequest,
     decode_fetch,
     decode_push,
+    encode_fetch,
 )
 from flockd.tasks.runner import NodeContext, TaskRunner
 from flockd.tasks.spec import SpecError, TaskSpec
@@ -186,6 +191,19 @@ class TaskService:
         if not params.recipe:
             raise TaskError(f"no task {task_id}")
         return params
+
+    async def fetch_delta(self, digest: bytes) -> bytes | None:
+        """A delta from any connected peer, kept only if it hashes to `digest`."""
+        request = encode_fetch(FetchRequest("delta", digest))
+        for peer in self.ctx.network.peers():
+            try:
+                data = await self.ctx.network.send_blob(peer.peer_id, FETCH_KIND, request)
+            except (P2PError, BlobError):
+                continue
+            if data and delta_hash(data) == digest:
+                self.ctx.store.put_delta(data)
+                return data
+        return None
 
     # -- blobs from peers ------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ hash the chain recorded for round r. Every delta must hash to its on-chain commi
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from flockd.chain.registry import Registry
@@ -15,7 +16,15 @@ from flockd.store import Store
 from flockd.tasks.work import Worker
 
 
-async def verify_lineage(registry: Registry, store: Store, worker: Worker, task_id: int) -> dict[str, Any]:
+async def verify_lineage(
+    registry: Registry,
+    store: Store,
+    worker: Worker,
+    task_id: int,
+    fetch_delta: Callable[[bytes], Awaitable[bytes | None]],
+) -> dict[str, Any]:
+    """`fetch_delta(hash)` asks peers for a delta this node does not hold (a node that took
+    a round's model from a peer never saw its deltas); it must return hash-checked bytes."""
     import trio
 
     params = await registry.get_params(task_id)
@@ -34,9 +43,9 @@ async def verify_lineage(registry: Registry, store: Store, worker: Worker, task_
         accepted = [p for i, p in enumerate(proposals) if info.accepted_mask >> i & 1]
         deltas = []
         for p in accepted:
-            data = store.get_delta(p.delta_hash)
+            data = store.get_delta(p.delta_hash) or await fetch_delta(p.delta_hash)
             if data is None:
-                problems.append(f"round {r}: delta {p.delta_hash.hex()} of {p.proposer.hex()} is not stored here")
+                problems.append(f"round {r}: no peer has delta {p.delta_hash.hex()} of {p.proposer.hex()}")
                 break
             deltas.append(data)
         else:
