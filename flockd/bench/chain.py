@@ -55,10 +55,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--blocks", type=int, default=100, help="empty blocks to seal/import (default 100)")
     args = parser.parse_args(argv)
 
-    runtime = bytes.fromhex(vyper.compile_code(COMMIT_SOURCE, output_formats=["bytecode_runtime"])["bytecode_runtime"][2:])
-    senders = [Account.from_key(keccak(b"bench-%d" % i)) for i in range(max(1, args.txs // 10))]
-    alloc: dict[str, dict[str, Any]] = {a.address: {"balance": 10**24} for a in senders}
-    alloc[CONTRACT] = {"code": runtime}
+    senders, alloc = bench_accounts(args.txs)
     sealer, follower_key = keys.PrivateKey(b"\x01" * 32), keys.PrivateKey(b"\x02" * 32)
     genesis = Genesis.create(
         chain_id=CHAIN_ID, authorities=[sealer.public_key.to_canonical_address()], timestamp=T0, alloc=alloc
@@ -84,14 +81,23 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def sign_commits(senders: list, count: int, first_nonce: int = 0) -> list[bytes]:
+def bench_accounts(txs: int) -> tuple[list[Any], dict[str, dict[str, Any]]]:
+    """Funded senders (10 txs each) and the commit contract, as genesis alloc."""
+    runtime = bytes.fromhex(vyper.compile_code(COMMIT_SOURCE, output_formats=["bytecode_runtime"])["bytecode_runtime"][2:])
+    senders = [Account.from_key(keccak(b"bench-%d" % i)) for i in range(max(1, txs // 10))]
+    alloc: dict[str, dict[str, Any]] = {a.address: {"balance": 10**24} for a in senders}
+    alloc[CONTRACT] = {"code": runtime}
+    return senders, alloc
+
+
+def sign_commits(senders: list, count: int, first_nonce: int = 0, chain_id: int = CHAIN_ID) -> list[bytes]:
     raws = []
     selector = keccak(text="commit(bytes32)")[:4]
     for i in range(count):
         account = senders[i % len(senders)]
         tx = {
             "to": CONTRACT, "value": 0, "gas": 100_000, "maxFeePerGas": 2 * 10**9,
-            "maxPriorityFeePerGas": 10**9, "nonce": first_nonce + i // len(senders), "chainId": CHAIN_ID,
+            "maxPriorityFeePerGas": 10**9, "nonce": first_nonce + i // len(senders), "chainId": chain_id,
             "data": selector + keccak(b"%d" % i), "type": 2,
         }
         raws.append(bytes(account.sign_transaction(tx).raw_transaction))
@@ -99,9 +105,10 @@ def sign_commits(senders: list, count: int, first_nonce: int = 0) -> list[bytes]
 
 
 def time_mine_all(genesis: Genesis, raw_txs: list[bytes]) -> float:
-    chain_class = MiningChain.configure(vm_configuration=((0, PragueVM),), chain_id=CHAIN_ID)
+    chain_class = MiningChain.configure(vm_configuration=((0, PragueVM),), chain_id=genesis.chain_id)
     chain: Any = chain_class.from_genesis(
-        AtomicDB(), {"difficulty": 0, "gas_limit": genesis.gas_limit, "timestamp": T0}, cast(Any, genesis.state())
+        AtomicDB(), {"difficulty": 0, "gas_limit": genesis.gas_limit, "timestamp": genesis.timestamp},
+        cast(Any, genesis.state()),
     )
     builder = PragueVM.get_transaction_builder()
     txs = [builder.decode(raw) for raw in raw_txs]

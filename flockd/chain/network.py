@@ -29,6 +29,7 @@ def network_genesis(
     chain_id: int = LOCAL_CHAIN_ID,
     timestamp: int | None = None,
     block_period: int = 1,
+    extra_alloc: dict[str, Any] | None = None,
 ) -> Genesis:
     """Authorities seal in turn; every funded account (default: the authorities) gets gas
     money and stake tokens; the token and task registry contracts are there from block 0."""
@@ -36,6 +37,8 @@ def network_genesis(
     alloc: dict[bytes, Any] = dict(genesis_contracts({h: STAKE_FUNDS for h in holders}))
     for holder in holders:
         alloc[holder] = {"balance": GAS_FUNDS, "nonce": 0, "code": b"", "storage": {}}
+    for address, account in (extra_alloc or {}).items():
+        alloc[bytes(to_canonical_address(address))] = account
     return Genesis.create(
         chain_id=chain_id,
         authorities=[bytes(to_canonical_address(a)) for a in authorities],

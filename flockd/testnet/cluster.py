@@ -94,8 +94,8 @@ class Cluster:
         addr: str = seed.call("node_info")["listen_addrs"][0]
         return addr if "/p2p/" in addr else f"{addr}/p2p/{seed.peer_id}"
 
-    def start_daemon(self, d: Daemon, *, bootstrap: str | None, detach: bool = False) -> None:
-        args = [sys.executable, "-m", "flockd.cli", "run", "--datadir", str(d.datadir), *self.extra_run_args]
+    def start_daemon(self, d: Daemon, *, bootstrap: str | None, detach: bool = False, extra_args: tuple[str, ...] = ()) -> None:
+        args = [sys.executable, "-m", "flockd.cli", "run", "--datadir", str(d.datadir), *self.extra_run_args, *extra_args]
         if bootstrap:
             args += ["--bootstrap", bootstrap]
         d.log_path = d.datadir / "flockd.log"

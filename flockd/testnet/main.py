@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from flockd.testnet.cluster import Cluster, ClusterError
+from flockd.testnet.cluster import Cluster, ClusterError, agree_at_least, heads
 from flockd.testnet.progress import progress_table
 from flockd.testnet.report import build_report, write_report
 from flockd.testnet.task import TaskPlan, create_and_join, wait_finished
@@ -37,6 +37,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--vote-mode", choices=["per-proposal", "whole-round"], default="per-proposal")
     p.add_argument("--task-timeout", type=float, default=1800.0, help="seconds to wait for the task")
     p.add_argument("--report-dir", type=Path, default=None, help="where the report goes (default WORKDIR/report)")
+    p.add_argument("--chain-blocks", type=int, default=0,
+                   help="at the end, wait until every node agrees on one chain head at this height or above")
     args = p.parse_args(argv)
     if not 1 <= args.nodes <= 64:
         p.error("--nodes must be between 1 and 64")
@@ -63,6 +65,8 @@ def main(argv: list[str]) -> int:
             if not ok:
                 cluster.stop()
                 return 1
+        if args.chain_blocks:
+            wait_chain_agreement(console, cluster, args.chain_blocks)
         if args.keep_running:
             print_reach(console, cluster)
             return 0
@@ -110,6 +114,14 @@ def run_task(console: Console, cluster: Cluster, args: argparse.Namespace) -> bo
                   f"model_verify: {report['model_verify']}")
     console.print("report: " + ", ".join(str(p) for p in paths))
     return bool(report["all_nodes_agree"]) and all(report["model_verify"].values())
+
+
+def wait_chain_agreement(console: Console, cluster: Cluster, height: int) -> None:
+    started = time.monotonic()
+    cluster.wait_for(lambda: agree_at_least(cluster.daemons, height), height * 2.0 + 60, f"one head at {height}+")
+    number, block_hash = heads(cluster.daemons)[0]
+    console.print(f"all {len(cluster.daemons)} nodes agree on block {number} ({block_hash}) "
+                  f"after waiting {time.monotonic() - started:.0f}s")
 
 
 def peer_table(cluster: Cluster) -> Table:
