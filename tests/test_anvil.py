@@ -44,8 +44,8 @@ from flockd.chain.registry import (
     Token,
     deploy,
     verifier_available,
-    vote_digest,
 )
+from flockd.round import vote_digest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -227,7 +227,7 @@ async def vote(env: Env, task: int, r: int, ballots: dict[int, list[int]]) -> No
     await advance_to(env, task, r, PHASE_COMMIT)
     async with trio.open_nursery() as nursery:
         for who, votes in ballots.items():
-            digest = vote_digest(votes, salts[who], MEMBERS[who].address)
+            digest = vote_digest(tuple(votes), salts[who], MEMBERS[who].address)
             nursery.start_soon(env.registry(who).commit_vote, task, r, digest)
     await advance_to(env, task, r, PHASE_REVEAL)
     async with trio.open_nursery() as nursery:

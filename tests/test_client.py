@@ -268,7 +268,8 @@ async def test_events_skip_foreign_logs_and_reject_undecodable_ones(node: Node) 
 
 
 async def test_open_backend_follows_the_config(node: Node) -> None:
-    external = open_backend(Config().with_overrides(chain={"rpc_url": "http://127.0.0.1:1"}))
+    contracts = {"registry": "0x" + "11" * 20, "token": "0x" + "22" * 20}
+    external = open_backend(Config().with_overrides(chain={"rpc_url": "http://127.0.0.1:1", **contracts}))
     assert isinstance(external, HttpBackend)
     await external.aclose()
     assert isinstance(open_backend(Config(), node.chain), InProcessBackend)

@@ -46,3 +46,12 @@ def test_missing_and_broken_files(tmp_path):
     (tmp_path / "config.toml").write_text("[p2p\n")
     with pytest.raises(ConfigError, match="config.toml"):
         load_config(tmp_path)
+
+
+def test_an_external_chain_needs_its_contract_addresses():
+    with pytest.raises(ConfigError, match="chain.registry and chain.token"):
+        config_from_dict({"chain": {"rpc_url": "http://127.0.0.1:8545"}})
+    with pytest.raises(ConfigError, match="chain.registry: '0x12' is not"):
+        config_from_dict({"chain": {"registry": "0x12"}})
+    ok = {"rpc_url": "http://127.0.0.1:8545", "registry": "0x" + "ab" * 20, "token": "0x" + "cd" * 20}
+    assert config_from_dict({"chain": ok}).chain.registry == ok["registry"]

@@ -40,6 +40,7 @@ from flockd.chain.records import (
     tip_per_gas,
 )
 from flockd.logs import get_logger
+from flockd.rpc.errors import RPCError
 
 log = get_logger("flockd.chain.eth_api")
 
@@ -56,18 +57,8 @@ SERVER_ERROR = -32000  # geth: tx pool refusals, unknown block for a state query
 EXECUTION_REVERTED = 3  # eth_call / eth_estimateGas revert, with the revert data
 
 
-class EthRPCError(Exception):
-    def __init__(self, code: int, message: str, data: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.data = data
-
-    def to_json(self) -> dict[str, Any]:
-        error: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.data is not None:
-            error["data"] = self.data
-        return error
+class EthRPCError(RPCError):
+    """An Ethereum JSON-RPC error reply (same shape as the control socket's)."""
 
 
 class EthAPI:

@@ -13,9 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import astuple, dataclass
 from typing import Any
 
-from eth_abi import encode as abi_encode
 from eth_abi.exceptions import DecodingError
-from eth_utils import keccak, to_canonical_address
+from eth_utils import to_canonical_address
 
 from flockd.chain.artifacts import (
     STAKE_TOKEN,
@@ -115,11 +114,6 @@ class Event:
     name: str
     args: dict[str, Any]
     log: Log
-
-
-def vote_digest(votes: Sequence[int], salt: bytes, voter: bytes) -> bytes:
-    """What commit_vote takes: keccak256(abi.encode(int256[] votes, bytes32 salt, address voter))."""
-    return keccak(abi_encode(["int256[]", "bytes32", "address"], [list(votes), salt, voter]))
 
 
 def _address(value: str) -> bytes:
