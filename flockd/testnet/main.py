@@ -101,6 +101,7 @@ def run_task(console: Console, cluster: Cluster, args: argparse.Namespace) -> bo
             cluster, task_id, plan, args.task_timeout,
             lambda sts, rss: live.update(progress_table(sts, rss)),
         )
+    console.print()  # the live view leaves the cursor on its last line
     wall = time.monotonic() - started
     report = build_report(
         statuses, nodes=len(cluster.daemons), rounds=plan.rounds, recipe=plan.recipe,
