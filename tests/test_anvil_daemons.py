@@ -48,13 +48,16 @@ def test_daemons_run_a_task_on_anvil(short_tmp, anvil):
 
         def finished():
             sts = [d.call("task_status", {"task_id": task_id}) for d in cluster.daemons]
-            return all(s["state"] == "finished" and s["model_hash"] == s["chain_model_hash"] for s in sts)
+            return all(
+                s["state"] == "finished" and len(s["history"]) == plan.rounds and s["model_hash"] == s["chain_model_hash"]
+                for s in sts
+            )
 
         cluster.wait_for(finished, 300, "the task to finish on anvil")
         hashes = {d.call("task_status", {"task_id": task_id})["model_hash"] for d in cluster.daemons}
         assert len(hashes) == 1
         verified = [d.call("model_verify", {"task_id": task_id}) for d in cluster.daemons]
-        assert all(v["ok"] for v in verified), verified
+        assert all(v["ok"] and v["complete"] for v in verified), verified
     finally:
         codes = cluster.stop()
     assert codes == [0, 0]

@@ -38,14 +38,19 @@ def test_node_killed_mid_round_restarts_and_reaches_the_same_model(short_tmp):
         cluster.wait_ready(victim, 60)
 
         def finished_everywhere():
-            return all(status(d, task_id)["state"] == "finished" for d in cluster.daemons) and all(
-                status(d, task_id)["model_hash"] == status(d, task_id)["chain_model_hash"] for d in cluster.daemons
+            # "finished" on chain comes with the last finalise, before its model is attested:
+            # wait for every round's history line, which follows the attestation.
+            sts = [status(d, task_id) for d in cluster.daemons]
+            return all(
+                s["state"] == "finished" and len(s["history"]) == PLAN.rounds and s["model_hash"] == s["chain_model_hash"]
+                for s in sts
             )
 
         cluster.wait_for(finished_everywhere, 300, "every node, the restarted one too, to hold the chain's model")
         hashes = {status(d, task_id)["model_hash"] for d in cluster.daemons}
         assert len(hashes) == 1 and None not in hashes
-        assert all(d.call("model_verify", {"task_id": task_id})["ok"] for d in others)
+        verified = [d.call("model_verify", {"task_id": task_id}) for d in others]
+        assert all(v["ok"] and v["complete"] for v in verified), verified
     finally:
         codes = cluster.stop()
     assert codes == [0, 0, 0, 0]

@@ -37,8 +37,8 @@ async def verify_lineage(
     checked = []
     for r in range(state.current_round + (1 if state.status == 3 else 0)):
         info = await registry.get_round(task_id, r)
-        if not info.finalised:
-            break
+        if not info.finalised or not any(info.model_hash):
+            break  # the newest round is still being voted on or attested: nothing to check yet
         proposals = await registry.get_proposals(task_id, r)
         accepted = [p for i, p in enumerate(proposals) if info.accepted_mask >> i & 1]
         deltas = []
@@ -59,6 +59,7 @@ async def verify_lineage(
     return {
         "task_id": task_id,
         "ok": not problems and bool(checked),
+        "complete": len(checked) == params.rounds,
         "rounds_checked": len(checked),
         "final_model_hash": "0x" + current.hex(),
         "rounds": checked,

@@ -108,7 +108,7 @@ def run_task(console: Console, cluster: Cluster, args: argparse.Namespace) -> bo
         partition=plan.partition, wall_seconds=wall,
     )
     verified = [d.call("model_verify", {"task_id": task_id}) for d in cluster.daemons]
-    report["model_verify"] = {f"node{d.index}": v["ok"] for d, v in zip(cluster.daemons, verified, strict=True)}
+    report["model_verify"] = {f"node{d.index}": v["ok"] and v["complete"] for d, v in zip(cluster.daemons, verified, strict=True)}
     outdir = args.report_dir or cluster.workdir / "report"
     paths = write_report(report, outdir)
     console.print(f"final accuracy {report['final_accuracy']:.4f}; nodes agree with the chain: {report['all_nodes_agree']}; "
