@@ -38,13 +38,17 @@ def test_node_killed_mid_round_restarts_and_reaches_the_same_model(short_tmp):
         cluster.wait_ready(victim, 60)
 
         def finished_everywhere():
-            # "finished" on chain comes with the last finalise, before its model is attested:
-            # wait for every round's history line, which follows the attestation.
+            # "finished" on chain comes with the last finalise, before its model is attested;
+            # a node's history line for a round follows the attestation. The survivors have
+            # every round; the restarted node skipped the round it missed (it fetched that
+            # model) and must end on the last one.
             sts = [status(d, task_id) for d in cluster.daemons]
+            last = PLAN.rounds - 1
             return all(
-                s["state"] == "finished" and len(s["history"]) == PLAN.rounds and s["model_hash"] == s["chain_model_hash"]
+                s["state"] == "finished" and s["history"] and s["history"][-1]["round"] == last
+                and s["model_hash"] == s["chain_model_hash"]
                 for s in sts
-            )
+            ) and all(len(s["history"]) == PLAN.rounds for s in sts[:3])
 
         cluster.wait_for(finished_everywhere, 300, "every node, the restarted one too, to hold the chain's model")
         hashes = {status(d, task_id)["model_hash"] for d in cluster.daemons}
