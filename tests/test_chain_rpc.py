@@ -10,6 +10,7 @@ import trio
 import vyper
 from eth_account import Account
 from eth_keys import keys
+from store_contract import STORE_SOURCE
 from web3 import Web3
 from web3.exceptions import ContractLogicError
 from web3.middleware import ExtraDataToPOAMiddleware
@@ -24,19 +25,6 @@ SEALER = keys.PrivateKey(b"\x01" * 32)
 ALICE = Account.from_key(b"\x0a" * 32)
 BOB = Account.from_key(b"\x0b" * 32)
 
-STORE_SOURCE = """# pragma version ^0.4.0
-event Stored:
-    who: indexed(address)
-    value: uint256
-
-stored: public(uint256)
-
-@external
-def store(v: uint256):
-    assert v != 13, "unlucky"
-    self.stored = v
-    log Stored(who=msg.sender, value=v)
-"""
 
 
 def make_chain() -> EmbeddedChain:

@@ -9,6 +9,7 @@ from eth_abi import decode as abi_decode
 from eth_account import Account
 from eth_keys import keys
 from eth_utils import keccak, to_canonical_address
+from store_contract import STORE_SOURCE
 
 from flockd.chain.embedded import EmbeddedChain, InvalidBlockTx
 from flockd.chain.genesis import Genesis
@@ -38,19 +39,6 @@ BOB = Account.from_key(b"\x0b" * 32)
 POOR = Account.from_key(b"\x0c" * 32)
 GWEI = 10**9
 
-STORE_SOURCE = """# pragma version ^0.4.0
-event Stored:
-    who: indexed(address)
-    value: uint256
-
-stored: public(uint256)
-
-@external
-def store(v: uint256):
-    assert v != 13, "unlucky"
-    self.stored = v
-    log Stored(who=msg.sender, value=v)
-"""
 
 
 def make_chain(**kwargs) -> EmbeddedChain:
