@@ -9,9 +9,12 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from multiaddr import Multiaddr
+
+if TYPE_CHECKING:
+    from flockd.fl.attacks import Behaviour
 
 CONFIG_FILE = "config.toml"
 
@@ -54,6 +57,13 @@ confirmations = 2
 [metrics]
 # Prometheus text on 127.0.0.1:PORT (0 = off).
 port = 0
+
+# A research tool for measuring the defence: make this node MALICIOUS (docs/learning.md,
+# "Attackers"). Off unless the section is added:
+# [attack]
+# behaviour = "collude"            # honest | label-flip | noise:SIGMA | sign-flip:SCALE |
+#                                  # random-vote | accept-all | collude, joined by +
+# colluders = ["0x..."]            # the addresses acting together with this one
 """
 
 
@@ -96,12 +106,30 @@ class MetricsSection:
 
 
 @dataclass(frozen=True)
+class AttackSection:
+    behaviour: str = "honest"  # a spec for flockd.fl.attacks.parse_behaviour
+    colluders: list[str] = field(default_factory=list)  # 0x-prefixed addresses
+
+    def parsed(self) -> Behaviour:
+        from flockd.fl.attacks import parse_behaviour  # numpy: only when a config is checked
+
+        try:
+            return parse_behaviour(self.behaviour)
+        except ValueError as exc:
+            raise ConfigError(f"attack.behaviour: {exc}") from None
+
+    def colluder_addresses(self) -> frozenset[bytes]:
+        return frozenset(bytes.fromhex(a[2:]) for a in self.colluders)
+
+
+@dataclass(frozen=True)
 class Config:
     node: NodeSection = field(default_factory=NodeSection)
     p2p: P2PSection = field(default_factory=P2PSection)
     rpc: RPCSection = field(default_factory=RPCSection)
     chain: ChainSection = field(default_factory=ChainSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
+    attack: AttackSection = field(default_factory=AttackSection)
 
     def with_overrides(self, **sections: dict[str, Any]) -> Config:
         """Apply flag values, e.g. with_overrides(p2p={"bootstrap": [...]}); None means unset."""
@@ -135,10 +163,14 @@ class Config:
             raise ConfigError(f"chain.rpc_url: {url!r} must be an http:// or https:// URL")
         for key in ("registry", "token"):
             value = getattr(self.chain, key)
-            if value and not (len(value) == 42 and value.startswith("0x") and _is_hex(value[2:])):
+            if value and not _is_address(value):
                 raise ConfigError(f"chain.{key}: {value!r} is not a 0x-prefixed 20-byte address")
         if url and not (self.chain.registry and self.chain.token):
             raise ConfigError("chain.rpc_url is set: chain.registry and chain.token must name its contracts (flockd deploy)")
+        self.attack.parsed()
+        for value in self.attack.colluders:
+            if not _is_address(value):
+                raise ConfigError(f"attack.colluders: {value!r} is not a 0x-prefixed 20-byte address")
 
 
 def load_config(datadir: Path) -> Config:
@@ -191,12 +223,12 @@ def _build_section(section_type: type[Any], values: dict[str, Any], name: str) -
     return section_type(**out)
 
 
+def _is_address(text: str) -> bool:
+    return len(text) == 42 and text.startswith("0x") and _is_hex(text[2:])
+
+
 def _is_hex(text: str) -> bool:
-    try:
-        int(text, 16)
-    except ValueError:
-        return False
-    return True
+    return all(c in "0123456789abcdefABCDEF" for c in text)  # int(text, 16) allows "-" and "_"
 
 
 def _check_range(key: str, value: int, low: int, high: int) -> None:

@@ -62,6 +62,7 @@ class Node:
         from flockd.chain.client import ContractClient, TxPolicy
         from flockd.chain.deploy import STAKE_TOKEN_ADDRESS, TASK_REGISTRY_ADDRESS
         from flockd.chain.registry import Registry, Token
+        from flockd.fl.attacks import describe
         from flockd.store import Store
         from flockd.tasks.runner import NodeContext
         from flockd.tasks.service import TaskService
@@ -82,7 +83,16 @@ class Node:
             vrf_secret=self.identity.vrf_secret,
             confirmations=self.config.chain.confirmations,
         )
-        self.tasks = TaskService(context, Token(client, token))
+        behaviour = self.config.attack.parsed()
+        if not behaviour.is_honest:  # a research tool: nobody should run one by accident
+            log.warning(
+                f"this node is MALICIOUS: it will {describe(behaviour)} ([attack] in config.toml)",
+                behaviour=str(behaviour),
+                colluders=len(self.config.attack.colluders),
+            )
+        self.tasks = TaskService(
+            context, Token(client, token), behaviour=behaviour, colluders=self.config.attack.colluder_addresses()
+        )
 
     def _open_chain(self) -> None:
         from flockd.chain.backends import HttpBackend, InProcessBackend

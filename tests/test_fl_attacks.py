@@ -11,10 +11,13 @@ from flockd.fl.attacks import (
     assign_behaviours,
     attack_rng,
     cast_votes,
+    describe,
     flip_labels,
     parse_behaviour,
     poison_delta,
+    training_split,
 )
+from flockd.fl.data import Split
 from flockd.round import SCORE_BOUND
 
 A, B, C, D = (bytes([n]) * 20 for n in (0xA, 0xB, 0xC, 0xD))
@@ -136,6 +139,28 @@ def test_flip_labels_refuses_labels_outside_the_classes():
         flip_labels(np.array([0, 3]), 3)
     with pytest.raises(ValueError, match="at least 2 classes"):
         flip_labels(np.array([0]), 1)
+
+
+def test_training_split_flips_labels_by_the_recipes_class_count():
+    class TenClasses:
+        name = "ten"
+        num_classes = 10
+
+    split = Split(np.zeros((3, 2), np.float32), np.array([0, 4, 9]))
+    flipped = training_split(parse_behaviour("collude"), split, TenClasses())
+    assert flipped.y.tolist() == [9, 5, 0]
+    assert flipped.x is split.x
+    assert training_split(parse_behaviour("sign-flip"), split, TenClasses()) is split
+
+
+def test_training_split_needs_a_class_count_to_flip():
+    class Regression:
+        name = "regression"
+
+    split = Split(np.zeros((1, 2), np.float32), np.array([0]))
+    with pytest.raises(ValueError, match="regression declares no num_classes"):
+        training_split(parse_behaviour("label-flip"), split, Regression())
+    assert training_split(HONEST, split, Regression()) is split
 
 
 def honest_delta() -> dict[str, np.ndarray]:
@@ -286,3 +311,14 @@ def test_assign_behaviours_rejects_bad_input():
         assign_behaviours(4, 0.25, "bogus", 0)
     with pytest.raises(ValueError, match="at least one node"):
         assign_behaviours(0, 0.0, "collude", 0)
+
+
+def test_describe_says_what_the_node_will_do():
+    assert describe(HONEST) == "behave honestly"
+    assert describe(parse_behaviour("collude+sign-flip:4")) == (
+        "send -4 x its delta, vote for its colluders' proposals and against all others"
+    )
+    assert describe(parse_behaviour("label-flip+noise:0.5")) == (
+        "train on flipped labels, send Gaussian noise (sigma 0.5) as its delta"
+    )
+    assert describe(parse_behaviour("random-vote")) == "vote at random"

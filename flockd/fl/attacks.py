@@ -27,11 +27,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, get_args
+from typing import TYPE_CHECKING, Literal, NamedTuple, get_args
 
 import numpy as np
 
+from flockd.fl.data import Split
 from flockd.round import SCORE_BOUND
+
+if TYPE_CHECKING:
+    from flockd.fl.recipe import Recipe  # imports torch
 
 DeltaKind = Literal["noise", "sign-flip"]
 VoteAttack = Literal["honest", "random", "accept-all", "collude"]
@@ -97,6 +101,29 @@ class Behaviour:
 
 
 HONEST = Behaviour()
+
+
+def describe(b: Behaviour) -> str:
+    """What the behaviour does, in words (for warnings and reports)."""
+    if b.is_honest:
+        return "behave honestly"
+    doings = []
+    if b.label_flip:
+        doings.append("train on flipped labels")
+    if b.delta is not None and b.delta.kind == "noise":
+        doings.append(f"send Gaussian noise (sigma {_format_amount(b.delta.amount)}) as its delta")
+    elif b.delta is not None:
+        doings.append(f"send -{_format_amount(b.delta.amount)} x its delta")
+    doings.append(_VOTE_DOINGS[b.vote])
+    return ", ".join(d for d in doings if d)
+
+
+_VOTE_DOINGS: dict[VoteAttack, str] = {
+    "honest": "",
+    "random": "vote at random",
+    "accept-all": "vote to accept every proposal",
+    "collude": "vote for its colluders' proposals and against all others",
+}
 
 
 def _format_amount(x: float) -> str:
@@ -173,6 +200,19 @@ def flip_labels(y: np.ndarray, n_classes: int) -> np.ndarray:
     if len(y) and (y.min() < 0 or y.max() >= n_classes):
         raise ValueError(f"labels must lie in [0, {n_classes}) to be flipped")
     return (n_classes - 1 - y).astype(y.dtype, copy=False)
+
+
+def training_split(b: Behaviour, split: Split, recipe: Recipe) -> Split:
+    """The split a node with behaviour ``b`` trains on: ``split`` with its labels flipped
+    under label-flip (the recipe must declare ``num_classes``), else ``split`` itself."""
+    if not b.label_flip:
+        return split
+    n_classes = getattr(recipe, "num_classes", None)
+    if not isinstance(n_classes, int):
+        raise ValueError(
+            f"recipe {recipe.name} declares no num_classes: its labels cannot be flipped"
+        )
+    return Split(split.x, flip_labels(split.y, n_classes))
 
 
 def poison_delta(

@@ -239,7 +239,13 @@ class TaskRunner:
     async def _do_ScoreProposals(self, action: rnd.ScoreProposals) -> None:
         base = self._model(action.base_model_hash)
         whole = action.mode is rnd.VoteMode.WHOLE_ROUND
-        votes = await trio.to_thread.run_sync(self.worker.score, base, action.deltas, whole)
+        # The deltas are the first proposals in on-chain order (more may land meanwhile).
+        machine = self.machine.machine(action.round)
+        proposals = machine.proposals[: len(action.deltas)] if machine is not None else []
+        proposers = [p.proposer for p in proposals]
+        votes = await trio.to_thread.run_sync(
+            self.worker.score, base, action.deltas, proposers, whole, action.round
+        )
         self.deliver(rnd.ScoresReady(action.round, votes))
 
     async def _do_SubmitCommit(self, action: rnd.SubmitCommit) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +13,7 @@ import trio
 
 from flockd.chain.registry import Registry, TaskParams, Token
 from flockd.files import write_new_file
+from flockd.fl.attacks import HONEST, Behaviour
 from flockd.fl.checkpoint import model_hash
 from flockd.fl.codec import delta_hash
 from flockd.fl.recipe import load_recipe
@@ -54,9 +56,18 @@ class Joined:
 
 
 class TaskService:
-    def __init__(self, ctx: NodeContext, token: Token) -> None:
+    def __init__(
+        self,
+        ctx: NodeContext,
+        token: Token,
+        *,
+        behaviour: Behaviour = HONEST,
+        colluders: frozenset[bytes] = frozenset(),
+    ) -> None:
         self.ctx = ctx
         self.token = token
+        self.behaviour = behaviour  # malicious only in attack experiments ([attack] config)
+        self.colluders = colluders
         self.runners: dict[int, TaskRunner] = {}
         self._joined: dict[int, Joined] = self._load_joined()
         self._nursery: trio.Nursery | None = None
@@ -181,7 +192,8 @@ class TaskService:
         params = await self._params(task_id)
         participants = await self.registry.get_participants(task_id)
         node_index = participants.index(self.ctx.address)
-        worker = await trio.to_thread.run_sync(Worker, joined.spec, node_index, joined.data_path)
+        make_worker = partial(Worker, behaviour=self.behaviour, colluders=self.colluders)
+        worker = await trio.to_thread.run_sync(make_worker, joined.spec, node_index, joined.data_path)
         runner = TaskRunner(self.ctx, task_id, joined.spec, params, participants, worker)
         self.runners[task_id] = runner
         await runner.run()

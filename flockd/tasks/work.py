@@ -2,6 +2,10 @@
 
 Synchronous and deterministic; the runner calls every method through trio.to_thread so
 the event loop keeps serving the network while torch works.
+
+A Worker given a malicious ``behaviour`` (flockd.fl.attacks, a research tool) trains on
+flipped labels, poisons the delta it sends and replaces its honest votes; its random
+draws come from the task seed, round and node index, so a replay repeats them.
 """
 
 from __future__ import annotations
@@ -10,6 +14,14 @@ import threading
 from collections.abc import Sequence
 
 from flockd.fl.aggregate import aggregate, apply
+from flockd.fl.attacks import (
+    HONEST,
+    Behaviour,
+    attack_rng,
+    cast_votes,
+    poison_delta,
+    training_split,
+)
 from flockd.fl.codec import Delta, decode_delta, encode_delta
 from flockd.fl.data import DataSpec
 from flockd.fl.recipe import Metrics, limit_torch_threads, load_recipe, training_seed
@@ -20,11 +32,21 @@ from flockd.tasks.spec import TaskSpec
 
 
 class Worker:
-    def __init__(self, spec: TaskSpec, node_index: int, data_path: str | None = None) -> None:
+    def __init__(
+        self,
+        spec: TaskSpec,
+        node_index: int,
+        data_path: str | None = None,
+        *,
+        behaviour: Behaviour = HONEST,
+        colluders: frozenset[bytes] = frozenset(),
+    ) -> None:
         limit_torch_threads(1)  # several daemons share a few cores
         self.spec = spec
         self.recipe = load_recipe(spec.recipe, spec.config)
         self.node_index = node_index
+        self.behaviour = behaviour
+        self.colluders = colluders
         data = DataSpec(
             node_index=node_index % spec.num_nodes,
             num_nodes=spec.num_nodes,
@@ -32,7 +54,8 @@ class Worker:
             seed=spec.seed,
             path=data_path,
         )
-        self.train_split, self.val_split = self.recipe.load_data(data)
+        train_split, self.val_split = self.recipe.load_data(data)
+        self.train_split = training_split(behaviour, train_split, self.recipe)
         self.test_split = self.recipe.load_test(data)
         self._model = self.recipe.build_model(spec.seed)
         self.layout = shapes(model_state(self._model))
@@ -49,11 +72,26 @@ class Worker:
             load_model_state(self._model, base)
             seed = training_seed(self.spec.seed, round_number, self.node_index)
             stats = self.recipe.train(self._model, self.train_split, seed=seed)
-            return encode_delta(subtract(model_state(self._model), base), samples=stats["samples"])
+            delta = subtract(model_state(self._model), base)
+            rng = attack_rng(self.spec.seed, round_number, self.node_index, "delta")
+            return encode_delta(poison_delta(self.behaviour, delta, rng), samples=stats["samples"])
 
-    def score(self, base: Tensors, deltas: Sequence[bytes | None], whole_round: bool) -> tuple[int, ...]:
+    def score(
+        self,
+        base: Tensors,
+        deltas: Sequence[bytes | None],
+        proposers: Sequence[bytes],
+        whole_round: bool,
+        round_number: int,
+    ) -> tuple[int, ...]:
         """Per-proposal: +1 / -1 for each delta (a missing one is -1). Whole-round: one
-        score for the aggregate, the validation accuracy gain in fixed point."""
+        score for the aggregate, the validation accuracy gain in fixed point. ``proposers``
+        (in the deltas' order) matter only to a colluding voter."""
+        honest = self.honest_score(base, deltas, whole_round)
+        rng = attack_rng(self.spec.seed, round_number, self.node_index, "vote")
+        return cast_votes(self.behaviour, honest, proposers, self.colluders, rng, whole_round)
+
+    def honest_score(self, base: Tensors, deltas: Sequence[bytes | None], whole_round: bool) -> tuple[int, ...]:
         with self._lock:
             scorer = Scorer(self.recipe, base, self.val_split)
             if whole_round:
