@@ -9,7 +9,7 @@
 from ethereum.ercs import IERC20
 
 # Bounds that keep every loop and array finite.
-MAX_PARTICIPANTS: constant(uint256) = 64
+MAX_PARTICIPANTS: constant(uint256) = 256
 MAX_PROPOSALS: constant(uint256) = 16
 # blockhash() reaches back 256 blocks: the whole propose window must see B_r.
 MAX_PROPOSE_BLOCKS: constant(uint256) = 256
@@ -87,6 +87,16 @@ struct Round:
     accepted_mask: uint256
     model_hash: bytes32
 
+# Where round r's windows end (last block of each, inclusive) and how many of the
+# expected messages are in: a window ends early at the block its last one lands in.
+struct Windows:
+    propose_end: uint256
+    commit_end: uint256
+    reveal_end: uint256
+    n_declined: uint256
+    n_committed: uint256
+    n_revealed: uint256
+
 struct Proposal:
     proposer: address
     delta_hash: bytes32
@@ -142,6 +152,17 @@ event Proposed:
     proposer: indexed(address)
     index: uint256
     delta_hash: bytes32
+
+event Declined:
+    task_id: indexed(uint256)
+    round: indexed(uint256)
+    participant: indexed(address)
+
+event PhaseClosed:
+    task_id: indexed(uint256)
+    round: indexed(uint256)
+    phase: uint8
+    last_block: uint256
 
 event VoteCommitted:
     task_id: indexed(uint256)
@@ -212,6 +233,8 @@ _vrf_owner: HashMap[uint256, HashMap[bytes32, address]]
 # task -> participant -> holder -> shares of that participant's pool
 _shares: HashMap[uint256, HashMap[address, HashMap[address, uint256]]]
 _rounds: HashMap[uint256, HashMap[uint256, Round]]
+_windows: HashMap[uint256, HashMap[uint256, Windows]]
+_declined: HashMap[uint256, HashMap[uint256, HashMap[address, bool]]]
 _proposals: HashMap[uint256, HashMap[uint256, DynArray[Proposal, MAX_PROPOSALS]]]
 _proposal_slot: HashMap[uint256, HashMap[uint256, HashMap[address, uint256]]]  # index + 1
 _ballots: HashMap[uint256, HashMap[uint256, HashMap[address, Ballot]]]
@@ -327,11 +350,35 @@ def _remove_participant(task_id: uint256, who: address):
 @internal
 @view
 def _deadlines(task_id: uint256, r: uint256) -> (uint256, uint256, uint256):
-    p: TaskParams = self._params[task_id]
-    start: uint256 = self._rounds[task_id][r].open_block
-    propose_end: uint256 = start + p.propose_blocks
-    commit_end: uint256 = propose_end + p.commit_blocks
-    return propose_end, commit_end, commit_end + p.reveal_blocks
+    return self._windows[task_id][r].propose_end, self._windows[task_id][r].commit_end, self._windows[task_id][r].reveal_end
+
+
+@internal
+def _close_from(task_id: uint256, r: uint256, phase: uint8):
+    """end window `phase` at this block; the windows after it keep their full lengths"""
+    end: uint256 = block.number
+    if phase == PHASE_PROPOSE:
+        self._windows[task_id][r].propose_end = end
+        end += self._params[task_id].commit_blocks
+    if phase <= PHASE_COMMIT:
+        self._windows[task_id][r].commit_end = end
+        end += self._params[task_id].reveal_blocks
+    self._windows[task_id][r].reveal_end = end
+    log PhaseClosed(task_id=task_id, round=r, phase=phase, last_block=block.number)
+
+
+@internal
+def _maybe_close_propose(task_id: uint256, r: uint256):
+    """every participant has proposed or declined, or the proposal cap is reached"""
+    n: uint256 = self._rounds[task_id][r].n_proposals
+    decided: uint256 = n + self._windows[task_id][r].n_declined
+    if n < self._params[task_id].max_proposals and decided < len(self._participants[task_id]):
+        return
+    self._close_from(task_id, r, PHASE_PROPOSE)
+    if n == 0:
+        # nothing to vote on: straight to finalise
+        self._close_from(task_id, r, PHASE_COMMIT)
+        self._close_from(task_id, r, PHASE_REVEAL)
 
 
 @internal
@@ -402,6 +449,11 @@ def _vrf_beta(pk: bytes32, proof: Bytes[VRF_PROOF_LEN], seed: bytes32) -> Bytes[
 def _open_round(task_id: uint256, r: uint256):
     self._state[task_id].current_round = r
     self._rounds[task_id][r].open_block = block.number
+    end: uint256 = block.number + self._params[task_id].propose_blocks
+    self._windows[task_id][r].propose_end = end
+    end += self._params[task_id].commit_blocks
+    self._windows[task_id][r].commit_end = end
+    self._windows[task_id][r].reveal_end = end + self._params[task_id].reveal_blocks
     log RoundOpened(task_id=task_id, round=r, open_block=block.number)
 
 
@@ -575,6 +627,7 @@ def propose(task_id: uint256, r: uint256, delta_hash: bytes32, vrf_proof: Bytes[
     pool: Participant = self._pools[task_id][msg.sender]
     assert pool.active, "not a participant"
     assert self._proposal_slot[task_id][r][msg.sender] == 0, "already proposed"
+    assert not self._declined[task_id][r][msg.sender], "declined this round"
     p: TaskParams = self._params[task_id]
     index: uint256 = len(self._proposals[task_id][r])
     assert index < p.max_proposals, "proposal cap reached"
@@ -589,7 +642,24 @@ def propose(task_id: uint256, r: uint256, delta_hash: bytes32, vrf_proof: Bytes[
     self._proposal_slot[task_id][r][msg.sender] = index + 1
     self._rounds[task_id][r].n_proposals = index + 1
     log Proposed(task_id=task_id, round=r, proposer=msg.sender, index=index, delta_hash=delta_hash)
+    self._maybe_close_propose(task_id, r)
     return index
+
+
+@external
+def decline(task_id: uint256, r: uint256):
+    """
+    @notice a participant says it will not propose in round r (not elected, or not
+            willing), so the propose window can close once everyone proposed or declined
+    """
+    self._require_phase(task_id, r, PHASE_PROPOSE)
+    assert self._pools[task_id][msg.sender].active, "not a participant"
+    assert self._proposal_slot[task_id][r][msg.sender] == 0, "already proposed"
+    assert not self._declined[task_id][r][msg.sender], "already declined"
+    self._declined[task_id][r][msg.sender] = True
+    self._windows[task_id][r].n_declined += 1
+    log Declined(task_id=task_id, round=r, participant=msg.sender)
+    self._maybe_close_propose(task_id, r)
 
 
 @external
@@ -602,6 +672,11 @@ def commit_vote(task_id: uint256, r: uint256, digest: bytes32):
     assert digest != empty(bytes32), "empty digest"
     self._ballots[task_id][r][msg.sender].digest = digest
     log VoteCommitted(task_id=task_id, round=r, voter=msg.sender, digest=digest)
+    committed: uint256 = self._windows[task_id][r].n_committed + 1
+    self._windows[task_id][r].n_committed = committed
+    # every participant that did not propose is a voter
+    if committed + self._rounds[task_id][r].n_proposals >= len(self._participants[task_id]):
+        self._close_from(task_id, r, PHASE_COMMIT)
 
 
 @external
@@ -643,6 +718,10 @@ def reveal_vote(task_id: uint256, r: uint256, votes: DynArray[int256, MAX_PROPOS
     self._ballots[task_id][r][msg.sender] = ballot
     self._rounds[task_id][r].revealed_stake += stake
     log VoteRevealed(task_id=task_id, round=r, voter=msg.sender, votes=votes, salt=salt)
+    revealed: uint256 = self._windows[task_id][r].n_revealed + 1
+    self._windows[task_id][r].n_revealed = revealed
+    if revealed == self._windows[task_id][r].n_committed:
+        self._close_from(task_id, r, PHASE_REVEAL)
 
 
 @internal
@@ -899,8 +978,15 @@ def phase(task_id: uint256) -> uint8:
 @external
 @view
 def deadlines(task_id: uint256, r: uint256) -> (uint256, uint256, uint256):
-    """@notice last block of the propose, commit and reveal windows of round r"""
+    """@notice last block of the propose, commit and reveal windows of round r, as they
+            stand: a window that closed early ends at the block that closed it"""
     return self._deadlines(task_id, r)
+
+
+@external
+@view
+def has_declined(task_id: uint256, r: uint256, who: address) -> bool:
+    return self._declined[task_id][r][who]
 
 
 @external

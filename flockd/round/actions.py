@@ -40,6 +40,13 @@ class SubmitPropose:
 
 
 @dataclass(frozen=True)
+class SubmitDecline:
+    """Send decline(task, round): not elected, so the propose phase need not wait for us."""
+
+    round: int
+
+
+@dataclass(frozen=True)
 class PushDelta:
     """Send this node's on-chain delta to every other participant (/flock/delta/1)."""
 
@@ -150,6 +157,7 @@ Action = (
     RunElection
     | StartTraining
     | SubmitPropose
+    | SubmitDecline
     | PushDelta
     | FetchDelta
     | DeltaRejected

@@ -84,10 +84,19 @@ class Step(enum.Enum):
 
 class TxKind(enum.Enum):
     PROPOSE = "propose"
+    DECLINE = "decline"
     COMMIT = "commit"
     REVEAL = "reveal"
     FINALISE = "finalise"
     RECORD_MODEL = "record_model"
+
+
+class ChainPhase(enum.IntEnum):
+    """The registry's phase numbers (PHASE_* in TaskRegistry.vy) that can close early."""
+
+    PROPOSE = 2
+    COMMIT = 3
+    REVEAL = 4
 
 
 class RejectReason(enum.Enum):

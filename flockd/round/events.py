@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from flockd.round.base import (
     SCORE_BOUND,
     Address,
+    ChainPhase,
     InvalidEvent,
     TxKind,
     check_address,
@@ -108,6 +109,34 @@ class ProposalOnChain:
         check_round(self.index)
         check_address("proposer", self.proposer)
         check_hash("delta_hash", self.delta_hash)
+
+
+@dataclass(frozen=True)
+class DeclinedOnChain:
+    """Declined(task, round, participant) log: it will not propose this round."""
+
+    round: int
+    participant: Address
+
+    def __post_init__(self) -> None:
+        check_round(self.round)
+        check_address("participant", self.participant)
+
+
+@dataclass(frozen=True)
+class PhaseClosedOnChain:
+    """PhaseClosed(task, round, phase, last_block) log: every expected message of the phase
+    is in, so it ended early; ``last_block`` is its last block (the one that closed it)."""
+
+    round: int
+    phase: ChainPhase
+    last_block: int
+
+    def __post_init__(self) -> None:
+        check_round(self.round)
+        if not isinstance(self.phase, ChainPhase):
+            raise InvalidEvent("phase must be a ChainPhase")
+        check_round(self.last_block)
 
 
 @dataclass(frozen=True)
@@ -241,6 +270,8 @@ RoundEvent = (
     | ModelReady
     | TrainingDone
     | ProposalOnChain
+    | DeclinedOnChain
+    | PhaseClosedOnChain
     | DeltaReceived
     | ScoresReady
     | BallotRestored

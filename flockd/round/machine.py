@@ -25,6 +25,7 @@ from flockd.round.actions import (
     ScoreProposals,
     StartTraining,
     SubmitCommit,
+    SubmitDecline,
     SubmitFinalise,
     SubmitPropose,
     SubmitRecordModel,
@@ -33,6 +34,7 @@ from flockd.round.actions import (
 from flockd.round.base import (
     FINALISE_STAGGER,
     MAX_TX_ATTEMPTS,
+    ChainPhase,
     ConflictingEvent,
     InvalidConfig,
     InvalidScores,
@@ -52,11 +54,13 @@ from flockd.round.events import (
     AggregateFailed,
     BallotRestored,
     BlockSealed,
+    DeclinedOnChain,
     DeltaReceived,
     ElectionDone,
     Event,
     ModelReady,
     ModelRecordedOnChain,
+    PhaseClosedOnChain,
     ProposalOnChain,
     RoundFinalisedOnChain,
     RoundOpened,
@@ -114,6 +118,8 @@ class RoundMachine:
         self._salt_source = salt_source
         self._head: int | None = None
         self._open: int | None = None
+        self._closed_early: dict[ChainPhase, int] = {}  # PhaseClosed logs: phase -> last block
+        self._declined = False
         self._seed: bytes | None = None
         self._base: bytes | None = None  # model_{r-1}
         self._election: sortition.Election | None = None
@@ -187,6 +193,12 @@ class RoundMachine:
                 out.extend(self._book.add_proposal(proposal))
                 if event.proposer == self.config.me:
                     self._tx[TxKind.PROPOSE].in_flight = False
+            case DeclinedOnChain():
+                if event.participant == self.config.me:
+                    self._declined = True
+                    self._tx[TxKind.DECLINE].in_flight = False
+            case PhaseClosedOnChain():
+                self._closed_early.setdefault(event.phase, event.last_block)
             case DeltaReceived():
                 out.extend(self._book.offer(event.proposer, event.delta, event.sender, self._closed()))
             case ScoresReady():
@@ -276,6 +288,9 @@ class RoundMachine:
                 out.append(RunElection(self.round, seed))
             return
         if self.role is not Role.PROPOSER:
+            # Saying so lets the propose phase close as soon as every proposal is in.
+            if not self._declined and not self._closed():
+                self._send(TxKind.DECLINE, SubmitDecline(self.round), out)
             return
         if self._own_delta is None:
             if self._base is not None and self._once("train"):
@@ -384,12 +399,15 @@ class RoundMachine:
 
     @property
     def deadlines(self) -> tuple[int, int, int] | None:
-        """Last block of the propose, commit and reveal windows (the contract's deadlines)."""
+        """Last block of the propose, commit and reveal windows, as the contract has them:
+        each window follows the previous one's end, and a PhaseClosed log ends it early."""
         if self._open is None:
             return None
-        propose_end = self._open + self.config.propose_blocks
-        commit_end = propose_end + self.config.commit_blocks
-        return propose_end, commit_end, commit_end + self.config.reveal_blocks
+        early = self._closed_early
+        propose_end = early.get(ChainPhase.PROPOSE, self._open + self.config.propose_blocks)
+        commit_end = early.get(ChainPhase.COMMIT, propose_end + self.config.commit_blocks)
+        reveal_end = early.get(ChainPhase.REVEAL, commit_end + self.config.reveal_blocks)
+        return propose_end, commit_end, reveal_end
 
     @property
     def gave_up(self) -> bool:

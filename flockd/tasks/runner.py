@@ -26,6 +26,7 @@ from flockd.p2p.abc import P2PError, P2PNetwork
 from flockd.p2p.blobs import BlobError
 from flockd.sortition import Stakes, elect
 from flockd.store import Store
+from flockd.tasks.bridge import Submission, as_address, round_events, transaction
 from flockd.tasks.exchange import (
     DELTA_KIND,
     FETCH_KIND,
@@ -64,6 +65,7 @@ class RoundRecord:
     started_at: float = field(default_factory=time.time)
     proposers: dict[int, bytes] = field(default_factory=dict)  # by proposal index
     accepted_mask: int = 0
+    gas_used: int = 0  # by this node's own transactions of the round
 
 
 class TaskRunner:
@@ -165,30 +167,26 @@ class TaskRunner:
             return []
         name, r = event.name, args.get("round", 0)
         record = self._rounds.setdefault(r, RoundRecord(r))
+        block_hash = None
         if name == "RoundOpened":
             block_hash = await self.ctx.registry.client.block_hash(args["open_block"])
             record.started_block = args["open_block"]
-            return [rnd.RoundOpened(r, args["open_block"], block_hash)]
-        if name == "Proposed":
-            proposer = _address(args["proposer"])
-            record.proposers[args["index"]] = proposer
-            return [rnd.ProposalOnChain(r, args["index"], proposer, args["delta_hash"])]
-        if name == "VoteCommitted":
-            return [rnd.VoteCommittedOnChain(r, _address(args["voter"]), args["digest"])]
-        if name == "VoteRevealed":
-            return [rnd.VoteRevealedOnChain(r, _address(args["voter"]), tuple(args["votes"]))]
-        if name == "RoundFinalised":
+        elif name == "Proposed":
+            record.proposers[args["index"]] = as_address(args["proposer"])
+        elif name == "RoundFinalised":
             record.accepted_mask, record.finished_block = args["accepted_mask"], event.log.block_number
-            return [rnd.RoundFinalisedOnChain(r, args["accepted_mask"], args["n_proposals"])]
-        if name == "ModelRecorded":
-            return [rnd.ModelRecordedOnChain(r, args["model_hash"])]
-        return []
+        return round_events(name, args, block_hash)
 
     # -- actions ---------------------------------------------------------------------------
 
     def _dispatch(self, action: rnd.Action) -> None:
         assert self._nursery is not None
-        handler = getattr(self, f"_do_{type(action).__name__}")
+        # A transaction goes straight to the chain unless it needs its own care first.
+        handler = getattr(self, f"_do_{type(action).__name__}", None)
+        if handler is None and isinstance(action, Submission):
+            handler = self._transact
+        if handler is None:
+            raise TypeError(f"no handler for {type(action).__name__}")
         self._nursery.start_soon(self._guarded, handler, action)
 
     async def _guarded(self, handler: Any, action: rnd.Action) -> None:
@@ -213,9 +211,6 @@ class TaskRunner:
         delta = await trio.to_thread.run_sync(self.worker.train, base, action.round)
         self.ctx.store.put_delta(delta)
         self.deliver(rnd.TrainingDone(action.round, delta))
-
-    async def _do_SubmitPropose(self, action: rnd.SubmitPropose) -> None:
-        await self._transact(action.round, rnd.TxKind.PROPOSE, "propose", action.delta_hash, action.proof)
 
     async def _do_PushDelta(self, action: rnd.PushDelta) -> None:
         blob = encode_push(DeltaPush(self.task_id, action.round, self.ctx.address, action.delta))
@@ -253,13 +248,7 @@ class TaskRunner:
         self.ctx.store.append_history(
             self.task_id, {"round": action.round, "votes": list(action.votes), "salt": action.salt.hex()}, log="ballots"
         )
-        await self._transact(action.round, rnd.TxKind.COMMIT, "commit_vote", action.digest)
-
-    async def _do_SubmitReveal(self, action: rnd.SubmitReveal) -> None:
-        await self._transact(action.round, rnd.TxKind.REVEAL, "reveal_vote", list(action.votes), action.salt)
-
-    async def _do_SubmitFinalise(self, action: rnd.SubmitFinalise) -> None:
-        await self._transact(action.round, rnd.TxKind.FINALISE, "finalise")
+        await self._transact(action)
 
     async def _do_Aggregate(self, action: rnd.Aggregate) -> None:
         for delta in action.deltas:  # kept: model_verify replays the lineage from them
@@ -286,9 +275,6 @@ class TaskRunner:
                 return
         self.deliver(rnd.ModelReady(action.round, action.model_hash))
 
-    async def _do_SubmitRecordModel(self, action: rnd.SubmitRecordModel) -> None:
-        await self._transact(action.round, rnd.TxKind.RECORD_MODEL, "record_model", action.model_hash)
-
     async def _do_RoundComplete(self, action: rnd.RoundComplete) -> None:
         state = self._model(action.model_hash)
         metrics = await trio.to_thread.run_sync(self.worker.evaluate_test, state)
@@ -308,7 +294,7 @@ class TaskRunner:
             "started_block": record.started_block,
             "finished_block": record.finished_block,
             "seconds": round(time.time() - record.started_at, 2),
-            "gas_used": None,
+            "gas_used": record.gas_used,
         })
         log.info("round complete", task=self.task_id, round=action.round, accepted=len(accepted),
                  proposals=len(proposers), accuracy=round(metrics["accuracy"], 4))
@@ -321,13 +307,17 @@ class TaskRunner:
     def _model(self, digest: bytes) -> Tensors:
         return self.ctx.store.load_model(digest)
 
-    async def _transact(self, round_number: int, kind: rnd.TxKind, fn: str, *args: Any) -> None:
+    async def _transact(self, action: Submission) -> None:
+        kind, fn, args = transaction(action)
         try:
-            await self.ctx.registry.transact(fn, self.task_id, round_number, *args)
+            receipt = await self.ctx.registry.transact(fn, self.task_id, action.round, *args)
         except ContractRevert as exc:
-            self.deliver(rnd.TxFailed(round_number, kind, exc.reason, reverted=True))
+            self.deliver(rnd.TxFailed(action.round, kind, exc.reason, reverted=True))
         except ChainError as exc:
-            self.deliver(rnd.TxFailed(round_number, kind, f"{type(exc).__name__}: {exc}", reverted=False))
+            self.deliver(rnd.TxFailed(action.round, kind, f"{type(exc).__name__}: {exc}", reverted=False))
+        else:
+            record = self._rounds.setdefault(action.round, RoundRecord(action.round))
+            record.gas_used += receipt.gas_used
 
     def _participant_peers(self, first: bytes | None = None, avoid: tuple[bytes, ...] = ()) -> dict[bytes, str]:
         """Connected participants' peer ids by address, `first` first, never ourselves."""
@@ -359,9 +349,3 @@ class TaskRunner:
 
 def _hex(value: bytes) -> str:
     return "0x" + value.hex()
-
-
-def _address(value: Any) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    return bytes.fromhex(str(value)[2:])
