@@ -8,6 +8,8 @@ from flockd.cli import _parser
 from flockd.config import ConfigError, config_from_dict
 from flockd.fl.attacks import HONEST, parse_behaviour
 from flockd.fl.codec import decode_delta, encode_delta
+from flockd.fl.simulate import main as simulate_main
+from flockd.fl.simulate import simulate
 from flockd.round import SCORE_BOUND
 from flockd.tasks.spec import TaskSpec
 from flockd.tasks.work import Worker
@@ -125,3 +127,67 @@ def test_honest_whole_round_score_is_the_accuracy_gain():
     good = worker().train(base, 1)
     (score,) = worker().score(base, [good], [A], True, 1)
     assert 0 < score <= SCORE_BOUND  # training from the initial model helps
+
+
+# --- the in-process simulation ---------------------------------------------------------
+
+
+def test_simulation_voters_reject_a_sign_flipper_and_the_model_still_learns():
+    attacked = simulate(
+        "cancer-logreg",
+        nodes=6,
+        rounds=4,
+        proposers=3,
+        vote=True,
+        seed=1,
+        behaviours={2: parse_behaviour("sign-flip:4")},
+    )
+    assert attacked.behaviours == {2: "sign-flip:4"}
+    assert any(2 in r.proposers for r in attacked.rounds)  # it did attack
+    assert all(2 not in r.accepted for r in attacked.rounds)
+    assert attacked.rounds[-1].accuracy > 0.9
+
+
+def test_simulation_colluders_block_honest_work_when_half_the_voters_collude():
+    colluders = {i: parse_behaviour("collude") for i in (3, 4, 5)}
+    run = simulate(
+        "cancer-logreg", nodes=6, rounds=4, proposers=2, vote=True, seed=2, behaviours=colluders
+    )
+    captured = [r for r in run.rounds if 2 * (3 - len(set(r.proposers) & set(colluders))) >= 4]
+    assert captured  # rounds where at least 2 of the 4 voters collude
+    for r in captured:  # an honest proposal needs 3 of 4 ayes: never there
+        assert set(r.accepted) <= set(colluders)
+
+
+def test_simulation_without_behaviours_is_the_honest_run():
+    honest = simulate("cancer-logreg", nodes=3, rounds=2, proposers=2, vote=True, seed=4)
+    same = simulate(
+        "cancer-logreg", nodes=3, rounds=2, proposers=2, vote=True, seed=4, behaviours={}
+    )
+    assert honest.final_model_hash == same.final_model_hash
+    assert honest.behaviours == {}
+
+
+def test_simulate_cli_takes_malicious_fraction_and_attack(capsys):
+    assert (
+        simulate_main(
+            [
+                "--recipe",
+                "cancer-logreg",
+                "--nodes",
+                "4",
+                "--rounds",
+                "1",
+                "--malicious",
+                "0.25",
+                "--attack",
+                "noise:2",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "malicious: node " in out and "noise:2" in out
+    with pytest.raises(SystemExit):
+        simulate_main(["--nodes", "4", "--malicious", "0.25", "--attack", "nonsense"])
+    assert "unknown part 'nonsense'" in capsys.readouterr().err

@@ -5,10 +5,13 @@ their delta with the real codec, decode it as a peer would, optionally have the 
 nodes vote on each proposal with ``score.accepts``, aggregate the accepted ones with the
 task's rule and apply the result. The held-out test split measures each new global model.
 
-``transform`` lets a caller tamper with chosen nodes' deltas before encoding (the attack
-simulation), so this stays the one loop both honest and adversarial figures come from.
+``behaviours`` makes chosen nodes malicious (flockd.fl.attacks: flipped labels, poisoned
+deltas, dishonest votes) exactly as a daemon with that ``[attack]`` config would be, and
+``transform`` lets a caller tamper with deltas in any other way before encoding, so this
+stays the one loop both honest and adversarial figures come from.
 
 Run: ``python -m flockd.fl.simulate --recipe digits-mlp --nodes 8 --rounds 10``
+(``--malicious 0.25 --attack sign-flip:4 --proposers 4 --vote`` for an attacked run)
 """
 
 from __future__ import annotations
@@ -24,6 +27,15 @@ from typing import Any
 import numpy as np
 
 from flockd.fl.aggregate import Rule, aggregate, apply
+from flockd.fl.attacks import (
+    HONEST,
+    Behaviour,
+    assign_behaviours,
+    attack_rng,
+    cast_votes,
+    poison_delta,
+    training_split,
+)
 from flockd.fl.checkpoint import model_hash
 from flockd.fl.codec import Delta, decode_delta, encode_delta
 from flockd.fl.data import DataSpec, Split
@@ -53,6 +65,7 @@ class Simulation:
     rule: str
     encoding: str
     initial: Metrics
+    behaviours: dict[int, str] = field(default_factory=dict)  # the malicious nodes' specs
     rounds: list[RoundFigures] = field(default_factory=list)
     final_model_hash: str = ""
 
@@ -63,8 +76,14 @@ class Simulation:
 @dataclass(frozen=True)
 class _Node:
     index: int
-    train: Split
+    train: Split  # labels already flipped for a label-flipping node
     validation: Split
+    behaviour: Behaviour
+
+    @property
+    def address(self) -> bytes:
+        """A stand-in for the node's chain address, which colluding voters go by."""
+        return self.index.to_bytes(20, "big")
 
 
 def simulate(
@@ -79,20 +98,33 @@ def simulate(
     proposers: int | None = None,
     vote: bool = False,
     transform: DeltaTransform | None = None,
+    behaviours: Mapping[int, Behaviour] | None = None,
     on_round: Callable[[RoundFigures], None] | None = None,
 ) -> Simulation:
     """Run ``rounds`` rounds over ``nodes`` nodes; ``proposers`` per round (all if None),
-    the rest vote when ``vote`` is set (otherwise every proposal is accepted)."""
+    the rest vote when ``vote`` is set (otherwise every proposal is accepted). Nodes
+    missing from ``behaviours`` are honest."""
     if isinstance(recipe, str):
         recipe = load_recipe(recipe)
+    behaviours = behaviours or {}
     specs = [DataSpec(i, nodes, partition, seed) for i in range(nodes)]
-    members = [_Node(i, *recipe.load_data(spec)) for i, spec in enumerate(specs)]
+    members = []
+    for i, spec in enumerate(specs):
+        behaviour = behaviours.get(i, HONEST)
+        train, validation = recipe.load_data(spec)
+        members.append(_Node(i, training_split(behaviour, train, recipe), validation, behaviour))
     test = recipe.load_test(specs[0])
     model = recipe.build_model(seed)
     state = model_state(model)
     layout = shapes(state)
     result = Simulation(
-        recipe.name, nodes, partition, str(rule), encoding, recipe.evaluate(model, test)
+        recipe.name,
+        nodes,
+        partition,
+        str(rule),
+        encoding,
+        recipe.evaluate(model, test),
+        {m.index: str(m.behaviour) for m in members if not m.behaviour.is_honest},
     )
     draw = np.random.Generator(np.random.PCG64([seed, 4]))
     for r in range(rounds):
@@ -103,12 +135,13 @@ def simulate(
             load_model_state(model, state)
             stats = recipe.train(model, members[i].train, seed=training_seed(seed, r, i))
             delta = subtract(model_state(model), state)
+            delta = poison_delta(members[i].behaviour, delta, attack_rng(seed, r, i, "delta"))
             if transform is not None:
                 delta = transform(i, r, delta)
             wire = encode_delta(delta, samples=stats["samples"], encoding=encoding)
             offered[i] = decode_delta(wire, expected_shapes=layout)
         voters = [m for m in members if m.index not in offered] if vote else []
-        accepted = _tally(recipe, state, offered, voters)
+        accepted = _tally(recipe, state, offered, voters, members, seed, r)
         if accepted:
             state = apply(state, aggregate([offered[i] for i in accepted], rule))
         load_model_state(model, state)
@@ -129,16 +162,28 @@ def simulate(
 
 
 def _tally(
-    recipe: Recipe, state: Tensors, offered: Mapping[int, Delta], voters: list[_Node]
+    recipe: Recipe,
+    state: Tensors,
+    offered: Mapping[int, Delta],
+    voters: list[_Node],
+    members: list[_Node],
+    seed: int,
+    round_index: int,
 ) -> list[int]:
     """Proposals a strict majority of voters accepts (all of them when nobody votes)."""
     if not voters:
         return sorted(offered)
-    ayes = dict.fromkeys(offered, 0)
+    order = sorted(offered)
+    proposers = [members[i].address for i in order]
+    colluders = frozenset(m.address for m in members if m.behaviour.vote == "collude")
+    ayes = dict.fromkeys(order, 0)
     for voter in voters:
         scorer = Scorer(recipe, state, voter.validation)
-        for i, delta in offered.items():
-            ayes[i] += accepts(scorer.score(delta.tensors))
+        honest = tuple(1 if accepts(scorer.score(offered[i].tensors)) else -1 for i in order)
+        rng = attack_rng(seed, round_index, voter.index, "vote")
+        votes = cast_votes(voter.behaviour, honest, proposers, colluders, rng, whole_round=False)
+        for i, vote in zip(order, votes, strict=True):
+            ayes[i] += vote > 0
     return sorted(i for i, n in ayes.items() if 2 * n > len(voters))
 
 
@@ -153,18 +198,41 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--proposers", type=int, default=None)
     parser.add_argument("--vote", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--malicious",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="make round(FRACTION x nodes) nodes (never node 0) malicious",
+    )
+    parser.add_argument(
+        "--attack",
+        default="collude",
+        metavar="SPEC",
+        help="their behaviour (docs/learning.md, Attackers; default collude)",
+    )
     parser.add_argument("--config", default="{}", help="recipe config overrides, JSON")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
+    try:
+        behaviours = assign_behaviours(args.nodes, args.malicious, args.attack, args.seed)
+    except ValueError as exc:
+        parser.error(str(exc))
     limit_torch_threads(1)
     recipe = load_recipe(args.recipe, json.loads(args.config))
 
     def show(f: RoundFigures) -> None:
         if not args.json:
+            bad = [i for i in f.proposers if i in behaviours]
+            bad_accepted = [i for i in f.accepted if i in behaviours]
+            attacked = f"  (malicious {len(bad_accepted)}/{len(bad)})" if behaviours else ""
             print(
                 f"round {f.round:3d}  accuracy {f.accuracy:.4f}  loss {f.loss:.4f}  "
-                f"{f.seconds:.2f}s  accepted {len(f.accepted)}/{len(f.proposers)}"
+                f"{f.seconds:.2f}s  accepted {len(f.accepted)}/{len(f.proposers)}{attacked}"
             )
+
+    if behaviours and not args.json:
+        print("malicious: " + ", ".join(f"node {i} {b}" for i, b in behaviours.items()))
 
     result = simulate(
         recipe,
@@ -176,6 +244,7 @@ def main(argv: list[str]) -> int:
         seed=args.seed,
         proposers=args.proposers,
         vote=args.vote,
+        behaviours=behaviours,
         on_round=show,
     )
     if args.json:
