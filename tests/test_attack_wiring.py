@@ -3,9 +3,11 @@
 
 import numpy as np
 import pytest
+from rich.console import Console
 
 from flockd.cli import _parser
-from flockd.config import ConfigError, config_from_dict
+from flockd.config import CONFIG_FILE, ConfigError, config_from_dict, load_config
+from flockd.datadir import initial_config
 from flockd.fl.attacks import HONEST, parse_behaviour
 from flockd.fl.codec import decode_delta, encode_delta
 from flockd.fl.simulate import main as simulate_main
@@ -13,6 +15,10 @@ from flockd.fl.simulate import simulate
 from flockd.round import SCORE_BOUND
 from flockd.tasks.spec import TaskSpec
 from flockd.tasks.work import Worker
+from flockd.testnet.cluster import Cluster
+from flockd.testnet.main import parse_args as parse_testnet_args
+from flockd.testnet.progress import progress_table, summary_line
+from flockd.testnet.report import build_report, render_markdown
 
 COLLUDER = "0x" + "ab" * 20
 
@@ -191,3 +197,110 @@ def test_simulate_cli_takes_malicious_fraction_and_attack(capsys):
     with pytest.raises(SystemExit):
         simulate_main(["--nodes", "4", "--malicious", "0.25", "--attack", "nonsense"])
     assert "unknown part 'nonsense'" in capsys.readouterr().err
+
+
+# --- the testnet -----------------------------------------------------------------------
+
+NODE_ADDRESSES = [f"0x{i:040x}" for i in range(1, 5)]
+
+
+def attacked_statuses() -> list[dict]:
+    """Four nodes, node2 malicious: it proposes in rounds 0 and 1, accepted in round 1 only."""
+    proposers = [[NODE_ADDRESSES[1], NODE_ADDRESSES[2]], [NODE_ADDRESSES[2], NODE_ADDRESSES[3]]]
+    accepted = [[NODE_ADDRESSES[1]], [NODE_ADDRESSES[2]]]
+    history = [
+        {
+            "round": r, "proposals": 2, "accepted": 1, "rejected": 1,
+            "proposers": proposers[r], "accepted_proposers": accepted[r],
+            "model_hash": "0x" + "11" * 32, "test_accuracy": 0.5, "test_loss": 1.0,
+            "started_block": 1, "finished_block": 2, "seconds": 1.0, "gas_used": 1,
+        }
+        for r in range(2)
+    ]  # fmt: skip
+    return [
+        {"task_id": 1, "state": "finished", "me": a, "model_hash": "0x" + "11" * 32,
+         "chain_model_hash": "0x" + "11" * 32, "history": history}
+        for a in NODE_ADDRESSES
+    ]  # fmt: skip
+
+
+def test_report_counts_malicious_and_honest_proposals_per_round(tmp_path):
+    report = build_report(
+        attacked_statuses(), nodes=4, rounds=2, recipe="digits-mlp", partition="iid", wall_seconds=1.0,
+        malicious={"node2": "collude"}, malicious_fraction=0.25,
+    )  # fmt: skip
+    rounds = report["per_round"]
+    assert [
+        (r["malicious_proposed"], r["malicious_accepted"], r["malicious_rejected"]) for r in rounds
+    ] == [
+        (1, 0, 1),
+        (1, 1, 0),
+    ]
+    assert [(r["honest_proposed"], r["honest_accepted"], r["honest_rejected"]) for r in rounds] == [
+        (1, 1, 0),
+        (1, 0, 1),
+    ]
+    assert report["totals"]["malicious_accepted"] == 1 and report["totals"]["honest_rejected"] == 1
+    assert report["command"].endswith("--malicious 0.25 --attack collude")
+    md = render_markdown(report)
+    assert "- malicious proposals: 2, accepted 1, rejected 1" in md
+    assert "| malicious accepted / proposed |" in md and "| 0 / 1 |" in md
+    assert "| node2 |" in md and "collude |" in md
+
+
+def test_report_of_an_honest_run_has_no_attack_columns():
+    report = build_report(
+        attacked_statuses(),
+        nodes=4,
+        rounds=2,
+        recipe="digits-mlp",
+        partition="iid",
+        wall_seconds=1.0,
+    )
+    assert "malicious_proposed" not in report["per_round"][0]
+    assert "malicious_proposed" not in report["totals"]
+    assert "--malicious" not in report["command"]
+    assert "malicious accepted" not in render_markdown(report)
+
+
+def test_progress_view_marks_the_malicious_nodes():
+    statuses = attacked_statuses()
+    console = Console(width=200, record=True)
+    console.print(progress_table(statuses, [None] * 4, {2: "sign-flip:4"}))
+    text = console.export_text()
+    assert "attack" in text and "sign-flip:4" in text and text.count("honest") == 3
+    assert "malicious accepted 1 of 1" in text  # the caption (wrapped to the table's width)
+    assert summary_line(statuses, frozenset({NODE_ADDRESSES[2]})).endswith(
+        "accuracy 0.500 · malicious accepted 1 of 1 proposed"
+    )
+    plain = Console(width=200, record=True)
+    plain.print(progress_table(statuses, [None] * 4))
+    assert "attack" not in plain.export_text()
+
+
+def test_cluster_writes_and_clears_attack_sections(tmp_path):
+    cluster = Cluster(tmp_path, 3)
+    for d, address in zip(cluster.daemons, NODE_ADDRESSES, strict=False):
+        d.datadir.mkdir()
+        (d.datadir / CONFIG_FILE).write_text(initial_config())
+        d.address = address
+    cluster.configure_attacks({1: "collude", 2: "collude"})
+    attacks = [load_config(d.datadir).attack for d in cluster.daemons]
+    assert [str(a.parsed()) for a in attacks] == ["honest", "collude", "collude"]
+    assert attacks[1].colluders == NODE_ADDRESSES[1:3] == attacks[2].colluders
+    cluster.configure_attacks({2: "sign-flip:4"})  # a re-run in the same workdir
+    attacks = [load_config(d.datadir).attack for d in cluster.daemons]
+    assert [str(a.parsed()) for a in attacks] == ["honest", "honest", "sign-flip:4"]
+    assert attacks[2].colluders == [NODE_ADDRESSES[2]]
+    with pytest.raises(ConfigError, match="attack.behaviour"):
+        cluster.configure_attacks({1: "bogus"})
+
+
+def test_testnet_flags_pick_the_malicious_nodes():
+    args = parse_testnet_args(["--nodes", "6", "--malicious", "0.34", "--attack", "collude"])
+    assert len(args.behaviours) == 2 and 0 not in args.behaviours
+    assert set(args.behaviours.values()) == {"collude"}
+    assert parse_testnet_args(["--nodes", "6"]).behaviours == {}
+    for bad in (["--malicious", "0.6"], ["--malicious", "0.3", "--attack", "noise:0"]):
+        with pytest.raises(SystemExit):
+            parse_testnet_args(bad)

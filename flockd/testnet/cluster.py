@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from flockd.datadir import IPC_SOCKET
 from flockd.rpc.client import IPCClient
 
 PASSWORD = "flockd-testnet"  # testnet keys guard nothing of value
+# configure_attacks appends this section last, so it can cut it off again on a re-run.
+_ATTACK_HEADER = "\n# set by the testnet (--malicious): this node is MALICIOUS\n[attack]\n"
 
 
 class ClusterError(Exception):
@@ -71,6 +74,25 @@ class Cluster:
             genesis = network_genesis([d.address for d in self.daemons])
             for d in self.daemons:
                 install_genesis(d.datadir, genesis, replace=True)
+
+    def configure_attacks(self, behaviours: Mapping[int, str]) -> None:
+        """Make the nodes in ``behaviours`` (index -> spec) malicious, acting together: each
+        gets an [attack] section naming every malicious node as a colluder. Every other
+        node loses any such section a previous run in this workdir left behind."""
+        from flockd.config import CONFIG_FILE, load_config
+
+        colluders = [self.daemons[i].address for i in sorted(behaviours)]
+        for d in self.daemons:
+            path = d.datadir / CONFIG_FILE
+            text = path.read_text()
+            text = text[: text.index(_ATTACK_HEADER)] if _ATTACK_HEADER in text else text
+            if d.index in behaviours:
+                text += (
+                    f"{_ATTACK_HEADER}behaviour = {json.dumps(behaviours[d.index])}\n"
+                    f"colluders = {json.dumps(colluders)}\n"
+                )
+            path.write_text(text)
+            load_config(d.datadir)  # a bad spec fails here, not in a daemon's log
 
     def _read_identity(self, d: Daemon) -> None:
         from flockd.identity.keystore import load_identity

@@ -13,9 +13,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from flockd.fl.attacks import assign_behaviours, describe, parse_behaviour
 from flockd.testnet.cluster import Cluster, ClusterError, agree_at_least, heads
 from flockd.testnet.progress import progress_table
-from flockd.testnet.report import build_report, write_report
+from flockd.testnet.report import build_report, node_name, write_report
 from flockd.testnet.task import TaskPlan, create_and_join, wait_finished
 
 
@@ -39,9 +40,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--report-dir", type=Path, default=None, help="where the report goes (default WORKDIR/report)")
     p.add_argument("--chain-blocks", type=int, default=0,
                    help="at the end, wait until every node agrees on one chain head at this height or above")
+    p.add_argument("--malicious", type=float, default=0.0, metavar="FRACTION",
+                   help="make round(FRACTION x nodes) nodes malicious, never node0 (0 to 0.5; default 0)")
+    p.add_argument("--attack", default="collude", metavar="SPEC",
+                   help="what the malicious nodes do, e.g. collude, sign-flip:4, label-flip+random-vote "
+                        "(docs/learning.md, Attackers; default collude)")
     args = p.parse_args(argv)
     if not 1 <= args.nodes <= 64:
         p.error("--nodes must be between 1 and 64")
+    if not 0.0 <= args.malicious <= 0.5:
+        p.error("--malicious must be between 0 and 0.5 (a minority of attackers)")
+    try:
+        # Chosen with the task seed: one seed fixes the whole run.
+        chosen = assign_behaviours(args.nodes, args.malicious, args.attack, TaskPlan().seed)
+        args.behaviours = {i: str(b) for i, b in chosen.items()}
+    except ValueError as exc:
+        p.error(f"--attack: {exc}")
     return args
 
 
@@ -55,6 +69,10 @@ def main(argv: list[str]) -> int:
     try:
         console.print(f"[bold]initialising {args.nodes} nodes[/] under {cluster.workdir}")
         cluster.init()
+        cluster.configure_attacks(args.behaviours)
+        if args.behaviours:
+            console.print("[bold red]malicious:[/] " + ", ".join(
+                f"node{i} ({spec}: {describe(parse_behaviour(spec))})" for i, spec in args.behaviours.items()))
         cluster.start(detach=args.keep_running)
         console.print("daemons up; waiting for a full mesh")
         cluster.wait_full_mesh(args.timeout)
@@ -99,13 +117,14 @@ def run_task(console: Console, cluster: Cluster, args: argparse.Namespace) -> bo
     with Live(console=console, refresh_per_second=2, transient=False) as live:
         statuses = wait_finished(
             cluster, task_id, plan, args.task_timeout,
-            lambda sts, rss: live.update(progress_table(sts, rss)),
+            lambda sts, rss: live.update(progress_table(sts, rss, args.behaviours)),
         )
     console.print()  # the live view leaves the cursor on its last line
     wall = time.monotonic() - started
     report = build_report(
         statuses, nodes=len(cluster.daemons), rounds=plan.rounds, recipe=plan.recipe,
         partition=plan.partition, wall_seconds=wall,
+        malicious={node_name(i): spec for i, spec in args.behaviours.items()}, malicious_fraction=args.malicious,
     )
     verified = [d.call("model_verify", {"task_id": task_id}) for d in cluster.daemons]
     report["model_verify"] = {f"node{d.index}": v["ok"] and v["complete"] for d, v in zip(cluster.daemons, verified, strict=True)}
@@ -113,6 +132,11 @@ def run_task(console: Console, cluster: Cluster, args: argparse.Namespace) -> bo
     paths = write_report(report, outdir)
     console.print(f"final accuracy {report['final_accuracy']:.4f}; nodes agree with the chain: {report['all_nodes_agree']}; "
                   f"model_verify: {report['model_verify']}")
+    if args.behaviours:
+        totals = report["totals"]
+        console.print(f"malicious proposals: {totals['malicious_proposed']}, accepted {totals['malicious_accepted']}, "
+                      f"rejected {totals['malicious_rejected']}; honest proposals: {totals['honest_proposed']}, "
+                      f"accepted {totals['honest_accepted']}")
     console.print("report: " + ", ".join(str(p) for p in paths))
     return bool(report["all_nodes_agree"]) and all(report["model_verify"].values())
 

@@ -20,15 +20,30 @@ Status = Mapping[str, Any] | None
 _ROLE_STYLE = {"proposer": "bold magenta", "voter": "cyan"}
 
 
-def progress_table(statuses: Sequence[Status], round_statuses: Sequence[Status]) -> Table:
-    """`statuses[i]` / `round_statuses[i]`: node i's task_status / round_status reply."""
-    table = Table(title="flockd testnet", caption=summary_line(statuses), caption_justify="left")
-    for column in ("node", "address", "role", "phase", "proposals", "accuracy", "model"):
+def progress_table(
+    statuses: Sequence[Status], round_statuses: Sequence[Status], behaviours: Mapping[int, str] | None = None
+) -> Table:
+    """`statuses[i]` / `round_statuses[i]`: node i's task_status / round_status reply;
+    `behaviours`: the malicious nodes' attack specs, by index (a column when any)."""
+    behaviours = behaviours or {}
+    caption = summary_line(statuses, _malicious_addresses(statuses, behaviours) if behaviours else None)
+    table = Table(title="flockd testnet", caption=caption, caption_justify="left")
+    columns = ("node", "address", "role", "phase", "proposals", "accuracy", "model")
+    for column in (*columns, "attack") if behaviours else columns:
         table.add_column(column, justify="right" if column in ("proposals", "accuracy") else "left")
     for i, status in enumerate(statuses):
         rs = round_statuses[i] if i < len(round_statuses) else None
-        table.add_row(*_row(i, status or {}, rs or {}))
+        row = _row(i, status or {}, rs or {})
+        if behaviours:
+            row.append(Text(behaviours[i], style="bold red") if i in behaviours else Text("honest", style="dim"))
+        table.add_row(*row)
     return table
+
+
+def _malicious_addresses(statuses: Sequence[Status], behaviours: Mapping[int, str]) -> frozenset[str]:
+    """Lower-case addresses of the malicious nodes that answered (status `me`)."""
+    found = [(statuses[i] or {}).get("me") for i in behaviours if i < len(statuses)]
+    return frozenset(a.lower() for a in found if isinstance(a, str))
 
 
 def _row(index: int, status: Mapping[str, Any], rs: Mapping[str, Any]) -> list[str | Text]:
@@ -51,8 +66,9 @@ def _row(index: int, status: Mapping[str, Any], rs: Mapping[str, Any]) -> list[s
     ]
 
 
-def summary_line(statuses: Sequence[Status]) -> str:
-    """"round 3/10 · accepted 2 rejected 1 · accuracy 0.953", from the first node that answered."""
+def summary_line(statuses: Sequence[Status], malicious: frozenset[str] | None = None) -> str:
+    """"round 3/10 · accepted 2 rejected 1 · accuracy 0.953", from the first node that
+    answered; with `malicious` (lower-case addresses) also how many of theirs got through."""
     status = next((s for s in statuses if s), None)
     if status is None:
         return "no node answered"
@@ -62,10 +78,20 @@ def summary_line(statuses: Sequence[Status]) -> str:
     last = _last(status)
     if not last:
         return f"{head} · no round finished yet"
-    return (
+    line = (
         f"{head} · accepted {last.get('accepted', '?')} rejected {last.get('rejected', '?')}"
         f" · accuracy {_accuracy(last)}"
     )
+    if malicious is not None:
+        line += f" · malicious accepted {_count_in(last.get('accepted_proposers'), malicious)}"
+        line += f" of {_count_in(last.get('proposers'), malicious)} proposed"
+    return line
+
+
+def _count_in(addresses: Any, wanted: frozenset[str]) -> str:
+    if not isinstance(addresses, list):
+        return "?"
+    return str(sum(1 for a in addresses if isinstance(a, str) and a.lower() in wanted))
 
 
 def _last(status: Mapping[str, Any]) -> Mapping[str, Any]:

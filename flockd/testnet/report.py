@@ -18,6 +18,8 @@ REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 ACCURACY_PNG = "accuracy.png"
 
+# Per-round and total counts of a report with malicious nodes.
+_ATTACK_COUNTS = tuple(f"{who}_{what}" for who in ("malicious", "honest") for what in ("proposed", "accepted", "rejected"))
 # Figures one history entry must carry, and those that may be null (not measured).
 _ROUND_INTS = ("round", "proposals", "accepted", "rejected")
 _ROUND_MEASURES = ("test_accuracy", "test_loss", "seconds", "gas_used", "started_block", "finished_block")
@@ -47,8 +49,10 @@ def build_report(
     partition: str,
     wall_seconds: float,
     malicious: dict[str, Any] | None = None,
+    malicious_fraction: float = 0.0,
 ) -> dict[str, Any]:
-    """`statuses[i]` is node i's `task_status` reply, taken after the task finished."""
+    """`statuses[i]` is node i's `task_status` reply, taken after the task finished;
+    `malicious` maps the malicious nodes' names to their behaviour spec."""
     if not statuses:
         raise ReportError("no task_status replies")
     histories = [_history(s, i) for i, s in enumerate(statuses)]
@@ -78,9 +82,12 @@ def build_report(
         "rounds_completed": len(per_round),
         "wall_seconds": round(wall_seconds, 3),
         "malicious": malicious,
-        "command": testnet_command(nodes=nodes, rounds=rounds, recipe=recipe, partition=partition),
+        "command": testnet_command(
+            nodes=nodes, rounds=rounds, recipe=recipe, partition=partition,
+            malicious_fraction=malicious_fraction, attack=_attack_spec(malicious),
+        ),
         "per_round": per_round,
-        "totals": _totals(per_round),
+        "totals": _totals(per_round, _ATTACK_COUNTS if malicious else ()),
         "final_accuracy": final_accuracies[names[0]],
         "final_accuracies": final_accuracies,
         "accuracies_agree": _all_close(list(final_accuracies.values())),
@@ -93,8 +100,19 @@ def build_report(
     }
 
 
-def testnet_command(*, nodes: int, rounds: int, recipe: str, partition: str) -> str:
-    return f"scripts/testnet --nodes {nodes} --rounds {rounds} --recipe {recipe} --partition {partition}"
+def testnet_command(
+    *, nodes: int, rounds: int, recipe: str, partition: str, malicious_fraction: float = 0.0, attack: str | None = None
+) -> str:
+    command = f"scripts/testnet --nodes {nodes} --rounds {rounds} --recipe {recipe} --partition {partition}"
+    if malicious_fraction and attack:
+        command += f" --malicious {malicious_fraction:g} --attack {attack}"
+    return command
+
+
+def _attack_spec(malicious: Mapping[str, Any]) -> str | None:
+    """The one spec every malicious node runs (the testnet gives them all the same)."""
+    specs = {str(spec) for spec in malicious.values()}
+    return specs.pop() if len(specs) == 1 else None
 
 
 def _round_figures(
@@ -110,17 +128,25 @@ def _round_figures(
     if malicious:
         proposers = [by_address.get(a.lower(), a) for a in entry["proposers"]]
         accepted = [by_address.get(a.lower(), a) for a in entry["accepted_proposers"]]
-        figures["malicious_proposed"] = sum(p in malicious for p in proposers)
-        figures["malicious_accepted"] = sum(p in malicious for p in accepted)
+        bad_proposed = sum(p in malicious for p in proposers)
+        bad_accepted = sum(p in malicious for p in accepted)
+        counts = {
+            "malicious": (bad_proposed, bad_accepted),
+            "honest": (len(proposers) - bad_proposed, len(accepted) - bad_accepted),
+        }
+        for who, (proposed, accepted_count) in counts.items():
+            figures[f"{who}_proposed"] = proposed
+            figures[f"{who}_accepted"] = accepted_count
+            figures[f"{who}_rejected"] = proposed - accepted_count
     return figures
 
 
-def _totals(per_round: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def _totals(per_round: Sequence[Mapping[str, Any]], extra: Sequence[str] = ()) -> dict[str, Any]:
     def total(key: str) -> Any:
         values = [r[key] for r in per_round if r[key] is not None]
         return sum(values) if values else None
 
-    return {k: total(k) for k in ("proposals", "accepted", "rejected", "gas_used", "seconds")}
+    return {k: total(k) for k in ("proposals", "accepted", "rejected", "gas_used", "seconds", *extra)}
 
 
 def _same_hash(a: str | None, b: str | None) -> bool:
@@ -213,16 +239,30 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"- proposals: {totals['proposals']}, accepted {totals['accepted']}, rejected {totals['rejected']}",
         f"- gas: {_fmt(totals['gas_used'], ',')}; wall time {report['wall_seconds']:.1f} s",
         f"- partition: {report['partition']}; malicious nodes: {_malicious_text(report['malicious'])}",
+    ]
+    attacked = bool(report["malicious"])
+    if attacked:
+        lines += [
+            f"- malicious proposals: {totals['malicious_proposed']}, accepted {totals['malicious_accepted']}, "
+            f"rejected {totals['malicious_rejected']}",
+            f"- honest proposals: {totals['honest_proposed']}, accepted {totals['honest_accepted']}, "
+            f"rejected {totals['honest_rejected']}",
+        ]
+    lines += [
         "",
         "## Rounds",
         "",
-        "| round | accuracy | loss | proposals | accepted | rejected | seconds | gas | blocks | model | nodes agree |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
+        "| round | accuracy | loss | proposals | accepted | rejected "
+        + ("| malicious accepted / proposed " if attacked else "")
+        + "| seconds | gas | blocks | model | nodes agree |",
+        "|---:|---:|---:|---:|---:|---:" + ("|---:" if attacked else "") + "|---:|---:|---|---|---|",
     ]
     for r in report["per_round"]:
         lines.append(
             f"| {r['round']} | {_fmt(r['test_accuracy'], '.4f')} | {_fmt(r['test_loss'], '.4f')} "
-            f"| {r['proposals']} | {r['accepted']} | {r['rejected']} | {_fmt(r['seconds'], '.1f')} "
+            f"| {r['proposals']} | {r['accepted']} | {r['rejected']} "
+            + (f"| {r['malicious_accepted']} / {r['malicious_proposed']} " if attacked else "")
+            + f"| {_fmt(r['seconds'], '.1f')} "
             f"| {_fmt(r['gas_used'], ',')} | {r['started_block']}–{r['finished_block']} "
             f"| `{short_hex(r['model_hash'])}` | {'yes' if r['nodes_agree'] else 'NO'} |"
         )
