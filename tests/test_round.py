@@ -16,7 +16,9 @@ from flockd.round import (
     AggregateFailed,
     BallotRestored,
     BlockSealed,
+    ChainPhase,
     ConflictingEvent,
+    DeclinedOnChain,
     DeltaReceived,
     DeltaRejected,
     ElectionDone,
@@ -29,6 +31,7 @@ from flockd.round import (
     ModelReady,
     ModelRecordedOnChain,
     Phase,
+    PhaseClosedOnChain,
     ProposalOnChain,
     PushDelta,
     RejectReason,
@@ -43,6 +46,7 @@ from flockd.round import (
     StartTraining,
     Step,
     SubmitCommit,
+    SubmitDecline,
     SubmitFinalise,
     SubmitPropose,
     SubmitRecordModel,
@@ -692,3 +696,61 @@ def test_delta_hash_is_the_codecs() -> None:
     from flockd.round import delta_hash
 
     assert delta_hash(D1) == codec_hash(D1)
+
+
+# --- early phase close (PhaseClosed logs) ----------------------------------------------------
+
+
+def test_a_voter_declines_once_so_the_propose_window_can_close() -> None:
+    node = Node()
+    node.open()
+    out = node.feed(election(0))
+    assert out == [SubmitDecline(0)]
+    assert node.feed(BlockSealed(OPEN + 1)) == []  # in flight: not sent twice
+    assert node.feed(DeclinedOnChain(0, ME)) == []
+    assert of(SubmitDecline, node.to(PROPOSE_END)) == []
+
+
+def test_a_proposer_does_not_decline() -> None:
+    node = Node()
+    node.open()
+    out = node.feed(election(1))
+    assert of(SubmitDecline, out) == [] and of(StartTraining, out)
+
+
+def test_a_reverted_decline_is_not_retried() -> None:
+    node = Node()
+    node.open()
+    node.feed(election(0))
+    assert node.feed(TxFailed(0, TxKind.DECLINE, "wrong phase"), BlockSealed(OPEN + 1)) == []
+
+
+def test_voter_scores_and_commits_as_soon_as_the_propose_window_closes_early() -> None:
+    node = voter_with_deltas()
+    assert of(ScoreProposals, node.to(OPEN + 2)) == []  # more proposals may come
+    out = node.feed(PhaseClosedOnChain(0, ChainPhase.PROPOSE, OPEN + 2))
+    assert out == [ScoreProposals(0, BASE, (D1, D2), VoteMode.PER_PROPOSAL)]
+    assert node.machine.deadlines == (OPEN + 2, OPEN + 6, OPEN + 10)
+    assert of(SubmitCommit, node.feed(ScoresReady(0, (1, -1)))) != []
+    assert node.machine.phase is Phase.COMMITTING
+
+
+def test_voter_reveals_and_finalises_as_soon_as_windows_close_early() -> None:
+    node = voter_with_deltas()
+    node.feed(BlockSealed(OPEN + 1), PhaseClosedOnChain(0, ChainPhase.PROPOSE, OPEN + 1))
+    commit = of(SubmitCommit, node.feed(ScoresReady(0, (1, 1))))[0]
+    node.feed(BlockSealed(OPEN + 2), VoteCommittedOnChain(0, ME, commit.digest))
+    assert of(SubmitReveal, node.to(OPEN + 2)) == []  # the commit window is still open
+    out = node.feed(PhaseClosedOnChain(0, ChainPhase.COMMIT, OPEN + 2))
+    assert of(SubmitReveal, out) == [SubmitReveal(0, (1, 1), commit.salt)]
+    node.feed(BlockSealed(OPEN + 3), VoteRevealedOnChain(0, ME, (1, 1)))
+    out = node.feed(PhaseClosedOnChain(0, ChainPhase.REVEAL, OPEN + 3))
+    assert of(SubmitFinalise, out) == [SubmitFinalise(0)]  # ME has finalise rank 0
+    assert node.machine.deadlines == (OPEN + 1, OPEN + 2, OPEN + 3)
+
+
+def test_phase_closed_is_checked() -> None:
+    with pytest.raises(InvalidEvent):
+        PhaseClosedOnChain(0, 3, 5)  # type: ignore[arg-type]
+    with pytest.raises(InvalidEvent):
+        DeclinedOnChain(0, b"short")
