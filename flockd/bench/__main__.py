@@ -8,18 +8,23 @@ import sys
 
 import flockd.bench
 
+# Long runs that install extra packages (flwr): named explicitly, never part of `all`.
+NOT_IN_ALL = frozenset({"attack", "flower"})
+
 
 def available() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules(flockd.bench.__path__) if not m.name.startswith("_"))
+    return sorted(
+        m.name for m in pkgutil.iter_modules(flockd.bench.__path__) if not m.name.startswith("_")
+    )
 
 
 def main(argv: list[str]) -> int:
     names = available()
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: scripts/bench NAME [args...] | scripts/bench all")
-        print("benchmarks:", ", ".join(names))
+        print("benchmarks:", ", ".join(names), f"(`all` skips {', '.join(sorted(NOT_IN_ALL))})")
         return 0
-    wanted = names if argv[0] == "all" else [argv[0]]
+    wanted = [n for n in names if n not in NOT_IN_ALL] if argv[0] == "all" else [argv[0]]
     rest = argv[1:]
     status = 0
     for name in wanted:

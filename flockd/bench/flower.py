@@ -42,12 +42,14 @@ import importlib
 import json
 import logging
 import os
+import random
 import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -120,7 +122,10 @@ def _import_flwr(overlay: Path = OVERLAY) -> Any:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     if overlay.is_dir() and str(overlay) not in sys.path:
         sys.path.append(str(overlay))  # after site-packages: the venv's packages win
-    flwr = importlib.import_module("flwr")
+    with warnings.catch_warnings():  # typer (flwr's CLI) warns about click 8.5 on import
+        warnings.simplefilter("ignore", DeprecationWarning)
+        flwr = importlib.import_module("flwr")
+        importlib.import_module("flwr.client")
     logging.getLogger("flwr").setLevel(logging.ERROR)
     return flwr
 
@@ -157,10 +162,24 @@ def krum_parameters(nodes: int) -> tuple[int, int]:
     return f, nodes - f
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _bind_flower_server(client_manager: Any, start: Callable[..., Any]) -> tuple[Any, str]:
+    """Flower's gRPC server on a free 127.0.0.1 port below the ephemeral range (the
+    clients' own outgoing ports come from that range, so a port probed there can be taken
+    by the time gRPC binds it). Flower exits (SystemExit) on a busy port: try another."""
+    draw = random.Random()
+    for _ in range(50):
+        port = draw.randrange(20000, 32000)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        address = f"127.0.0.1:{port}"
+        try:
+            return start(client_manager=client_manager, server_address=address), address
+        except SystemExit:
+            continue
+    raise RuntimeError("no free port for the Flower server")
 
 
 def run_flower(
@@ -267,11 +286,10 @@ def run_flower(
         chosen = Krum(num_malicious_clients=f, num_clients_to_keep=m, **common)
 
     started = time.perf_counter()
-    address = f"127.0.0.1:{_free_port()}"
     server, config = init_defaults(
         server=None, config=ServerConfig(num_rounds=rounds), strategy=chosen, client_manager=None
     )
-    grpc_server = start_grpc_server(client_manager=server.client_manager(), server_address=address)
+    grpc_server, address = _bind_flower_server(server.client_manager(), start_grpc_server)
     errors: list[BaseException] = []
 
     def client_main(index: int) -> None:
