@@ -1,0 +1,140 @@
+"""The simulation's one chain: a real py-evm PragueVM chain in memory, with the VRF
+precompile and the real compiled StakeToken and TaskRegistry, fed real signed transactions.
+
+`flockd.chain.deploy.ScratchChain` is that chain (the contract tests use it too): blocks
+are built with `mine_all`, one per call, with a timestamp of parent + 1 s, so a run is
+reproducible to the block hash. There is no mempool, PoA seal or gossip: the simulation
+is the only block producer, and each slot's transactions go into one block in the order
+they were sent. So that they always fit, the block gas limit is raised from 30M to
+SIM_GAS_LIMIT (200 nodes' reveals alone use ~25M); `Sealed.gas_used` tells what a real
+chain's blocks would have had to hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import astuple, dataclass, field
+from typing import Any
+
+from eth_keys.datatypes import PrivateKey
+from eth_utils import keccak
+
+from flockd.chain.artifacts import STAKE_TOKEN, TASK_REGISTRY, load
+from flockd.chain.deploy import ScratchChain, TxResult, revert_reason
+from flockd.chain.precompile import VRF_PRECOMPILE_ADDRESS
+from flockd.chain.registry import TaskParams
+
+TOKEN = load(STAKE_TOKEN)
+REGISTRY = load(TASK_REGISTRY)
+FAUCET_KEY = PrivateKey(keccak(b"flockd sim faucet"))  # holds the whole stake-token supply
+TX_GAS = 8_000_000  # a ceiling per transaction; the gas actually used is what is reported
+SIM_GAS_LIMIT = 10**9
+
+
+class _Chain(ScratchChain):
+    """ScratchChain executing blocks under SIM_GAS_LIMIT. Only the limit py-evm checks
+    while applying transactions is lifted: the sealed header keeps the genesis' 30M (the
+    header rule lets a limit move by 1/1024 a block), so a full block's header shows more
+    gas used than its limit. Nothing imports these blocks, so nothing else notices."""
+
+    def mine(self) -> list[TxResult]:
+        self.chain.header = self.chain.header.copy(gas_limit=SIM_GAS_LIMIT)
+        return super().mine()
+
+
+class SimError(Exception):
+    """The simulation cannot go on (a setup transaction reverted, a node disagrees, ...)."""
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """One block: its number and hash, the registry's decoded logs in order, and every
+    transaction's (tag, result) in order."""
+
+    number: int
+    hash: bytes
+    logs: list[tuple[str, dict[str, Any]]]
+    results: list[tuple[Any, TxResult]] = field(default_factory=list)
+
+    @property
+    def gas_used(self) -> int:
+        return sum(r.gas_used for _, r in self.results)
+
+    def failed(self) -> list[tuple[Any, str]]:
+        return [(tag, revert_reason(r.computation)) for tag, r in self.results if not r.ok]
+
+
+class SimChain:
+    """Token and registry deployed by a faucet account; every node funded with gas money
+    (genesis) and `stake` tokens (a transfer), and approving the registry."""
+
+    def __init__(self, nodes: Sequence[PrivateKey], stake: int) -> None:
+        self.faucet = FAUCET_KEY
+        addresses = [k.public_key.to_canonical_address() for k in nodes]
+        faucet = self.faucet.public_key.to_canonical_address()
+        self.scratch = _Chain(funded=[faucet, *addresses])
+        supply = stake * len(nodes)
+        self.token = self.scratch.deploy(self.faucet, TOKEN, "flockd stake", "FLOCK", [faucet], [supply])
+        self.registry = self.scratch.deploy(self.faucet, REGISTRY, self.token, VRF_PRECOMPILE_ADDRESS)
+        self._tags: list[Any] = []
+        for address in addresses:
+            self._send_token(self.faucet, "transfer", address, stake)
+        for key in nodes:
+            self._send_token(key, "approve", self.registry, 2**256 - 1)
+        self.check(self.seal(), "funding the nodes")
+
+    # -- transactions ------------------------------------------------------------------
+
+    def _send_token(self, key: PrivateKey, fn: str, *args: Any) -> None:
+        self.scratch.send(key, self.token, TOKEN.encode_call(fn, *args), gas=TX_GAS)
+        self._tags.append(None)
+
+    def send(self, key: PrivateKey, fn: str, *args: Any, tag: Any = None) -> None:
+        """Sign a registry call for the next block; `tag` comes back with its result."""
+        self.scratch.send(key, self.registry, REGISTRY.encode_call(fn, *args), gas=TX_GAS)
+        self._tags.append(tag)
+
+    def seal(self) -> Sealed:
+        """One block with every transaction sent since the last one."""
+        tags, self._tags = self._tags, []
+        results = self.scratch.mine()
+        number = self.scratch.block_number
+        logs = []
+        for result in results:
+            for address, topics, data in result.logs():
+                if address == self.registry and (decoded := REGISTRY.decode_log(topics, data)):
+                    logs.append(decoded)
+        return Sealed(number, self.block_hash(number), logs, list(zip(tags, results, strict=True)))
+
+    @staticmethod
+    def check(block: Sealed, what: str) -> None:
+        for _, reason in block.failed():
+            raise SimError(f"{what}: a transaction reverted: {reason}")
+
+    # -- task setup --------------------------------------------------------------------
+
+    def create_task(self, creator: PrivateKey, params: TaskParams, joiners: Sequence[tuple[PrivateKey, bytes]], stake: int) -> int:
+        """create_task, every join (stake and VRF public key) and start_task: two blocks.
+        Round 0 opens in the second; its logs are left for the caller (use `seal`)."""
+        task_id = 1 + int(self.view("task_count"))
+        self.send(creator, "create_task", astuple(params))
+        for key, vrf_pk in joiners:
+            self.send(key, "join", task_id, stake, vrf_pk)
+        block = self.seal()
+        self.check(block, "creating and joining the task")
+        self.send(creator, "start_task", task_id)
+        return task_id
+
+    # -- reads -------------------------------------------------------------------------
+
+    def view(self, fn: str, *args: Any) -> Any:
+        out = REGISTRY.decode_output(fn, self.scratch.call(self.registry, REGISTRY.encode_call(fn, *args)))
+        return out[0] if len(out) == 1 else out
+
+    def block_hash(self, number: int) -> bytes:
+        return bytes(self.scratch.block_hash(number))
+
+    @property
+    def head(self) -> int:
+        return int(self.scratch.block_number)
+

@@ -1,0 +1,272 @@
+"""N nodes, one process, one chain: every node's TaskMachine driven slot by slot.
+
+A slot is one block. Each slot the simulation seals every transaction the nodes sent in
+the previous slot into one block, hands every node that block's registry logs (translated
+by `flockd.tasks.bridge.round_events`, as the daemon's runner does), its own failed
+transactions, then BlockSealed; then it carries out the actions the machines return
+until none is left: elections, training, scoring and aggregation are computed at once,
+deltas are delivered to every other node, and Submit* actions become signed transactions
+(`bridge.transaction`) for the next block. Docs: docs/simulation.md.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from eth_keys.datatypes import PrivateKey
+from eth_utils import keccak
+
+from flockd import round as rnd
+from flockd import vrf
+from flockd.chain.deploy import revert_reason
+from flockd.chain.registry import TaskParams
+from flockd.fl.attacks import HONEST, Behaviour
+from flockd.sim.chain import Sealed, SimChain, SimError
+from flockd.sim.config import RoundFigures, SimConfig, SimResult
+from flockd.sim.learn import Learner
+from flockd.sortition import Stakes, elect
+from flockd.tasks.bridge import Submission, as_address, round_events, transaction
+from flockd.tasks.spec import TaskSpec
+from flockd.tasks.work import Worker
+
+OnRound = Callable[[RoundFigures], None]
+
+
+@dataclass
+class Node:
+    index: int
+    key: PrivateKey
+    address: bytes
+    vrf_secret: bytes
+    behaviour: Behaviour
+    work: Worker
+    machine: rnd.TaskMachine | None = None
+    final: bytes | None = None
+    salts: int = 0
+
+    def salt(self) -> bytes:
+        """Deterministic per node and ballot, so a run is reproducible to the block hash."""
+        self.salts += 1
+        return keccak(b"flockd sim salt" + self.key.to_bytes() + self.salts.to_bytes(8, "big"))
+
+
+@dataclass
+class _Round:
+    opened_block: int
+    opened_at: float
+    proposers: dict[int, int] = field(default_factory=dict)  # proposal index -> node index
+    mask: int = 0
+    finalised_block: int | None = None
+    gas: int = 0
+
+
+class Simulation:
+    def __init__(self, cfg: SimConfig, on_round: OnRound | None = None) -> None:
+        self.cfg = cfg
+        self.on_round = on_round
+        self.spec = TaskSpec(
+            recipe=cfg.recipe, config=dict(cfg.recipe_config), rule=cfg.rule,
+            partition=cfg.partition, num_nodes=cfg.nodes, seed=cfg.seed,
+        )
+        self.learner = Learner(self.spec, cfg.score_sample)
+        keys = [PrivateKey(keccak(b"flockd sim key %d/%d" % (cfg.seed, i))) for i in range(cfg.nodes)]
+        # The attackers' cartel: every malicious node (only a colluding voter uses it).
+        colluders = frozenset(bytes(keys[i].public_key.to_canonical_address()) for i in cfg.malicious)
+        self.nodes = [self._node(i, key, colluders) for i, key in enumerate(keys)]
+        self.by_address = {n.address: n for n in self.nodes}
+        self.chain = SimChain([n.key for n in self.nodes], cfg.stake)
+        self.init_hash = self.learner.initial_model()
+        self.params = TaskParams(
+            recipe=cfg.recipe, recipe_hash=self.spec.spec_hash, model_init_hash=self.init_hash,
+            rounds=cfg.rounds, min_participants=cfg.nodes, min_stake=cfg.stake_unit,
+            stake_unit=cfg.stake_unit, expected_proposers=cfg.expected_proposers,
+            max_proposals=cfg.max_proposals, propose_blocks=cfg.propose_blocks,
+            commit_blocks=cfg.commit_blocks, reveal_blocks=cfg.reveal_blocks, reward_pool=0,
+            vote_mode=0 if cfg.vote_mode == "per-proposal" else 1,
+        )
+        self.result = SimResult(cfg.to_json(), self.learner.evaluate(self.init_hash)["accuracy"])
+        self._queue: deque[tuple[Node, rnd.Event]] = deque()
+        self._rounds: dict[int, _Round] = {}
+        self._total_stake: tuple[int, int] | None = None  # (block, total stake)
+        # Stakes read from the chain; dropped when a log says one changed (slash, reward).
+        self._stake_of: dict[bytes, int] = {}
+
+    def _node(self, i: int, key: PrivateKey, colluders: frozenset[bytes]) -> Node:
+        behaviour = self.cfg.behaviours.get(i, HONEST)
+        vrf_secret = keccak(b"flockd sim vrf %d/%d" % (self.cfg.seed, i))
+        address = bytes(key.public_key.to_canonical_address())
+        return Node(i, key, address, vrf_secret, behaviour, self.learner.worker(i, behaviour, colluders))
+
+    # -- the run -------------------------------------------------------------------------
+
+    def run(self) -> SimResult:
+        started = time.perf_counter()
+        joiners = [(n.key, vrf.public_key(n.vrf_secret)) for n in self.nodes]
+        self.task_id = self.chain.create_task(self.nodes[0].key, self.params, joiners, self.cfg.stake)
+        participants = tuple(bytes.fromhex(a[2:]) for a in self.chain.view("get_participants", self.task_id))
+        for node in self.nodes:
+            config = rnd.TaskConfig(
+                task_id=self.task_id, me=node.address, participants=participants, rounds=self.cfg.rounds,
+                propose_blocks=self.cfg.propose_blocks, commit_blocks=self.cfg.commit_blocks,
+                reveal_blocks=self.cfg.reveal_blocks, max_proposals=self.cfg.max_proposals,
+                vote_mode=rnd.VoteMode(self.params.vote_mode), model_init_hash=self.init_hash,
+            )
+            node.machine = rnd.TaskMachine(config, node.salt)
+            self._queue.append((node, rnd.ModelReady(-1, self.init_hash)))
+        first = self.chain.head + 1
+        per_round = self.cfg.propose_blocks + self.cfg.commit_blocks + self.cfg.reveal_blocks + 8
+        limit = first + self.cfg.rounds * per_round + 16
+        while not all(n.final is not None for n in self.nodes):
+            if self.chain.head >= limit:
+                raise SimError(f"the task stalled: not finished after {limit - first} blocks")
+            self._slot(self.chain.seal())
+        self.result.blocks = self.chain.head - first + 1
+        self._finish()
+        self.result.wall_seconds = round(time.perf_counter() - started, 3)
+        return self.result
+
+    def _slot(self, block: Sealed) -> None:
+        failed: dict[bytes, list[rnd.Event]] = defaultdict(list)
+        self.result.max_block_gas = max(self.result.max_block_gas, block.gas_used)
+        for tag, tx in block.results:
+            self.result.transactions += 1
+            if tag is None:
+                continue  # start_task
+            address, r, kind = tag
+            if r in self._rounds:
+                self._rounds[r].gas += tx.gas_used
+            if not tx.ok:
+                self.result.reverted += 1
+                failed[address].append(rnd.TxFailed(r, kind, revert_reason(tx.computation), reverted=True))
+        events: list[rnd.Event] = []
+        for name, args in block.logs:
+            if args.get("task_id") != self.task_id:
+                continue
+            opened = self.chain.block_hash(args["open_block"]) if name == "RoundOpened" else None
+            self._record(name, args, block.number)
+            events.extend(round_events(name, args, opened))
+        for node in self.nodes:
+            for event in [*events, *failed.get(node.address, ()), rnd.BlockSealed(block.number)]:
+                self._queue.append((node, event))
+        self._drain()
+
+    def _drain(self) -> None:
+        while self._queue:
+            node, event = self._queue.popleft()
+            assert node.machine is not None
+            try:
+                actions = node.machine.handle(event)
+            except rnd.RoundError:  # as the daemon's runner: refuse the event, carry on
+                self.result.refused_events += 1
+                continue
+            for action in actions:
+                self._do(node, action)
+
+    # -- actions -------------------------------------------------------------------------
+
+    def _do(self, node: Node, action: rnd.Action) -> None:
+        if isinstance(action, Submission):
+            kind, fn, args = transaction(action)
+            tag = (node.address, action.round, kind)
+            self.chain.send(node.key, fn, self.task_id, action.round, *args, tag=tag)
+            return
+        learner, emit = self.learner, self._queue.append
+        match action:
+            case rnd.RunElection():
+                election = elect(node.vrf_secret, action.seed, self._stakes(node))
+                emit((node, rnd.ElectionDone(action.round, election)))
+            case rnd.StartTraining():
+                delta = learner.train(node.work, action.base_model_hash, action.round)
+                learner.deltas[keccak(delta)] = delta
+                emit((node, rnd.TrainingDone(action.round, delta)))
+            case rnd.PushDelta():
+                for peer in self.nodes:
+                    if peer is not node:
+                        emit((peer, rnd.DeltaReceived(action.round, node.address, action.delta, node.address)))
+            case rnd.FetchDelta():
+                data = learner.deltas.get(action.delta_hash)
+                if data is not None:
+                    emit((node, rnd.DeltaReceived(action.round, action.proposer, data, action.proposer)))
+            case rnd.ScoreProposals():
+                whole = action.mode is rnd.VoteMode.WHOLE_ROUND
+                assert node.machine is not None
+                live = node.machine.machine(action.round)
+                proposers = [p.proposer for p in live.proposals] if live else []
+                votes = learner.score(node.work, action.base_model_hash, action.deltas, proposers, whole, action.round)
+                emit((node, rnd.ScoresReady(action.round, votes)))
+            case rnd.Aggregate():
+                digest = learner.aggregate(action.base_model_hash, action.deltas)
+                emit((node, rnd.ModelReady(action.round, digest)))
+            case rnd.FetchModel():
+                if action.model_hash in learner.models:
+                    emit((node, rnd.ModelReady(action.round, action.model_hash)))
+            case rnd.TaskComplete():
+                node.final = action.model_hash
+            case rnd.DeltaRejected() | rnd.RoundComplete():
+                pass
+            case _:
+                raise SimError(f"the simulation cannot carry out {type(action).__name__}")
+
+    def _stakes(self, node: Node) -> Stakes:
+        """What the runner reads for an election (get_participant, get_state), from the chain."""
+        head = self.chain.head
+        if self._total_stake is None or self._total_stake[0] != head:
+            self._total_stake = (head, int(self.chain.view("get_state", self.task_id)[3]))
+        if node.address not in self._stake_of:
+            self._stake_of[node.address] = int(self.chain.view("get_participant", self.task_id, node.address)[2])
+        total, unit = self._total_stake[1], self.params.stake_unit
+        return Stakes(self._stake_of[node.address], total, unit, self.params.expected_proposers)
+
+    # -- bookkeeping ---------------------------------------------------------------------
+
+    def _record(self, name: str, args: dict[str, Any], number: int) -> None:
+        r = args.get("round", 0)
+        if name == "RoundOpened":
+            self._rounds[r] = _Round(number, time.perf_counter())
+        elif name == "Proposed":
+            self._rounds[r].proposers[args["index"]] = self.by_address[as_address(args["proposer"])].index
+        elif name == "RoundFinalised":
+            self._rounds[r].mask, self._rounds[r].finalised_block = args["accepted_mask"], number
+        elif name == "ModelRecorded":
+            self._round_done(r, args["model_hash"])
+        elif name in ("Slashed", "Rewarded"):
+            self._stake_of.pop(as_address(args["participant"]), None)
+
+    def _round_done(self, r: int, digest: bytes) -> None:
+        info = self._rounds[r]
+        metrics = self.learner.evaluate(digest)
+        proposers = [info.proposers[i] for i in sorted(info.proposers)]
+        accepted = [info.proposers[i] for i in sorted(info.proposers) if info.mask >> i & 1]
+        bad = set(self.cfg.malicious)
+        figures = RoundFigures(
+            round=r, accuracy=metrics["accuracy"], loss=metrics["loss"],
+            seconds=round(time.perf_counter() - info.opened_at, 3), proposers=proposers, accepted=accepted,
+            malicious_proposers=len(bad.intersection(proposers)), malicious_accepted=len(bad.intersection(accepted)),
+            blocks=(info.finalised_block or info.opened_block) - info.opened_block, gas_used=info.gas,
+            model_hash="0x" + digest.hex(),
+        )
+        self.result.rounds.append(figures)
+        if self.on_round is not None:
+            self.on_round(figures)
+
+    def _finish(self) -> None:
+        last = self.cfg.rounds - 1
+        chain_hash = bytes(self.chain.view("get_round", self.task_id, last)[8])
+        for node in self.nodes:
+            assert node.machine is not None
+            if node.final != chain_hash or node.machine.model_hash != chain_hash:
+                raise SimError(f"node {node.index} finished on {(node.final or b'').hex()}, "
+                               f"the chain recorded {chain_hash.hex()}")
+        metrics = self.learner.evaluate(chain_hash)
+        self.result.final_accuracy, self.result.final_loss = metrics["accuracy"], metrics["loss"]
+        self.result.final_model_hash = self.result.chain_model_hash = "0x" + chain_hash.hex()
+
+
+def run_simulation(cfg: SimConfig, on_round: OnRound | None = None) -> SimResult:
+    """Run the task to its end; raises SimError unless every node's TaskMachine finished on
+    the model hash the chain recorded."""
+    return Simulation(cfg, on_round).run()
