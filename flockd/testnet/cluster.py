@@ -41,8 +41,8 @@ class Daemon:
     def client(self, timeout: float = 10.0) -> IPCClient:
         return IPCClient(self.ipc, timeout=timeout)
 
-    def call(self, method: str, params: Any = None) -> Any:
-        return self.client().call(method, params)
+    def call(self, method: str, params: Any = None, timeout: float = 10.0) -> Any:
+        return self.client(timeout).call(method, params)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

@@ -11,6 +11,11 @@ from typing import Any
 from flockd.testnet.cluster import Cluster, ClusterError
 
 
+# These calls return once their transactions are mined (task_join: approve, then join), so
+# they take blocks, and longer on a busy machine: far more than a plain query's 10 s.
+TX_TIMEOUT = 120.0
+
+
 @dataclass(frozen=True)
 class TaskPlan:
     recipe: str = "digits-mlp"
@@ -32,13 +37,16 @@ def create_and_join(cluster: Cluster, plan: TaskPlan) -> int:
         "num_nodes": nodes, "seed": plan.seed, "expected_proposers": min(plan.expected_proposers, nodes),
         "min_participants": nodes, "propose_blocks": plan.propose_blocks, "commit_blocks": plan.commit_blocks,
         "reveal_blocks": plan.reveal_blocks, "vote_mode": plan.vote_mode,
-    })
+    }, timeout=TX_TIMEOUT)
     task_id: int = created["task_id"]
     with ThreadPoolExecutor(max_workers=nodes) as pool:
-        joins = [pool.submit(d.call, "task_join", {"task_id": task_id, "spec": created["spec"]}) for d in cluster.daemons]
+        joins = [
+            pool.submit(d.call, "task_join", {"task_id": task_id, "spec": created["spec"]}, TX_TIMEOUT)
+            for d in cluster.daemons
+        ]
         for future in joins:
             future.result()
-    cluster.daemons[0].call("task_start", {"task_id": task_id})
+    cluster.daemons[0].call("task_start", {"task_id": task_id}, timeout=TX_TIMEOUT)
     return task_id
 
 
