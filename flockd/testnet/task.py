@@ -10,7 +10,6 @@ from typing import Any
 
 from flockd.testnet.cluster import Cluster, ClusterError
 
-
 # These calls return once their transactions are mined (task_join: approve, then join), so
 # they take blocks, and longer on a busy machine: far more than a plain query's 10 s.
 TX_TIMEOUT = 120.0
