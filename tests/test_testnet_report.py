@@ -54,8 +54,10 @@ def test_report_figures():
     assert [r["test_accuracy"] for r in report["per_round"]] == ACCURACIES
     assert [r["proposals"] for r in report["per_round"]] == [2, 3, 2, 3]
     assert [r["rejected"] for r in report["per_round"]] == [0, 1, 0, 1]
+    # each of the 3 nodes logged its own gas: a round's gas is their sum
+    assert [r["gas_used"] for r in report["per_round"]] == [3 * (1_000_000 + r) for r in range(4)]
     assert report["totals"] == {"proposals": 10, "accepted": 8, "rejected": 2,
-                                "gas_used": 4_000_006, "seconds": 86.0}
+                                "gas_used": 12_000_018, "seconds": 86.0}
     assert report["final_accuracy"] == 0.961 and report["accuracies_agree"]
     assert report["model_hashes"] == {f"node{i}": FINAL_HASH for i in range(3)}
     assert report["chain_model_hash"].lower() == FINAL_HASH  # hashes compare case-blind

@@ -123,8 +123,11 @@ def _round_figures(
 ) -> dict[str, Any]:
     figures = {k: entry[k] for k in (*_ROUND_INTS, *_ROUND_MEASURES, "model_hash")}
     # Every node that recorded this round must have derived the same model from it.
-    hashes = {h["model_hash"].lower() for hist in histories for h in hist if h["round"] == entry["round"]}
-    figures["nodes_agree"] = len(hashes) == 1
+    same_round = [h for hist in histories for h in hist if h["round"] == entry["round"]]
+    figures["nodes_agree"] = len({h["model_hash"].lower() for h in same_round}) == 1
+    # Each node logs the gas of its own transactions: the round's gas is their sum.
+    gas = [h.get("gas_used") for h in same_round]
+    figures["gas_used"] = sum(g for g in gas if g is not None) if any(g is not None for g in gas) else None
     if malicious:
         proposers = [by_address.get(a.lower(), a) for a in entry["proposers"]]
         accepted = [by_address.get(a.lower(), a) for a in entry["accepted_proposers"]]
