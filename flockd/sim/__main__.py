@@ -17,7 +17,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--recipe", default="digits-mlp")
     p.add_argument("--nodes", type=int, default=20)
     p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="data split, initial model, attacks (and keys)")
+    p.add_argument("--key-seed", type=int, default=None, help="node keys and VRF draws only (default: --seed)")
     p.add_argument("--partition", default="iid", help="iid or dirichlet:ALPHA")
     p.add_argument("--vote-mode", choices=("per-proposal", "whole-round"), default="per-proposal")
     p.add_argument("--rule", default="fedavg", help="aggregation rule (fedavg, median, trimmed_mean:B, krum:F, ...)")
@@ -37,7 +38,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def config_from(args: argparse.Namespace) -> SimConfig:
     return SimConfig(
-        recipe=args.recipe, nodes=args.nodes, rounds=args.rounds, seed=args.seed, partition=args.partition,
+        recipe=args.recipe, nodes=args.nodes, rounds=args.rounds, seed=args.seed, key_seed=args.key_seed,
+        partition=args.partition,
         vote_mode=args.vote_mode, rule=args.rule, expected_proposers=args.proposers,
         max_proposals=args.max_proposals, propose_blocks=args.propose_blocks,
         commit_blocks=args.commit_blocks, reveal_blocks=args.reveal_blocks,
@@ -70,7 +72,7 @@ def main(argv: list[str]) -> int:
     else:
         print(f"final accuracy {result.final_accuracy:.4f}  model {result.final_model_hash} "
               f"(= chain, on all {cfg.nodes} nodes)  {result.blocks} blocks, {result.transactions} txs, "
-              f"{result.wall_seconds:.1f}s")
+              f"fullest block {result.max_block_gas / 1e6:.1f} Mgas, {result.wall_seconds:.1f}s")
     return 0
 
 

@@ -30,6 +30,7 @@ class SimConfig:
     score_sample: int | None = None  # at most this many validation rows per voter
     stake: int = 100 * E18  # every node's stake (the testnet's default)
     stake_unit: int = E18
+    key_seed: int | None = None  # node keys (so VRF draws, block hashes); None: `seed`
 
     def __post_init__(self) -> None:
         if self.nodes < 2:

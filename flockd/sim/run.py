@@ -73,7 +73,8 @@ class Simulation:
             partition=cfg.partition, num_nodes=cfg.nodes, seed=cfg.seed,
         )
         self.learner = Learner(self.spec, cfg.score_sample)
-        keys = [PrivateKey(keccak(b"flockd sim key %d/%d" % (cfg.seed, i))) for i in range(cfg.nodes)]
+        self.key_seed = cfg.seed if cfg.key_seed is None else cfg.key_seed
+        keys = [PrivateKey(keccak(b"flockd sim key %d/%d" % (self.key_seed, i))) for i in range(cfg.nodes)]
         # The attackers' cartel: every malicious node (only a colluding voter uses it).
         colluders = frozenset(bytes(keys[i].public_key.to_canonical_address()) for i in cfg.malicious)
         self.nodes = [self._node(i, key, colluders) for i, key in enumerate(keys)]
@@ -97,7 +98,7 @@ class Simulation:
 
     def _node(self, i: int, key: PrivateKey, colluders: frozenset[bytes]) -> Node:
         behaviour = self.cfg.behaviours.get(i, HONEST)
-        vrf_secret = keccak(b"flockd sim vrf %d/%d" % (self.cfg.seed, i))
+        vrf_secret = keccak(b"flockd sim vrf %d/%d" % (self.key_seed, i))
         address = bytes(key.public_key.to_canonical_address())
         return Node(i, key, address, vrf_secret, behaviour, self.learner.worker(i, behaviour, colluders))
 
