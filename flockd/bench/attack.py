@@ -27,6 +27,8 @@ into docs/benchmarks.md between the attack-bench markers.
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import json
 import math
 import multiprocessing
@@ -37,7 +39,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -215,6 +217,120 @@ def _worker_init(systems: Sequence[str]) -> None:
         from flockd.bench.flower import flower_available
 
         flower_available()
+
+
+# -- where a flockd round's time goes ------------------------------------------------------
+
+# (module, class or None, attribute) -> what it is. Each is timed exclusively: while one
+# runs inside another (a block sealed by create_task), only the inner one's clock runs.
+_BREAKDOWN: tuple[tuple[str, str | None, str, str], ...] = (
+    ("flockd.sim.chain", "SimChain", "seal", "py-evm: execute and seal each block's transactions"),
+    ("flockd.sim.chain", "SimChain", "view", "py-evm: contract reads (stakes for sortition)"),
+    ("flockd.sim.chain", "SimChain", "send", "sign transactions (secp256k1)"),
+    ("flockd.sim.run", None, "elect", "ECVRF proofs (sortition)"),
+    ("flockd.round", "TaskMachine", "handle", "round state machines (every node)"),
+    ("flockd.sim.learn", "Learner", "train", "training (proposers)"),
+    ("flockd.sim.learn", "Learner", "score", "scoring every proposal (voters)"),
+    ("flockd.sim.learn", "Learner", "aggregate", "aggregation"),
+    ("flockd.sim.learn", "Learner", "evaluate", "test-split evaluation (measurement only)"),
+    ("flockd.sim.chain", "SimChain", "__init__", "set-up: genesis, contract deployment"),
+    ("flockd.sim.chain", "SimChain", "create_task", "set-up: create the task, every node joins"),
+)
+
+
+class _Clocks:
+    """Exclusive wall time per label: entering a timed call pauses the caller's clock,
+    except inside a set-up label, which keeps everything it calls (its blocks, its sends)."""
+
+    def __init__(self, absorbing: frozenset[str]) -> None:
+        self.parts: dict[str, float] = defaultdict(float)
+        self._absorbing = absorbing
+        self._stack: list[list[Any]] = []  # [label, started]
+
+    def wrap(self, label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if any(outer[0] in self._absorbing for outer in self._stack):
+                return fn(*args, **kwargs)
+            now = time.perf_counter()
+            if self._stack:
+                outer = self._stack[-1]
+                self.parts[outer[0]] += now - outer[1]
+            self._stack.append([label, now])
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                done = time.perf_counter()
+                inner = self._stack.pop()
+                self.parts[inner[0]] += done - inner[1]
+                if self._stack:
+                    self._stack[-1][1] = done
+
+        return timed
+
+
+def breakdown(
+    nodes: int, rounds: int, proposers: int, fraction: float, attack: str
+) -> dict[str, Any]:
+    """One flockd per-proposal run with the main parts of its work timed (a wrapper per
+    call, no profiler): where the wall time of a round goes."""
+    from flockd.fl.attacks import assign_behaviours
+    from flockd.fl.recipe import limit_torch_threads
+    from flockd.sim import SimConfig, run_simulation
+
+    limit_torch_threads(1)
+    run_simulation(SimConfig(nodes=3, rounds=1, expected_proposers=1))  # imports, caches
+    clocks = _Clocks(frozenset(label for *_, label in _BREAKDOWN if label.startswith("set-up")))
+    restore: list[tuple[Any, str, Any]] = []
+    for module_name, class_name, attr, label in _BREAKDOWN:
+        owner: Any = importlib.import_module(module_name)
+        if class_name is not None:
+            owner = getattr(owner, class_name, None)
+        original = getattr(owner, attr, None) if owner is not None else None
+        if original is None:
+            continue  # the simulation changed shape: leave that part in "everything else"
+        restore.append((owner, attr, original))
+        setattr(owner, attr, clocks.wrap(label, original))
+    cfg = SimConfig(
+        nodes=nodes,
+        rounds=rounds,
+        expected_proposers=proposers,
+        behaviours=assign_behaviours(nodes, fraction, attack, 0),
+    )
+    try:
+        started = time.perf_counter()
+        result = run_simulation(cfg, on_round=None)
+        total = time.perf_counter() - started
+    finally:
+        for owner, attr, original in restore:
+            setattr(owner, attr, original)
+    parts = {label: clocks.parts.get(label, 0.0) for *_, label in _BREAKDOWN}
+    parts["everything else"] = max(0.0, total - sum(parts.values()))
+    return {
+        "nodes": nodes,
+        "rounds": rounds,
+        "proposers": proposers,
+        "fraction": fraction,
+        "attack": attack,
+        "wall_seconds": total,
+        "transactions": result.transactions,
+        "blocks": result.blocks,
+        "parts": parts,
+    }
+
+
+def breakdown_table(b: dict[str, Any]) -> str:
+    lines = [
+        "| part | seconds | share | per round (s) |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    total = b["wall_seconds"]
+    for label, seconds in sorted(b["parts"].items(), key=lambda kv: -kv[1]):
+        lines.append(
+            f"| {label} | {seconds:.2f} | {100 * seconds / total:.0f}% | {seconds / b['rounds']:.3f} |"
+        )
+    lines.append(f"| **whole run** | {total:.2f} | 100% | {total / b['rounds']:.3f} |")
+    return "\n".join(lines)
 
 
 # -- plan --------------------------------------------------------------------------------
@@ -516,6 +632,18 @@ def report(meta: dict[str, Any], records: list[dict[str, Any]], png: str) -> str
         "",
         defence_table(meta, records),
     ]
+    b = meta.get("breakdown")
+    if b:
+        parts += [
+            "",
+            f"**Where a flockd round's time goes**: one per-proposal run alone before the grid "
+            f"({b['nodes']} nodes, {b['rounds']} rounds, {b['proposers']} expected proposers, "
+            f"{_pct(b['fraction'])} `{b['attack']}`; {b['transactions']} transactions in "
+            f"{b['blocks']} blocks); each part's own wall time (a part running inside "
+            "another counts only for itself):",
+            "",
+            breakdown_table(b),
+        ]
     if meta["per_attack"]:
         parts += [
             "",
@@ -589,6 +717,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--attack-seeds", type=_ints, default=None, help="default: --seeds")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (processes)")
     parser.add_argument(
+        "--breakdown",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="profile one flockd run first and split its time by part (default on)",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="10 nodes, 5 rounds, fractions 0,0.4, seed 0, no per-attack table",
@@ -626,6 +760,13 @@ def main(argv: list[str]) -> int:
         install_flower()
         flwr_version = FLWR_VERSION
     jobs = plan(args)
+    profiled: dict[str, Any] | None = None
+    if args.breakdown and any(s in FLOCKD_SYSTEMS for s in args.systems):
+        print("profiling one flockd per-proposal run (alone, before the grid)", flush=True)
+        profiled = breakdown(
+            args.nodes, min(args.rounds, 10), args.proposers, args.attack_fraction, args.attack
+        )
+        print(breakdown_table(profiled), flush=True)
     print(
         f"attack bench: {len(jobs)} runs on {args.jobs} processes; systems {', '.join(args.systems)}",
         flush=True,
@@ -652,6 +793,7 @@ def main(argv: list[str]) -> int:
         "per_attack": args.per_attack,
         "attack_fraction": args.attack_fraction,
         "attack_seeds": args.attack_seeds,
+        "breakdown": profiled,
     }
     order = {s: i for i, s in enumerate(SYSTEMS)}
     records.sort(key=lambda r: (order[r["system"]], r["attack"], r["fraction"], r["seed"]))
