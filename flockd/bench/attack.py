@@ -20,8 +20,8 @@ vote commit/reveal, finalise, model attestation).
 
 Malicious nodes are `flockd.fl.attacks.assign_behaviours(nodes, fraction, attack, seed)`:
 the same nodes for every system at a given seed. Writes ``results.json`` (every run, every
-round), ``accuracy.png`` and ``results.md`` under ``--out``, and with ``--doc`` the tables
-into docs/benchmarks.md between the attack-bench markers.
+round), ``accuracy.png`` and ``results.md`` under ``--out`` (docs/bench/attack), and the
+tables into docs/benchmarks.md between the attack-bench markers (``--doc``/``--no-doc``).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import platform
 import shlex
 import statistics
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -698,7 +699,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--fractions", type=_floats, default=[0, 0.1, 0.2, 0.3, 0.4, 0.45])
     parser.add_argument("--seeds", type=_ints, default=[0, 1, 2])
     parser.add_argument("--nodes", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument(
         "--attack", default="collude", help="flockd.fl.attacks spec (default collude)"
     )
@@ -725,29 +726,32 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="10 nodes, 5 rounds, fractions 0,0.4, seed 0, no per-attack table",
+        help="10 nodes, 5 rounds, fractions 0,0.4, seed 0, no per-attack table, to a temp dir",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument(
         "--doc",
         type=Path,
         default=None,
-        help=f"write the tables into this file between {BEGIN} markers",
+        help=f"write the tables into this file between the {BEGIN} markers (default: "
+        "docs/benchmarks.md when --out is the default and not --quick)",
     )
+    parser.add_argument("--no-doc", action="store_true", help="write no doc")
     args = parser.parse_args(argv)
     if args.quick:
-        args.nodes, args.rounds, args.fractions, args.seeds, args.per_attack = (
-            10,
-            5,
-            [0.0, 0.4],
-            [0],
-            [],
-        )
+        args.nodes, args.rounds, args.fractions, args.seeds = 10, 5, [0.0, 0.4], [0]
+        args.per_attack, args.breakdown = [], False
+        if args.out == DEFAULT_OUT:  # a quick look never replaces the committed figures
+            args.out = Path(tempfile.gettempdir()) / "flockd-attack-quick"
     unknown = sorted(set(args.systems) - set(SYSTEMS))
     if unknown:
         parser.error(f"unknown systems {unknown} (known: {', '.join(SYSTEMS)})")
     if args.attack_seeds is None:
         args.attack_seeds = args.seeds
+    if args.no_doc:
+        args.doc = None
+    elif args.doc is None and not args.quick and args.out == DEFAULT_OUT:
+        args.doc = DEFAULT_DOC
     return args
 
 
