@@ -1,6 +1,9 @@
 """Malicious behaviours: the spec grammar, what each attack does to labels, deltas and
 votes, and that the choice of malicious nodes is deterministic."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -322,3 +325,9 @@ def test_describe_says_what_the_node_will_do():
         "train on flipped labels, send Gaussian noise (sigma 0.5) as its delta"
     )
     assert describe(parse_behaviour("random-vote")) == "vote at random"
+
+
+def test_the_module_imports_no_torch():
+    # Config validation imports it (flockd init, flockd run before any task): no torch there.
+    code = "import sys, flockd.fl.attacks; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
