@@ -14,8 +14,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from eth_keys.datatypes import PrivateKey
 from eth_utils import keccak
@@ -28,6 +27,7 @@ from flockd.fl.attacks import HONEST, Behaviour
 from flockd.sim.chain import Sealed, SimChain, SimError
 from flockd.sim.config import RoundFigures, SimConfig, SimResult
 from flockd.sim.learn import Learner
+from flockd.sim.ledger import Ledger
 from flockd.sortition import Stakes, elect
 from flockd.tasks.bridge import Submission, as_address, round_events, transaction
 from flockd.tasks.spec import TaskSpec
@@ -54,16 +54,6 @@ class Node:
         return keccak(b"flockd sim salt" + self.key.to_bytes() + self.salts.to_bytes(8, "big"))
 
 
-@dataclass
-class _Round:
-    opened_block: int
-    opened_at: float
-    proposers: dict[int, int] = field(default_factory=dict)  # proposal index -> node index
-    mask: int = 0
-    finalised_block: int | None = None
-    gas: int = 0
-
-
 class Simulation:
     def __init__(self, cfg: SimConfig, on_round: OnRound | None = None) -> None:
         self.cfg = cfg
@@ -78,7 +68,6 @@ class Simulation:
         # The attackers' cartel: every malicious node (only a colluding voter uses it).
         colluders = frozenset(bytes(keys[i].public_key.to_canonical_address()) for i in cfg.malicious)
         self.nodes = [self._node(i, key, colluders) for i, key in enumerate(keys)]
-        self.by_address = {n.address: n for n in self.nodes}
         self.chain = SimChain([n.key for n in self.nodes], cfg.stake)
         self.init_hash = self.learner.initial_model()
         self.params = TaskParams(
@@ -91,7 +80,8 @@ class Simulation:
         )
         self.result = SimResult(cfg.to_json(), self.learner.evaluate(self.init_hash)["accuracy"])
         self._queue: deque[tuple[Node, rnd.Event]] = deque()
-        self._rounds: dict[int, _Round] = {}
+        index_of = {n.address: n.index for n in self.nodes}
+        self.ledger = Ledger(index_of, cfg.malicious, self.learner.evaluate, self._round_done)
         self._total_stake: tuple[int, int] | None = None  # (block, total stake)
         # Stakes read from the chain; dropped when a log says one changed (slash, reward).
         self._stake_of: dict[bytes, int] = {}
@@ -138,8 +128,7 @@ class Simulation:
             if tag is None:
                 continue  # start_task
             address, r, kind = tag
-            if r in self._rounds:
-                self._rounds[r].gas += tx.gas_used
+            self.ledger.gas(r, tx.gas_used)
             if not tx.ok:
                 self.result.reverted += 1
                 failed[address].append(rnd.TxFailed(r, kind, revert_reason(tx.computation), reverted=True))
@@ -148,7 +137,9 @@ class Simulation:
             if args.get("task_id") != self.task_id:
                 continue
             opened = self.chain.block_hash(args["open_block"]) if name == "RoundOpened" else None
-            self._record(name, args, block.number)
+            self.ledger.log(name, args, block.number)
+            if name in ("Slashed", "Rewarded"):  # this participant's stake changed
+                self._stake_of.pop(as_address(args["participant"]), None)
             events.extend(round_events(name, args, opened))
         for node in self.nodes:
             for event in [*events, *failed.get(node.address, ()), rnd.BlockSealed(block.number)]:
@@ -222,34 +213,7 @@ class Simulation:
         total, unit = self._total_stake[1], self.params.stake_unit
         return Stakes(self._stake_of[node.address], total, unit, self.params.expected_proposers)
 
-    # -- bookkeeping ---------------------------------------------------------------------
-
-    def _record(self, name: str, args: dict[str, Any], number: int) -> None:
-        r = args.get("round", 0)
-        if name == "RoundOpened":
-            self._rounds[r] = _Round(number, time.perf_counter())
-        elif name == "Proposed":
-            self._rounds[r].proposers[args["index"]] = self.by_address[as_address(args["proposer"])].index
-        elif name == "RoundFinalised":
-            self._rounds[r].mask, self._rounds[r].finalised_block = args["accepted_mask"], number
-        elif name == "ModelRecorded":
-            self._round_done(r, args["model_hash"])
-        elif name in ("Slashed", "Rewarded"):
-            self._stake_of.pop(as_address(args["participant"]), None)
-
-    def _round_done(self, r: int, digest: bytes) -> None:
-        info = self._rounds[r]
-        metrics = self.learner.evaluate(digest)
-        proposers = [info.proposers[i] for i in sorted(info.proposers)]
-        accepted = [info.proposers[i] for i in sorted(info.proposers) if info.mask >> i & 1]
-        bad = set(self.cfg.malicious)
-        figures = RoundFigures(
-            round=r, accuracy=metrics["accuracy"], loss=metrics["loss"],
-            seconds=round(time.perf_counter() - info.opened_at, 3), proposers=proposers, accepted=accepted,
-            malicious_proposers=len(bad.intersection(proposers)), malicious_accepted=len(bad.intersection(accepted)),
-            blocks=(info.finalised_block or info.opened_block) - info.opened_block, gas_used=info.gas,
-            model_hash="0x" + digest.hex(),
-        )
+    def _round_done(self, figures: RoundFigures) -> None:
         self.result.rounds.append(figures)
         if self.on_round is not None:
             self.on_round(figures)
