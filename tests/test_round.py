@@ -191,9 +191,11 @@ def test_proposer_trains_proposes_pushes_and_applies() -> None:
     assert node.feed(ModelReady(-1, BASE)) == [StartTraining(0, BASE, seed)]
     assert node.machine.step is Step.TRAINING
     own = b"my delta"
-    assert node.feed(TrainingDone(0, own)) == [SubmitPropose(0, keccak(own), PROOF)]
+    # the delta goes out with the transaction: voters hold it until the proposal lands
+    out = node.feed(TrainingDone(0, own))
+    assert out == [SubmitPropose(0, keccak(own), PROOF), PushDelta(0, keccak(own), own)]
     assert node.machine.step is Step.PROPOSING
-    assert node.feed(ProposalOnChain(0, 0, ME, keccak(own))) == [PushDelta(0, keccak(own), own)]
+    assert node.feed(ProposalOnChain(0, 0, ME, keccak(own))) == []  # pushed once
     assert node.machine.step is Step.PROPOSED
     # Proposers never commit or reveal.
     assert node.to(REVEAL_END - 1) == []
@@ -754,3 +756,36 @@ def test_phase_closed_is_checked() -> None:
         PhaseClosedOnChain(0, 3, 5)  # type: ignore[arg-type]
     with pytest.raises(InvalidEvent):
         DeclinedOnChain(0, b"short")
+
+
+# --- a clock that lags the chain (acting `confirmations` deep) ------------------------------
+
+
+def test_with_a_lagging_clock_a_voter_commits_only_while_the_commit_can_land() -> None:
+    node = voter_with_deltas(lag_blocks=2)
+    out = node.to(PROPOSE_END)
+    assert of(ScoreProposals, out)
+    out = node.feed(ScoresReady(0, (1, 1)))
+    assert of(SubmitCommit, out)  # head 14 + lag 2 < 18: lands by the commit deadline
+    late = voter_with_deltas(lag_blocks=2)
+    late.to(COMMIT_END - 2)  # 16 + 2 = 18: a commit sent now lands after the window
+    assert of(SubmitCommit, late.feed(ScoresReady(0, (1, 1)))) == []
+    assert late.machine.abstain_reason == "votes not ready before the commit window closed"
+
+
+def test_a_commit_in_flight_is_not_given_up_before_the_deadline() -> None:
+    node = voter_with_deltas(lag_blocks=2)
+    node.to(PROPOSE_END)
+    commit = of(SubmitCommit, node.feed(ScoresReady(0, (1, -1))))[0]
+    node.to(COMMIT_END - 1)  # too late to send one, but ours is already on its way
+    assert node.machine.abstain_reason is None
+    out = node.feed(VoteCommittedOnChain(0, ME, commit.digest), BlockSealed(COMMIT_END))
+    assert node.machine.abstain_reason is None and ME in node.machine.votes_committed
+    assert of(SubmitReveal, out) == [SubmitReveal(0, (1, -1), commit.salt)]  # 18 + 2 < 22
+
+
+def test_with_a_lagging_clock_no_decline_is_sent_that_would_land_too_late() -> None:
+    node = Node(lag_blocks=2)
+    node.open()
+    node.to(PROPOSE_END - 2)
+    assert of(SubmitDecline, node.feed(election(0))) == []

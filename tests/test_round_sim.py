@@ -1,8 +1,8 @@
 """Three TaskMachines driven through whole tasks against a fake chain.
 
 This is a test of the machines, not of the chain or the network: `FakeChain` is a few
-dozen lines of pure Python applying the TaskRegistry's round rules (windows by block,
-commit-reveal with the real digest, stake-majority tally and model record, round r+1
+dozen lines of pure Python applying the TaskRegistry's round rules (windows by block that
+close early once every expected message is in, commit-reveal with the real digest, stake-majority tally and model record, round r+1
 opening in the finalise block), roles come from a fixed table instead of a VRF draw,
 "training" returns fixed bytes, "scoring" accepts a delta iff it says it is good, and
 "aggregation" hashes the base model with the deltas. Messages between nodes go through
@@ -24,6 +24,8 @@ from flockd.round import (
     Aggregate,
     BallotRestored,
     BlockSealed,
+    ChainPhase,
+    DeclinedOnChain,
     DeltaReceived,
     DeltaRejected,
     ElectionDone,
@@ -32,6 +34,7 @@ from flockd.round import (
     FetchModel,
     ModelReady,
     ModelRecordedOnChain,
+    PhaseClosedOnChain,
     ProposalOnChain,
     PushDelta,
     RoundComplete,
@@ -43,6 +46,7 @@ from flockd.round import (
     ScoresReady,
     StartTraining,
     SubmitCommit,
+    SubmitDecline,
     SubmitFinalise,
     SubmitPropose,
     SubmitRecordModel,
@@ -69,7 +73,7 @@ ROUNDS = 2
 SCORE = 10**17  # whole-round mode: +0.1 or -0.1 accuracy, fixed point
 
 
-TxAction = SubmitPropose | SubmitCommit | SubmitReveal | SubmitFinalise | SubmitRecordModel
+TxAction = SubmitPropose | SubmitDecline | SubmitCommit | SubmitReveal | SubmitFinalise | SubmitRecordModel
 
 
 class Revert(Exception):
@@ -102,6 +106,8 @@ class FakeChain:
     round: int = 0
     open_block: int = 0
     proposals: list[tuple[bytes, bytes]] = field(default_factory=list)
+    declined: set[bytes] = field(default_factory=set)
+    ends: list[int] = field(default_factory=list)  # propose, commit, reveal: last blocks
     commits: dict[bytes, bytes] = field(default_factory=dict)
     reveals: dict[bytes, tuple[int, ...]] = field(default_factory=dict)
     finalised: dict[int, int] = field(default_factory=dict)  # round -> accepted mask
@@ -114,17 +120,26 @@ class FakeChain:
 
     def start(self) -> list[RoundEvent]:
         self.head += 1
-        self.open_block = self.head
+        self._open(self.head)
         events: list[RoundEvent] = [RoundOpened(0, self.head, block_hash(self.head))]
         self.log += [(self.head, e) for e in events]
         return events
 
+    def _open(self, b: int) -> None:
+        self.open_block, self.ends = b, [b + 4, b + 8, b + 12]
+
     def phase(self, b: int) -> str:
-        p = self.open_block + 4
-        for end, name in ((self.open_block, "opening"), (p, "propose"), (p + 4, "commit"), (p + 8, "reveal")):
+        names = ("opening", "propose", "commit", "reveal")
+        for end, name in zip((self.open_block, *self.ends), names, strict=True):
             if b <= end:
                 return name
         return "closed"
+
+    def _close(self, phase: ChainPhase) -> list[RoundEvent]:
+        """The registry's early close: this window ends now, the later ones keep 4 blocks."""
+        i = phase - ChainPhase.PROPOSE
+        self.ends[i:] = [self.head + 4 * k for k in range(3 - i)]
+        return [PhaseClosedOnChain(self.round, phase, self.head)]
 
     def seal(self) -> tuple[int, list[RoundEvent], dict[bytes, list[TxFailed]]]:
         self.head += 1
@@ -149,18 +164,31 @@ class FakeChain:
         if isinstance(action, SubmitRecordModel):
             return self._record(sender, action)
         self._require(self.running and action.round == r, "wrong round")
-        if isinstance(action, SubmitPropose):
+        if isinstance(action, SubmitPropose | SubmitDecline):
             self._require(self.phase(b) == "propose", "wrong phase")
-            self._require(sender in PROPOSERS[r], "not elected")
             self._require(all(p != sender for p, _ in self.proposals), "already proposed")
-            self.proposals.append((sender, action.delta_hash))
-            return [ProposalOnChain(r, len(self.proposals) - 1, sender, action.delta_hash)]
+            self._require(sender not in self.declined, "already declined")
+            if isinstance(action, SubmitDecline):
+                self.declined.add(sender)
+                events: list[RoundEvent] = [DeclinedOnChain(r, sender)]
+            else:
+                self._require(sender in PROPOSERS[r], "not elected")
+                self.proposals.append((sender, action.delta_hash))
+                events = [ProposalOnChain(r, len(self.proposals) - 1, sender, action.delta_hash)]
+            if len(self.proposals) + len(self.declined) == len(NODES):
+                events += self._close(ChainPhase.PROPOSE)
+                if not self.proposals:
+                    events += self._close(ChainPhase.COMMIT) + self._close(ChainPhase.REVEAL)
+            return events
         if isinstance(action, SubmitCommit):
             self._require(self.phase(b) == "commit", "wrong phase")
             self._require(all(p != sender for p, _ in self.proposals), "proposers do not vote")
             self._require(sender not in self.commits, "already committed")
             self.commits[sender] = action.digest
-            return [VoteCommittedOnChain(r, sender, action.digest)]
+            events = [VoteCommittedOnChain(r, sender, action.digest)]
+            if len(self.commits) + len(self.proposals) >= len(NODES):
+                events += self._close(ChainPhase.COMMIT)
+            return events
         if isinstance(action, SubmitReveal):
             self._require(self.phase(b) == "reveal", "wrong phase")
             self._require(sender in self.commits and sender not in self.reveals, "no commitment")
@@ -170,7 +198,10 @@ class FakeChain:
             size = n if self.mode is VoteMode.PER_PROPOSAL else min(n, 1)
             self._require(len(action.votes) == size, "one vote per proposal")
             self.reveals[sender] = action.votes
-            return [VoteRevealedOnChain(r, sender, action.votes)]
+            events = [VoteRevealedOnChain(r, sender, action.votes)]
+            if len(self.reveals) == len(self.commits):
+                events += self._close(ChainPhase.REVEAL)
+            return events
         assert isinstance(action, SubmitFinalise)
         self._require(self.phase(b) == "closed", "wrong phase")
         return self._finalise()
@@ -192,8 +223,9 @@ class FakeChain:
             self.recorded[r] = previous
             events.append(ModelRecordedOnChain(r, previous))
         if r + 1 < ROUNDS:
-            self.round, self.open_block = r + 1, self.head
-            self.proposals, self.commits, self.reveals = [], {}, {}
+            self.round = r + 1
+            self._open(self.head)
+            self.proposals, self.declined, self.commits, self.reveals = [], set(), {}, {}
             events.append(RoundOpened(r + 1, self.head, block_hash(self.head)))
         else:
             self.running = False
@@ -215,6 +247,7 @@ class FakeChain:
 
 _TX_KINDS = {
     SubmitPropose: TxKind.PROPOSE,
+    SubmitDecline: TxKind.DECLINE,
     SubmitCommit: TxKind.COMMIT,
     SubmitReveal: TxKind.REVEAL,
     SubmitFinalise: TxKind.FINALISE,
@@ -277,7 +310,7 @@ class Sim:
                 case SubmitCommit(round=r, votes=votes, salt=salt):
                     node.ballots[r] = (votes, salt)  # written ahead of the transaction
                     self.chain.pending.append((me, action))
-                case SubmitPropose() | SubmitReveal() | SubmitFinalise() | SubmitRecordModel():
+                case SubmitPropose() | SubmitDecline() | SubmitReveal() | SubmitFinalise() | SubmitRecordModel():
                     self.chain.pending.append((me, action))
                 case PushDelta(round=r, delta_hash=h, delta=data):
                     node.deltas[h] = data
@@ -432,11 +465,14 @@ def test_three_nodes_run_two_rounds_whole_round() -> None:
 def test_node_killed_after_committing_restarts_and_reveals() -> None:
     sim = Sim(VoteMode.PER_PROPOSAL)
     sim.start()
-    while not on_chain(sim, VoteCommittedOnChain, C, 0):
+    # killed the moment its commit is sent: it never sees the commit land, nor the commit
+    # window close early (it was the last voter), nor the other reveals
+    while not any(who == C and isinstance(a, SubmitCommit) for who, a in sim.chain.pending):
         sim.step()
-    sim.nodes[C].alive = False  # killed: it misses the next blocks and every message
-    for _ in range(4):
+    sim.nodes[C].alive = False
+    for _ in range(2):
         sim.step()
+    assert on_chain(sim, VoteCommittedOnChain, C, 0) and not on_chain(sim, VoteRevealedOnChain, C, 0)
     actions = sim.restart(C)
     assert any(isinstance(a, SubmitReveal) for a in actions)
     sim.run()

@@ -112,7 +112,11 @@ class TaskConfig:
 
     Participants cannot join or leave while a task runs, so the set is fixed here.
     ``delta_grace_blocks``: how far into the commit window a voter waits for missing
-    deltas before it votes them down (default: half the commit window)."""
+    deltas before it votes them down (default: half the commit window).
+    ``lag_blocks``: how far this node's clock runs behind the chain's head. An adapter that
+    acts on logs only ``confirmations`` blocks deep feeds BlockSealed(N) once it has fed
+    the logs of block N, so its clock lags by that much, and a transaction it sends when
+    its clock says N lands in block N + lag + 1 or later."""
 
     task_id: int
     me: Address
@@ -125,6 +129,7 @@ class TaskConfig:
     vote_mode: VoteMode
     model_init_hash: bytes
     delta_grace_blocks: int | None = None
+    lag_blocks: int = 0
 
     def __post_init__(self) -> None:
         for name in ("task_id", "rounds", "propose_blocks", "commit_blocks", "reveal_blocks"):
@@ -141,6 +146,8 @@ class TaskConfig:
         check_hash("model_init_hash", self.model_init_hash, InvalidConfig)
         if not isinstance(self.vote_mode, VoteMode):
             object.__setattr__(self, "vote_mode", VoteMode(self.vote_mode))
+        if isinstance(self.lag_blocks, bool) or not isinstance(self.lag_blocks, int) or self.lag_blocks < 0:
+            raise InvalidConfig("lag_blocks must be a non-negative integer")
         grace = self.delta_grace_blocks
         if grace is not None and not 0 <= grace < self.commit_blocks:
             raise InvalidConfig("delta_grace_blocks must be in [0, commit_blocks)")

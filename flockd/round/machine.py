@@ -289,15 +289,19 @@ class RoundMachine:
             return
         if self.role is not Role.PROPOSER:
             # Saying so lets the propose phase close as soon as every proposal is in.
-            if not self._declined and not self._closed():
+            if not self._declined and not self._closed() and self._lands_by(propose_end):
                 self._send(TxKind.DECLINE, SubmitDecline(self.round), out)
             return
         if self._own_delta is None:
             if self._base is not None and self._once("train"):
                 out.append(StartTraining(self.round, self._base, seed))
             return
-        action = SubmitPropose(self.round, delta_hash(self._own_delta), election.proof)
-        self._send(TxKind.PROPOSE, action, out)
+        digest = delta_hash(self._own_delta)
+        self._send(TxKind.PROPOSE, SubmitPropose(self.round, digest, election.proof), out)
+        # Voters hold a delta until its proposal lands; pushing with the transaction rather
+        # than after its log saves them the confirmation wait.
+        if self._once("push"):
+            out.append(PushDelta(self.round, digest, self._own_delta))
 
     def _advance_voter(self, out: list[Action]) -> None:
         if self.role is not Role.VOTER or self._abstained or not self._closed():
@@ -309,26 +313,29 @@ class RoundMachine:
             return
         if head >= propose_end and head < commit_end:
             out.extend(self._book.fetch_missing(proposals))
-        if self._scored is None and self._ballot is None and head < commit_end:
+        in_time = self._lands_by(commit_end)  # a commit sent now still lands in the window
+        if self._scored is None and self._ballot is None and in_time:
             self._maybe_score(proposals, out)
         ballot = self._ballot
         if ballot is None:
-            if head >= commit_end and not self._abstained:
+            if not in_time and not self._abstained:
                 self._abstained = TOO_LATE if self._base is not None else NO_BASE_MODEL
             return
         mine = self._committed.get(self.config.me)
+        commit = self._tx[TxKind.COMMIT]
         if mine is None:
-            if head >= commit_end or self._tx[TxKind.COMMIT].dead:
-                self._abstained = COMMIT_FAILED if self._tx[TxKind.COMMIT].dead else TOO_LATE
+            # Logs come before the clock: at head >= commit_end a commit not seen never landed.
+            if head >= commit_end or commit.dead or (not in_time and not commit.in_flight):
+                self._abstained = COMMIT_FAILED if commit.dead else TOO_LATE
             elif self._scored is not None and len(self._scored) != len(proposals):
                 self._abstained = PROPOSALS_CHANGED
-            elif head >= propose_end:
+            elif head >= propose_end and in_time:
                 action = SubmitCommit(self.round, ballot.digest, ballot.votes, ballot.salt)
                 self._send(TxKind.COMMIT, action, out)
             return
         if mine != ballot.digest:
             self._abstained = BALLOT_LOST
-        elif self.config.me not in self._revealed and commit_end <= head < reveal_end:
+        elif self.config.me not in self._revealed and head >= commit_end and self._lands_by(reveal_end):
             self._send(TxKind.REVEAL, SubmitReveal(self.round, ballot.votes, ballot.salt), out)
 
     def _maybe_score(self, proposals: list[Proposal], out: list[Action]) -> None:
@@ -390,6 +397,11 @@ class RoundMachine:
         assert self._head is not None and self.deadlines is not None
         return self._head, self.deadlines
 
+    def _lands_by(self, deadline: int) -> bool:
+        """A transaction sent now can still land in a block <= ``deadline``."""
+        assert self._head is not None
+        return self._head + self.config.lag_blocks < deadline
+
     def _closed(self) -> bool:
         """No further proposal can land: the window is over, or the cap is reached."""
         if self.deadlines is None or self._head is None:
@@ -415,7 +427,7 @@ class RoundMachine:
         elected = self._election is not None and self._election.weight > 0
         if not elected or self._book.of(self.config.me) is not None or self._head is None:
             return False
-        ended = self.deadlines is not None and self._head >= self.deadlines[0]
+        ended = self.deadlines is not None and not self._lands_by(self.deadlines[0])
         return ended or self._tx[TxKind.PROPOSE].dead
 
     @property

@@ -89,6 +89,7 @@ class TaskRunner:
             max_proposals=params.max_proposals,
             vote_mode=rnd.VoteMode(params.vote_mode),
             model_init_hash=params.model_init_hash,
+            lag_blocks=ctx.confirmations,
         )
         self.machine = rnd.TaskMachine(self.config, lambda: os.urandom(32))
         self._inbox_send, self._inbox = trio.open_memory_channel[rnd.Event](10_000)
@@ -143,20 +144,18 @@ class TaskRunner:
 
     async def _poll_chain_forever(self) -> None:
         client = self.ctx.registry.client
-        seen_head = -1
         next_log_block = 0
         while True:
             try:
-                head = await client.block_number()
-                if head > seen_head:
-                    seen_head = head
-                    self.deliver(rnd.BlockSealed(head))
-                confirmed = head - self.ctx.confirmations
+                # The machine's clock is the confirmed head, fed after that block's logs
+                # (TaskConfig.lag_blocks tells it how far behind the chain that is).
+                confirmed = await client.block_number() - self.ctx.confirmations
                 if confirmed >= next_log_block:
                     for event in await self.ctx.registry.events(next_log_block, confirmed):
                         for translated in await self._translate(event):
                             self.deliver(translated)
                     next_log_block = confirmed + 1
+                    self.deliver(rnd.BlockSealed(confirmed))
             except ChainError as exc:
                 log.warning("chain poll failed", task=self.task_id, error=f"{type(exc).__name__}: {exc}")
             await trio.sleep(POLL_SECONDS)
