@@ -521,7 +521,15 @@ class EmbeddedChain:
         except TransactionNotFound:
             return None
         block = self._block(self._chain.get_canonical_block_hash(number))
-        return _Located(block.transactions[index], block, index)
+        txs, wanted = block.transactions, bytes(tx_hash)
+        if index < len(txs) and txs[index].hash == wanted:
+            return _Located(txs[index], block, index)
+        # py-evm's lookup can outlive a reorganisation that dropped the tx's block (it
+        # un-indexes only blocks at heights the new branch reaches): look, do not trust.
+        for i, tx in enumerate(txs):
+            if tx.hash == wanted:
+                return _Located(tx, block, i)
+        return None
 
     def _logs_of(self, block: BlockAPI, index: int, receipt: ReceiptAPI, tx_hash: bytes, first_log: int) -> list[LogEntry]:
         return [
