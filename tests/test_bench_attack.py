@@ -68,9 +68,9 @@ def test_plan_runs_every_cell_once_and_slow_runs_first() -> None:
     jobs = attack.plan(args)
     keys = [(j.system, j.attack, j.fraction, j.seed) for j in jobs]
     assert len(keys) == len(set(keys))
-    # 6 systems x 2 fractions x 2 seeds, plus 5 new attacks x 2 systems x 2 seeds
+    # 6 systems x 2 fractions x 2 seeds, plus 5 new attacks x 4 systems x 2 seeds
     # (collude at 40% is already in the grid)
-    assert len(jobs) == 6 * 2 * 2 + 5 * 2 * 2
+    assert len(jobs) == 6 * 2 * 2 + 5 * 4 * 2
     assert [j.cost for j in jobs] == sorted((j.cost for j in jobs), reverse=True)
     assert attack.parse_args(["--quick"]).per_attack == []
 

@@ -72,7 +72,7 @@ PER_ATTACK = (
     "label-flip+accept-all",
     "collude",
 )
-PER_ATTACK_SYSTEMS = ("fedavg", "flockd-per-proposal")
+PER_ATTACK_SYSTEMS = ("fedavg", "flockd-per-proposal", "flower-fedavg", "flower-multi-krum")
 TARGET = 0.95  # "time to 95%" threshold
 # As reported for FLock (NeurIPS'22 workshop / IEEE TAI'24) on digits: FedAvg without
 # defence at 10/30/40% malicious, and FLock's own floor at 40%.
@@ -101,6 +101,7 @@ class Job:
 def run_job(job: Job) -> dict[str, Any]:
     """One federation; returns a JSON-able record (runs in a pool worker)."""
     from flockd.fl.attacks import assign_behaviours
+    from flockd.fl.data import DataSpec
     from flockd.fl.recipe import limit_torch_threads
 
     limit_torch_threads(1)
@@ -121,15 +122,28 @@ def run_job(job: Job) -> dict[str, Any]:
         def plain(f: PlainRound) -> None:
             mark({"accuracy": f.accuracy, "loss": f.loss, "seconds": f.seconds})
 
-        result = simulate(
-            "digits-mlp",
-            nodes=job.nodes,
-            rounds=job.rounds,
-            seed=job.seed,
-            behaviours=behaviours,
-            on_round=plain,
-        )
-        initial = result.initial["accuracy"]
+        from flockd.fl.codec import NonFiniteDelta
+        from flockd.fl.recipe import load_recipe
+
+        recipe = load_recipe("digits-mlp")
+        try:
+            result = simulate(
+                recipe,
+                nodes=job.nodes,
+                rounds=job.rounds,
+                seed=job.seed,
+                behaviours=behaviours,
+                on_round=plain,
+            )
+            initial = result.initial["accuracy"]
+        except NonFiniteDelta:
+            # The global model blew up (inf weights), so the next deltas are NaN and the
+            # codec refuses them: the run cannot go on. Keep the rounds it had.
+            extra = {"diverged_round": len(rounds) + 1}
+            test = recipe.load_test(DataSpec(0, job.nodes, "iid", job.seed))
+            initial = recipe.evaluate(recipe.build_model(job.seed), test)["accuracy"]
+            if not rounds:
+                raise
     elif job.system in FLOCKD_SYSTEMS:
         from flockd.sim import RoundFigures as SimRound
         from flockd.sim import SimConfig, run_simulation
@@ -442,6 +456,16 @@ def _cell(values: Sequence[float]) -> str:
     return f"{100 * mean:.1f} ({100 * min(values):.1f}–{100 * max(values):.1f})"
 
 
+def _accuracy_cell(runs: Sequence[dict[str, Any]]) -> str:
+    """Final accuracy over seeds; a run whose model diverged (non-finite weights, so the
+    loop stopped) counts with the last accuracy it measured, and is flagged."""
+    cell = _cell([r["final_accuracy"] for r in runs])
+    diverged = [r["diverged_round"] for r in runs if r.get("diverged_round")]
+    if diverged:
+        cell += f" †{len(diverged)}/{len(runs)} diverged (round {min(diverged)}–{max(diverged)})"
+    return cell
+
+
 def _pct(fraction: float) -> str:
     return f"{100 * fraction:g}%"
 
@@ -454,10 +478,7 @@ def accuracy_table(meta: dict[str, Any], records: list[dict[str, Any]]) -> str:
         "| --- | " + " | ".join("---:" for _ in fractions) + " |",
     ]
     for system in meta["systems"]:
-        cells = [
-            _cell([r["final_accuracy"] for r in groups.get((system, meta["attack"], f), [])])
-            for f in fractions
-        ]
+        cells = [_accuracy_cell(groups.get((system, meta["attack"], f), [])) for f in fractions]
         lines.append(f"| {SYSTEMS[system]} | " + " | ".join(cells) + " |")
     published = [
         f"{100 * PUBLISHED_FEDAVG[f]:.1f}" if f in PUBLISHED_FEDAVG else "" for f in fractions
@@ -491,7 +512,7 @@ def timing_table(meta: dict[str, Any], records: list[dict[str, Any]]) -> str:
                 to95 += f" ({len(hit)}/{len(runs)} runs)"
                 r95 += f" ({len(hit)}/{len(runs)})"
             lines.append(
-                f"| {SYSTEMS[system]} | {_pct(f)} | {_cell([r['final_accuracy'] for r in runs])} | "
+                f"| {SYSTEMS[system]} | {_pct(f)} | {_accuracy_cell(runs)} | "
                 f"{_mean([r['seconds_per_round'] for r in runs]):.2f} | "
                 f"{_mean([r['first_model_seconds'] for r in runs]):.1f} | {to95} | {r95} |"
             )
@@ -534,9 +555,7 @@ def per_attack_table(meta: dict[str, Any], records: list[dict[str, Any]]) -> str
         "| --- | " + " | ".join("---:" for _ in systems) + " |",
     ]
     for attack in meta["per_attack"]:
-        cells = [
-            _cell([r["final_accuracy"] for r in groups.get((s, attack, f), [])]) for s in systems
-        ]
+        cells = [_accuracy_cell(groups.get((s, attack, f), [])) for s in systems]
         lines.append(f"| `{attack}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
