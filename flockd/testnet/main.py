@@ -96,6 +96,10 @@ def main(argv: list[str]) -> int:
         console.print(f"[red]testnet failed:[/] {exc}")
         cluster.stop()
         return 1
+    except BaseException:
+        # anything else (a control-socket timeout, a bug): never leave daemons behind
+        cluster.stop()
+        raise
     codes = cluster.stop()
     bad = [f"node{i}={c}" for i, c in enumerate(codes) if c != 0]
     if bad:
