@@ -233,9 +233,10 @@ async def vote(env: Env, task: int, r: int, ballots: dict[int, list[int]]) -> No
     async with trio.open_nursery() as nursery:
         for who, votes in ballots.items():
             nursery.start_soon(env.registry(who).reveal_vote, task, r, votes, salts[who])
-    # a second reveal: refused at gas estimation, nothing sent
+    # a second reveal: refused at gas estimation, nothing sent (once every committed vote
+    # is revealed the window has closed early, so the reason may be the phase)
     voter = next(iter(ballots))
-    with pytest.raises(ContractRevert, match="already revealed") as info:
+    with pytest.raises(ContractRevert, match="already revealed|wrong phase") as info:
         await env.registry(voter).reveal_vote(task, r, ballots[voter], salts[voter])
     assert info.value.receipt is None
     await advance_to(env, task, r, PHASE_CLOSED)
