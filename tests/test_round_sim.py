@@ -466,10 +466,21 @@ def test_node_killed_after_committing_restarts_and_reveals() -> None:
     sim = Sim(VoteMode.PER_PROPOSAL)
     sim.start()
     # killed the moment its commit is sent: it never sees the commit land, nor the commit
-    # window close early (it was the last voter), nor the other reveals
-    while not any(who == C and isinstance(a, SubmitCommit) for who, a in sim.chain.pending):
+    # window close early, nor the other reveals
+    act = sim.act
+
+    def act_then_die(node: Node, actions: list[Action]) -> None:
+        act(node, actions)
+        if node.address == C and any(isinstance(a, SubmitCommit) for a in actions):
+            node.alive = False
+
+    sim.act = act_then_die  # type: ignore[method-assign]
+    for _ in range(40):
+        if not sim.nodes[C].alive:
+            break
         sim.step()
-    sim.nodes[C].alive = False
+    sim.act = act  # type: ignore[method-assign]
+    assert not sim.nodes[C].alive, "C never sent a commit"
     for _ in range(2):
         sim.step()
     assert on_chain(sim, VoteCommittedOnChain, C, 0) and not on_chain(sim, VoteRevealedOnChain, C, 0)
