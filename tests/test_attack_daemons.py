@@ -53,7 +53,7 @@ def test_sign_flipping_proposer_is_voted_down_and_the_model_still_learns(short_t
 
         def attacked_and_learned() -> bool:
             rounds = history(observer, task_id)
-            attacked = any(attacker in lowered(r["proposers"]) for r in rounds)
+            attacked = any(attacker in lowered(r["proposers"]) for r in rounds[1:])
             honest_accepted = any(lowered(r["accepted_proposers"]) - {attacker} for r in rounds)
             return attacked and honest_accepted
 
@@ -65,9 +65,12 @@ def test_sign_flipping_proposer_is_voted_down_and_the_model_still_learns(short_t
         codes = cluster.stop()
     assert codes == [0, 0, 0, 0]
 
-    attacked = [r for r in rounds if attacker in lowered(r["proposers"])]
+    attacked = [r for r in rounds[1:] if attacker in lowered(r["proposers"])]
     assert attacked
-    for r in rounds:  # never accepted, whoever else proposed with it
+    # Never accepted once there is a model to protect, whoever else proposed with it. In
+    # round 0 the model is random: any large step, even a flipped one, can score no worse
+    # on a voter's split (docs/simulation.md), so that round proves nothing either way.
+    for r in rounds[1:]:
         assert attacker not in lowered(r["accepted_proposers"]), r
     honest_proposals = sum(len(lowered(r["proposers"]) - {attacker}) for r in rounds)
     honest_accepted = sum(len(lowered(r["accepted_proposers"]) - {attacker}) for r in rounds)
