@@ -778,10 +778,11 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     flwr_version = "not run"
     if any(s in FLOWER_SYSTEMS for s in args.systems):
-        from flockd.bench.flower import FLWR_VERSION, install_flower
+        from flockd.bench.flower import flower_available, flower_version
 
-        install_flower()
-        flwr_version = FLWR_VERSION
+        if not flower_available():
+            raise SystemExit("flwr is not installed: run this through scripts/bench (it installs the bench extra)")
+        flwr_version = flower_version()
     jobs = plan(args)
     profiled: dict[str, Any] | None = None
     if args.breakdown and any(s in FLOCKD_SYSTEMS for s in args.systems):

@@ -22,37 +22,26 @@ seeds (`training_seed(seed, round, node)`), node i's data `DataSpec(i, n, "iid",
 apply `flockd.fl.attacks`: label flipping on their training data, and since Flower clients
 send weights, not deltas, a poisoned client sends `global + poison_delta(trained - global)`.
 
-Installing: no flwr release installs beside flockd's pins (every flwr >= 1.40 requires
-rich<15, flockd pins rich==15.0.0; flwr < 1.40 requires cryptography < 47, flockd pins
-50.0.2), so `pip install flockd[bench]` cannot exist with flwr in it. Instead
-`install_flower()` (run by `scripts/bench flower|attack` on first use) puts the pinned
-packages below into `.venv/flwr-overlay` with `pip install --no-deps --target`, and this
-module appends that directory to `sys.path`: flwr then uses the venv's rich 15,
-cryptography 50, grpcio, protobuf and numpy, and `pip check` of the venv is untouched.
-The list is pip's own resolution of flwr 1.41.0 against the venv (`pip install --dry-run
-flwr==1.41.0`), less rich and packaging (the venv's newer ones work) and less what only
-the SuperLink's CLI/REST servers import (uv, uvicorn and its extras).
+Installing: flwr comes from the `bench` extra (`pip install -e .[bench]`, pinned in
+setup.cfg), which `scripts/bench attack|flower` installs on first use and `scripts/test`
+never does. It is why flockd pins rich 14.x: every flwr >= 1.40 requires rich<15.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib
 import json
 import logging
 import os
 import random
-import shutil
 import socket
-import subprocess
 import sys
 import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -62,66 +51,24 @@ from flockd.fl.data import DataSpec
 from flockd.fl.recipe import Recipe, limit_torch_threads, load_recipe, training_seed
 from flockd.fl.tensors import Tensors, load_model_state, model_state, subtract
 
-FLWR_VERSION = "1.41.0"
-FLOWER_REQUIREMENTS: tuple[str, ...] = (
-    f"flwr=={FLWR_VERSION}",
-    "iterators==0.0.2",
-    "typer==0.20.1",
-    "click==8.5.1",
-    "shellingham==1.5.4",
-    "tomli==2.5.0",
-    "tomli_w==1.2.0",
-    "PyYAML==6.0.3",
-    "prompt_toolkit==3.0.53",
-    "wcwidth==0.9.4",
-    "grpcio-health-checking==1.81.1",
-    "fastapi==0.138.2",
-    "starlette==1.3.1",
-    "annotated-doc==0.0.7",
-    "SQLAlchemy==2.1.9",
-    "greenlet==3.5.6",
-    "alembic==1.20.1",
-    "Mako==1.4.3",
-)
-OVERLAY = Path(sys.prefix) / "flwr-overlay"
-_STAMP = ".flockd-requirements"
-
 STRATEGIES = ("fedavg", "multi-krum")
 
 
-def _requirements_digest() -> str:
-    return hashlib.sha256("\n".join(FLOWER_REQUIREMENTS).encode()).hexdigest()[:16]
-
-
-def install_flower(overlay: Path = OVERLAY, *, quiet: bool = True) -> Path:
-    """Install the pinned flwr overlay (no-op when it is already there and current)."""
-    stamp = overlay / _STAMP
-    if stamp.is_file() and stamp.read_text().strip() == _requirements_digest():
-        return overlay
-    print(f"installing flwr {FLWR_VERSION} into {overlay} (first use)", file=sys.stderr)
-    staging = overlay.with_name(overlay.name + ".staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(staging)]
-    subprocess.run([*cmd, *(["-q"] if quiet else []), *FLOWER_REQUIREMENTS], check=True)
-    (staging / _STAMP).write_text(_requirements_digest() + "\n")
-    shutil.rmtree(overlay, ignore_errors=True)
-    staging.rename(overlay)
-    return overlay
-
-
-def flower_available(overlay: Path = OVERLAY) -> bool:
+def flower_available() -> bool:
     try:
-        _import_flwr(overlay)
+        _import_flwr()
     except ImportError:
         return False
     return True
 
 
-def _import_flwr(overlay: Path = OVERLAY) -> Any:
+def flower_version() -> str:
+    return str(_import_flwr().__version__)
+
+
+def _import_flwr() -> Any:
     # Telemetry off before the first import: Flower otherwise posts events over HTTPS.
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    if overlay.is_dir() and str(overlay) not in sys.path:
-        sys.path.append(str(overlay))  # after site-packages: the venv's packages win
     with warnings.catch_warnings():  # typer (flwr's CLI) warns about click 8.5 on import
         warnings.simplefilter("ignore", DeprecationWarning)
         flwr = importlib.import_module("flwr")
@@ -192,12 +139,11 @@ def run_flower(
     behaviours: Mapping[int, Behaviour] | None = None,
     partition: str = "iid",
     on_round: Callable[[FlowerRound], None] | None = None,
-    overlay: Path = OVERLAY,
 ) -> FlowerRun:
     """One Flower federation over ``nodes`` clients, every client training every round."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown Flower strategy {strategy!r} (one of {', '.join(STRATEGIES)})")
-    flwr = _import_flwr(overlay)
+    flwr = _import_flwr()
     from flwr.client import NumPyClient
     from flwr.common import ndarrays_to_parameters
     from flwr.compat.client.app import start_client
@@ -332,7 +278,6 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="scripts/bench flower", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--install", action="store_true", help="only install the flwr overlay")
     parser.add_argument("--strategy", choices=STRATEGIES, default="fedavg")
     parser.add_argument("--nodes", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=10)
@@ -341,9 +286,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--attack", default="label-flip", help="flockd.fl.attacks spec")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    install_flower()
-    if args.install:
-        return 0
+    if not flower_available():
+        raise SystemExit("flwr is not installed: run scripts/bench flower (it installs the bench extra)")
     from flockd.fl.attacks import assign_behaviours
 
     behaviours = assign_behaviours(args.nodes, args.fraction, args.attack, args.seed)
