@@ -1,0 +1,216 @@
+"""The systems `scripts/bench attack` compares, and one federation of any of them: plain
+FedAvg (`flockd.fl.simulate`), flockd on an in-process chain (`flockd.sim`) and Flower
+(`flockd.bench.flower`), each reporting the same per-round record."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+if TYPE_CHECKING:
+    from flockd.fl.attacks import Behaviour
+
+SYSTEMS: dict[str, str] = {
+    "fedavg": "plain FedAvg, no defence (everyone trains, no vote)",
+    "flockd-whole-round": "flockd, FLock's whole-round vote",
+    "flockd-per-proposal": "flockd, per-proposal vote",
+    "flockd-robust": "flockd, per-proposal vote + robust rule",
+    "flower-fedavg": "Flower FedAvg",
+    "flower-multi-krum": "Flower Multi-Krum",
+}
+FLOCKD_SYSTEMS = ("flockd-whole-round", "flockd-per-proposal", "flockd-robust")
+FLOWER_SYSTEMS = ("flower-fedavg", "flower-multi-krum")
+# The systems of the per-attack table.
+PER_ATTACK_SYSTEMS = ("fedavg", "flockd-per-proposal", "flower-fedavg", "flower-multi-krum")
+TARGET = 0.95  # "time to 95%" threshold
+
+
+@dataclass(frozen=True)
+class Job:
+    system: str
+    attack: str
+    fraction: float
+    seed: int
+    nodes: int
+    rounds: int
+    proposers: int  # expected proposers per round (flockd systems)
+    robust_rule: str
+
+    @property
+    def cost(self) -> float:
+        """Rough relative run time, to start the slow runs first."""
+        per_round = {"fedavg": 0.15, "flower-fedavg": 0.35, "flower-multi-krum": 0.4}
+        return self.rounds * per_round.get(self.system, 3.0) * self.nodes / 20
+
+
+@dataclass
+class RoundLog:
+    """Each round's record and when its global model existed, from the federation's launch."""
+
+    started: float = field(default_factory=time.perf_counter)
+    stamps: list[float] = field(default_factory=list)
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+
+    def mark(self, row: dict[str, Any]) -> None:
+        self.stamps.append(time.perf_counter() - self.started)
+        self.rounds.append(row)
+
+
+# A system's runner: one federation, logging its rounds; returns the initial accuracy and
+# the system's own extra fields of the record.
+Runner: TypeAlias = "Callable[[Job, dict[int, Behaviour], RoundLog], tuple[float, dict[str, Any]]]"
+
+
+def run_plain_fedavg(
+    job: Job, behaviours: dict[int, Behaviour], log: RoundLog
+) -> tuple[float, dict[str, Any]]:
+    from flockd.fl.codec import NonFiniteDelta
+    from flockd.fl.data import DataSpec
+    from flockd.fl.recipe import load_recipe
+    from flockd.fl.simulate import RoundFigures as PlainRound
+    from flockd.fl.simulate import simulate
+
+    def plain(f: PlainRound) -> None:
+        log.mark({"accuracy": f.accuracy, "loss": f.loss, "seconds": f.seconds})
+
+    recipe = load_recipe("digits-mlp")
+    extra: dict[str, Any] = {}
+    try:
+        result = simulate(
+            recipe,
+            nodes=job.nodes,
+            rounds=job.rounds,
+            seed=job.seed,
+            behaviours=behaviours,
+            on_round=plain,
+        )
+        initial = result.initial["accuracy"]
+    except NonFiniteDelta:
+        # The global model blew up (inf weights), so the next deltas are NaN and the
+        # codec refuses them: the run cannot go on. Keep the rounds it had.
+        extra = {"diverged_round": len(log.rounds) + 1}
+        test = recipe.load_test(DataSpec(0, job.nodes, "iid", job.seed))
+        initial = recipe.evaluate(recipe.build_model(job.seed), test)["accuracy"]
+        if not log.rounds:
+            raise
+    return initial, extra
+
+
+def run_flockd(
+    job: Job, behaviours: dict[int, Behaviour], log: RoundLog
+) -> tuple[float, dict[str, Any]]:
+    from flockd.sim import RoundFigures as SimRound
+    from flockd.sim import SimConfig, run_simulation
+
+    def on_chain(f: SimRound) -> None:
+        log.mark(
+            {
+                "accuracy": f.accuracy,
+                "loss": f.loss,
+                "seconds": f.seconds,
+                "proposers": f.proposers,
+                "accepted": f.accepted,
+                "malicious_proposers": f.malicious_proposers,
+                "malicious_accepted": f.malicious_accepted,
+                "blocks": f.blocks,
+                "gas_used": f.gas_used,
+            }
+        )
+
+    cfg = SimConfig(
+        nodes=job.nodes,
+        rounds=job.rounds,
+        seed=job.seed,
+        vote_mode="whole-round" if job.system == "flockd-whole-round" else "per-proposal",
+        rule=job.robust_rule if job.system == "flockd-robust" else "fedavg",
+        expected_proposers=job.proposers,
+        behaviours=behaviours,
+    )
+    sim = run_simulation(cfg, on_round=on_chain)
+    return sim.initial_accuracy, {
+        "blocks": sim.blocks,
+        "transactions": sim.transactions,
+        "reverted": sim.reverted,
+        "model_hash": sim.final_model_hash,
+    }
+
+
+def run_flower_system(
+    job: Job, behaviours: dict[int, Behaviour], log: RoundLog
+) -> tuple[float, dict[str, Any]]:
+    from flockd.bench.flower import FlowerRound, run_flower
+
+    def on_flower(f: FlowerRound) -> None:
+        log.mark({"accuracy": f.accuracy, "loss": f.loss, "seconds": f.seconds})
+
+    run = run_flower(
+        strategy=job.system.removeprefix("flower-"),
+        nodes=job.nodes,
+        rounds=job.rounds,
+        seed=job.seed,
+        behaviours=behaviours,
+        on_round=on_flower,
+    )
+    return run.initial_accuracy, {
+        "flwr_version": run.flwr_version,
+        "connect_seconds": run.setup_seconds,
+    }
+
+
+def runner_for(system: str) -> Runner:
+    if system == "fedavg":
+        return run_plain_fedavg
+    if system in FLOCKD_SYSTEMS:
+        return run_flockd
+    if system in FLOWER_SYSTEMS:
+        return run_flower_system
+    raise ValueError(f"unknown system {system!r}")
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    """One federation; returns a JSON-able record (runs in a pool worker)."""
+    from flockd.fl.attacks import assign_behaviours
+    from flockd.fl.recipe import limit_torch_threads
+
+    limit_torch_threads(1)
+    behaviours = assign_behaviours(job.nodes, job.fraction, job.attack, job.seed)
+    log = RoundLog()
+    initial, extra = runner_for(job.system)(job, behaviours, log)
+    wall = time.perf_counter() - log.started
+    stamps, rounds = log.stamps, log.rounds
+    reached = next((i for i, r in enumerate(rounds) if r["accuracy"] >= TARGET), None)
+    return {
+        **asdict(job),
+        "malicious": sorted(behaviours),
+        "initial_accuracy": initial,
+        "final_accuracy": rounds[-1]["accuracy"],
+        "wall_seconds": wall,
+        # Wall time from launching the federation (chain / gRPC server / data set-up
+        # included) to each round's global model existing.
+        "model_at": stamps,
+        "first_model_seconds": stamps[0],
+        "seconds_per_round": (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+        if len(stamps) > 1
+        else stamps[0],
+        "seconds_to_target": None if reached is None else stamps[reached],
+        "rounds_to_target": None if reached is None else reached + 1,
+        "rounds": rounds,
+        **extra,
+    }
+
+
+def worker_init(systems: Sequence[str]) -> None:
+    """Import everything a run needs up front, so no run's timing includes a cold start of
+    torch, py-evm or flwr in a fresh worker."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    import flockd.fl.simulate  # noqa: F401 - torch, the FL core
+
+    if any(s in FLOCKD_SYSTEMS for s in systems):
+        import flockd.sim  # noqa: F401 - py-evm, the contracts
+    if any(s in FLOWER_SYSTEMS for s in systems):
+        from flockd.bench.flower import flower_available
+
+        flower_available()
