@@ -315,8 +315,11 @@ class TaskRunner:
         except ChainError as exc:
             self.deliver(rnd.TxFailed(action.round, kind, f"{type(exc).__name__}: {exc}", reverted=False))
         else:
-            record = self._rounds.setdefault(action.round, RoundRecord(action.round))
-            record.gas_used += receipt.gas_used
+            # .get: a receipt that comes after the round's history line was written must
+            # not bring its record back (it would never be dropped again)
+            record = self._rounds.get(action.round)
+            if record is not None:
+                record.gas_used += receipt.gas_used
 
     def _participant_peers(self, first: bytes | None = None, avoid: tuple[bytes, ...] = ()) -> dict[bytes, str]:
         """Connected participants' peer ids by address, `first` first, never ourselves."""
