@@ -123,6 +123,10 @@ class DeltaBook:
             out.append(FetchDelta(self.round, p.proposer, p.delta_hash, avoid))
         return out
 
+    def fetch_failed(self, digest: bytes) -> None:
+        """No peer had the delta: the next fetch_missing asks for it again."""
+        self._asked.discard(digest)
+
     def _mismatch(self, proposal: Proposal, sender: Address) -> DeltaRejected:
         self._bad_senders.setdefault(proposal.delta_hash, set()).add(sender)
         self._asked.discard(proposal.delta_hash)  # the next fetch avoids this sender

@@ -143,6 +143,7 @@ class TaskService:
             "me": _checksum(self.ctx.address),
             "joined": task_id in self._joined,
             "role": runner.status()["role"] if runner else None,
+            "error": runner.error if runner else None,  # the bug that stopped this task's runner
             "model_hash": history[-1]["model_hash"] if history else None,
             "chain_model_hash": _hex(chain_model) if chain_model else None,
             "history": history,
