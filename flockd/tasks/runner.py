@@ -548,6 +548,7 @@ class TaskRunner:
 
     async def _transact(self, action: Submission, generation: int) -> None:
         kind, fn, args = transaction(action)
+        log.info("transaction sent", task=self.task_id, round=action.round, fn=fn)
         try:
             gas_used = await self.chain.transact(fn, self.task_id, action.round, *args)
         except TxReverted as exc:
