@@ -26,6 +26,7 @@ reorganised away), so it sends nothing on the strength of them.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
 
 log = get_logger("flockd.tasks")
 POLL_SECONDS = 0.25
+INBOX_LIMIT = 10_000  # events waiting from the chain and peers before new ones are dropped
 FETCH_RETRY_SECONDS = 1.0  # pause after a fetch that no peer could answer, before asking again
 
 # The documented failures of the node's own work, which the machine answers (anything
@@ -144,7 +146,9 @@ class TaskRunner:
         self.machine = rnd.TaskMachine(self.config, _salt)
         self.counters = Counters()
         self.error: str | None = None  # the bug that stopped this runner, if one did
-        self._inbox_send, self._inbox = trio.open_memory_channel[InboxItem](10_000)
+        # Unbounded for the answers to the machine's own actions (one each, never dropped);
+        # what others post (chain events, peers' deltas) stops at INBOX_LIMIT.
+        self._inbox_send, self._inbox = trio.open_memory_channel[InboxItem](math.inf)
         self._nursery: trio.Nursery | None = None
         self._actions: trio.Nursery | None = None  # this generation's actions
         self._actions_scope = trio.CancelScope()
@@ -167,10 +171,12 @@ class TaskRunner:
         self.deliver(rnd.DeltaReceived(push.round, push.proposer, push.delta, sender))
 
     def _post(self, generation: int | None, item: rnd.Event | Rebuild) -> None:
-        try:
-            self._inbox_send.send_nowait((generation, item))
-        except trio.WouldBlock:
+        backlog = self._inbox_send.statistics().current_buffer_used
+        if generation is None and not isinstance(item, Rebuild) and backlog >= INBOX_LIMIT:
+            self.counters.incr("events_dropped")
             log.warning("task inbox full: dropping an event", task=self.task_id, kind=type(item).__name__)
+            return
+        self._inbox_send.send_nowait((generation, item))
 
     def _answer(self, generation: int, event: rnd.Event) -> None:
         self._post(generation, event)
@@ -450,6 +456,8 @@ class TaskRunner:
             if data and rnd.delta_hash(data) == action.delta_hash:
                 self._answer(generation, rnd.DeltaReceived(action.round, action.proposer, data, address))
                 return
+            if data:
+                log.warning("peer sent a wrong delta", task=self.task_id, peer=peer_id, delta=_hex(action.delta_hash))
         why = f"none of {len(peers)} peers had delta {_hex(action.delta_hash)}"
         await self._failed(generation, rnd.DeltaFetchFailed(action.round, action.delta_hash), why, FETCH_RETRY_SECONDS)
 
