@@ -276,7 +276,9 @@ class TaskRunner:
                 except ChainReadFailed as exc:
                     log.warning("chain poll failed", task=self.task_id, error=str(exc))
                 except ChainMoved as exc:
-                    self._rebuild_wanted = self._rebuild_wanted or str(exc)
+                    if self._rebuild_wanted is None:
+                        self.counters.incr("reorgs")
+                        self._rebuild_wanted = str(exc)
                 await trio.sleep(POLL_SECONDS)
 
     def _connected(self) -> bool:
