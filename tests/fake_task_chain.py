@@ -22,7 +22,7 @@ from flockd.fl.codec import MalformedDelta, NonFiniteDelta
 from flockd.fl.tensors import Tensors
 from flockd.p2p.abc import GossipHandler, P2PNetwork, PeerInfo
 from flockd.store import Store
-from flockd.tasks.abc import RoundStart, TaskChain, TaskLog, TxReverted
+from flockd.tasks.abc import ChainReadFailed, RoundStart, TaskChain, TaskLog, TxReverted
 from flockd.tasks.exchange import DELTA_KIND, FETCH_KIND, decode_fetch, decode_push
 
 
@@ -46,6 +46,8 @@ class ScriptedChain(TaskChain):
     branch: int = 0
     log_scans: list[tuple[int, int]] = field(default_factory=list)
     proposals: dict[int, int] = field(default_factory=dict)  # round -> proposals so far
+    down: bool = False  # every read fails, as a node that does not answer
+    failed_reads: int = 0
 
     def __post_init__(self) -> None:
         self.blocks.append((keccak(b"genesis"), []))
@@ -88,6 +90,9 @@ class ScriptedChain(TaskChain):
     # -- TaskChain -------------------------------------------------------------------------
 
     async def head(self) -> int:
+        if self.down:
+            self.failed_reads += 1
+            raise ChainReadFailed("connection refused")
         return self.height
 
     async def block_hash(self, number: int) -> bytes | None:

@@ -254,3 +254,33 @@ async def test_a_node_without_peers_does_not_act_on_its_blocks(tmp_path: Path) -
         node.peers.online[:] = online
         await until(lambda: "decline" in chain.sent_fns(0), "the reconnected node to act")
         nursery.cancel_scope.cancel()
+
+
+async def test_a_reverted_commit_is_an_event_and_the_voter_abstains(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    node.chain.reverts["commit_vote"] = "wrong phase"
+    runner = node.runner()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        await vote_on_one_proposal(node, runner)
+        await until(lambda: runner.counters.get("action_failures") == 1, "the revert to reach the machine")
+        live = runner.machine.machine(0)
+        await until(lambda: live is not None and live.abstain_reason is not None, "the voter to abstain")
+        nursery.cancel_scope.cancel()
+    assert node.chain.sent_fns(0).count("commit_vote") == 1  # a revert is final
+    assert runner.error is None
+
+
+async def test_chain_reads_that_fail_are_retried(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    node.chain.down = True
+    runner = node.runner()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        node.chain.open_round(0)
+        await until(lambda: node.chain.failed_reads >= 3, "reads to fail")
+        assert node.chain.sent == []
+        node.chain.down = False
+        await until(lambda: "decline" in node.chain.sent_fns(0), "the runner to carry on")
+        nursery.cancel_scope.cancel()
+    assert runner.error is None
