@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 
 log = get_logger("flockd.tasks")
 POLL_SECONDS = 0.25
-INBOX_LIMIT = 10_000  # events waiting from the chain and peers before new ones are dropped
+INBOX_LIMIT = 10_000  # events waiting before a peer's pushed delta is dropped
 FETCH_RETRY_SECONDS = 1.0  # pause after a fetch that no peer could answer, before asking again
 
 # The documented failures of the node's own work, which the machine answers (anything
@@ -146,8 +146,8 @@ class TaskRunner:
         self.machine = rnd.TaskMachine(self.config, _salt)
         self.counters = Counters()
         self.error: str | None = None  # the bug that stopped this runner, if one did
-        # Unbounded for the answers to the machine's own actions (one each, never dropped);
-        # what others post (chain events, peers' deltas) stops at INBOX_LIMIT.
+        # Unbounded for chain events and the answers to the machine's own actions (never
+        # dropped); peers' pushed deltas stop at INBOX_LIMIT.
         self._inbox_send, self._inbox = trio.open_memory_channel[InboxItem](math.inf)
         self._nursery: trio.Nursery | None = None
         self._actions: trio.Nursery | None = None  # this generation's actions
@@ -165,17 +165,18 @@ class TaskRunner:
     # -- inputs ----------------------------------------------------------------------------
 
     def deliver(self, event: rnd.Event) -> None:
+        """An event from the chain: never dropped (the poller reads at its own pace)."""
         self._post(None, event)
 
     def on_delta_push(self, push: DeltaPush, sender: bytes) -> None:
+        """A peer's delta: dropped while INBOX_LIMIT events wait (the fetch gets it later)."""
+        if self._inbox_send.statistics().current_buffer_used >= INBOX_LIMIT:
+            self.counters.incr("pushes_dropped")
+            log.warning("task inbox full: dropping a pushed delta", task=self.task_id, sender=_hex(sender))
+            return
         self.deliver(rnd.DeltaReceived(push.round, push.proposer, push.delta, sender))
 
     def _post(self, generation: int | None, item: rnd.Event | Rebuild) -> None:
-        backlog = self._inbox_send.statistics().current_buffer_used
-        if generation is None and not isinstance(item, Rebuild) and backlog >= INBOX_LIMIT:
-            self.counters.incr("events_dropped")
-            log.warning("task inbox full: dropping an event", task=self.task_id, kind=type(item).__name__)
-            return
         self._inbox_send.send_nowait((generation, item))
 
     def _answer(self, generation: int, event: rnd.Event) -> None:
