@@ -55,10 +55,10 @@ class Node:
         for address in (P1, V2):
             self.peers.add(address, Store(tmp / address.hex()[:6]))
 
-    def runner(self) -> TaskRunner:
+    def runner(self, confirmations: int = 0) -> TaskRunner:
         ctx = NodeContext(
             network=self.peers, registry=None, store=self.store, address=ME,  # type: ignore[arg-type]
-            vrf_secret=keccak(b"vrf of me"), confirmations=0,
+            vrf_secret=keccak(b"vrf of me"), confirmations=confirmations,
         )
         return TaskRunner(ctx, TASK, None, PARAMS, [ME, P1, V2], self.work, chain=self.chain)  # type: ignore[arg-type]
 
@@ -202,9 +202,12 @@ async def test_restarted_between_commit_and_reveal_it_reveals_its_saved_ballot(t
     assert min(first for first, _ in chain.log_scans) == opened
 
 
-async def test_a_reorg_across_a_round_boundary_rebuilds_from_the_canonical_chain(tmp_path: Path) -> None:
+@pytest.mark.parametrize("lag", [0, 2])
+async def test_a_reorg_across_a_round_boundary_rebuilds_from_the_canonical_chain(tmp_path: Path, lag: int) -> None:
+    """``lag``: the runner acts on logs that many blocks deep (the daemon's confirmations);
+    the reorg replaces blocks it had already acted on."""
     node = Node(tmp_path)
-    chain, runner = node.chain, node.runner()
+    chain, runner = node.chain, node.runner(confirmations=lag)
 
     def round_one_seed() -> bytes | None:
         live = runner.machine.machine(1)
@@ -220,15 +223,18 @@ async def test_a_reorg_across_a_round_boundary_rebuilds_from_the_canonical_chain
     async with trio.open_nursery() as nursery:
         nursery.start_soon(runner.run)
         opened = chain.open_round(0)
+        chain.seal_until(opened + lag)
         await until(lambda: "decline" in chain.sent_fns(0), "the voter to decline")
         end = opened + 3 * WINDOW
         chain.seal_until(end)
         boundary(end + 1)  # on branch 0 round 1 opens right after round 0's reveal window
+        chain.seal_until(end + 1 + lag)
         seed_a = sortition.round_seed(chain.hash_of(end + 1), TASK, 1)
         await until(lambda: round_one_seed() == seed_a, "round 1 to open on branch 0")
         chain.fork(end + 1)  # branch 1: round 0 is finalised one block later
         chain.seal()
         boundary(end + 2)
+        chain.seal_until(end + 2 + lag)
         seed_b = sortition.round_seed(chain.hash_of(end + 2), TASK, 1)
         await until(lambda: round_one_seed() == seed_b, "round 1 to be rebuilt on branch 1")
         live = runner.machine.machine(1)
