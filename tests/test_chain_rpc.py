@@ -136,3 +136,51 @@ def test_malformed_requests_get_specific_errors():
     assert api.handle_body(json.dumps({"jsonrpc": "2.0", "method": "eth_chainId"}).encode()) is None  # notification
     batch = ask([{"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"}, {"jsonrpc": "2.0", "id": 2, "method": "eth_blockNumber"}])
     assert [r["result"] for r in batch] == ["0x1092", "0x0"]
+
+
+JUMP_LOOP = "0x5b600056"  # JUMPDEST PUSH1 0 JUMP: loops until the gas runs out
+GAS_LEFT = "0x5a60005260206000f3"  # GAS PUSH1 0 MSTORE PUSH1 32 PUSH1 0 RETURN: returns the gas it has
+HUGE_GAS = "0xffffffffff"
+
+
+def call_body(method: str, call: dict, request_id: int = 1) -> bytes:
+    return json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": [call, "latest"]}).encode()
+
+
+@pytest.mark.parametrize("method", ["eth_call", "eth_estimateGas"])
+def test_a_looping_call_is_stopped_by_its_time_budget(method):
+    # Capped at the block gas limit alone, the loop would still run ~10 s of py-evm.
+    api = EthAPI(make_chain(), call_timeout=0.5)
+    reply = json.loads(api.handle_body(call_body(method, {"data": JUMP_LOOP, "gas": HUGE_GAS})))
+    assert reply["error"]["code"] == -32000
+    assert "execution aborted" in reply["error"]["message"] and "0.5" in reply["error"]["message"]
+
+
+def test_call_gas_is_capped_at_the_block_gas_limit():
+    chain = make_chain()
+    api = EthAPI(chain)
+    reply = json.loads(api.handle_body(call_body("eth_call", {"data": GAS_LEFT, "gas": HUGE_GAS})))
+    assert int(reply["result"], 16) < chain.genesis.gas_limit
+
+
+def test_a_running_call_does_not_hold_up_sealing():
+    chain = make_chain()
+    api = EthAPI(chain, call_timeout=60)
+    replies: list[dict] = []
+
+    def looping_call() -> None:
+        replies.append(json.loads(api.handle_body(call_body("eth_call", {"data": JUMP_LOOP}))))
+
+    import threading
+
+    caller = threading.Thread(target=looping_call)
+    caller.start()
+    try:
+        seal(chain)  # while the call runs
+        assert chain.head.block_number == 1
+        assert caller.is_alive() and not replies  # the call was still running meanwhile
+    finally:
+        api.abort_calls()  # what a stopping node does: running calls end at their next jump
+        caller.join(timeout=30)
+    assert not caller.is_alive()
+    assert "stopping" in replies[0]["error"]["message"]
