@@ -102,6 +102,7 @@ class Node:
             self.chain_backend: ChainBackend = HttpBackend(self.config.chain.rpc_url)
             return
         from flockd.chain.embedded import EmbeddedChain
+        from flockd.chain.eth_http import HTTPAccess
         from flockd.chain.genesis import Genesis
         from flockd.chain.network import GENESIS_FILE
         from flockd.chain.service import ChainService
@@ -114,7 +115,12 @@ class Node:
             sealer_key=self.identity.private_key,
             confirmations=self.config.chain.confirmations,
         )
-        self.chain_service = ChainService(chain, self.p2p, http_port=self.config.chain.http_port)
+        self.chain_service = ChainService(
+            chain,
+            self.p2p,
+            http_port=self.config.chain.http_port,
+            http_access=HTTPAccess(tuple(self.config.chain.http_vhosts), tuple(self.config.chain.http_corsdomain)),
+        )
         self.chain_backend = InProcessBackend(self.chain_service.api)
 
     # -- NodeControl (what the node_* RPC namespace needs) --------------------

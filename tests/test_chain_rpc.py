@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import httpx
@@ -17,13 +18,14 @@ from web3.middleware import ExtraDataToPOAMiddleware
 
 from flockd.chain.embedded import EmbeddedChain
 from flockd.chain.eth_api import EthAPI
-from flockd.chain.eth_http import MAX_BODY, serve_http
+from flockd.chain.eth_http import MAX_BODY, HTTPAccess, serve_http
 from flockd.chain.genesis import Genesis
 
 T0 = 1_700_000_000
 SEALER = keys.PrivateKey(b"\x01" * 32)
 ALICE = Account.from_key(b"\x0a" * 32)
 BOB = Account.from_key(b"\x0b" * 32)
+JSON = {"content-type": "application/json"}
 
 
 
@@ -105,7 +107,8 @@ async def test_web3_over_http_reads_and_writes_the_chain():
         # Transport limits: GET refused, oversized body refused.
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             assert (await client.get("/")).status_code == 405
-            assert (await client.post("/", content=b" " * (MAX_BODY + 1))).status_code == 413
+            too_large = b" " * (MAX_BODY + 1)
+            assert (await client.post("/", content=too_large, headers=JSON)).status_code == 413
         nursery.cancel_scope.cancel()
 
 
@@ -184,3 +187,53 @@ def test_a_running_call_does_not_hold_up_sealing():
         caller.join(timeout=30)
     assert not caller.is_alive()
     assert "stopping" in replies[0]["error"]["message"]
+
+
+CHAIN_ID = {"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}
+
+
+async def test_http_refuses_what_a_web_page_could_send():
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_http, 0, EthAPI(make_chain()))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            # A page may POST text/plain cross-origin without a preflight: refused.
+            plain = await client.post("/", content=json.dumps(CHAIN_ID), headers={"content-type": "text/plain"})
+            assert plain.status_code == 415
+            # DNS rebinding: the page's own name resolves to 127.0.0.1.
+            rebound = await client.post("/", json=CHAIN_ID, headers={"host": f"evil.example:{port}"})
+            assert rebound.status_code == 403
+            from_page = await client.post("/", json=CHAIN_ID, headers={"origin": "http://evil.example"})
+            assert from_page.status_code == 403
+            preflight = await client.options("/", headers={
+                "origin": "http://evil.example", "access-control-request-method": "POST",
+                "access-control-request-headers": "content-type",
+            })
+            assert preflight.status_code == 403 and "access-control-allow-origin" not in preflight.headers
+            # What tools send passes: an IP or localhost as Host, JSON, no Origin.
+            for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost"):
+                ok = await client.post("/", json=CHAIN_ID, headers={"host": host})
+                assert ok.status_code == 200 and ok.json()["result"] == "0x1092"
+            charset = await client.post("/", content=json.dumps(CHAIN_ID), headers={"content-type": "application/json; charset=utf-8"})
+            assert charset.status_code == 200
+        nursery.cancel_scope.cancel()
+
+
+async def test_http_serves_the_hosts_and_origins_it_is_told_to():
+    access = HTTPAccess(vhosts=("node.example",), cors_origins=("http://app.example",))
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(functools.partial(serve_http, 0, EthAPI(make_chain()), access=access))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            named = await client.post("/", json=CHAIN_ID, headers={"host": f"node.example:{port}"})
+            assert named.status_code == 200
+            assert (await client.post("/", json=CHAIN_ID, headers={"host": "localhost"})).status_code == 403
+            preflight = await client.options("/", headers={
+                "origin": "http://app.example", "access-control-request-method": "POST",
+            })
+            assert preflight.status_code == 204
+            assert preflight.headers["access-control-allow-origin"] == "http://app.example"
+            assert "content-type" in preflight.headers["access-control-allow-headers"]
+            page = await client.post("/", json=CHAIN_ID, headers={"origin": "http://app.example"})
+            assert page.status_code == 200 and page.headers["access-control-allow-origin"] == "http://app.example"
+            other = await client.post("/", json=CHAIN_ID, headers={"origin": "http://evil.example"})
+            assert other.status_code == 403
+        nursery.cancel_scope.cancel()
