@@ -6,6 +6,7 @@ import argparse
 import getpass
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 from flockd import __version__
@@ -150,14 +151,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         configure_logging(config.node.log_level, json=config.node.log_json)
         from flockd.chain.embedded import GenesisMismatch
         from flockd.chain.genesis import GenesisError
-        from flockd.node import Node
+        from flockd.node import STOP_GRACE, Node
         from flockd.p2p.abc import P2PError
 
         try:
             node = Node(config, identity, datadir)
         except (P2PError, GenesisError, GenesisMismatch) as exc:
             raise CLIError(str(exc)) from None
-        trio.run(node.run)
+        trio.run(partial(node.run, stop_grace=STOP_GRACE))
     finally:
         lock.release()
     return 0

@@ -5,14 +5,24 @@ sealing and sync over p2p; or a backend for an external node), the learning task
 (they need both), then the control socket
 (so a client never reaches a node that cannot answer). Stop order is the reverse: the
 socket closes first, so no request arrives at a half-stopped node.
+
+A stop must not hang on work that cannot be cancelled (a worker thread training a model,
+importing a block): past `stop_grace` seconds a watchdog thread ends the process. Nothing
+is lost: the chain database commits whole batches only and files are replaced atomically.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import signal
+import threading
 import time
+from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING
 
 import trio
@@ -31,6 +41,38 @@ from flockd.logs import get_logger
 from flockd.rpc.dispatch import Dispatcher
 
 log = get_logger("flockd.node")
+
+STOP_GRACE = 10.0  # seconds an orderly stop may take before the process exits anyway
+EXIT_STOP_TIMEOUT = 3  # the exit status when the watchdog had to end the process
+
+
+class StopWatchdog:
+    """Ends the process with EXIT_STOP_TIMEOUT when a stop, once requested, is not finished
+    within `grace` seconds. Its thread starts with the node, so a request only sets an event:
+    safe from a signal handler, and it fires whatever the event loop is doing."""
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self._requested = threading.Event()
+        self._finished = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="flockd-stop-watchdog", daemon=True)
+        self._thread.start()
+
+    def stop_requested(self) -> None:
+        self._requested.set()
+
+    def finished(self) -> None:
+        self._finished.set()
+        self._requested.set()
+
+    def _watch(self) -> None:
+        self._requested.wait()
+        if self._finished.wait(self.grace):
+            return
+        log.error("stop is taking too long: exiting without waiting for running work", grace_seconds=self.grace)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(EXIT_STOP_TIMEOUT)
 
 
 class Node:
@@ -53,6 +95,7 @@ class Node:
             limits=P2PLimits(max_peers=config.p2p.max_peers),
         )
         self._stop = trio.Event()
+        self._watchdog: StopWatchdog | None = None
         self._open_chain()
         self._open_tasks()
 
@@ -131,9 +174,19 @@ class Node:
         self._stop.set()
 
     # -- lifecycle -----------------------------------------------------------
-    async def run(self) -> None:
+    async def run(self, *, stop_grace: float | None = None) -> None:
+        """Run until SIGINT, SIGTERM or request_stop; with `stop_grace` (seconds), a stop that
+        takes longer ends the process (StopWatchdog)."""
+        self._watchdog = StopWatchdog(stop_grace) if stop_grace is not None else None
+        try:
+            with self._stop_on_signals():
+                await self._run_services()
+        finally:
+            if self._watchdog is not None:
+                self._watchdog.finished()
+
+    async def _run_services(self) -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch_signals)
             async with AsyncExitStack() as services:
                 await self._start(services, "p2p", self.p2p.run)
                 if self.chain_service is not None:
@@ -148,6 +201,8 @@ class Node:
                 )
                 await self._stop.wait()
                 log.info("node stopping")
+                if self._watchdog is not None:
+                    self._watchdog.stop_requested()
             nursery.cancel_scope.cancel()
         log.info("node stopped")
 
@@ -189,8 +244,24 @@ class Node:
         dispatcher.add_namespace(RPCNamespace(dispatcher))
         return dispatcher
 
-    async def _watch_signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                log.info("signal received", signal=signal.Signals(signum).name)
-                self.request_stop()
+    @contextlib.contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        # A plain signal handler, not trio.open_signal_receiver: it runs even while the event
+        # loop is stuck in synchronous code, and starts the watchdog's clock at once.
+        token = trio.lowlevel.current_trio_token()
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            if self._watchdog is not None:
+                self._watchdog.stop_requested()
+            token.run_sync_soon(self._stop_by_signal, signum)
+
+        previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _stop_by_signal(self, signum: int) -> None:
+        log.info("signal received", signal=signal.Signals(signum).name)
+        self.request_stop()
