@@ -139,6 +139,8 @@ def test_malformed_requests_get_specific_errors():
     assert api.handle_body(json.dumps({"jsonrpc": "2.0", "method": "eth_chainId"}).encode()) is None  # notification
     batch = ask([{"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"}, {"jsonrpc": "2.0", "id": 2, "method": "eth_blockNumber"}])
     assert [r["result"] for r in batch] == ["0x1092", "0x0"]
+    # Every error reply is counted by code, for the metrics endpoint.
+    assert api.error_counts == {-32700: 1, -32600: 3, -32601: 1, -32602: 3, -32000: 3}
 
 
 JUMP_LOOP = "0x5b600056"  # JUMPDEST PUSH1 0 JUMP: loops until the gas runs out

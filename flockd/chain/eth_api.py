@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 import json
 import threading
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -75,6 +76,8 @@ class EthAPI:
         self.chain = chain
         self.call_timeout = call_timeout
         self._stopping = threading.Event()
+        self.error_counts: Counter[int] = Counter()  # error replies by code, for the metrics endpoint
+        self._counting = threading.Lock()  # handle() runs in worker threads
         self.methods: dict[str, Callable[..., Any]] = {
             name: getattr(self, name)
             for name in dir(self)
@@ -92,10 +95,10 @@ class EthAPI:
         try:
             message = safejson.loads(body)
         except (ValueError, UnicodeDecodeError):
-            return _dump(_error(None, EthRPCError(PARSE_ERROR, "parse error")))
+            return _dump(self._error(None, EthRPCError(PARSE_ERROR, "parse error")))
         if isinstance(message, list):
             if not message or len(message) > MAX_BATCH:
-                return _dump(_error(None, EthRPCError(INVALID_REQUEST, f"batch must hold 1..{MAX_BATCH} requests")))
+                return _dump(self._error(None, EthRPCError(INVALID_REQUEST, f"batch must hold 1..{MAX_BATCH} requests")))
             replies = [r for r in (self.handle(m) for m in message) if r is not None]
             return _dump(replies) if replies else None
         reply = self.handle(message)
@@ -103,7 +106,7 @@ class EthAPI:
 
     def handle(self, request: Any) -> dict[str, Any] | None:
         if not isinstance(request, dict) or request.get("jsonrpc") != "2.0" or not isinstance(request.get("method"), str):
-            return _error(None, EthRPCError(INVALID_REQUEST, "not a JSON-RPC 2.0 request"))
+            return self._error(None, EthRPCError(INVALID_REQUEST, "not a JSON-RPC 2.0 request"))
         request_id = request.get("id")
         params = request.get("params", [])
         try:
@@ -118,13 +121,18 @@ class EthAPI:
                 raise EthRPCError(INVALID_PARAMS, f"{request['method']}: {exc}") from None
             result = method(*params)
         except EthRPCError as exc:
-            reply = _error(request_id, exc)
+            reply = self._error(request_id, exc)
         except Exception as exc:  # a bug or an unforeseen input: answer, do not kill the server
             log.exception("eth rpc method failed", method=request["method"])
-            reply = _error(request_id, EthRPCError(INTERNAL_ERROR, f"{type(exc).__name__}: {str(exc)[:200]}"))
+            reply = self._error(request_id, EthRPCError(INTERNAL_ERROR, f"{type(exc).__name__}: {str(exc)[:200]}"))
         else:
             reply = {"jsonrpc": "2.0", "id": request_id, "result": result}
         return reply if "id" in request else None
+
+    def _error(self, request_id: Any, exc: EthRPCError) -> dict[str, Any]:
+        with self._counting:
+            self.error_counts[exc.code] += 1
+        return {"jsonrpc": "2.0", "id": request_id, "error": exc.to_json()}
 
     # -- chain ---------------------------------------------------------------------------
 
@@ -374,10 +382,6 @@ def _revert_error(exc: CallReverted) -> EthRPCError:
         except (DecodingError, UnicodeDecodeError):
             pass
     return EthRPCError(EXECUTION_REVERTED, message, "0x" + exc.data.hex())
-
-
-def _error(request_id: Any, exc: EthRPCError) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "id": request_id, "error": exc.to_json()}
 
 
 def _dump(obj: Any) -> bytes:
