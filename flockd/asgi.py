@@ -6,6 +6,7 @@ what is theirs to check (Host, Origin, body size). Its log lines go through our 
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from functools import partial
@@ -76,3 +77,33 @@ async def respond(send: Send, status: int, body: bytes, headers: list[tuple[byte
 def header_values(scope: Scope, name: bytes) -> list[bytes]:
     """Every value of the request header `name` (lower case), in order."""
     return [bytes(value) for key, value in scope["headers"] if key == name]
+
+
+def host_allowed(host: str, vhosts: tuple[str, ...]) -> bool:
+    """Whether a Host header names this server: an IP address always does (a DNS-rebinding
+    page can only use a name), a name when it is in `vhosts` ("*": any), as geth checks."""
+    name = _host_name(host)
+    if name is None:
+        return False
+    if _is_ip(name):
+        return True
+    return "*" in vhosts or name.lower() in (v.lower() for v in vhosts)
+
+
+def _host_name(host: str) -> str | None:
+    """The name or address in a Host header, without its port; None when malformed."""
+    if host.startswith("["):  # [v6]:port
+        end = host.find("]")
+        return host[1:end] if end > 0 else None
+    name, _, port = host.partition(":")
+    if port and not port.isdigit():
+        return None
+    return name or None
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True

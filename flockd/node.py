@@ -3,8 +3,9 @@
 Start order: p2p (so the node has an identity on the network), the chain (embedded:
 sealing and sync over p2p; or a backend for an external node), the learning tasks
 (they need both), then the control socket
-(so a client never reaches a node that cannot answer). Stop order is the reverse: the
-socket closes first, so no request arrives at a half-stopped node.
+(so a client never reaches a node that cannot answer), then the metrics endpoint when
+asked. Stop order is the reverse: the socket closes first, so no request arrives at a
+half-stopped node.
 
 A stop must not hang on work that cannot be cancelled (a worker thread training a model,
 importing a block): past `stop_grace` seconds a watchdog thread ends the process. Nothing
@@ -21,6 +22,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -98,6 +100,8 @@ class Node:
         self._watchdog: StopWatchdog | None = None
         self._open_chain()
         self._open_tasks()
+        self.rpc_dispatcher = self._dispatcher()
+        self.metrics_bound: int | None = None  # the metrics port, once served
 
     def _open_tasks(self) -> None:
         from eth_account import Account
@@ -193,6 +197,8 @@ class Node:
                     await self._start(services, "chain", self.chain_service.run)
                 await self._start(services, "tasks", self.tasks.run)
                 await self._start(services, "rpc", self._serve_control_socket)
+                if self.config.metrics.port:
+                    await self._start(services, "metrics", self._serve_metrics)
                 log.info(
                     "node started",
                     address=self.address,
@@ -219,11 +225,27 @@ class Node:
 
         await serve_ipc(
             self.datadir / IPC_SOCKET,
-            self._dispatcher(),
+            self.rpc_dispatcher,
             max_request_bytes=self.config.rpc.max_request_bytes,
             max_clients=self.config.rpc.max_clients,
             task_status=task_status,
         )
+
+    async def _serve_metrics(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        from flockd.metrics import serve_metrics
+
+        async with trio.open_nursery() as nursery:
+            self.metrics_bound = await nursery.start(
+                partial(serve_metrics, self.config.metrics.port, self, confirmations=self.config.chain.confirmations)
+            )
+            task_status.started()
+
+    def rpc_error_counts(self) -> dict[tuple[str, int], int]:
+        """Error replies by (endpoint, code): the control socket's and the eth endpoint's."""
+        counts = {("control", code): n for code, n in self.rpc_dispatcher.error_counts.items()}
+        if self.chain_service is not None:
+            counts.update({("eth", code): n for code, n in self.chain_service.api.error_counts.items()})
+        return counts
 
     def _dispatcher(self) -> Dispatcher:
         from flockd.rpc.chain import ChainNamespace

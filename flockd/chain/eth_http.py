@@ -14,14 +14,22 @@ HTTP_WORKERS at a time, so HTTP clients together hold at most that many threads 
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
 import trio
 
-from flockd.asgi import Receive, Scope, Send, header_values, lifespan, respond, serve_asgi
+from flockd.asgi import (
+    Receive,
+    Scope,
+    Send,
+    header_values,
+    host_allowed,
+    lifespan,
+    respond,
+    serve_asgi,
+)
 from flockd.chain.eth_api import EthAPI
 
 if TYPE_CHECKING:
@@ -42,12 +50,7 @@ class HTTPAccess:
     cors_origins: tuple[str, ...] = ()
 
     def host_allowed(self, host: str) -> bool:
-        name = _host_name(host)
-        if name is None:
-            return False
-        if _is_ip(name):
-            return True
-        return "*" in self.vhosts or name.lower() in (v.lower() for v in self.vhosts)
+        return host_allowed(host, self.vhosts)
 
     def origin_allowed(self, origin: str) -> bool:
         return "*" in self.cors_origins or origin.lower().rstrip("/") in (
@@ -157,22 +160,3 @@ async def _read_body(scope: Scope, receive: Receive) -> bytes | None:
 
 async def _refuse(send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
     await respond(send, status, f'{{"error":"{message}"}}'.encode(), [*_JSON, *(headers or [])])
-
-
-def _host_name(host: str) -> str | None:
-    """The name or address in a Host header, without its port; None when malformed."""
-    if host.startswith("["):  # [v6]:port
-        end = host.find("]")
-        return host[1:end] if end > 0 else None
-    name, _, port = host.partition(":")
-    if port and not port.isdigit():
-        return None
-    return name or None
-
-
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
