@@ -62,7 +62,7 @@ http_corsdomain = []
 confirmations = 2
 
 [metrics]
-# Prometheus text on 127.0.0.1:PORT (0 = off).
+# Prometheus text on http://127.0.0.1:PORT/metrics (0 = off; docs/operator.md, "Metrics").
 port = 0
 
 # A research tool for measuring the defence: make this node MALICIOUS (docs/learning.md,
