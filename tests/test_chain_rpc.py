@@ -16,9 +16,10 @@ from web3 import Web3
 from web3.exceptions import ContractLogicError
 from web3.middleware import ExtraDataToPOAMiddleware
 
+from flockd.asgi import serve_asgi
 from flockd.chain.embedded import EmbeddedChain
 from flockd.chain.eth_api import EthAPI
-from flockd.chain.eth_http import MAX_BODY, HTTPAccess, serve_http
+from flockd.chain.eth_http import MAX_BODY, EthHTTPApp, HTTPAccess, serve_http
 from flockd.chain.genesis import Genesis
 
 T0 = 1_700_000_000
@@ -238,4 +239,28 @@ async def test_http_serves_the_hosts_and_origins_it_is_told_to():
             assert page.status_code == 200 and page.headers["access-control-allow-origin"] == "http://app.example"
             other = await client.post("/", json=CHAIN_ID, headers={"origin": "http://evil.example"})
             assert other.status_code == 403
+        nursery.cancel_scope.cancel()
+
+
+async def test_http_requests_in_progress_are_bounded():
+    api = EthAPI(make_chain(), call_timeout=2)
+    app = EthHTTPApp(api, HTTPAccess(), max_pending=2)
+    statuses: list[int] = []
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_asgi, app, 0)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+
+            async def post_loop() -> None:
+                reply = await client.post("/", content=call_body("eth_call", {"data": JUMP_LOOP}), headers=JSON)
+                statuses.append(reply.status_code)
+
+            async with trio.open_nursery() as clients:
+                for _ in range(2):
+                    clients.start_soon(post_loop)
+                while app.pending < 2:
+                    await trio.sleep(0.01)
+                busy = await client.post("/", json=CHAIN_ID)
+                assert busy.status_code == 503
+            assert statuses == [200, 200]  # each answered (with its aborted-call error)
+            assert (await client.post("/", json=CHAIN_ID)).status_code == 200
         nursery.cancel_scope.cancel()

@@ -9,7 +9,8 @@ requests to 127.0.0.1 too, so before any work it checks, as geth does:
 - Content-Type must be application/json: a browser cannot send that cross-origin without a
   CORS preflight, which fails for origins not on the list.
 Then the body (at most MAX_BODY) goes to `EthAPI.handle_body` in a worker thread, at most
-HTTP_WORKERS at a time, so HTTP clients together hold at most that many threads of work.
+HTTP_WORKERS at a time, so HTTP clients together hold at most that many threads of work;
+at most MAX_PENDING requests wait or run at once (bodies held in memory), more get 503.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
 MAX_BODY = 1024 * 1024  # a raw tx is <= 128 KiB; batches stay well under this
 HTTP_WORKERS = 2
+MAX_PENDING = 64
 PREFLIGHT_MAX_AGE = "600"
 _JSON = [(b"content-type", b"application/json")]
 
@@ -61,9 +63,11 @@ class HTTPAccess:
 class EthHTTPApp:
     """The ASGI app: the checks above, then one JSON-RPC body in, one reply out."""
 
-    def __init__(self, api: EthAPI, access: HTTPAccess) -> None:
+    def __init__(self, api: EthAPI, access: HTTPAccess, *, max_pending: int = MAX_PENDING) -> None:
         self.api = api
         self.access = access
+        self.max_pending = max_pending
+        self.pending = 0
         self._workers = trio.CapacityLimiter(HTTP_WORKERS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -97,6 +101,16 @@ class EthHTTPApp:
         if len(types) != 1 or types[0].split(b";")[0].strip().lower() != b"application/json":
             await _refuse(send, 415, "content-type must be application/json")
             return
+        if self.pending >= self.max_pending:
+            await _refuse(send, 503, "too many requests in progress, try again later")
+            return
+        self.pending += 1
+        try:
+            await self._answer(scope, receive, send, cors)
+        finally:
+            self.pending -= 1
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send, cors: list[tuple[bytes, bytes]]) -> None:
         try:
             body = await _read_body(scope, receive)
         except _ClientLeft:
