@@ -127,3 +127,42 @@ def test_a_daemon_serves_prometheus_text_with_every_family(short_tmp):
         assert rebound.status_code == 403
     finally:
         assert cluster.stop() == [0]
+
+
+@pytest.mark.slow
+def test_the_task_families_agree_with_the_nodes_round_history(short_tmp):
+    from flockd.testnet.task import TaskPlan, create_and_join
+
+    cluster = Cluster(short_tmp, 3)
+    cluster.init()
+    d = cluster.daemons[0]
+    port = free_port()
+    config = d.datadir / "config.toml"
+    config.write_text(config.read_text().replace("\nport = 0\n", f"\nport = {port}\n"))  # [metrics] port
+    plan = TaskPlan(rounds=2, expected_proposers=2, propose_blocks=15, commit_blocks=8, reveal_blocks=5)
+    try:
+        cluster.start()
+        cluster.wait_full_mesh(timeout=60)
+        task_id = create_and_join(cluster, plan)
+
+        def task_metrics() -> dict[str, float]:
+            found = families(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text)
+            return {
+                name: sum(s.value for s in samples if s.labels.get("task") == str(task_id))
+                for name, samples in found.items() if name.startswith("flockd_task_")
+            }
+
+        def history() -> list[dict]:
+            return d.call("task_status", {"task_id": task_id})["history"]
+
+        cluster.wait_for(lambda: len(history()) == plan.rounds, 400, "every round in the history", d)
+        cluster.wait_for(lambda: task_metrics()["flockd_task_rounds_finalised"] == plan.rounds, 60, "rounds tallied", d)
+        figures, rounds = task_metrics(), history()
+        assert figures["flockd_task_finished"] == 1
+        assert figures["flockd_task_proposals_accepted"] == sum(r["accepted"] for r in rounds)
+        assert figures["flockd_task_proposals_rejected"] == sum(r["rejected"] for r in rounds)
+        if any(0 < r["proposals"] < len(cluster.daemons) for r in rounds):  # a round with voters to vote
+            assert figures["flockd_task_votes_revealed"] >= 1
+        assert families(httpx.get(f"http://127.0.0.1:{port}/metrics").text)["flockd_peers"][0].value == 2
+    finally:
+        assert cluster.stop() == [0, 0, 0]
