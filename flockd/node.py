@@ -190,26 +190,24 @@ class Node:
                 self._watchdog.finished()
 
     async def _run_services(self) -> None:
-        async with trio.open_nursery() as nursery:
-            async with AsyncExitStack() as services:
-                await self._start(services, "p2p", self.p2p.run)
-                if self.chain_service is not None:
-                    await self._start(services, "chain", self.chain_service.run)
-                await self._start(services, "tasks", self.tasks.run)
-                await self._start(services, "rpc", self._serve_control_socket)
-                if self.config.metrics.port:
-                    await self._start(services, "metrics", self._serve_metrics)
-                log.info(
-                    "node started",
-                    address=self.address,
-                    peer_id=self.peer_id,
-                    listen=self.listen_addrs(),
-                )
-                await self._stop.wait()
-                log.info("node stopping")
-                if self._watchdog is not None:
-                    self._watchdog.stop_requested()
-            nursery.cancel_scope.cancel()
+        async with AsyncExitStack() as services:
+            await self._start(services, "p2p", self.p2p.run)
+            if self.chain_service is not None:
+                await self._start(services, "chain", self.chain_service.run)
+            await self._start(services, "tasks", self.tasks.run)
+            await self._start(services, "rpc", self._serve_control_socket)
+            if self.config.metrics.port:
+                await self._start(services, "metrics", self._serve_metrics)
+            log.info(
+                "node started",
+                address=self.address,
+                peer_id=self.peer_id,
+                listen=self.listen_addrs(),
+            )
+            await self._stop.wait()
+            log.info("node stopping")
+            if self._watchdog is not None:
+                self._watchdog.stop_requested()
         log.info("node stopped")
 
     async def _start(self, stack: AsyncExitStack, name: str, service: object) -> None:
