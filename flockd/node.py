@@ -129,6 +129,9 @@ class Node:
             address=bytes(self.identity.private_key.public_key.to_canonical_address()),
             vrf_secret=self.identity.vrf_secret,
             confirmations=self.config.chain.confirmations,
+            # On an external node the chain does not depend on our peers: a lone daemon
+            # cannot have sealed what it reads there.
+            min_peers=0 if self.config.chain.rpc_url else 1,
         )
         behaviour = self.config.attack.parsed()
         if not behaviour.is_honest:  # a research tool: nobody should run one by accident
