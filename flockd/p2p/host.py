@@ -33,7 +33,7 @@ from flockd.p2p.gossip import Gossip
 from flockd.p2p.limits import P2PLimits
 from flockd.p2p.logs import route_libp2p_logs
 from flockd.p2p.peering import Peering
-from flockd.p2p.streams import close_stream, read_frame, write_frame
+from flockd.p2p.streams import TransferSlots, close_stream, read_frame, write_frame
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus  # trio's own TaskStatus is hidden by trio-stubs
@@ -70,7 +70,7 @@ class P2PService(P2PNetwork):
         self._gossip = Gossip(key, self_id=self._id, network_id=network_id, limits=limits)
         self._peering = Peering(self._host, limits, seeds=seeds, own_addrs=self._own_dial_addrs)
         self._blob_handlers: dict[str, tuple[BlobHandler, int]] = {}
-        self._blob_slots = trio.Semaphore(limits.max_inbound_blobs)
+        self._blob_slots = TransferSlots(limits.max_inbound_blobs, limits.max_inbound_blobs_per_peer)
         self._running = False
         self._host.set_stream_handler(blobs.PROTOCOL, self._serve_blob)  # type: ignore[arg-type]
 
@@ -212,7 +212,12 @@ class P2PService(P2PNetwork):
             nonlocal uploading
             try:
                 await write_frame(
-                    stream, kind, data, chunk=limits.blob_chunk, timeout=limits.blob_read_timeout
+                    stream,
+                    kind,
+                    data,
+                    chunk=limits.blob_chunk,
+                    timeout=limits.blob_read_timeout,
+                    min_rate=limits.blob_min_rate,
                 )
                 reply_wait.deadline = trio.current_time() + limits.blob_reply_timeout
             except blobs.BlobError as exc:
@@ -259,21 +264,23 @@ class P2PService(P2PNetwork):
 
     async def _serve_blob(self, stream: INetStream) -> None:
         peer_id = stream.muxed_conn.peer_id.to_base58()
-        try:
-            self._blob_slots.acquire_nowait()
-        except trio.WouldBlock:
+        if not self._blob_slots.try_acquire(peer_id):
             await self._refuse(stream, "busy: too many concurrent blob transfers")
             return
         try:
             await self._serve_blob_slot(stream, peer_id)
         finally:
-            self._blob_slots.release()
+            self._blob_slots.release(peer_id)
 
     async def _serve_blob_slot(self, stream: INetStream, peer_id: str) -> None:
         limits = self._limits
         try:
             frame = await read_frame(
-                stream, self._inbound_cap, chunk=limits.blob_chunk, timeout=limits.blob_read_timeout
+                stream,
+                self._inbound_cap,
+                chunk=limits.blob_chunk,
+                timeout=limits.blob_read_timeout,
+                min_rate=limits.blob_min_rate,
             )
         except blobs.BlobError as exc:
             logger.info("blob from %s rejected: %s", peer_id, exc)
@@ -294,6 +301,7 @@ class P2PService(P2PNetwork):
                 reply or b"",
                 chunk=limits.blob_chunk,
                 timeout=limits.blob_read_timeout,
+                min_rate=limits.blob_min_rate,
             )
         except blobs.BlobError as exc:
             logger.info("reply to %s failed: %s", peer_id, exc)
