@@ -27,7 +27,7 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
 from multiaddr import Multiaddr
 
-from flockd.p2p import blobs, peerx
+from flockd.p2p import blobs, bulk, peerx
 from flockd.p2p.abc import BlobHandler, GossipHandler, P2PError, P2PNetwork, PeerInfo
 from flockd.p2p.gossip import Gossip
 from flockd.p2p.limits import P2PLimits
@@ -71,6 +71,12 @@ class P2PService(P2PNetwork):
         self._peering = Peering(self._host, limits, seeds=seeds, own_addrs=self._own_dial_addrs)
         self._blob_handlers: dict[str, tuple[BlobHandler, int]] = {}
         self._blob_slots = TransferSlots(limits.max_inbound_blobs, limits.max_inbound_blobs_per_peer)
+        self._bulk = bulk.BulkListener(
+            bulk.listen_host(list(listen)),
+            chunk=limits.bulk_chunk,
+            timeout=limits.blob_read_timeout,
+            max_unclaimed=2 * limits.max_inbound_blobs,
+        )
         self._running = False
         self._host.set_stream_handler(blobs.PROTOCOL, self._serve_blob)  # type: ignore[arg-type]
 
@@ -115,6 +121,7 @@ class P2PService(P2PNetwork):
                     try:
                         async with trio.open_nursery() as ours:
                             await self._gossip.start(pubsub, ours)
+                            await ours.start(self._bulk.run)
                             ours.start_soon(self._peering.run)
                             self._running = True
                             logger.info("p2p listening on %s", " ".join(self.listen_addrs()))
@@ -204,6 +211,8 @@ class P2PService(P2PNetwork):
         # Upload and wait for the reply at the same time: a peer that refuses the blob
         # (too large, unknown kind, busy) answers at once, and we stop uploading.
         limits = self._limits
+        if len(data) >= limits.bulk_min:
+            return await bulk.request(stream, kind, data, limits, self._reply_cap)
         reply_wait = trio.CancelScope()
         upload_error: list[blobs.BlobError] = []
         uploading = True
@@ -259,6 +268,8 @@ class P2PService(P2PNetwork):
         }.get(kind)
 
     def _inbound_cap(self, kind: str) -> int | None:
+        if kind == bulk.BULK:  # an offer to send a blob over the bulk channel
+            return bulk.MAX_OFFER
         entry = self._blob_handlers.get(kind)
         return entry[1] if entry else None
 
@@ -282,6 +293,8 @@ class P2PService(P2PNetwork):
                 timeout=limits.blob_read_timeout,
                 min_rate=limits.blob_min_rate,
             )
+            if frame.kind == bulk.BULK:
+                frame = await bulk.serve(stream, frame, self._bulk, self._inbound_cap, limits)
         except blobs.BlobError as exc:
             logger.info("blob from %s rejected: %s", peer_id, exc)
             await self._refuse(stream, str(exc))

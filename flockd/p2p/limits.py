@@ -35,3 +35,7 @@ class P2PLimits:
     max_inbound_blobs: int = 8  # concurrent inbound transfers (each may hold max_size bytes)
     max_inbound_blobs_per_peer: int = 2  # one peer's share of them
     max_reply: int = 64 * MiB  # largest reply send_blob accepts
+    # Blobs of bulk_min bytes or more go over the bulk channel (p2p/bulk.py): a plain TCP
+    # socket with AES-GCM chunks of bulk_chunk bytes, keyed over the blob stream.
+    bulk_min: int = 1 * MiB
+    bulk_chunk: int = 1 * MiB
