@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from functools import partial
 
 import pytest
 import trio
@@ -140,3 +141,30 @@ def test_negotiation_round_trips() -> None:
     assert bulk.decode_offer(bulk.encode_offer(Offer("fl.delta.1", 5 << 20))) == Offer("fl.delta.1", 5 << 20)
     answer = Answer(4242, os.urandom(32), os.urandom(16))
     assert bulk.decode_answer(bulk.encode_answer(answer)) == answer
+
+
+async def test_a_blob_sent_again_uses_its_remembered_digest_and_still_verifies() -> None:
+    data = os.urandom(2 * CHUNK)
+    digests = bulk.SentDigests(keep=2)
+    async with trio.open_nursery() as nursery:
+        listener = await listening(nursery)
+        with trio.fail_after(30):
+            for _ in range(2):
+                answer, expected = listener.expect(len(data))
+                nursery.start_soon(
+                    partial(bulk.send_bulk, chunk=CHUNK, timeout=5.0, digests=digests),
+                    ("127.0.0.1", listener.port), answer, data,
+                )
+                assert await listener.receive(answer, expected) == data
+                assert digests.get(data) == digest(data)
+        nursery.cancel_scope.cancel()
+
+
+def test_sent_digests_keep_only_the_last_few() -> None:
+    digests = bulk.SentDigests(keep=2)
+    blobs = [os.urandom(100) for _ in range(3)]
+    for blob in blobs:
+        digests.put(blob, digest(blob))
+    assert digests.get(blobs[0]) is None
+    assert [digests.get(b) for b in blobs[1:]] == [digest(b) for b in blobs[1:]]
+    assert digests.get(bytearray(blobs[2])) is None  # only immutable bytes are remembered

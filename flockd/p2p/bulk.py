@@ -124,12 +124,41 @@ def chunk_sizes(size: int, chunk: int) -> list[int]:
 # --- sender ---
 
 
-async def send_bulk(address: tuple[str, int], answer: Answer, data: bytes, *, chunk: int, timeout: float) -> None:
+class SentDigests:
+    """keccak256 of the last few blobs this node sent: a delta goes to every voter, a
+    model to every peer that asks, so each is hashed once, not once per peer. Keyed by
+    the bytes themselves (Python caches a bytes object's hash), holding `keep` of them."""
+
+    def __init__(self, keep: int = 4) -> None:
+        self._keep = keep
+        self._digests: dict[bytes, bytes] = {}
+
+    def get(self, data: bytes) -> bytes | None:
+        return self._digests.get(data) if type(data) is bytes else None
+
+    def put(self, data: bytes, value: bytes) -> None:
+        if type(data) is not bytes:
+            return
+        self._digests[data] = value
+        while len(self._digests) > self._keep:
+            del self._digests[next(iter(self._digests))]
+
+
+async def send_bulk(
+    address: tuple[str, int],
+    answer: Answer,
+    data: bytes,
+    *,
+    chunk: int,
+    timeout: float,
+    digests: SentDigests | None = None,
+) -> None:
     """Connect, present the ticket, send `data` in AEAD chunks and its keccak256 last.
     Every socket operation must progress within `timeout` (the caller bounds the whole)."""
     aead = AESGCM(answer.key)
     view = memoryview(data)
     digest = hasher()
+    known = digests.get(data) if digests is not None else None
     try:
         with trio.fail_after(timeout):
             sock = await trio.open_tcp_stream(*address)
@@ -140,7 +169,8 @@ async def send_bulk(address: tuple[str, int], answer: Answer, data: bytes, *, ch
         hashed = trio.Event()
 
         async def hash_all() -> None:
-            await trio.to_thread.run_sync(digest.update, view)
+            if known is None:
+                await trio.to_thread.run_sync(digest.update, view)
             hashed.set()
 
         nursery.start_soon(hash_all)  # overlaps with encrypting and sending below
@@ -150,8 +180,11 @@ async def send_bulk(address: tuple[str, int], answer: Answer, data: bytes, *, ch
                 sealed = aead.encrypt(_NONCE.pack(index), view[start : start + chunk], None)
                 await _send(sock, sealed, timeout)
             await hashed.wait()
+            value = known if known is not None else digest.digest()
             trailer = len(chunk_sizes(len(view), chunk))
-            await _send(sock, aead.encrypt(_NONCE.pack(trailer), digest.digest(), None), timeout)
+            await _send(sock, aead.encrypt(_NONCE.pack(trailer), value, None), timeout)
+            if digests is not None and known is None:
+                digests.put(data, value)
         except BlobError as exc:
             failure = exc
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -322,7 +355,7 @@ def listen_host(listen_addrs: list[str]) -> str:
 
 
 async def request(
-    stream: Any, kind: str, data: bytes, limits: P2PLimits, reply_cap: SizeCap
+    stream: Any, kind: str, data: bytes, limits: P2PLimits, reply_cap: SizeCap, digests: SentDigests
 ) -> Frame:
     """Offer `data` on the blob stream, send it over the bulk channel, and return the
     receiver's reply frame (an `!error` one if it refused the offer)."""
@@ -339,7 +372,9 @@ async def request(
     allowed = transfer_deadline(len(data), timeout, limits.blob_min_rate)
     try:
         with trio.fail_after(allowed):
-            await send_bulk((remote[0], answer.port), answer, data, chunk=limits.bulk_chunk, timeout=timeout)
+            await send_bulk(
+                (remote[0], answer.port), answer, data, chunk=limits.bulk_chunk, timeout=timeout, digests=digests
+            )
     except trio.TooSlowError as exc:
         raise BlobTimeout(f"the bulk transfer exceeded its deadline of {allowed:.0f}s") from exc
     return await read_frame(stream, reply_cap, chunk=chunk, timeout=timeout, first_timeout=limits.blob_reply_timeout)
