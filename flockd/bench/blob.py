@@ -32,13 +32,45 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench blob", description=__doc__)
     parser.add_argument("--total-mib", type=int, default=64, help="bytes sent per transport")
     parser.add_argument("--blob-mib", type=int, default=4, help="size of one blob")
+    parser.add_argument(
+        "--diagnose-without-keccak",
+        action="store_true",
+        help="diagnostic only: both processes skip the bulk channel's keccak check (flockd never runs so)",
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.diagnose_without_keccak:
+        skip_bulk_keccak()
     if args.serve:
         trio.run(serve, args.blob_mib * MiB)
         return 0
-    trio.run(measure, args.total_mib * MiB, args.blob_mib * MiB)
+    trio.run(measure, args.total_mib * MiB, args.blob_mib * MiB, args.diagnose_without_keccak)
     return 0
+
+
+def skip_bulk_keccak() -> None:
+    """Measures what the keccak check costs the bulk channel: its hasher becomes a no-op
+    in this process (the receiver is started with the same flag)."""
+    from flockd.p2p import bulk
+
+    class NoHash:
+        def update(self, data: object) -> None:
+            pass
+
+        def digest(self) -> bytes:
+            return bytes(32)
+
+    bulk.hasher = NoHash  # type: ignore[assignment]
+
+
+def keccak_rate(payload: bytes) -> float:
+    """MB/s of keccak256 over `payload` on one core, in this process, now."""
+    from flockd.p2p.blobs import digest
+
+    started = time.perf_counter()
+    for _ in range(4):
+        digest(payload)
+    return 4 * len(payload) / (time.perf_counter() - started) / 1e6
 
 
 # --- receiver process ---
@@ -92,14 +124,17 @@ async def wait_for_stdin_eof() -> None:
 # --- sender process ---
 
 
-async def measure(total: int, blob_size: int) -> None:
+async def measure(total: int, blob_size: int, without_keccak: bool) -> None:
     from flockd.p2p.host import P2PService
     from flockd.p2p.limits import P2PLimits
 
     count = max(1, total // blob_size)
     payload = os.urandom(blob_size)
     receiver = subprocess.Popen(
-        [sys.executable, "-m", "flockd.bench.blob", "--serve", "--blob-mib", str(blob_size // MiB)],
+        [
+            sys.executable, "-m", "flockd.bench.blob", "--serve", "--blob-mib", str(blob_size // MiB),
+            *(["--diagnose-without-keccak"] if without_keccak else []),
+        ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -140,6 +175,7 @@ async def measure(total: int, blob_size: int) -> None:
             fresh_rate = await throughput(send_libp2p_fresh, count, blob_size)
             stream_rate = await throughput(send_stream_only, count, blob_size)
             tcp_rate_again = await throughput(send_tcp, count, blob_size)
+            hash_rate = keccak_rate(payload)
             await tcp.aclose()
             nursery.cancel_scope.cancel()
     finally:
@@ -152,6 +188,9 @@ async def measure(total: int, blob_size: int) -> None:
     )
     baseline = (tcp_rate + tcp_rate_again) / 2  # measured before and after the others
     print(f"  load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    if without_keccak:
+        print("  DIAGNOSTIC: the bulk channel's keccak check is switched off in both processes")
+    print(f"  keccak256 alone, one core                    {hash_rate:8.1f} MB/s")
     print(f"  plain TCP socket (trio), same request/reply  {baseline:8.1f} MB/s  ({tcp_rate:.1f} before, {tcp_rate_again:.1f} after)")
     print(f"  /flock/blob/1 + bulk channel (aes-gcm+keccak) {libp2p_rate:8.1f} MB/s  ratio {libp2p_rate / baseline:.3f}  (one payload again and again: hashed once by the sender)")
     print(f"  ... a new payload per blob                    {fresh_rate:8.1f} MB/s  ratio {fresh_rate / baseline:.3f}  (hashed by both sides)")
