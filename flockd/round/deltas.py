@@ -131,13 +131,13 @@ class DeltaBook:
             out.append(FetchDelta(self.round, p.proposer, p.delta_hash, avoid))
         return out
 
+    def _mismatch(self, proposal: Proposal, sender: Address) -> DeltaRejected:
+        self._bad_senders.setdefault(proposal.delta_hash, set()).add(sender)
+        self._asked.discard(proposal.delta_hash)  # the next fetch avoids this sender
+        return DeltaRejected(self.round, proposal.proposer, sender, RejectReason.HASH_MISMATCH)
+
     def _unpend(self, digest: bytes) -> _Unverified | None:
         entry = self._pending.pop(digest, None)
         if entry is not None:
             del self._pending_of[entry.sender]
         return entry
-
-    def _mismatch(self, proposal: Proposal, sender: Address) -> DeltaRejected:
-        self._bad_senders.setdefault(proposal.delta_hash, set()).add(sender)
-        self._asked.discard(proposal.delta_hash)  # the next fetch avoids this sender
-        return DeltaRejected(self.round, proposal.proposer, sender, RejectReason.HASH_MISMATCH)
