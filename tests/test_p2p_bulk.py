@@ -168,3 +168,21 @@ def test_sent_digests_keep_only_the_last_few() -> None:
     assert digests.get(blobs[0]) is None
     assert [digests.get(b) for b in blobs[1:]] == [digest(b) for b in blobs[1:]]
     assert digests.get(bytearray(blobs[2])) is None  # only immutable bytes are remembered
+
+
+async def test_a_silent_stranger_times_out_and_the_port_keeps_serving() -> None:
+    data = os.urandom(CHUNK)
+    async with trio.open_nursery() as nursery:
+        listener = BulkListener("127.0.0.1", chunk=CHUNK, timeout=0.5, max_unclaimed=4)
+        await nursery.start(listener.run)
+        with trio.fail_after(30):
+            silent = await trio.open_tcp_stream("127.0.0.1", listener.port)
+            reset = await trio.open_tcp_stream("127.0.0.1", listener.port)
+            await reset.send_all(b"abc")
+            await reset.aclose()
+            assert await silent.receive_some(10) == b""  # closed by the listener
+            answer, expected = listener.expect(len(data))
+            nursery.start_soon(send, listener.port, answer, data)
+            assert await listener.receive(answer, expected) == data
+            await silent.aclose()
+        nursery.cancel_scope.cancel()

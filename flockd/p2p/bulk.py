@@ -258,12 +258,15 @@ class BulkListener:
                 self._unclaimed.acquire_nowait()
             except trio.WouldBlock:
                 return  # too many connections without a ticket: drop this one
+            ticket: bytearray | None = None
             try:
                 with trio.move_on_after(self._timeout):
                     ticket = await _receive_exactly(sock, TICKET)
+            except (OSError, trio.BrokenResourceError):
+                return  # reset before it said anything
             finally:
                 self._unclaimed.release()
-            expected = self._expected.get(ticket) if ticket else None
+            expected = self._expected.get(bytes(ticket)) if ticket else None
             if expected is None or expected.claimed:
                 return
             expected.claimed = True
@@ -279,11 +282,10 @@ class BulkListener:
 
     async def _receive_body(self, sock: trio.SocketStream, expected: _Expected) -> bytes:
         aead = AESGCM(expected.key)
-        body = bytearray(expected.size)
-        view = memoryview(body)
+        parts: list[bytes] = []  # decrypted chunks, joined once at the end
         digest = hasher()
         # One worker thread hashes the chunks in order while this task reads the next.
-        send_plain, receive_plain = trio.open_memory_channel[memoryview](1)
+        send_plain, receive_plain = trio.open_memory_channel[bytes](1)
 
         async def hash_chunks() -> None:
             async with receive_plain:
@@ -294,13 +296,11 @@ class BulkListener:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(hash_chunks)
             async with send_plain:
-                position = 0
                 try:
                     for index, length in enumerate(chunk_sizes(expected.size, self._chunk)):
                         plain = _open(aead, index, await self._read(sock, length + TAG))
-                        view[position : position + length] = plain
-                        await send_plain.send(view[position : position + length])
-                        position += length
+                        parts.append(plain)
+                        await send_plain.send(plain)
                 except BlobError as exc:
                     failure = exc
         if failure is not None:  # raised here, not inside the nursery: callers get the BlobError
@@ -308,9 +308,9 @@ class BulkListener:
         trailer = len(chunk_sizes(expected.size, self._chunk))
         if _open(aead, trailer, await self._read(sock, DIGEST + TAG)) != digest.digest():
             raise HashMismatch("bulk blob: the body does not match its keccak256")
-        return bytes(body)
+        return b"".join(parts)
 
-    async def _read(self, sock: trio.SocketStream, size: int) -> bytes:
+    async def _read(self, sock: trio.SocketStream, size: int) -> bytearray:
         try:
             with trio.fail_after(self._timeout):
                 data = await _receive_exactly(sock, size)
@@ -321,24 +321,24 @@ class BulkListener:
         return data
 
 
-def _open(aead: AESGCM, index: int, sealed: bytes) -> bytes:
+def _open(aead: AESGCM, index: int, sealed: bytearray) -> bytes:
     try:
         return aead.decrypt(_NONCE.pack(index), sealed, None)
     except InvalidTag:
         raise BulkError(f"bulk chunk {index} failed authentication") from None
 
 
-async def _receive_exactly(sock: trio.SocketStream, size: int) -> bytes | None:
-    """`size` bytes, or None if the peer closed first."""
-    parts: list[bytes] = []
-    missing = size
-    while missing:
-        part = await sock.receive_some(missing)
-        if not part:
+async def _receive_exactly(sock: trio.SocketStream, size: int) -> bytearray | None:
+    """`size` bytes, or None if the peer closed first; read straight into one buffer."""
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    filled = 0
+    while filled < size:
+        got = await sock.socket.recv_into(view[filled:])
+        if not got:
             return None
-        parts.append(part)
-        missing -= len(part)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+        filled += got
+    return buffer
 
 
 def listen_host(listen_addrs: list[str]) -> str:
