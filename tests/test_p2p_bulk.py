@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
+import struct
 from functools import partial
 
 import pytest
@@ -185,4 +187,23 @@ async def test_a_silent_stranger_times_out_and_the_port_keeps_serving() -> None:
             nursery.start_soon(send, listener.port, answer, data)
             assert await listener.receive(answer, expected) == data
             await silent.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_sender_resetting_mid_blob_fails_that_transfer_only() -> None:
+    data = os.urandom(3 * CHUNK)
+    async with trio.open_nursery() as nursery:
+        listener = await listening(nursery)
+        answer, expected = listener.expect(len(data))
+        aead = bulk.AESGCM(answer.key)
+        with trio.fail_after(30):
+            sock = await trio.open_tcp_stream("127.0.0.1", listener.port)
+            await sock.send_all(answer.ticket + aead.encrypt(bulk._NONCE.pack(0), data[:CHUNK], None) + b"x" * 100)
+            sock.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            await sock.aclose()  # with linger 0: an RST, not a FIN
+            with pytest.raises(BlobError):
+                await listener.receive(answer, expected)
+            answer, expected = listener.expect(len(data))
+            nursery.start_soon(send, listener.port, answer, data)
+            assert await listener.receive(answer, expected) == data
         nursery.cancel_scope.cancel()

@@ -249,7 +249,8 @@ class BulkListener:
             expected.reading.cancel()  # a transfer still running past our deadline stops
         if expected.error is not None:
             raise expected.error
-        assert expected.data is not None
+        if expected.data is None:
+            raise BulkError("the bulk transfer ended without a blob")
         return expected.data
 
     async def _serve(self, sock: trio.SocketStream) -> None:
@@ -303,6 +304,8 @@ class BulkListener:
                         await send_plain.send(plain)
                 except BlobError as exc:
                     failure = exc
+                except OSError as exc:  # a reset connection, from recv_into
+                    failure = BulkError(f"bulk connection failed while reading: {exc!r}")
         if failure is not None:  # raised here, not inside the nursery: callers get the BlobError
             raise failure
         trailer = len(chunk_sizes(expected.size, self._chunk))
