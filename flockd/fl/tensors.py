@@ -10,11 +10,14 @@ buffers such as BatchNorm's ``num_batches_tracked``).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from flockd.fl.errors import FLError
+
+if TYPE_CHECKING:  # torch loads when a model is built, not with the codec (light daemons)
+    import torch
 
 Tensors = dict[str, np.ndarray]
 Shapes = dict[str, tuple[int, ...]]
@@ -59,6 +62,8 @@ def require_same_layout(expected: Mapping[str, tuple[int, ...]], got: Shapes, wh
 
 def model_state(model: torch.nn.Module) -> Tensors:
     """A copy of the model's state dict as canonical float32 numpy arrays."""
+    import torch
+
     state = model.state_dict()
     for name, tensor in state.items():
         if tensor.dtype != torch.float32:
@@ -68,6 +73,8 @@ def model_state(model: torch.nn.Module) -> Tensors:
 
 def load_model_state(model: torch.nn.Module, tensors: Mapping[str, np.ndarray]) -> None:
     """Load ``tensors`` into ``model`` in place; names and shapes must match exactly."""
+    import torch
+
     require_same_layout(shapes(model_state(model)), shapes(tensors), "model state")
     model.load_state_dict(
         {name: torch.from_numpy(np.array(a, dtype=np.float32)) for name, a in tensors.items()},

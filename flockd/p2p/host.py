@@ -27,13 +27,13 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
 from multiaddr import Multiaddr
 
-from flockd.p2p import blobs, peerx
+from flockd.p2p import blobs, bulk, peerx
 from flockd.p2p.abc import BlobHandler, GossipHandler, P2PError, P2PNetwork, PeerInfo
 from flockd.p2p.gossip import Gossip
 from flockd.p2p.limits import P2PLimits
 from flockd.p2p.logs import route_libp2p_logs
 from flockd.p2p.peering import Peering
-from flockd.p2p.streams import close_stream, read_frame, write_frame
+from flockd.p2p.streams import TransferSlots, close_stream, read_frame, write_frame
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus  # trio's own TaskStatus is hidden by trio-stubs
@@ -70,7 +70,14 @@ class P2PService(P2PNetwork):
         self._gossip = Gossip(key, self_id=self._id, network_id=network_id, limits=limits)
         self._peering = Peering(self._host, limits, seeds=seeds, own_addrs=self._own_dial_addrs)
         self._blob_handlers: dict[str, tuple[BlobHandler, int]] = {}
-        self._blob_slots = trio.Semaphore(limits.max_inbound_blobs)
+        self._blob_slots = TransferSlots(limits.max_inbound_blobs, limits.max_inbound_blobs_per_peer)
+        self._bulk = bulk.BulkListener(
+            bulk.listen_host(list(listen)),
+            chunk=limits.bulk_chunk,
+            timeout=limits.blob_read_timeout,
+            max_unclaimed=2 * limits.max_inbound_blobs,
+        )
+        self._sent_digests = bulk.SentDigests()
         self._running = False
         self._host.set_stream_handler(blobs.PROTOCOL, self._serve_blob)  # type: ignore[arg-type]
 
@@ -115,6 +122,7 @@ class P2PService(P2PNetwork):
                     try:
                         async with trio.open_nursery() as ours:
                             await self._gossip.start(pubsub, ours)
+                            await ours.start(self._bulk.run)
                             ours.start_soon(self._peering.run)
                             self._running = True
                             logger.info("p2p listening on %s", " ".join(self.listen_addrs()))
@@ -204,6 +212,8 @@ class P2PService(P2PNetwork):
         # Upload and wait for the reply at the same time: a peer that refuses the blob
         # (too large, unknown kind, busy) answers at once, and we stop uploading.
         limits = self._limits
+        if len(data) >= limits.bulk_min:
+            return await bulk.request(stream, kind, data, limits, self._reply_cap, self._sent_digests)
         reply_wait = trio.CancelScope()
         upload_error: list[blobs.BlobError] = []
         uploading = True
@@ -212,7 +222,12 @@ class P2PService(P2PNetwork):
             nonlocal uploading
             try:
                 await write_frame(
-                    stream, kind, data, chunk=limits.blob_chunk, timeout=limits.blob_read_timeout
+                    stream,
+                    kind,
+                    data,
+                    chunk=limits.blob_chunk,
+                    timeout=limits.blob_read_timeout,
+                    min_rate=limits.blob_min_rate,
                 )
                 reply_wait.deadline = trio.current_time() + limits.blob_reply_timeout
             except blobs.BlobError as exc:
@@ -254,27 +269,33 @@ class P2PService(P2PNetwork):
         }.get(kind)
 
     def _inbound_cap(self, kind: str) -> int | None:
+        if kind == bulk.BULK:  # an offer to send a blob over the bulk channel
+            return bulk.MAX_OFFER
         entry = self._blob_handlers.get(kind)
         return entry[1] if entry else None
 
     async def _serve_blob(self, stream: INetStream) -> None:
         peer_id = stream.muxed_conn.peer_id.to_base58()
-        try:
-            self._blob_slots.acquire_nowait()
-        except trio.WouldBlock:
+        if not self._blob_slots.try_acquire(peer_id):
             await self._refuse(stream, "busy: too many concurrent blob transfers")
             return
         try:
             await self._serve_blob_slot(stream, peer_id)
         finally:
-            self._blob_slots.release()
+            self._blob_slots.release(peer_id)
 
     async def _serve_blob_slot(self, stream: INetStream, peer_id: str) -> None:
         limits = self._limits
         try:
             frame = await read_frame(
-                stream, self._inbound_cap, chunk=limits.blob_chunk, timeout=limits.blob_read_timeout
+                stream,
+                self._inbound_cap,
+                chunk=limits.blob_chunk,
+                timeout=limits.blob_read_timeout,
+                min_rate=limits.blob_min_rate,
             )
+            if frame.kind == bulk.BULK:
+                frame = await bulk.serve(stream, frame, self._bulk, self._inbound_cap, limits)
         except blobs.BlobError as exc:
             logger.info("blob from %s rejected: %s", peer_id, exc)
             await self._refuse(stream, str(exc))
@@ -294,6 +315,7 @@ class P2PService(P2PNetwork):
                 reply or b"",
                 chunk=limits.blob_chunk,
                 timeout=limits.blob_read_timeout,
+                min_rate=limits.blob_min_rate,
             )
         except blobs.BlobError as exc:
             logger.info("reply to %s failed: %s", peer_id, exc)

@@ -148,6 +148,7 @@ class DeltaReceived:
     proposer: Address
     delta: bytes
     sender: Address
+    digest: bytes | None = None  # delta_hash(delta), when the adapter computed it off the loop
 
     def __post_init__(self) -> None:
         check_round(self.round)
@@ -155,6 +156,8 @@ class DeltaReceived:
         check_address("sender", self.sender)
         if not isinstance(self.delta, bytes):
             raise InvalidEvent("delta must be bytes")
+        if self.digest is not None and not (isinstance(self.digest, bytes) and len(self.digest) == 32):
+            raise InvalidEvent("digest must be 32 bytes")
 
 
 @dataclass(frozen=True)

@@ -218,7 +218,9 @@ class RoundMachine:
             case PhaseClosedOnChain():
                 self._closed_early.setdefault(event.phase, event.last_block)
             case DeltaReceived():
-                out.extend(self._book.offer(event.proposer, event.delta, event.sender, self._closed()))
+                out.extend(
+                    self._book.offer(event.proposer, event.delta, event.sender, self._closed(), event.digest)
+                )
             case ScoresReady():
                 self._on_scores(event.votes)
             case BallotRestored():
