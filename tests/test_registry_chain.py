@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 from eth_utils import keccak
+from test_client import ALICE, BOB, FAST, SEALER, Sealer, genesis
 
 from flockd import vrf
 from flockd.chain.backends import InProcessBackend
@@ -18,7 +19,6 @@ from flockd.chain.embedded import EmbeddedChain
 from flockd.chain.registry import Registry, TaskParams, Token
 from flockd.tasks.abc import TxReverted
 from flockd.tasks.registry_chain import RegistryChain
-from tests.test_client import ALICE, BOB, FAST, SEALER, Sealer, genesis
 
 STAKE = 10**18
 PARAMS = TaskParams(

@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 import trio
 from eth_utils import keccak
+from fake_task_chain import INIT_HASH, ArithmeticWork, ScriptedChain, ScriptedPeers
 
+from flockd import round as rnd
 from flockd import sortition
 from flockd.chain.registry import TaskParams
 from flockd.round import vote_digest
 from flockd.store import Store
 from flockd.tasks import runner as runner_module
-from flockd.tasks.exchange import DeltaPush
 from flockd.tasks.runner import NodeContext, TaskRunner
-from tests.fake_task_chain import INIT_HASH, ArithmeticWork, ScriptedChain, ScriptedPeers
 
 ME, P1, V2 = (bytes([i]) * 20 for i in (1, 2, 3))
 TASK = 1
@@ -84,7 +84,7 @@ async def vote_on_one_proposal(node: Node, runner: TaskRunner, *, push: bool = T
     await until(lambda: "decline" in chain.sent_fns(0), "the voter to decline")
     chain.seal(proposal(chain, 0, 0, P1, H1))
     if push:
-        runner.on_delta_push(DeltaPush(TASK, 0, P1, D1), P1)
+        runner.on_delta_push(rnd.DeltaReceived(0, P1, D1, P1))
     chain.seal_until(opened + WINDOW)
     await until(lambda: "commit_vote" in chain.sent_fns(0), "the commit")
     chain.seal()  # the commit lands

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from flockd import round as rnd
 from flockd import vrf
 from flockd.p2p.abc import GossipHandler, P2PNetwork, PeerInfo
 from flockd.sim import SimConfig
@@ -55,7 +56,8 @@ class InProcessPeers(P2PNetwork):
         await trio.lowlevel.checkpoint()
         target = self.hub[bytes.fromhex(peer_id)]
         if kind == DELTA_KIND:
-            target.on_delta_push(decode_push(data), self.me)
+            push = decode_push(data)
+            target.on_delta_push(rnd.DeltaReceived(push.round, push.proposer, push.delta, self.me))
             return None
         assert kind == FETCH_KIND
         request = decode_fetch(data)

@@ -168,13 +168,14 @@ class TaskRunner:
         """An event from the chain: never dropped (the poller reads at its own pace)."""
         self._post(None, event)
 
-    def on_delta_push(self, push: DeltaPush, sender: bytes) -> None:
-        """A peer's delta: dropped while INBOX_LIMIT events wait (the fetch gets it later)."""
+    def on_delta_push(self, received: rnd.DeltaReceived) -> None:
+        """A peer's delta, admitted by the task's push gate (tasks/pushes.py): dropped
+        while INBOX_LIMIT events wait (the fetch gets it later)."""
         if self._inbox_send.statistics().current_buffer_used >= INBOX_LIMIT:
             self.counters.incr("pushes_dropped")
-            log.warning("task inbox full: dropping a pushed delta", task=self.task_id, sender=_hex(sender))
+            log.warning("task inbox full: dropping a pushed delta", task=self.task_id, sender=_hex(received.sender))
             return
-        self.deliver(rnd.DeltaReceived(push.round, push.proposer, push.delta, sender))
+        self.deliver(received)
 
     def _post(self, generation: int | None, item: rnd.Event | Rebuild) -> None:
         self._inbox_send.send_nowait((generation, item))

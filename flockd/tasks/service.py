@@ -204,7 +204,7 @@ class TaskService:
             max_delta=max_delta_bytes(worker.layout),
             per_round=4 * params.max_proposals,  # as many as the round machine buffers
             current_round=lambda: runner.machine.current_round,
-            deliver=runner.deliver,
+            deliver=runner.on_delta_push,
         ))
         try:
             await runner.run()
