@@ -13,7 +13,8 @@ The decoder accepts only the canonical form, so one delta has one encoding and
 gives the canonical bytes of a full model state that ``model_hash`` hashes.
 
 Everything a peer sends is checked before any array is allocated: total size, header
-size, msgpack limits, field types, dtype allow-list, element count, body length.
+size, msgpack limits, field types, dtype allow-list, element count, body length. Then
+every value must be finite and, in a delta, at most ``MAX_DELTA_VALUE`` in magnitude.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ _NUMPY_DTYPE: dict[str, np.dtype[Any]] = {"float32": np.dtype("<f4"), "float16":
 _INDEX_DTYPE = np.dtype("<u4")
 _PREFIX = struct.Struct("<4sI")
 MAX_SAMPLES = 2**32 - 1
+# The largest finite float16: every encoding can carry it, and no sane update moves one
+# weight this far in a round (honest deltas of the built-in recipes stay below 4).
+MAX_DELTA_VALUE = 65504.0
 
 
 class DeltaError(FLError):
@@ -74,6 +78,10 @@ class DeltaLengthMismatch(DeltaError): ...
 
 
 class NonFiniteDelta(DeltaError): ...
+
+
+class DeltaOutOfBounds(DeltaError):
+    """A delta value exceeds ``MAX_DELTA_VALUE`` in magnitude."""
 
 
 class DeltaHashMismatch(DeltaError):
@@ -172,15 +180,13 @@ def _encode(tensors: Tensors, kind: str, samples: int, enc: str, topk_fraction: 
     for name, array in tensors.items():
         if not np.isfinite(array).all():
             raise NonFiniteDelta(f"{name} has NaN or infinite values")
+        if kind == "delta" and array.size and float(np.abs(array).max()) > MAX_DELTA_VALUE:
+            raise DeltaOutOfBounds(f"{name} has a value beyond +-{MAX_DELTA_VALUE:g}")
         flat = array.reshape(-1)
         if enc == "f32":
             chunks.append(flat.tobytes())
-        elif enc == "f16":
-            with np.errstate(over="ignore"):  # overflow becomes inf, refused just below
-                half = flat.astype("<f2")
-            if not np.isfinite(half).all():
-                raise NonFiniteDelta(f"{name} overflows float16")
-            chunks.append(half.tobytes())
+        elif enc == "f16":  # finite: the value bound is the largest float16
+            chunks.append(flat.astype("<f2").tobytes())
         else:
             k = min(flat.size, max(1, math.ceil(topk_fraction * flat.size)))
             # Stable sort on -|x|: ties go to the lower index, so the choice is canonical.
@@ -224,7 +230,8 @@ def _decode(
         problem = layout_mismatch(expected_shapes, tensors_shapes)
         if problem is not None:
             raise DeltaShapeMismatch(problem)
-    tensors = _read_body(memoryview(data)[body_at:], enc, tensors_shapes, counts)
+    bound = MAX_DELTA_VALUE if kind == "delta" else math.inf
+    tensors = _read_body(memoryview(data)[body_at:], enc, tensors_shapes, counts, bound)
     return Delta(tensors=tensors, samples=fields["n"], encoding=enc, hash=digest)
 
 
@@ -314,7 +321,11 @@ def _placeholders(tensors_shapes: dict[str, tuple[int, ...]]) -> Tensors:
 
 
 def _read_body(
-    body: memoryview, enc: str, shapes: dict[str, tuple[int, ...]], counts: list[int]
+    body: memoryview,
+    enc: str,
+    shapes: dict[str, tuple[int, ...]],
+    counts: list[int],
+    bound: float,
 ) -> Tensors:
     if enc == "topk":
         sizes = [c * (_INDEX_DTYPE.itemsize + 4) for c in counts]
@@ -335,6 +346,8 @@ def _read_body(
             array = values.astype(np.float32).reshape(shape)
         if not np.isfinite(array).all():
             raise NonFiniteDelta(f"{name} has NaN or infinite values")
+        if array.size and float(np.abs(array).max()) > bound:
+            raise DeltaOutOfBounds(f"{name} has a value beyond +-{bound:g}")
         tensors[name] = array
     return tensors
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
-from flockd.fl.aggregate import aggregate, apply
+from flockd.fl.aggregate import MAX_UPDATE_RATIO, aggregate, apply, squared_update_limit
 from flockd.fl.attacks import (
     HONEST,
     Behaviour,
@@ -22,13 +22,16 @@ from flockd.fl.attacks import (
     poison_delta,
     training_split,
 )
-from flockd.fl.codec import Delta, decode_delta, encode_delta
+from flockd.fl.codec import Delta, DeltaError, decode_delta, delta_hash, encode_delta
 from flockd.fl.data import DataSpec
 from flockd.fl.recipe import Metrics, limit_torch_threads, load_recipe, training_seed
 from flockd.fl.score import Scorer, accepts
-from flockd.fl.tensors import Tensors, load_model_state, model_state, shapes, subtract
-from flockd.round import SCORE_BOUND
+from flockd.fl.tensors import Tensors, load_model_state, model_state, shapes, squared_norm, subtract
+from flockd.logs import get_logger
+from flockd.stats import Counters
 from flockd.tasks.spec import TaskSpec
+
+log = get_logger("flockd.tasks")
 
 
 class Worker:
@@ -60,6 +63,7 @@ class Worker:
         self._model = self.recipe.build_model(spec.seed)
         self.layout = shapes(model_state(self._model))
         self._lock = threading.Lock()  # one torch model, one user at a time
+        self.counters = Counters()
 
     def initial_model(self) -> Tensors:
         return model_state(self.recipe.build_model(self.spec.seed))
@@ -84,33 +88,65 @@ class Worker:
         whole_round: bool,
         round_number: int,
     ) -> tuple[int, ...]:
-        """Per-proposal: +1 / -1 for each delta (a missing one is -1). Whole-round: one
-        score for the aggregate, the validation accuracy gain in fixed point. ``proposers``
-        (in the deltas' order) matter only to a colluding voter."""
+        """Per-proposal: +1 / -1 for each delta (a missing or unusable one is -1).
+        Whole-round: one vote, +1 when the aggregate of the usable deltas does not lower
+        the voter's validation accuracy, else -1. ``proposers`` (in the deltas' order)
+        matter only to a colluding voter. Never raises on a peer's bytes."""
         honest = self.honest_score(base, deltas, whole_round)
         rng = attack_rng(self.spec.seed, round_number, self.node_index, "vote")
         return cast_votes(self.behaviour, honest, proposers, self.colluders, rng, whole_round)
 
     def honest_score(self, base: Tensors, deltas: Sequence[bytes | None], whole_round: bool) -> tuple[int, ...]:
         with self._lock:
+            usable = self.usable(base, deltas)  # cheap checks before any evaluation
             scorer = Scorer(self.recipe, base, self.val_split)
             if whole_round:
-                decoded = [self.decode(d) for d in deltas if d is not None]
-                gain = scorer.score(aggregate(decoded, self.spec.rule)).accuracy_gain
-                return (max(-SCORE_BOUND, min(SCORE_BOUND, round(gain * SCORE_BOUND))),)
-            votes = []
-            for data in deltas:
-                if data is None:
-                    votes.append(-1)
-                    continue
-                score = scorer.score(self.decode(data).tensors)
-                votes.append(1 if accepts(score, max_accuracy_drop=self.spec.max_accuracy_drop) else -1)
-            return tuple(votes)
+                kept = [d for d in usable if d is not None]
+                if not kept:
+                    return (-1,)
+                gain = scorer.score(aggregate(kept, self.spec.rule)).accuracy_gain
+                return (1 if gain >= 0 else -1,)
+            drop = self.spec.max_accuracy_drop
+            return tuple(
+                1 if d is not None and accepts(scorer.score(d.tensors), max_accuracy_drop=drop) else -1
+                for d in usable
+            )
+
+    def usable(self, base: Tensors, deltas: Sequence[bytes | None]) -> list[Delta | None]:
+        """Each delta decoded, or None where it is missing or unusable for ``base``: the
+        strict decoder refuses it (not a delta, another layout, NaN/Inf, a value out of
+        bounds) or its norm breaks the update bound (protocol/spec/delta.md §3)."""
+        limit = squared_update_limit(base)
+        out: list[Delta | None] = []
+        for data in deltas:
+            if data is None:
+                out.append(None)
+                continue
+            try:
+                delta = self.decode(data)
+            except DeltaError as exc:
+                self._refuse(data, f"{type(exc).__name__}: {exc}")
+                out.append(None)
+                continue
+            if squared_norm(delta.tensors) > limit:
+                self._refuse(data, f"update norm beyond {MAX_UPDATE_RATIO}x the model's")
+                out.append(None)
+                continue
+            out.append(delta)
+        return out
+
+    def _refuse(self, data: bytes, reason: str) -> None:
+        self.counters.incr("deltas_unusable")
+        log.warning("unusable delta", node=self.node_index, delta=delta_hash(data).hex()[:16], reason=reason)
 
     def aggregate(self, base: Tensors, deltas: Sequence[bytes]) -> Tensors:
-        if not deltas:
+        """``base`` plus the task's aggregate of the usable deltas (unusable ones are left
+        out, as every node leaves them out; none usable: ``base`` unchanged). Raises only
+        AggregationError, never on a peer's bytes alone."""
+        usable = [d for d in self.usable(base, deltas) if d is not None]
+        if not usable:
             return dict(base)
-        return apply(base, aggregate([self.decode(d) for d in deltas], self.spec.rule))
+        return apply(base, aggregate(usable, self.spec.rule))
 
     def evaluate_test(self, state: Tensors) -> Metrics:
         with self._lock:
