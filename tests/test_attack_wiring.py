@@ -12,7 +12,6 @@ from flockd.fl.attacks import HONEST, parse_behaviour
 from flockd.fl.codec import decode_delta, encode_delta
 from flockd.fl.simulate import main as simulate_main
 from flockd.fl.simulate import simulate
-from flockd.round import SCORE_BOUND
 from flockd.tasks.spec import TaskSpec
 from flockd.tasks.work import Worker
 from flockd.testnet.cluster import Cluster
@@ -122,17 +121,18 @@ def test_voters_replace_their_honest_scores():
     assert worker("accept-all").score(base, deltas, [A, B, C], False, 1) == (1, 1, 1)
     colluder = worker("collude", colluders=frozenset({B}))
     assert colluder.score(base, deltas, [A, B, C], False, 1) == (-1, 1, -1)
-    assert colluder.score(base, [good], [B], True, 1) == (SCORE_BOUND,)
+    assert colluder.score(base, [good], [B], True, 1) == (1,)
+    assert colluder.score(base, [good], [A], True, 1) == (-1,)
     random = worker("random-vote")
     votes = random.score(base, deltas, [A, B, C], False, 1)
     assert set(votes) <= {-1, 1} and votes == random.score(base, deltas, [A, B, C], False, 1)
 
 
-def test_honest_whole_round_score_is_the_accuracy_gain():
+def test_honest_whole_round_vote_is_plus_one_for_a_gain():
     base = worker().initial_model()
     good = worker().train(base, 1)
-    (score,) = worker().score(base, [good], [A], True, 1)
-    assert 0 < score <= SCORE_BOUND  # training from the initial model helps
+    assert worker().score(base, [good], [A], True, 1) == (1,)  # training from scratch helps
+    assert worker("random-vote").score(base, [good], [A], True, 1)[0] in (-1, 1)
 
 
 # --- the in-process simulation ---------------------------------------------------------

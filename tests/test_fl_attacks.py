@@ -21,7 +21,6 @@ from flockd.fl.attacks import (
     training_split,
 )
 from flockd.fl.data import Split
-from flockd.round import SCORE_BOUND
 
 A, B, C, D = (bytes([n]) * 20 for n in (0xA, 0xB, 0xC, 0xD))
 
@@ -224,7 +223,7 @@ def test_attack_rng_streams_differ_by_node_and_purpose():
 
 def test_honest_voter_submits_what_it_scored():
     assert cast_votes(HONEST, (1, -1, 1), [A, B, C], frozenset(), rng(), False) == (1, -1, 1)
-    assert cast_votes(HONEST, (1234,), [A, B], frozenset(), rng(), True) == (1234,)
+    assert cast_votes(HONEST, (-1,), [A, B], frozenset(), rng(), True) == (-1,)
     # delta attacks do not change the vote
     signer = parse_behaviour("sign-flip:4")
     assert cast_votes(signer, (1, -1), [A, B], frozenset(), rng(), False) == (1, -1)
@@ -233,7 +232,7 @@ def test_honest_voter_submits_what_it_scored():
 def test_accept_all_accepts_everything_in_both_modes():
     b = parse_behaviour("accept-all")
     assert cast_votes(b, (-1, -1, 1), [A, B, C], frozenset(), rng(), False) == (1, 1, 1)
-    assert cast_votes(b, (-SCORE_BOUND,), [A], frozenset(), rng(), True) == (SCORE_BOUND,)
+    assert cast_votes(b, (-1,), [A], frozenset(), rng(), True) == (1,)
 
 
 def test_random_votes_are_uniform_and_fixed_by_the_generator():
@@ -244,11 +243,10 @@ def test_random_votes_are_uniform_and_fixed_by_the_generator():
     assert 900 < votes.count(1) < 1100
     assert votes == cast_votes(b, (1,) * 2000, proposers, frozenset(), rng(), False)
     scores = [
-        cast_votes(b, (0,), [A], frozenset(), np.random.default_rng(s), True)[0] for s in range(200)
+        cast_votes(b, (1,), [A], frozenset(), np.random.default_rng(s), True)[0] for s in range(200)
     ]
-    assert all(-SCORE_BOUND <= s <= SCORE_BOUND for s in scores)
-    assert sum(s > 0 for s in scores) > 60 and sum(s < 0 for s in scores) > 60
-    assert max(abs(s) for s in scores) > SCORE_BOUND // 2
+    assert set(scores) == {-1, 1}  # whole-round votes are +-1 too, never a weighted score
+    assert 60 < scores.count(1) < 140
 
 
 def test_colluders_accept_each_other_and_reject_the_honest_per_proposal():
@@ -262,9 +260,9 @@ def test_colluders_accept_each_other_and_reject_the_honest_per_proposal():
 def test_colluders_in_whole_round_mode_back_any_round_with_a_colluder_in_it():
     b = parse_behaviour("collude+sign-flip:4")
     colluders = frozenset({B})
-    assert cast_votes(b, (-5,), [A, B], colluders, rng(), True) == (SCORE_BOUND,)
-    assert cast_votes(b, (5,), [A, C], colluders, rng(), True) == (-SCORE_BOUND,)
-    assert cast_votes(b, (5,), [], colluders, rng(), True) == (-SCORE_BOUND,)
+    assert cast_votes(b, (-1,), [A, B], colluders, rng(), True) == (1,)
+    assert cast_votes(b, (1,), [A, C], colluders, rng(), True) == (-1,)
+    assert cast_votes(b, (1,), [], colluders, rng(), True) == (-1,)
 
 
 def test_votes_must_match_the_proposals():

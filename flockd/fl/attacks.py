@@ -7,13 +7,12 @@ A behaviour is written as a spec string, parts joined by ``+``:
 ``label-flip``      train on flipped labels, ``y -> n_classes - 1 - y``
 ``noise[:SIGMA]``   send N(0, SIGMA^2) per coordinate instead of the delta (SIGMA 1.0)
 ``sign-flip[:K]``   send ``-K`` times the honest delta (K 1.0)
-``random-vote``     vote uniformly at random (per proposal +1/-1; whole round a score
-                    in [-SCORE_BOUND, SCORE_BOUND])
-``accept-all``      vote to accept everything (+1 each; whole round +SCORE_BOUND)
+``random-vote``     vote uniformly at random (+1/-1 per proposal, or once whole-round)
+``accept-all``      vote to accept everything (+1 each; whole round +1)
 ``collude``         act with the other colluders: vote +1 for colluders' proposals and -1
-                    for honest ones (whole round: +SCORE_BOUND if a colluder proposed,
-                    else -SCORE_BOUND), and as a proposer flip labels unless another
-                    training or delta attack is given (``collude+sign-flip:4``)
+                    for honest ones (whole round: +1 if a colluder proposed, else -1),
+                    and as a proposer flip labels unless another training or delta
+                    attack is given (``collude+sign-flip:4``)
 ==================  ======================================================================
 
 At most one training attack (label-flip), one delta attack (noise, sign-flip) and one
@@ -32,7 +31,6 @@ from typing import TYPE_CHECKING, Literal, NamedTuple, get_args
 import numpy as np
 
 from flockd.fl.data import Split
-from flockd.round import SCORE_BOUND
 
 if TYPE_CHECKING:
     from flockd.fl.recipe import Recipe  # imports torch
@@ -239,18 +237,18 @@ def cast_votes(
     whole_round: bool,
 ) -> tuple[int, ...]:
     """What a voter with behaviour ``b`` submits, given the honest scorer's ``honest`` votes
-    (per proposal: one +1/-1 for each of ``proposers``, in order; whole round: one score)."""
+    (per proposal: one +1/-1 for each of ``proposers``, in order; whole round: one +1/-1)."""
     expected = 1 if whole_round else len(proposers)
     if len(honest) != expected:
         raise ValueError(f"{len(honest)} honest votes for {expected} expected")
     if b.vote == "honest":
         return honest
-    if whole_round:
+    if whole_round:  # one +-1 vote, as an honest voter's
         if b.vote == "random":
-            return (int(rng.integers(-SCORE_BOUND, SCORE_BOUND, endpoint=True)),)
+            return (int(rng.choice((-1, 1))),)
         if b.vote == "accept-all":
-            return (SCORE_BOUND,)
-        return (SCORE_BOUND if any(p in colluders for p in proposers) else -SCORE_BOUND,)
+            return (1,)
+        return (1 if any(p in colluders for p in proposers) else -1,)
     if b.vote == "random":
         return tuple(int(v) for v in rng.choice((-1, 1), size=len(proposers)))
     if b.vote == "accept-all":

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
-from flockd.fl.aggregate import MAX_UPDATE_RATIO, aggregate, apply, squared_update_limit
+from flockd.fl.aggregate import aggregate, apply, usable_deltas
 from flockd.fl.attacks import (
     HONEST,
     Behaviour,
@@ -22,11 +22,11 @@ from flockd.fl.attacks import (
     poison_delta,
     training_split,
 )
-from flockd.fl.codec import Delta, DeltaError, decode_delta, delta_hash, encode_delta
+from flockd.fl.codec import Delta, decode_delta, delta_hash, encode_delta
 from flockd.fl.data import DataSpec
 from flockd.fl.recipe import Metrics, limit_torch_threads, load_recipe, training_seed
 from flockd.fl.score import Scorer, accepts
-from flockd.fl.tensors import Tensors, load_model_state, model_state, shapes, squared_norm, subtract
+from flockd.fl.tensors import Tensors, load_model_state, model_state, shapes, subtract
 from flockd.logs import get_logger
 from flockd.stats import Counters
 from flockd.tasks.spec import TaskSpec
@@ -113,27 +113,8 @@ class Worker:
             )
 
     def usable(self, base: Tensors, deltas: Sequence[bytes | None]) -> list[Delta | None]:
-        """Each delta decoded, or None where it is missing or unusable for ``base``: the
-        strict decoder refuses it (not a delta, another layout, NaN/Inf, a value out of
-        bounds) or its norm breaks the update bound (protocol/spec/delta.md §3)."""
-        limit = squared_update_limit(base)
-        out: list[Delta | None] = []
-        for data in deltas:
-            if data is None:
-                out.append(None)
-                continue
-            try:
-                delta = self.decode(data)
-            except DeltaError as exc:
-                self._refuse(data, f"{type(exc).__name__}: {exc}")
-                out.append(None)
-                continue
-            if squared_norm(delta.tensors) > limit:
-                self._refuse(data, f"update norm beyond {MAX_UPDATE_RATIO}x the model's")
-                out.append(None)
-                continue
-            out.append(delta)
-        return out
+        """Each delta decoded, or None where it is missing or unusable for ``base``."""
+        return usable_deltas(base, deltas, self._refuse)
 
     def _refuse(self, data: bytes, reason: str) -> None:
         self.counters.incr("deltas_unusable")
