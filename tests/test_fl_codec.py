@@ -205,6 +205,7 @@ def test_deeply_nested_header_is_rejected():
         ("enc", "bf16", UnsupportedEncoding),
         ("dtypes", ["float64", "float32", "float32"], DisallowedDtype),
         ("dtypes", ["float16", "float16", "float16"], DisallowedDtype),
+        ("dtypes", [[], None, None], DisallowedDtype),  # found by the fuzz below
         ("names", ["scale", "layer.weight", "layer.bias"], NonCanonicalDelta),
         ("names", ["a", "a", "b"], NonCanonicalDelta),
         ("names", ["a", 5, "b"], MalformedDelta),

@@ -285,7 +285,7 @@ def _check_fields(
     if any(a >= b for a, b in zip(names, names[1:], strict=False)):
         raise NonCanonicalDelta("tensor names are not strictly ascending")
     for dtype in dtypes:
-        if dtype not in _NUMPY_DTYPE:
+        if not isinstance(dtype, str) or dtype not in _NUMPY_DTYPE:
             raise DisallowedDtype(f"dtype {dtype!r} is not allowed")
         if dtype != _VALUE_DTYPE[enc]:
             raise DisallowedDtype(f"dtype {dtype!r} does not go with encoding {enc!r}")
