@@ -135,6 +135,17 @@ def test_honest_whole_round_vote_is_plus_one_for_a_gain():
     assert worker("random-vote").score(base, [good], [A], True, 1)[0] in (-1, 1)
 
 
+def test_garbage_worker_sends_undecodable_bytes_that_honest_voters_reject():
+    base = worker().initial_model()
+    good, junk = worker().train(base, 1), worker("garbage").train(base, 1)
+    assert len(junk) == len(good) and junk != good
+    assert junk == worker("garbage").train(base, 1)  # a replay sends the same bytes
+    assert worker().score(base, [good, junk], [A, B], False, 1) == (1, -1)
+    assert worker().score(base, [junk, good], [A, B], True, 1) == (1,)
+    alone, mixed = worker().aggregate(base, [good]), worker().aggregate(base, [good, junk])
+    assert all((alone[k] == mixed[k]).all() for k in alone)
+
+
 # --- the in-process simulation ---------------------------------------------------------
 
 
@@ -152,6 +163,23 @@ def test_simulation_voters_reject_a_sign_flipper_and_the_model_still_learns():
     assert any(2 in r.proposers for r in attacked.rounds)  # it did attack
     assert all(2 not in r.accepted for r in attacked.rounds)
     assert attacked.rounds[-1].accuracy > 0.9
+
+
+@pytest.mark.parametrize("vote", [True, False])
+def test_simulation_leaves_garbage_out_with_or_without_a_vote(vote):
+    run = simulate(
+        "cancer-logreg",
+        nodes=6,
+        rounds=4,
+        proposers=3,
+        vote=vote,
+        seed=1,
+        behaviours={2: parse_behaviour("garbage")},
+    )
+    assert any(2 in r.proposers for r in run.rounds)
+    if vote:
+        assert all(2 not in r.accepted for r in run.rounds)
+    assert run.rounds[-1].accuracy > 0.9  # unvoted, it is accepted and still left out
 
 
 def test_simulation_colluders_block_honest_work_when_half_the_voters_collude():

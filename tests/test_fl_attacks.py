@@ -18,8 +18,10 @@ from flockd.fl.attacks import (
     flip_labels,
     parse_behaviour,
     poison_delta,
+    poison_wire,
     training_split,
 )
+from flockd.fl.codec import DeltaError, decode_delta, encode_delta
 from flockd.fl.data import Split
 
 A, B, C, D = (bytes([n]) * 20 for n in (0xA, 0xB, 0xC, 0xD))
@@ -61,6 +63,13 @@ def rng() -> np.random.Generator:
             "label-flip+sign-flip:0.5+accept-all",
         ),
         ("noise:1e-3", Behaviour(delta=DeltaAttack("noise", 0.001)), "noise:0.001"),
+        ("garbage", Behaviour(delta=DeltaAttack("garbage", 1.0)), "garbage:1"),
+        ("garbage:0.5", Behaviour(delta=DeltaAttack("garbage", 0.5)), "garbage:0.5"),
+        (
+            "collude+garbage",
+            Behaviour(delta=DeltaAttack("garbage", 1.0), vote="collude"),
+            "garbage:1+collude",
+        ),
     ],
 )
 def test_parse_gives_the_behaviour_and_str_gives_back_the_canonical_spec(spec, expected, canonical):
@@ -82,7 +91,7 @@ def test_amounts_that_do_not_fit_in_g_format_round_trip_exactly():
 
 def test_is_honest_only_without_any_attack():
     assert HONEST.is_honest
-    for spec in ("label-flip", "noise", "sign-flip", "random-vote", "accept-all", "collude"):
+    for spec in ("label-flip", "noise", "sign-flip", "garbage", "random-vote", "accept-all", "collude"):
         assert not parse_behaviour(spec).is_honest, spec
 
 
@@ -94,6 +103,9 @@ def test_is_honest_only_without_any_attack():
         ("flip", "unknown part 'flip'"),
         ("honest+label-flip", "cannot be combined"),
         ("noise+sign-flip", "at most one delta attack"),
+        ("garbage+noise", "at most one delta attack"),
+        ("garbage:65", "at most 64"),
+        ("garbage:0", "> 0"),
         ("random-vote+accept-all", "at most one vote attack"),
         ("collude+random-vote", "at most one vote attack"),
         ("label-flip+label-flip", "given twice"),
@@ -203,6 +215,22 @@ def test_noise_is_fixed_by_the_generator():
     other_round = poison_delta(b, honest_delta(), attack_rng(5, 3, 3, "delta"))
     np.testing.assert_array_equal(first["w"], again["w"])
     assert not np.array_equal(first["w"], other_round["w"])
+
+
+def test_garbage_sends_random_bytes_of_the_chosen_size_in_place_of_the_encoding():
+    wire = encode_delta(honest_delta(), samples=3)
+    b = parse_behaviour("garbage")
+    np.testing.assert_array_equal(poison_delta(b, honest_delta(), rng())["w"], honest_delta()["w"])
+    junk = poison_wire(b, wire, attack_rng(5, 2, 3, "delta"))
+    assert len(junk) == len(wire) and junk != wire
+    assert junk == poison_wire(b, wire, attack_rng(5, 2, 3, "delta"))
+    assert junk != poison_wire(b, wire, attack_rng(5, 3, 3, "delta"))
+    with pytest.raises(DeltaError):
+        decode_delta(junk)
+    assert len(poison_wire(parse_behaviour("garbage:2.5"), wire, rng())) == round(2.5 * len(wire))
+    assert len(poison_wire(parse_behaviour("garbage:1e-9"), wire, rng())) == 1
+    for honest_wire in (HONEST, parse_behaviour("sign-flip:4"), parse_behaviour("collude")):
+        assert poison_wire(honest_wire, wire, rng()) == wire
 
 
 def test_attack_rng_streams_differ_by_node_and_purpose():
@@ -323,6 +351,10 @@ def test_describe_says_what_the_node_will_do():
         "train on flipped labels, send Gaussian noise (sigma 0.5) as its delta"
     )
     assert describe(parse_behaviour("random-vote")) == "vote at random"
+    assert describe(parse_behaviour("garbage+collude")) == (
+        "send random bytes (1 x the size of its delta) as its delta, "
+        "vote for its colluders' proposals and against all others"
+    )
 
 
 def test_the_module_imports_no_torch():

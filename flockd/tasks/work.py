@@ -20,6 +20,7 @@ from flockd.fl.attacks import (
     attack_rng,
     cast_votes,
     poison_delta,
+    poison_wire,
     training_split,
 )
 from flockd.fl.codec import Delta, decode_delta, delta_hash, encode_delta
@@ -78,7 +79,8 @@ class Worker:
             stats = self.recipe.train(self._model, self.train_split, seed=seed)
             delta = subtract(model_state(self._model), base)
             rng = attack_rng(self.spec.seed, round_number, self.node_index, "delta")
-            return encode_delta(poison_delta(self.behaviour, delta, rng), samples=stats["samples"])
+            wire = encode_delta(poison_delta(self.behaviour, delta, rng), samples=stats["samples"])
+            return poison_wire(self.behaviour, wire, rng)
 
     def score(
         self,
