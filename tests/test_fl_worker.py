@@ -10,6 +10,7 @@ import pytest
 from flockd.fl.aggregate import MAX_UPDATE_RATIO
 from flockd.fl.attacks import parse_behaviour
 from flockd.fl.codec import MAX_DELTA_VALUE, decode_delta, encode_delta
+from flockd.fl.data import Split
 from flockd.fl.tensors import Tensors
 from flockd.tasks.spec import TaskSpec
 from flockd.tasks.work import Worker
@@ -100,3 +101,37 @@ def test_aggregate_leaves_unusable_deltas_out(voter, base, good):
         assert all((mixed[k] == alone[k]).all() for k in alone), what
         unchanged = voter.aggregate(base, [bad])
         assert all((unchanged[k] == base[k]).all() for k in base), what
+
+
+# --- issue 12 prototype: a vote on a proposal's contribution ----------------------------
+
+
+def only(split: Split, keep) -> Split:
+    mask = keep(split.y)
+    return Split(split.x[mask], split.y[mask])
+
+
+def test_contribution_scoring_accepts_honest_work_on_labels_the_voter_never_sees():
+    """The voter validates on digits 0-4 only; one honest proposer trains on 5-9 only. Its
+    own model forgets 0-4, so the default vote rejects it; within the round's aggregate
+    (leave-one-out) it costs the voter little, so the contribution vote accepts it."""
+    spec = TaskSpec("digits-mlp", num_nodes=4, seed=0)
+    nodes = [Worker(spec, i) for i in range(4)]
+    base = nodes[0].initial_model()
+    for r in range(2):  # a model worth protecting first
+        base = nodes[0].aggregate(base, [n.train(base, r) for n in nodes])
+    skewed = Worker(spec, 1)
+    skewed.train_split = only(skewed.train_split, lambda y: y >= 5)
+    deltas = [skewed.train(base, 5)] + [n.train(base, 5) for n in nodes[1:]]
+    proposers = [A, B, C, A]
+    local, contribution = (
+        Worker(spec, 0, scoring=scoring) for scoring in ("local-model", "contribution")
+    )
+    for voter in (local, contribution):
+        voter.val_split = only(voter.val_split, lambda y: y < 5)
+    assert local.score(base, deltas, proposers, False, 5) == (-1, 1, 1, 1)
+    assert contribution.score(base, deltas, proposers, False, 5) == (1, 1, 1, 1)
+    # Still -1 for what cannot count and for a label flipper among the same honest three.
+    flipper = Worker(spec, 1, behaviour=parse_behaviour("label-flip")).train(base, 5)
+    votes = contribution.score(base, [garbage(deltas[1]), flipper, *deltas[1:]], [A] * 5, False, 5)
+    assert votes == (-1, -1, 1, 1, 1)

@@ -26,7 +26,7 @@ from flockd.fl.attacks import (
 from flockd.fl.codec import Delta, decode_delta, delta_hash, encode_delta
 from flockd.fl.data import DataSpec
 from flockd.fl.recipe import Metrics, limit_torch_threads, load_recipe, training_seed
-from flockd.fl.score import Scorer, accepts
+from flockd.fl.score import Scorer, VoteScoring, vote_on_proposals
 from flockd.fl.tensors import Tensors, load_model_state, model_state, shapes, subtract
 from flockd.logs import get_logger
 from flockd.stats import Counters
@@ -44,6 +44,7 @@ class Worker:
         *,
         behaviour: Behaviour = HONEST,
         colluders: frozenset[bytes] = frozenset(),
+        scoring: VoteScoring = "local-model",
     ) -> None:
         limit_torch_threads(1)  # several daemons share a few cores
         self.spec = spec
@@ -51,6 +52,7 @@ class Worker:
         self.node_index = node_index
         self.behaviour = behaviour
         self.colluders = colluders
+        self.scoring = scoring  # how this node judges proposals (flockd.fl.score.VoteScoring)
         data = DataSpec(
             node_index=node_index % spec.num_nodes,
             num_nodes=spec.num_nodes,
@@ -108,10 +110,12 @@ class Worker:
                     return (-1,)
                 gain = scorer.score(aggregate(kept, self.spec.rule)).accuracy_gain
                 return (1 if gain >= 0 else -1,)
-            drop = self.spec.max_accuracy_drop
-            return tuple(
-                1 if d is not None and accepts(scorer.score(d.tensors), max_accuracy_drop=drop) else -1
-                for d in usable
+            return vote_on_proposals(
+                scorer,
+                usable,
+                scoring=self.scoring,
+                rule=self.spec.rule,
+                max_accuracy_drop=self.spec.max_accuracy_drop,
             )
 
     def usable(self, base: Tensors, deltas: Sequence[bytes | None]) -> list[Delta | None]:
