@@ -27,8 +27,10 @@ from flockd.fl.codec import (
     decode_delta,
     decode_state,
     delta_hash,
+    delta_limits,
     encode_delta,
     encode_state,
+    max_delta_size,
 )
 
 
@@ -341,3 +343,35 @@ def test_hostile_header_fields(field, value):
 def test_arbitrary_bytes_after_the_magic_are_refused(raw):
     with pytest.raises(DeltaError):
         decode_delta(b"FLKD" + raw, expected_shapes=SHAPES)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    arrays=st.dictionaries(
+        st.text(st.characters(codec="utf-8"), min_size=1, max_size=12),
+        hnp.arrays(
+            np.float32,
+            hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5),
+            elements=st.floats(-1e4, 1e4, width=32),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    samples=st.integers(0, 2**32 - 1),
+    encoding=st.sampled_from(["f32", "f16", "topk"]),
+    fraction=st.floats(0.01, 1.0),
+)
+def test_max_delta_size_bounds_every_encoding_of_the_layout(arrays, samples, encoding, fraction):
+    layout = {k: v.shape for k, v in arrays.items()}
+    data = encode_delta(arrays, samples=samples, encoding=encoding, topk_fraction=fraction)
+    assert len(data) <= max_delta_size(layout)
+
+
+def test_max_delta_size_is_tight_and_refuses_bigger_bytes_before_hashing():
+    layout = {"w": (3, 4), "b": (4,)}
+    full = {"w": np.ones((3, 4), np.float32), "b": np.ones(4, np.float32)}
+    largest = encode_delta(full, samples=2**32 - 1, encoding="topk", topk_fraction=1.0)
+    assert len(largest) == max_delta_size(layout)
+    with pytest.raises(DeltaTooLarge):
+        decode_delta(largest + b"\x00", expected_shapes=layout, limits=delta_limits(layout))
+    assert decode_delta(largest, expected_shapes=layout, limits=delta_limits(layout)).samples == 2**32 - 1

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flockd.fl.codec import Delta, DeltaError, decode_delta
+from flockd.fl.codec import Delta, DeltaError, decode_delta, delta_limits
 from flockd.fl.errors import FLError
 from flockd.fl.tensors import StateError, Tensors, add, shapes, squared_norm
 
@@ -227,13 +227,14 @@ def usable_deltas(
     MAX_UPDATE_RATIO times the model's norm. ``on_refused(bytes, reason)`` hears of each
     unusable one. Decided from the bytes and the model alone: the same on every node."""
     layout = shapes(global_state)
+    limits = delta_limits(layout)  # longer bytes are refused before they are hashed
     limit = squared_update_limit(global_state)
     out: list[Delta | None] = []
     for data in deltas:
         delta: Delta | None = None
         if data is not None:
             try:
-                delta = decode_delta(data, expected_shapes=layout)
+                delta = decode_delta(data, expected_shapes=layout, limits=limits)
                 if squared_norm(delta.tensors) > limit:
                     delta = None
                     if on_refused is not None:

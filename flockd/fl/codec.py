@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import msgpack
@@ -145,6 +145,21 @@ def decode_delta(
     return _decode(bytes(data), "delta", expected_shapes, expected_hash, limits)
 
 
+def max_delta_size(layout: Mapping[str, tuple[int, ...]]) -> int:
+    """The length of the longest canonical delta for a model of ``layout`` (top-k keeping
+    every entry, ``n = MAX_SAMPLES``): no delta for this model is longer, so a transfer or
+    a decoder can refuse more bytes before hashing or parsing them."""
+    ordered = {name: tuple(layout[name]) for name in sorted(layout)}
+    sizes = [math.prod(shape) for shape in ordered.values()]
+    header = _header("delta", "topk", MAX_SAMPLES, _placeholders(ordered), sizes)
+    return _PREFIX.size + len(header) + (_INDEX_DTYPE.itemsize + 4) * sum(sizes)
+
+
+def delta_limits(layout: Mapping[str, tuple[int, ...]], limits: Limits = DEFAULT_LIMITS) -> Limits:
+    """``limits`` with ``max_bytes`` cut to what a delta for ``layout`` can need."""
+    return replace(limits, max_bytes=min(limits.max_bytes, max_delta_size(layout)))
+
+
 def decode_state(
     data: bytes,
     *,
@@ -207,9 +222,10 @@ def _decode(
 ) -> Delta:
     if len(data) > limits.max_bytes:
         raise DeltaTooLarge(f"{len(data)} bytes > {limits.max_bytes}")
-    digest = keccak(data)
-    if expected_hash is not None and digest != expected_hash:
-        raise DeltaHashMismatch(f"hash {digest.hex()} != committed {expected_hash.hex()}")
+    if expected_hash is not None:  # bytes nobody committed to are not worth parsing
+        digest = keccak(data)
+        if digest != expected_hash:
+            raise DeltaHashMismatch(f"hash {digest.hex()} != committed {expected_hash.hex()}")
     if len(data) < _PREFIX.size:
         raise MalformedDelta("shorter than the fixed prefix")
     magic, header_len = _PREFIX.unpack_from(data)
@@ -232,6 +248,7 @@ def _decode(
             raise DeltaShapeMismatch(problem)
     bound = MAX_DELTA_VALUE if kind == "delta" else math.inf
     tensors = _read_body(memoryview(data)[body_at:], enc, tensors_shapes, counts, bound)
+    digest = expected_hash if expected_hash is not None else keccak(data)  # hashed last: costly
     return Delta(tensors=tensors, samples=fields["n"], encoding=enc, hash=digest)
 
 
