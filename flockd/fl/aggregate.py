@@ -228,23 +228,22 @@ def usable_deltas(
     unusable one. Decided from the bytes and the model alone: the same on every node."""
     layout = shapes(global_state)
     limits = delta_limits(layout)  # longer bytes are refused before they are hashed
-    limit = squared_update_limit(global_state)
-    out: list[Delta | None] = []
-    for data in deltas:
-        delta: Delta | None = None
-        if data is not None:
-            try:
-                delta = decode_delta(data, expected_shapes=layout, limits=limits)
-                if squared_norm(delta.tensors) > limit:
-                    delta = None
-                    if on_refused is not None:
-                        on_refused(data, f"update norm beyond {MAX_UPDATE_RATIO}x the model's")
-            except DeltaError as exc:
-                if on_refused is not None:
-                    on_refused(data, f"{type(exc).__name__}: {exc}")
-        out.append(delta)
-    return out
+    max_norm_sq = squared_update_limit(global_state)
 
+    def usable(data: bytes) -> Delta | None:
+        try:
+            delta = decode_delta(data, expected_shapes=layout, limits=limits)
+        except DeltaError as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        else:
+            if squared_norm(delta.tensors) <= max_norm_sq:
+                return delta
+            reason = f"update norm beyond {MAX_UPDATE_RATIO}x the model's"
+        if on_refused is not None:
+            on_refused(data, reason)
+        return None
+
+    return [None if data is None else usable(data) for data in deltas]
 
 def squared_update_limit(global_state: Mapping[str, np.ndarray]) -> float:
     """The largest squared L2 norm (``tensors.squared_norm``) a usable delta for
