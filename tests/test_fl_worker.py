@@ -9,9 +9,9 @@ import pytest
 
 from flockd.fl.aggregate import MAX_UPDATE_RATIO
 from flockd.fl.attacks import parse_behaviour
-from flockd.fl.codec import MAX_DELTA_VALUE, decode_delta, encode_delta
+from flockd.fl.codec import MAX_DELTA_VALUE, decode_delta, encode_delta, max_delta_size
 from flockd.fl.data import Split
-from flockd.fl.tensors import Tensors
+from flockd.fl.tensors import Tensors, shapes
 from flockd.tasks.spec import TaskSpec
 from flockd.tasks.work import Worker
 
@@ -56,7 +56,7 @@ def hostile(good: bytes, base: Tensors) -> dict[str, bytes]:
     # Every value within the per-value bound, the whole update far beyond the norm bound.
     norm = np.sqrt(sum(float(np.square(a.astype(np.float64)).sum()) for a in base.values()))
     size = sum(a.size for a in base.values())
-    too_long = min(MAX_DELTA_VALUE, 2 * MAX_UPDATE_RATIO * max(norm, 1.0) / np.sqrt(size))
+    too_far = min(MAX_DELTA_VALUE, 2 * MAX_UPDATE_RATIO * max(norm, 1.0) / np.sqrt(size))
     return {
         "random bytes": garbage(good),
         "empty": b"",
@@ -65,9 +65,10 @@ def hostile(good: bytes, base: Tensors) -> dict[str, bytes]:
         "NaN": with_body(good, float("nan")),
         "Inf": with_body(good, float("inf")),
         "value out of bounds": with_body(good, huge),
-        "update too large": with_body(good, too_long),
+        "update too large": with_body(good, too_far),
+        "longer than any delta": good + bytes(max_delta_size(shapes(base))),
         "state, not delta": b"FLKD" + good[4:8] + good[8:].replace(b"\xa5delta", b"\xa5model", 1),
-        "msgpack bomb": b"FLKD" + struct.pack("<I", 3) + msgpack.packb([[[]]]),
+        "header not a map": b"FLKD" + struct.pack("<I", 3) + msgpack.packb([[[]]]),
     }
 
 
