@@ -69,7 +69,7 @@ port = 0
 # "Attackers"). Off unless the section is added:
 # [attack]
 # behaviour = "collude"            # honest | label-flip | noise:SIGMA | sign-flip:SCALE |
-#                                  # random-vote | accept-all | collude, joined by +
+#                                  # garbage:SIZE | random-vote | accept-all | collude, joined by +
 # colluders = ["0x..."]            # the addresses acting together with this one
 """
 

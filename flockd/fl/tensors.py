@@ -9,6 +9,8 @@ buffers such as BatchNorm's ``num_batches_tracked``).
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -92,3 +94,13 @@ def add(base: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray]) -> Tens
     """``base + delta`` per tensor, in float32 (applying an aggregated delta)."""
     require_same_layout(shapes(base), shapes(delta), "delta")
     return {name: np.add(base[name], delta[name], dtype=np.float32) for name in sorted(base)}
+
+
+def squared_norm(tensors: Mapping[str, np.ndarray]) -> float:
+    """The sum of squares of every value, exactly rounded (float64 squares of float32
+    values are exact, ``math.fsum`` rounds once), so every node gets the same number."""
+    return math.fsum(
+        itertools.chain.from_iterable(
+            np.square(tensors[name], dtype=np.float64).ravel().tolist() for name in sorted(tensors)
+        )
+    )
