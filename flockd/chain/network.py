@@ -94,16 +94,15 @@ def parse_address(where: str, value: object) -> bytes:
     digits = value[2:]
     if digits != digits.lower() and digits != digits.upper() and not is_checksum_address(value):
         raise GenesisError(f"{where} {value}: bad EIP-55 checksum (a typo?); expected {to_checksum_address(value)}")
-    address = bytes(to_canonical_address(value))
-    if address in _CONTRACTS:
-        raise GenesisError(f"{where} {value} is a contract's address ({_CONTRACTS[address]})")
-    return address
+    return bytes(to_canonical_address(value))
 
 
 def _distinct(role: str, values: Sequence[object]) -> list[bytes]:
     seen: list[bytes] = []
     for value in values:
         address = parse_address(role, value)
+        if address in _CONTRACTS:  # the genesis puts the contracts' code there
+            raise GenesisError(f"{role} {value} is a contract's address ({_CONTRACTS[address]})")
         if address in seen:
             raise GenesisError(f"{role} {to_checksum_address(address)} is listed twice")
         seen.append(address)
