@@ -93,7 +93,8 @@ def parse_address(where: str, value: object) -> bytes:
         raise GenesisError(f"{where} {value!r:.60} is not an address (0x + 40 hex digits)")
     digits = value[2:]
     if digits != digits.lower() and digits != digits.upper() and not is_checksum_address(value):
-        raise GenesisError(f"{where} {value}: bad EIP-55 checksum (a typo?); expected {to_checksum_address(value)}")
+        # no "did you mean": the right checksum of a mistyped address is another address
+        raise GenesisError(f"{where} {value}: bad EIP-55 checksum (a typo?); ask its owner for it again")
     return bytes(to_canonical_address(value))
 
 
