@@ -12,7 +12,7 @@ from eth_utils import keccak, to_checksum_address
 
 from flockd.chain.backends import InProcessBackend
 from flockd.chain.client import ContractClient
-from flockd.chain.deploy import STAKE_TOKEN_ADDRESS
+from flockd.chain.deploy import STAKE_TOKEN_ADDRESS, TASK_REGISTRY_ADDRESS
 from flockd.chain.embedded import EmbeddedChain
 from flockd.chain.registry import Token
 from flockd.ctl import parse_params, with_whole_units
@@ -101,6 +101,13 @@ async def test_the_namespace_answers_through_the_dispatcher(accounts: dict[str, 
     assert {"account_balance", "account_transfer"} <= {m.name for m in dispatcher.methods()}
     reply = await dispatcher.handle_line(b'{"jsonrpc":"2.0","id":1,"method":"account_transfer","params":{"to":"0x12","amount":1,"asset":"gas"}}')
     assert reply is not None and b"-32602" in reply and b"is not an address" in reply
+
+
+async def test_gas_sent_to_a_contract_that_refuses_it_is_an_account_error(accounts: dict[str, AccountNamespace]) -> None:
+    registry = to_checksum_address(TASK_REGISTRY_ADDRESS)  # no payable default: it reverts
+    with pytest.raises(RPCError, match=f"reverted in {registry}") as caught:
+        await accounts[ALICE.address].account_transfer(registry, 1, "gas")
+    assert caught.value.code == ACCOUNT_ERROR
 
 
 def test_flockctl_keeps_exponent_amounts_exact() -> None:

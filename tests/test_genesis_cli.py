@@ -8,6 +8,8 @@ import sys
 
 import pytest
 from eth_utils import to_checksum_address
+from hypothesis import given
+from hypothesis import strategies as st
 
 from flockd.chain.deploy import STAKE_TOKEN_ADDRESS
 from flockd.chain.genesis import Genesis, GenesisError
@@ -38,6 +40,16 @@ def test_amounts_are_exact_integers():
     for bad in ("0", "-5", "1.5", "1e", "e18", "", "0x10", "1e100", True, 2**256):
         with pytest.raises(GenesisError, match="x"):
             parse_amount("x", bad)
+
+
+@given(st.one_of(st.text(max_size=80), st.integers(), st.floats(), st.none(), st.booleans()))
+def test_any_amount_input_is_a_valid_amount_or_a_genesis_error(value):
+    try:
+        amount = parse_amount("amount", value)
+    except GenesisError as exc:
+        assert str(exc).startswith("amount: ")
+    else:
+        assert type(amount) is int and 0 < amount < 2**256
 
 
 def test_parties_get_gas_and_minted_stake():

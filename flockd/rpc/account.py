@@ -62,7 +62,8 @@ class AccountNamespace:
             else:
                 receipt = await self._token.transfer(target, value)
         except ContractRevert as exc:
-            raise RPCError(ACCOUNT_ERROR, f"the stake token refused: {exc.reason}") from None
+            refused_by = "the stake token" if asset == "stake" else f"{to_checksum_address(target)} (a contract?)"
+            raise RPCError(ACCOUNT_ERROR, f"the transfer reverted in {refused_by}: {exc.reason}") from None
         except ChainError as exc:
             raise RPCError(ACCOUNT_ERROR, f"transfer failed: {type(exc).__name__}: {exc}") from None
         return {
