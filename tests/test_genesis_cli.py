@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from flockd.chain.deploy import STAKE_TOKEN_ADDRESS
 from flockd.chain.genesis import Genesis, GenesisError
-from flockd.chain.network import parse_amount, parties_genesis
+from flockd.chain.network import parse_amount, parties_genesis, read_parties
 from flockd.chain.poa import genesis_hash
 
 A = to_checksum_address("0x" + "11" * 20)
@@ -118,3 +118,22 @@ def test_init_genesis_on_an_existing_datadir_replaces_only_the_chain_side(tmp_pa
     (d / "chain").mkdir()
     refused = flockd("init", "--datadir", str(d), "--genesis", str(network))
     assert refused.returncode == 1 and "chain exists" in refused.stderr
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('chain_id = 1\nauthority = ["0x00"]\n', r"unknown key\(s\) authority"),
+    ('authorities = "0xabc"\n', "authorities must be a list"),
+    ('gas = 5\n', r"\[gas\] must be a table"),
+    ('chain_id = \n', "not valid TOML"),
+])
+def test_a_bad_parties_file_is_named_with_its_fault(tmp_path, text, message):
+    path = tmp_path / "parties.toml"
+    path.write_text(text)
+    with pytest.raises(GenesisError, match=message):
+        read_parties(path)
+
+
+def test_at_most_64_stake_holders():
+    holders = [(to_checksum_address(i.to_bytes(20, "big")), 1) for i in range(1, 66)]
+    with pytest.raises(GenesisError, match="at most 64 stake holders"):
+        build(stake=holders)
