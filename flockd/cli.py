@@ -8,8 +8,12 @@ import os
 import sys
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from flockd import __version__
+
+if TYPE_CHECKING:
+    from flockd.chain.genesis import Genesis
 
 DEFAULT_DATADIR = Path(os.environ.get("FLOCKD_DATADIR", "~/.flockd")).expanduser()
 
@@ -69,6 +73,23 @@ def _parser() -> argparse.ArgumentParser:
                         help="mint AMOUNT stake tokens (whole tokens) to ADDRESS (repeatable; default: 10^6 to this node)")
     deploy.set_defaults(func=_cmd_deploy)
 
+    genesis = sub.add_parser(
+        "genesis", help="write a network's genesis.json from its parties' addresses (see docs/network.md)"
+    )
+    genesis.add_argument("--from", dest="parties", type=Path, metavar="FILE",
+                         help="parties file (TOML: chain_id, block_period, authorities, [gas], [stake]); flags add to it")
+    genesis.add_argument("--authority", action="append", default=[], metavar="ADDRESS",
+                         help="a sealer, in turn order (repeatable; at least one)")
+    genesis.add_argument("--gas", action="append", default=[], metavar="ADDRESS=WEI",
+                         help="gas money for ADDRESS in wei, e.g. 1e24 (repeatable)")
+    genesis.add_argument("--stake", action="append", default=[], metavar="ADDRESS=AMOUNT",
+                         help="stake tokens minted to ADDRESS in base units (10^-18 token), e.g. 1e24 (repeatable)")
+    genesis.add_argument("--chain-id", type=int, help="the chain id wallets sign for (default 7357)")
+    genesis.add_argument("--block-period", type=int, help="seconds per block (default 1)")
+    genesis.add_argument("--timestamp", type=int, help="genesis time, unix seconds (default: now)")
+    genesis.add_argument("--out", type=Path, required=True, metavar="FILE", help="where to write it (never overwritten)")
+    genesis.set_defaults(func=_cmd_genesis)
+
     testnet = sub.add_parser("testnet", help="run a local multi-node network (see scripts/testnet)", add_help=False)
     testnet.add_argument("rest", nargs=argparse.REMAINDER)
     testnet.set_defaults(func=_cmd_testnet)
@@ -100,13 +121,15 @@ def _cmd_init(args: argparse.Namespace) -> int:
     from flockd.chain.genesis import Genesis, GenesisError
     from flockd.config import ConfigError
     from flockd.datadir import init_datadir, initial_config
-    from flockd.identity.keystore import IdentityError
+    from flockd.identity.keystore import NODE_KEYSTORE, IdentityError
 
     try:
         config_text = initial_config(listen=args.listen, bootstrap=args.bootstrap, network=args.network)
         genesis = Genesis.load(args.genesis) if args.genesis else None
     except (ConfigError, GenesisError, OSError) as exc:
         raise CLIError(str(exc)) from None
+    if genesis is not None and (args.datadir / NODE_KEYSTORE).exists():
+        return _join_network(args, genesis)
     password = _read_password(args, confirm=True)
     if not password:
         raise CLIError("refusing an empty password")
@@ -118,6 +141,66 @@ def _cmd_init(args: argparse.Namespace) -> int:
     print(f"address   {identity.address}")
     print(f"peer id   {identity.peer_id}")
     print(f"vrf key   {identity.vrf_public_key.hex()}")
+    return 0
+
+
+def _cmd_genesis(args: argparse.Namespace) -> int:
+    import time
+
+    from flockd.chain.genesis import GenesisError
+    from flockd.chain.network import LOCAL_CHAIN_ID, parties_genesis, read_parties
+    from flockd.chain.poa import genesis_hash
+
+    def pairs(flag: str, specs: list[str]) -> list[tuple[object, object]]:
+        out: list[tuple[object, object]] = []
+        for spec in specs:
+            address, sep, amount = spec.partition("=")
+            if not sep:
+                raise CLIError(f"--{flag} {spec!r}: expected ADDRESS=AMOUNT")
+            out.append((address, amount))
+        return out
+
+    try:
+        base = read_parties(args.parties) if args.parties else {}
+        genesis = parties_genesis(
+            authorities=[*base.get("authorities", []), *args.authority],
+            gas=[*base.get("gas", {}).items(), *pairs("gas", args.gas)],
+            stake=[*base.get("stake", {}).items(), *pairs("stake", args.stake)],
+            chain_id=_first(args.chain_id, base.get("chain_id"), LOCAL_CHAIN_ID),
+            block_period=_first(args.block_period, base.get("block_period"), 1),
+            timestamp=_first(args.timestamp, base.get("timestamp"), int(time.time())),
+        )
+        genesis.write(args.out)
+    except GenesisError as exc:
+        raise CLIError(str(exc)) from None
+    except OSError as exc:
+        raise CLIError(f"cannot write {args.out}: {exc.strerror}") from None
+    print(f"genesis      {args.out}")
+    print(f"hash         0x{genesis_hash(genesis).hex()}")
+    print(f"chain id     {genesis.chain_id}")
+    print(f"authorities  {len(genesis.authorities)}")
+    print("compare the hash with every party out of band; each then runs: flockd init --genesis FILE")
+    return 0
+
+
+def _first(*values: Any) -> Any:
+    return next(v for v in values if v is not None)
+
+
+def _join_network(args: argparse.Namespace, genesis: Genesis) -> int:
+    """`flockd init --genesis` on a datadir that has its keys already (they went into the
+    network's genesis): only the chain side changes; keys and config stay."""
+    from flockd.chain.network import install_genesis
+    from flockd.chain.poa import genesis_hash
+
+    if args.listen or args.bootstrap or args.network:
+        raise CLIError("config.toml exists: edit it, or pass --listen/--bootstrap to flockd run")
+    try:
+        install_genesis(args.datadir, genesis, replace=True)
+    except FileExistsError as exc:
+        raise CLIError(f"{exc}; start from a fresh datadir to join another network") from None
+    print(f"datadir   {args.datadir}")
+    print(f"genesis   0x{genesis_hash(genesis).hex()}")
     return 0
 
 

@@ -27,6 +27,10 @@ from flockd.rpc.errors import RPCError
 
 EXIT_OK, EXIT_ERROR_REPLY, EXIT_USAGE = 0, 1, 2
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# 25e18 would become a float and lose digits: amounts stay text, the daemon reads them exactly
+_EXPONENT_AMOUNT = re.compile(r"[0-9]+e[0-9]+")
+_BASE_UNITS = 10**18  # wei per ether, base units per stake token
+_AMOUNT_FIELDS = frozenset({"gas_wei", "stake", "amount"})
 
 
 class UsageError(Exception):
@@ -57,6 +61,8 @@ def main(argv: list[str]) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
+        if args.method.startswith("account_") and isinstance(result, dict):
+            result = with_whole_units(result)
         render(result, Console(soft_wrap=True, highlight=False))
     return EXIT_OK
 
@@ -81,10 +87,24 @@ def parse_params(words: list[str]) -> list[Any] | dict[str, Any] | None:
 
 
 def _value(text: str) -> Any:
+    if _EXPONENT_AMOUNT.fullmatch(text):
+        return text
     try:
         return json.loads(text)
     except ValueError:
         return text
+
+
+def with_whole_units(result: dict[str, Any]) -> dict[str, Any]:
+    """Amounts in base units also as whole ETH/tokens, for people: 1500000000000000000 (1.5)."""
+    out = dict(result)
+    for key in _AMOUNT_FIELDS & out.keys():
+        value = out[key]
+        if type(value) is int:
+            whole, frac = divmod(value, _BASE_UNITS)
+            decimals = f"{frac:018d}".rstrip("0")
+            out[key] = f"{value} ({whole:,}{'.' + decimals if decimals else ''})"
+    return out
 
 
 def render(result: Any, console: Console) -> None:

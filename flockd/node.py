@@ -249,6 +249,7 @@ class Node:
         return counts
 
     def _dispatcher(self) -> Dispatcher:
+        from flockd.rpc.account import AccountNamespace
         from flockd.rpc.chain import ChainNamespace
         from flockd.rpc.meta import RPCNamespace
         from flockd.rpc.net import NetNamespace
@@ -262,6 +263,7 @@ class Node:
             TaskNamespace(self.tasks),
             RoundNamespace(self.tasks),
             ModelNamespace(self.tasks, self.datadir / "exports"),
+            AccountNamespace(self.tasks.token),
         ]
         dispatcher = Dispatcher(namespaces)
         dispatcher.add_namespace(RPCNamespace(dispatcher))

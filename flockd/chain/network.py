@@ -1,20 +1,28 @@
-"""Genesis for the networks flockd makes itself: one node alone, or a local testnet.
+"""Genesis for a network: one node alone, a local testnet, or several parties' federation.
 
 Every node of a network must hold the same genesis.json (its hash names the network);
-a real deployment writes it once and hands it to every participant (`flockd init --genesis`).
+a real deployment writes it once (`flockd genesis`, from `parties_genesis`) and hands it
+to every participant (`flockd init --genesis`).
 """
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Sequence
+import tomllib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from eth_utils import to_canonical_address
+from eth_utils import is_checksum_address, to_canonical_address, to_checksum_address
 
-from flockd.chain.deploy import genesis_contracts
-from flockd.chain.genesis import Genesis
+from flockd.chain.deploy import (
+    MAX_TOKEN_HOLDERS,
+    STAKE_TOKEN_ADDRESS,
+    TASK_REGISTRY_ADDRESS,
+    genesis_contracts,
+)
+from flockd.chain.genesis import Genesis, GenesisError
 
 GENESIS_FILE = "genesis.json"
 LOCAL_CHAIN_ID = 7357
@@ -34,9 +42,7 @@ def network_genesis(
     """Authorities seal in turn; every funded account (default: the authorities) gets gas
     money and stake tokens; the token and task registry contracts are there from block 0."""
     holders = [bytes(to_canonical_address(a)) for a in (funded if funded is not None else authorities)]
-    alloc: dict[bytes, Any] = dict(genesis_contracts({h: STAKE_FUNDS for h in holders}))
-    for holder in holders:
-        alloc[holder] = {"balance": GAS_FUNDS, "nonce": 0, "code": b"", "storage": {}}
+    alloc = _funded_alloc({h: GAS_FUNDS for h in holders}, {h: STAKE_FUNDS for h in holders})
     for address, account in (extra_alloc or {}).items():
         alloc[bytes(to_canonical_address(address))] = account
     return Genesis.create(
@@ -46,6 +52,116 @@ def network_genesis(
         alloc=alloc,
         block_period=block_period,
     )
+
+
+def _funded_alloc(gas: Mapping[bytes, int], stake: Mapping[bytes, int]) -> dict[bytes, Any]:
+    """The token and registry contracts, stake minted to `stake`'s holders by the token's
+    constructor (as `flockd deploy` does on an external chain), and gas money as balances."""
+    alloc: dict[bytes, Any] = dict(genesis_contracts(dict(stake)))
+    for holder, wei in gas.items():
+        alloc[holder] = {"balance": wei, "nonce": 0, "code": b"", "storage": {}}
+    return alloc
+
+
+# -- a federation's genesis from its parties' addresses (`flockd genesis`) ------------------
+
+_AMOUNT = re.compile(r"([0-9]{1,40})(?:e([0-9]{1,2}))?")
+_HEX_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+_CONTRACTS = {STAKE_TOKEN_ADDRESS: "the stake token", TASK_REGISTRY_ADDRESS: "the task registry"}
+PARTIES_KEYS = frozenset({"chain_id", "block_period", "timestamp", "authorities", "gas", "stake"})
+
+
+def parse_amount(where: str, value: object) -> int:
+    """A positive whole amount of base units (wei, or the token's 10^-18): an integer, or a
+    decimal string with an optional power of ten ("25e18"); exact, never a float."""
+    if type(value) is int:
+        amount = value
+    elif isinstance(value, str) and (m := _AMOUNT.fullmatch(value.strip())):
+        amount = int(m.group(1)) * 10 ** int(m.group(2) or 0)
+    else:
+        raise GenesisError(f"{where}: {value!r} is not a whole number of base units (e.g. 1000 or 25e18)")
+    if amount <= 0:
+        raise GenesisError(f"{where}: amount must be > 0, got {amount}")
+    if amount >= 2**256:
+        raise GenesisError(f"{where}: amount {value!r} does not fit in 256 bits")
+    return amount
+
+
+def parse_address(where: str, value: object) -> bytes:
+    """0x + 40 hex digits; mixed case must be a valid EIP-55 checksum (a typo caught)."""
+    if not (isinstance(value, str) and _HEX_ADDRESS.fullmatch(value)):
+        raise GenesisError(f"{where} {value!r:.60} is not an address (0x + 40 hex digits)")
+    digits = value[2:]
+    if digits != digits.lower() and digits != digits.upper() and not is_checksum_address(value):
+        # no "did you mean": the right checksum of a mistyped address is another address
+        raise GenesisError(f"{where} {value}: bad EIP-55 checksum (a typo?); ask its owner for it again")
+    return bytes(to_canonical_address(value))
+
+
+def _distinct(role: str, values: Sequence[object]) -> list[bytes]:
+    seen: list[bytes] = []
+    for value in values:
+        address = parse_address(role, value)
+        if address in _CONTRACTS:  # the genesis puts the contracts' code there
+            raise GenesisError(f"{role} {value} is a contract's address ({_CONTRACTS[address]})")
+        if address in seen:
+            raise GenesisError(f"{role} {to_checksum_address(address)} is listed twice")
+        seen.append(address)
+    return seen
+
+
+def _holdings(role: str, pairs: Sequence[tuple[object, object]]) -> dict[bytes, int]:
+    addresses = _distinct(role, [a for a, _ in pairs])
+    return {a: parse_amount(f"{role} {to_checksum_address(a)}", amount) for a, (_, amount) in zip(addresses, pairs, strict=True)}
+
+
+def parties_genesis(
+    *,
+    authorities: Sequence[object],
+    gas: Sequence[tuple[object, object]],
+    stake: Sequence[tuple[object, object]],
+    chain_id: int,
+    block_period: int,
+    timestamp: int,
+) -> Genesis:
+    """A federation's genesis: `authorities` seal in the order given; `gas` holders get wei,
+    `stake` holders stake tokens minted at genesis. GenesisError names the first bad input."""
+    sealers = _distinct("authority", authorities)
+    if not sealers:
+        raise GenesisError("at least one authority is required (--authority ADDRESS)")
+    wei = _holdings("gas holder", gas)
+    tokens = _holdings("stake holder", stake)
+    if len(tokens) > MAX_TOKEN_HOLDERS:
+        raise GenesisError(f"at most {MAX_TOKEN_HOLDERS} stake holders at genesis, got {len(tokens)}")
+    if sum(tokens.values()) >= 2**256:
+        raise GenesisError("total stake does not fit in 256 bits")
+    return Genesis.create(
+        chain_id=chain_id,
+        authorities=sealers,
+        timestamp=timestamp,
+        alloc=_funded_alloc(wei, tokens),
+        block_period=block_period,
+    )
+
+
+def read_parties(path: Path) -> dict[str, Any]:
+    """A parties file (TOML): chain_id, block_period, timestamp, authorities = [...], and
+    tables [gas] and [stake] of "0xADDRESS" = amount. Unknown keys are an error."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise GenesisError(f"cannot read {path}: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise GenesisError(f"{path}: not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - PARTIES_KEYS)
+    if unknown:
+        raise GenesisError(f"{path}: unknown key(s) {', '.join(unknown)}")
+    if not isinstance(data.get("authorities", []), list):
+        raise GenesisError(f"{path}: authorities must be a list of addresses")
+    for table in ("gas", "stake"):
+        if not isinstance(data.get(table, {}), dict):
+            raise GenesisError(f"{path}: [{table}] must be a table of \"0xADDRESS\" = amount")
+    return data
 
 
 def install_genesis(datadir: Path, genesis: Genesis, *, replace: bool = False) -> None:
