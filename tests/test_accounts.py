@@ -9,6 +9,7 @@ import pytest
 import trio
 from eth_account import Account
 from eth_utils import keccak, to_checksum_address
+from test_client import ALICE, BOB, FAST, SEALER, Sealer, genesis
 
 from flockd.chain.backends import InProcessBackend
 from flockd.chain.client import ContractClient
@@ -19,7 +20,6 @@ from flockd.ctl import parse_params, with_whole_units
 from flockd.rpc.account import ACCOUNT_ERROR, AccountNamespace
 from flockd.rpc.dispatch import Dispatcher
 from flockd.rpc.errors import INVALID_PARAMS, RPCError
-from tests.test_client import ALICE, BOB, FAST, SEALER, Sealer, genesis
 
 CAROL_ACCOUNT = Account.from_key(keccak(b"carol"))
 CAROL = to_checksum_address(CAROL_ACCOUNT.address)
