@@ -15,9 +15,10 @@ from flockd.chain.sync import (
     BlockRequest,
     Catchup,
     MalformedMessage,
-    PeerCannotServe,
     MessageTooLarge,
+    PeerCannotServe,
     PeerMisbehaved,
+    SyncTargets,
     advance,
     answer_from_chain,
     decode_announcement,
@@ -181,3 +182,24 @@ def test_header_and_seal_are_judged_before_the_body_is_decoded():
     # A valid header over a body that does not decode is still malformed.
     with pytest.raises(MalformedBlock):
         b.import_block(with_body(rlp.encode(block.header), garbage_body))
+
+
+def test_sync_targets_rotate_peers_and_keep_the_highest():
+    targets = SyncTargets(max_targets=2, retry_after=30)
+    targets.want(10, b"\x0a" * 32, "slow")
+    targets.want(12, b"\x0c" * 32, "slow")
+    targets.want(12, b"\x0c" * 32, "honest")
+    targets.want(11, b"\x0b" * 32, "other")  # over the cap: the lowest (10) goes
+    assert sorted(targets.hashes()) == [b"\x0b" * 32, b"\x0c" * 32]
+    connected = ["slow", "honest", "other"]
+    target, peer = targets.pick(connected, busy=set(), now=0)
+    assert (target.number, peer) == (12, "honest")  # the most recent source first
+    # While "honest" is busy, a second attempt at the same target goes to another peer.
+    assert targets.pick(connected, busy={"honest"}, now=0)[1] == "slow"
+    # A failed peer waits its turn: the next attempt rotates to the others.
+    targets.failed(b"\x0c" * 32, "honest", now=0)
+    assert targets.pick(connected, busy={"slow"}, now=1)[1] == "other"
+    assert targets.pick(connected, busy=set(), now=31)[1] == "honest"
+    # Reached or no longer ahead: forgotten.
+    targets.prune(11, have={b"\x0c" * 32}.__contains__)
+    assert len(targets) == 0

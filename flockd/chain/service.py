@@ -23,7 +23,15 @@ import trio
 from flockd.chain.embedded import EmbeddedChain, NotOurTurn
 from flockd.chain.eth_api import EthAPI
 from flockd.chain.eth_http import serve_http
-from flockd.chain.mempool import AlreadyKnown, TxRejected
+from flockd.chain.mempool import (
+    AlreadyKnown,
+    BadTxSignature,
+    GasTooHigh,
+    MalformedTx,
+    TxRejected,
+    TxTooLarge,
+    WrongChainId,
+)
 from flockd.chain.poa import BlockRejected, FutureBlock
 from flockd.chain.records import ImportResult
 from flockd.chain.sync import (
@@ -41,6 +49,7 @@ from flockd.chain.sync import (
     answer_from_chain,
     decode_announcement,
     encode_announcement,
+    encode_blocks,
     encode_request,
 )
 from flockd.logs import get_logger
@@ -58,6 +67,8 @@ MAX_CATCHUPS = 3  # attempts at once, each with a different peer
 CATCHUP_REQUEST_TIMEOUT = 10.0  # one request's round trip (a full 16 MiB batch fits)
 CATCHUP_ATTEMPT_TIMEOUT = 60.0  # one attempt with one peer, before another peer's turn
 BAD_DATA_POINTS = 25.0  # misbehaviour points for an invalid block or reply (ban at 100)
+BAD_TX_POINTS = 5.0  # for a gossiped tx no node would admit, whatever its pool
+_PROVABLY_BAD_TX = (SyncError, MalformedTx, TxTooLarge, BadTxSignature, WrongChainId, GasTooHigh)
 
 
 class GossipingEthAPI(EthAPI):
@@ -195,9 +206,9 @@ class ChainService:
         except (SyncError, BlockRejected) as exc:
             self._blame_sender(msg, exc)
             return
-        self.peer_heads[msg.peer_id] = header.block_number
         # Chain calls wait for its lock, held by imports for seconds: never on the event loop.
         if await trio.to_thread.run_sync(self.chain.has_block, header.hash):
+            self.peer_heads[msg.peer_id] = header.block_number
             return
         importer = _Importer(self.chain)
         try:
@@ -213,6 +224,7 @@ class ChainService:
             return
         finally:
             self._count(importer.results)
+        self.peer_heads[msg.peer_id] = header.block_number  # vouched for by an authority's seal
         if result.status == "missing_parent":
             self._want(header.block_number, header.hash, msg.peer_id)
         elif result.new_head:
@@ -303,7 +315,11 @@ class ChainService:
         log.warning("catch-up failed", peer=peer_id, target=target.number, error=f"{type(exc).__name__}: {exc}")
 
     async def _serve_blocks(self, peer_id: str, kind: str, data: bytes) -> bytes | None:
-        return await trio.to_thread.run_sync(answer_from_chain, self.chain, data)
+        try:
+            return await trio.to_thread.run_sync(answer_from_chain, self.chain, data)
+        except SyncError as exc:
+            self.network.penalize_peer(peer_id, BAD_DATA_POINTS, f"block request: {type(exc).__name__}")
+            return encode_blocks([])
 
     # -- transactions ----------------------------------------------------------------------
 
@@ -333,6 +349,8 @@ class ChainService:
             pass
         except (TxRejected, SyncError) as exc:
             log.debug("gossiped tx rejected", peer=msg.peer_id, error=f"{type(exc).__name__}: {exc}")
+            if isinstance(exc, _PROVABLY_BAD_TX):  # not a matter of our pool's state
+                self.network.penalize_sender(msg.sender, BAD_TX_POINTS, f"tx: {type(exc).__name__}")
 
 
 def _payload_bytes(msg: GossipMessage) -> bytes:
