@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import msgpack
 import pytest
 import rlp
 from eth_keys import keys
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flockd.chain.embedded import EmbeddedChain, MalformedBlock
 from flockd.chain.genesis import Genesis
-from flockd.chain.poa import BadTimestamp, UnauthorizedSigner, sign_header
+from flockd.chain.poa import BadTimestamp, BlockRejected, UnauthorizedSigner, sign_header
 from flockd.chain.sync import (
     MAX_BATCH_BLOCKS,
     BlockRequest,
@@ -18,6 +22,7 @@ from flockd.chain.sync import (
     MessageTooLarge,
     PeerCannotServe,
     PeerMisbehaved,
+    SyncError,
     SyncTargets,
     advance,
     answer_from_chain,
@@ -203,3 +208,26 @@ def test_sync_targets_rotate_peers_and_keep_the_highest():
     # Reached or no longer ahead: forgotten.
     targets.prune(11, have={b"\x0c" * 32}.__contains__)
     assert len(targets) == 0
+
+
+FUZZ_PAIR = make_pair()
+seal_alone(FUZZ_PAIR[0], 2)
+GENUINE = rlp.encode(FUZZ_PAIR[0].get_block_by_number(1))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(
+    st.binary(max_size=2048),
+    st.builds(
+        lambda at, byte: GENUINE[:at] + bytes([byte]) + GENUINE[at + 1 :],
+        st.integers(0, len(GENUINE) - 1),
+        st.integers(0, 255),
+    ),
+    st.builds(lambda cut: GENUINE[:cut], st.integers(0, len(GENUINE))),
+))
+def test_block_bytes_from_a_peer_fail_only_as_rejections(data: bytes) -> None:
+    node = FUZZ_PAIR[1]
+    with contextlib.suppress(BlockRejected):
+        node.import_block(data)
+    with contextlib.suppress(SyncError):
+        decode_announcement(data)
