@@ -15,7 +15,7 @@ import contextlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -411,6 +411,12 @@ class EmbeddedChain:
                 return self._chain.get_canonical_block_by_number(BlockNumber(number))
             except (HeaderNotFound, ValidationError):
                 return None
+
+    @contextlib.contextmanager
+    def consistent_view(self) -> Iterator[None]:
+        """Several reads that must see one chain (no import or seal between them)."""
+        with self._lock:
+            yield
 
     def canonical_hash(self, number: int) -> bytes | None:
         with self._lock:

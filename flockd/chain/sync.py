@@ -335,7 +335,10 @@ def answer_from_chain(chain: EmbeddedChain, data: bytes) -> bytes:
         block = chain.get_block_by_hash(block_hash)
         return None if block is None else (rlp.encode(block), block.header.parent_hash, block.number)
 
-    return answer_request(request, by_number, by_hash)
+    # One view of the chain for the whole answer: a reorg between two reads would hand the
+    # peer blocks that do not chain, and it would blame us.
+    with chain.consistent_view():
+        return answer_request(request, by_number, by_hash)
 
 
 # -- whom to catch up with -------------------------------------------------------------------
