@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 log = get_logger("flockd.chain")
 LOCAL_TX_BUFFER = 4096
 MAX_CATCHUPS = 3  # attempts at once, each with a different peer
-CATCHUP_REQUEST_TIMEOUT = 10.0  # one request's round trip (a full 16 MiB batch fits)
+CATCHUP_REQUEST_TIMEOUT = 20.0  # one request's round trip (a full 16 MiB batch fits; a loaded peer too)
 CATCHUP_ATTEMPT_TIMEOUT = 60.0  # one attempt with one peer, before another peer's turn
 BAD_DATA_POINTS = 25.0  # misbehaviour points for an invalid block or reply (ban at 100)
 BAD_TX_POINTS = 5.0  # for a gossiped tx no node would admit, whatever its pool
