@@ -6,6 +6,7 @@ import argparse
 import getpass
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 from flockd import __version__
@@ -57,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-json", action="store_true", default=None, help="JSON log lines")
     run.add_argument("--chain-http", type=int, metavar="PORT", help="serve chain JSON-RPC on 127.0.0.1:PORT")
     run.add_argument("--chain-rpc", metavar="URL", help="use an external EVM node instead of the embedded chain")
+    run.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on 127.0.0.1:PORT")
     run.add_argument("--attack", metavar="SPEC", help="override attack.behaviour: make this node malicious (research)")
     run.set_defaults(func=_cmd_run)
 
@@ -134,6 +136,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             p2p={"listen": args.listen, "bootstrap": args.bootstrap},
             chain={"http_port": args.chain_http, "rpc_url": args.chain_rpc},
             attack={"behaviour": args.attack},
+            metrics={"port": args.metrics_port},
         )
     except ConfigError as exc:
         raise CLIError(str(exc)) from None
@@ -150,14 +153,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         configure_logging(config.node.log_level, json=config.node.log_json)
         from flockd.chain.embedded import GenesisMismatch
         from flockd.chain.genesis import GenesisError
-        from flockd.node import Node
+        from flockd.node import STOP_GRACE, Node
         from flockd.p2p.abc import P2PError
 
         try:
             node = Node(config, identity, datadir)
         except (P2PError, GenesisError, GenesisMismatch) as exc:
             raise CLIError(str(exc)) from None
-        trio.run(node.run)
+        trio.run(partial(node.run, stop_grace=STOP_GRACE))
     finally:
         lock.release()
     return 0

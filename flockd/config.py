@@ -51,18 +51,25 @@ registry = ""
 token = ""
 # Serve the embedded chain's Ethereum JSON-RPC over HTTP on 127.0.0.1:PORT (0 = off).
 http_port = 0
+# Host names the HTTP endpoint answers to (geth's --http.vhosts); "*" = any. A request
+# naming another host is refused, which stops DNS-rebinding web pages. IP addresses
+# (127.0.0.1) are always accepted.
+http_vhosts = ["localhost"]
+# Web page origins allowed to call it from a browser (geth's --http.corsdomain), e.g.
+# ["http://localhost:3000"]; "*" = any. Empty: every request from a web page is refused.
+http_corsdomain = []
 # Blocks to wait on top of a result before acting on it.
 confirmations = 2
 
 [metrics]
-# Prometheus text on 127.0.0.1:PORT (0 = off).
+# Prometheus text on http://127.0.0.1:PORT/metrics (0 = off; docs/operator.md, "Metrics").
 port = 0
 
 # A research tool for measuring the defence: make this node MALICIOUS (docs/learning.md,
 # "Attackers"). Off unless the section is added:
 # [attack]
 # behaviour = "collude"            # honest | label-flip | noise:SIGMA | sign-flip:SCALE |
-#                                  # random-vote | accept-all | collude, joined by +
+#                                  # garbage:SIZE | random-vote | accept-all | collude, joined by +
 # colluders = ["0x..."]            # the addresses acting together with this one
 """
 
@@ -97,6 +104,8 @@ class ChainSection:
     registry: str = ""
     token: str = ""
     http_port: int = 0
+    http_vhosts: list[str] = field(default_factory=lambda: ["localhost"])
+    http_corsdomain: list[str] = field(default_factory=list)
     confirmations: int = 2
 
 
@@ -157,6 +166,12 @@ class Config:
         _check_range("rpc.max_clients", self.rpc.max_clients, 1, 100_000)
         _check_range("chain.http_port", self.chain.http_port, 0, 65535)
         _check_range("chain.confirmations", self.chain.confirmations, 0, 1000)
+        for host in self.chain.http_vhosts:
+            if not host or any(c in host for c in "/: \t"):
+                raise ConfigError(f"chain.http_vhosts: {host!r} is not a host name (no scheme, port or path)")
+        for origin in self.chain.http_corsdomain:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ConfigError(f"chain.http_corsdomain: {origin!r} must be \"*\" or an http(s):// origin")
         _check_range("metrics.port", self.metrics.port, 0, 65535)
         url = self.chain.rpc_url
         if url and not url.startswith(("http://", "https://")):

@@ -3,16 +3,28 @@
 Start order: p2p (so the node has an identity on the network), the chain (embedded:
 sealing and sync over p2p; or a backend for an external node), the learning tasks
 (they need both), then the control socket
-(so a client never reaches a node that cannot answer). Stop order is the reverse: the
-socket closes first, so no request arrives at a half-stopped node.
+(so a client never reaches a node that cannot answer), then the metrics endpoint when
+asked. Stop order is the reverse: the socket closes first, so no request arrives at a
+half-stopped node.
+
+A stop must not hang on work that cannot be cancelled (a worker thread training a model,
+importing a block): past `stop_grace` seconds a watchdog thread ends the process. Nothing
+is lost: the chain database commits whole batches only and files are replaced atomically.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import signal
+import threading
 import time
+from collections.abc import Iterator
 from contextlib import AsyncExitStack
+from functools import partial
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING
 
 import trio
@@ -31,6 +43,38 @@ from flockd.logs import get_logger
 from flockd.rpc.dispatch import Dispatcher
 
 log = get_logger("flockd.node")
+
+STOP_GRACE = 10.0  # seconds an orderly stop may take before the process exits anyway
+EXIT_STOP_TIMEOUT = 3  # the exit status when the watchdog had to end the process
+
+
+class StopWatchdog:
+    """Ends the process with EXIT_STOP_TIMEOUT when a stop, once requested, is not finished
+    within `grace` seconds. Its thread starts with the node, so a request only sets an event:
+    safe from a signal handler, and it fires whatever the event loop is doing."""
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self._requested = threading.Event()
+        self._finished = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="flockd-stop-watchdog", daemon=True)
+        self._thread.start()
+
+    def stop_requested(self) -> None:
+        self._requested.set()
+
+    def finished(self) -> None:
+        self._finished.set()
+        self._requested.set()
+
+    def _watch(self) -> None:
+        self._requested.wait()
+        if self._finished.wait(self.grace):
+            return
+        log.error("stop is taking too long: exiting without waiting for running work", grace_seconds=self.grace)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(EXIT_STOP_TIMEOUT)
 
 
 class Node:
@@ -53,8 +97,11 @@ class Node:
             limits=P2PLimits(max_peers=config.p2p.max_peers),
         )
         self._stop = trio.Event()
+        self._watchdog: StopWatchdog | None = None
         self._open_chain()
         self._open_tasks()
+        self.rpc_dispatcher = self._dispatcher()
+        self.metrics_bound: int | None = None  # the metrics port, once served
 
     def _open_tasks(self) -> None:
         from eth_account import Account
@@ -82,6 +129,9 @@ class Node:
             address=bytes(self.identity.private_key.public_key.to_canonical_address()),
             vrf_secret=self.identity.vrf_secret,
             confirmations=self.config.chain.confirmations,
+            # On an external node the chain does not depend on our peers: a lone daemon
+            # cannot have sealed what it reads there.
+            min_peers=0 if self.config.chain.rpc_url else 1,
         )
         behaviour = self.config.attack.parsed()
         if not behaviour.is_honest:  # a research tool: nobody should run one by accident
@@ -102,6 +152,7 @@ class Node:
             self.chain_backend: ChainBackend = HttpBackend(self.config.chain.rpc_url)
             return
         from flockd.chain.embedded import EmbeddedChain
+        from flockd.chain.eth_http import HTTPAccess
         from flockd.chain.genesis import Genesis
         from flockd.chain.network import GENESIS_FILE
         from flockd.chain.service import ChainService
@@ -114,7 +165,12 @@ class Node:
             sealer_key=self.identity.private_key,
             confirmations=self.config.chain.confirmations,
         )
-        self.chain_service = ChainService(chain, self.p2p, http_port=self.config.chain.http_port)
+        self.chain_service = ChainService(
+            chain,
+            self.p2p,
+            http_port=self.config.chain.http_port,
+            http_access=HTTPAccess(tuple(self.config.chain.http_vhosts), tuple(self.config.chain.http_corsdomain)),
+        )
         self.chain_backend = InProcessBackend(self.chain_service.api)
 
     # -- NodeControl (what the node_* RPC namespace needs) --------------------
@@ -125,24 +181,36 @@ class Node:
         self._stop.set()
 
     # -- lifecycle -----------------------------------------------------------
-    async def run(self) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch_signals)
-            async with AsyncExitStack() as services:
-                await self._start(services, "p2p", self.p2p.run)
-                if self.chain_service is not None:
-                    await self._start(services, "chain", self.chain_service.run)
-                await self._start(services, "tasks", self.tasks.run)
-                await self._start(services, "rpc", self._serve_control_socket)
-                log.info(
-                    "node started",
-                    address=self.address,
-                    peer_id=self.peer_id,
-                    listen=self.listen_addrs(),
-                )
-                await self._stop.wait()
-                log.info("node stopping")
-            nursery.cancel_scope.cancel()
+    async def run(self, *, stop_grace: float | None = None) -> None:
+        """Run until SIGINT, SIGTERM or request_stop; with `stop_grace` (seconds), a stop that
+        takes longer ends the process (StopWatchdog)."""
+        self._watchdog = StopWatchdog(stop_grace) if stop_grace is not None else None
+        try:
+            with self._stop_on_signals():
+                await self._run_services()
+        finally:
+            if self._watchdog is not None:
+                self._watchdog.finished()
+
+    async def _run_services(self) -> None:
+        async with AsyncExitStack() as services:
+            await self._start(services, "p2p", self.p2p.run)
+            if self.chain_service is not None:
+                await self._start(services, "chain", self.chain_service.run)
+            await self._start(services, "tasks", self.tasks.run)
+            await self._start(services, "rpc", self._serve_control_socket)
+            if self.config.metrics.port:
+                await self._start(services, "metrics", self._serve_metrics)
+            log.info(
+                "node started",
+                address=self.address,
+                peer_id=self.peer_id,
+                listen=self.listen_addrs(),
+            )
+            await self._stop.wait()
+            log.info("node stopping")
+            if self._watchdog is not None:
+                self._watchdog.stop_requested()
         log.info("node stopped")
 
     async def _start(self, stack: AsyncExitStack, name: str, service: object) -> None:
@@ -158,11 +226,27 @@ class Node:
 
         await serve_ipc(
             self.datadir / IPC_SOCKET,
-            self._dispatcher(),
+            self.rpc_dispatcher,
             max_request_bytes=self.config.rpc.max_request_bytes,
             max_clients=self.config.rpc.max_clients,
             task_status=task_status,
         )
+
+    async def _serve_metrics(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        from flockd.metrics import serve_metrics
+
+        async with trio.open_nursery() as nursery:
+            self.metrics_bound = await nursery.start(
+                partial(serve_metrics, self.config.metrics.port, self, confirmations=self.config.chain.confirmations)
+            )
+            task_status.started()
+
+    def rpc_error_counts(self) -> dict[tuple[str, int], int]:
+        """Error replies by (endpoint, code): the control socket's and the eth endpoint's."""
+        counts = {("control", code): n for code, n in self.rpc_dispatcher.error_counts.items()}
+        if self.chain_service is not None:
+            counts.update({("eth", code): n for code, n in self.chain_service.api.error_counts.items()})
+        return counts
 
     def _dispatcher(self) -> Dispatcher:
         from flockd.rpc.chain import ChainNamespace
@@ -183,8 +267,24 @@ class Node:
         dispatcher.add_namespace(RPCNamespace(dispatcher))
         return dispatcher
 
-    async def _watch_signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                log.info("signal received", signal=signal.Signals(signum).name)
-                self.request_stop()
+    @contextlib.contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        # A plain signal handler, not trio.open_signal_receiver: it runs even while the event
+        # loop is stuck in synchronous code, and starts the watchdog's clock at once.
+        token = trio.lowlevel.current_trio_token()
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            if self._watchdog is not None:
+                self._watchdog.stop_requested()
+            token.run_sync_soon(self._stop_by_signal, signum)
+
+        previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _stop_by_signal(self, signum: int) -> None:
+        log.info("signal received", signal=signal.Signals(signum).name)
+        self.request_stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import httpx
@@ -15,15 +16,17 @@ from web3 import Web3
 from web3.exceptions import ContractLogicError
 from web3.middleware import ExtraDataToPOAMiddleware
 
+from flockd.asgi import serve_asgi
 from flockd.chain.embedded import EmbeddedChain
 from flockd.chain.eth_api import EthAPI
-from flockd.chain.eth_http import MAX_BODY, serve_http
+from flockd.chain.eth_http import MAX_BODY, EthHTTPApp, HTTPAccess, serve_http
 from flockd.chain.genesis import Genesis
 
 T0 = 1_700_000_000
 SEALER = keys.PrivateKey(b"\x01" * 32)
 ALICE = Account.from_key(b"\x0a" * 32)
 BOB = Account.from_key(b"\x0b" * 32)
+JSON = {"content-type": "application/json"}
 
 
 
@@ -105,7 +108,8 @@ async def test_web3_over_http_reads_and_writes_the_chain():
         # Transport limits: GET refused, oversized body refused.
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             assert (await client.get("/")).status_code == 405
-            assert (await client.post("/", content=b" " * (MAX_BODY + 1))).status_code == 413
+            too_large = b" " * (MAX_BODY + 1)
+            assert (await client.post("/", content=too_large, headers=JSON)).status_code == 413
         nursery.cancel_scope.cancel()
 
 
@@ -136,3 +140,127 @@ def test_malformed_requests_get_specific_errors():
     assert api.handle_body(json.dumps({"jsonrpc": "2.0", "method": "eth_chainId"}).encode()) is None  # notification
     batch = ask([{"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"}, {"jsonrpc": "2.0", "id": 2, "method": "eth_blockNumber"}])
     assert [r["result"] for r in batch] == ["0x1092", "0x0"]
+    # Every error reply is counted by code, for the metrics endpoint.
+    assert api.error_counts == {-32700: 1, -32600: 3, -32601: 1, -32602: 3, -32000: 3}
+
+
+JUMP_LOOP = "0x5b600056"  # JUMPDEST PUSH1 0 JUMP: loops until the gas runs out
+GAS_LEFT = "0x5a60005260206000f3"  # GAS PUSH1 0 MSTORE PUSH1 32 PUSH1 0 RETURN: returns the gas it has
+HUGE_GAS = "0xffffffffff"
+
+
+def call_body(method: str, call: dict, request_id: int = 1) -> bytes:
+    return json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": [call, "latest"]}).encode()
+
+
+@pytest.mark.parametrize("method", ["eth_call", "eth_estimateGas"])
+def test_a_looping_call_is_stopped_by_its_time_budget(method):
+    # Capped at the block gas limit alone, the loop would still run ~10 s of py-evm.
+    api = EthAPI(make_chain(), call_timeout=0.5)
+    reply = json.loads(api.handle_body(call_body(method, {"data": JUMP_LOOP, "gas": HUGE_GAS})))
+    assert reply["error"]["code"] == -32000
+    assert "execution aborted" in reply["error"]["message"] and "0.5" in reply["error"]["message"]
+
+
+def test_call_gas_is_capped_at_the_block_gas_limit():
+    chain = make_chain()
+    api = EthAPI(chain)
+    reply = json.loads(api.handle_body(call_body("eth_call", {"data": GAS_LEFT, "gas": HUGE_GAS})))
+    assert int(reply["result"], 16) < chain.genesis.gas_limit
+
+
+def test_a_running_call_does_not_hold_up_sealing():
+    chain = make_chain()
+    api = EthAPI(chain, call_timeout=60)
+    replies: list[dict] = []
+
+    def looping_call() -> None:
+        replies.append(json.loads(api.handle_body(call_body("eth_call", {"data": JUMP_LOOP}))))
+
+    import threading
+
+    caller = threading.Thread(target=looping_call)
+    caller.start()
+    try:
+        seal(chain)  # while the call runs
+        assert chain.head.block_number == 1
+        assert caller.is_alive() and not replies  # the call was still running meanwhile
+    finally:
+        api.abort_calls()  # what a stopping node does: running calls end at their next jump
+        caller.join(timeout=30)
+    assert not caller.is_alive()
+    assert "stopping" in replies[0]["error"]["message"]
+
+
+CHAIN_ID = {"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}
+
+
+async def test_http_refuses_what_a_web_page_could_send():
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_http, 0, EthAPI(make_chain()))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            # A page may POST text/plain cross-origin without a preflight: refused.
+            plain = await client.post("/", content=json.dumps(CHAIN_ID), headers={"content-type": "text/plain"})
+            assert plain.status_code == 415
+            # DNS rebinding: the page's own name resolves to 127.0.0.1.
+            rebound = await client.post("/", json=CHAIN_ID, headers={"host": f"evil.example:{port}"})
+            assert rebound.status_code == 403
+            from_page = await client.post("/", json=CHAIN_ID, headers={"origin": "http://evil.example"})
+            assert from_page.status_code == 403
+            preflight = await client.options("/", headers={
+                "origin": "http://evil.example", "access-control-request-method": "POST",
+                "access-control-request-headers": "content-type",
+            })
+            assert preflight.status_code == 403 and "access-control-allow-origin" not in preflight.headers
+            # What tools send passes: an IP or localhost as Host, JSON, no Origin.
+            for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost"):
+                ok = await client.post("/", json=CHAIN_ID, headers={"host": host})
+                assert ok.status_code == 200 and ok.json()["result"] == "0x1092"
+            charset = await client.post("/", content=json.dumps(CHAIN_ID), headers={"content-type": "application/json; charset=utf-8"})
+            assert charset.status_code == 200
+        nursery.cancel_scope.cancel()
+
+
+async def test_http_serves_the_hosts_and_origins_it_is_told_to():
+    access = HTTPAccess(vhosts=("node.example",), cors_origins=("http://app.example",))
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(functools.partial(serve_http, 0, EthAPI(make_chain()), access=access))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            named = await client.post("/", json=CHAIN_ID, headers={"host": f"node.example:{port}"})
+            assert named.status_code == 200
+            assert (await client.post("/", json=CHAIN_ID, headers={"host": "localhost"})).status_code == 403
+            preflight = await client.options("/", headers={
+                "origin": "http://app.example", "access-control-request-method": "POST",
+            })
+            assert preflight.status_code == 204
+            assert preflight.headers["access-control-allow-origin"] == "http://app.example"
+            assert "content-type" in preflight.headers["access-control-allow-headers"]
+            page = await client.post("/", json=CHAIN_ID, headers={"origin": "http://app.example"})
+            assert page.status_code == 200 and page.headers["access-control-allow-origin"] == "http://app.example"
+            other = await client.post("/", json=CHAIN_ID, headers={"origin": "http://evil.example"})
+            assert other.status_code == 403
+        nursery.cancel_scope.cancel()
+
+
+async def test_http_requests_in_progress_are_bounded():
+    api = EthAPI(make_chain(), call_timeout=2)
+    app = EthHTTPApp(api, HTTPAccess(), max_pending=2)
+    statuses: list[int] = []
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_asgi, app, 0)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+
+            async def post_loop() -> None:
+                reply = await client.post("/", content=call_body("eth_call", {"data": JUMP_LOOP}), headers=JSON)
+                statuses.append(reply.status_code)
+
+            async with trio.open_nursery() as clients:
+                for _ in range(2):
+                    clients.start_soon(post_loop)
+                while app.pending < 2:
+                    await trio.sleep(0.01)
+                busy = await client.post("/", json=CHAIN_ID)
+                assert busy.status_code == 503
+            assert statuses == [200, 200]  # each answered (with its aborted-call error)
+            assert (await client.post("/", json=CHAIN_ID)).status_code == 200
+        nursery.cancel_scope.cancel()

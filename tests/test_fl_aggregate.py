@@ -30,9 +30,16 @@ def w(tensors) -> list[float]:
     return tensors["w"].tolist()
 
 
-def test_fedavg_weights_by_samples():
+def test_an_inflated_sample_count_buys_no_weight():
+    honest = [delta([1.0], samples=140) for _ in range(3)]
+    inflated = delta([-5.0], samples=2**32 - 1)
+    for rule in ("fedavg", "multi-krum:0:4"):
+        assert w(aggregate([*honest, inflated], rule)) == [-0.5], rule  # (3 - 5) / 4
+
+
+def test_fedavg_is_the_plain_mean_of_the_accepted_deltas():
     out = fedavg([delta([1.0, 0.0], samples=1), delta([4.0, 8.0], samples=3)])
-    assert w(out) == [3.25, 6.0]
+    assert w(out) == [2.5, 4.0]
     assert out["w"].dtype == np.float32
 
 

@@ -18,10 +18,11 @@ from flockd.fl.attacks import (
     flip_labels,
     parse_behaviour,
     poison_delta,
+    poison_wire,
     training_split,
 )
+from flockd.fl.codec import DeltaError, decode_delta, encode_delta
 from flockd.fl.data import Split
-from flockd.round import SCORE_BOUND
 
 A, B, C, D = (bytes([n]) * 20 for n in (0xA, 0xB, 0xC, 0xD))
 
@@ -62,6 +63,13 @@ def rng() -> np.random.Generator:
             "label-flip+sign-flip:0.5+accept-all",
         ),
         ("noise:1e-3", Behaviour(delta=DeltaAttack("noise", 0.001)), "noise:0.001"),
+        ("garbage", Behaviour(delta=DeltaAttack("garbage", 1.0)), "garbage:1"),
+        ("garbage:0.5", Behaviour(delta=DeltaAttack("garbage", 0.5)), "garbage:0.5"),
+        (
+            "collude+garbage",
+            Behaviour(delta=DeltaAttack("garbage", 1.0), vote="collude"),
+            "garbage:1+collude",
+        ),
     ],
 )
 def test_parse_gives_the_behaviour_and_str_gives_back_the_canonical_spec(spec, expected, canonical):
@@ -83,7 +91,7 @@ def test_amounts_that_do_not_fit_in_g_format_round_trip_exactly():
 
 def test_is_honest_only_without_any_attack():
     assert HONEST.is_honest
-    for spec in ("label-flip", "noise", "sign-flip", "random-vote", "accept-all", "collude"):
+    for spec in ("label-flip", "noise", "sign-flip", "garbage", "random-vote", "accept-all", "collude"):
         assert not parse_behaviour(spec).is_honest, spec
 
 
@@ -95,6 +103,9 @@ def test_is_honest_only_without_any_attack():
         ("flip", "unknown part 'flip'"),
         ("honest+label-flip", "cannot be combined"),
         ("noise+sign-flip", "at most one delta attack"),
+        ("garbage+noise", "at most one delta attack"),
+        ("garbage:65", "at most 64"),
+        ("garbage:0", "> 0"),
         ("random-vote+accept-all", "at most one vote attack"),
         ("collude+random-vote", "at most one vote attack"),
         ("label-flip+label-flip", "given twice"),
@@ -206,6 +217,22 @@ def test_noise_is_fixed_by_the_generator():
     assert not np.array_equal(first["w"], other_round["w"])
 
 
+def test_garbage_sends_random_bytes_of_the_chosen_size_in_place_of_the_encoding():
+    wire = encode_delta(honest_delta(), samples=3)
+    b = parse_behaviour("garbage")
+    np.testing.assert_array_equal(poison_delta(b, honest_delta(), rng())["w"], honest_delta()["w"])
+    junk = poison_wire(b, wire, attack_rng(5, 2, 3, "delta"))
+    assert len(junk) == len(wire) and junk != wire
+    assert junk == poison_wire(b, wire, attack_rng(5, 2, 3, "delta"))
+    assert junk != poison_wire(b, wire, attack_rng(5, 3, 3, "delta"))
+    with pytest.raises(DeltaError):
+        decode_delta(junk)
+    assert len(poison_wire(parse_behaviour("garbage:2.5"), wire, rng())) == round(2.5 * len(wire))
+    assert len(poison_wire(parse_behaviour("garbage:1e-9"), wire, rng())) == 1
+    for honest_wire in (HONEST, parse_behaviour("sign-flip:4"), parse_behaviour("collude")):
+        assert poison_wire(honest_wire, wire, rng()) == wire
+
+
 def test_attack_rng_streams_differ_by_node_and_purpose():
     draws = {
         key: attack_rng(*key).integers(0, 2**62)
@@ -224,7 +251,7 @@ def test_attack_rng_streams_differ_by_node_and_purpose():
 
 def test_honest_voter_submits_what_it_scored():
     assert cast_votes(HONEST, (1, -1, 1), [A, B, C], frozenset(), rng(), False) == (1, -1, 1)
-    assert cast_votes(HONEST, (1234,), [A, B], frozenset(), rng(), True) == (1234,)
+    assert cast_votes(HONEST, (-1,), [A, B], frozenset(), rng(), True) == (-1,)
     # delta attacks do not change the vote
     signer = parse_behaviour("sign-flip:4")
     assert cast_votes(signer, (1, -1), [A, B], frozenset(), rng(), False) == (1, -1)
@@ -233,7 +260,7 @@ def test_honest_voter_submits_what_it_scored():
 def test_accept_all_accepts_everything_in_both_modes():
     b = parse_behaviour("accept-all")
     assert cast_votes(b, (-1, -1, 1), [A, B, C], frozenset(), rng(), False) == (1, 1, 1)
-    assert cast_votes(b, (-SCORE_BOUND,), [A], frozenset(), rng(), True) == (SCORE_BOUND,)
+    assert cast_votes(b, (-1,), [A], frozenset(), rng(), True) == (1,)
 
 
 def test_random_votes_are_uniform_and_fixed_by_the_generator():
@@ -244,11 +271,10 @@ def test_random_votes_are_uniform_and_fixed_by_the_generator():
     assert 900 < votes.count(1) < 1100
     assert votes == cast_votes(b, (1,) * 2000, proposers, frozenset(), rng(), False)
     scores = [
-        cast_votes(b, (0,), [A], frozenset(), np.random.default_rng(s), True)[0] for s in range(200)
+        cast_votes(b, (1,), [A], frozenset(), np.random.default_rng(s), True)[0] for s in range(200)
     ]
-    assert all(-SCORE_BOUND <= s <= SCORE_BOUND for s in scores)
-    assert sum(s > 0 for s in scores) > 60 and sum(s < 0 for s in scores) > 60
-    assert max(abs(s) for s in scores) > SCORE_BOUND // 2
+    assert set(scores) == {-1, 1}  # whole-round votes are +-1 too, never a weighted score
+    assert 60 < scores.count(1) < 140
 
 
 def test_colluders_accept_each_other_and_reject_the_honest_per_proposal():
@@ -262,9 +288,9 @@ def test_colluders_accept_each_other_and_reject_the_honest_per_proposal():
 def test_colluders_in_whole_round_mode_back_any_round_with_a_colluder_in_it():
     b = parse_behaviour("collude+sign-flip:4")
     colluders = frozenset({B})
-    assert cast_votes(b, (-5,), [A, B], colluders, rng(), True) == (SCORE_BOUND,)
-    assert cast_votes(b, (5,), [A, C], colluders, rng(), True) == (-SCORE_BOUND,)
-    assert cast_votes(b, (5,), [], colluders, rng(), True) == (-SCORE_BOUND,)
+    assert cast_votes(b, (-1,), [A, B], colluders, rng(), True) == (1,)
+    assert cast_votes(b, (1,), [A, C], colluders, rng(), True) == (-1,)
+    assert cast_votes(b, (1,), [], colluders, rng(), True) == (-1,)
 
 
 def test_votes_must_match_the_proposals():
@@ -325,6 +351,10 @@ def test_describe_says_what_the_node_will_do():
         "train on flipped labels, send Gaussian noise (sigma 0.5) as its delta"
     )
     assert describe(parse_behaviour("random-vote")) == "vote at random"
+    assert describe(parse_behaviour("garbage+collude")) == (
+        "send random bytes (1 x the size of its delta) as its delta, "
+        "vote for its colluders' proposals and against all others"
+    )
 
 
 def test_the_module_imports_no_torch():

@@ -10,9 +10,11 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from flockd.fl.codec import (
+    MAX_DELTA_VALUE,
     DeltaError,
     DeltaHashMismatch,
     DeltaLengthMismatch,
+    DeltaOutOfBounds,
     DeltaShapeMismatch,
     DeltaTooLarge,
     DisallowedDtype,
@@ -25,8 +27,10 @@ from flockd.fl.codec import (
     decode_delta,
     decode_state,
     delta_hash,
+    delta_limits,
     encode_delta,
     encode_state,
+    max_delta_size,
 )
 
 
@@ -142,9 +146,22 @@ def test_non_finite_values_are_rejected(bad):
         encode_delta({"x": np.array([bad], np.float32)})
 
 
-def test_float16_overflow_is_refused_at_encoding():
-    with pytest.raises(NonFiniteDelta):
-        encode_delta({"x": np.array([1e6], np.float32)}, encoding="f16")
+@pytest.mark.parametrize("encoding", ["f32", "f16", "topk"])
+def test_values_beyond_the_bound_are_refused_both_ways(encoding):
+    edge = np.array([-MAX_DELTA_VALUE, MAX_DELTA_VALUE], np.float32)
+    data = encode_delta({"x": edge}, encoding=encoding, topk_fraction=1.0)
+    np.testing.assert_array_equal(decode_delta(data).tensors["x"], edge)
+    beyond = np.nextafter(np.float32(MAX_DELTA_VALUE), np.float32(np.inf))
+    with pytest.raises(DeltaOutOfBounds):
+        encode_delta({"x": np.array([1.0, -beyond], np.float32)}, encoding=encoding)
+    header, body = split(encode_delta(sample()))
+    forged = rebuild(header, body[:-4] + struct.pack("<f", beyond))
+    with pytest.raises(DeltaOutOfBounds):
+        decode_delta(forged)
+    # A model state is not a delta: its values need only be finite.
+    assert decode_state(encode_state({"x": np.array([1e30], np.float32)}))["x"][0] == np.float32(
+        1e30
+    )
 
 
 def test_oversized_inputs_are_rejected_before_parsing():
@@ -190,6 +207,7 @@ def test_deeply_nested_header_is_rejected():
         ("enc", "bf16", UnsupportedEncoding),
         ("dtypes", ["float64", "float32", "float32"], DisallowedDtype),
         ("dtypes", ["float16", "float16", "float16"], DisallowedDtype),
+        ("dtypes", [[], None, None], DisallowedDtype),  # found by the fuzz below
         ("names", ["scale", "layer.weight", "layer.bias"], NonCanonicalDelta),
         ("names", ["a", "a", "b"], NonCanonicalDelta),
         ("names", ["a", 5, "b"], MalformedDelta),
@@ -262,3 +280,98 @@ def test_known_answers_from_the_spec():
     assert model_hash(tensors).hex() == (
         "0368c3fdd12a740f032bca585b1fb921ba744e6de3ca37e228a9c5e7daa85b55"
     )
+
+
+# --- structure-aware fuzzing: a valid frame with hostile parts --------------------------
+
+msgpack_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**64) + 1, 2**64 - 1)
+    | st.floats(allow_nan=True)
+    | st.text(max_size=8)
+    | st.binary(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+def decodes_cleanly_or_refuses(data: bytes) -> None:
+    """The decoder's contract on any input: a DeltaError, or a delta with the model's
+    layout whose every value is finite and within the bound, in its one encoding."""
+    try:
+        delta = decode_delta(data, expected_shapes=SHAPES)
+    except DeltaError:
+        return
+    for array in delta.tensors.values():
+        assert np.isfinite(array).all() and (np.abs(array) <= MAX_DELTA_VALUE).all()
+    if delta.encoding != "topk":  # top-k's fraction is not in the header
+        again = encode_delta(delta.tensors, samples=delta.samples, encoding=delta.encoding)
+        assert again == data
+
+
+@settings(max_examples=200, deadline=None)
+@given(encoding=st.sampled_from(["f32", "f16", "topk"]), body=st.data())
+def test_hostile_bodies_under_a_valid_header(encoding, body):
+    header, honest = split(encode_delta(sample(), encoding=encoding, topk_fraction=0.5))
+    size = len(honest)
+    raw = body.draw(
+        st.one_of(st.binary(min_size=size, max_size=size), st.binary(max_size=2 * size))
+    )
+    decodes_cleanly_or_refuses(rebuild(header, raw))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    field=st.sampled_from(["v", "kind", "enc", "n", "names", "dtypes", "shapes", "counts", "x"]),
+    value=msgpack_values,
+)
+def test_hostile_header_fields(field, value):
+    header, body = split(encode_delta(sample()))
+    header[field] = value
+    try:
+        data = rebuild(header, body)
+    except (TypeError, ValueError, OverflowError):
+        return  # msgpack cannot even write it
+    decodes_cleanly_or_refuses(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(raw=st.binary(max_size=256))
+def test_arbitrary_bytes_after_the_magic_are_refused(raw):
+    with pytest.raises(DeltaError):
+        decode_delta(b"FLKD" + raw, expected_shapes=SHAPES)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    arrays=st.dictionaries(
+        st.text(st.characters(codec="utf-8"), min_size=1, max_size=12),
+        hnp.arrays(
+            np.float32,
+            hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5),
+            elements=st.floats(-1e4, 1e4, width=32),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    samples=st.integers(0, 2**32 - 1),
+    encoding=st.sampled_from(["f32", "f16", "topk"]),
+    fraction=st.floats(0.01, 1.0),
+)
+def test_max_delta_size_bounds_every_encoding_of_the_layout(arrays, samples, encoding, fraction):
+    layout = {k: v.shape for k, v in arrays.items()}
+    data = encode_delta(arrays, samples=samples, encoding=encoding, topk_fraction=fraction)
+    assert len(data) <= max_delta_size(layout)
+
+
+def test_max_delta_size_is_tight_and_refuses_bigger_bytes_before_hashing():
+    layout = {"w": (3, 4), "b": (4,)}
+    full = {"w": np.ones((3, 4), np.float32), "b": np.ones(4, np.float32)}
+    largest = encode_delta(full, samples=2**32 - 1, encoding="topk", topk_fraction=1.0)
+    assert len(largest) == max_delta_size(layout)
+    with pytest.raises(DeltaTooLarge):
+        decode_delta(largest + b"\x00", expected_shapes=layout, limits=delta_limits(layout))
+    assert decode_delta(largest, expected_shapes=layout, limits=delta_limits(layout)).samples == 2**32 - 1

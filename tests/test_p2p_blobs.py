@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import struct
@@ -11,10 +12,14 @@ import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from libp2p.abc import INetStream
+from libp2p.peer.id import ID
 
 from flockd.p2p.abc import P2PError
 from flockd.p2p.blobs import (
     MAX_HEADER,
+    PROTOCOL,
+    REPLY_ERROR,
     BlobError,
     BlobRejected,
     BlobTooLarge,
@@ -30,6 +35,8 @@ from flockd.p2p.blobs import (
     encode_header,
 )
 from flockd.p2p.host import P2PService
+from flockd.p2p.limits import P2PLimits
+from flockd.p2p.streams import TransferSlots
 
 CAPS = {"delta": 1 << 20, "empty": 0}
 
@@ -193,3 +200,93 @@ async def test_transfer_between_two_hosts_with_reply() -> None:
                 await sender.send_blob("not-a-peer-id", "delta", b"abc")
             assert await sender.send_blob(receiver.peer_id, "delta", b"again") == digest(b"again")
             nursery.cancel_scope.cancel()
+
+
+# --- slots and deadlines against a slow peer ---
+
+
+async def _open_raw_blob_stream(host: P2PService, target: str) -> INetStream:
+    return await host._host.new_stream(ID.from_base58(target), [PROTOCOL])  # type: ignore[list-item]
+
+
+async def test_slow_streams_from_one_peer_do_not_block_another_peers_transfer() -> None:
+    limits = P2PLimits(blob_read_timeout=30.0)
+    receiver = P2PService(b"\x02" * 32, network_id="blobtest", limits=limits)
+    slow = P2PService(b"\x03" * 32, network_id="blobtest")
+    honest = P2PService(b"\x04" * 32, network_id="blobtest")
+
+    async def on_delta(peer_id: str, kind: str, data: bytes) -> bytes:
+        return digest(data)
+
+    receiver.handle_blobs("delta", on_delta, max_size=8 << 20)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for host in (receiver, slow, honest):
+                await nursery.start(host.run)
+            await slow.connect(receiver.listen_addrs()[0])
+            await honest.connect(receiver.listen_addrs()[0])
+            # The slow peer opens more transfers than the node has slots, each declaring a
+            # large blob and then sending nothing (well within the per-read timeout).
+            held = []
+            for _ in range(limits.max_inbound_blobs + 2):
+                stream = await _open_raw_blob_stream(slow, receiver.peer_id)
+                await stream.write(encode_header("delta", 4 << 20, b"\x00" * 32) + b"x")
+                held.append(stream)
+            await trio.sleep(0.5)  # let the receiver take them all in
+            payload = os.urandom(100_000)
+            assert await honest.send_blob(receiver.peer_id, "delta", payload) == digest(payload)
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_trickling_transfer_is_cut_at_its_total_deadline() -> None:
+    # Each read makes progress well inside the per-read timeout, so only a deadline for
+    # the whole transfer ends it.
+    limits = P2PLimits(blob_read_timeout=2.0, blob_min_rate=64 * 1024)
+    receiver = P2PService(b"\x02" * 32, network_id="blobtest", limits=limits)
+    slow = P2PService(b"\x03" * 32, network_id="blobtest")
+    seen: list[bytes] = []
+
+    async def on_delta(peer_id: str, kind: str, data: bytes) -> bytes:
+        seen.append(data)
+        return b"ok"
+
+    receiver.handle_blobs("delta", on_delta, max_size=8 << 20)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(receiver.run)
+            await nursery.start(slow.run)
+            await slow.connect(receiver.listen_addrs()[0])
+            stream = await _open_raw_blob_stream(slow, receiver.peer_id)
+            size = 64 * 1024  # may take 2 s + 1 s in all
+            await stream.write(encode_header("delta", size, b"\x00" * 32))
+            reply = bytearray()
+
+            async def trickle() -> None:
+                with contextlib.suppress(Exception):  # the receiver resets us: expected
+                    for _ in range(size):
+                        await stream.write(b"x")
+                        await trio.sleep(0.2)
+
+            async with trio.open_nursery() as inner:
+                inner.start_soon(trickle)
+                with contextlib.suppress(Exception):
+                    while chunk := await stream.read(4096):
+                        reply += chunk
+                inner.cancel_scope.cancel()
+            frame = frames_of(FrameDecoder({REPLY_ERROR: 1024}.get).feed(bytes(reply)))
+            assert frame and frame[0].kind == REPLY_ERROR and b"deadline" in frame[0].data
+            assert seen == []
+            nursery.cancel_scope.cancel()
+
+
+def test_transfer_slots_give_each_peer_a_bounded_share() -> None:
+    slots = TransferSlots(total=4, per_peer=2)
+    assert slots.try_acquire("a") and slots.try_acquire("a")
+    assert not slots.try_acquire("a")  # a's share is used up...
+    assert slots.try_acquire("b") and slots.try_acquire("c")  # ...others still get in
+    assert not slots.try_acquire("d")  # the total bound still holds
+    slots.release("a")
+    assert slots.try_acquire("d")
+    slots.release("b")
+    assert slots.try_acquire("a")
+    assert not slots.try_acquire("a")

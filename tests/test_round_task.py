@@ -12,24 +12,30 @@ from flockd import sortition
 from flockd.round import (
     Aggregate,
     BlockSealed,
+    DeltaFetchFailed,
     DeltaReceived,
     DeltaRejected,
     ElectionDone,
     Event,
+    FetchDelta,
     FetchModel,
+    ModelFetchFailed,
     ModelReady,
     ModelRecordedOnChain,
     Phase,
     ProposalOnChain,
     RejectReason,
+    Role,
     RoundComplete,
     RoundFinalisedOnChain,
     RoundOpened,
     RunElection,
     StartTraining,
+    SubmitDecline,
     TaskComplete,
     TaskConfig,
     TaskMachine,
+    TrainingFailed,
     VoteMode,
 )
 
@@ -159,3 +165,36 @@ def test_task_status_is_json_ready() -> None:
     status = machine.status()
     assert json.loads(json.dumps(status)) == status
     assert status["current_round"] == 0 and status["live_rounds"][0]["step"] == "electing"
+
+
+# -- failures of the node's own work, as events ----------------------------------------------
+
+
+def test_a_failed_training_gives_up_proposing_and_declines() -> None:
+    machine = task()
+    feed(machine, ModelReady(-1, INIT), BlockSealed(1), opened(0, 1))
+    out = feed(machine, elected(0, 1))
+    assert any(isinstance(a, StartTraining) for a in out)
+    assert feed(machine, TrainingFailed(0, "loss went to NaN")) == [SubmitDecline(0)]
+    live = machine.machine(0)
+    assert live is not None and live.role is Role.VOTER
+
+
+def test_a_failed_delta_fetch_is_asked_again_while_it_matters() -> None:
+    machine = task()
+    feed(machine, ModelReady(-1, INIT), BlockSealed(1), opened(0, 1), elected(0, 0))
+    feed(machine, ProposalOnChain(0, 0, P1, H1))
+    assert FetchDelta(0, P1, H1) in feed(machine, BlockSealed(3))  # the proposal set is closed
+    assert feed(machine, DeltaFetchFailed(0, H1)) == [FetchDelta(0, P1, H1)]  # asked again
+    feed(machine, BlockSealed(5))  # the commit window is over: the delta no longer matters
+    assert feed(machine, DeltaFetchFailed(0, H1)) == []
+    # ...until the proposal is accepted: the node needs it for model_0
+    assert FetchDelta(0, P1, H1) in feed(machine, RoundFinalisedOnChain(0, 1, 1))
+
+
+def test_a_failed_model_fetch_is_asked_again() -> None:
+    machine = task()
+    out = feed(machine, BlockSealed(1), opened(0, 1))
+    assert FetchModel(-1, INIT) in out
+    assert feed(machine, BlockSealed(2)) == []
+    assert feed(machine, ModelFetchFailed(-1, INIT)) == [FetchModel(-1, INIT)]

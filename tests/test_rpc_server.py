@@ -121,6 +121,8 @@ async def test_bad_requests_get_error_replies_and_the_server_keeps_answering(sho
     assert (await conn.call("node_info"))["result"]["version"] == "0.1.0"  # same connection still usable
     await conn.stream.aclose()
     await assert_still_answers(served.path)
+    # Every error reply is counted by code, for the metrics endpoint.
+    assert served.dispatcher.error_counts == {-32700: 1, -32600: 1, -32602: 1, -32601: 4}
 
 
 async def test_pipelined_lines_are_answered_in_order_and_blank_lines_skipped(short_tmp: Path, nursery: trio.Nursery) -> None:
@@ -150,6 +152,7 @@ async def test_oversized_request_is_refused_and_the_connection_closed(short_tmp:
         assert reply["id"] is None
         assert reply["error"] == {"code": -32600, "message": "request too large (limit 1048576 bytes)"}
         assert await conn.recv() is None  # closed
+    assert served.dispatcher.error_counts == {-32600: 1}
     await conn.stream.aclose()
     await assert_still_answers(served.path)
 
@@ -211,6 +214,7 @@ async def test_over_max_clients_new_connections_are_refused_politely(short_tmp: 
     reply = await third.recv()
     assert reply["id"] is None and reply["error"]["code"] == -32001
     assert reply["error"]["message"] == "too many clients (limit 2), try again later"
+    assert served.dispatcher.error_counts == {-32001: 1}
     assert await third.recv() is None
     await third.stream.aclose()
     await first.stream.aclose()

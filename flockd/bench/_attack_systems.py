@@ -67,7 +67,7 @@ Runner: TypeAlias = "Callable[[Job, dict[int, Behaviour], RoundLog], tuple[float
 def run_plain_fedavg(
     job: Job, behaviours: dict[int, Behaviour], log: RoundLog
 ) -> tuple[float, dict[str, Any]]:
-    from flockd.fl.codec import NonFiniteDelta
+    from flockd.fl.codec import DeltaOutOfBounds, NonFiniteDelta
     from flockd.fl.data import DataSpec
     from flockd.fl.recipe import load_recipe
     from flockd.fl.simulate import RoundFigures as PlainRound
@@ -88,9 +88,9 @@ def run_plain_fedavg(
             on_round=plain,
         )
         initial = result.initial["accuracy"]
-    except NonFiniteDelta:
-        # The global model blew up (inf weights), so the next deltas are NaN and the
-        # codec refuses them: the run cannot go on. Keep the rounds it had.
+    except (NonFiniteDelta, DeltaOutOfBounds):
+        # The global model blew up (huge or inf weights), so the next deltas are out of
+        # bounds or NaN and the codec refuses them: the run cannot go on. Keep its rounds.
         extra = {"diverged_round": len(log.rounds) + 1}
         test = recipe.load_test(DataSpec(0, job.nodes, "iid", job.seed))
         initial = recipe.evaluate(recipe.build_model(job.seed), test)["accuracy"]

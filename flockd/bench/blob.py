@@ -1,9 +1,14 @@
 """`scripts/bench blob`: blob-stream throughput between two processes on 127.0.0.1.
 
-The sender (this process) pushes the same payload twice to a receiver in another process
-(`python -m flockd.bench.blob --serve`): once over `/flock/blob/1` between two P2PService
-hosts (TCP + Noise + Yamux, keccak-checked frames, one reply per blob), and once over a
-plain trio TCP socket with the same request/reply shape, as the baseline.
+The sender (this process) pushes a payload to a receiver in another process
+(`python -m flockd.bench.blob --serve`) three ways, in one run: over a plain trio TCP
+socket with the same request/reply shape (the baseline); over `/flock/blob/1` as a node
+sends it (blobs of `bulk_min` bytes or more negotiated on the stream and carried by the
+bulk channel: AES-256-GCM chunks on a plain TCP socket, keccak-checked), once with the
+same payload each time (as a delta pushed to every voter: the sender hashes it once) and
+once with a new payload per blob (both sides hash every blob); and over the
+libp2p stream alone (TCP + Noise + Yamux, keccak-checked frames), the path before the bulk
+channel.
 """
 
 from __future__ import annotations
@@ -27,13 +32,45 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench blob", description=__doc__)
     parser.add_argument("--total-mib", type=int, default=64, help="bytes sent per transport")
     parser.add_argument("--blob-mib", type=int, default=4, help="size of one blob")
+    parser.add_argument(
+        "--diagnose-without-keccak",
+        action="store_true",
+        help="diagnostic only: both processes skip the bulk channel's keccak check (flockd never runs so)",
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.diagnose_without_keccak:
+        skip_bulk_keccak()
     if args.serve:
         trio.run(serve, args.blob_mib * MiB)
         return 0
-    trio.run(measure, args.total_mib * MiB, args.blob_mib * MiB)
+    trio.run(measure, args.total_mib * MiB, args.blob_mib * MiB, args.diagnose_without_keccak)
     return 0
+
+
+def skip_bulk_keccak() -> None:
+    """Measures what the keccak check costs the bulk channel: its hasher becomes a no-op
+    in this process (the receiver is started with the same flag)."""
+    from flockd.p2p import bulk
+
+    class NoHash:
+        def update(self, data: object) -> None:
+            pass
+
+        def digest(self) -> bytes:
+            return bytes(32)
+
+    bulk.hasher = NoHash  # type: ignore[assignment]
+
+
+def keccak_rate(payload: bytes) -> float:
+    """MB/s of keccak256 over `payload` on one core, in this process, now."""
+    from flockd.p2p.blobs import digest
+
+    started = time.perf_counter()
+    for _ in range(4):
+        digest(payload)
+    return 4 * len(payload) / (time.perf_counter() - started) / 1e6
 
 
 # --- receiver process ---
@@ -87,13 +124,17 @@ async def wait_for_stdin_eof() -> None:
 # --- sender process ---
 
 
-async def measure(total: int, blob_size: int) -> None:
+async def measure(total: int, blob_size: int, without_keccak: bool) -> None:
     from flockd.p2p.host import P2PService
+    from flockd.p2p.limits import P2PLimits
 
     count = max(1, total // blob_size)
     payload = os.urandom(blob_size)
     receiver = subprocess.Popen(
-        [sys.executable, "-m", "flockd.bench.blob", "--serve", "--blob-mib", str(blob_size // MiB)],
+        [
+            sys.executable, "-m", "flockd.bench.blob", "--serve", "--blob-mib", str(blob_size // MiB),
+            *(["--diagnose-without-keccak"] if without_keccak else []),
+        ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -102,12 +143,25 @@ async def measure(total: int, blob_size: int) -> None:
         assert receiver.stdout is not None
         libp2p_addr, tcp_port = (await trio.to_thread.run_sync(receiver.stdout.readline)).split()
         host = P2PService(os.urandom(32), network_id=NETWORK)
+        stream_only = P2PService(os.urandom(32), network_id=NETWORK, limits=P2PLimits(bulk_min=2**62))
         async with trio.open_nursery() as nursery:
             await nursery.start(host.run)
+            await nursery.start(stream_only.run)
             peer_id = await host.connect(libp2p_addr)
+            await stream_only.connect(libp2p_addr)
 
             async def send_libp2p() -> None:
                 reply = await host.send_blob(peer_id, KIND, payload)
+                assert reply == blob_size.to_bytes(8, "big")
+
+            fresh = [os.urandom(blob_size) for _ in range(count + 1)]
+
+            async def send_libp2p_fresh() -> None:
+                reply = await host.send_blob(peer_id, KIND, fresh.pop())
+                assert reply == blob_size.to_bytes(8, "big")
+
+            async def send_stream_only() -> None:
+                reply = await stream_only.send_blob(peer_id, KIND, payload)
                 assert reply == blob_size.to_bytes(8, "big")
 
             tcp = await trio.open_tcp_stream("127.0.0.1", int(tcp_port))
@@ -118,6 +172,10 @@ async def measure(total: int, blob_size: int) -> None:
 
             tcp_rate = await throughput(send_tcp, count, blob_size)
             libp2p_rate = await throughput(send_libp2p, count, blob_size)
+            fresh_rate = await throughput(send_libp2p_fresh, count, blob_size)
+            stream_rate = await throughput(send_stream_only, count, blob_size)
+            tcp_rate_again = await throughput(send_tcp, count, blob_size)
+            hash_rate = keccak_rate(payload)
             await tcp.aclose()
             nursery.cancel_scope.cancel()
     finally:
@@ -128,9 +186,15 @@ async def measure(total: int, blob_size: int) -> None:
     print(
         f"blob throughput: {count} x {blob_size // MiB} MiB, sender and receiver in two processes, 127.0.0.1"
     )
-    print(f"  plain TCP socket (trio), same request/reply  {tcp_rate:8.1f} MB/s")
-    print(f"  libp2p /flock/blob/1 (noise+yamux+keccak)   {libp2p_rate:8.1f} MB/s")
-    print(f"  ratio libp2p / TCP                          {libp2p_rate / tcp_rate:8.3f}")
+    baseline = (tcp_rate + tcp_rate_again) / 2  # measured before and after the others
+    print(f"  load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    if without_keccak:
+        print("  DIAGNOSTIC: the bulk channel's keccak check is switched off in both processes")
+    print(f"  keccak256 alone, one core                    {hash_rate:8.1f} MB/s")
+    print(f"  plain TCP socket (trio), same request/reply  {baseline:8.1f} MB/s  ({tcp_rate:.1f} before, {tcp_rate_again:.1f} after)")
+    print(f"  /flock/blob/1 + bulk channel (aes-gcm+keccak) {libp2p_rate:8.1f} MB/s  ratio {libp2p_rate / baseline:.3f}  (one payload again and again: hashed once by the sender)")
+    print(f"  ... a new payload per blob                    {fresh_rate:8.1f} MB/s  ratio {fresh_rate / baseline:.3f}  (hashed by both sides)")
+    print(f"  /flock/blob/1 stream only (noise+yamux+keccak) {stream_rate:8.1f} MB/s  ratio {stream_rate / baseline:.3f}")
 
 
 async def throughput(send_one: Callable[[], Awaitable[None]], count: int, blob_size: int) -> float:

@@ -6,7 +6,8 @@ path for both chains"):
 
     InProcessBackend(EthAPI(chain))   the daemon's own EmbeddedChain; EthAPI.handle runs in
                                       a worker thread (chain work is synchronous and CPU-bound;
-                                      EmbeddedChain serialises callers with its own lock)
+                                      EmbeddedChain serialises callers with its own lock, and
+                                      eth_call runs outside it under a time budget)
     HttpBackend(url)                  an external node (anvil, geth, ...): httpx's async client
                                       (anyio runs under trio); every reply size-capped and the
                                       whole exchange under one deadline, so a slow-dripping or

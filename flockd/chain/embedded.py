@@ -31,6 +31,7 @@ from eth_typing import Address, BlockNumber, Hash32
 from eth_utils import ValidationError, to_checksum_address
 from rlp.codec import consume_length_prefix
 
+from flockd.chain.calls import CallBudget, estimate_call_gas, execute_call
 from flockd.chain.db import SqliteDB
 from flockd.chain.genesis import Genesis
 from flockd.chain.mempool import (
@@ -510,24 +511,27 @@ class EmbeddedChain:
         needed = self.confirmations if confirmations is None else confirmations
         return self.confirmations_of(tx_hash) > needed
 
-    def call(self, request: CallRequest, ref: BlockRef = "latest") -> bytes:
-        """Execute without a transaction (eth_call) on the state after block `ref`."""
+    def call(self, request: CallRequest, ref: BlockRef = "latest", budget: CallBudget | None = None) -> bytes:
+        """Execute without a transaction (eth_call) on the state after block `ref`; raises
+        CallAborted past `budget` (flockd.chain.calls)."""
         with self._lock:
             header = self.header_at(ref)
             tx = self._spoof(request, header)
-            try:
-                return self._chain.get_transaction_result(tx, header)
-            except VMError as exc:
-                raise reverted(exc) from None
+        # Outside the lock: the state under a stored block never changes, so sealing and
+        # import go on while a call runs.
+        try:
+            return execute_call(self._chain, header, tx, budget or CallBudget.seconds(float("inf")))
+        except VMError as exc:
+            raise reverted(exc) from None
 
-    def estimate_gas(self, request: CallRequest, ref: BlockRef = "latest") -> int:
+    def estimate_gas(self, request: CallRequest, ref: BlockRef = "latest", budget: CallBudget | None = None) -> int:
         with self._lock:
             header = self.header_at(ref)
             tx = self._spoof(request, header)
-            try:
-                return self._chain.estimate_gas(tx, header)
-            except VMError as exc:
-                raise reverted(exc) from None
+        try:
+            return estimate_call_gas(self._chain, header, tx, budget or CallBudget.seconds(float("inf")))
+        except VMError as exc:
+            raise reverted(exc) from None
 
     def get_logs(self, flt: LogFilter) -> list[LogEntry]:
         with self._lock:

@@ -7,6 +7,10 @@ zeros, data as 0x hex, null for unknown blocks/txs), so web3.py and other tools 
 or a batch) and returns the reply body. Its methods are synchronous and CPU-bound: a
 server calls handle_body in a worker thread (see flockd.chain.eth_http).
 
+eth_call and eth_estimateGas are capped at the block gas limit and at `call_timeout`
+seconds (geth's --rpc.gascap and --rpc.evmtimeout), enforced inside the EVM
+(flockd.chain.calls); they do not hold the chain's lock while they run.
+
 Method names are Ethereum's camelCase (`eth_getBlockByNumber`), which flockd.rpc's
 Dispatcher (lower_snake_case only) does not accept, so EthAPI keeps its own method table.
 """
@@ -15,6 +19,8 @@ from __future__ import annotations
 
 import inspect
 import json
+import threading
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +31,7 @@ from eth_abi.exceptions import DecodingError
 from eth_utils import to_checksum_address
 
 from flockd import safejson
+from flockd.chain.calls import CallAborted, CallBudget
 from flockd.chain.embedded import EmbeddedChain
 from flockd.chain.mempool import TxRejected
 from flockd.chain.records import (
@@ -45,6 +52,7 @@ from flockd.rpc.errors import RPCError
 log = get_logger("flockd.chain.eth_api")
 
 MAX_BATCH = 100
+CALL_TIMEOUT = 5.0  # seconds one eth_call or eth_estimateGas may run (geth's default too)
 _ERROR_STRING_SELECTOR = bytes.fromhex("08c379a0")  # Error(string)
 SUGGESTED_TIP = 10**9  # 1 gwei: what eth_maxPriorityFeePerGas suggests
 _TAGS = ("latest", "earliest", "pending", "safe", "finalized")
@@ -64,13 +72,21 @@ class EthRPCError(RPCError):
 class EthAPI:
     namespace = "eth"
 
-    def __init__(self, chain: EmbeddedChain) -> None:
+    def __init__(self, chain: EmbeddedChain, *, call_timeout: float = CALL_TIMEOUT) -> None:
         self.chain = chain
+        self.call_timeout = call_timeout
+        self._stopping = threading.Event()
+        self.error_counts: Counter[int] = Counter()  # error replies by code, for the metrics endpoint
+        self._counting = threading.Lock()  # handle() runs in worker threads
         self.methods: dict[str, Callable[..., Any]] = {
             name: getattr(self, name)
             for name in dir(self)
             if name.startswith(("eth_", "net_", "web3_")) and callable(getattr(self, name))
         }
+
+    def abort_calls(self) -> None:
+        """For a stopping node: running calls end at their next jump or call, later ones at once."""
+        self._stopping.set()
 
     # -- transport-free JSON-RPC ---------------------------------------------------------
 
@@ -79,10 +95,10 @@ class EthAPI:
         try:
             message = safejson.loads(body)
         except (ValueError, UnicodeDecodeError):
-            return _dump(_error(None, EthRPCError(PARSE_ERROR, "parse error")))
+            return _dump(self._error(None, EthRPCError(PARSE_ERROR, "parse error")))
         if isinstance(message, list):
             if not message or len(message) > MAX_BATCH:
-                return _dump(_error(None, EthRPCError(INVALID_REQUEST, f"batch must hold 1..{MAX_BATCH} requests")))
+                return _dump(self._error(None, EthRPCError(INVALID_REQUEST, f"batch must hold 1..{MAX_BATCH} requests")))
             replies = [r for r in (self.handle(m) for m in message) if r is not None]
             return _dump(replies) if replies else None
         reply = self.handle(message)
@@ -90,7 +106,7 @@ class EthAPI:
 
     def handle(self, request: Any) -> dict[str, Any] | None:
         if not isinstance(request, dict) or request.get("jsonrpc") != "2.0" or not isinstance(request.get("method"), str):
-            return _error(None, EthRPCError(INVALID_REQUEST, "not a JSON-RPC 2.0 request"))
+            return self._error(None, EthRPCError(INVALID_REQUEST, "not a JSON-RPC 2.0 request"))
         request_id = request.get("id")
         params = request.get("params", [])
         try:
@@ -105,13 +121,18 @@ class EthAPI:
                 raise EthRPCError(INVALID_PARAMS, f"{request['method']}: {exc}") from None
             result = method(*params)
         except EthRPCError as exc:
-            reply = _error(request_id, exc)
+            reply = self._error(request_id, exc)
         except Exception as exc:  # a bug or an unforeseen input: answer, do not kill the server
             log.exception("eth rpc method failed", method=request["method"])
-            reply = _error(request_id, EthRPCError(INTERNAL_ERROR, f"{type(exc).__name__}: {str(exc)[:200]}"))
+            reply = self._error(request_id, EthRPCError(INTERNAL_ERROR, f"{type(exc).__name__}: {str(exc)[:200]}"))
         else:
             reply = {"jsonrpc": "2.0", "id": request_id, "result": result}
         return reply if "id" in request else None
+
+    def _error(self, request_id: Any, exc: EthRPCError) -> dict[str, Any]:
+        with self._counting:
+            self.error_counts[exc.code] += 1
+        return {"jsonrpc": "2.0", "id": request_id, "error": exc.to_json()}
 
     # -- chain ---------------------------------------------------------------------------
 
@@ -158,18 +179,30 @@ class EthAPI:
         return "0x" + value.to_bytes(32, "big").hex()
 
     def eth_call(self, call: Any, ref: Any = "latest") -> str:
-        request = _call_request(call)
+        request = _call_request(call, self.chain.genesis.gas_limit)
+        budget = self._budget()
         try:
-            return "0x" + _state(lambda: self.chain.call(request, _block_ref(ref))).hex()
+            return "0x" + _state(lambda: self.chain.call(request, _block_ref(ref), budget)).hex()
         except CallReverted as exc:
             raise _revert_error(exc) from None
+        except CallAborted as exc:
+            raise self._aborted(exc) from None
 
     def eth_estimateGas(self, call: Any, ref: Any = "latest") -> str:
-        request = _call_request(call)
+        request = _call_request(call, self.chain.genesis.gas_limit)
+        budget = self._budget()
         try:
-            return hex(_state(lambda: self.chain.estimate_gas(request, _block_ref(ref))))
+            return hex(_state(lambda: self.chain.estimate_gas(request, _block_ref(ref), budget)))
         except CallReverted as exc:
             raise _revert_error(exc) from None
+        except CallAborted as exc:
+            raise self._aborted(exc) from None
+
+    def _budget(self) -> CallBudget:
+        return CallBudget.seconds(self.call_timeout, self._stopping)
+
+    def _aborted(self, exc: CallAborted) -> EthRPCError:
+        return EthRPCError(SERVER_ERROR, f"{exc} (timeout = {self.call_timeout:g}s)")
 
     # -- transactions ----------------------------------------------------------------------
 
@@ -351,10 +384,6 @@ def _revert_error(exc: CallReverted) -> EthRPCError:
     return EthRPCError(EXECUTION_REVERTED, message, "0x" + exc.data.hex())
 
 
-def _error(request_id: Any, exc: EthRPCError) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "id": request_id, "error": exc.to_json()}
-
-
 def _dump(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
@@ -411,7 +440,8 @@ def _state(read: Callable[[], Any]) -> Any:
         raise EthRPCError(SERVER_ERROR, f"header not found: {exc}") from None
 
 
-def _call_request(call: Any) -> CallRequest:
+def _call_request(call: Any, gas_cap: int) -> CallRequest:
+    """The call's fields; gas above `gas_cap` (or none given) is `gas_cap`, as geth caps it."""
     if not isinstance(call, dict):
         raise _bad("call must be an object")
     price = call.get("gasPrice", call.get("maxFeePerGas"))
@@ -420,7 +450,7 @@ def _call_request(call: Any) -> CallRequest:
         sender=_data(call["from"], 20) if call.get("from") else bytes(20),
         data=_data(call.get("input", call.get("data", "0x"))),
         value=_quantity(call["value"]) if "value" in call else 0,
-        gas=_quantity(call["gas"]) if "gas" in call else None,
+        gas=min(_quantity(call["gas"]), gas_cap) if "gas" in call else gas_cap,
         gas_price=_quantity(price) if price is not None else 0,
     )
 

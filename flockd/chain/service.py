@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import rlp
@@ -22,7 +23,7 @@ import trio
 
 from flockd.chain.embedded import EmbeddedChain, NotOurTurn
 from flockd.chain.eth_api import EthAPI
-from flockd.chain.eth_http import serve_http
+from flockd.chain.eth_http import HTTPAccess, serve_http
 from flockd.chain.mempool import (
     AlreadyKnown,
     BadTxSignature,
@@ -106,11 +107,14 @@ class _Importer:
 
 
 class ChainService:
-    def __init__(self, chain: EmbeddedChain, network: P2PNetwork, *, http_port: int = 0) -> None:
+    def __init__(
+        self, chain: EmbeddedChain, network: P2PNetwork, *, http_port: int = 0, http_access: HTTPAccess | None = None
+    ) -> None:
         self.chain = chain
         self.network = network
         self.api = GossipingEthAPI(chain, self._queue_local_tx)
         self.http_port = http_port
+        self.http_access = http_access
         self.http_bound: int | None = None
         self.peer_heads: dict[str, int] = {}
         # reorgs, reorged_blocks, blocks_imported, blocks_rejected, catchups, catchups_failed
@@ -139,7 +143,9 @@ class ChainService:
                 nursery.start_soon(self._sync_loop, nursery)
                 nursery.start_soon(self._publish_local_txs)
                 if self.http_port:
-                    self.http_bound = await nursery.start(serve_http, self.http_port, self.api)
+                    self.http_bound = await nursery.start(
+                        partial(serve_http, self.http_port, self.api, access=self.http_access)
+                    )
                     log.info("chain JSON-RPC over HTTP", url=f"http://127.0.0.1:{self.http_bound}")
                 head = self.chain.head
                 log.info("chain open", head=head.block_number, genesis=self.chain.genesis_hash.hex())

@@ -7,11 +7,11 @@ Determinism across nodes is the point, so every rule:
   and sums Krum's distances with ``math.fsum`` (exactly rounded),
 - returns float32 tensors in name order; encoding them gives the same bytes everywhere.
 
-Rules: FedAvg (weighted by each delta's declared sample count), coordinate-wise median,
+Rules: FedAvg (the plain mean: equal weights per delta), coordinate-wise median,
 trimmed mean (drop the ``beta`` fraction largest and smallest per coordinate), Krum and
 Multi-Krum (Blanchard et al. 2017: score each delta by the summed squared distances to
 its ``n - f - 2`` nearest others; Krum keeps the best one, Multi-Krum averages the best
-``m``). The robust rules ignore sample counts, which a proposer could inflate.
+``m``). No rule reads the sample count a delta declares: a proposer could inflate it.
 """
 
 from __future__ import annotations
@@ -22,11 +22,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flockd.fl.codec import Delta
+from flockd.fl.codec import Delta, DeltaError, decode_delta, delta_limits
 from flockd.fl.errors import FLError
-from flockd.fl.tensors import StateError, Tensors, add, shapes
+from flockd.fl.tensors import StateError, Tensors, add, shapes, squared_norm
 
 RULE_NAMES = ("fedavg", "median", "trimmed-mean", "krum", "multi-krum")
+# A delta is usable for a model only when ||delta|| <= MAX_UPDATE_RATIO * max(1, ||model||)
+# (L2 norms). Honest deltas of the built-in recipes measured at most 2.9x (cancer-logreg,
+# dirichlet:0.5, round 0; docs/learning.md), so the bound refuses only wreckage: how good
+# an update is remains the voters' question.
+MAX_UPDATE_RATIO = 100
 
 
 class AggregationError(FLError):
@@ -100,14 +105,13 @@ def canonical_order(deltas: Sequence[Delta]) -> list[Delta]:
     return ordered
 
 
-def _weighted_mean(deltas: Sequence[Delta], weights: Sequence[float]) -> Tensors:
-    total = math.fsum(weights)
+def _mean(deltas: Sequence[Delta]) -> Tensors:
     out: Tensors = {}
     for name in deltas[0].tensors:
         acc = np.zeros(deltas[0].tensors[name].shape, np.float64)
-        for delta, weight in zip(deltas, weights, strict=True):
-            acc += np.float64(weight) * delta.tensors[name].astype(np.float64)
-        out[name] = (acc / total).astype(np.float32)
+        for delta in deltas:
+            acc += delta.tensors[name].astype(np.float64)
+        out[name] = (acc / len(deltas)).astype(np.float32)
     return out
 
 
@@ -121,12 +125,10 @@ def _per_coordinate(deltas: Sequence[Delta], reduce: Callable[[np.ndarray], np.n
 
 
 def fedavg(deltas: Sequence[Delta]) -> Tensors:
-    """Mean weighted by declared sample counts (equal weights if every count is 0)."""
+    """The plain mean: one weight per accepted delta. The sample count a proposer declares
+    cannot be checked, and weighting by it would let one proposer own the aggregate."""
     ordered = canonical_order(deltas)
-    weights = [float(d.samples) for d in ordered]
-    if not any(weights):
-        weights = [1.0] * len(ordered)
-    return _weighted_mean(ordered, weights)
+    return _mean(ordered)
 
 
 def median(deltas: Sequence[Delta]) -> Tensors:
@@ -189,7 +191,7 @@ def krum(deltas: Sequence[Delta], f: int) -> Tensors:
 
 def multi_krum(deltas: Sequence[Delta], f: int, m: int) -> Tensors:
     chosen = krum_select(deltas, f, m)
-    return _weighted_mean(chosen, [1.0] * len(chosen))
+    return _mean(chosen)
 
 
 def aggregate(deltas: Sequence[Delta], rule: Rule | str = "fedavg") -> Tensors:
@@ -212,3 +214,39 @@ def apply(global_state: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray
         return add(global_state, delta)
     except StateError as exc:
         raise MismatchedDeltas(str(exc)) from None
+
+
+def usable_deltas(
+    global_state: Mapping[str, np.ndarray],
+    deltas: Sequence[bytes | None],
+    on_refused: Callable[[bytes, str], None] | None = None,
+) -> list[Delta | None]:
+    """Each delta decoded, or None where it is missing or unusable for ``global_state``
+    (protocol/spec/delta.md §3): the strict decoder refuses it for the model's layout (not
+    a delta, another layout, NaN/Inf, a value out of bounds), or its update is more than
+    MAX_UPDATE_RATIO times the model's norm. ``on_refused(bytes, reason)`` hears of each
+    unusable one. Decided from the bytes and the model alone: the same on every node."""
+    layout = shapes(global_state)
+    limits = delta_limits(layout)  # longer bytes are refused before they are hashed
+    max_norm_sq = squared_update_limit(global_state)
+
+    def usable(data: bytes) -> Delta | None:
+        try:
+            delta = decode_delta(data, expected_shapes=layout, limits=limits)
+        except DeltaError as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        else:
+            if squared_norm(delta.tensors) <= max_norm_sq:
+                return delta
+            reason = f"update norm beyond {MAX_UPDATE_RATIO}x the model's"
+        if on_refused is not None:
+            on_refused(data, reason)
+        return None
+
+    return [None if data is None else usable(data) for data in deltas]
+
+def squared_update_limit(global_state: Mapping[str, np.ndarray]) -> float:
+    """The largest squared L2 norm (``tensors.squared_norm``) a usable delta for
+    ``global_state`` may have: MAX_UPDATE_RATIO² · max(1, ||global_state||²). Squares and
+    exactly rounded sums, so every node draws the same line."""
+    return float(MAX_UPDATE_RATIO**2) * max(1.0, squared_norm(global_state))

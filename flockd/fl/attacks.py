@@ -7,16 +7,18 @@ A behaviour is written as a spec string, parts joined by ``+``:
 ``label-flip``      train on flipped labels, ``y -> n_classes - 1 - y``
 ``noise[:SIGMA]``   send N(0, SIGMA^2) per coordinate instead of the delta (SIGMA 1.0)
 ``sign-flip[:K]``   send ``-K`` times the honest delta (K 1.0)
-``random-vote``     vote uniformly at random (per proposal +1/-1; whole round a score
-                    in [-SCORE_BOUND, SCORE_BOUND])
-``accept-all``      vote to accept everything (+1 each; whole round +SCORE_BOUND)
+``garbage[:SIZE]``  send random bytes, SIZE times as long as its honest encoding (SIZE
+                    1.0, at most 64), committing to their hash like any proposer: bytes
+                    that pass the hash check and nothing else
+``random-vote``     vote uniformly at random (+1/-1 per proposal, or once whole-round)
+``accept-all``      vote to accept everything (+1 each; whole round +1)
 ``collude``         act with the other colluders: vote +1 for colluders' proposals and -1
-                    for honest ones (whole round: +SCORE_BOUND if a colluder proposed,
-                    else -SCORE_BOUND), and as a proposer flip labels unless another
-                    training or delta attack is given (``collude+sign-flip:4``)
+                    for honest ones (whole round: +1 if a colluder proposed, else -1),
+                    and as a proposer flip labels unless another training or delta
+                    attack is given (``collude+sign-flip:4``)
 ==================  ======================================================================
 
-At most one training attack (label-flip), one delta attack (noise, sign-flip) and one
+At most one training attack (label-flip), one delta attack (noise, sign-flip, garbage) and one
 vote attack (random-vote, accept-all, collude). Everything here is numpy only and
 deterministic given the caller's ``np.random.Generator``, so the daemon, the in-process
 simulation and the benchmarks share one implementation.
@@ -32,16 +34,17 @@ from typing import TYPE_CHECKING, Literal, NamedTuple, get_args
 import numpy as np
 
 from flockd.fl.data import Split
-from flockd.round import SCORE_BOUND
 
 if TYPE_CHECKING:
     from flockd.fl.recipe import Recipe  # imports torch
 
-DeltaKind = Literal["noise", "sign-flip"]
+DeltaKind = Literal["noise", "sign-flip", "garbage"]
 VoteAttack = Literal["honest", "random", "accept-all", "collude"]
 AttackPurpose = Literal["delta", "vote"]
 
-_DEFAULT_AMOUNT = 1.0  # sigma of ``noise``, scale of ``sign-flip``, when the spec omits it
+_DEFAULT_AMOUNT = 1.0  # sigma of noise, scale of sign-flip, size of garbage, when omitted
+_MAX_GARBAGE_SIZE = 64.0  # times the honest encoding: a typo must not allocate terabytes
+_DELTA_BY_WORD: dict[str, DeltaKind] = {kind: kind for kind in get_args(DeltaKind)}
 # The spec word for each vote attack (the field value "random" reads badly alone in a spec).
 _VOTE_WORDS: dict[VoteAttack, str] = {
     "random": "random-vote",
@@ -52,7 +55,8 @@ _VOTE_BY_WORD = {word: vote for vote, word in _VOTE_WORDS.items()}
 
 
 class DeltaAttack(NamedTuple):
-    """What replaces the honest delta: ``("noise", sigma)`` or ``("sign-flip", scale)``."""
+    """What replaces the honest delta: ``("noise", sigma)``, ``("sign-flip", scale)`` or
+    ``("garbage", size relative to the honest encoding)``."""
 
     kind: DeltaKind
     amount: float
@@ -72,6 +76,8 @@ class Behaviour:
                 raise ValueError(
                     f"{self.delta.kind} needs a finite amount > 0, got {self.delta.amount}"
                 )
+            if self.delta.kind == "garbage" and self.delta.amount > _MAX_GARBAGE_SIZE:
+                raise ValueError(f"garbage size must be at most {_MAX_GARBAGE_SIZE:g}")
         if self.vote not in get_args(VoteAttack):
             raise ValueError(f"unknown vote behaviour {self.vote!r}")
         if self.vote == "collude" and not self.label_flip and self.delta is None:
@@ -112,6 +118,9 @@ def describe(b: Behaviour) -> str:
         doings.append("train on flipped labels")
     if b.delta is not None and b.delta.kind == "noise":
         doings.append(f"send Gaussian noise (sigma {_format_amount(b.delta.amount)}) as its delta")
+    elif b.delta is not None and b.delta.kind == "garbage":
+        size = _format_amount(b.delta.amount)
+        doings.append(f"send random bytes ({size} x the size of its delta) as its delta")
     elif b.delta is not None:
         doings.append(f"send -{_format_amount(b.delta.amount)} x its delta")
     doings.append(_VOTE_DOINGS[b.vote])
@@ -161,20 +170,19 @@ def parse_behaviour(text: str) -> Behaviour:
         if word in seen:
             raise ValueError(f"behaviour {text!r}: {word!r} given twice")
         seen.add(word)
-        if ":" in part and word not in ("noise", "sign-flip"):
+        if ":" in part and word not in _DELTA_BY_WORD:
             raise ValueError(f"behaviour {text!r}: {word!r} takes no argument")
         if word == "honest":
             honest = True
         elif word == "label-flip":
             label_flip = True
-        elif word in ("noise", "sign-flip"):
+        elif word in _DELTA_BY_WORD:
             if delta is not None:
                 raise ValueError(
-                    f"behaviour {text!r}: at most one delta attack (noise, sign-flip), "
+                    f"behaviour {text!r}: at most one delta attack (noise, sign-flip, garbage), "
                     f"got {delta.kind} and {word}"
                 )
-            kind: DeltaKind = "noise" if word == "noise" else "sign-flip"
-            delta = DeltaAttack(kind, _parse_amount(part, word, text))
+            delta = DeltaAttack(_DELTA_BY_WORD[word], _parse_amount(part, word, text))
         elif word in _VOTE_BY_WORD:
             if vote != "honest":
                 raise ValueError(
@@ -183,13 +191,19 @@ def parse_behaviour(text: str) -> Behaviour:
                 )
             vote = _VOTE_BY_WORD[word]
         else:
-            known = "honest, label-flip, noise[:SIGMA], sign-flip[:SCALE], random-vote, accept-all, collude"
+            known = (
+                "honest, label-flip, noise[:SIGMA], sign-flip[:SCALE], garbage[:SIZE], "
+                "random-vote, accept-all, collude"
+            )
             raise ValueError(f"behaviour {text!r}: unknown part {part!r} (known: {known})")
     if honest and len(seen) > 1:
         raise ValueError(f"behaviour {text!r}: 'honest' cannot be combined with an attack")
     if vote == "collude" and delta is None:
         label_flip = True  # a colluding proposer's default poison
-    return Behaviour(label_flip=label_flip, delta=delta, vote=vote)
+    try:
+        return Behaviour(label_flip=label_flip, delta=delta, vote=vote)
+    except ValueError as exc:
+        raise ValueError(f"behaviour {text!r}: {exc}") from None
 
 
 def flip_labels(y: np.ndarray, n_classes: int) -> np.ndarray:
@@ -219,8 +233,9 @@ def poison_delta(
     b: Behaviour, delta: Mapping[str, np.ndarray], rng: np.random.Generator
 ) -> dict[str, np.ndarray]:
     """The delta a node with behaviour ``b`` sends in place of its honest ``delta``: same
-    names, shapes and dtypes. Noise is drawn tensor by tensor in ``delta``'s order."""
-    if b.delta is None:
+    names, shapes and dtypes. Noise is drawn tensor by tensor in ``delta``'s order.
+    Garbage replaces the encoded bytes instead (``poison_wire``)."""
+    if b.delta is None or b.delta.kind == "garbage":
         return dict(delta)
     if b.delta.kind == "noise":
         return {
@@ -228,6 +243,15 @@ def poison_delta(
             for name, t in delta.items()
         }
     return {name: (t * -b.delta.amount).astype(t.dtype, copy=False) for name, t in delta.items()}
+
+
+def poison_wire(b: Behaviour, wire: bytes, rng: np.random.Generator) -> bytes:
+    """The bytes a node with behaviour ``b`` sends and commits to, given its encoded delta
+    ``wire``: ``wire`` itself, or under garbage ``round(size * len(wire))`` random bytes
+    (at least one), drawn after any draw of ``poison_delta`` from the same generator."""
+    if b.delta is None or b.delta.kind != "garbage":
+        return wire
+    return rng.bytes(max(1, round(b.delta.amount * len(wire))))
 
 
 def cast_votes(
@@ -239,18 +263,18 @@ def cast_votes(
     whole_round: bool,
 ) -> tuple[int, ...]:
     """What a voter with behaviour ``b`` submits, given the honest scorer's ``honest`` votes
-    (per proposal: one +1/-1 for each of ``proposers``, in order; whole round: one score)."""
+    (per proposal: one +1/-1 for each of ``proposers``, in order; whole round: one +1/-1)."""
     expected = 1 if whole_round else len(proposers)
     if len(honest) != expected:
         raise ValueError(f"{len(honest)} honest votes for {expected} expected")
     if b.vote == "honest":
         return honest
-    if whole_round:
+    if whole_round:  # one +-1 vote, as an honest voter's
         if b.vote == "random":
-            return (int(rng.integers(-SCORE_BOUND, SCORE_BOUND, endpoint=True)),)
+            return (int(rng.choice((-1, 1))),)
         if b.vote == "accept-all":
-            return (SCORE_BOUND,)
-        return (SCORE_BOUND if any(p in colluders for p in proposers) else -SCORE_BOUND,)
+            return (1,)
+        return (1 if any(p in colluders for p in proposers) else -1,)
     if b.vote == "random":
         return tuple(int(v) for v in rng.choice((-1, 1), size=len(proposers)))
     if b.vote == "accept-all":

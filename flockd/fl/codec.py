@@ -13,7 +13,8 @@ The decoder accepts only the canonical form, so one delta has one encoding and
 gives the canonical bytes of a full model state that ``model_hash`` hashes.
 
 Everything a peer sends is checked before any array is allocated: total size, header
-size, msgpack limits, field types, dtype allow-list, element count, body length.
+size, msgpack limits, field types, dtype allow-list, element count, body length. Then
+every value must be finite and, in a delta, at most ``MAX_DELTA_VALUE`` in magnitude.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import msgpack
@@ -41,6 +42,9 @@ _NUMPY_DTYPE: dict[str, np.dtype[Any]] = {"float32": np.dtype("<f4"), "float16":
 _INDEX_DTYPE = np.dtype("<u4")
 _PREFIX = struct.Struct("<4sI")
 MAX_SAMPLES = 2**32 - 1
+# The largest finite float16: every encoding can carry it, and no sane update moves one
+# weight this far in a round (honest deltas of the built-in recipes stay below 4).
+MAX_DELTA_VALUE = 65504.0
 
 
 class DeltaError(FLError):
@@ -74,6 +78,10 @@ class DeltaLengthMismatch(DeltaError): ...
 
 
 class NonFiniteDelta(DeltaError): ...
+
+
+class DeltaOutOfBounds(DeltaError):
+    """A delta value exceeds ``MAX_DELTA_VALUE`` in magnitude."""
 
 
 class DeltaHashMismatch(DeltaError):
@@ -137,6 +145,21 @@ def decode_delta(
     return _decode(bytes(data), "delta", expected_shapes, expected_hash, limits)
 
 
+def max_delta_size(layout: Mapping[str, tuple[int, ...]]) -> int:
+    """The length of the longest canonical delta for a model of ``layout`` (top-k keeping
+    every entry, ``n = MAX_SAMPLES``): no delta for this model is longer, so a transfer or
+    a decoder can refuse more bytes before hashing or parsing them."""
+    ordered = {name: tuple(layout[name]) for name in sorted(layout)}
+    sizes = [math.prod(shape) for shape in ordered.values()]
+    header = _header("delta", "topk", MAX_SAMPLES, _placeholders(ordered), sizes)
+    return _PREFIX.size + len(header) + (_INDEX_DTYPE.itemsize + 4) * sum(sizes)
+
+
+def delta_limits(layout: Mapping[str, tuple[int, ...]], limits: Limits = DEFAULT_LIMITS) -> Limits:
+    """``limits`` with ``max_bytes`` cut to what a delta for ``layout`` can need."""
+    return replace(limits, max_bytes=min(limits.max_bytes, max_delta_size(layout)))
+
+
 def decode_state(
     data: bytes,
     *,
@@ -172,15 +195,13 @@ def _encode(tensors: Tensors, kind: str, samples: int, enc: str, topk_fraction: 
     for name, array in tensors.items():
         if not np.isfinite(array).all():
             raise NonFiniteDelta(f"{name} has NaN or infinite values")
+        if kind == "delta" and array.size and float(np.abs(array).max()) > MAX_DELTA_VALUE:
+            raise DeltaOutOfBounds(f"{name} has a value beyond +-{MAX_DELTA_VALUE:g}")
         flat = array.reshape(-1)
         if enc == "f32":
             chunks.append(flat.tobytes())
-        elif enc == "f16":
-            with np.errstate(over="ignore"):  # overflow becomes inf, refused just below
-                half = flat.astype("<f2")
-            if not np.isfinite(half).all():
-                raise NonFiniteDelta(f"{name} overflows float16")
-            chunks.append(half.tobytes())
+        elif enc == "f16":  # finite: the value bound is the largest float16
+            chunks.append(flat.astype("<f2").tobytes())
         else:
             k = min(flat.size, max(1, math.ceil(topk_fraction * flat.size)))
             # Stable sort on -|x|: ties go to the lower index, so the choice is canonical.
@@ -201,9 +222,10 @@ def _decode(
 ) -> Delta:
     if len(data) > limits.max_bytes:
         raise DeltaTooLarge(f"{len(data)} bytes > {limits.max_bytes}")
-    digest = keccak(data)
-    if expected_hash is not None and digest != expected_hash:
-        raise DeltaHashMismatch(f"hash {digest.hex()} != committed {expected_hash.hex()}")
+    if expected_hash is not None:  # bytes nobody committed to are not worth parsing
+        digest = keccak(data)
+        if digest != expected_hash:
+            raise DeltaHashMismatch(f"hash {digest.hex()} != committed {expected_hash.hex()}")
     if len(data) < _PREFIX.size:
         raise MalformedDelta("shorter than the fixed prefix")
     magic, header_len = _PREFIX.unpack_from(data)
@@ -224,7 +246,9 @@ def _decode(
         problem = layout_mismatch(expected_shapes, tensors_shapes)
         if problem is not None:
             raise DeltaShapeMismatch(problem)
-    tensors = _read_body(memoryview(data)[body_at:], enc, tensors_shapes, counts)
+    bound = MAX_DELTA_VALUE if kind == "delta" else math.inf
+    tensors = _read_body(memoryview(data)[body_at:], enc, tensors_shapes, counts, bound)
+    digest = expected_hash if expected_hash is not None else keccak(data)  # hashed last: costly
     return Delta(tensors=tensors, samples=fields["n"], encoding=enc, hash=digest)
 
 
@@ -278,7 +302,7 @@ def _check_fields(
     if any(a >= b for a, b in zip(names, names[1:], strict=False)):
         raise NonCanonicalDelta("tensor names are not strictly ascending")
     for dtype in dtypes:
-        if dtype not in _NUMPY_DTYPE:
+        if not isinstance(dtype, str) or dtype not in _NUMPY_DTYPE:
             raise DisallowedDtype(f"dtype {dtype!r} is not allowed")
         if dtype != _VALUE_DTYPE[enc]:
             raise DisallowedDtype(f"dtype {dtype!r} does not go with encoding {enc!r}")
@@ -314,7 +338,11 @@ def _placeholders(tensors_shapes: dict[str, tuple[int, ...]]) -> Tensors:
 
 
 def _read_body(
-    body: memoryview, enc: str, shapes: dict[str, tuple[int, ...]], counts: list[int]
+    body: memoryview,
+    enc: str,
+    shapes: dict[str, tuple[int, ...]],
+    counts: list[int],
+    bound: float,
 ) -> Tensors:
     if enc == "topk":
         sizes = [c * (_INDEX_DTYPE.itemsize + 4) for c in counts]
@@ -335,6 +363,8 @@ def _read_body(
             array = values.astype(np.float32).reshape(shape)
         if not np.isfinite(array).all():
             raise NonFiniteDelta(f"{name} has NaN or infinite values")
+        if array.size and float(np.abs(array).max()) > bound:
+            raise DeltaOutOfBounds(f"{name} has a value beyond +-{bound:g}")
         tensors[name] = array
     return tensors
 

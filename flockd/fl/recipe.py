@@ -29,13 +29,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from importlib import import_module
 from importlib.metadata import entry_points
-from typing import Any, ClassVar, TypedDict
+from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
 
-import torch
 from eth_utils import keccak
 
 from flockd.fl.data import DataSpec, Split
 from flockd.fl.errors import FLError
+
+if TYPE_CHECKING:  # torch loads with a recipe's model, not with the spec (light daemons)
+    import torch
 
 ENTRY_POINT_GROUP = "flockd.recipes"
 
@@ -136,6 +138,8 @@ class Recipe(ABC):
 
 def limit_torch_threads(threads: int = 1) -> None:
     """Pin torch's intra-op threads (process-wide): several daemons share a few cores."""
+    import torch
+
     torch.set_num_threads(threads)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -28,6 +29,11 @@ from flockd.fl.tensors import load_model_state
 # N(0, 0.2) noise scores -0.25 / +0.9 and -0.14 / +0.4 at the median.
 MAX_ACCURACY_DROP = 0.10
 MAX_LOSS_RISE = 0.25
+
+# What a per-proposal vote judges: ``local-model`` (the default) global + delta, the
+# proposer's own model; ``contribution`` (a prototype, issue 12) the round's aggregate with
+# and without the delta (``leave_one_out``). Each voter's own choice, not a consensus rule.
+VoteScoring = Literal["local-model", "contribution"]
 
 
 @dataclass(frozen=True)
@@ -93,3 +99,26 @@ def leave_one_out(
         without = scorer.evaluate(aggregate(others, rule)) if others else scorer.baseline
         scores[delta.hash] = Score(without, everything)
     return scores
+
+
+def vote_on_proposals(
+    scorer: Scorer,
+    deltas: Sequence[Delta | None],
+    *,
+    scoring: VoteScoring = "local-model",
+    rule: Rule | str = "fedavg",
+    max_accuracy_drop: float = MAX_ACCURACY_DROP,
+) -> tuple[int, ...]:
+    """+1 / -1 per delta (None, a missing or unusable delta: -1), by ``accepts`` on the
+    score ``scoring`` names. ``contribution`` scores each delta within the aggregate of all
+    the usable ones, so a node with other labels than the voter's is judged by what it adds
+    to the round, not by how its own model does on a split it never saw."""
+    if scoring == "local-model":
+        scores = {d.hash: scorer.score(d.tensors) for d in deltas if d is not None}
+    else:
+        present = [d for d in deltas if d is not None]
+        scores = leave_one_out(scorer, present, rule) if present else {}
+    return tuple(
+        1 if d is not None and accepts(scores[d.hash], max_accuracy_drop=max_accuracy_drop) else -1
+        for d in deltas
+    )

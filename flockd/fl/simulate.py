@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from flockd.fl.aggregate import Rule, aggregate, apply
+from flockd.fl.aggregate import Rule, aggregate, apply, usable_deltas
 from flockd.fl.attacks import (
     HONEST,
     Behaviour,
@@ -34,14 +34,15 @@ from flockd.fl.attacks import (
     attack_rng,
     cast_votes,
     poison_delta,
+    poison_wire,
     training_split,
 )
 from flockd.fl.checkpoint import model_hash
-from flockd.fl.codec import Delta, decode_delta, encode_delta
+from flockd.fl.codec import Delta, encode_delta
 from flockd.fl.data import DataSpec, Split
 from flockd.fl.recipe import Metrics, Recipe, limit_torch_threads, load_recipe, training_seed
 from flockd.fl.score import Scorer, accepts
-from flockd.fl.tensors import Tensors, load_model_state, model_state, shapes, subtract
+from flockd.fl.tensors import Tensors, load_model_state, model_state, subtract
 
 # (node index, round index, honest delta) -> the delta the node actually sends.
 DeltaTransform = Callable[[int, int, Tensors], Tensors]
@@ -116,7 +117,6 @@ def simulate(
     test = recipe.load_test(specs[0])
     model = recipe.build_model(seed)
     state = model_state(model)
-    layout = shapes(state)
     result = Simulation(
         recipe.name,
         nodes,
@@ -130,20 +130,24 @@ def simulate(
     for r in range(rounds):
         started = time.perf_counter()
         chosen = sorted(draw.permutation(nodes)[: proposers or nodes].tolist())
-        offered: dict[int, Delta] = {}
+        wires: dict[int, bytes] = {}
         for i in chosen:
             load_model_state(model, state)
             stats = recipe.train(model, members[i].train, seed=training_seed(seed, r, i))
             delta = subtract(model_state(model), state)
-            delta = poison_delta(members[i].behaviour, delta, attack_rng(seed, r, i, "delta"))
+            rng = attack_rng(seed, r, i, "delta")
+            delta = poison_delta(members[i].behaviour, delta, rng)
             if transform is not None:
                 delta = transform(i, r, delta)
             wire = encode_delta(delta, samples=stats["samples"], encoding=encoding)
-            offered[i] = decode_delta(wire, expected_shapes=layout)
+            wires[i] = poison_wire(members[i].behaviour, wire, rng)
+        # Decoded as a peer would (None: unusable, protocol/spec/delta.md §3).
+        offered = dict(zip(wires, usable_deltas(state, list(wires.values())), strict=True))
         voters = [m for m in members if m.index not in offered] if vote else []
         accepted = _tally(recipe, state, offered, voters, members, seed, r)
-        if accepted:
-            state = apply(state, aggregate([offered[i] for i in accepted], rule))
+        usable = [d for d in (offered[i] for i in accepted) if d is not None]
+        if usable:
+            state = apply(state, aggregate(usable, rule))
         load_model_state(model, state)
         metrics = recipe.evaluate(model, test)
         figures = RoundFigures(
@@ -164,13 +168,14 @@ def simulate(
 def _tally(
     recipe: Recipe,
     state: Tensors,
-    offered: Mapping[int, Delta],
+    offered: Mapping[int, Delta | None],
     voters: list[_Node],
     members: list[_Node],
     seed: int,
     round_index: int,
 ) -> list[int]:
-    """Proposals a strict majority of voters accepts (all of them when nobody votes)."""
+    """Proposals a strict majority of voters accepts (all of them when nobody votes); an
+    unusable delta (None) gets -1 from every honest voter."""
     if not voters:
         return sorted(offered)
     order = sorted(offered)
@@ -179,12 +184,16 @@ def _tally(
     ayes = dict.fromkeys(order, 0)
     for voter in voters:
         scorer = Scorer(recipe, state, voter.validation)
-        honest = tuple(1 if accepts(scorer.score(offered[i].tensors)) else -1 for i in order)
+        honest = tuple(_vote(scorer, offered[i]) for i in order)
         rng = attack_rng(seed, round_index, voter.index, "vote")
         votes = cast_votes(voter.behaviour, honest, proposers, colluders, rng, whole_round=False)
         for i, vote in zip(order, votes, strict=True):
             ayes[i] += vote > 0
     return sorted(i for i, n in ayes.items() if 2 * n > len(voters))
+
+
+def _vote(scorer: Scorer, delta: Delta | None) -> int:
+    return 1 if delta is not None and accepts(scorer.score(delta.tensors)) else -1
 
 
 def main(argv: list[str]) -> int:

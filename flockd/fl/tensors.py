@@ -9,12 +9,17 @@ buffers such as BatchNorm's ``num_batches_tracked``).
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from flockd.fl.errors import FLError
+
+if TYPE_CHECKING:  # torch loads when a model is built, not with the codec (light daemons)
+    import torch
 
 Tensors = dict[str, np.ndarray]
 Shapes = dict[str, tuple[int, ...]]
@@ -59,6 +64,8 @@ def require_same_layout(expected: Mapping[str, tuple[int, ...]], got: Shapes, wh
 
 def model_state(model: torch.nn.Module) -> Tensors:
     """A copy of the model's state dict as canonical float32 numpy arrays."""
+    import torch
+
     state = model.state_dict()
     for name, tensor in state.items():
         if tensor.dtype != torch.float32:
@@ -68,6 +75,8 @@ def model_state(model: torch.nn.Module) -> Tensors:
 
 def load_model_state(model: torch.nn.Module, tensors: Mapping[str, np.ndarray]) -> None:
     """Load ``tensors`` into ``model`` in place; names and shapes must match exactly."""
+    import torch
+
     require_same_layout(shapes(model_state(model)), shapes(tensors), "model state")
     model.load_state_dict(
         {name: torch.from_numpy(np.array(a, dtype=np.float32)) for name, a in tensors.items()},
@@ -85,3 +94,13 @@ def add(base: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray]) -> Tens
     """``base + delta`` per tensor, in float32 (applying an aggregated delta)."""
     require_same_layout(shapes(base), shapes(delta), "delta")
     return {name: np.add(base[name], delta[name], dtype=np.float32) for name in sorted(base)}
+
+
+def squared_norm(tensors: Mapping[str, np.ndarray]) -> float:
+    """The sum of squares of every value, exactly rounded (float64 squares of float32
+    values are exact, ``math.fsum`` rounds once), so every node gets the same number."""
+    return math.fsum(
+        itertools.chain.from_iterable(
+            np.square(tensors[name], dtype=np.float64).ravel().tolist() for name in sorted(tensors)
+        )
+    )

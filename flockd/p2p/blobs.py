@@ -69,6 +69,11 @@ def digest(data: bytes | bytearray | memoryview) -> bytes:
     return _keccak.new(digest_bits=256, data=data).digest()
 
 
+def hasher() -> Any:
+    """An incremental keccak256 (update(), digest()): the frame body's hash."""
+    return _keccak.new(digest_bits=256)
+
+
 def encode_header(kind: str, size: int, body_hash: bytes) -> bytes:
     header = msgpack.packb({"kind": kind, "size": size, "hash": body_hash}, use_bin_type=True)
     return PREFIX.pack(len(header)) + header
@@ -153,7 +158,7 @@ class FrameDecoder:
                     continue
                 self._header = self._parse_header()
                 self._buffer.clear()
-                self._hash = _keccak.new(digest_bits=256)
+                self._hash = hasher()
                 events.append(self._header)
             else:
                 take = view[: self._header.size - len(self._body)]

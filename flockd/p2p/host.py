@@ -29,14 +29,14 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
 from multiaddr import Multiaddr
 
-from flockd.p2p import blobs, peerx
+from flockd.p2p import blobs, bulk, peerx
 from flockd.p2p.abc import BlobHandler, GossipHandler, P2PError, P2PNetwork, PeerInfo
 from flockd.p2p.gossip import Gossip
 from flockd.p2p.limits import P2PLimits
 from flockd.p2p.logs import route_libp2p_logs
 from flockd.p2p.peering import Peering
 from flockd.p2p.scoring import PeerScores
-from flockd.p2p.streams import close_stream, read_frame, write_frame
+from flockd.p2p.streams import TransferSlots, close_stream, read_frame, write_frame
 from flockd.stats import Counters
 
 if TYPE_CHECKING:
@@ -96,7 +96,14 @@ class P2PService(P2PNetwork):
         )
         self._nursery: trio.Nursery | None = None
         self._blob_handlers: dict[str, tuple[BlobHandler, int]] = {}
-        self._blob_slots = trio.Semaphore(limits.max_inbound_blobs)
+        self._blob_slots = TransferSlots(limits.max_inbound_blobs, limits.max_inbound_blobs_per_peer)
+        self._bulk = bulk.BulkListener(
+            bulk.listen_host(list(listen)),
+            chunk=limits.bulk_chunk,
+            timeout=limits.blob_read_timeout,
+            max_unclaimed=2 * limits.max_inbound_blobs,
+        )
+        self._sent_digests = bulk.SentDigests()
         self._running = False
         self._host.set_stream_handler(blobs.PROTOCOL, self._serve_blob)  # type: ignore[arg-type]
 
@@ -142,6 +149,7 @@ class P2PService(P2PNetwork):
                         async with trio.open_nursery() as ours:
                             self._nursery = ours
                             await self._gossip.start(pubsub, ours)
+                            await ours.start(self._bulk.run)
                             ours.start_soon(self._peering.run)
                             self._running = True
                             logger.info("p2p listening on %s", " ".join(self.listen_addrs()))
@@ -267,6 +275,8 @@ class P2PService(P2PNetwork):
         # Upload and wait for the reply at the same time: a peer that refuses the blob
         # (too large, unknown kind, busy) answers at once, and we stop uploading.
         limits = self._limits
+        if len(data) >= limits.bulk_min:
+            return await bulk.request(stream, kind, data, limits, self._reply_cap, self._sent_digests)
         reply_wait = trio.CancelScope()
         upload_error: list[blobs.BlobError] = []
         uploading = True
@@ -275,7 +285,12 @@ class P2PService(P2PNetwork):
             nonlocal uploading
             try:
                 await write_frame(
-                    stream, kind, data, chunk=limits.blob_chunk, timeout=limits.blob_read_timeout
+                    stream,
+                    kind,
+                    data,
+                    chunk=limits.blob_chunk,
+                    timeout=limits.blob_read_timeout,
+                    min_rate=limits.blob_min_rate,
                 )
                 reply_wait.deadline = trio.current_time() + limits.blob_reply_timeout
             except blobs.BlobError as exc:
@@ -317,6 +332,8 @@ class P2PService(P2PNetwork):
         }.get(kind)
 
     def _inbound_cap(self, kind: str) -> int | None:
+        if kind == bulk.BULK:  # an offer to send a blob over the bulk channel
+            return bulk.MAX_OFFER
         entry = self._blob_handlers.get(kind)
         return entry[1] if entry else None
 
@@ -325,22 +342,26 @@ class P2PService(P2PNetwork):
         if self.is_banned(peer_id):
             await close_stream(stream, reset=True)
             return
-        try:
-            self._blob_slots.acquire_nowait()
-        except trio.WouldBlock:
+        if not self._blob_slots.try_acquire(peer_id):
             await self._refuse(stream, "busy: too many concurrent blob transfers")
             return
         try:
             await self._serve_blob_slot(stream, peer_id)
         finally:
-            self._blob_slots.release()
+            self._blob_slots.release(peer_id)
 
     async def _serve_blob_slot(self, stream: INetStream, peer_id: str) -> None:
         limits = self._limits
         try:
             frame = await read_frame(
-                stream, self._inbound_cap, chunk=limits.blob_chunk, timeout=limits.blob_read_timeout
+                stream,
+                self._inbound_cap,
+                chunk=limits.blob_chunk,
+                timeout=limits.blob_read_timeout,
+                min_rate=limits.blob_min_rate,
             )
+            if frame.kind == bulk.BULK:
+                frame = await bulk.serve(stream, frame, self._bulk, self._inbound_cap, limits)
         except blobs.BlobError as exc:
             logger.info("blob from %s rejected: %s", peer_id, exc)
             await self._refuse(stream, str(exc))
@@ -360,6 +381,7 @@ class P2PService(P2PNetwork):
                 reply or b"",
                 chunk=limits.blob_chunk,
                 timeout=limits.blob_read_timeout,
+                min_rate=limits.blob_min_rate,
             )
         except blobs.BlobError as exc:
             logger.info("reply to %s failed: %s", peer_id, exc)

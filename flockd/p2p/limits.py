@@ -38,7 +38,15 @@ class P2PLimits:
 
     # Blob streams.
     blob_read_timeout: float = 15.0  # a read that makes no progress for this long fails
+    # A whole transfer may take blob_read_timeout + size / blob_min_rate seconds: a peer
+    # trickling bytes (each read making progress) cannot hold a slot for longer.
+    blob_min_rate: float = 1 * MiB
     blob_reply_timeout: float = 120.0  # after our upload: the peer's handler time + its reply
     blob_chunk: int = 1 * MiB  # largest single read/write
-    max_inbound_blobs: int = 4  # concurrent inbound transfers (each may hold max_size bytes)
+    max_inbound_blobs: int = 8  # concurrent inbound transfers (each may hold max_size bytes)
+    max_inbound_blobs_per_peer: int = 2  # one peer's share of them
     max_reply: int = 64 * MiB  # largest reply send_blob accepts
+    # Blobs of bulk_min bytes or more go over the bulk channel (p2p/bulk.py): a plain TCP
+    # socket with AES-GCM chunks of bulk_chunk bytes, keyed over the blob stream.
+    bulk_min: int = 1 * MiB
+    bulk_chunk: int = 1 * MiB

@@ -1,8 +1,11 @@
-"""Moving blob frames over a libp2p stream: bounded reads, per-read timeouts, clean errors."""
+"""Moving blob frames over a libp2p stream: bounded reads, per-read timeouts, a deadline
+for the whole transfer, per-peer shares of the inbound slots, clean errors."""
 
 from __future__ import annotations
 
 import contextlib
+import math
+from collections import Counter
 
 import trio
 from libp2p.abc import INetStream
@@ -20,6 +23,33 @@ from flockd.p2p.blobs import (
 )
 
 
+class TransferSlots:
+    """Inbound transfer slots: at most `total` at once, and at most `per_peer` of them held
+    by any one peer, so a peer with slow streams cannot take every slot."""
+
+    def __init__(self, total: int, per_peer: int) -> None:
+        self._total = total
+        self._per_peer = per_peer
+        self._held: Counter[str] = Counter()
+
+    def try_acquire(self, peer_id: str) -> bool:
+        if self._held.total() >= self._total or self._held[peer_id] >= self._per_peer:
+            return False
+        self._held[peer_id] += 1
+        return True
+
+    def release(self, peer_id: str) -> None:
+        self._held[peer_id] -= 1
+        if self._held[peer_id] <= 0:
+            del self._held[peer_id]
+
+
+def transfer_deadline(size: int, grace: float, min_rate: float | None) -> float:
+    """Seconds a whole transfer of `size` bytes may take: `grace` plus the time it needs at
+    `min_rate` bytes per second (no bound without a rate)."""
+    return math.inf if min_rate is None else grace + size / min_rate
+
+
 async def read_frame(
     stream: INetStream,
     size_cap: SizeCap,
@@ -27,11 +57,33 @@ async def read_frame(
     chunk: int,
     timeout: float,
     first_timeout: float | None = None,
+    min_rate: float | None = None,
 ) -> Frame:
     """Read exactly one frame. Each read must make progress within `timeout` seconds
     (`first_timeout` for the first one, e.g. while the peer is still busy), so a stalled
-    peer costs at most that long. Reads never exceed what the frame still needs, so unread
-    bytes stay in the muxer's window and throttle the sender (backpressure)."""
+    peer costs at most that long; with `min_rate`, the whole frame must arrive within
+    `transfer_deadline(size)`, so a peer trickling bytes cannot hold the transfer either.
+    Reads never exceed what the frame still needs, so unread bytes stay in the muxer's
+    window and throttle the sender (backpressure)."""
+    start = trio.current_time()
+    frame: Frame | None = None
+    with trio.CancelScope(deadline=start + transfer_deadline(0, timeout, min_rate)) as whole:
+        frame = await _read_frame(stream, size_cap, chunk, timeout, first_timeout, whole, start, min_rate)
+    if frame is None:
+        raise BlobTimeout(f"the transfer exceeded its deadline of {whole.deadline - start:.0f}s")
+    return frame
+
+
+async def _read_frame(
+    stream: INetStream,
+    size_cap: SizeCap,
+    chunk: int,
+    timeout: float,
+    first_timeout: float | None,
+    whole: trio.CancelScope,
+    start: float,
+    min_rate: float | None,
+) -> Frame:
     decoder = FrameDecoder(size_cap, chunk=chunk)
     wait = timeout if first_timeout is None else first_timeout
     while True:
@@ -51,22 +103,32 @@ async def read_frame(
         for event in decoder.feed(data):
             if isinstance(event, Frame):
                 return event
+            whole.deadline = start + transfer_deadline(event.size, timeout, min_rate)
 
 
 async def write_frame(
-    stream: INetStream, kind: str, data: bytes, *, chunk: int, timeout: float
+    stream: INetStream,
+    kind: str,
+    data: bytes,
+    *,
+    chunk: int,
+    timeout: float,
+    min_rate: float | None = None,
 ) -> None:
-    # Each write is bounded by `timeout`: the muxer's own wait for window space is safe
-    # to cancel, and a socket that accepts nothing for that long has a dead peer anyway.
+    # Each write is bounded by `timeout`, and all of them by `transfer_deadline`: the
+    # muxer's own wait for window space is safe to cancel, and a peer that accepts
+    # nothing for that long (or too little in all) is dead or stalling us on purpose.
     view = memoryview(data)
+    allowed = transfer_deadline(len(data), timeout, min_rate)
     try:
-        with trio.fail_after(timeout):
-            await stream.write(encode_header(kind, len(data), digest(view)))
-        for start in range(0, len(view), chunk):
+        with trio.fail_after(allowed):
             with trio.fail_after(timeout):
-                await stream.write(bytes(view[start : start + chunk]))
+                await stream.write(encode_header(kind, len(data), digest(view)))
+            for start in range(0, len(view), chunk):
+                with trio.fail_after(timeout):
+                    await stream.write(bytes(view[start : start + chunk]))
     except trio.TooSlowError as exc:
-        raise BlobTimeout(f"peer accepted nothing for {timeout:.0f}s") from exc
+        raise BlobTimeout(f"peer accepted too little within {min(timeout, allowed):.0f}s") from exc
     except StreamError as exc:
         raise BlobError(f"stream failed while writing: {exc!r}") from exc
 

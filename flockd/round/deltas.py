@@ -3,8 +3,10 @@
 A delta is trusted only when its bytes hash to a delta_hash the chain recorded. Deltas
 may arrive before their proposal lands (a push can outrun block import), so those wait in
 a bounded buffer keyed by hash; once the proposal shows up they are either accepted or
-rejected. A peer that sent bytes which do not match is remembered, and the next fetch of
-that delta avoids it.
+rejected. The buffer holds at most one delta per sender and, once full, refuses newcomers
+rather than evicting earlier ones, so a flood of junk cannot push an honest delta out. A
+peer that sent bytes which do not match is remembered, and the next fetch of that delta
+avoids it.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ class DeltaBook:
         self._by_hash: dict[bytes, Proposal] = {}
         self._verified: dict[bytes, bytes] = {}
         self._trusted: dict[bytes, bytes] = {}  # this node's own bytes, before they land
-        self._pending: dict[bytes, _Unverified] = {}  # insertion order = arrival order
+        self._pending: dict[bytes, _Unverified] = {}  # by delta hash
+        self._pending_of: dict[Address, bytes] = {}  # each sender's one pending delta hash
         self._bad_senders: dict[bytes, set[Address]] = {}
         self._asked: set[bytes] = set()
 
@@ -75,7 +78,7 @@ class DeltaBook:
         self._proposals[proposal.index] = proposal
         self._by_proposer[proposal.proposer] = proposal
         self._by_hash[proposal.delta_hash] = proposal
-        early = self._pending.pop(proposal.delta_hash, None)
+        early = self._unpend(proposal.delta_hash)
         own = self._trusted.pop(proposal.delta_hash, None)
         if own is not None:
             self._verified[proposal.delta_hash] = own
@@ -84,15 +87,21 @@ class DeltaBook:
         rejected = []
         for digest, entry in list(self._pending.items()):
             if entry.proposer == proposal.proposer:
-                del self._pending[digest]
+                self._unpend(digest)
                 rejected.append(self._mismatch(proposal, entry.sender))
         return rejected
 
     def offer(
-        self, proposer: Address, data: bytes, sender: Address, closed: bool
+        self,
+        proposer: Address,
+        data: bytes,
+        sender: Address,
+        closed: bool,
+        digest: bytes | None = None,
     ) -> list[DeltaRejected]:
-        """A peer's delta. ``closed``: no further proposal can land this round."""
-        digest = delta_hash(data)
+        """A peer's delta. ``closed``: no further proposal can land this round. ``digest``:
+        its delta_hash when the adapter already computed it (off the event loop)."""
+        digest = delta_hash(data) if digest is None else digest
         target = self._by_hash.get(digest)
         if target is not None:  # matches some proposal, whoever the sender said it was
             self._verified.setdefault(digest, data)
@@ -104,12 +113,11 @@ class DeltaBook:
             return [DeltaRejected(self.round, proposer, sender, RejectReason.NOT_PROPOSED)]
         if digest in self._pending:
             return []
+        if sender in self._pending_of or len(self._pending) >= self._pending_cap:
+            return [DeltaRejected(self.round, proposer, sender, RejectReason.BUFFER_FULL)]
         self._pending[digest] = _Unverified(proposer, sender, data)
-        if len(self._pending) <= self._pending_cap:
-            return []
-        oldest = next(iter(self._pending))
-        dropped = self._pending.pop(oldest)
-        return [DeltaRejected(self.round, dropped.proposer, dropped.sender, RejectReason.BUFFER_FULL)]
+        self._pending_of[sender] = digest
+        return []
 
     def fetch_missing(self, proposals: Iterable[Proposal]) -> list[FetchDelta]:
         """A FetchDelta for each of these proposals whose delta is missing and not already
@@ -123,7 +131,17 @@ class DeltaBook:
             out.append(FetchDelta(self.round, p.proposer, p.delta_hash, avoid))
         return out
 
+    def fetch_failed(self, digest: bytes) -> None:
+        """No peer had the delta: the next fetch_missing asks for it again."""
+        self._asked.discard(digest)
+
     def _mismatch(self, proposal: Proposal, sender: Address) -> DeltaRejected:
         self._bad_senders.setdefault(proposal.delta_hash, set()).add(sender)
         self._asked.discard(proposal.delta_hash)  # the next fetch avoids this sender
         return DeltaRejected(self.round, proposal.proposer, sender, RejectReason.HASH_MISMATCH)
+
+    def _unpend(self, digest: bytes) -> _Unverified | None:
+        entry = self._pending.pop(digest, None)
+        if entry is not None:
+            del self._pending_of[entry.sender]
+        return entry

@@ -148,6 +148,7 @@ class DeltaReceived:
     proposer: Address
     delta: bytes
     sender: Address
+    digest: bytes | None = None  # delta_hash(delta), when the adapter computed it off the loop
 
     def __post_init__(self) -> None:
         check_round(self.round)
@@ -155,6 +156,8 @@ class DeltaReceived:
         check_address("sender", self.sender)
         if not isinstance(self.delta, bytes):
             raise InvalidEvent("delta must be bytes")
+        if self.digest is not None and not (isinstance(self.digest, bytes) and len(self.digest) == 32):
+            raise InvalidEvent("digest must be 32 bytes")
 
 
 @dataclass(frozen=True)
@@ -249,6 +252,43 @@ class AggregateFailed:
 
 
 @dataclass(frozen=True)
+class TrainingFailed:
+    """The adapter could not train this node's delta (its base model unreadable, training
+    diverged, out of memory): the node gives up proposing and declines."""
+
+    round: int
+    reason: str
+
+    def __post_init__(self) -> None:
+        check_round(self.round)
+
+
+@dataclass(frozen=True)
+class DeltaFetchFailed:
+    """No peer gave the delta ``delta_hash`` (FetchDelta): the machine asks again while
+    the delta still matters (scoring, aggregating)."""
+
+    round: int
+    delta_hash: bytes
+
+    def __post_init__(self) -> None:
+        check_round(self.round)
+        check_hash("delta_hash", self.delta_hash)
+
+
+@dataclass(frozen=True)
+class ModelFetchFailed:
+    """No peer gave model_``round`` with hash ``model_hash`` (FetchModel): ask again."""
+
+    round: int
+    model_hash: bytes
+
+    def __post_init__(self) -> None:
+        check_round(self.round, lowest=-1)
+        check_hash("model_hash", self.model_hash)
+
+
+@dataclass(frozen=True)
 class TxFailed:
     """A transaction of this node failed. ``reverted``: it ran and reverted (final);
     otherwise it was dropped or timed out, and the machine may send it again."""
@@ -280,6 +320,9 @@ RoundEvent = (
     | RoundFinalisedOnChain
     | ModelRecordedOnChain
     | AggregateFailed
+    | TrainingFailed
+    | DeltaFetchFailed
+    | ModelFetchFailed
     | TxFailed
 )
 Event = BlockSealed | RoundEvent

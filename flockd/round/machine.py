@@ -55,9 +55,11 @@ from flockd.round.events import (
     BallotRestored,
     BlockSealed,
     DeclinedOnChain,
+    DeltaFetchFailed,
     DeltaReceived,
     ElectionDone,
     Event,
+    ModelFetchFailed,
     ModelReady,
     ModelRecordedOnChain,
     PhaseClosedOnChain,
@@ -66,6 +68,7 @@ from flockd.round.events import (
     RoundOpened,
     ScoresReady,
     TrainingDone,
+    TrainingFailed,
     TxFailed,
     VoteCommittedOnChain,
     VoteRevealedOnChain,
@@ -138,6 +141,7 @@ class RoundMachine:
         self._model: bytes | None = None  # model_r, as this node holds it
         self._recorded: bytes | None = None
         self._aggregate_failed = False
+        self._training_failed = False
         self._fetching_model: set[bytes] = set()
         self._complete = False
 
@@ -158,6 +162,20 @@ class RoundMachine:
     def handle(self, event: Event) -> list[Action]:
         out: list[Action] = []
         self._apply(event, out)
+        self._advance(out)
+        return out
+
+    def record(self, event: Event) -> list[Action]:
+        """Take in what ``event`` says without deciding anything yet (a TaskMachine feeds
+        several events, then calls ``decide``); returns what must answer the event itself
+        (a rejected delta, a fetch)."""
+        out: list[Action] = []
+        self._apply(event, out)
+        return out
+
+    def decide(self) -> list[Action]:
+        """What to do now, from every fact recorded so far."""
+        out: list[Action] = []
         self._advance(out)
         return out
 
@@ -200,7 +218,9 @@ class RoundMachine:
             case PhaseClosedOnChain():
                 self._closed_early.setdefault(event.phase, event.last_block)
             case DeltaReceived():
-                out.extend(self._book.offer(event.proposer, event.delta, event.sender, self._closed()))
+                out.extend(
+                    self._book.offer(event.proposer, event.delta, event.sender, self._closed(), event.digest)
+                )
             case ScoresReady():
                 self._on_scores(event.votes)
             case BallotRestored():
@@ -224,6 +244,12 @@ class RoundMachine:
                 self._recorded = event.model_hash
             case AggregateFailed():
                 self._aggregate_failed = True
+            case TrainingFailed():
+                self._training_failed = True
+            case DeltaFetchFailed():
+                self._book.fetch_failed(event.delta_hash)
+            case ModelFetchFailed():
+                self._fetching_model.discard(event.model_hash)
             case TxFailed():
                 self._tx[event.kind].failed(event.reverted)
 
@@ -428,7 +454,7 @@ class RoundMachine:
         if not elected or self._book.of(self.config.me) is not None or self._head is None:
             return False
         ended = self.deadlines is not None and not self._lands_by(self.deadlines[0])
-        return ended or self._tx[TxKind.PROPOSE].dead
+        return ended or self._tx[TxKind.PROPOSE].dead or self._training_failed
 
     @property
     def role(self) -> Role:

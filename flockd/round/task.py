@@ -18,6 +18,7 @@ from flockd.round.events import (
     BlockSealed,
     DeltaReceived,
     Event,
+    ModelFetchFailed,
     ModelReady,
     ModelRecordedOnChain,
     RoundOpened,
@@ -62,21 +63,23 @@ class TaskMachine:
         if isinstance(event, BlockSealed):
             self._head = max(self._head or 0, event.number)
             for live in self._machines.values():
-                live._apply(event, out)
+                out += live.record(event)
             return
         if isinstance(event, ModelReady):
             self._held[event.round] = event.model_hash
             for r in (event.round, event.round + 1):
                 if r in self._machines:
-                    self._machines[r]._apply(event, out)
+                    out += self._machines[r].record(event)
             return
         if isinstance(event, ModelRecordedOnChain):
             self._recorded[event.round] = event.model_hash
+        if isinstance(event, ModelFetchFailed):
+            self._fetching.discard((event.round, event.model_hash))  # asked again when still wanted
         if isinstance(event, RoundOpened):
             self._current = max(self._current if self._current is not None else -1, event.round)
         machine = self._machine_for(event)
         if machine is not None:
-            machine._apply(event, out)
+            out += machine.record(event)
         elif isinstance(event, DeltaReceived):
             out.append(DeltaRejected(event.round, event.proposer, event.sender, RejectReason.WRONG_ROUND))
 
@@ -95,31 +98,30 @@ class TaskMachine:
         machine = RoundMachine(self.config, r, self._salt_source)
         self._machines[r] = machine
         # What the task already knows, in the order the round would have seen it.
-        scratch: list[Action] = []
+        known: list[Event] = []
         if self._head is not None:
-            machine._apply(BlockSealed(self._head), scratch)
-        if r - 1 in self._held:
-            machine._apply(ModelReady(r - 1, self._held[r - 1]), scratch)
-        if r in self._held:
-            machine._apply(ModelReady(r, self._held[r]), scratch)
+            known.append(BlockSealed(self._head))
+        known += [ModelReady(m, self._held[m]) for m in (r - 1, r) if m in self._held]
         if r in self._recorded:
-            machine._apply(ModelRecordedOnChain(r, self._recorded[r]), scratch)
+            known.append(ModelRecordedOnChain(r, self._recorded[r]))
+        for fact in known:
+            machine.record(fact)  # nothing to answer: these only set facts
         return machine
 
     def _advance(self, out: list[Action]) -> None:
         # In round order, so that model_r reaches round r+1 before r+1 decides.
         for r in sorted(self._machines):
             machine = self._machines[r]
-            start = len(out)
-            machine._advance(out)
-            for action in out[start:]:
+            decided = machine.decide()
+            out += decided
+            for action in decided:
                 if isinstance(action, RoundComplete):
                     self._completed[action.round] = action.model_hash
             model = machine.model_hash  # also model_{r-1} itself when nothing was accepted
             if model is not None and self._held.get(r) != model:
                 self._held[r] = model
                 if r + 1 in self._machines:
-                    self._machines[r + 1]._apply(ModelReady(r, model), out)
+                    out += self._machines[r + 1].record(ModelReady(r, model))
         self._fetch_missed_models(out)
         last = self.config.rounds - 1
         final = self._completed.get(last)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import json
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +70,7 @@ class Dispatcher:
 
     def __init__(self, namespaces: Iterable[object] = (), *, max_batch: int = DEFAULT_MAX_BATCH) -> None:
         self.max_batch = max_batch
+        self.error_counts: Counter[int] = Counter()  # error replies by code, for the metrics endpoint
         self._methods: dict[str, Method] = {}
         self._namespaces: set[str] = set()
         for ns in namespaces:
@@ -85,6 +87,14 @@ class Dispatcher:
         self._namespaces.add(name)
         self._methods.update(found)
 
+    def count_error(self, code: int) -> None:
+        """Count an error reply (also those the transport sends on its own: busy, too large)."""
+        self.error_counts[code] += 1
+
+    def _error_reply(self, request_id: str | int | None, exc: RPCError) -> bytes:
+        self.count_error(exc.code)
+        return error_response(request_id, exc)
+
     def methods(self) -> list[Method]:
         return [self._methods[name] for name in sorted(self._methods)]
 
@@ -100,7 +110,7 @@ class Dispatcher:
         try:
             message = _decode(line)
         except RPCError as exc:
-            return Reply(error_response(None, exc))
+            return Reply(self._error_reply(None, exc))
         if isinstance(message, list):
             data = await self._handle_batch(message, after)
         else:
@@ -109,10 +119,10 @@ class Dispatcher:
 
     async def _handle_batch(self, batch: list[Any], after: list[Callable[[], None]]) -> bytes | None:
         if not batch:
-            return error_response(None, RPCError(INVALID_REQUEST, "empty batch"))
+            return self._error_reply(None, RPCError(INVALID_REQUEST, "empty batch"))
         if len(batch) > self.max_batch:
             message = f"batch too large: {len(batch)} requests, limit {self.max_batch}"
-            return error_response(None, RPCError(INVALID_REQUEST, message))
+            return self._error_reply(None, RPCError(INVALID_REQUEST, message))
         # Sequential, in order: a batch is one client's script, and a slow item must not
         # multiply into many concurrent ones.
         replies = [await self._handle_one(item, after) for item in batch]
@@ -124,12 +134,13 @@ class Dispatcher:
         try:
             request_id, method, params = _parse_request(request)
         except _InvalidRequest as exc:
-            return error_response(exc.request_id, RPCError(INVALID_REQUEST, exc.message))
+            return self._error_reply(exc.request_id, RPCError(INVALID_REQUEST, exc.message))
         is_notification = "id" not in request
         try:
             result = await self._call(method, params)
         except RPCError as exc:
-            return None if is_notification else error_response(request_id, exc)
+            reply = self._error_reply(request_id, exc)  # counted even when nobody gets it
+            return None if is_notification else reply
         if isinstance(result, AfterReply):
             after.append(result.action)
             result = result.result
@@ -139,7 +150,7 @@ class Dispatcher:
             return _encode({"jsonrpc": "2.0", "id": request_id, "result": result})
         except (TypeError, ValueError) as exc:
             log.error("rpc result is not JSON", method=method, error=str(exc))
-            return error_response(request_id, RPCError(INTERNAL_ERROR, f"{method} returned a result that is not JSON"))
+            return self._error_reply(request_id, RPCError(INTERNAL_ERROR, f"{method} returned a result that is not JSON"))
 
     async def _call(self, name: str, params: list[Any] | dict[str, Any] | None) -> Any:
         method = self._methods.get(name)

@@ -118,6 +118,7 @@ class _Server:
 
     async def _refuse(self, stream: trio.SocketStream) -> None:
         message = f"too many clients (limit {self.max_clients}), try again later"
+        self.dispatcher.count_error(SERVER_BUSY)
         with trio.move_on_after(_REJECT_TIMEOUT), contextlib.suppress(trio.BrokenResourceError):
             await stream.send_all(_error_line(RPCError(SERVER_BUSY, message)))
         await trio.aclose_forcefully(stream)
@@ -143,6 +144,7 @@ class _Server:
                 line = lines.next_line()
             except RequestTooLarge:
                 message = f"request too large (limit {self.max_request_bytes} bytes)"
+                self.dispatcher.count_error(INVALID_REQUEST)
                 with trio.move_on_after(_REJECT_TIMEOUT):
                     await stream.send_all(_error_line(RPCError(INVALID_REQUEST, message)))
                 return

@@ -18,20 +18,19 @@ from flockd.fl.checkpoint import model_hash
 from flockd.fl.codec import delta_hash
 from flockd.fl.recipe import load_recipe
 from flockd.fl.tensors import model_state
-from flockd.identity.peerid import address_from_peer_id
 from flockd.logs import get_logger
 from flockd.p2p.abc import P2PError
 from flockd.p2p.blobs import BlobError
+from flockd.stats import Counters
 from flockd.tasks.exchange import (
-    DELTA_KIND,
     FETCH_KIND,
-    MAX_DELTA_BYTES,
     MAX_FETCH_REQUEST,
     FetchRequest,
     decode_fetch,
-    decode_push,
     encode_fetch,
+    max_delta_bytes,
 )
+from flockd.tasks.pushes import PushInbox, TaskPushes
 from flockd.tasks.runner import NodeContext, TaskRunner
 from flockd.tasks.spec import SpecError, TaskSpec
 from flockd.tasks.work import Worker
@@ -69,6 +68,8 @@ class TaskService:
         self.behaviour = behaviour  # malicious only in attack experiments ([attack] config)
         self.colluders = colluders
         self.runners: dict[int, TaskRunner] = {}
+        self.counters = Counters()
+        self.pushes = PushInbox(ctx.network, self.counters)
         self._joined: dict[int, Joined] = self._load_joined()
         self._nursery: trio.Nursery | None = None
 
@@ -77,7 +78,7 @@ class TaskService:
         return self.ctx.registry
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self.ctx.network.handle_blobs(DELTA_KIND, self._on_delta_push, max_size=MAX_DELTA_BYTES)
+        self.pushes.listen()
         self.ctx.network.handle_blobs(FETCH_KIND, self._on_fetch, max_size=MAX_FETCH_REQUEST)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -143,6 +144,7 @@ class TaskService:
             "me": _checksum(self.ctx.address),
             "joined": task_id in self._joined,
             "role": runner.status()["role"] if runner else None,
+            "error": runner.error if runner else None,  # the bug that stopped this task's runner
             "model_hash": history[-1]["model_hash"] if history else None,
             "chain_model_hash": _hex(chain_model) if chain_model else None,
             "history": history,
@@ -196,7 +198,18 @@ class TaskService:
         worker = await trio.to_thread.run_sync(make_worker, joined.spec, node_index, joined.data_path)
         runner = TaskRunner(self.ctx, task_id, joined.spec, params, participants, worker)
         self.runners[task_id] = runner
-        await runner.run()
+        self.pushes.open_task(task_id, TaskPushes(
+            participants=frozenset(participants),
+            me=self.ctx.address,
+            max_delta=max_delta_bytes(worker.layout),
+            per_round=4 * params.max_proposals,  # as many as the round machine buffers
+            current_round=lambda: runner.machine.current_round,
+            deliver=runner.on_delta_push,
+        ))
+        try:
+            await runner.run()
+        finally:
+            self.pushes.close_task(task_id)
 
     async def _params(self, task_id: int) -> TaskParams:
         params = await self.registry.get_params(task_id)
@@ -218,13 +231,6 @@ class TaskService:
         return None
 
     # -- blobs from peers ------------------------------------------------------------------
-
-    async def _on_delta_push(self, peer_id: str, kind: str, data: bytes) -> bytes | None:
-        push = decode_push(data)
-        runner = self.runners.get(push.task_id)
-        if runner is not None:
-            runner.on_delta_push(push, bytes.fromhex(address_from_peer_id(peer_id)[2:]))
-        return None
 
     async def _on_fetch(self, peer_id: str, kind: str, data: bytes) -> bytes | None:
         request = decode_fetch(data)

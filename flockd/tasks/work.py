@@ -13,22 +13,26 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
-from flockd.fl.aggregate import aggregate, apply
+from flockd.fl.aggregate import aggregate, apply, usable_deltas
 from flockd.fl.attacks import (
     HONEST,
     Behaviour,
     attack_rng,
     cast_votes,
     poison_delta,
+    poison_wire,
     training_split,
 )
-from flockd.fl.codec import Delta, decode_delta, encode_delta
+from flockd.fl.codec import Delta, decode_delta, delta_hash, encode_delta
 from flockd.fl.data import DataSpec
 from flockd.fl.recipe import Metrics, limit_torch_threads, load_recipe, training_seed
-from flockd.fl.score import Scorer, accepts
+from flockd.fl.score import Scorer, VoteScoring, vote_on_proposals
 from flockd.fl.tensors import Tensors, load_model_state, model_state, shapes, subtract
-from flockd.round import SCORE_BOUND
+from flockd.logs import get_logger
+from flockd.stats import Counters
 from flockd.tasks.spec import TaskSpec
+
+log = get_logger("flockd.tasks")
 
 
 class Worker:
@@ -40,6 +44,7 @@ class Worker:
         *,
         behaviour: Behaviour = HONEST,
         colluders: frozenset[bytes] = frozenset(),
+        scoring: VoteScoring = "local-model",
     ) -> None:
         limit_torch_threads(1)  # several daemons share a few cores
         self.spec = spec
@@ -47,6 +52,7 @@ class Worker:
         self.node_index = node_index
         self.behaviour = behaviour
         self.colluders = colluders
+        self.scoring = scoring  # how this node judges proposals (flockd.fl.score.VoteScoring)
         data = DataSpec(
             node_index=node_index % spec.num_nodes,
             num_nodes=spec.num_nodes,
@@ -60,6 +66,7 @@ class Worker:
         self._model = self.recipe.build_model(spec.seed)
         self.layout = shapes(model_state(self._model))
         self._lock = threading.Lock()  # one torch model, one user at a time
+        self.counters = Counters()
 
     def initial_model(self) -> Tensors:
         return model_state(self.recipe.build_model(self.spec.seed))
@@ -74,7 +81,8 @@ class Worker:
             stats = self.recipe.train(self._model, self.train_split, seed=seed)
             delta = subtract(model_state(self._model), base)
             rng = attack_rng(self.spec.seed, round_number, self.node_index, "delta")
-            return encode_delta(poison_delta(self.behaviour, delta, rng), samples=stats["samples"])
+            wire = encode_delta(poison_delta(self.behaviour, delta, rng), samples=stats["samples"])
+            return poison_wire(self.behaviour, wire, rng)
 
     def score(
         self,
@@ -84,33 +92,48 @@ class Worker:
         whole_round: bool,
         round_number: int,
     ) -> tuple[int, ...]:
-        """Per-proposal: +1 / -1 for each delta (a missing one is -1). Whole-round: one
-        score for the aggregate, the validation accuracy gain in fixed point. ``proposers``
-        (in the deltas' order) matter only to a colluding voter."""
+        """Per-proposal: +1 / -1 for each delta (a missing or unusable one is -1).
+        Whole-round: one vote, +1 when the aggregate of the usable deltas does not lower
+        the voter's validation accuracy, else -1. ``proposers`` (in the deltas' order)
+        matter only to a colluding voter. Never raises on a peer's bytes."""
         honest = self.honest_score(base, deltas, whole_round)
         rng = attack_rng(self.spec.seed, round_number, self.node_index, "vote")
         return cast_votes(self.behaviour, honest, proposers, self.colluders, rng, whole_round)
 
     def honest_score(self, base: Tensors, deltas: Sequence[bytes | None], whole_round: bool) -> tuple[int, ...]:
         with self._lock:
+            usable = self.usable(base, deltas)  # cheap checks before any evaluation
             scorer = Scorer(self.recipe, base, self.val_split)
             if whole_round:
-                decoded = [self.decode(d) for d in deltas if d is not None]
-                gain = scorer.score(aggregate(decoded, self.spec.rule)).accuracy_gain
-                return (max(-SCORE_BOUND, min(SCORE_BOUND, round(gain * SCORE_BOUND))),)
-            votes = []
-            for data in deltas:
-                if data is None:
-                    votes.append(-1)
-                    continue
-                score = scorer.score(self.decode(data).tensors)
-                votes.append(1 if accepts(score, max_accuracy_drop=self.spec.max_accuracy_drop) else -1)
-            return tuple(votes)
+                kept = [d for d in usable if d is not None]
+                if not kept:
+                    return (-1,)
+                gain = scorer.score(aggregate(kept, self.spec.rule)).accuracy_gain
+                return (1 if gain >= 0 else -1,)
+            return vote_on_proposals(
+                scorer,
+                usable,
+                scoring=self.scoring,
+                rule=self.spec.rule,
+                max_accuracy_drop=self.spec.max_accuracy_drop,
+            )
+
+    def usable(self, base: Tensors, deltas: Sequence[bytes | None]) -> list[Delta | None]:
+        """Each delta decoded, or None where it is missing or unusable for ``base``."""
+        return usable_deltas(base, deltas, self._refuse)
+
+    def _refuse(self, data: bytes, reason: str) -> None:
+        self.counters.incr("deltas_unusable")
+        log.warning("unusable delta", node=self.node_index, delta=delta_hash(data).hex()[:16], reason=reason)
 
     def aggregate(self, base: Tensors, deltas: Sequence[bytes]) -> Tensors:
-        if not deltas:
+        """``base`` plus the task's aggregate of the usable deltas (unusable ones are left
+        out, as every node leaves them out; none usable: ``base`` unchanged). Raises only
+        AggregationError, never on a peer's bytes alone."""
+        usable = [d for d in self.usable(base, deltas) if d is not None]
+        if not usable:
             return dict(base)
-        return apply(base, aggregate([self.decode(d) for d in deltas], self.spec.rule))
+        return apply(base, aggregate(usable, self.spec.rule))
 
     def evaluate_test(self, state: Tensors) -> Metrics:
         with self._lock:

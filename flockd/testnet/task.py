@@ -38,6 +38,9 @@ def create_and_join(cluster: Cluster, plan: TaskPlan) -> int:
         "reveal_blocks": plan.reveal_blocks, "vote_mode": plan.vote_mode,
     }, timeout=TX_TIMEOUT)
     task_id: int = created["task_id"]
+    # A node that has not imported the creating block yet would answer "no task".
+    cluster.wait_for(lambda: all(d.call("task_status", {"task_id": task_id}) for d in cluster.daemons),
+                     TX_TIMEOUT, f"every node to see task {task_id}")
     with ThreadPoolExecutor(max_workers=nodes) as pool:
         joins = [
             pool.submit(d.call, "task_join", {"task_id": task_id, "spec": created["spec"]}, TX_TIMEOUT)
