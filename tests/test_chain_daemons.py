@@ -12,7 +12,7 @@ def test_four_daemons_agree_and_a_killed_one_catches_up(short_tmp):
     cluster = Cluster(short_tmp, 4)
     cluster.init()
     try:
-        cluster.start()
+        cluster.start(timeout=180)  # a loaded 2-core machine takes over a minute to start four
         cluster.wait_full_mesh(timeout=60)
         cluster.wait_for(lambda: agree_at_least(cluster.daemons, 12), 90, "4 daemons to agree on block 12")
         sealers = {cluster.daemons[0].call("chain_status")["authorities"]}
@@ -25,7 +25,7 @@ def test_four_daemons_agree_and_a_killed_one_catches_up(short_tmp):
         cluster.wait_for(lambda: agree_at_least(others, killed_at + 8), 90, "the survivors to seal on")
 
         cluster.start_daemon(victim, bootstrap=cluster.bootstrap_addr())
-        cluster.wait_ready(victim, 60)
+        cluster.wait_ready(victim, 180)
         target = max(n for n, _ in heads(others)) + 3
         cluster.wait_for(lambda: agree_at_least(cluster.daemons, target), 90, "the restarted node to catch up")
         status = victim.call("chain_status")

@@ -90,12 +90,14 @@ async def test_mesh_forms_and_gossip_arrives_exactly_once() -> None:
             await trio.sleep(0.5)  # give any duplicate the chance to show up
             sender = PrivateKey(secret(3)).public_key.to_checksum_address()
             for i in range(N):
-                kinds = Counter(m.kind for m in inboxes[i])
+                # Late warm-ups (sent before the mesh was complete) may still trickle in.
+                kinds = Counter(m.kind for m in inboxes[i] if m.kind != "warmup")
                 if i == 3:
                     assert kinds == Counter()  # own messages are not delivered back
                 else:
                     assert kinds == Counter({"headline": 1, "marker": 1})
-                    assert all(m.sender == sender and m.topic == "news" for m in inboxes[i])
+                    counted = [m for m in inboxes[i] if m.kind != "warmup"]
+                    assert all(m.sender == sender and m.topic == "news" for m in counted)
             assert [m.payload for m in inboxes[0] if m.kind == "headline"] == [{"n": 1}]
             with pytest.raises(EnvelopeTooLarge):  # refused loudly, not dropped by libp2p
                 await nodes[3].publish("news", "huge", b"x" * LIMITS.max_envelope)

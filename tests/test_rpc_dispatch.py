@@ -72,6 +72,12 @@ class FakeNetwork(P2PNetwork):
     async def send_blob(self, peer_id: str, kind: str, data: bytes) -> bytes | None:
         raise NotImplementedError
 
+    def penalize_peer(self, peer_id: str, points: float, reason: str) -> None:
+        raise NotImplementedError
+
+    def penalize_sender(self, address: str, points: float, reason: str) -> None:
+        raise NotImplementedError
+
 
 class FakeTypedNamespace:
     """Methods with every supported annotation, plus things that must never be callable."""

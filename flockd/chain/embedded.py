@@ -15,7 +15,7 @@ import contextlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -29,6 +29,7 @@ from eth.vm.spoof import SpoofTransaction
 from eth_keys.datatypes import PrivateKey
 from eth_typing import Address, BlockNumber, Hash32
 from eth_utils import ValidationError, to_checksum_address
+from rlp.codec import consume_length_prefix
 
 from flockd.chain.calls import CallBudget, estimate_call_gas, execute_call
 from flockd.chain.db import SqliteDB
@@ -47,11 +48,16 @@ from flockd.chain.mempool import (
     WrongChainId,
 )
 from flockd.chain.poa import (
+    BadHeaderField,
+    BadTimestamp,
     BlockRejected,
     FlockChainBase,
+    FutureBlock,
     PoARules,
+    UnauthorizedSigner,
     build_chain_class,
     create_chain,
+    recover_signer,
     sign_header,
 )
 from flockd.chain.records import (
@@ -70,6 +76,7 @@ from flockd.chain.records import (
 from flockd.chain.sealer import build_block
 
 MAX_BLOCK_BYTES = 4 * 1024 * 1024
+MAX_HEADER_BYTES = 1024  # a Prague header with a 97-byte extra_data is ~650 bytes
 BLOCK_CACHE_SIZE = 64  # decoded blocks (and their receipts) kept for reads
 MAX_LOG_RANGE = 10_000  # blocks one get_logs may scan
 SUPPORTED_TX_TYPES = (None, 1, 2)  # legacy (EIP-155), access list, dynamic fee; no blobs/set-code
@@ -133,6 +140,7 @@ class EmbeddedChain:
         self._tx_builder = self._vm_class.get_transaction_builder()
         self._receipt_builder = self._vm_class.get_receipt_builder()
         self._block_class = self._vm_class.get_block_class()
+        self._header_class = dict(cast(Any, self._block_class)._meta.fields)["header"]  # its RLP sedes
 
     def _open(self, genesis: Genesis) -> FlockChainBase:
         chain_class = build_chain_class(genesis)
@@ -269,6 +277,31 @@ class EmbeddedChain:
 
     # -- importing -----------------------------------------------------------------------
 
+    def decode_header(self, raw: bytes) -> BlockHeaderAPI:
+        """The header of an RLP block, without decoding its body: the header and its seal
+        are judged before the (costly) transactions are even decoded."""
+        if len(raw) > MAX_BLOCK_BYTES:
+            raise BlockTooLarge(f"block is {len(raw)} bytes, limit {MAX_BLOCK_BYTES}")
+        try:
+            _, kind, length, start = consume_length_prefix(raw, 0)
+            if kind is not list or start + length != len(raw):
+                raise ValueError("a block is one RLP list")
+            _, kind, length, header_start = consume_length_prefix(raw, start)
+            if kind is not list:
+                raise ValueError("a block starts with its header list")
+        except Exception as exc:  # rlp raises a zoo of types for bad bytes
+            raise MalformedBlock(f"no block header: {type(exc).__name__}: {exc}") from None
+        return self.parse_header(raw[start : header_start + length])
+
+    def parse_header(self, raw_header: bytes) -> BlockHeaderAPI:
+        """A bare RLP header (as announcements carry it)."""
+        if len(raw_header) > MAX_HEADER_BYTES:
+            raise BlockTooLarge(f"header is {len(raw_header)} bytes, limit {MAX_HEADER_BYTES}")
+        try:
+            return cast(BlockHeaderAPI, rlp.decode(raw_header, sedes=self._header_class))
+        except Exception as exc:
+            raise MalformedBlock(f"not a block header: {type(exc).__name__}: {exc}") from None
+
     def decode_block(self, raw: bytes) -> BlockAPI:
         if len(raw) > MAX_BLOCK_BYTES:
             raise BlockTooLarge(f"block is {len(raw)} bytes, limit {MAX_BLOCK_BYTES}")
@@ -277,21 +310,43 @@ class EmbeddedChain:
         except Exception as exc:
             raise MalformedBlock(f"not a block: {type(exc).__name__}: {exc}") from None
 
+    def check_detached_header(self, header: BlockHeaderAPI) -> bytes:
+        """What can be checked of a header whose parent we lack: sealed by an authority, on
+        the slot grid, not in the future, at a height its timestamp can hold (one block per
+        slot at most), the pinned gas limit. Returns the signer. This is what makes a
+        far-ahead announcement worth a catch-up: only an authority can name one."""
+        rules = self.rules
+        signer = recover_signer(header)
+        if signer not in rules.authorities:
+            raise UnauthorizedSigner(f"block {header.block_number} sealed by {to_checksum_address(signer)}, not an authority")
+        if (header.timestamp - rules.genesis_timestamp) % rules.period:
+            raise BadTimestamp(f"timestamp {header.timestamp} is not on the {rules.period}s slot grid")
+        if header.block_number > (header.timestamp - rules.genesis_timestamp) // rules.period:
+            raise BadTimestamp(f"block {header.block_number} cannot exist at timestamp {header.timestamp}")
+        if header.timestamp > self.clock() + rules.max_future:
+            raise FutureBlock(f"block {header.block_number} timestamp {header.timestamp} is in the future")
+        if header.gas_limit != rules.gas_limit:
+            raise BadHeaderField(f"gas limit {header.gas_limit}, the genesis pins {rules.gas_limit}")
+        return signer
+
     def import_block(self, raw: bytes) -> ImportResult:
         """Validate and store a peer's block. Raises a BlockRejected subclass when invalid; an
-        unknown parent is not an error but a result naming the parent to fetch."""
-        block = self.decode_block(raw)
-        header = block.header
+        unknown parent is not an error but a result naming the parent to fetch (once the
+        header passed check_detached_header). Cheapest first: header, seal and turn before
+        the body is decoded, the body's txs before anything is executed."""
+        header = self.decode_header(raw)
         with self._lock:
             if self._has_block(header.hash):
                 return ImportResult("known", header.hash, header.block_number)
             try:
                 parent = self._chain.get_block_header_by_hash(header.parent_hash)
             except HeaderNotFound:
+                self.check_detached_header(header)
                 return ImportResult("missing_parent", header.hash, header.block_number, missing_parent=header.parent_hash)
             if header.block_number != parent.block_number + 1:
                 raise MalformedBlock(f"block {header.block_number} on parent {parent.block_number}")
             self.rules.check_header(header, parent, now=self.clock())
+            block = self.decode_block(raw)
             for tx in block.transactions:
                 try:
                     self.check_transaction(tx)
@@ -357,6 +412,23 @@ class EmbeddedChain:
                 return self._chain.get_canonical_block_by_number(BlockNumber(number))
             except (HeaderNotFound, ValidationError):
                 return None
+
+    @contextlib.contextmanager
+    def consistent_view(self) -> Iterator[None]:
+        """Several reads that must see one chain (no import or seal between them)."""
+        with self._lock:
+            yield
+
+    def canonical_hash(self, number: int) -> bytes | None:
+        with self._lock:
+            try:
+                return cast(bytes, self._chain.get_canonical_block_hash(BlockNumber(number)))
+            except (HeaderNotFound, ValidationError):
+                return None
+
+    def has_block(self, block_hash: bytes) -> bool:
+        with self._lock:
+            return self._has_block(block_hash)
 
     def get_block_by_hash(self, block_hash: bytes) -> BlockAPI | None:
         with self._lock:

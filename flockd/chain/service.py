@@ -3,12 +3,18 @@ answers block requests, and catches up from peers when it hears of a longer chai
 
 Chain work is synchronous and CPU-bound, so every call into EmbeddedChain runs in a worker
 thread (EmbeddedChain serialises callers with its own lock); the event loop only routes.
+
+Nothing a peer says is a reason to work until an authority's seal vouches for it: an
+announcement carries the block header, and a catch-up starts only for a header sealed by an
+authority at a height its timestamp allows. Catch-ups run in parallel (one per peer), each
+bounded in time, rotating among peers; invalid data earns its author or sender a penalty.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -18,25 +24,39 @@ import trio
 from flockd.chain.embedded import EmbeddedChain, NotOurTurn
 from flockd.chain.eth_api import EthAPI
 from flockd.chain.eth_http import HTTPAccess, serve_http
-from flockd.chain.mempool import AlreadyKnown, TxRejected
-from flockd.chain.poa import BlockRejected
+from flockd.chain.mempool import (
+    AlreadyKnown,
+    BadTxSignature,
+    GasTooHigh,
+    MalformedTx,
+    TxRejected,
+    TxTooLarge,
+    WrongChainId,
+)
+from flockd.chain.poa import BlockRejected, FutureBlock
+from flockd.chain.records import ImportResult
 from flockd.chain.sync import (
     BLOCK_TOPIC,
     BLOCKS_KIND,
     MAX_REQUEST_BYTES,
     TX_TOPIC,
+    BlockRequest,
     Catchup,
+    PeerCannotServe,
     SyncError,
+    SyncTarget,
+    SyncTargets,
+    advance,
     answer_from_chain,
     decode_announcement,
-    decode_blocks,
     encode_announcement,
+    encode_blocks,
     encode_request,
-    import_batch,
 )
 from flockd.logs import get_logger
 from flockd.p2p.abc import GossipMessage, P2PError, P2PNetwork
 from flockd.p2p.blobs import BlobError
+from flockd.stats import Counters
 
 if TYPE_CHECKING:
     from eth.abc import BlockAPI
@@ -44,6 +64,12 @@ if TYPE_CHECKING:
 
 log = get_logger("flockd.chain")
 LOCAL_TX_BUFFER = 4096
+MAX_CATCHUPS = 3  # attempts at once, each with a different peer
+CATCHUP_REQUEST_TIMEOUT = 20.0  # one request's round trip (a full 16 MiB batch fits; a loaded peer too)
+CATCHUP_ATTEMPT_TIMEOUT = 60.0  # one attempt with one peer, before another peer's turn
+BAD_DATA_POINTS = 25.0  # misbehaviour points for an invalid block or reply (ban at 100)
+BAD_TX_POINTS = 5.0  # for a gossiped tx no node would admit, whatever its pool
+_PROVABLY_BAD_TX = (SyncError, MalformedTx, TxTooLarge, BadTxSignature, WrongChainId, GasTooHigh)
 
 
 class GossipingEthAPI(EthAPI):
@@ -60,6 +86,26 @@ class GossipingEthAPI(EthAPI):
         return tx_hash
 
 
+@dataclass
+class _Importer:
+    """The chain as catch-up sees it, noting every import result: the service counts them
+    on the event loop once the worker thread is done."""
+
+    chain: EmbeddedChain
+    results: list[ImportResult] = field(default_factory=list)
+
+    def decode_header(self, raw: bytes) -> Any:
+        return self.chain.decode_header(raw)
+
+    def canonical_hash(self, number: int) -> bytes | None:
+        return self.chain.canonical_hash(number)
+
+    def import_block(self, raw: bytes) -> ImportResult:
+        result = self.chain.import_block(raw)
+        self.results.append(result)
+        return result
+
+
 class ChainService:
     def __init__(
         self, chain: EmbeddedChain, network: P2PNetwork, *, http_port: int = 0, http_access: HTTPAccess | None = None
@@ -70,12 +116,20 @@ class ChainService:
         self.http_port = http_port
         self.http_access = http_access
         self.http_bound: int | None = None
-        self.syncing = False
         self.peer_heads: dict[str, int] = {}
+        # reorgs, reorged_blocks, blocks_imported, blocks_rejected, catchups, catchups_failed
+        self.counters = Counters()
+        self.targets = SyncTargets()
+        self._catchups: dict[str, bytes] = {}  # peer -> the target hash its attempt aims at
         self._new_head = trio.Event()
+        self._sync_wanted = trio.Event()
         self._txs_out, self._txs_in = trio.open_memory_channel[bytes](LOCAL_TX_BUFFER)
         self._token: trio.lowlevel.TrioToken | None = None
         self._nursery: trio.Nursery | None = None
+
+    @property
+    def syncing(self) -> bool:
+        return bool(self._catchups)
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._token = trio.lowlevel.current_trio_token()
@@ -86,6 +140,7 @@ class ChainService:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._seal_loop)
+                nursery.start_soon(self._sync_loop, nursery)
                 nursery.start_soon(self._publish_local_txs)
                 if self.http_port:
                     self.http_bound = await nursery.start(
@@ -106,17 +161,27 @@ class ChainService:
             return  # not an authority: we only follow
         await self._wait_for_peers_head()
         while True:
+            if not self._may_seal():
+                await trio.sleep(0.2)
+                continue
             slot = await trio.to_thread.run_sync(self.chain.next_seal_time)
             assert slot is not None
             self._new_head = trio.Event()
             with trio.move_on_after(max(0.0, slot - time.time())):
                 await self._new_head.wait()
                 continue  # someone else's block arrived first: our turn moved
+            if not self._may_seal():
+                continue
             try:
                 block = await trio.to_thread.run_sync(self.chain.seal_block, slot)
             except NotOurTurn:
                 continue
             await self._announce(block)
+
+    def _may_seal(self) -> bool:
+        # One authority of several, cut off from every peer, would only seal a branch the
+        # others reorganise away when it comes back (and act on it meanwhile): it waits.
+        return len(self.chain.rules.authorities) == 1 or bool(self.network.peers())
 
     async def _wait_for_peers_head(self) -> None:
         # A node that restarts behind its peers should sync before it seals, or it forks
@@ -129,7 +194,7 @@ class ChainService:
                 await trio.sleep(0.1)
 
     async def _announce(self, block: BlockAPI) -> None:
-        payload = encode_announcement(block.number, block.hash, rlp.encode(block))
+        payload = encode_announcement(rlp.encode(block.header), rlp.encode(block))
         try:
             await self.network.publish(BLOCK_TOPIC, "block", payload)
         except P2PError as exc:
@@ -141,47 +206,126 @@ class ChainService:
     async def _on_block(self, msg: GossipMessage) -> None:
         try:
             announcement = decode_announcement(_payload_bytes(msg))
-        except SyncError as exc:
-            log.info("bad block announcement", peer=msg.peer_id, error=str(exc))
+            header = self.chain.parse_header(announcement.header)
+            if announcement.block is not None and self.chain.decode_header(announcement.block).hash != header.hash:
+                raise SyncError("the inline block is not the announced one")
+        except (SyncError, BlockRejected) as exc:
+            self._blame_sender(msg, exc)
             return
-        self.peer_heads[msg.peer_id] = announcement.number
-        if announcement.block is None:
-            self._start_catch_up(msg.peer_id, announcement.number, announcement.block_hash)
+        # Chain calls wait for its lock, held by imports for seconds: never on the event loop.
+        if await trio.to_thread.run_sync(self.chain.has_block, header.hash):
+            self.peer_heads[msg.peer_id] = header.block_number
             return
+        importer = _Importer(self.chain)
         try:
-            result = await trio.to_thread.run_sync(self.chain.import_block, announcement.block)
+            if announcement.block is None:
+                # Too large to gossip: judge the header alone, then fetch the block by hash.
+                await trio.to_thread.run_sync(self.chain.check_detached_header, header)
+                result = ImportResult("missing_parent", header.hash, header.block_number)
+            else:
+                result = await trio.to_thread.run_sync(importer.import_block, announcement.block)
         except BlockRejected as exc:
-            log.warning("block rejected", peer=msg.peer_id, number=announcement.number, error=f"{type(exc).__name__}: {exc}")
+            self.counters.incr("blocks_rejected")
+            self._blame_sender(msg, exc)
             return
+        finally:
+            self._count(importer.results)
+        self.peer_heads[msg.peer_id] = header.block_number  # vouched for by an authority's seal
         if result.status == "missing_parent":
-            self._start_catch_up(msg.peer_id, announcement.number, announcement.block_hash)
+            self._want(header.block_number, header.hash, msg.peer_id)
         elif result.new_head:
             self._new_head.set()
 
-    def _start_catch_up(self, peer_id: str, number: int, block_hash: bytes) -> None:
-        if not self.syncing and self._nursery is not None:
-            self.syncing = True
-            self._nursery.start_soon(self._catch_up, peer_id, number, block_hash)
+    def _blame_sender(self, msg: GossipMessage, exc: Exception) -> None:
+        log.warning("bad block announcement", sender=msg.sender, peer=msg.peer_id, error=f"{type(exc).__name__}: {exc}")
+        if not isinstance(exc, FutureBlock):  # clocks drift: not proof of bad faith
+            self.network.penalize_sender(msg.sender, BAD_DATA_POINTS, f"block: {type(exc).__name__}")
 
-    async def _catch_up(self, peer_id: str, number: int, block_hash: bytes) -> None:
-        start = self.chain.head.block_number
+    def _count(self, results: list[ImportResult]) -> None:
+        for result in results:
+            if result.status == "imported":
+                self.counters.incr("blocks_imported")
+            if result.reorged:
+                self.counters.incr("reorgs")
+                self.counters.incr("reorged_blocks", result.reorged)
+                log.info("reorganised", head=result.number, dropped=result.reorged)
+
+    def _want(self, number: int, block_hash: bytes, peer_id: str) -> None:
+        self.targets.want(number, block_hash, peer_id)  # pruned by the sync loop if not ahead
+        self._sync_wanted.set()
+
+    # -- catching up -----------------------------------------------------------------------
+
+    async def _sync_loop(self, nursery: trio.Nursery) -> None:
+        while True:
+            self._sync_wanted = trio.Event()
+            wanted = self.targets.hashes()
+            head_number, held = await trio.to_thread.run_sync(self._held, wanted)
+            self.targets.prune(head_number, held.__contains__)
+            connected = [p.peer_id for p in self.network.peers()]
+            for peer in [p for p in self.peer_heads if p not in connected]:
+                del self.peer_heads[peer]
+            while len(self._catchups) < MAX_CATCHUPS:
+                pick = self.targets.pick(connected, set(self._catchups), time.monotonic())
+                if pick is None:
+                    break
+                target, peer = pick
+                self._catchups[peer] = target.block_hash
+                nursery.start_soon(self._catch_up, peer, target)
+            # Woken by a new target or an attempt's end; else look again now and then (a
+            # peer's retry time passes, a new peer connects).
+            with trio.move_on_after(1.0):
+                await self._sync_wanted.wait()
+
+    def _held(self, hashes: list[bytes]) -> tuple[int, set[bytes]]:
+        return self.chain.head.block_number, {h for h in hashes if self.chain.has_block(h)}
+
+    async def _catch_up(self, peer_id: str, target: SyncTarget) -> None:
+        self.counters.incr("catchups")
         try:
-            catchup = Catchup(number, block_hash)
-            request = catchup.start(start)
-            while request is not None:
-                reply = await self.network.send_blob(peer_id, BLOCKS_KIND, encode_request(request))
-                raws = decode_blocks(reply or b"", request.count)
-                outcome = await trio.to_thread.run_sync(import_batch, self.chain, raws)
-                request = catchup.on_results(request, outcome)
-            log.info("caught up", peer=peer_id, start=start, head=self.chain.head.block_number)
-        except (SyncError, BlockRejected, BlobError, P2PError) as exc:
-            log.warning("catch-up failed", peer=peer_id, error=f"{type(exc).__name__}: {exc}")
+            with trio.fail_after(CATCHUP_ATTEMPT_TIMEOUT):
+                start, _ = await trio.to_thread.run_sync(self._held, [])
+                catchup = Catchup(target.number, target.block_hash)
+                request = catchup.start(start)
+                while request is not None:
+                    request = await self._catch_up_step(peer_id, catchup, request)
+            head, held = await trio.to_thread.run_sync(self._held, [target.block_hash])
+            if not held:
+                raise PeerCannotServe("its canonical chain does not hold the target")
+            log.info("caught up", peer=peer_id, start=start, head=head)
+        except (SyncError, BlockRejected) as exc:
+            self._failed(peer_id, target, exc)
+            if not isinstance(exc, PeerCannotServe | FutureBlock):
+                self.network.penalize_peer(peer_id, BAD_DATA_POINTS, f"sync: {type(exc).__name__}")
+        except (BlobError, P2PError, trio.TooSlowError) as exc:
+            self._failed(peer_id, target, exc)
         finally:
-            self.syncing = False
+            del self._catchups[peer_id]
+            self._sync_wanted.set()
             self._new_head.set()
 
+    async def _catch_up_step(self, peer_id: str, catchup: Catchup, request: BlockRequest) -> BlockRequest | None:
+        with trio.fail_after(CATCHUP_REQUEST_TIMEOUT):
+            reply = await self.network.send_blob(peer_id, BLOCKS_KIND, encode_request(request))
+        importer = _Importer(self.chain)
+        try:
+            return await trio.to_thread.run_sync(advance, catchup, importer, request, reply or b"")
+        finally:
+            self._count(importer.results)
+            if any(r.new_head for r in importer.results):
+                self._new_head.set()
+
+    def _failed(self, peer_id: str, target: SyncTarget, exc: BaseException) -> None:
+        self.counters.incr("catchups_failed")
+        self.targets.failed(target.block_hash, peer_id, time.monotonic())
+        log.warning("catch-up failed", peer=peer_id, target=target.number, error=f"{type(exc).__name__}: {exc}")
+
     async def _serve_blocks(self, peer_id: str, kind: str, data: bytes) -> bytes | None:
-        return await trio.to_thread.run_sync(answer_from_chain, self.chain, data)
+        try:
+            return await trio.to_thread.run_sync(answer_from_chain, self.chain, data)
+        except SyncError as exc:
+            self.network.penalize_peer(peer_id, BAD_DATA_POINTS, f"block request: {type(exc).__name__}")
+            return encode_blocks([])
 
     # -- transactions ----------------------------------------------------------------------
 
@@ -211,6 +355,8 @@ class ChainService:
             pass
         except (TxRejected, SyncError) as exc:
             log.debug("gossiped tx rejected", peer=msg.peer_id, error=f"{type(exc).__name__}: {exc}")
+            if isinstance(exc, _PROVABLY_BAD_TX):  # not a matter of our pool's state
+                self.network.penalize_sender(msg.sender, BAD_TX_POINTS, f"tx: {type(exc).__name__}")
 
 
 def _payload_bytes(msg: GossipMessage) -> bytes:

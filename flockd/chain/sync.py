@@ -5,21 +5,23 @@ Wire (msgpack, for the p2p blob stream kind "chain.blocks.1" and the block gossi
     request   [1, "range", start, count]        canonical blocks start .. start+count-1
               [1, "by_hash", hash32, count]     block `hash` and up to count-1 ancestors
     response  [rlp_block, ...]                   oldest first, <= count blocks, <= MAX_BATCH_BYTES
-    announce  [1, number, hash32, rlp_block|nil] a new head; the block inline if it is small
+    announce  [2, rlp_header, rlp_block|nil]     a new head; the block inline if it is small
 
-A node that hears of a longer chain runs one `Catchup` against that peer:
+A catch-up aims at one verified target (a block hash whose header an authority sealed) and
+asks one peer at a time; the daemon rotates peers and bounds every attempt in time:
 
-    catchup = Catchup(peer_number, peer_hash)
+    catchup = Catchup(target_number, target_hash)
     request = catchup.start(chain.head.block_number)
     while request is not None:
         reply = await network.send_blob(peer, BLOCKS_KIND, encode_request(request))
-        outcome = import_batch(chain, decode_blocks(reply, request.count))
-        request = catchup.on_results(request, outcome)
+        request = advance(catchup, chain, request, reply)
 
-A fork shows up as a missing parent; Catchup then walks back by hash (bounded by
-MAX_REORG_DEPTH) until the peer's branch connects, then resumes by number. Every reply is
-checked against its request (count, numbers, the hash asked for): a peer that answers
-something else raises PeerMisbehaved; block validity itself is EmbeddedChain.import_block's.
+Near targets are fetched by hash (from any peer that stores the block, on any branch). A
+target further away, or whose branch forks deeper than one batch, is reached by finding the
+highest block the peer's canonical chain shares with ours (bisection with one-block probes:
+no depth limit, so a node partitioned for any time rejoins) and fetching ranges from there.
+Every reply is checked against its request (count, numbers, the hash asked for): a peer
+that answers something else raises PeerMisbehaved; block validity is import_block's.
 """
 
 from __future__ import annotations
@@ -41,8 +43,9 @@ VERSION = 1
 MAX_BATCH_BLOCKS = 64
 MAX_BATCH_BYTES = 16 * 1024 * 1024
 MAX_GOSSIP_BLOCK = 192 * 1024  # inline in the announcement below this; else fetch by hash
-MAX_REORG_DEPTH = 1024  # how far back a fork may branch before we give up on the peer
 MAX_REQUEST_BYTES = 128
+ANNOUNCE_VERSION = 2
+MAX_ANNOUNCED_HEADER = 1024
 
 
 class SyncError(ValueError):
@@ -58,7 +61,12 @@ class MessageTooLarge(SyncError):
 
 
 class PeerMisbehaved(SyncError):
-    """The peer's reply does not answer our request (wrong blocks, too many, a fork too deep)."""
+    """The peer's reply does not answer our request (wrong blocks, too many, not chained)."""
+
+
+class PeerCannotServe(SyncError):
+    """The peer answered, but its chain does not lead to the target (it is on another
+    branch, or its chain moved meanwhile): try another peer, no blame."""
 
 
 @dataclass(frozen=True)
@@ -71,8 +79,7 @@ class BlockRequest:
 
 @dataclass(frozen=True)
 class Announcement:
-    number: int
-    block_hash: bytes
+    header: bytes  # the RLP header: judged (seal, turn) before anything else
     block: bytes | None  # the RLP block when small enough to gossip inline
 
 
@@ -126,25 +133,23 @@ def decode_blocks(data: bytes, max_blocks: int = MAX_BATCH_BLOCKS) -> list[bytes
     return obj
 
 
-def encode_announcement(number: int, block_hash: bytes, raw_block: bytes) -> bytes:
+def encode_announcement(raw_header: bytes, raw_block: bytes) -> bytes:
     inline = raw_block if len(raw_block) <= MAX_GOSSIP_BLOCK else None
-    return _pack([VERSION, number, block_hash, inline])
+    return _pack([ANNOUNCE_VERSION, raw_header, inline])
 
 
 def decode_announcement(data: bytes) -> Announcement:
-    if len(data) > MAX_GOSSIP_BLOCK + 1024:
+    if len(data) > MAX_GOSSIP_BLOCK + MAX_ANNOUNCED_HEADER + 64:
         raise MessageTooLarge(f"announcement of {len(data)} bytes")
     obj = _unpack(data)
-    if not isinstance(obj, list) or len(obj) != 4 or obj[0] != VERSION:
-        raise MalformedMessage("announcement must be [1, number, hash, block|nil]")
-    _, number, block_hash, block = obj
-    if type(number) is not int or not 0 < number < 2**63:
-        raise MalformedMessage("announcement number must be a positive integer")
-    if not isinstance(block_hash, bytes) or len(block_hash) != 32:
-        raise MalformedMessage("announcement hash must be 32 bytes")
-    if block is not None and not isinstance(block, bytes):
-        raise MalformedMessage("announcement block must be bytes or nil")
-    return Announcement(number, block_hash, block)
+    if not isinstance(obj, list) or len(obj) != 3 or obj[0] != ANNOUNCE_VERSION:
+        raise MalformedMessage("announcement must be [2, header, block|nil]")
+    _, header, block = obj
+    if not isinstance(header, bytes) or not 0 < len(header) <= MAX_ANNOUNCED_HEADER:
+        raise MalformedMessage(f"announcement header must be 1..{MAX_ANNOUNCED_HEADER} bytes")
+    if block is not None and (not isinstance(block, bytes) or len(block) > MAX_GOSSIP_BLOCK):
+        raise MalformedMessage(f"announcement block must be nil or at most {MAX_GOSSIP_BLOCK} bytes")
+    return Announcement(header, block)
 
 
 def _pack(obj: Any) -> bytes:
@@ -196,8 +201,9 @@ def answer_request(
 
 
 class BlockImporter(Protocol):
-    def decode_block(self, raw: bytes) -> Any: ...
+    def decode_header(self, raw: bytes) -> Any: ...
     def import_block(self, raw: bytes) -> ImportResult: ...
+    def canonical_hash(self, number: int) -> bytes | None: ...
 
 
 @dataclass(frozen=True)
@@ -210,7 +216,7 @@ class BatchOutcome:
 def import_batch(chain: BlockImporter, raw_blocks: Sequence[bytes]) -> BatchOutcome:
     """Check the reply chains (each block's parent is the one before), then import oldest
     first, stopping at the first block whose parent we lack. BlockRejected propagates."""
-    headers = [chain.decode_block(raw).header for raw in raw_blocks]
+    headers = [chain.decode_header(raw) for raw in raw_blocks]
     for older, newer in zip(headers, headers[1:], strict=False):
         if newer.parent_hash != older.hash or newer.block_number != older.block_number + 1:
             raise PeerMisbehaved("blocks of one reply do not chain")
@@ -224,53 +230,97 @@ def import_batch(chain: BlockImporter, raw_blocks: Sequence[bytes]) -> BatchOutc
 
 
 class Catchup:
-    """Catch up with one peer that announced a longer chain. Pure: no chain, no network.
+    """Reach one target block from one peer. Pure: no chain, no network.
 
-    `cursor` is the newest block of the peer's branch we hold; it only moves forward, and
-    walking back on a fork is bounded by MAX_REORG_DEPTH, so a catch-up always ends."""
+    Steps: `by_hash` the target when it is near; else (or when that batch does not connect)
+    bisect for the highest height where the peer's canonical chain agrees with ours, with
+    one-block `range` probes; then `range`s up to the target's height. Each step only moves
+    forward (the bisection interval shrinks, the range cursor grows), so it always ends."""
 
-    def __init__(self, peer_number: int, peer_hash: bytes, batch: int = MAX_BATCH_BLOCKS) -> None:
-        self.peer_number = peer_number
-        self.peer_hash = peer_hash
+    def __init__(self, target_number: int, target_hash: bytes, batch: int = MAX_BATCH_BLOCKS) -> None:
+        self.target_number = target_number
+        self.target_hash = target_hash
         self.batch = batch
-        self.cursor = 0
-        self.depth = 0  # blocks walked back while looking for a common ancestor
+        self.cursor = 0  # the newest block of the peer's canonical chain we hold
+        self.probing = False
+        self._low = 0  # highest height known to agree (genesis always does)
+        self._high = 0  # highest height that may still agree
 
     def start(self, our_number: int) -> BlockRequest | None:
-        self.cursor = our_number
-        return self._next_range()
+        if self.target_number - our_number <= self.batch:
+            return BlockRequest("by_hash", min(self.batch, self.target_number), block_hash=self.target_hash)
+        return self._bisect(min(our_number, self.target_number - 1))
+
+    def on_probe(self, request: BlockRequest, agrees: bool) -> BlockRequest | None:
+        """After a probe: does the peer's block at request.start equal our canonical one?"""
+        if agrees:
+            self._low = request.start
+        else:
+            self._high = request.start - 1
+        return self._next_probe()
 
     def on_results(self, request: BlockRequest, outcome: BatchOutcome) -> BlockRequest | None:
         """The next request after importing a reply, or None when done."""
         self._check_shape(request, outcome)
-        oldest = outcome.results[0]
-        if oldest.status == "missing_parent":  # a fork: walk back along the peer's branch
-            self.depth = max(self.depth, self.cursor - oldest.number)
-            if self.depth > MAX_REORG_DEPTH:
-                raise PeerMisbehaved(f"fork deeper than {MAX_REORG_DEPTH} blocks")
-            assert oldest.missing_parent is not None
-            return BlockRequest("by_hash", self.batch, block_hash=oldest.missing_parent)
-        if outcome.results[-1].status == "missing_parent":
+        if outcome.results[-1].status == "missing_parent" and outcome.results[0].status != "missing_parent":
             raise PeerMisbehaved("a block of the reply does not follow the one before")
+        connected = outcome.results[0].status != "missing_parent"
+        if request.kind == "by_hash":
+            # The target and its ancestors; if they do not reach our chain, the fork is
+            # deeper than a batch: find where the peer's chain leaves ours.
+            return None if connected else self._bisect(min(outcome.numbers[0] - 1, self.target_number - 1))
+        if not connected:
+            raise PeerCannotServe("the peer's canonical chain moved away from the agreed block")
         self.cursor = max(self.cursor, outcome.numbers[-1])
         return self._next_range()
 
+    def _bisect(self, high: int) -> BlockRequest | None:
+        self._low, self._high = 0, max(0, high)
+        if self._high == 0:
+            return self._next_probe()
+        # The first probe is the top of the interval: a peer ahead on our own chain agrees
+        # at once. Later ones halve the interval.
+        self.probing = True
+        return BlockRequest("range", 1, start=self._high)
+
+    def _next_probe(self) -> BlockRequest | None:
+        if self._low >= self._high:
+            self.probing = False
+            self.cursor = self._low
+            return self._next_range()
+        self.probing = True
+        return BlockRequest("range", 1, start=(self._low + self._high + 1) // 2)
+
     def _next_range(self) -> BlockRequest | None:
-        if self.cursor >= self.peer_number:
+        if self.cursor >= self.target_number:
             return None
-        count = min(self.batch, self.peer_number - self.cursor)
+        count = min(self.batch, self.target_number - self.cursor)
         return BlockRequest("range", count, start=self.cursor + 1)
 
     @staticmethod
     def _check_shape(request: BlockRequest, outcome: BatchOutcome) -> None:
         if not outcome.numbers:
-            raise PeerMisbehaved(f"no blocks for {request}")
+            raise PeerCannotServe(f"no blocks for {request}")
         if len(outcome.numbers) > request.count:
             raise PeerMisbehaved(f"{len(outcome.numbers)} blocks for a request of {request.count}")
         if request.kind == "range" and outcome.numbers[0] != request.start:
             raise PeerMisbehaved(f"asked from block {request.start}, got {outcome.numbers[0]}")
         if request.kind == "by_hash" and outcome.hashes[-1] != request.block_hash:
             raise PeerMisbehaved("the newest block is not the one asked for")
+
+
+def advance(catchup: Catchup, chain: BlockImporter, request: BlockRequest, reply: bytes) -> BlockRequest | None:
+    """Apply one reply to a catch-up (compare a probe, or import a batch) and return the next
+    request, None when done. Costly (imports): the daemon runs it in a worker thread."""
+    raws = decode_blocks(reply, request.count)
+    if not catchup.probing:
+        return catchup.on_results(request, import_batch(chain, raws))
+    if len(raws) != 1:
+        raise PeerCannotServe(f"no block {request.start} from the peer")
+    header = chain.decode_header(raws[0])
+    if header.block_number != request.start:
+        raise PeerMisbehaved(f"asked for block {request.start}, got {header.block_number}")
+    return catchup.on_probe(request, header.hash == chain.canonical_hash(request.start))
 
 
 def answer_from_chain(chain: EmbeddedChain, data: bytes) -> bytes:
@@ -285,4 +335,71 @@ def answer_from_chain(chain: EmbeddedChain, data: bytes) -> bytes:
         block = chain.get_block_by_hash(block_hash)
         return None if block is None else (rlp.encode(block), block.header.parent_hash, block.number)
 
-    return answer_request(request, by_number, by_hash)
+    # One view of the chain for the whole answer: a reorg between two reads would hand the
+    # peer blocks that do not chain, and it would blame us.
+    with chain.consistent_view():
+        return answer_request(request, by_number, by_hash)
+
+
+# -- whom to catch up with -------------------------------------------------------------------
+
+
+@dataclass
+class SyncTarget:
+    number: int
+    block_hash: bytes
+    sources: list[str]  # peers that announced or relayed it, most recent last
+    failed: dict[str, float]  # peer -> when an attempt with it ended short of the target
+
+
+class SyncTargets:
+    """Blocks we want (verified headers whose blocks we lack) and the peers to ask. Pure.
+
+    The highest targets first; each attempt goes to a peer not busy with another attempt,
+    the target's sources first, then any connected peer; a peer whose attempt failed waits
+    `retry_after` seconds for that target, so attempts rotate among peers."""
+
+    def __init__(self, *, max_targets: int = 8, max_sources: int = 8, retry_after: float = 30.0) -> None:
+        self.max_targets = max_targets
+        self.max_sources = max_sources
+        self.retry_after = retry_after
+        self._targets: dict[bytes, SyncTarget] = {}
+
+    def __len__(self) -> int:
+        return len(self._targets)
+
+    def hashes(self) -> list[bytes]:
+        return list(self._targets)
+
+    def want(self, number: int, block_hash: bytes, source: str) -> None:
+        target = self._targets.get(block_hash)
+        if target is None:
+            target = self._targets[block_hash] = SyncTarget(number, block_hash, [], {})
+            if len(self._targets) > self.max_targets:
+                lowest = min(self._targets.values(), key=lambda t: t.number)
+                del self._targets[lowest.block_hash]
+        if source in target.sources:
+            target.sources.remove(source)
+        target.sources.append(source)
+        del target.sources[: -self.max_sources]
+
+    def prune(self, head_number: int, have: Callable[[bytes], bool]) -> None:
+        """Forget targets we hold, and those no longer above our head (fork choice would
+        not switch to a branch that is not longer)."""
+        for block_hash in [h for h, t in self._targets.items() if t.number <= head_number or have(h)]:
+            del self._targets[block_hash]
+
+    def pick(self, connected: Sequence[str], busy: set[str], now: float) -> tuple[SyncTarget, str] | None:
+        for target in sorted(self._targets.values(), key=lambda t: -t.number):
+            live = set(connected)
+            ordered = [p for p in reversed(target.sources) if p in live]
+            ordered += [p for p in connected if p not in ordered]
+            for peer in ordered:
+                if peer not in busy and now >= target.failed.get(peer, 0.0):
+                    return target, peer
+        return None
+
+    def failed(self, block_hash: bytes, peer: str, now: float) -> None:
+        target = self._targets.get(block_hash)
+        if target is not None:
+            target.failed[peer] = now + self.retry_after

@@ -77,5 +77,16 @@ class P2PNetwork(ABC):
         subclasses when the transfer fails, P2PError when the peer cannot be reached."""
 
 
+    @abstractmethod
+    def penalize_peer(self, peer_id: str, points: float, reason: str) -> None:
+        """Report invalid data from a directly connected peer (a bad reply to our request).
+        Enough points ban it for a while."""
+
+    @abstractmethod
+    def penalize_sender(self, address: str, points: float, reason: str) -> None:
+        """Report invalid data authored by a participant (the signer of a gossip envelope),
+        whichever peer relayed it: honest relays cannot judge a payload, its author can."""
+
+
 class P2PError(Exception):
     """A network operation failed (unreachable peer, refused stream, bad address)."""

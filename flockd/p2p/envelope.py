@@ -148,12 +148,16 @@ class EnvelopeGuard:
         freshness_future: float,
         relay_rate: float,
         relay_burst: float,
+        relay_bytes_rate: float = 2 * 1024 * 1024,
+        relay_bytes_burst: float = 8 * 1024 * 1024,
     ) -> None:
         self.network_id = network_id
         self.max_size = max_size
         self.freshness_past = freshness_past
         self.freshness_future = freshness_future
         self._relayers = TokenBuckets(relay_rate, relay_burst)
+        # Messages alone do not bound the work: 100 envelopes of 256 KiB a second is 25 MiB/s.
+        self._relayer_bytes = TokenBuckets(relay_bytes_rate, max(relay_bytes_burst, max_size))
         # Anything older than the freshness window is rejected as stale, so remembering ids
         # for the whole window (past + future skew) is enough to catch every replay.
         self._seen = SeenWindow(freshness_past + freshness_future)
@@ -162,6 +166,8 @@ class EnvelopeGuard:
         # Rate first: it is the cheap check that bounds the signature work a peer can cause.
         if not self._relayers.take(relayer, now):
             raise RateLimited(f"peer {relayer} relays more than {self._relayers.rate}/s")
+        if not self._relayer_bytes.take(relayer, now, cost=len(data)):
+            raise RateLimited(f"peer {relayer} relays more than {self._relayer_bytes.rate:.0f} B/s")
         envelope = open_envelope(data, network_id=self.network_id, max_size=self.max_size)
         if now - envelope.time > self.freshness_past:
             raise StaleEnvelope(f"envelope is {now - envelope.time:.0f}s old")

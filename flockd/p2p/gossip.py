@@ -2,18 +2,19 @@
 
 Inbound checks run in a libp2p topic validator, which is the one place that knows the
 relaying peer (for per-peer rate limits) and whose verdict also stops libp2p from relaying
-bad messages further. Accepted messages go into an unbounded per-topic queue that a
-dedicated task feeds to the handlers, so a slow handler never makes libp2p's 32-slot
-subscription channel overflow (it drops silently when full).
+bad messages further. Accepted messages go into a bounded per-topic inbox that a dedicated
+task feeds to the handlers, so a slow handler never makes libp2p's 32-slot subscription
+channel overflow (it drops silently when full). The inbox is bounded in messages, bytes and
+messages per relaying peer: a flood is dropped (and counted), it never crowds out the others.
+Invalid envelopes earn their relayer misbehaviour points (see scoring.py).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import re
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -24,15 +25,31 @@ from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 
+from flockd.p2p import envelope as env
 from flockd.p2p.abc import GossipHandler, GossipMessage, P2PError
 from flockd.p2p.envelope import EnvelopeError, EnvelopeGuard, seal
 from flockd.p2p.limits import P2PLimits
+from flockd.stats import Counters
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus  # trio's own TaskStatus is hidden by trio-stubs
 
 logger = logging.getLogger("flockd.p2p")
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.\-]{0,63}")
+# Misbehaviour points for an envelope the relayer should never have passed on: an honest
+# relayer runs these same checks. Stale, future and replayed envelopes cost nothing (clock
+# skew and slow paths happen to honest peers); a rate overrun costs a little.
+_OFFENCE_POINTS: dict[type[EnvelopeError], float] = {
+    env.RateLimited: 1.0,
+    env.EnvelopeTooLarge: 10.0,
+    env.MalformedEnvelope: 10.0,
+    env.UnsupportedVersion: 2.0,
+    env.BadEnvelopeField: 10.0,
+    env.UnsignedEnvelope: 10.0,
+    env.ForgedEnvelope: 10.0,
+}
+# (relaying peer id, points, reason): the service scores it, and bans at its threshold.
+OffenceReport = Callable[[str, float, str], None]
 
 
 def topic_id(network_id: str, name: str) -> str:
@@ -50,6 +67,10 @@ class Gossip:
         self_id: ID,
         network_id: str,
         limits: P2PLimits,
+        counters: Counters,
+        report: OffenceReport,
+        banned_peer: Callable[[str], bool],  # by relaying peer id
+        banned_sender: Callable[[str], bool],  # by the envelope's (checksummed) sender address
         clock: Callable[[], float] = time.time,  # wall clock: envelope times cross machines
     ) -> None:
         self._key = key
@@ -65,9 +86,15 @@ class Gossip:
             freshness_future=limits.freshness_future,
             relay_rate=limits.relay_rate,
             relay_burst=limits.relay_burst,
+            relay_bytes_rate=limits.relay_bytes_rate,
+            relay_bytes_burst=limits.relay_bytes_burst,
         )
+        self._counters = counters
+        self._report = report
+        self._banned_peer = banned_peer
+        self._banned_sender = banned_sender
         self._handlers: defaultdict[str, list[GossipHandler]] = defaultdict(list)
-        self._inboxes: dict[str, trio.MemorySendChannel[GossipMessage]] = {}
+        self._inboxes: dict[str, _Inbox] = {}
         self._pubsub: Pubsub | None = None
         self._nursery: trio.Nursery | None = None
         self._publish_lock = trio.Lock()
@@ -117,8 +144,7 @@ class Gossip:
     ) -> None:
         assert self._pubsub is not None
         topic = topic_id(self._network_id, name)
-        inbox, outbox = trio.open_memory_channel[GossipMessage](math.inf)
-        self._inboxes[name] = inbox
+        inbox = self._inboxes[name] = _Inbox(self._limits)
         # The validator must be in place before the first message can arrive.
         self._pubsub.set_topic_validator(
             topic, lambda peer, msg: self._validate(name, peer, msg), False
@@ -127,7 +153,8 @@ class Gossip:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._drain, subscription)
             task_status.started()
-            async for message in outbox:
+            async for message, size in inbox.receive:
+                inbox.taken(message.peer_id, size)
                 for handler in list(self._handlers[name]):
                     try:
                         await handler(message)
@@ -146,19 +173,67 @@ class Gossip:
             # Our own publish passes (so libp2p sends it); echoes from peers are dropped.
             return forwarder == self._self_id
         relayer = forwarder.to_base58()
+        if self._banned_peer(relayer):
+            self._counters.incr("gossip_dropped")
+            return False
         try:
             envelope = self._guard.accept(msg.data, relayer=relayer, now=self._clock())
         except EnvelopeError as exc:
+            self._counters.incr("gossip_dropped" if isinstance(exc, env.RateLimited) else "gossip_rejected")
             logger.debug("gossip from %s on %s rejected: %s", relayer, name, exc)
+            points = _OFFENCE_POINTS.get(type(exc), 0.0)
+            if points:
+                self._report(relayer, points, f"{type(exc).__name__}: {exc}")
             return False
-        self._inboxes[name].send_nowait(
-            GossipMessage(
-                topic=name,
-                kind=envelope.kind,
-                sender=to_checksum_address(envelope.sender),
-                peer_id=relayer,
-                payload=envelope.payload,
-                time=envelope.time,
-            )
+        sender = to_checksum_address(envelope.sender)
+        if self._banned_sender(sender):
+            self._counters.incr("gossip_dropped")
+            return False
+        message = GossipMessage(
+            topic=name,
+            kind=envelope.kind,
+            sender=sender,
+            peer_id=relayer,
+            payload=envelope.payload,
+            time=envelope.time,
         )
+        if not self._inboxes[name].offer(message, len(msg.data)):
+            # Neither delivered nor relayed: a peer that needs it hears it from another.
+            self._counters.incr("gossip_dropped")
+            logger.debug("gossip inbox for %s full: dropped a message relayed by %s", name, relayer)
+            return False
         return True
+
+
+class _Inbox:
+    """Accepted messages of one topic waiting for its handlers, bounded in count, bytes and
+    count per relaying peer."""
+
+    def __init__(self, limits: P2PLimits) -> None:
+        self._limits = limits
+        self._send, self.receive = trio.open_memory_channel[tuple[GossipMessage, int]](
+            limits.gossip_inbox
+        )
+        self._bytes = 0
+        self._per_peer: Counter[str] = Counter()
+
+    def offer(self, message: GossipMessage, size: int) -> bool:
+        limits = self._limits
+        if (
+            self._bytes + size > limits.gossip_inbox_bytes
+            or self._per_peer[message.peer_id] >= limits.gossip_inbox_per_peer
+        ):
+            return False
+        try:
+            self._send.send_nowait((message, size))
+        except trio.WouldBlock:
+            return False
+        self._bytes += size
+        self._per_peer[message.peer_id] += 1
+        return True
+
+    def taken(self, peer_id: str, size: int) -> None:
+        self._bytes -= size
+        self._per_peer[peer_id] -= 1
+        if self._per_peer[peer_id] <= 0:
+            del self._per_peer[peer_id]

@@ -8,8 +8,10 @@ host is closed explicitly, or its socket leaks and peers keep listing us for sec
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -33,7 +35,9 @@ from flockd.p2p.gossip import Gossip
 from flockd.p2p.limits import P2PLimits
 from flockd.p2p.logs import route_libp2p_logs
 from flockd.p2p.peering import Peering
+from flockd.p2p.scoring import PeerScores
 from flockd.p2p.streams import TransferSlots, close_stream, read_frame, write_frame
+from flockd.stats import Counters
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus  # trio's own TaskStatus is hidden by trio-stubs
@@ -67,8 +71,30 @@ class P2PService(P2PNetwork):
             connection_config=_connection_config(limits),
         )
         self._id = self._host.get_id()
-        self._gossip = Gossip(key, self_id=self._id, network_id=network_id, limits=limits)
-        self._peering = Peering(self._host, limits, seeds=seeds, own_addrs=self._own_dial_addrs)
+        # gossip_dropped, gossip_rejected, peers_banned, inbound_refused (metrics).
+        self.counters = Counters()
+        self._scores = PeerScores(
+            threshold=limits.ban_threshold, decay=limits.score_decay, ban_seconds=limits.ban_seconds
+        )
+        self._gossip = Gossip(
+            key,
+            self_id=self._id,
+            network_id=network_id,
+            limits=limits,
+            counters=self.counters,
+            report=self.penalize_peer,
+            banned_peer=self.is_banned,
+            banned_sender=self._sender_banned,
+        )
+        self._peering = Peering(
+            self._host,
+            limits,
+            seeds=seeds,
+            own_addrs=self._own_dial_addrs,
+            banned=self.is_banned,
+            counters=self.counters,
+        )
+        self._nursery: trio.Nursery | None = None
         self._blob_handlers: dict[str, tuple[BlobHandler, int]] = {}
         self._blob_slots = TransferSlots(limits.max_inbound_blobs, limits.max_inbound_blobs_per_peer)
         self._bulk = bulk.BulkListener(
@@ -121,6 +147,7 @@ class P2PService(P2PNetwork):
                 async with self._host.run(listen_addrs=self._listen):
                     try:
                         async with trio.open_nursery() as ours:
+                            self._nursery = ours
                             await self._gossip.start(pubsub, ours)
                             await ours.start(self._bulk.run)
                             ours.start_soon(self._peering.run)
@@ -131,6 +158,7 @@ class P2PService(P2PNetwork):
                             ours.cancel_scope.cancel()
                     finally:
                         self._running = False
+                        self._nursery = None
                         with trio.move_on_after(5):
                             await self._host.close()
                         logger.info("p2p host closed")
@@ -167,8 +195,41 @@ class P2PService(P2PNetwork):
         info = _parse_peer_multiaddr(multiaddr)
         if info.peer_id == self._id:
             raise P2PError("refusing to connect to ourselves")
+        if self.is_banned(info.peer_id.to_base58()):
+            raise P2PError(f"{info.peer_id} is banned")
         await self._peering.dial(info.peer_id, list(info.addrs))
         return str(info.peer_id.to_base58())
+
+    # --- misbehaviour ---
+
+    def penalize_peer(self, peer_id: str, points: float, reason: str) -> None:
+        try:
+            address = _address_of(peer_id)
+        except peerx.BadPeerEntry:
+            return  # not a flock peer: it could not have connected
+        self.penalize_sender(address, points, reason)
+
+    def penalize_sender(self, address: str, points: float, reason: str) -> None:
+        if not self._scores.penalize(address, points, time.monotonic()):
+            return
+        self.counters.incr("peers_banned")
+        logger.warning(
+            "banned %s for %.0fs: %s", address, self._limits.ban_seconds, reason[:200]
+        )
+        nursery = self._nursery
+        if nursery is not None:
+            for peer in self._peering.connected():
+                if _address_of(peer) == address:
+                    nursery.start_soon(self._peering.disconnect, peer)
+
+    def is_banned(self, peer_id: str) -> bool:
+        try:
+            return self._sender_banned(_address_of(peer_id))
+        except peerx.BadPeerEntry:
+            return True
+
+    def _sender_banned(self, address: str) -> bool:
+        return self._scores.is_banned(address, time.monotonic())
 
     # --- gossip ---
 
@@ -191,6 +252,8 @@ class P2PService(P2PNetwork):
         self._require_running()
         blobs.check_kind(kind)
         peerx.check_peer_id(peer_id)
+        if self.is_banned(peer_id):
+            raise P2PError(f"{peer_id} is banned")
         try:
             with trio.fail_after(self._limits.dial_timeout):
                 stream = await self._host.new_stream(ID.from_base58(peer_id), [blobs.PROTOCOL])  # type: ignore[list-item]
@@ -276,6 +339,9 @@ class P2PService(P2PNetwork):
 
     async def _serve_blob(self, stream: INetStream) -> None:
         peer_id = stream.muxed_conn.peer_id.to_base58()
+        if self.is_banned(peer_id):
+            await close_stream(stream, reset=True)
+            return
         if not self._blob_slots.try_acquire(peer_id):
             await self._refuse(stream, "busy: too many concurrent blob transfers")
             return
@@ -347,10 +413,16 @@ class P2PService(P2PNetwork):
             raise P2PError("the p2p service is not running")
 
 
+@functools.lru_cache(maxsize=4096)
+def _address_of(peer_id: str) -> str:
+    """The participant behind a peer id (decoding the key is not free: cached)."""
+    return peerx.check_peer_id(peer_id)
+
+
 def _connection_config(limits: P2PLimits) -> ConnectionConfig:
     # libp2p's auto-connector would dial everything in the peerstore up to 50 connections;
-    # peering.py decides whom we dial (max_peers), so it is off (low watermark 0). Inbound
-    # connections may exceed max_peers by as much again before libp2p prunes.
+    # peering.py decides whom we dial (max_peers), so it is off (low watermark 0). libp2p's
+    # own cap is a backstop; peering.py closes inbound connections beyond max_peers.
     ceiling = 2 * limits.max_peers
     return ConnectionConfig(
         min_connections=0,

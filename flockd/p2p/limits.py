@@ -11,7 +11,7 @@ MiB = 1024 * KiB
 @dataclass(frozen=True)
 class P2PLimits:
     # Peers.
-    max_peers: int = 32  # we stop dialing exchanged peers once this many are connected
+    max_peers: int = 32  # we stop dialing exchanged peers, and refuse inbound ones, at this many
     dial_timeout: float = 10.0
     peer_exchange_interval: float = 5.0  # seconds between peer-list exchanges with each peer
     bootstrap_backoff_max: float = 30.0  # cap of the exponential retry delay for seeds
@@ -22,8 +22,19 @@ class P2PLimits:
     freshness_future: float = 30.0  # tolerated clock skew into the future
     relay_rate: float = 100.0  # envelopes per second accepted from one relaying peer...
     relay_burst: float = 400.0  # ...with this much burst
+    relay_bytes_rate: float = 2 * MiB  # envelope bytes per second from one relaying peer...
+    relay_bytes_burst: float = 8 * MiB  # ...with this much burst
+    gossip_inbox: int = 256  # accepted messages waiting for a topic's handlers; more are dropped
+    gossip_inbox_bytes: int = 16 * MiB  # ...and their bytes
+    gossip_inbox_per_peer: int = 64  # of those, relayed by any one peer (a flood crowds out no one)
     publish_queue_high: int = 8  # pace publishing while a peer's outbound RPC queue is this full
     publish_pace_max_wait: float = 2.0
+
+    # Misbehaviour: invalid data earns points (decaying); at the threshold the peer is
+    # disconnected, and its connections, streams and envelopes are refused for ban_seconds.
+    ban_threshold: float = 100.0
+    score_decay: float = 0.5  # points forgiven per second
+    ban_seconds: float = 600.0
 
     # Blob streams.
     blob_read_timeout: float = 15.0  # a read that makes no progress for this long fails

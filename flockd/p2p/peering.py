@@ -3,7 +3,8 @@
 Each node asks every peer for the peers it knows, right after connecting and then every
 `peer_exchange_interval`, and dials the unknown ones until `max_peers` are connected. So N
 nodes bootstrapped to one seed end up in one mesh. The exchange's round trip on an open
-stream is the latency reported for the peer.
+stream is the latency reported for the peer. Inbound connections beyond `max_peers`, and
+any connection of a banned peer, are closed as soon as they are reported.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from flockd.p2p import peerx
 from flockd.p2p.abc import P2PError
 from flockd.p2p.limits import P2PLimits
 from flockd.p2p.streams import close_stream, read_frame, write_frame
+from flockd.stats import Counters
 
 logger = logging.getLogger("flockd.p2p")
 
@@ -34,8 +36,12 @@ class Peering:
         *,
         seeds: list[Libp2pPeerInfo],
         own_addrs: Callable[[], list[str]],
+        banned: Callable[[str], bool],
+        counters: Counters,
     ) -> None:
         self._host = host
+        self._banned = banned
+        self._counters = counters
         self._me = host.get_id().to_base58()
         self._limits = limits
         self._seeds = seeds
@@ -44,7 +50,7 @@ class Peering:
         self._latency_ms: dict[str, float] = {}
         self._failures: dict[str, tuple[int, float]] = {}  # peer -> (failed dials, retry after)
         self._busy: set[str] = set()  # peers with an exchange or dial in flight
-        self._connects, self._connect_events = trio.open_memory_channel[str](256)
+        self._connects, self._connect_events = trio.open_memory_channel[tuple[str, bool]](256)
         host.get_network().register_notifee(_ConnectNotifee(self._connects))
         host.set_stream_handler(peerx.PROTOCOL, self._serve)  # type: ignore[arg-type]
 
@@ -63,6 +69,10 @@ class Peering:
         return self._latency_ms.get(peer_id)
 
     # --- dialing ---
+
+    async def disconnect(self, peer_id: str) -> None:
+        with contextlib.suppress(Exception):  # already gone: what we wanted
+            await self._host.disconnect(ID.from_base58(peer_id))
 
     async def dial(self, peer_id: ID, addrs: list[Multiaddr]) -> None:
         try:
@@ -84,7 +94,10 @@ class Peering:
             while True:
                 self._forget_disconnected()
                 for peer_id in self.connected():
-                    nursery.start_soon(self._exchange, peer_id)
+                    if self._banned(peer_id):
+                        nursery.start_soon(self.disconnect, peer_id)
+                    else:
+                        nursery.start_soon(self._exchange, peer_id)
                 await trio.sleep(self._limits.peer_exchange_interval)
 
     async def _keep_seed(self, seed: Libp2pPeerInfo) -> None:
@@ -92,7 +105,8 @@ class Peering:
         # Once connected, look again now and then, so a dropped seed is redialed.
         delay = 0.25
         while True:
-            if not self.is_connected(seed.peer_id.to_base58()):
+            seed_id = seed.peer_id.to_base58()
+            if not self.is_connected(seed_id) and not self._banned(seed_id):
                 try:
                     await self.dial(seed.peer_id, list(seed.addrs))
                     logger.info("connected to bootstrap peer %s", seed.peer_id)
@@ -108,8 +122,15 @@ class Peering:
             await trio.sleep(self._limits.peer_exchange_interval)
 
     async def _exchange_on_connect(self, nursery: trio.Nursery) -> None:
-        async for peer_id in self._connect_events:
-            nursery.start_soon(self._exchange, peer_id)
+        async for peer_id, inbound in self._connect_events:
+            if self._banned(peer_id):
+                await self.disconnect(peer_id)
+            elif inbound and len(self.connected()) > self._limits.max_peers:
+                self._counters.incr("inbound_refused")
+                logger.info("refusing inbound peer %s: %d peers already", peer_id, self._limits.max_peers)
+                await self.disconnect(peer_id)
+            else:
+                nursery.start_soon(self._exchange, peer_id)
 
     async def _exchange(self, peer_id: str) -> None:
         if peer_id in self._busy:
@@ -162,6 +183,7 @@ class Peering:
             or not addrs
             or now < retry_at
             or peer_id in self._busy
+            or self._banned(peer_id)
             or self.is_connected(peer_id)
             or len(self.connected()) >= self._limits.max_peers
         ):
@@ -227,13 +249,15 @@ class Peering:
 class _ConnectNotifee(INotifee):
     """Tells Peering about every new connection (inbound or outbound), without blocking."""
 
-    def __init__(self, events: trio.MemorySendChannel[str]) -> None:
+    def __init__(self, events: trio.MemorySendChannel[tuple[str, bool]]) -> None:
         self._events = events
 
     async def connected(self, network: INetwork, conn: INetConn) -> None:
-        # When full, drop: the periodic exchange catches up with this peer anyway.
+        inbound = str(getattr(conn, "direction", "")) == "inbound"
+        # When full, drop: the periodic exchange catches up with this peer anyway, and the
+        # periodic check below closes what is over the cap.
         with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
-            self._events.send_nowait(conn.muxed_conn.peer_id.to_base58())
+            self._events.send_nowait((conn.muxed_conn.peer_id.to_base58(), inbound))
 
     async def disconnected(self, network: INetwork, conn: INetConn) -> None:
         return None

@@ -9,7 +9,8 @@ from collections import OrderedDict
 
 
 class TokenBuckets:
-    """One token bucket per key (a relaying peer): `rate` tokens/second, at most `burst` saved."""
+    """One token bucket per key (a relaying peer): `rate` tokens/second, at most `burst` saved.
+    A take costs one token by default; byte budgets take the message size."""
 
     def __init__(self, rate: float, burst: float, *, max_keys: int = 4096) -> None:
         if rate <= 0 or burst < 1:
@@ -19,12 +20,12 @@ class TokenBuckets:
         self.max_keys = max_keys
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, at)
 
-    def take(self, key: str, now: float) -> bool:
+    def take(self, key: str, now: float, cost: float = 1.0) -> bool:
         tokens, at = self._buckets.pop(key, (self.burst, now))
         tokens = min(self.burst, tokens + max(0.0, now - at) * self.rate)
-        allowed = tokens >= 1.0
+        allowed = tokens >= cost
         if allowed:
-            tokens -= 1.0
+            tokens -= cost
         self._buckets[key] = (tokens, now)  # most recently used last
         while len(self._buckets) > self.max_keys:
             # Forgetting the least recently used key only ever refills it: never unfair to it.
