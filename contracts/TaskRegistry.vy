@@ -1,4 +1,5 @@
 # pragma version ~=0.4.3
+# pragma optimize codesize
 """
 @title flockd task registry
 @notice One contract for every federated-learning task, identified by a uint256
@@ -13,7 +14,15 @@ MAX_PARTICIPANTS: constant(uint256) = 256
 MAX_PROPOSALS: constant(uint256) = 16
 # blockhash() reaches back 256 blocks: the whole propose window must see B_r.
 MAX_PROPOSE_BLOCKS: constant(uint256) = 256
-MAX_PHASE_BLOCKS: constant(uint256) = 2**32
+# Parameter caps: a task ties its joiners' stake up until it ends, so a creator may not
+# make it endless (rounds, windows), confiscatory (slash_bps) or unrevealable (reveal_blocks).
+MAX_ROUNDS: constant(uint256) = 1000
+MAX_PHASE_BLOCKS: constant(uint256) = 1024
+# A reveal is sent once the commit window is over by the voter's confirmed clock, i.e. up
+# to `confirmations` blocks late, and must still land after tips are re-bumped: the window
+# has to be well above confirmations (2 by default) plus a few blocks of margin.
+MIN_REVEAL_BLOCKS: constant(uint256) = 8
+MAX_SLASH_BPS: constant(uint256) = 2500
 MAX_RECIPE_LEN: constant(uint256) = 64
 
 ONE: constant(uint256) = 2**64  # sortition fixed point
@@ -496,16 +505,16 @@ def _popcount(x: uint256) -> uint256:
 @nonreentrant
 def create_task(p: TaskParams) -> uint256:
     """@notice create a task; the reward pool is pulled from the caller (approve first)"""
-    assert p.rounds >= 1, "rounds"
+    assert p.rounds >= 1 and p.rounds <= MAX_ROUNDS, "rounds"
     assert p.min_participants >= 2 and p.min_participants <= MAX_PARTICIPANTS, "min_participants"
     assert p.stake_unit >= 1 and p.min_stake >= p.stake_unit, "min_stake below stake_unit"
     assert p.max_proposals >= 1 and p.max_proposals <= MAX_PROPOSALS, "max_proposals"
     assert p.expected_proposers >= 1 and p.expected_proposers <= MAX_PROPOSALS, "expected_proposers"
     assert p.propose_blocks >= 1 and p.propose_blocks <= MAX_PROPOSE_BLOCKS, "propose_blocks"
     assert p.commit_blocks >= 1 and p.commit_blocks <= MAX_PHASE_BLOCKS, "commit_blocks"
-    assert p.reveal_blocks >= 1 and p.reveal_blocks <= MAX_PHASE_BLOCKS, "reveal_blocks"
+    assert p.reveal_blocks >= MIN_REVEAL_BLOCKS and p.reveal_blocks <= MAX_PHASE_BLOCKS, "reveal_blocks"
     assert p.vote_mode <= MODE_WHOLE_ROUND, "vote_mode"
-    assert p.slash_bps <= BPS and p.proposer_share_bps <= BPS, "basis points"
+    assert p.slash_bps <= MAX_SLASH_BPS and p.proposer_share_bps <= BPS, "basis points"
     task_id: uint256 = self.task_count + 1
     self.task_count = task_id
     self._params[task_id] = p

@@ -224,6 +224,7 @@ def test_create_task_pulls_pool_and_validates(reg: Registry) -> None:
     assert state == (reg.hx(0), STATUS_JOINING, 0, 0, 3000 * E18)
     bad = {
         "rounds": dict(rounds=0),
+        "rounds ": dict(rounds=1001),
         "min_participants": dict(min_participants=1),
         "min_stake below stake_unit": dict(min_stake=1),
         "max_proposals": dict(max_proposals=17),
@@ -231,11 +232,17 @@ def test_create_task_pulls_pool_and_validates(reg: Registry) -> None:
         "propose_blocks": dict(propose_blocks=257),
         "commit_blocks": dict(commit_blocks=0),
         "reveal_blocks": dict(reveal_blocks=0),
+        "commit_blocks ": dict(commit_blocks=1025),
+        "reveal_blocks ": dict(reveal_blocks=2**32),
+        "reveal_blocks  ": dict(reveal_blocks=7),  # squeezable: below confirmations + margin
         "vote_mode": dict(vote_mode=2),
-        "basis points": dict(slash_bps=10001),
+        "basis points": dict(slash_bps=2501),
+        "basis points ": dict(proposer_share_bps=10001),
     }
     for reason, over in bad.items():
-        assert reg.reverts(0, "create_task", as_tuple(params(**over))) == reason
+        assert reg.reverts(0, "create_task", as_tuple(params(**over))) == reason.strip()
+    # the caps themselves are allowed
+    reg.create(rounds=1000, commit_blocks=1024, reveal_blocks=8, slash_bps=2500)
 
 
 def test_join_rules(reg: Registry) -> None:
@@ -306,14 +313,14 @@ def test_start_and_cancel(reg: Registry) -> None:
 
 
 def test_phases_follow_block_windows(reg: Registry) -> None:
-    task = reg.started([1, 2], propose_blocks=4, commit_blocks=4, reveal_blocks=4)
+    task = reg.started([1, 2], propose_blocks=4, commit_blocks=4, reveal_blocks=8)
     open_block = reg.chain.block_number
-    assert reg.view("deadlines", task, 0) == (open_block + 4, open_block + 8, open_block + 12)
+    assert reg.view("deadlines", task, 0) == (open_block + 4, open_block + 8, open_block + 16)
     seen = []
-    for _ in range(13):
+    for _ in range(17):
         seen.append(reg.view("phase", task))
         reg.chain.mine_empty(1)
-    assert seen == [2] * 4 + [3] * 4 + [4] * 4 + [5]
+    assert seen == [2] * 4 + [3] * 4 + [4] * 8 + [5]
 
 
 def test_withdraw_reverts_while_running(reg: Registry) -> None:

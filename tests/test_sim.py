@@ -95,7 +95,7 @@ def test_the_chain_checks_the_vrf_proof() -> None:
     params = TaskParams(
         recipe="digits-mlp", recipe_hash=keccak(b"spec"), model_init_hash=keccak(b"init"), rounds=1,
         min_participants=3, min_stake=100 * E18, stake_unit=100 * E18, expected_proposers=3,
-        max_proposals=16, propose_blocks=4, commit_blocks=2, reveal_blocks=2, reward_pool=0,
+        max_proposals=16, propose_blocks=4, commit_blocks=2, reveal_blocks=8, reward_pool=0,
     )
     task = chain.create_task(keys[0], params, [(k, vrf.public_key(s)) for k, s in zip(keys, secrets, strict=True)], 100 * E18)
     opened = chain.seal()
