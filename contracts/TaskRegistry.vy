@@ -27,7 +27,6 @@ MAX_RECIPE_LEN: constant(uint256) = 64
 
 ONE: constant(uint256) = 2**64  # sortition fixed point
 BPS: constant(uint256) = 10000
-SCORE_BOUND: constant(int256) = 10**18  # |score| in whole-round mode
 VRF_PROOF_LEN: constant(uint256) = 80
 VRF_BETA_LEN: constant(uint256) = 64
 
@@ -90,8 +89,8 @@ struct Round:
     seed: bytes32
     n_proposals: uint256
     revealed_stake: uint256
-    accept_stake: uint256[MAX_PROPOSALS]
-    score_sum: int256
+    accept_stake: uint256[MAX_PROPOSALS]  # whole-round mode: index 0 for the whole round
+    reject_stake: uint256[MAX_PROPOSALS]
     finalised: bool
     accepted_mask: uint256
     model_hash: bytes32
@@ -110,11 +109,13 @@ struct Proposal:
     proposer: address
     delta_hash: bytes32
 
+# Bit i of accept_mask / reject_mask: the voter voted +1 / -1 on proposal i (whole-round
+# mode: bit 0, the round); neither bit: 0, "not received".
 struct Ballot:
     digest: bytes32
     revealed: bool
     accept_mask: uint256
-    score: int256
+    reject_mask: uint256
 
 
 event TaskCreated:
@@ -691,9 +692,10 @@ def commit_vote(task_id: uint256, r: uint256, digest: bytes32):
 @external
 def reveal_vote(task_id: uint256, r: uint256, votes: DynArray[int256, MAX_PROPOSALS], salt: bytes32):
     """
-    @notice open a committed vote. Per-proposal mode: one +1 (accept) or -1 (reject)
-            per proposal, in proposal order. Whole-round mode: one score in
-            [-10**18, 10**18] for the aggregate (none when the round has no proposal).
+    @notice open a committed vote. Per-proposal mode: one vote per proposal, in
+            proposal order: +1 accept, -1 reject, 0 not received (counts for neither
+            side, never slashed). Whole-round mode: one +1 or -1 for the aggregate
+            (none when the round has no proposal).
     """
     self._require_phase(task_id, r, PHASE_REVEAL)
     ballot: Ballot = self._ballots[task_id][r][msg.sender]
@@ -704,25 +706,22 @@ def reveal_vote(task_id: uint256, r: uint256, votes: DynArray[int256, MAX_PROPOS
     stake: uint256 = self._pools[task_id][msg.sender].stake
     if self._params[task_id].vote_mode == MODE_PER_PROPOSAL:
         assert len(votes) == n, "one vote per proposal"
-        mask: uint256 = 0
-        for i: uint256 in range(MAX_PROPOSALS):
-            if i >= n:
-                break
-            if votes[i] == 1:
-                mask |= 1 << i
-                self._rounds[task_id][r].accept_stake[i] += stake
-            else:
-                assert votes[i] == -1, "vote must be +1 or -1"
-        ballot.accept_mask = mask
     else:
-        assert len(votes) == min(n, 1), "one score for the round"
+        # one vote for the round: a sign, never a magnitude a few voters could inflate
+        assert len(votes) == min(n, 1), "one vote for the round"
         if n > 0:
-            score: int256 = votes[0]
-            assert score >= -SCORE_BOUND and score <= SCORE_BOUND, "score out of range"
-            self._rounds[task_id][r].score_sum += convert(stake, int256) * score
-            ballot.score = score
-            if score >= 0:
-                ballot.accept_mask = 1
+            assert votes[0] != 0, "vote must be +1 or -1"
+    for i: uint256 in range(MAX_PROPOSALS):
+        if i >= len(votes):
+            break
+        if votes[i] == 1:
+            ballot.accept_mask |= 1 << i
+            self._rounds[task_id][r].accept_stake[i] += stake
+        elif votes[i] == -1:
+            ballot.reject_mask |= 1 << i
+            self._rounds[task_id][r].reject_stake[i] += stake
+        else:
+            assert votes[i] == 0, "vote must be -1, 0 or +1"
     ballot.revealed = True
     self._ballots[task_id][r][msg.sender] = ballot
     self._rounds[task_id][r].revealed_stake += stake
@@ -738,20 +737,20 @@ def reveal_vote(task_id: uint256, r: uint256, votes: DynArray[int256, MAX_PROPOS
 def _accepted_mask(task_id: uint256, r: uint256, n: uint256, whole: bool) -> uint256:
     rnd: Round = self._rounds[task_id][r]
     if whole:
-        if rnd.score_sum >= 0:
+        if rnd.accept_stake[0] >= rnd.reject_stake[0]:
             return (1 << n) - 1
         return 0
     mask: uint256 = 0
     for i: uint256 in range(MAX_PROPOSALS):
         if i >= n:
             break
-        if rnd.accept_stake[i] * 2 > rnd.revealed_stake:
+        if rnd.accept_stake[i] > rnd.reject_stake[i]:
             mask |= 1 << i
     return mask
 
 
 @internal
-def _settle_proposers(task_id: uint256, r: uint256, mask: uint256, budget: uint256, slash_bps: uint256) -> (uint256, uint256):
+def _settle_proposers(task_id: uint256, r: uint256, mask: uint256, whole: bool, budget: uint256, slash_bps: uint256) -> (uint256, uint256):
     """returns (paid, slashed)"""
     n: uint256 = len(self._proposals[task_id][r])
     n_accepted: uint256 = self._popcount(mask)
@@ -767,7 +766,9 @@ def _settle_proposers(task_id: uint256, r: uint256, mask: uint256, budget: uint2
         if (mask >> i) & 1 == 1:
             self._credit(task_id, r, who, each, REWARD_PROPOSER)
             paid += each
-        else:
+        elif whole or self._rounds[task_id][r].reject_stake[i] > 0:
+            # rejected by someone's -1; a proposal that only drew 0s ("not received" by
+            # every voter) has no verdict of its own, like a round without reveals
             slashed += self._slash(task_id, r, who, slash_bps, BPS, SLASH_REJECTED_PROPOSAL)
     return paid, slashed
 
@@ -780,7 +781,6 @@ def _settle_voters(task_id: uint256, r: uint256, mask: uint256, n: uint256, whol
     winning_stake: uint256 = 0
     slashed: uint256 = 0
     units: uint256 = n
-    full: uint256 = (1 << n) - 1
     if whole:
         units = 1
     for i: uint256 in range(MAX_PARTICIPANTS):
@@ -795,12 +795,8 @@ def _settle_voters(task_id: uint256, r: uint256, mask: uint256, n: uint256, whol
             continue
         if n == 0:
             continue
-        losses: uint256 = 0
-        if whole:
-            if (ballot.accept_mask == 1) != (mask != 0):
-                losses = 1
-        else:
-            losses = self._popcount((ballot.accept_mask ^ mask) & full)
+        # a 0 ("not received") is in neither mask: it never loses
+        losses: uint256 = self._popcount((ballot.accept_mask & ~mask) | (ballot.reject_mask & mask))
         if losses > 0:
             slashed += self._slash(task_id, r, who, slash_bps * losses, BPS * units, SLASH_LOSING_VOTE)
         else:
@@ -841,7 +837,7 @@ def finalise(task_id: uint256, r: uint256):
     paid: uint256 = 0
     slashed: uint256 = 0
     if decided:
-        paid, slashed = self._settle_proposers(task_id, r, mask, proposer_budget, p.slash_bps)
+        paid, slashed = self._settle_proposers(task_id, r, mask, whole, proposer_budget, p.slash_bps)
     voter_paid: uint256 = 0
     voter_slashed: uint256 = 0
     voter_budget: uint256 = 0

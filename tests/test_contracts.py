@@ -420,7 +420,7 @@ def test_commit_and_reveal_reverts(reg: Registry) -> None:
     assert (name, ev["digest"]) == ("VoteCommitted", d3)
     assert reg.reverts(3, "commit_vote", task, 0, d3) == "already committed"
     # voter 4 commits a malformed ballot, to show reveal rejects it despite a matching digest
-    reg.tx(4, "commit_vote", task, 0, reg.digest(4, [1, 0], s3))
+    reg.tx(4, "commit_vote", task, 0, reg.digest(4, [1, 2], s3))
     # both voters are in: the commit window closed at that block, the reveal one is open
     assert reg.view("phase", task) == PHASE_REVEAL
     assert reg.reverts(3, "commit_vote", task, 0, d3) == "wrong phase"
@@ -428,10 +428,10 @@ def test_commit_and_reveal_reverts(reg: Registry) -> None:
     assert reg.reverts(3, "reveal_vote", task, 0, [1, 1], s3) == "reveal does not match commitment"
     # a copied commitment does not open for the copier: the digest binds the sender
     assert reg.reverts(2, "reveal_vote", task, 0, votes, s3) == "no commitment"
-    assert reg.reverts(4, "reveal_vote", task, 0, [1, 0], s3) == "vote must be +1 or -1"
+    assert reg.reverts(4, "reveal_vote", task, 0, [1, 2], s3) == "vote must be -1, 0 or +1"
     (name, ev), = reg.events(reg.tx(3, "reveal_vote", task, 0, votes, s3))
     assert (name, ev["votes"], ev["salt"]) == ("VoteRevealed", (1, -1), s3)
-    assert reg.view("get_ballot", task, 0, reg.addr(3)) == (d3, True, 0b01, 0)
+    assert reg.view("get_ballot", task, 0, reg.addr(3)) == (d3, True, 0b01, 0b10)
     assert reg.reverts(3, "reveal_vote", task, 0, votes, s3) == "already revealed"
     assert reg.reverts(0, "finalise", task, 0) == "wrong phase"
 
@@ -540,39 +540,81 @@ def test_no_reveal_means_no_verdict(reg: Registry) -> None:
 def test_whole_round_mode(reg: Registry) -> None:
     task = reg.started([1, 2, 3, 4, 5], vote_mode=1)
     h = {i: reg.hx(i) for i in range(8)}
-    # round 0: stake-weighted score sum = 100*(+.3 +.2 -.4) >= 0: both proposals accepted
     reg.propose(task, 0, 1)
     reg.propose(task, 0, 2)
     reg.advance_to(task, 0, PHASE_COMMIT)
     reg.tx(3, "commit_vote", task, 0, reg.digest(3, [1, 1], salt(3, 0)))
     reg.advance_to(task, 0, PHASE_REVEAL)
-    assert reg.reverts(3, "reveal_vote", task, 0, [1, 1], salt(3, 0)) == "one score for the round"
-    # a fresh task for the well-formed round
+    assert reg.reverts(3, "reveal_vote", task, 0, [1, 1], salt(3, 0)) == "one vote for the round"
+    # a fresh task for the well-formed round: +1, +1, -1 by equal stakes: both accepted
     task = reg.started([1, 2, 3, 4, 5], vote_mode=1)
     reg.propose(task, 0, 1)
     reg.propose(task, 0, 2)
-    scores = {3: 3 * E18 // 10, 4: 2 * E18 // 10, 5: -4 * E18 // 10}
-    reg.vote_round(task, 0, {who: [score] for who, score in scores.items()})
-    assert reg.view("get_round", task, 0)[5] == 100 * E18 * sum(scores.values())
+    reg.vote_round(task, 0, {3: [1], 4: [1], 5: [-1]})
+    rnd = reg.view("get_round", task, 0)
+    assert (rnd[4][0], rnd[5][0]) == (200 * E18, 100 * E18)
+    assert reg.view("get_ballot", task, 0, reg.addr(5))[1:] == (True, 0, 1)
     events = reg.events(reg.tx(0, "finalise", task, 0))
     assert dict(events)["RoundFinalised"]["accepted_mask"] == 0b11
     slashed = {ev["participant"]: ev["amount"] for n, ev in events if n == "Slashed"}
     assert slashed == {h[5]: 10 * E18}
     rewarded = {ev["participant"] for n, ev in events if n == "Rewarded"}
     assert rewarded == {h[1], h[2], h[3], h[4]}
-    # round 1: the sum is negative: every proposal rejected, its proposer slashed
+    # round 1: the majority rejects: every proposal rejected, its proposer slashed
     reg.propose(task, 1, 3)
-    reg.vote_round(task, 1, {1: [-E18], 2: [-E18], 4: [E18]})
+    reg.vote_round(task, 1, {1: [-1], 2: [-1], 4: [1]})
     events = reg.events(reg.tx(0, "finalise", task, 1))
     assert dict(events)["RoundFinalised"]["accepted_mask"] == 0
     slashed = {ev["participant"]: ev["reason"] for n, ev in events if n == "Slashed"}
     assert slashed == {h[3]: 1, h[4]: 2}
-    # out-of-range scores are refused
+    # a score, a 0 or anything but a sign is refused
     reg.propose(task, 2, 1)
     reg.advance_to(task, 2, PHASE_COMMIT)
-    reg.tx(2, "commit_vote", task, 2, reg.digest(2, [E18 + 1], salt(2, 2)))
+    for who, vote in ((2, E18), (3, 0), (4, 2)):
+        reg.tx(who, "commit_vote", task, 2, reg.digest(who, [vote], salt(who, 2)))
     reg.advance_to(task, 2, PHASE_REVEAL)
-    assert reg.reverts(2, "reveal_vote", task, 2, [E18 + 1], salt(2, 2)) == "score out of range"
+    assert reg.reverts(2, "reveal_vote", task, 2, [E18], salt(2, 2)) == "vote must be -1, 0 or +1"
+    assert reg.reverts(3, "reveal_vote", task, 2, [0], salt(3, 2)) == "vote must be +1 or -1"
+    assert reg.reverts(4, "reveal_vote", task, 2, [2], salt(4, 2)) == "vote must be -1, 0 or +1"
+
+
+def test_whole_round_cartel_cannot_outvote_by_magnitude() -> None:
+    """Honest voters measure small gains; a cartel of 1 in 6 votes the extreme. Each vote
+    counts by its sign and its stake only, so the cartel cannot flip the round."""
+    reg = Registry(n_accounts=8)
+    task = reg.started([1, 2, 3, 4, 5, 6, 7], vote_mode=1)
+    reg.propose(task, 0, 1)
+    ballots = {2: [1], 3: [1], 4: [1], 5: [1], 6: [1], 7: [-E18]}
+    reg.advance_to(task, 0, PHASE_COMMIT)
+    for who, votes in ballots.items():
+        reg.tx(who, "commit_vote", task, 0, reg.digest(who, votes, salt(who, 0)))
+    reg.advance_to(task, 0, PHASE_REVEAL)
+    for who, votes in ballots.items():
+        result = reg.chain.transact(reg.accounts[who].key, reg.address, REGISTRY.encode_call("reveal_vote", task, 0, votes, salt(who, 0)))
+        assert result.ok == (who != 7), "only a sign is a vote: the cartel's -10**18 is refused"
+    reg.advance_to(task, 0, PHASE_CLOSED)
+    events = reg.events(reg.tx(0, "finalise", task, 0))
+    assert dict(events)["RoundFinalised"]["accepted_mask"] == 1
+
+
+def test_not_received_counts_for_neither_side_and_is_never_slashed(reg: Registry) -> None:
+    task = reg.started([1, 2, 3, 4, 5, 6])
+    h = {i: reg.hx(i) for i in range(8)}
+    for who in (1, 2, 3):
+        reg.propose(task, 0, who)
+    # proposal 0: only 4 received it (+1), the others say 0: accepted by its only judge.
+    # proposal 1: 4 rejects, 5 accepts, 6 did not receive it: a tie rejects.
+    # proposal 2 (withheld from everyone): all 0s, no verdict, its proposer not slashed.
+    reg.vote_round(task, 0, {4: [1, -1, 0], 5: [0, 1, 0], 6: [0, 0, 0]})
+    ballot = reg.view("get_ballot", task, 0, reg.addr(4))
+    assert ballot[2:] == (0b001, 0b010)
+    rnd = reg.view("get_round", task, 0)
+    assert rnd[4][:3] == (100 * E18, 100 * E18, 0) and rnd[5][:3] == (0, 100 * E18, 0)
+    events = reg.events(reg.tx(0, "finalise", task, 0))
+    assert dict(events)["RoundFinalised"]["accepted_mask"] == 0b001
+    slashed = {ev["participant"]: ev["reason"] for n, ev in events if n == "Slashed"}
+    assert slashed == {h[2]: 1, h[5]: 2}  # the rejected proposer; 5 lost on proposal 1
+    assert reg.stake(task, 6) >= 100 * E18 and reg.stake(task, 3) == 100 * E18
 
 
 # --- sortition: contract == flockd.sortition ------------------------------------------------

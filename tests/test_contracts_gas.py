@@ -85,10 +85,10 @@ def small_task_rows() -> list[Row]:
     whole = reg.started([1, 2, 3], vote_mode=1)
     reg.propose(whole, 0, 1)
     reg.advance_to(whole, 0, PHASE_COMMIT)
-    reg.tx(2, "commit_vote", whole, 0, reg.digest(2, [E18 // 2], salt(2, 0)))
+    reg.tx(2, "commit_vote", whole, 0, reg.digest(2, [-1], salt(2, 0)))
     reg.advance_to(whole, 0, PHASE_REVEAL)
-    res = reg.tx(2, "reveal_vote", whole, 0, [E18 // 2], salt(2, 0))
-    rows.append(("reveal_vote", res.gas_used, "whole-round mode, one score"))
+    res = reg.tx(2, "reveal_vote", whole, 0, [-1], salt(2, 0))
+    rows.append(("reveal_vote", res.gas_used, "whole-round mode, one -1"))
     return rows
 
 

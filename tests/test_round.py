@@ -279,7 +279,7 @@ def test_aggregate_takes_accepted_deltas_in_canonical_order() -> None:
     assert aggregate == Aggregate(0, BASE, tuple(d for _, d in sorted([(H1, D1), (H2, D2)])))
 
 
-def test_silent_proposer_times_out_and_is_voted_down() -> None:
+def test_silent_proposer_times_out_and_is_voted_not_received() -> None:
     node = Node()
     node.open()
     node.feed(election(0), *two_proposals(), DeltaReceived(0, P1, D1, P1))
@@ -290,7 +290,7 @@ def test_silent_proposer_times_out_and_is_voted_down() -> None:
     (score,) = node.to(PROPOSE_END + grace)
     assert score == ScoreProposals(0, BASE, (D1, None), VoteMode.PER_PROPOSAL)
     (commit,) = node.feed(ScoresReady(0, (1, 1)))
-    assert commit.votes == (1, -1)  # a delta never received is a reject
+    assert commit.votes == (1, 0)  # never received: its own vote, not a reject
     # The straggler arriving now changes nothing about the vote.
     assert node.feed(DeltaReceived(0, P2, D2, P2)) == []
     assert node.machine.has_delta(H2)
@@ -319,13 +319,13 @@ def test_voter_without_proposals_abstains_and_keeps_the_model() -> None:
     assert of(SubmitRecordModel, node.actions) == []
 
 
-def test_all_deltas_missing_votes_all_down_without_scoring() -> None:
+def test_all_deltas_missing_abstains_without_scoring() -> None:
     node = Node()
     node.open()
     node.feed(election(0), *two_proposals())
     node.to(PROPOSE_END + config().grace_blocks)
-    (commit,) = of(SubmitCommit, node.actions)
-    assert commit.votes == (-1, -1) and of(ScoreProposals, node.actions) == []
+    assert of(SubmitCommit, node.actions) == [] and of(ScoreProposals, node.actions) == []
+    assert node.machine.abstain_reason == "no delta received"
 
 
 def test_finalise_takes_turns_by_rank() -> None:
@@ -540,7 +540,17 @@ def test_whole_round_mode_commits_one_score() -> None:
     with pytest.raises(InvalidScores):
         node.feed(ScoresReady(0, (1, 1)))
     (commit,) = node.feed(ScoresReady(0, (-(3 * 10**16),)))
-    assert commit.votes == (-(3 * 10**16),)
+    assert commit.votes == (-1,)  # the sign of the measured gain: a magnitude is no vote
+    node.feed(VoteCommittedOnChain(0, ME, commit.digest))
+    assert node.to(COMMIT_END) == [SubmitReveal(0, commit.votes, commit.salt)]
+
+
+def test_whole_round_mode_votes_a_small_gain_as_plus_one() -> None:
+    node = voter_with_deltas(vote_mode=VoteMode.WHOLE_ROUND)
+    node.to(PROPOSE_END)
+    (commit,) = node.feed(ScoresReady(0, (3 * 10**15,)))
+    assert commit.votes == (1,)
+    assert commit.digest == vote_digest((1,), commit.salt, ME)
     node.feed(VoteCommittedOnChain(0, ME, commit.digest))
     assert node.to(COMMIT_END) == [SubmitReveal(0, commit.votes, commit.salt)]
 

@@ -79,6 +79,7 @@ NO_BASE_MODEL = "base model not held in time"
 TOO_LATE = "votes not ready before the commit window closed"
 COMMIT_FAILED = "commit transaction failed"
 MISSING_DELTA = "a delta is missing (whole-round mode scores all of them or none)"
+NOTHING_RECEIVED = "no delta received"
 PROPOSALS_CHANGED = "a proposal landed after scoring"
 BALLOT_LOST = "the on-chain commitment is not one this node can open"
 
@@ -237,11 +238,14 @@ class RoundMachine:
         if self.config.vote_mode is VoteMode.WHOLE_ROUND:
             if len(votes) != 1:
                 raise InvalidScores("whole-round mode takes exactly one score")
+            # The contract takes a sign only: a measured gain of any size is one vote.
+            votes = (1 if votes[0] >= 0 else -1,)
         else:
             if len(votes) != len(self._scored) or any(v not in (1, -1) for v in votes):
                 raise InvalidScores(f"expected {len(self._scored)} votes of +1 or -1")
-            # A delta never received is a reject, whatever the scorer put in its place.
-            votes = tuple(-1 if gap else v for v, gap in zip(votes, self._gaps, strict=True))
+            # A delta never received is voted 0, "not received", whatever the scorer put in
+            # its place: never a reject, and never slashed.
+            votes = tuple(0 if gap else v for v, gap in zip(votes, self._gaps, strict=True))
         self._set_ballot(votes, self._salt_source())
 
     def _set_ballot(self, votes: tuple[int, ...], salt: bytes) -> None:
@@ -351,7 +355,7 @@ class RoundMachine:
         if whole and any(gaps):
             self._abstained = MISSING_DELTA
         elif all(gaps):
-            self._set_ballot((-1,) * len(deltas), self._salt_source())
+            self._abstained = NOTHING_RECEIVED  # an all-0 ballot would judge nothing
         else:
             out.append(ScoreProposals(self.round, self._base, deltas, self.config.vote_mode))
 
