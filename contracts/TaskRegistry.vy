@@ -46,7 +46,7 @@ PHASE_REVEAL: constant(uint8) = 4
 PHASE_CLOSED: constant(uint8) = 5  # finalise may be called
 
 SLASH_REJECTED_PROPOSAL: constant(uint8) = 1
-SLASH_LOSING_VOTE: constant(uint8) = 2
+# reason 2 (a losing vote) is no longer used: only an unopened commitment is slashed
 SLASH_UNREVEALED_VOTE: constant(uint8) = 3
 REWARD_PROPOSER: constant(uint8) = 1
 REWARD_VOTER: constant(uint8) = 2
@@ -775,14 +775,19 @@ def _settle_proposers(task_id: uint256, r: uint256, mask: uint256, whole: bool, 
 
 @internal
 def _settle_voters(task_id: uint256, r: uint256, mask: uint256, n: uint256, whole: bool, budget: uint256, slash_bps: uint256) -> (uint256, uint256):
-    """returns (paid, slashed)"""
+    """
+    returns (paid, slashed). A voter is slashed only for a commitment it did not open;
+    a revealed voter is paid by agreement: budget pro rata to stake x the number of its
+    +1/-1 votes that match the verdict. Voting with the losing side costs nothing, so
+    honest voters who disagree among themselves do not feed a cartel that always agrees.
+    """
     addrs: DynArray[address, MAX_PARTICIPANTS] = self._participants[task_id]
-    winners: bool[MAX_PARTICIPANTS] = empty(bool[MAX_PARTICIPANTS])
-    winning_stake: uint256 = 0
+    weights: uint256[MAX_PARTICIPANTS] = empty(uint256[MAX_PARTICIPANTS])
+    total_weight: uint256 = 0
     slashed: uint256 = 0
-    units: uint256 = n
-    if whole:
-        units = 1
+    verdict: uint256 = mask
+    if whole and mask != 0:
+        verdict = 1
     for i: uint256 in range(MAX_PARTICIPANTS):
         if i >= len(addrs):
             break
@@ -793,25 +798,19 @@ def _settle_voters(task_id: uint256, r: uint256, mask: uint256, n: uint256, whol
         if not ballot.revealed:
             slashed += self._slash(task_id, r, who, slash_bps, BPS, SLASH_UNREVEALED_VOTE)
             continue
-        if n == 0:
-            continue
-        # a 0 ("not received") is in neither mask: it never loses
-        losses: uint256 = self._popcount((ballot.accept_mask & ~mask) | (ballot.reject_mask & mask))
-        if losses > 0:
-            slashed += self._slash(task_id, r, who, slash_bps * losses, BPS * units, SLASH_LOSING_VOTE)
-        else:
-            winners[i] = True
-            winning_stake += self._pools[task_id][who].stake
+        # a 0 ("not received") is in neither mask: it neither agrees nor loses
+        agreed: uint256 = self._popcount((ballot.accept_mask & verdict) | (ballot.reject_mask & ~verdict))
+        weights[i] = self._pools[task_id][who].stake * agreed
+        total_weight += weights[i]
     paid: uint256 = 0
-    if winning_stake == 0:
+    if total_weight == 0:
         return 0, slashed
     for i: uint256 in range(MAX_PARTICIPANTS):
         if i >= len(addrs):
             break
-        if winners[i]:
-            share: uint256 = budget * self._pools[task_id][addrs[i]].stake // winning_stake
-            self._credit(task_id, r, addrs[i], share, REWARD_VOTER)
-            paid += share
+        share: uint256 = budget * weights[i] // total_weight
+        self._credit(task_id, r, addrs[i], share, REWARD_VOTER)
+        paid += share
     return paid, slashed
 
 
