@@ -150,6 +150,7 @@ event RoundOpened:
     task_id: indexed(uint256)
     round: indexed(uint256)
     open_block: uint256
+    seed: bytes32  # round >= 1; zero for round 0, whose seed needs blockhash(open_block)
 
 event SeedFixed:
     task_id: indexed(uint256)
@@ -423,8 +424,9 @@ def _require_phase(task_id: uint256, r: uint256, phase: uint8):
 @internal
 @view
 def _computed_seed(task_id: uint256, r: uint256) -> bytes32:
+    """seed_0 from blockhash(B_0) while readable; later seeds are stored when their round opens"""
     open_block: uint256 = self._rounds[task_id][r].open_block
-    if block.number <= open_block or block.number - open_block > 256:
+    if r > 0 or block.number <= open_block or block.number - open_block > 256:
         return empty(bytes32)
     return keccak256(concat(blockhash(open_block), convert(task_id, bytes32), convert(r, bytes32)))
 
@@ -434,7 +436,10 @@ def _fix_seed(task_id: uint256, r: uint256) -> bytes32:
     seed: bytes32 = self._rounds[task_id][r].seed
     if seed == empty(bytes32):
         seed = self._computed_seed(task_id, r)
-        assert seed != empty(bytes32), "seed unavailable"
+        if seed == empty(bytes32):
+            # round 0 where no participant proposed or declined while blockhash(B_0) was
+            # readable, and only then: a constant nobody chose after the keys were in
+            seed = keccak256(concat(empty(bytes32), convert(task_id, bytes32), convert(r, bytes32)))
         self._rounds[task_id][r].seed = seed
         log SeedFixed(task_id=task_id, round=r, seed=seed)
     return seed
@@ -457,14 +462,23 @@ def _vrf_beta(pk: bytes32, proof: Bytes[VRF_PROOF_LEN], seed: bytes32) -> Bytes[
 
 @internal
 def _open_round(task_id: uint256, r: uint256):
+    """
+    Round r opens at this block. Seeds form a chain, seed_r = keccak(seed_{r-1} || task || r),
+    from seed_0 = keccak(blockhash(B_0) || task || 0): no later block hash, transaction
+    or timing enters a seed (protocol/spec/contracts.md, "Seed").
+    """
     self._state[task_id].current_round = r
     self._rounds[task_id][r].open_block = block.number
+    seed: bytes32 = empty(bytes32)
+    if r > 0:
+        seed = keccak256(concat(self._fix_seed(task_id, r - 1), convert(task_id, bytes32), convert(r, bytes32)))
+        self._rounds[task_id][r].seed = seed
     end: uint256 = block.number + self._params[task_id].propose_blocks
     self._windows[task_id][r].propose_end = end
     end += self._params[task_id].commit_blocks
     self._windows[task_id][r].commit_end = end
     self._windows[task_id][r].reveal_end = end + self._params[task_id].reveal_blocks
-    log RoundOpened(task_id=task_id, round=r, open_block=block.number)
+    log RoundOpened(task_id=task_id, round=r, open_block=block.number, seed=seed)
 
 
 @internal
@@ -663,6 +677,7 @@ def decline(task_id: uint256, r: uint256):
             willing), so the propose window can close once everyone proposed or declined
     """
     self._require_phase(task_id, r, PHASE_PROPOSE)
+    self._fix_seed(task_id, r)  # the seed chain must not depend on a later blockhash
     assert self._pools[task_id][msg.sender].active, "not a participant"
     assert self._proposal_slot[task_id][r][msg.sender] == 0, "already proposed"
     assert not self._declined[task_id][r][msg.sender], "already declined"

@@ -169,8 +169,11 @@ class Registry:
         assert self.view("phase", task) == phase, "already past that phase"
 
     def seed(self, task: int, r: int) -> bytes:
-        open_block = self.view("get_round", task, r)[0]
-        return sortition.round_seed(self.chain.block_hash(open_block), task, r)
+        """seed_0 from the hash of the start block, then the chain seed_r = H(seed_{r-1}, task, r)."""
+        if r > 0:
+            return sortition.round_seed(self.seed(task, r - 1), task, r)
+        open_block = self.view("get_round", task, 0)[0]
+        return sortition.round_seed(self.chain.block_hash(open_block), task, 0)
 
     def proof(self, who: int, task: int, r: int) -> bytes:
         return vrf.prove(self.accounts[who].vrf_sk, self.seed(task, r))
@@ -479,7 +482,8 @@ def test_full_task_per_proposal_mode(reg: Registry) -> None:
     finalised = dict(events)["RoundFinalised"]
     assert (finalised["accepted_mask"], finalised["n_proposals"]) == (0b01, 2)
     assert finalised["revealed_stake"] == 300 * E18
-    assert ("RoundOpened", {"task_id": task, "round": 1, "open_block": reg.chain.block_number}) in events
+    opened = {"task_id": task, "round": 1, "open_block": reg.chain.block_number, "seed": reg.seed(task, 1)}
+    assert ("RoundOpened", opened) in events
     assert reg.stake(task, 1) == 200 * E18 + prop_budget
     assert reg.stake(task, 2) == 90 * E18
     state = reg.view("get_state", task)
@@ -673,3 +677,40 @@ def test_seed_survives_blockhash_expiry_only_once_fixed(reg: Registry) -> None:
     assert reg.view("round_seed", fixed, 0) == seed
     assert reg.view("round_seed", unfixed, 0) == bytes(32)
     assert reg.view("round_seed", 99, 0) == bytes(32)
+
+
+def test_seeds_after_round_0_are_a_chain_no_block_or_timing_enters() -> None:
+    """Whoever seals the block that finalises a round, or chooses when to finalise it,
+    cannot pick the next round's seed: two runs finalising round 0 at different blocks
+    (different block hashes, different callers) open round 1 on the same seed."""
+    seeds = []
+    for wait, finaliser in ((0, 0), (5, 7)):
+        reg = Registry()
+        task = reg.started([1, 2, 3])
+        seed_0 = reg.seed(task, 0)
+        reg.propose(task, 0, 1)
+        reg.advance_to(task, 0, PHASE_CLOSED)
+        reg.chain.mine_empty(wait)
+        result = reg.tx(finaliser, "finalise", task, 0)
+        (opened,) = [ev for n, ev in reg.events(result) if n == "RoundOpened"]
+        assert opened["seed"] == sortition.round_seed(seed_0, task, 1) == reg.view("round_seed", task, 1)
+        seeds.append((seed_0, opened["seed"], reg.chain.block_hash(opened["open_block"])))
+    assert seeds[0][0] == seeds[1][0] and seeds[0][1] == seeds[1][1]
+    assert seeds[0][2] != seeds[1][2]  # the open blocks differ; the seeds do not
+    # round 1 proposals verify against the chained seed
+    reg.propose(task, 1, 2)
+
+
+def test_round_0_seed_is_fixed_by_a_decline_or_by_finalise() -> None:
+    reg = Registry()
+    task = reg.started([1, 2, 3])
+    events = reg.events(reg.tx(2, "decline", task, 0))
+    assert ("SeedFixed", {"task_id": task, "round": 0, "seed": reg.seed(task, 0)}) in events
+    # nobody acts in round 0 while blockhash(B_0) is readable: a constant fixed by task id only
+    silent = reg.started([1, 2, 3], propose_blocks=1)
+    reg.chain.mine_empty(300)
+    reg.advance_to(silent, 0, PHASE_CLOSED)
+    events = reg.events(reg.tx(0, "finalise", silent, 0))
+    fallback = sortition.round_seed(bytes(32), silent, 0)
+    assert ("SeedFixed", {"task_id": silent, "round": 0, "seed": fallback}) in events
+    assert reg.view("round_seed", silent, 1) == sortition.round_seed(fallback, silent, 1)

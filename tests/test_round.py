@@ -159,6 +159,16 @@ def test_open_asks_for_an_election_on_the_round_seed() -> None:
     assert node.machine.deadlines == (PROPOSE_END, COMMIT_END, REVEAL_END)
 
 
+def test_a_later_round_elects_on_the_seed_its_log_carries() -> None:
+    """Rounds >= 1 take the registry's chained seed from RoundOpened, not a block hash
+    (which the sealer of the open block, or whoever timed finalise, could have chosen)."""
+    chained = sortition.round_seed(sortition.round_seed(OPEN_HASH, 7, 0), 7, 1)
+    machine = RoundMachine(config(), 1, salts())
+    machine.handle(BlockSealed(OPEN - 1))
+    out = machine.handle(RoundOpened(1, OPEN, keccak(b"a ground block"), chained))
+    assert out == [RunElection(1, chained)] and machine.seed == chained
+
+
 @pytest.mark.parametrize(
     ("head", "phase"),
     [

@@ -46,16 +46,21 @@ class BlockSealed:
 
 @dataclass(frozen=True)
 class RoundOpened:
-    """RoundOpened(task, round, open_block) log; ``block_hash`` is the hash of that block."""
+    """RoundOpened(task, round, open_block, seed) log; ``block_hash`` is the hash of that
+    block. ``seed``: the log's seed (rounds >= 1, a chain from seed_0); None for round 0,
+    whose seed is computed from ``block_hash``."""
 
     round: int
     open_block: int
     block_hash: bytes
+    seed: bytes | None = None
 
     def __post_init__(self) -> None:
         check_round(self.round)
         check_round(self.open_block)
         check_hash("block_hash", self.block_hash)
+        if self.seed is not None:
+            check_hash("seed", self.seed)
 
 
 @dataclass(frozen=True)

@@ -177,7 +177,7 @@ class RoundMachine:
                 if self._open is not None and self._open != event.open_block:
                     raise ConflictingEvent(f"round {self.round} opened twice")
                 self._open = event.open_block
-                self._seed = sortition.round_seed(event.block_hash, self.config.task_id, self.round)
+                self._seed = event.seed or sortition.round_seed(event.block_hash, self.config.task_id, self.round)
                 self._clock(event.open_block)
             case ElectionDone():
                 self._election = self._election or event.election

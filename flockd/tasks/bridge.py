@@ -30,7 +30,8 @@ def round_events(name: str, args: dict[str, Any], block_hash: bytes | None = Non
     if name == "RoundOpened":
         if block_hash is None:
             raise ValueError("RoundOpened needs the hash of its open block")
-        return [rnd.RoundOpened(r, args["open_block"], block_hash)]
+        seed = args.get("seed", bytes(32))  # zero in round 0's log: computed from block_hash
+        return [rnd.RoundOpened(r, args["open_block"], block_hash, None if seed == bytes(32) else seed)]
     if name == "Proposed":
         return [rnd.ProposalOnChain(r, args["index"], as_address(args["proposer"]), args["delta_hash"])]
     if name == "Declined":
