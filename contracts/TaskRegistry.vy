@@ -104,6 +104,10 @@ struct Windows:
     n_declined: uint256
     n_committed: uint256
     n_revealed: uint256
+    # the decliner with the highest verified draw, and whether its fallback window opened
+    fallback: address
+    fallback_draw: uint256
+    fallback_open: bool
 
 struct Proposal:
     proposer: address
@@ -168,6 +172,12 @@ event Declined:
     task_id: indexed(uint256)
     round: indexed(uint256)
     participant: indexed(address)
+
+event FallbackOpened:
+    task_id: indexed(uint256)
+    round: indexed(uint256)
+    proposer: indexed(address)
+    last_block: uint256  # the new propose_end; commit and reveal follow at full length
 
 event PhaseClosed:
     task_id: indexed(uint256)
@@ -293,29 +303,6 @@ def _is_proposer(stake: uint256, total: uint256, expected: uint256, unit: uint25
     return x >= self._fixed_pow(ONE - p, w)
 
 
-@external
-@pure
-def fixed_pow(q: uint256, w: uint256) -> uint256:
-    """@notice (q / 2**64) ** w in 64.64 fixed point, exactly as the spec's square-and-multiply"""
-    assert q <= ONE, "q above one"
-    return self._fixed_pow(q, w)
-
-
-@external
-@pure
-def is_proposer(stake: uint256, total: uint256, expected: uint256, unit: uint256, x: uint256) -> bool:
-    """@notice the sortition rule propose() enforces; x = first 8 bytes of beta, big-endian"""
-    assert unit > 0 and expected <= MAX_PROPOSALS and x < ONE, "bad sortition input"
-    return self._is_proposer(stake, total, expected, unit, x)
-
-
-@external
-@pure
-def vote_digest(votes: DynArray[int256, MAX_PROPOSALS], salt: bytes32, voter: address) -> bytes32:
-    """@notice the digest commit_vote expects: keccak256(abi_encode(votes, salt, voter))"""
-    return keccak256(abi_encode(votes, salt, voter))
-
-
 # ---------------------------------------------------------------- helpers
 
 @internal
@@ -382,14 +369,30 @@ def _close_from(task_id: uint256, r: uint256, phase: uint8):
 def _maybe_close_propose(task_id: uint256, r: uint256):
     """every participant has proposed or declined, or the proposal cap is reached"""
     n: uint256 = self._rounds[task_id][r].n_proposals
+    if self._windows[task_id][r].fallback_open:
+        if n > 0:
+            self._close_from(task_id, r, PHASE_PROPOSE)  # the one admitted proposal is in
+        return
     decided: uint256 = n + self._windows[task_id][r].n_declined
     if n < self._params[task_id].max_proposals and decided < len(self._participants[task_id]):
         return
-    self._close_from(task_id, r, PHASE_PROPOSE)
     if n == 0:
-        # nothing to vote on: straight to finalise
-        self._close_from(task_id, r, PHASE_COMMIT)
-        self._close_from(task_id, r, PHASE_REVEAL)
+        # everyone declined (so some verified draw exists): no empty round
+        self._open_fallback(task_id, r)
+        return
+    self._close_from(task_id, r, PHASE_PROPOSE)
+
+
+@internal
+def _open_fallback(task_id: uint256, r: uint256):
+    """a propose window of full length from this block for the best decliner alone"""
+    self._windows[task_id][r].fallback_open = True
+    end: uint256 = block.number + self._params[task_id].propose_blocks
+    self._windows[task_id][r].propose_end = end
+    end += self._params[task_id].commit_blocks
+    self._windows[task_id][r].commit_end = end
+    self._windows[task_id][r].reveal_end = end + self._params[task_id].reveal_blocks
+    log FallbackOpened(task_id=task_id, round=r, proposer=self._windows[task_id][r].fallback, last_block=block.number + self._params[task_id].propose_blocks)
 
 
 @internal
@@ -446,7 +449,8 @@ def _fix_seed(task_id: uint256, r: uint256) -> bytes32:
 
 
 @internal
-def _vrf_beta(pk: bytes32, proof: Bytes[VRF_PROOF_LEN], seed: bytes32) -> Bytes[VRF_BETA_LEN]:
+def _draw(pk: bytes32, proof: Bytes[VRF_PROOF_LEN], seed: bytes32) -> uint256:
+    """x = the first 8 bytes of the verified beta, big-endian"""
     ok: bool = False
     beta: Bytes[VRF_BETA_LEN] = b""
     ok, beta = raw_call(
@@ -457,7 +461,7 @@ def _vrf_beta(pk: bytes32, proof: Bytes[VRF_PROOF_LEN], seed: bytes32) -> Bytes[
     )
     # an address without code "succeeds" with empty output: that is a rejection too
     assert ok and len(beta) == VRF_BETA_LEN, "vrf proof rejected"
-    return beta
+    return extract32(beta, 0, output_type=uint256) >> 192
 
 
 @internal
@@ -651,17 +655,19 @@ def propose(task_id: uint256, r: uint256, delta_hash: bytes32, vrf_proof: Bytes[
     pool: Participant = self._pools[task_id][msg.sender]
     assert pool.active, "not a participant"
     assert self._proposal_slot[task_id][r][msg.sender] == 0, "already proposed"
-    assert not self._declined[task_id][r][msg.sender], "declined this round"
     p: TaskParams = self._params[task_id]
     index: uint256 = len(self._proposals[task_id][r])
     assert index < p.max_proposals, "proposal cap reached"
     assert delta_hash != empty(bytes32), "empty delta hash"
     assert len(vrf_proof) == VRF_PROOF_LEN, "vrf proof length"
-    seed: bytes32 = self._fix_seed(task_id, r)
-    beta: Bytes[VRF_BETA_LEN] = self._vrf_beta(pool.vrf_pk, vrf_proof, seed)
-    x: uint256 = extract32(beta, 0, output_type=uint256) >> 192
-    total: uint256 = self._state[task_id].total_stake
-    assert self._is_proposer(pool.stake, total, p.expected_proposers, p.stake_unit, x), "not elected"
+    if self._windows[task_id][r].fallback_open:
+        # its draw was verified with its decline
+        assert msg.sender == self._windows[task_id][r].fallback, "not the fallback proposer"
+    else:
+        assert not self._declined[task_id][r][msg.sender], "declined this round"
+        x: uint256 = self._draw(pool.vrf_pk, vrf_proof, self._fix_seed(task_id, r))
+        total: uint256 = self._state[task_id].total_stake
+        assert self._is_proposer(pool.stake, total, p.expected_proposers, p.stake_unit, x), "not elected"
     self._proposals[task_id][r].append(Proposal(proposer=msg.sender, delta_hash=delta_hash))
     self._proposal_slot[task_id][r][msg.sender] = index + 1
     self._rounds[task_id][r].n_proposals = index + 1
@@ -671,16 +677,24 @@ def propose(task_id: uint256, r: uint256, delta_hash: bytes32, vrf_proof: Bytes[
 
 
 @external
-def decline(task_id: uint256, r: uint256):
+def decline(task_id: uint256, r: uint256, vrf_proof: Bytes[VRF_PROOF_LEN]):
     """
     @notice a participant says it will not propose in round r (not elected, or not
-            willing), so the propose window can close once everyone proposed or declined
+            willing), so the propose window can close once everyone proposed or declined.
+            Its VRF proof on the round seed is verified; the highest draw x among the
+            decliners may propose in a fallback window if nobody else does.
     """
     self._require_phase(task_id, r, PHASE_PROPOSE)
-    self._fix_seed(task_id, r)  # the seed chain must not depend on a later blockhash
-    assert self._pools[task_id][msg.sender].active, "not a participant"
+    pool: Participant = self._pools[task_id][msg.sender]
+    assert pool.active, "not a participant"
     assert self._proposal_slot[task_id][r][msg.sender] == 0, "already proposed"
     assert not self._declined[task_id][r][msg.sender], "already declined"
+    assert not self._windows[task_id][r].fallback_open, "fallback window"
+    assert len(vrf_proof) == VRF_PROOF_LEN, "vrf proof length"
+    x: uint256 = self._draw(pool.vrf_pk, vrf_proof, self._fix_seed(task_id, r))
+    if self._windows[task_id][r].fallback == empty(address) or x > self._windows[task_id][r].fallback_draw:
+        self._windows[task_id][r].fallback = msg.sender
+        self._windows[task_id][r].fallback_draw = x
     self._declined[task_id][r][msg.sender] = True
     self._windows[task_id][r].n_declined += 1
     log Declined(task_id=task_id, round=r, participant=msg.sender)
@@ -839,6 +853,10 @@ def finalise(task_id: uint256, r: uint256):
     self._require_phase(task_id, r, PHASE_CLOSED)
     p: TaskParams = self._params[task_id]
     n: uint256 = self._rounds[task_id][r].n_proposals
+    if n == 0 and self._windows[task_id][r].fallback != empty(address) and not self._windows[task_id][r].fallback_open:
+        # the propose window timed out with no proposal: the best decliner gets its window
+        self._open_fallback(task_id, r)
+        return
     revealed: uint256 = self._rounds[task_id][r].revealed_stake
     whole: bool = p.vote_mode == MODE_WHOLE_ROUND
     # without a single revealed vote there is no verdict: nobody is judged

@@ -23,6 +23,7 @@ from flockd.round import (
     DeltaRejected,
     ElectionDone,
     Event,
+    FallbackOnChain,
     FetchDelta,
     FetchModel,
     InvalidConfig,
@@ -695,24 +696,6 @@ def test_status_is_json_ready() -> None:
 # --- the hashes agree with the contract and the codec ---------------------------------------
 
 
-def test_vote_digest_matches_the_contract() -> None:
-    from eth_keys.datatypes import PrivateKey
-
-    from flockd.chain.artifacts import TASK_REGISTRY, load
-    from flockd.chain.deploy import ScratchChain
-    from flockd.chain.precompile import VRF_PRECOMPILE_ADDRESS
-
-    registry = load(TASK_REGISTRY)
-    key = PrivateKey(keccak(b"deployer"))
-    chain = ScratchChain(funded=[key.public_key.to_canonical_address()])
-    address = chain.deploy(key, registry, b"\x11" * 20, VRF_PRECOMPILE_ADDRESS)
-    for votes in ((), (1, -1, 1), (10**18,)):
-        salt = keccak(repr(votes).encode())
-        call = registry.encode_call("vote_digest", list(votes), salt, ME)
-        (onchain,) = registry.decode_output("vote_digest", chain.call(address, call))
-        assert onchain == vote_digest(votes, salt, ME)
-
-
 def test_delta_hash_is_the_codecs() -> None:
     from flockd.fl.codec import delta_hash as codec_hash
     from flockd.round import delta_hash
@@ -727,10 +710,44 @@ def test_a_voter_declines_once_so_the_propose_window_can_close() -> None:
     node = Node()
     node.open()
     out = node.feed(election(0))
-    assert out == [SubmitDecline(0)]
+    assert out == [SubmitDecline(0, PROOF)]  # the proof enters the fallback draw
     assert node.feed(BlockSealed(OPEN + 1)) == []  # in flight: not sent twice
     assert node.feed(DeclinedOnChain(0, ME)) == []
     assert of(SubmitDecline, node.to(PROPOSE_END)) == []
+
+
+def test_the_fallback_proposer_trains_and_proposes_in_the_reopened_window() -> None:
+    """Nobody was elected; this node's decline had the best draw, so the registry reopens the
+    propose window for it alone (FallbackOpened): it becomes the round's proposer."""
+    node = Node()
+    node.open()
+    node.feed(election(0), DeclinedOnChain(0, ME))
+    assert node.machine.role is Role.VOTER
+    out = node.feed(FallbackOnChain(0, ME, OPEN + 3 + 4))  # propose_blocks = 4, from block OPEN + 3
+    assert node.machine.role is Role.PROPOSER and node.machine.is_fallback_proposer
+    assert node.machine.deadlines == (OPEN + 7, OPEN + 7 + 4, OPEN + 7 + 4 + 4)
+    (train,) = of(StartTraining, out)
+    (propose,) = of(SubmitPropose, node.feed(TrainingDone(0, D1)))
+    assert propose == SubmitPropose(0, H1, PROOF)
+
+
+def test_a_timed_out_empty_round_revives_for_voters_when_the_fallback_opens() -> None:
+    node = Node()
+    node.open()
+    node.feed(election(0), DeclinedOnChain(0, ME))
+    node.to(PROPOSE_END)
+    assert node.machine.abstain_reason == "no proposals"
+    (finalise,) = of(SubmitFinalise, node.to(REVEAL_END))
+    # that finalise opened the fallback window instead of ending the round
+    node.feed(FallbackOnChain(0, P1, REVEAL_END + 1 + 4))
+    assert node.machine.abstain_reason is None and node.machine.role is Role.VOTER
+    assert node.machine.phase is Phase.PROPOSING
+    node.feed(ProposalOnChain(0, 0, P1, H1), DeltaReceived(0, P1, D1, P1))
+    out = node.feed(PhaseClosedOnChain(0, ChainPhase.PROPOSE, REVEAL_END + 3), BlockSealed(REVEAL_END + 3))
+    assert of(ScoreProposals, out) == [ScoreProposals(0, BASE, (D1,), VoteMode.PER_PROPOSAL)]
+    # and it finalises the revived round at its turn, once more
+    end = node.machine.deadlines[2]
+    assert of(SubmitFinalise, node.to(end)) == [SubmitFinalise(0)]
 
 
 def test_a_proposer_does_not_decline() -> None:

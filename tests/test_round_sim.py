@@ -19,6 +19,7 @@ from eth_utils import keccak
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from flockd import sortition
 from flockd.round import (
     Action,
     Aggregate,
@@ -62,7 +63,6 @@ from flockd.round import (
     VoteRevealedOnChain,
     vote_digest,
 )
-from flockd import sortition
 from flockd.sortition import Election
 
 A, B, C = (bytes([n]) * 20 for n in (0xA, 0xB, 0xC))

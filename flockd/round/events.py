@@ -129,6 +129,22 @@ class DeclinedOnChain:
 
 
 @dataclass(frozen=True)
+class FallbackOnChain:
+    """FallbackOpened(task, round, proposer, last_block) log: the propose window ended with
+    no proposal, so ``proposer`` (the decliner with the highest verified draw) alone may
+    propose until ``last_block``; commit and reveal follow at full length."""
+
+    round: int
+    proposer: Address
+    last_block: int
+
+    def __post_init__(self) -> None:
+        check_round(self.round)
+        check_address("proposer", self.proposer)
+        check_round(self.last_block)
+
+
+@dataclass(frozen=True)
 class PhaseClosedOnChain:
     """PhaseClosed(task, round, phase, last_block) log: every expected message of the phase
     is in, so it ended early; ``last_block`` is its last block (the one that closed it)."""
@@ -277,6 +293,7 @@ RoundEvent = (
     | ProposalOnChain
     | DeclinedOnChain
     | PhaseClosedOnChain
+    | FallbackOnChain
     | DeltaReceived
     | ScoresReady
     | BallotRestored

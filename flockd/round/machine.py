@@ -58,6 +58,7 @@ from flockd.round.events import (
     DeltaReceived,
     ElectionDone,
     Event,
+    FallbackOnChain,
     ModelReady,
     ModelRecordedOnChain,
     PhaseClosedOnChain,
@@ -120,6 +121,7 @@ class RoundMachine:
         self._head: int | None = None
         self._open: int | None = None
         self._closed_early: dict[ChainPhase, int] = {}  # PhaseClosed logs: phase -> last block
+        self._fallback: FallbackOnChain | None = None  # the propose window reopened for one decliner
         self._declined = False
         self._seed: bytes | None = None
         self._base: bytes | None = None  # model_{r-1}
@@ -200,6 +202,14 @@ class RoundMachine:
                     self._tx[TxKind.DECLINE].in_flight = False
             case PhaseClosedOnChain():
                 self._closed_early.setdefault(event.phase, event.last_block)
+            case FallbackOnChain():
+                if self._fallback is None:
+                    # Fresh windows from here: the round is not over after all.
+                    self._fallback = event
+                    self._closed_early.clear()
+                    self._tx[TxKind.FINALISE] = _Tx()  # a finalise may have opened it
+                    if self._abstained == NO_PROPOSALS:
+                        self._abstained = None
             case DeltaReceived():
                 out.extend(self._book.offer(event.proposer, event.delta, event.sender, self._closed()))
             case ScoresReady():
@@ -294,7 +304,7 @@ class RoundMachine:
         if self.role is not Role.PROPOSER:
             # Saying so lets the propose phase close as soon as every proposal is in.
             if not self._declined and not self._closed() and self._lands_by(propose_end):
-                self._send(TxKind.DECLINE, SubmitDecline(self.round), out)
+                self._send(TxKind.DECLINE, SubmitDecline(self.round, election.proof), out)
             return
         if self._own_delta is None:
             if self._base is not None and self._once("train"):
@@ -420,7 +430,8 @@ class RoundMachine:
         if self._open is None:
             return None
         early = self._closed_early
-        propose_end = early.get(ChainPhase.PROPOSE, self._open + self.config.propose_blocks)
+        full = self._open + self.config.propose_blocks if self._fallback is None else self._fallback.last_block
+        propose_end = early.get(ChainPhase.PROPOSE, full)
         commit_end = early.get(ChainPhase.COMMIT, propose_end + self.config.commit_blocks)
         reveal_end = early.get(ChainPhase.REVEAL, commit_end + self.config.reveal_blocks)
         return propose_end, commit_end, reveal_end
@@ -428,17 +439,24 @@ class RoundMachine:
     @property
     def gave_up(self) -> bool:
         """Elected, but the proposal did not land before the propose window closed."""
-        elected = self._election is not None and self._election.weight > 0
+        elected = self._election is not None and (self._election.weight > 0 or self.is_fallback_proposer)
         if not elected or self._book.of(self.config.me) is not None or self._head is None:
             return False
         ended = self.deadlines is not None and not self._lands_by(self.deadlines[0])
         return ended or self._tx[TxKind.PROPOSE].dead
 
     @property
+    def is_fallback_proposer(self) -> bool:
+        """The registry reopened the propose window for this node alone (its draw was the
+        best of the round's declines)."""
+        return self._fallback is not None and self._fallback.proposer == self.config.me
+
+    @property
     def role(self) -> Role:
         if self._book.of(self.config.me) is not None:
             return Role.PROPOSER
-        if self._election is not None and self._election.weight > 0 and not self.gave_up:
+        elected = self._election is not None and (self._election.weight > 0 or self.is_fallback_proposer)
+        if elected and not self.gave_up:
             return Role.PROPOSER
         if self._election is not None or (
             self.deadlines is not None and self._head is not None and self._head >= self.deadlines[0]

@@ -36,6 +36,8 @@ def round_events(name: str, args: dict[str, Any], block_hash: bytes | None = Non
         return [rnd.ProposalOnChain(r, args["index"], as_address(args["proposer"]), args["delta_hash"])]
     if name == "Declined":
         return [rnd.DeclinedOnChain(r, as_address(args["participant"]))]
+    if name == "FallbackOpened":
+        return [rnd.FallbackOnChain(r, as_address(args["proposer"]), args["last_block"])]
     if name == "PhaseClosed":
         return [rnd.PhaseClosedOnChain(r, rnd.ChainPhase(args["phase"]), args["last_block"])]
     if name == "VoteCommitted":
@@ -66,7 +68,7 @@ def transaction(action: Submission) -> tuple[rnd.TxKind, str, tuple[Any, ...]]:
         case rnd.SubmitPropose():
             return rnd.TxKind.PROPOSE, "propose", (action.delta_hash, action.proof)
         case rnd.SubmitDecline():
-            return rnd.TxKind.DECLINE, "decline", ()
+            return rnd.TxKind.DECLINE, "decline", (action.proof,)
         case rnd.SubmitCommit():
             return rnd.TxKind.COMMIT, "commit_vote", (action.digest,)
         case rnd.SubmitReveal():
