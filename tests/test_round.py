@@ -745,6 +745,8 @@ def test_a_timed_out_empty_round_revives_for_voters_when_the_fallback_opens() ->
     node.feed(ProposalOnChain(0, 0, P1, H1), DeltaReceived(0, P1, D1, P1))
     out = node.feed(PhaseClosedOnChain(0, ChainPhase.PROPOSE, REVEAL_END + 3), BlockSealed(REVEAL_END + 3))
     assert of(ScoreProposals, out) == [ScoreProposals(0, BASE, (D1,), VoteMode.PER_PROPOSAL)]
+    # a finalise that was still in flight meets the reopened window and reverts: not final
+    node.feed(TxFailed(0, TxKind.FINALISE, "wrong phase"))
     # and it finalises the revived round at its turn, once more
     end = node.machine.deadlines[2]
     assert of(SubmitFinalise, node.to(end)) == [SubmitFinalise(0)]

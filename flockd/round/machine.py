@@ -235,8 +235,16 @@ class RoundMachine:
                 self._recorded = event.model_hash
             case AggregateFailed():
                 self._aggregate_failed = True
+            case TxFailed() if event.kind is TxKind.FINALISE and self._finalise_predates_fallback():
+                self._tx[TxKind.FINALISE] = _Tx()  # it met the reopened window: try again at its end
             case TxFailed():
                 self._tx[event.kind].failed(event.reverted)
+
+    def _finalise_predates_fallback(self) -> bool:
+        """A finalise failing before the reopened round's reveal end was sent for the round
+        as it stood before FallbackOpened (the machine sends none earlier)."""
+        ends = self.deadlines
+        return self._fallback is not None and ends is not None and self._head is not None and self._head < ends[2]
 
     def _clock(self, number: int) -> None:
         if self._head is None or number > self._head:
