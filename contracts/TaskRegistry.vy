@@ -1,4 +1,5 @@
 # pragma version ~=0.4.3
+# pragma optimize codesize
 """
 @title flockd task registry
 @notice One contract for every federated-learning task, identified by a uint256
@@ -13,12 +14,19 @@ MAX_PARTICIPANTS: constant(uint256) = 256
 MAX_PROPOSALS: constant(uint256) = 16
 # blockhash() reaches back 256 blocks: the whole propose window must see B_r.
 MAX_PROPOSE_BLOCKS: constant(uint256) = 256
-MAX_PHASE_BLOCKS: constant(uint256) = 2**32
+# Parameter caps: a task ties its joiners' stake up until it ends, so a creator may not
+# make it endless (rounds, windows), confiscatory (slash_bps) or unrevealable (reveal_blocks).
+MAX_ROUNDS: constant(uint256) = 1000
+MAX_PHASE_BLOCKS: constant(uint256) = 1024
+# A reveal is sent once the commit window is over by the voter's confirmed clock, i.e. up
+# to `confirmations` blocks late, and must still land after tips are re-bumped: the window
+# has to be well above confirmations (2 by default) plus a few blocks of margin.
+MIN_REVEAL_BLOCKS: constant(uint256) = 8
+MAX_SLASH_BPS: constant(uint256) = 2500
 MAX_RECIPE_LEN: constant(uint256) = 64
 
 ONE: constant(uint256) = 2**64  # sortition fixed point
 BPS: constant(uint256) = 10000
-SCORE_BOUND: constant(int256) = 10**18  # |score| in whole-round mode
 VRF_PROOF_LEN: constant(uint256) = 80
 VRF_BETA_LEN: constant(uint256) = 64
 
@@ -38,7 +46,7 @@ PHASE_REVEAL: constant(uint8) = 4
 PHASE_CLOSED: constant(uint8) = 5  # finalise may be called
 
 SLASH_REJECTED_PROPOSAL: constant(uint8) = 1
-SLASH_LOSING_VOTE: constant(uint8) = 2
+# reason 2 (a losing vote) is no longer used: only an unopened commitment is slashed
 SLASH_UNREVEALED_VOTE: constant(uint8) = 3
 REWARD_PROPOSER: constant(uint8) = 1
 REWARD_VOTER: constant(uint8) = 2
@@ -81,8 +89,8 @@ struct Round:
     seed: bytes32
     n_proposals: uint256
     revealed_stake: uint256
-    accept_stake: uint256[MAX_PROPOSALS]
-    score_sum: int256
+    accept_stake: uint256[MAX_PROPOSALS]  # whole-round mode: index 0 for the whole round
+    reject_stake: uint256[MAX_PROPOSALS]
     finalised: bool
     accepted_mask: uint256
     model_hash: bytes32
@@ -96,16 +104,22 @@ struct Windows:
     n_declined: uint256
     n_committed: uint256
     n_revealed: uint256
+    # the decliner with the highest verified draw, and whether its fallback window opened
+    fallback: address
+    fallback_draw: uint256
+    fallback_open: bool
 
 struct Proposal:
     proposer: address
     delta_hash: bytes32
 
+# Bit i of accept_mask / reject_mask: the voter voted +1 / -1 on proposal i (whole-round
+# mode: bit 0, the round); neither bit: 0, "not received".
 struct Ballot:
     digest: bytes32
     revealed: bool
     accept_mask: uint256
-    score: int256
+    reject_mask: uint256
 
 
 event TaskCreated:
@@ -140,6 +154,7 @@ event RoundOpened:
     task_id: indexed(uint256)
     round: indexed(uint256)
     open_block: uint256
+    seed: bytes32  # round >= 1; zero for round 0, whose seed needs blockhash(open_block)
 
 event SeedFixed:
     task_id: indexed(uint256)
@@ -157,6 +172,12 @@ event Declined:
     task_id: indexed(uint256)
     round: indexed(uint256)
     participant: indexed(address)
+
+event FallbackOpened:
+    task_id: indexed(uint256)
+    round: indexed(uint256)
+    proposer: indexed(address)
+    last_block: uint256  # the new propose_end; commit and reveal follow at full length
 
 event PhaseClosed:
     task_id: indexed(uint256)
@@ -282,29 +303,6 @@ def _is_proposer(stake: uint256, total: uint256, expected: uint256, unit: uint25
     return x >= self._fixed_pow(ONE - p, w)
 
 
-@external
-@pure
-def fixed_pow(q: uint256, w: uint256) -> uint256:
-    """@notice (q / 2**64) ** w in 64.64 fixed point, exactly as the spec's square-and-multiply"""
-    assert q <= ONE, "q above one"
-    return self._fixed_pow(q, w)
-
-
-@external
-@pure
-def is_proposer(stake: uint256, total: uint256, expected: uint256, unit: uint256, x: uint256) -> bool:
-    """@notice the sortition rule propose() enforces; x = first 8 bytes of beta, big-endian"""
-    assert unit > 0 and expected <= MAX_PROPOSALS and x < ONE, "bad sortition input"
-    return self._is_proposer(stake, total, expected, unit, x)
-
-
-@external
-@pure
-def vote_digest(votes: DynArray[int256, MAX_PROPOSALS], salt: bytes32, voter: address) -> bytes32:
-    """@notice the digest commit_vote expects: keccak256(abi_encode(votes, salt, voter))"""
-    return keccak256(abi_encode(votes, salt, voter))
-
-
 # ---------------------------------------------------------------- helpers
 
 @internal
@@ -371,14 +369,30 @@ def _close_from(task_id: uint256, r: uint256, phase: uint8):
 def _maybe_close_propose(task_id: uint256, r: uint256):
     """every participant has proposed or declined, or the proposal cap is reached"""
     n: uint256 = self._rounds[task_id][r].n_proposals
+    if self._windows[task_id][r].fallback_open:
+        if n > 0:
+            self._close_from(task_id, r, PHASE_PROPOSE)  # the one admitted proposal is in
+        return
     decided: uint256 = n + self._windows[task_id][r].n_declined
     if n < self._params[task_id].max_proposals and decided < len(self._participants[task_id]):
         return
-    self._close_from(task_id, r, PHASE_PROPOSE)
     if n == 0:
-        # nothing to vote on: straight to finalise
-        self._close_from(task_id, r, PHASE_COMMIT)
-        self._close_from(task_id, r, PHASE_REVEAL)
+        # everyone declined (so some verified draw exists): no empty round
+        self._open_fallback(task_id, r)
+        return
+    self._close_from(task_id, r, PHASE_PROPOSE)
+
+
+@internal
+def _open_fallback(task_id: uint256, r: uint256):
+    """a propose window of full length from this block for the best decliner alone"""
+    self._windows[task_id][r].fallback_open = True
+    end: uint256 = block.number + self._params[task_id].propose_blocks
+    self._windows[task_id][r].propose_end = end
+    end += self._params[task_id].commit_blocks
+    self._windows[task_id][r].commit_end = end
+    self._windows[task_id][r].reveal_end = end + self._params[task_id].reveal_blocks
+    log FallbackOpened(task_id=task_id, round=r, proposer=self._windows[task_id][r].fallback, last_block=block.number + self._params[task_id].propose_blocks)
 
 
 @internal
@@ -413,8 +427,9 @@ def _require_phase(task_id: uint256, r: uint256, phase: uint8):
 @internal
 @view
 def _computed_seed(task_id: uint256, r: uint256) -> bytes32:
+    """seed_0 from blockhash(B_0) while readable; later seeds are stored when their round opens"""
     open_block: uint256 = self._rounds[task_id][r].open_block
-    if block.number <= open_block or block.number - open_block > 256:
+    if r > 0 or block.number <= open_block or block.number - open_block > 256:
         return empty(bytes32)
     return keccak256(concat(blockhash(open_block), convert(task_id, bytes32), convert(r, bytes32)))
 
@@ -424,14 +439,18 @@ def _fix_seed(task_id: uint256, r: uint256) -> bytes32:
     seed: bytes32 = self._rounds[task_id][r].seed
     if seed == empty(bytes32):
         seed = self._computed_seed(task_id, r)
-        assert seed != empty(bytes32), "seed unavailable"
+        if seed == empty(bytes32):
+            # round 0 where no participant proposed or declined while blockhash(B_0) was
+            # readable, and only then: a constant nobody chose after the keys were in
+            seed = keccak256(concat(empty(bytes32), convert(task_id, bytes32), convert(r, bytes32)))
         self._rounds[task_id][r].seed = seed
         log SeedFixed(task_id=task_id, round=r, seed=seed)
     return seed
 
 
 @internal
-def _vrf_beta(pk: bytes32, proof: Bytes[VRF_PROOF_LEN], seed: bytes32) -> Bytes[VRF_BETA_LEN]:
+def _draw(pk: bytes32, proof: Bytes[VRF_PROOF_LEN], seed: bytes32) -> uint256:
+    """x = the first 8 bytes of the verified beta, big-endian"""
     ok: bool = False
     beta: Bytes[VRF_BETA_LEN] = b""
     ok, beta = raw_call(
@@ -442,19 +461,28 @@ def _vrf_beta(pk: bytes32, proof: Bytes[VRF_PROOF_LEN], seed: bytes32) -> Bytes[
     )
     # an address without code "succeeds" with empty output: that is a rejection too
     assert ok and len(beta) == VRF_BETA_LEN, "vrf proof rejected"
-    return beta
+    return extract32(beta, 0, output_type=uint256) >> 192
 
 
 @internal
 def _open_round(task_id: uint256, r: uint256):
+    """
+    Round r opens at this block. Seeds form a chain, seed_r = keccak(seed_{r-1} || task || r),
+    from seed_0 = keccak(blockhash(B_0) || task || 0): no later block hash, transaction
+    or timing enters a seed (protocol/spec/contracts.md, "Seed").
+    """
     self._state[task_id].current_round = r
     self._rounds[task_id][r].open_block = block.number
+    seed: bytes32 = empty(bytes32)
+    if r > 0:
+        seed = keccak256(concat(self._fix_seed(task_id, r - 1), convert(task_id, bytes32), convert(r, bytes32)))
+        self._rounds[task_id][r].seed = seed
     end: uint256 = block.number + self._params[task_id].propose_blocks
     self._windows[task_id][r].propose_end = end
     end += self._params[task_id].commit_blocks
     self._windows[task_id][r].commit_end = end
     self._windows[task_id][r].reveal_end = end + self._params[task_id].reveal_blocks
-    log RoundOpened(task_id=task_id, round=r, open_block=block.number)
+    log RoundOpened(task_id=task_id, round=r, open_block=block.number, seed=seed)
 
 
 @internal
@@ -496,16 +524,16 @@ def _popcount(x: uint256) -> uint256:
 @nonreentrant
 def create_task(p: TaskParams) -> uint256:
     """@notice create a task; the reward pool is pulled from the caller (approve first)"""
-    assert p.rounds >= 1, "rounds"
+    assert p.rounds >= 1 and p.rounds <= MAX_ROUNDS, "rounds"
     assert p.min_participants >= 2 and p.min_participants <= MAX_PARTICIPANTS, "min_participants"
     assert p.stake_unit >= 1 and p.min_stake >= p.stake_unit, "min_stake below stake_unit"
     assert p.max_proposals >= 1 and p.max_proposals <= MAX_PROPOSALS, "max_proposals"
     assert p.expected_proposers >= 1 and p.expected_proposers <= MAX_PROPOSALS, "expected_proposers"
     assert p.propose_blocks >= 1 and p.propose_blocks <= MAX_PROPOSE_BLOCKS, "propose_blocks"
     assert p.commit_blocks >= 1 and p.commit_blocks <= MAX_PHASE_BLOCKS, "commit_blocks"
-    assert p.reveal_blocks >= 1 and p.reveal_blocks <= MAX_PHASE_BLOCKS, "reveal_blocks"
+    assert p.reveal_blocks >= MIN_REVEAL_BLOCKS and p.reveal_blocks <= MAX_PHASE_BLOCKS, "reveal_blocks"
     assert p.vote_mode <= MODE_WHOLE_ROUND, "vote_mode"
-    assert p.slash_bps <= BPS and p.proposer_share_bps <= BPS, "basis points"
+    assert p.slash_bps <= MAX_SLASH_BPS and p.proposer_share_bps <= BPS, "basis points"
     task_id: uint256 = self.task_count + 1
     self.task_count = task_id
     self._params[task_id] = p
@@ -627,17 +655,19 @@ def propose(task_id: uint256, r: uint256, delta_hash: bytes32, vrf_proof: Bytes[
     pool: Participant = self._pools[task_id][msg.sender]
     assert pool.active, "not a participant"
     assert self._proposal_slot[task_id][r][msg.sender] == 0, "already proposed"
-    assert not self._declined[task_id][r][msg.sender], "declined this round"
     p: TaskParams = self._params[task_id]
     index: uint256 = len(self._proposals[task_id][r])
     assert index < p.max_proposals, "proposal cap reached"
     assert delta_hash != empty(bytes32), "empty delta hash"
     assert len(vrf_proof) == VRF_PROOF_LEN, "vrf proof length"
-    seed: bytes32 = self._fix_seed(task_id, r)
-    beta: Bytes[VRF_BETA_LEN] = self._vrf_beta(pool.vrf_pk, vrf_proof, seed)
-    x: uint256 = extract32(beta, 0, output_type=uint256) >> 192
-    total: uint256 = self._state[task_id].total_stake
-    assert self._is_proposer(pool.stake, total, p.expected_proposers, p.stake_unit, x), "not elected"
+    if self._windows[task_id][r].fallback_open:
+        # its draw was verified with its decline
+        assert msg.sender == self._windows[task_id][r].fallback, "not the fallback proposer"
+    else:
+        assert not self._declined[task_id][r][msg.sender], "declined this round"
+        x: uint256 = self._draw(pool.vrf_pk, vrf_proof, self._fix_seed(task_id, r))
+        total: uint256 = self._state[task_id].total_stake
+        assert self._is_proposer(pool.stake, total, p.expected_proposers, p.stake_unit, x), "not elected"
     self._proposals[task_id][r].append(Proposal(proposer=msg.sender, delta_hash=delta_hash))
     self._proposal_slot[task_id][r][msg.sender] = index + 1
     self._rounds[task_id][r].n_proposals = index + 1
@@ -647,15 +677,24 @@ def propose(task_id: uint256, r: uint256, delta_hash: bytes32, vrf_proof: Bytes[
 
 
 @external
-def decline(task_id: uint256, r: uint256):
+def decline(task_id: uint256, r: uint256, vrf_proof: Bytes[VRF_PROOF_LEN]):
     """
     @notice a participant says it will not propose in round r (not elected, or not
-            willing), so the propose window can close once everyone proposed or declined
+            willing), so the propose window can close once everyone proposed or declined.
+            Its VRF proof on the round seed is verified; the highest draw x among the
+            decliners may propose in a fallback window if nobody else does.
     """
     self._require_phase(task_id, r, PHASE_PROPOSE)
-    assert self._pools[task_id][msg.sender].active, "not a participant"
+    pool: Participant = self._pools[task_id][msg.sender]
+    assert pool.active, "not a participant"
     assert self._proposal_slot[task_id][r][msg.sender] == 0, "already proposed"
     assert not self._declined[task_id][r][msg.sender], "already declined"
+    assert not self._windows[task_id][r].fallback_open, "fallback window"
+    assert len(vrf_proof) == VRF_PROOF_LEN, "vrf proof length"
+    x: uint256 = self._draw(pool.vrf_pk, vrf_proof, self._fix_seed(task_id, r))
+    if self._windows[task_id][r].fallback == empty(address) or x > self._windows[task_id][r].fallback_draw:
+        self._windows[task_id][r].fallback = msg.sender
+        self._windows[task_id][r].fallback_draw = x
     self._declined[task_id][r][msg.sender] = True
     self._windows[task_id][r].n_declined += 1
     log Declined(task_id=task_id, round=r, participant=msg.sender)
@@ -682,9 +721,10 @@ def commit_vote(task_id: uint256, r: uint256, digest: bytes32):
 @external
 def reveal_vote(task_id: uint256, r: uint256, votes: DynArray[int256, MAX_PROPOSALS], salt: bytes32):
     """
-    @notice open a committed vote. Per-proposal mode: one +1 (accept) or -1 (reject)
-            per proposal, in proposal order. Whole-round mode: one score in
-            [-10**18, 10**18] for the aggregate (none when the round has no proposal).
+    @notice open a committed vote. Per-proposal mode: one vote per proposal, in
+            proposal order: +1 accept, -1 reject, 0 not received (counts for neither
+            side, never slashed). Whole-round mode: one +1 or -1 for the aggregate
+            (none when the round has no proposal).
     """
     self._require_phase(task_id, r, PHASE_REVEAL)
     ballot: Ballot = self._ballots[task_id][r][msg.sender]
@@ -695,25 +735,22 @@ def reveal_vote(task_id: uint256, r: uint256, votes: DynArray[int256, MAX_PROPOS
     stake: uint256 = self._pools[task_id][msg.sender].stake
     if self._params[task_id].vote_mode == MODE_PER_PROPOSAL:
         assert len(votes) == n, "one vote per proposal"
-        mask: uint256 = 0
-        for i: uint256 in range(MAX_PROPOSALS):
-            if i >= n:
-                break
-            if votes[i] == 1:
-                mask |= 1 << i
-                self._rounds[task_id][r].accept_stake[i] += stake
-            else:
-                assert votes[i] == -1, "vote must be +1 or -1"
-        ballot.accept_mask = mask
     else:
-        assert len(votes) == min(n, 1), "one score for the round"
+        # one vote for the round: a sign, never a magnitude a few voters could inflate
+        assert len(votes) == min(n, 1), "one vote for the round"
         if n > 0:
-            score: int256 = votes[0]
-            assert score >= -SCORE_BOUND and score <= SCORE_BOUND, "score out of range"
-            self._rounds[task_id][r].score_sum += convert(stake, int256) * score
-            ballot.score = score
-            if score >= 0:
-                ballot.accept_mask = 1
+            assert votes[0] != 0, "vote must be +1 or -1"
+    for i: uint256 in range(MAX_PROPOSALS):
+        if i >= len(votes):
+            break
+        if votes[i] == 1:
+            ballot.accept_mask |= 1 << i
+            self._rounds[task_id][r].accept_stake[i] += stake
+        elif votes[i] == -1:
+            ballot.reject_mask |= 1 << i
+            self._rounds[task_id][r].reject_stake[i] += stake
+        else:
+            assert votes[i] == 0, "vote must be -1, 0 or +1"
     ballot.revealed = True
     self._ballots[task_id][r][msg.sender] = ballot
     self._rounds[task_id][r].revealed_stake += stake
@@ -729,20 +766,20 @@ def reveal_vote(task_id: uint256, r: uint256, votes: DynArray[int256, MAX_PROPOS
 def _accepted_mask(task_id: uint256, r: uint256, n: uint256, whole: bool) -> uint256:
     rnd: Round = self._rounds[task_id][r]
     if whole:
-        if rnd.score_sum >= 0:
+        if rnd.accept_stake[0] >= rnd.reject_stake[0]:
             return (1 << n) - 1
         return 0
     mask: uint256 = 0
     for i: uint256 in range(MAX_PROPOSALS):
         if i >= n:
             break
-        if rnd.accept_stake[i] * 2 > rnd.revealed_stake:
+        if rnd.accept_stake[i] > rnd.reject_stake[i]:
             mask |= 1 << i
     return mask
 
 
 @internal
-def _settle_proposers(task_id: uint256, r: uint256, mask: uint256, budget: uint256, slash_bps: uint256) -> (uint256, uint256):
+def _settle_proposers(task_id: uint256, r: uint256, mask: uint256, whole: bool, budget: uint256, slash_bps: uint256) -> (uint256, uint256):
     """returns (paid, slashed)"""
     n: uint256 = len(self._proposals[task_id][r])
     n_accepted: uint256 = self._popcount(mask)
@@ -758,22 +795,28 @@ def _settle_proposers(task_id: uint256, r: uint256, mask: uint256, budget: uint2
         if (mask >> i) & 1 == 1:
             self._credit(task_id, r, who, each, REWARD_PROPOSER)
             paid += each
-        else:
+        elif whole or self._rounds[task_id][r].reject_stake[i] > 0:
+            # rejected by someone's -1; a proposal that only drew 0s ("not received" by
+            # every voter) has no verdict of its own, like a round without reveals
             slashed += self._slash(task_id, r, who, slash_bps, BPS, SLASH_REJECTED_PROPOSAL)
     return paid, slashed
 
 
 @internal
 def _settle_voters(task_id: uint256, r: uint256, mask: uint256, n: uint256, whole: bool, budget: uint256, slash_bps: uint256) -> (uint256, uint256):
-    """returns (paid, slashed)"""
+    """
+    returns (paid, slashed). A voter is slashed only for a commitment it did not open;
+    a revealed voter is paid by agreement: budget pro rata to stake x the number of its
+    +1/-1 votes that match the verdict. Voting with the losing side costs nothing, so
+    honest voters who disagree among themselves do not feed a cartel that always agrees.
+    """
     addrs: DynArray[address, MAX_PARTICIPANTS] = self._participants[task_id]
-    winners: bool[MAX_PARTICIPANTS] = empty(bool[MAX_PARTICIPANTS])
-    winning_stake: uint256 = 0
+    weights: uint256[MAX_PARTICIPANTS] = empty(uint256[MAX_PARTICIPANTS])
+    total_weight: uint256 = 0
     slashed: uint256 = 0
-    units: uint256 = n
-    full: uint256 = (1 << n) - 1
-    if whole:
-        units = 1
+    verdict: uint256 = mask
+    if whole and mask != 0:
+        verdict = 1
     for i: uint256 in range(MAX_PARTICIPANTS):
         if i >= len(addrs):
             break
@@ -784,29 +827,19 @@ def _settle_voters(task_id: uint256, r: uint256, mask: uint256, n: uint256, whol
         if not ballot.revealed:
             slashed += self._slash(task_id, r, who, slash_bps, BPS, SLASH_UNREVEALED_VOTE)
             continue
-        if n == 0:
-            continue
-        losses: uint256 = 0
-        if whole:
-            if (ballot.accept_mask == 1) != (mask != 0):
-                losses = 1
-        else:
-            losses = self._popcount((ballot.accept_mask ^ mask) & full)
-        if losses > 0:
-            slashed += self._slash(task_id, r, who, slash_bps * losses, BPS * units, SLASH_LOSING_VOTE)
-        else:
-            winners[i] = True
-            winning_stake += self._pools[task_id][who].stake
+        # a 0 ("not received") is in neither mask: it neither agrees nor loses
+        agreed: uint256 = self._popcount((ballot.accept_mask & verdict) | (ballot.reject_mask & ~verdict))
+        weights[i] = self._pools[task_id][who].stake * agreed
+        total_weight += weights[i]
     paid: uint256 = 0
-    if winning_stake == 0:
+    if total_weight == 0:
         return 0, slashed
     for i: uint256 in range(MAX_PARTICIPANTS):
         if i >= len(addrs):
             break
-        if winners[i]:
-            share: uint256 = budget * self._pools[task_id][addrs[i]].stake // winning_stake
-            self._credit(task_id, r, addrs[i], share, REWARD_VOTER)
-            paid += share
+        share: uint256 = budget * weights[i] // total_weight
+        self._credit(task_id, r, addrs[i], share, REWARD_VOTER)
+        paid += share
     return paid, slashed
 
 
@@ -820,6 +853,10 @@ def finalise(task_id: uint256, r: uint256):
     self._require_phase(task_id, r, PHASE_CLOSED)
     p: TaskParams = self._params[task_id]
     n: uint256 = self._rounds[task_id][r].n_proposals
+    if n == 0 and self._windows[task_id][r].fallback != empty(address) and not self._windows[task_id][r].fallback_open:
+        # the propose window timed out with no proposal: the best decliner gets its window
+        self._open_fallback(task_id, r)
+        return
     revealed: uint256 = self._rounds[task_id][r].revealed_stake
     whole: bool = p.vote_mode == MODE_WHOLE_ROUND
     # without a single revealed vote there is no verdict: nobody is judged
@@ -832,7 +869,7 @@ def finalise(task_id: uint256, r: uint256):
     paid: uint256 = 0
     slashed: uint256 = 0
     if decided:
-        paid, slashed = self._settle_proposers(task_id, r, mask, proposer_budget, p.slash_bps)
+        paid, slashed = self._settle_proposers(task_id, r, mask, whole, proposer_budget, p.slash_bps)
     voter_paid: uint256 = 0
     voter_slashed: uint256 = 0
     voter_budget: uint256 = 0

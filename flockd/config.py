@@ -65,6 +65,19 @@ confirmations = 2
 # Prometheus text on http://127.0.0.1:PORT/metrics (0 = off; docs/operator.md, "Metrics").
 port = 0
 
+[policy]
+# task_join refuses a task outside these bounds: joining locks the stake until it ends.
+max_rounds = 100
+# Each of propose_blocks, commit_blocks, reveal_blocks.
+max_window_blocks = 256
+# Reveals must have room to land after the confirmation lag: reveal_blocks must also be
+# at least chain.confirmations + 4.
+min_reveal_blocks = 8
+# Slash per judgement, basis points of the pool's stake.
+max_slash_bps = 1000
+# rounds x (2 x propose_blocks + commit_blocks + reveal_blocks): the longest the stake is locked.
+max_task_blocks = 50000
+
 # A research tool for measuring the defence: make this node MALICIOUS (docs/learning.md,
 # "Attackers"). Off unless the section is added:
 # [attack]
@@ -115,6 +128,17 @@ class MetricsSection:
 
 
 @dataclass(frozen=True)
+class PolicySection:
+    """Which tasks this node joins (checked by flockd.tasks.policy)."""
+
+    max_rounds: int = 100
+    max_window_blocks: int = 256
+    min_reveal_blocks: int = 8
+    max_slash_bps: int = 1000
+    max_task_blocks: int = 50_000
+
+
+@dataclass(frozen=True)
 class AttackSection:
     behaviour: str = "honest"  # a spec for flockd.fl.attacks.parse_behaviour
     colluders: list[str] = field(default_factory=list)  # 0x-prefixed addresses
@@ -138,6 +162,7 @@ class Config:
     rpc: RPCSection = field(default_factory=RPCSection)
     chain: ChainSection = field(default_factory=ChainSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
+    policy: PolicySection = field(default_factory=PolicySection)
     attack: AttackSection = field(default_factory=AttackSection)
 
     def with_overrides(self, **sections: dict[str, Any]) -> Config:
@@ -173,6 +198,11 @@ class Config:
             if origin != "*" and not origin.startswith(("http://", "https://")):
                 raise ConfigError(f"chain.http_corsdomain: {origin!r} must be \"*\" or an http(s):// origin")
         _check_range("metrics.port", self.metrics.port, 0, 65535)
+        _check_range("policy.max_rounds", self.policy.max_rounds, 1, 10**6)
+        _check_range("policy.max_window_blocks", self.policy.max_window_blocks, 1, 10**6)
+        _check_range("policy.min_reveal_blocks", self.policy.min_reveal_blocks, 1, 10**6)
+        _check_range("policy.max_slash_bps", self.policy.max_slash_bps, 0, 10_000)
+        _check_range("policy.max_task_blocks", self.policy.max_task_blocks, 1, 10**9)
         url = self.chain.rpc_url
         if url and not url.startswith(("http://", "https://")):
             raise ConfigError(f"chain.rpc_url: {url!r} must be an http:// or https:// URL")

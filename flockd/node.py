@@ -260,7 +260,7 @@ class Node:
             NodeNamespace(self),
             NetNamespace(self.p2p),
             ChainNamespace(self.chain_backend, self.chain_service, confirmations=self.config.chain.confirmations),
-            TaskNamespace(self.tasks),
+            TaskNamespace(self.tasks, self.config.policy),
             RoundNamespace(self.tasks),
             ModelNamespace(self.tasks, self.datadir / "exports"),
             AccountNamespace(self.tasks.token),

@@ -43,7 +43,7 @@ def test_daemons_run_a_task_on_anvil(short_tmp, anvil):
         cluster.wait_full_mesh(timeout=60)
         status = first.call("chain_status")
         assert status["kind"] == "external" and status["chain_id"] == 31337
-        plan = TaskPlan(recipe="cancer-logreg", rounds=2, expected_proposers=2, propose_blocks=6, commit_blocks=5, reveal_blocks=3)
+        plan = TaskPlan(recipe="cancer-logreg", rounds=2, expected_proposers=2, propose_blocks=6, commit_blocks=5, reveal_blocks=8)
         task_id = create_and_join(cluster, plan)
 
         def finished():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import rlp
 from eth.abc import BlockAPI
+from eth_hash.auto import keccak
 from eth_keys import keys
 
 from flockd.chain.embedded import (
@@ -133,6 +134,30 @@ def test_forged_and_ill_timed_blocks_are_rejected_by_all(tmp_path):
         with pytest.raises(error):
             nodes[0].import_block(raw)
     # The untampered block is fine.
+    broadcast(nodes, sealer, block)
+
+
+def _with_vanity(block: BlockAPI, key: keys.PrivateKey, vanity: bytes) -> BlockAPI:
+    """The block re-sealed correctly by `key`, with `vanity` bytes before the seal."""
+    placeholder = block.header.copy(extra_data=vanity + bytes(65))
+    unsealed = placeholder.copy(extra_data=vanity)
+    signature = key.sign_msg_hash(keccak(rlp.encode(unsealed)))
+    return block.copy(header=block.header.copy(extra_data=vanity + signature.to_bytes()))
+
+
+def test_a_sealer_grinding_the_block_hash_with_vanity_bytes_is_rejected(tmp_path):
+    """The round seed hashes a block's hash: a sealer free to pick 32 bytes of its header
+    could try hashes until a seed suits it. extra_data is the seal and nothing else."""
+    clock = Clock()
+    nodes = make_network(tmp_path, clock)
+    sealer, block = _fresh_block(nodes, clock)
+    hashes = set()
+    for attempt in range(3):
+        ground = _with_vanity(block, KEYS[sealer], attempt.to_bytes(32, "big"))
+        hashes.add(ground.header.hash)
+        _rejected_by_all(nodes, sealer, ground, BadSeal)
+    assert len(hashes) == 3  # each try was a different block hash: a choice of seeds
+    assert len(block.header.extra_data) == 65
     broadcast(nodes, sealer, block)
 
 

@@ -181,3 +181,8 @@ def test_genesis_alloc_is_deterministic_and_works() -> None:
 def test_genesis_holder_limit() -> None:
     with pytest.raises(ValueError, match="at most 64"):
         genesis_contracts({bytes([i]) * 20: 1 for i in range(1, 66)})
+
+
+def test_the_registry_fits_eip170() -> None:
+    """EIP-170: no chain deploys runtime code above 24,576 bytes (anvil included)."""
+    assert len(REGISTRY.bytecode_runtime) <= 24_576

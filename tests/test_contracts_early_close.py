@@ -23,25 +23,25 @@ def reg() -> Registry:
 
 def test_decline_rules(reg: Registry) -> None:
     task = reg.started([1, 2, 3])
-    assert reg.reverts(5, "decline", task, 0) == "not a participant"
-    assert reg.reverts(1, "decline", task, 1) == "wrong round"
+    assert reg.reverts(5, "decline", task, 0, reg.proof(5, task, 0)) == "not a participant"
+    assert reg.reverts(1, "decline", task, 1, reg.proof(1, task, 1)) == "wrong round"
     reg.propose(task, 0, 1)
-    assert reg.reverts(1, "decline", task, 0) == "already proposed"
-    (name, ev), = reg.events(reg.tx(2, "decline", task, 0))
+    assert reg.reverts(1, "decline", task, 0, reg.proof(1, task, 0)) == "already proposed"
+    (name, ev), = reg.events(reg.decline(task, 0, 2))
     assert (name, ev["participant"]) == ("Declined", "0x" + reg.addr(2).hex())
     assert reg.view("has_declined", task, 0, reg.addr(2))
-    assert reg.reverts(2, "decline", task, 0) == "already declined"
+    assert reg.reverts(2, "decline", task, 0, reg.proof(2, task, 0)) == "already declined"
     assert reg.reverts(2, "propose", task, 0, b"\x01" * 32, reg.proof(2, task, 0)) == "declined this round"
     reg.advance_to(task, 0, PHASE_COMMIT)
-    assert reg.reverts(3, "decline", task, 0) == "wrong phase"
+    assert reg.reverts(3, "decline", task, 0, reg.proof(3, task, 0)) == "wrong phase"
 
 
 def test_propose_closes_when_everyone_proposed_or_declined(reg: Registry) -> None:
     task = reg.started([1, 2, 3], propose_blocks=50, commit_blocks=10, reveal_blocks=10)
     reg.propose(task, 0, 1)
-    reg.tx(2, "decline", task, 0)
+    reg.decline(task, 0, 2)
     assert reg.view("phase", task) == PHASE_PROPOSE  # participant 3 has not said yet
-    result = reg.tx(3, "decline", task, 0)
+    result = reg.decline(task, 0, 3)
     closed = [ev for name, ev in reg.events(result) if name == "PhaseClosed"]
     block = reg.chain.block_number
     assert closed == [{"task_id": task, "round": 0, "phase": PHASE_PROPOSE, "last_block": block}]
@@ -54,8 +54,8 @@ def test_propose_closes_when_everyone_proposed_or_declined(reg: Registry) -> Non
 def test_commit_and_reveal_close_when_every_vote_is_in(reg: Registry) -> None:
     task = reg.started([1, 2, 3], propose_blocks=50, commit_blocks=50, reveal_blocks=50)
     reg.propose(task, 0, 1)
-    reg.tx(2, "decline", task, 0)
-    reg.tx(3, "decline", task, 0)
+    reg.decline(task, 0, 2)
+    reg.decline(task, 0, 3)
     ballots = {2: [1], 3: [1]}
     reg.tx(2, "commit_vote", task, 0, reg.digest(2, ballots[2], salt(2, 0)))
     assert reg.view("phase", task) == PHASE_COMMIT
@@ -78,8 +78,8 @@ def test_commit_and_reveal_close_when_every_vote_is_in(reg: Registry) -> None:
 def test_a_silent_voter_holds_the_commit_window_open(reg: Registry) -> None:
     task = reg.started([1, 2, 3], propose_blocks=50, commit_blocks=8, reveal_blocks=8)
     reg.propose(task, 0, 1)
-    reg.tx(2, "decline", task, 0)
-    reg.tx(3, "decline", task, 0)
+    reg.decline(task, 0, 2)
+    reg.decline(task, 0, 3)
     propose_end = reg.chain.block_number
     reg.tx(2, "commit_vote", task, 0, reg.digest(2, [1], salt(2, 0)))
     # voter 3 never commits: the window runs its full length, then the one voter reveals
@@ -87,17 +87,6 @@ def test_a_silent_voter_holds_the_commit_window_open(reg: Registry) -> None:
     reg.advance_to(task, 0, PHASE_REVEAL)
     result = reg.tx(2, "reveal_vote", task, 0, [1], salt(2, 0))
     assert [ev["phase"] for name, ev in reg.events(result) if name == "PhaseClosed"] == [PHASE_REVEAL]
-
-
-def test_no_proposal_at_all_goes_straight_to_finalise(reg: Registry) -> None:
-    task = reg.started([1, 2], propose_blocks=50)
-    reg.tx(1, "decline", task, 0)
-    result = reg.tx(2, "decline", task, 0)
-    phases = [ev["phase"] for name, ev in reg.events(result) if name == "PhaseClosed"]
-    assert phases == [PHASE_PROPOSE, PHASE_COMMIT, PHASE_REVEAL]
-    assert reg.view("phase", task) == PHASE_CLOSED
-    names = [n for n, _ in reg.events(reg.tx(0, "finalise", task, 0))]
-    assert names[:2] == ["RoundFinalised", "ModelRecorded"] and names[-1] == "RoundOpened"
 
 
 def test_the_proposal_cap_closes_the_propose_window(reg: Registry) -> None:

@@ -57,9 +57,9 @@ def small_task_rows() -> list[Row]:
     rows.append(("start_task", reg.tx(0, "start_task", task).gas_used, "opens round 0"))
     rows.append(("propose", reg.propose(task, 0, 1).gas_used, "first of the round: fixes the seed; VRF precompile"))
     rows.append(("propose", reg.propose(task, 0, 2).gas_used, "later"))
-    rows.append(("decline", reg.tx(3, "decline", task, 0).gas_used, ""))
-    reg.tx(4, "decline", task, 0)
-    rows.append(("decline", reg.tx(5, "decline", task, 0).gas_used, "the last one: closes the propose window"))
+    rows.append(("decline", reg.decline(task, 0, 3).gas_used, ""))
+    reg.decline(task, 0, 4)
+    rows.append(("decline", reg.decline(task, 0, 5).gas_used, "the last one: closes the propose window"))
     ballots = {3: [1, -1], 4: [1, -1], 5: [1, 1]}
     reg.advance_to(task, 0, PHASE_COMMIT)
     for who, votes in ballots.items():
@@ -85,10 +85,10 @@ def small_task_rows() -> list[Row]:
     whole = reg.started([1, 2, 3], vote_mode=1)
     reg.propose(whole, 0, 1)
     reg.advance_to(whole, 0, PHASE_COMMIT)
-    reg.tx(2, "commit_vote", whole, 0, reg.digest(2, [E18 // 2], salt(2, 0)))
+    reg.tx(2, "commit_vote", whole, 0, reg.digest(2, [-1], salt(2, 0)))
     reg.advance_to(whole, 0, PHASE_REVEAL)
-    res = reg.tx(2, "reveal_vote", whole, 0, [E18 // 2], salt(2, 0))
-    rows.append(("reveal_vote", res.gas_used, "whole-round mode, one score"))
+    res = reg.tx(2, "reveal_vote", whole, 0, [-1], salt(2, 0))
+    rows.append(("reveal_vote", res.gas_used, "whole-round mode, one -1"))
     return rows
 
 

@@ -23,6 +23,7 @@ from flockd.round import (
     DeltaRejected,
     ElectionDone,
     Event,
+    FallbackOnChain,
     FetchDelta,
     FetchModel,
     InvalidConfig,
@@ -159,6 +160,16 @@ def test_open_asks_for_an_election_on_the_round_seed() -> None:
     assert node.machine.deadlines == (PROPOSE_END, COMMIT_END, REVEAL_END)
 
 
+def test_a_later_round_elects_on_the_seed_its_log_carries() -> None:
+    """Rounds >= 1 take the registry's chained seed from RoundOpened, not a block hash
+    (which the sealer of the open block, or whoever timed finalise, could have chosen)."""
+    chained = sortition.round_seed(sortition.round_seed(OPEN_HASH, 7, 0), 7, 1)
+    machine = RoundMachine(config(), 1, salts())
+    machine.handle(BlockSealed(OPEN - 1))
+    out = machine.handle(RoundOpened(1, OPEN, keccak(b"a ground block"), chained))
+    assert out == [RunElection(1, chained)] and machine.seed == chained
+
+
 @pytest.mark.parametrize(
     ("head", "phase"),
     [
@@ -279,7 +290,7 @@ def test_aggregate_takes_accepted_deltas_in_canonical_order() -> None:
     assert aggregate == Aggregate(0, BASE, tuple(d for _, d in sorted([(H1, D1), (H2, D2)])))
 
 
-def test_silent_proposer_times_out_and_is_voted_down() -> None:
+def test_silent_proposer_times_out_and_is_voted_not_received() -> None:
     node = Node()
     node.open()
     node.feed(election(0), *two_proposals(), DeltaReceived(0, P1, D1, P1))
@@ -290,7 +301,7 @@ def test_silent_proposer_times_out_and_is_voted_down() -> None:
     (score,) = node.to(PROPOSE_END + grace)
     assert score == ScoreProposals(0, BASE, (D1, None), VoteMode.PER_PROPOSAL)
     (commit,) = node.feed(ScoresReady(0, (1, 1)))
-    assert commit.votes == (1, -1)  # a delta never received is a reject
+    assert commit.votes == (1, 0)  # never received: its own vote, not a reject
     # The straggler arriving now changes nothing about the vote.
     assert node.feed(DeltaReceived(0, P2, D2, P2)) == []
     assert node.machine.has_delta(H2)
@@ -319,13 +330,13 @@ def test_voter_without_proposals_abstains_and_keeps_the_model() -> None:
     assert of(SubmitRecordModel, node.actions) == []
 
 
-def test_all_deltas_missing_votes_all_down_without_scoring() -> None:
+def test_all_deltas_missing_abstains_without_scoring() -> None:
     node = Node()
     node.open()
     node.feed(election(0), *two_proposals())
     node.to(PROPOSE_END + config().grace_blocks)
-    (commit,) = of(SubmitCommit, node.actions)
-    assert commit.votes == (-1, -1) and of(ScoreProposals, node.actions) == []
+    assert of(SubmitCommit, node.actions) == [] and of(ScoreProposals, node.actions) == []
+    assert node.machine.abstain_reason == "no delta received"
 
 
 def test_finalise_takes_turns_by_rank() -> None:
@@ -541,7 +552,17 @@ def test_whole_round_mode_commits_one_score() -> None:
     with pytest.raises(InvalidScores):
         node.feed(ScoresReady(0, (1, 1)))
     (commit,) = node.feed(ScoresReady(0, (-(3 * 10**16),)))
-    assert commit.votes == (-(3 * 10**16),)
+    assert commit.votes == (-1,)  # the sign of the measured gain: a magnitude is no vote
+    node.feed(VoteCommittedOnChain(0, ME, commit.digest))
+    assert node.to(COMMIT_END) == [SubmitReveal(0, commit.votes, commit.salt)]
+
+
+def test_whole_round_mode_votes_a_small_gain_as_plus_one() -> None:
+    node = voter_with_deltas(vote_mode=VoteMode.WHOLE_ROUND)
+    node.to(PROPOSE_END)
+    (commit,) = node.feed(ScoresReady(0, (3 * 10**15,)))
+    assert commit.votes == (1,)
+    assert commit.digest == vote_digest((1,), commit.salt, ME)
     node.feed(VoteCommittedOnChain(0, ME, commit.digest))
     assert node.to(COMMIT_END) == [SubmitReveal(0, commit.votes, commit.salt)]
 
@@ -676,24 +697,6 @@ def test_status_is_json_ready() -> None:
 # --- the hashes agree with the contract and the codec ---------------------------------------
 
 
-def test_vote_digest_matches_the_contract() -> None:
-    from eth_keys.datatypes import PrivateKey
-
-    from flockd.chain.artifacts import TASK_REGISTRY, load
-    from flockd.chain.deploy import ScratchChain
-    from flockd.chain.precompile import VRF_PRECOMPILE_ADDRESS
-
-    registry = load(TASK_REGISTRY)
-    key = PrivateKey(keccak(b"deployer"))
-    chain = ScratchChain(funded=[key.public_key.to_canonical_address()])
-    address = chain.deploy(key, registry, b"\x11" * 20, VRF_PRECOMPILE_ADDRESS)
-    for votes in ((), (1, -1, 1), (10**18,)):
-        salt = keccak(repr(votes).encode())
-        call = registry.encode_call("vote_digest", list(votes), salt, ME)
-        (onchain,) = registry.decode_output("vote_digest", chain.call(address, call))
-        assert onchain == vote_digest(votes, salt, ME)
-
-
 def test_delta_hash_is_the_codecs() -> None:
     from flockd.fl.codec import delta_hash as codec_hash
     from flockd.round import delta_hash
@@ -708,10 +711,46 @@ def test_a_voter_declines_once_so_the_propose_window_can_close() -> None:
     node = Node()
     node.open()
     out = node.feed(election(0))
-    assert out == [SubmitDecline(0)]
+    assert out == [SubmitDecline(0, PROOF)]  # the proof enters the fallback draw
     assert node.feed(BlockSealed(OPEN + 1)) == []  # in flight: not sent twice
     assert node.feed(DeclinedOnChain(0, ME)) == []
     assert of(SubmitDecline, node.to(PROPOSE_END)) == []
+
+
+def test_the_fallback_proposer_trains_and_proposes_in_the_reopened_window() -> None:
+    """Nobody was elected; this node's decline had the best draw, so the registry reopens the
+    propose window for it alone (FallbackOpened): it becomes the round's proposer."""
+    node = Node()
+    node.open()
+    node.feed(election(0), DeclinedOnChain(0, ME))
+    assert node.machine.role is Role.VOTER
+    out = node.feed(FallbackOnChain(0, ME, OPEN + 3 + 4))  # propose_blocks = 4, from block OPEN + 3
+    assert node.machine.role is Role.PROPOSER and node.machine.is_fallback_proposer
+    assert node.machine.deadlines == (OPEN + 7, OPEN + 7 + 4, OPEN + 7 + 4 + 4)
+    (train,) = of(StartTraining, out)
+    (propose,) = of(SubmitPropose, node.feed(TrainingDone(0, D1)))
+    assert propose == SubmitPropose(0, H1, PROOF)
+
+
+def test_a_timed_out_empty_round_revives_for_voters_when_the_fallback_opens() -> None:
+    node = Node()
+    node.open()
+    node.feed(election(0), DeclinedOnChain(0, ME))
+    node.to(PROPOSE_END)
+    assert node.machine.abstain_reason == "no proposals"
+    (finalise,) = of(SubmitFinalise, node.to(REVEAL_END))
+    # that finalise opened the fallback window instead of ending the round
+    node.feed(FallbackOnChain(0, P1, REVEAL_END + 1 + 4))
+    assert node.machine.abstain_reason is None and node.machine.role is Role.VOTER
+    assert node.machine.phase is Phase.PROPOSING
+    node.feed(ProposalOnChain(0, 0, P1, H1), DeltaReceived(0, P1, D1, P1))
+    out = node.feed(PhaseClosedOnChain(0, ChainPhase.PROPOSE, REVEAL_END + 3), BlockSealed(REVEAL_END + 3))
+    assert of(ScoreProposals, out) == [ScoreProposals(0, BASE, (D1,), VoteMode.PER_PROPOSAL)]
+    # a finalise that was still in flight meets the reopened window and reverts: not final
+    node.feed(TxFailed(0, TxKind.FINALISE, "wrong phase"))
+    # and it finalises the revived round at its turn, once more
+    end = node.machine.deadlines[2]
+    assert of(SubmitFinalise, node.to(end)) == [SubmitFinalise(0)]
 
 
 def test_a_proposer_does_not_decline() -> None:

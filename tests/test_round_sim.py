@@ -19,6 +19,7 @@ from eth_utils import keccak
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from flockd import sortition
 from flockd.round import (
     Action,
     Aggregate,
@@ -117,10 +118,12 @@ class FakeChain:
     pending: list[tuple[bytes, TxAction]] = field(default_factory=list)
     log: list[tuple[int, RoundEvent]] = field(default_factory=list)
     running: bool = True
+    seeds: dict[int, bytes] = field(default_factory=dict)  # round -> seed, chained as the registry does
 
     def start(self) -> list[RoundEvent]:
         self.head += 1
         self._open(self.head)
+        self.seeds[0] = sortition.round_seed(block_hash(self.head), 1, 0)
         events: list[RoundEvent] = [RoundOpened(0, self.head, block_hash(self.head))]
         self.log += [(self.head, e) for e in events]
         return events
@@ -226,7 +229,9 @@ class FakeChain:
             self.round = r + 1
             self._open(self.head)
             self.proposals, self.declined, self.commits, self.reveals = [], set(), {}, {}
-            events.append(RoundOpened(r + 1, self.head, block_hash(self.head)))
+            # the registry's seed chain: no block hash after round 0's
+            self.seeds[r + 1] = sortition.round_seed(self.seeds[r], 1, r + 1)
+            events.append(RoundOpened(r + 1, self.head, block_hash(self.head), self.seeds[r + 1]))
         else:
             self.running = False
         return events
@@ -301,7 +306,8 @@ class Sim:
         me = node.address
         for action in actions:
             match action:
-                case RunElection(round=r):
+                case RunElection(round=r, seed=seed):
+                    assert seed == self.chain.seeds[r], "an election on another seed than the chain's"
                     weight = 1 if me in PROPOSERS[r] else 0
                     self.send(me, ElectionDone(r, Election(b"\x01" * 80, b"\x02" * 64, weight)))
                 case StartTraining(round=r, base_model_hash=base):

@@ -74,7 +74,8 @@ def test_the_recorded_model_is_the_aggregate_of_the_accepted_deltas(honest: Simu
 
 
 def test_a_sign_flipping_proposer_is_voted_down() -> None:
-    # nodes 2 and 4 send -4 x their delta; with this seed node 4 proposes in both rounds.
+    # nodes 2 and 4 send -4 x their delta; with this seed (the registry's seed chain and
+    # fallback proposer included) attackers propose twice in the two rounds.
     # (From the random initial model a flipped delta can still look good to a voter: with
     # seed 0, node 2's round-0 proposal gains validation accuracy and passes.)
     attack = parse_behaviour("sign-flip:4")
@@ -95,7 +96,7 @@ def test_the_chain_checks_the_vrf_proof() -> None:
     params = TaskParams(
         recipe="digits-mlp", recipe_hash=keccak(b"spec"), model_init_hash=keccak(b"init"), rounds=1,
         min_participants=3, min_stake=100 * E18, stake_unit=100 * E18, expected_proposers=3,
-        max_proposals=16, propose_blocks=4, commit_blocks=2, reveal_blocks=2, reward_pool=0,
+        max_proposals=16, propose_blocks=4, commit_blocks=2, reveal_blocks=8, reward_pool=0,
     )
     task = chain.create_task(keys[0], params, [(k, vrf.public_key(s)) for k, s in zip(keys, secrets, strict=True)], 100 * E18)
     opened = chain.seal()

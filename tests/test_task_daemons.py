@@ -8,7 +8,7 @@ from flockd.testnet.task import TaskPlan, create_and_join
 
 pytestmark = pytest.mark.slow
 
-PLAN = TaskPlan(recipe="digits-mlp", rounds=3, expected_proposers=2, propose_blocks=6, commit_blocks=5, reveal_blocks=3)
+PLAN = TaskPlan(recipe="digits-mlp", rounds=3, expected_proposers=2, propose_blocks=6, commit_blocks=5, reveal_blocks=8)
 
 
 def status(d, task_id):

@@ -15,9 +15,11 @@ this exactly: any other signer is OutOfTurn. One authority alive is enough for l
 Forks (a late in-turn block racing a backup's) resolve by py-evm's fork choice: longest chain,
 first seen wins ties (no finality: act on results after enough confirmations).
 
-Seal. extra_data = vanity (0..32 bytes) || 65-byte secp256k1 signature (r || s || v, v in
-{0,1}, low s) over keccak256(rlp(header with extra_data = vanity)). The sealer is also the
-block's coinbase (it earns the priority fees), and import checks coinbase == signer.
+Seal. extra_data = the 65-byte secp256k1 signature (r || s || v, v in {0,1}, low s) over
+keccak256(rlp(header with empty extra_data)), and nothing else: no vanity bytes, which would
+let a sealer try block hashes freely (the task registry's round-0 seed hashes a block hash,
+protocol/spec/contracts.md "Seed"). The sealer is also the block's coinbase (it earns the
+priority fees), and import checks coinbase == signer.
 """
 
 from __future__ import annotations
@@ -44,8 +46,7 @@ from flockd.chain.genesis import Genesis
 from flockd.chain.precompile import with_vrf_precompile
 
 SEAL_LENGTH = 65
-VANITY_MAX = 32
-EXTRA_DATA_MAX_BYTES = VANITY_MAX + SEAL_LENGTH  # 97, trap 8 of the py-evm note
+EXTRA_DATA_MAX_BYTES = SEAL_LENGTH  # the seal only (trap 8 of the py-evm note)
 _SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 
@@ -154,18 +155,16 @@ class PoARules:
 
 def seal_hash(header: BlockHeaderAPI) -> bytes:
     """What the sealer signs: the header hash with the seal bytes removed from extra_data."""
-    if len(header.extra_data) < SEAL_LENGTH:
-        raise BadSeal(f"extra_data is {len(header.extra_data)} bytes, too short for a {SEAL_LENGTH}-byte seal")
+    if len(header.extra_data) != SEAL_LENGTH:
+        raise BadSeal(f"extra_data is {len(header.extra_data)} bytes: it must be exactly the {SEAL_LENGTH}-byte seal")
     unsealed = header.copy(extra_data=header.extra_data[:-SEAL_LENGTH])
     return keccak(rlp.encode(unsealed))
 
 
-def sign_header(header: BlockHeaderAPI, key: PrivateKey, vanity: bytes = b"") -> BlockHeaderAPI:
-    if len(vanity) > VANITY_MAX:
-        raise ValueError(f"vanity is at most {VANITY_MAX} bytes")
-    placeholder = header.copy(extra_data=vanity + bytes(SEAL_LENGTH))
+def sign_header(header: BlockHeaderAPI, key: PrivateKey) -> BlockHeaderAPI:
+    placeholder = header.copy(extra_data=bytes(SEAL_LENGTH))
     signature = key.sign_msg_hash(seal_hash(placeholder))
-    return header.copy(extra_data=vanity + signature.to_bytes())
+    return header.copy(extra_data=signature.to_bytes())
 
 
 def recover_signer(header: BlockHeaderAPI) -> bytes:

@@ -81,8 +81,8 @@ class RoundInfo:
     seed: bytes
     n_proposals: int
     revealed_stake: int
-    accept_stake: tuple[int, ...]
-    score_sum: int
+    accept_stake: tuple[int, ...]  # per proposal (whole-round mode: index 0, the round)
+    reject_stake: tuple[int, ...]
     finalised: bool
     accepted_mask: int
     model_hash: bytes
@@ -98,8 +98,8 @@ class Proposal:
 class Ballot:
     digest: bytes
     revealed: bool
-    accept_mask: int
-    score: int
+    accept_mask: int  # bit i: +1 on proposal i (whole-round mode: bit 0, the round)
+    reject_mask: int  # bit i: -1; neither bit: 0, not received
 
 
 @dataclass(frozen=True)
@@ -260,7 +260,7 @@ class Registry(Contract):
 
     async def get_round(self, task_id: int, r: int) -> RoundInfo:
         fields = list(await self.view("get_round", task_id, r))
-        fields[4] = tuple(fields[4])
+        fields[4], fields[5] = tuple(fields[4]), tuple(fields[5])
         return RoundInfo(*fields)
 
     async def get_proposals(self, task_id: int, r: int) -> list[Proposal]:

@@ -41,9 +41,11 @@ class SubmitPropose:
 
 @dataclass(frozen=True)
 class SubmitDecline:
-    """Send decline(task, round): not elected, so the propose phase need not wait for us."""
+    """Send decline(task, round, proof): not elected, so the propose phase need not wait for
+    us. The proof enters the registry's fallback draw (no empty rounds)."""
 
     round: int
+    proof: bytes
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from eth_utils import keccak
 
 Address = bytes  # a 20-byte canonical Ethereum address: one spelling, so == is identity
 
-SCORE_BOUND = 10**18  # |score| in whole-round mode, as the contract enforces
+SCORE_BOUND = 10**18  # |score| a whole-round scorer may report; the ballot carries its sign
 MAX_PROPOSALS = 16  # the contract's per-round cap (and the width of accepted_mask we read)
 FINALISE_STAGGER = 2  # blocks between one participant's turn to finalise and the next one's
 MAX_TX_ATTEMPTS = 3  # sends of one transaction after transient (non-revert) failures
@@ -41,8 +41,8 @@ class InvalidScores(RoundError):
 
 
 class VoteMode(enum.IntEnum):
-    PER_PROPOSAL = 0  # one +1/-1 per proposal, in on-chain order
-    WHOLE_ROUND = 1  # one score in [-SCORE_BOUND, SCORE_BOUND] for the aggregate of all
+    PER_PROPOSAL = 0  # one +1/0/-1 per proposal, in on-chain order (0: not received)
+    WHOLE_ROUND = 1  # one +1/-1 for the aggregate of all (the sign of the scorer's gain)
 
 
 class Phase(enum.Enum):

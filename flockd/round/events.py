@@ -46,16 +46,21 @@ class BlockSealed:
 
 @dataclass(frozen=True)
 class RoundOpened:
-    """RoundOpened(task, round, open_block) log; ``block_hash`` is the hash of that block."""
+    """RoundOpened(task, round, open_block, seed) log; ``block_hash`` is the hash of that
+    block. ``seed``: the log's seed (rounds >= 1, a chain from seed_0); None for round 0,
+    whose seed is computed from ``block_hash``."""
 
     round: int
     open_block: int
     block_hash: bytes
+    seed: bytes | None = None
 
     def __post_init__(self) -> None:
         check_round(self.round)
         check_round(self.open_block)
         check_hash("block_hash", self.block_hash)
+        if self.seed is not None:
+            check_hash("seed", self.seed)
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,22 @@ class DeclinedOnChain:
     def __post_init__(self) -> None:
         check_round(self.round)
         check_address("participant", self.participant)
+
+
+@dataclass(frozen=True)
+class FallbackOnChain:
+    """FallbackOpened(task, round, proposer, last_block) log: the propose window ended with
+    no proposal, so ``proposer`` (the decliner with the highest verified draw) alone may
+    propose until ``last_block``; commit and reveal follow at full length."""
+
+    round: int
+    proposer: Address
+    last_block: int
+
+    def __post_init__(self) -> None:
+        check_round(self.round)
+        check_address("proposer", self.proposer)
+        check_round(self.last_block)
 
 
 @dataclass(frozen=True)
@@ -312,6 +333,7 @@ RoundEvent = (
     | ProposalOnChain
     | DeclinedOnChain
     | PhaseClosedOnChain
+    | FallbackOnChain
     | DeltaReceived
     | ScoresReady
     | BallotRestored

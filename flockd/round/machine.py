@@ -59,6 +59,7 @@ from flockd.round.events import (
     DeltaReceived,
     ElectionDone,
     Event,
+    FallbackOnChain,
     ModelFetchFailed,
     ModelReady,
     ModelRecordedOnChain,
@@ -82,6 +83,7 @@ NO_BASE_MODEL = "base model not held in time"
 TOO_LATE = "votes not ready before the commit window closed"
 COMMIT_FAILED = "commit transaction failed"
 MISSING_DELTA = "a delta is missing (whole-round mode scores all of them or none)"
+NOTHING_RECEIVED = "no delta received"
 PROPOSALS_CHANGED = "a proposal landed after scoring"
 BALLOT_LOST = "the on-chain commitment is not one this node can open"
 
@@ -122,6 +124,7 @@ class RoundMachine:
         self._head: int | None = None
         self._open: int | None = None
         self._closed_early: dict[ChainPhase, int] = {}  # PhaseClosed logs: phase -> last block
+        self._fallback: FallbackOnChain | None = None  # the propose window reopened for one decliner
         self._declined = False
         self._seed: bytes | None = None
         self._base: bytes | None = None  # model_{r-1}
@@ -194,7 +197,7 @@ class RoundMachine:
                 if self._open is not None and self._open != event.open_block:
                     raise ConflictingEvent(f"round {self.round} opened twice")
                 self._open = event.open_block
-                self._seed = sortition.round_seed(event.block_hash, self.config.task_id, self.round)
+                self._seed = event.seed or sortition.round_seed(event.block_hash, self.config.task_id, self.round)
                 self._clock(event.open_block)
             case ElectionDone():
                 self._election = self._election or event.election
@@ -217,6 +220,14 @@ class RoundMachine:
                     self._tx[TxKind.DECLINE].in_flight = False
             case PhaseClosedOnChain():
                 self._closed_early.setdefault(event.phase, event.last_block)
+            case FallbackOnChain():
+                if self._fallback is None:
+                    # Fresh windows from here: the round is not over after all.
+                    self._fallback = event
+                    self._closed_early.clear()
+                    self._tx[TxKind.FINALISE] = _Tx()  # a finalise may have opened it
+                    if self._abstained == NO_PROPOSALS:
+                        self._abstained = None
             case DeltaReceived():
                 out.extend(
                     self._book.offer(event.proposer, event.delta, event.sender, self._closed(), event.digest)
@@ -250,8 +261,16 @@ class RoundMachine:
                 self._book.fetch_failed(event.delta_hash)
             case ModelFetchFailed():
                 self._fetching_model.discard(event.model_hash)
+            case TxFailed() if event.kind is TxKind.FINALISE and self._finalise_predates_fallback():
+                self._tx[TxKind.FINALISE] = _Tx()  # it met the reopened window: try again at its end
             case TxFailed():
                 self._tx[event.kind].failed(event.reverted)
+
+    def _finalise_predates_fallback(self) -> bool:
+        """A finalise failing before the reopened round's reveal end was sent for the round
+        as it stood before FallbackOpened (the machine sends none earlier)."""
+        ends = self.deadlines
+        return self._fallback is not None and ends is not None and self._head is not None and self._head < ends[2]
 
     def _clock(self, number: int) -> None:
         if self._head is None or number > self._head:
@@ -263,11 +282,14 @@ class RoundMachine:
         if self.config.vote_mode is VoteMode.WHOLE_ROUND:
             if len(votes) != 1:
                 raise InvalidScores("whole-round mode takes exactly one score")
+            # The contract takes a sign only: a measured gain of any size is one vote.
+            votes = (1 if votes[0] >= 0 else -1,)
         else:
             if len(votes) != len(self._scored) or any(v not in (1, -1) for v in votes):
                 raise InvalidScores(f"expected {len(self._scored)} votes of +1 or -1")
-            # A delta never received is a reject, whatever the scorer put in its place.
-            votes = tuple(-1 if gap else v for v, gap in zip(votes, self._gaps, strict=True))
+            # A delta never received is voted 0, "not received", whatever the scorer put in
+            # its place: never a reject, and never slashed.
+            votes = tuple(0 if gap else v for v, gap in zip(votes, self._gaps, strict=True))
         self._set_ballot(votes, self._salt_source())
 
     def _set_ballot(self, votes: tuple[int, ...], salt: bytes) -> None:
@@ -316,7 +338,7 @@ class RoundMachine:
         if self.role is not Role.PROPOSER:
             # Saying so lets the propose phase close as soon as every proposal is in.
             if not self._declined and not self._closed() and self._lands_by(propose_end):
-                self._send(TxKind.DECLINE, SubmitDecline(self.round), out)
+                self._send(TxKind.DECLINE, SubmitDecline(self.round, election.proof), out)
             return
         if self._own_delta is None:
             if self._base is not None and self._once("train"):
@@ -377,7 +399,7 @@ class RoundMachine:
         if whole and any(gaps):
             self._abstained = MISSING_DELTA
         elif all(gaps):
-            self._set_ballot((-1,) * len(deltas), self._salt_source())
+            self._abstained = NOTHING_RECEIVED  # an all-0 ballot would judge nothing
         else:
             out.append(ScoreProposals(self.round, self._base, deltas, self.config.vote_mode))
 
@@ -442,7 +464,8 @@ class RoundMachine:
         if self._open is None:
             return None
         early = self._closed_early
-        propose_end = early.get(ChainPhase.PROPOSE, self._open + self.config.propose_blocks)
+        full = self._open + self.config.propose_blocks if self._fallback is None else self._fallback.last_block
+        propose_end = early.get(ChainPhase.PROPOSE, full)
         commit_end = early.get(ChainPhase.COMMIT, propose_end + self.config.commit_blocks)
         reveal_end = early.get(ChainPhase.REVEAL, commit_end + self.config.reveal_blocks)
         return propose_end, commit_end, reveal_end
@@ -450,17 +473,24 @@ class RoundMachine:
     @property
     def gave_up(self) -> bool:
         """Elected, but the proposal did not land before the propose window closed."""
-        elected = self._election is not None and self._election.weight > 0
+        elected = self._election is not None and (self._election.weight > 0 or self.is_fallback_proposer)
         if not elected or self._book.of(self.config.me) is not None or self._head is None:
             return False
         ended = self.deadlines is not None and not self._lands_by(self.deadlines[0])
         return ended or self._tx[TxKind.PROPOSE].dead or self._training_failed
 
     @property
+    def is_fallback_proposer(self) -> bool:
+        """The registry reopened the propose window for this node alone (its draw was the
+        best of the round's declines)."""
+        return self._fallback is not None and self._fallback.proposer == self.config.me
+
+    @property
     def role(self) -> Role:
         if self._book.of(self.config.me) is not None:
             return Role.PROPOSER
-        if self._election is not None and self._election.weight > 0 and not self.gave_up:
+        elected = self._election is not None and (self._election.weight > 0 or self.is_fallback_proposer)
+        if elected and not self.gave_up:
             return Role.PROPOSER
         if self._election is not None or (
             self.deadlines is not None and self._head is not None and self._head >= self.deadlines[0]

@@ -7,7 +7,9 @@ from typing import Any, Literal
 
 from flockd.chain.backends import ChainError
 from flockd.chain.client import ContractRevert
+from flockd.config import PolicySection
 from flockd.rpc.errors import RPCError
+from flockd.tasks.policy import PolicyError, check_join
 from flockd.tasks.service import TaskError, TaskService
 from flockd.tasks.spec import SpecError, TaskSpec
 from flockd.tasks.verify import verify_lineage
@@ -24,6 +26,8 @@ class _TaskErrors:
         return None
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if isinstance(exc, PolicyError):
+            raise RPCError(TASK_ERROR, f"not joining: {exc}") from None
         if isinstance(exc, SpecError):
             raise RPCError(-32602, str(exc)) from None
         if isinstance(exc, ContractRevert):
@@ -35,8 +39,9 @@ class _TaskErrors:
 class TaskNamespace:
     namespace = "task"
 
-    def __init__(self, tasks: TaskService) -> None:
+    def __init__(self, tasks: TaskService, policy: PolicySection | None = None) -> None:
         self._tasks = tasks
+        self._policy = policy or PolicySection()
 
     async def task_create(
         self,
@@ -53,7 +58,7 @@ class TaskNamespace:
         min_stake: int = E18,
         propose_blocks: int = 8,
         commit_blocks: int = 6,
-        reveal_blocks: int = 4,
+        reveal_blocks: int = 8,
         reward_pool: int = 0,
         vote_mode: Literal["per-proposal", "whole-round"] = "per-proposal",
         max_proposals: int = 16,
@@ -72,6 +77,8 @@ class TaskNamespace:
     async def task_join(self, task_id: int, spec: dict[str, Any], stake: int = 100 * E18, data_path: str | None = None) -> dict[str, Any]:
         """Stake on a task and take part in its rounds (spec: as task_create returned it)."""
         with _TaskErrors():
+            params = await self._tasks.registry.get_params(task_id)
+            check_join(self._policy, task_id, params, self._tasks.ctx.confirmations)
             return await self._tasks.join(task_id, TaskSpec.from_json(spec), stake, data_path)
 
     async def task_start(self, task_id: int) -> dict[str, Any]:

@@ -26,7 +26,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--max-proposals", type=int, default=16)
     p.add_argument("--propose-blocks", type=int, default=2)
     p.add_argument("--commit-blocks", type=int, default=2)
-    p.add_argument("--reveal-blocks", type=int, default=2)
+    p.add_argument("--reveal-blocks", type=int, default=8)
     p.add_argument("--malicious", type=float, default=0.0, help="fraction of malicious nodes (never node 0)")
     p.add_argument("--attack", default="honest", help="their behaviour: label-flip, noise:S, sign-flip:K, "
                    "random-vote, accept-all, collude, joined by + (flockd.fl.attacks)")

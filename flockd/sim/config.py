@@ -24,7 +24,7 @@ class SimConfig:
     max_proposals: int = 16
     propose_blocks: int = 2
     commit_blocks: int = 2
-    reveal_blocks: int = 2
+    reveal_blocks: int = 8  # the registry's MIN_REVEAL_BLOCKS
     behaviours: dict[int, Behaviour] = field(default_factory=dict)  # node index -> behaviour
     recipe_config: dict[str, Any] = field(default_factory=dict)  # recipe config overrides
     score_sample: int | None = None  # at most this many validation rows per voter

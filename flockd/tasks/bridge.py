@@ -30,11 +30,14 @@ def round_events(name: str, args: dict[str, Any], block_hash: bytes | None = Non
     if name == "RoundOpened":
         if block_hash is None:
             raise ValueError("RoundOpened needs the hash of its open block")
-        return [rnd.RoundOpened(r, args["open_block"], block_hash)]
+        seed = args.get("seed", bytes(32))  # zero in round 0's log: computed from block_hash
+        return [rnd.RoundOpened(r, args["open_block"], block_hash, None if seed == bytes(32) else seed)]
     if name == "Proposed":
         return [rnd.ProposalOnChain(r, args["index"], as_address(args["proposer"]), args["delta_hash"])]
     if name == "Declined":
         return [rnd.DeclinedOnChain(r, as_address(args["participant"]))]
+    if name == "FallbackOpened":
+        return [rnd.FallbackOnChain(r, as_address(args["proposer"]), args["last_block"])]
     if name == "PhaseClosed":
         return [rnd.PhaseClosedOnChain(r, rnd.ChainPhase(args["phase"]), args["last_block"])]
     if name == "VoteCommitted":
@@ -65,7 +68,7 @@ def transaction(action: Submission) -> tuple[rnd.TxKind, str, tuple[Any, ...]]:
         case rnd.SubmitPropose():
             return rnd.TxKind.PROPOSE, "propose", (action.delta_hash, action.proof)
         case rnd.SubmitDecline():
-            return rnd.TxKind.DECLINE, "decline", ()
+            return rnd.TxKind.DECLINE, "decline", (action.proof,)
         case rnd.SubmitCommit():
             return rnd.TxKind.COMMIT, "commit_vote", (action.digest,)
         case rnd.SubmitReveal():

@@ -24,7 +24,7 @@ class TaskPlan:
     expected_proposers: int = 3
     propose_blocks: int = 8
     commit_blocks: int = 6
-    reveal_blocks: int = 4
+    reveal_blocks: int = 8  # the registry's MIN_REVEAL_BLOCKS
     vote_mode: str = "per-proposal"
     seed: int = 0
 
