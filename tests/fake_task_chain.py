@@ -145,6 +145,7 @@ class ScriptedPeers(P2PNetwork):
         self.stores: dict[bytes, Store] = {}
         self.online: list[bytes] = []
         self.pushes: list[tuple[bytes, bytes]] = []  # (to address, delta)
+        self.penalties: list[tuple[str, str]] = []  # (peer or address, reason)
 
     def add(self, address: bytes, store: Store) -> None:
         self.stores[address] = store
@@ -171,6 +172,12 @@ class ScriptedPeers(P2PNetwork):
 
     def handle_blobs(self, kind: str, handler: Any, *, max_size: int) -> None:
         raise NotImplementedError
+
+    def penalize_peer(self, peer_id: str, points: float, reason: str) -> None:
+        self.penalties.append((peer_id, reason))
+
+    def penalize_sender(self, address: str, points: float, reason: str) -> None:
+        self.penalties.append((address, reason))
 
     async def send_blob(self, peer_id: str, kind: str, data: bytes) -> bytes | None:
         address = bytes.fromhex(peer_id[5:])

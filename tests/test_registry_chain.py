@@ -17,6 +17,7 @@ from flockd.chain.client import ContractClient
 from flockd.chain.deploy import STAKE_TOKEN_ADDRESS, TASK_REGISTRY_ADDRESS
 from flockd.chain.embedded import EmbeddedChain
 from flockd.chain.registry import Registry, TaskParams, Token
+from flockd.sortition import round_seed
 from flockd.tasks.abc import TxReverted
 from flockd.tasks.registry_chain import RegistryChain
 
@@ -64,7 +65,8 @@ async def test_the_registry_behind_the_task_seam(chain: EmbeddedChain) -> None:
     assert then.open_block is None  # as of that block no round was open
 
     assert await seam.stakes(tasks[0], bytes.fromhex(ALICE.address[2:])) == (STAKE, 2 * STAKE)
-    assert await seam.transact("decline", tasks[0], 0) > 0
+    seed = round_seed(opened[0].block_hash, tasks[0], 0)
+    assert await seam.transact("decline", tasks[0], 0, vrf.prove(keccak(b"a"), seed)) > 0
     with pytest.raises(TxReverted):
         await seam.transact("finalise", tasks[0], 0)  # the round's windows are still open
 

@@ -175,7 +175,7 @@ def test_a_failed_training_gives_up_proposing_and_declines() -> None:
     feed(machine, ModelReady(-1, INIT), BlockSealed(1), opened(0, 1))
     out = feed(machine, elected(0, 1))
     assert any(isinstance(a, StartTraining) for a in out)
-    assert feed(machine, TrainingFailed(0, "loss went to NaN")) == [SubmitDecline(0)]
+    assert feed(machine, TrainingFailed(0, "loss went to NaN")) == [SubmitDecline(0, b"\x05" * 80)]
     live = machine.machine(0)
     assert live is not None and live.role is Role.VOTER
 

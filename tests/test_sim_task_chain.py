@@ -29,6 +29,7 @@ class InProcessPeers(P2PNetwork):
 
     def __init__(self, me: bytes, hub: dict[bytes, TaskRunner]) -> None:
         self.me, self.hub = me, hub
+        self.penalties: list[tuple[str, str]] = []  # (peer or address, reason)
 
     @property
     def peer_id(self) -> str:
@@ -51,6 +52,12 @@ class InProcessPeers(P2PNetwork):
 
     def handle_blobs(self, kind: str, handler: object, *, max_size: int) -> None:
         raise NotImplementedError
+
+    def penalize_peer(self, peer_id: str, points: float, reason: str) -> None:
+        self.penalties.append((peer_id, reason))
+
+    def penalize_sender(self, address: str, points: float, reason: str) -> None:
+        self.penalties.append((address, reason))
 
     async def send_blob(self, peer_id: str, kind: str, data: bytes) -> bytes | None:
         await trio.lowlevel.checkpoint()
