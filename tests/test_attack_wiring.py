@@ -194,7 +194,7 @@ def test_a_whole_round_cartel_of_one_fifth_cannot_veto_honest_rounds():
         nodes=5,
         rounds=4,
         expected_proposers=2,
-        seed=1,
+        seed=2,  # a draw with two honest-only rounds after round 0 under the seed chain
         vote_mode="whole-round",
         behaviours={cartel: parse_behaviour("collude")},
     )
