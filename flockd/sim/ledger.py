@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from flockd.fl.recipe import Metrics
+from flockd.sim.chain import SimChain
 from flockd.sim.config import RoundFigures
 from flockd.tasks.bridge import as_address
 
@@ -20,6 +21,14 @@ class _Round:
     mask: int = 0
     finalised_block: int | None = None
     gas: int = 0
+
+
+def stake_share(chain: SimChain, task_id: int, addresses: Iterable[bytes], participants: Iterable[bytes]) -> float:
+    """The share of the task's stake that ``addresses`` hold, from the registry's pools
+    (`get_participant`) at the chain's head."""
+    stake = {a: int(chain.view("get_participant", task_id, a)[2]) for a in participants}
+    total = sum(stake.values())
+    return sum(stake[a] for a in addresses) / total if total else 0.0
 
 
 class Ledger:
