@@ -229,3 +229,5 @@ def test_stake_share_preset_on_a_tiny_grid_with_two_partitions(tmp_path: Path) -
     assert "| flockd, per-proposal vote | 34% | 33.33 ± 0.00 |" in section
     assert f"Commit: `{data['meta']['commit']}`" in section
     assert (tmp_path / "out" / "accuracy-dirichlet-0.5.png").exists()
+    assert (tmp_path / "out" / "stake-share-dirichlet-0.5.png").exists()
+    assert "](out/stake-share.png)" in section

@@ -295,13 +295,63 @@ def plot(meta: dict[str, Any], records: list[dict[str, Any]], partition: str, pa
     plt.close(fig)
 
 
-def png_name(partition: str) -> str:
+def plot_stake_share(
+    meta: dict[str, Any], records: list[dict[str, Any]], partition: str, path: Path
+) -> bool:
+    """The malicious nodes' stake share round by round (mean over seeds, 95% CI band), one
+    line per flockd system and fraction; False (nothing drawn) without such runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    groups = _group(records, partition)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    drawn = False
+    for system in meta["systems"]:
+        for f in meta["fractions"]:
+            runs = [
+                r
+                for r in groups.get((system, meta["attack"], f), [])
+                if r.get("initial_malicious_stake_share") is not None
+            ]
+            if not runs:
+                continue
+            points = [spread([r["initial_malicious_stake_share"] for r in runs])]
+            points += [_share_after(runs, m) for m in range(1, meta["rounds"] + 1)]
+            points = [p for p in points if p.n]
+            means = [100 * p.mean for p in points]
+            half = [0.0 if math.isnan(p.half_width) else 100 * p.half_width for p in points]
+            xs = range(len(points))
+            ax.plot(xs, means, label=f"{SYSTEMS[system]}, {_pct(f)} malicious")
+            low = [m - h for m, h in zip(means, half, strict=True)]
+            high = [m + h for m, h in zip(means, half, strict=True)]
+            ax.fill_between(xs, low, high, alpha=0.2)
+            drawn = True
+    if drawn:
+        ax.set_xlabel("rounds settled")
+        ax.set_ylabel("malicious stake share (%), mean and 95% CI")
+        ax.set_title(f"{meta['attack']}, {partition}, {meta['nodes']} nodes")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return drawn
+
+
+def png_name(partition: str, kind: str = "accuracy") -> str:
     """accuracy.png for the IID split, accuracy-dirichlet-0.5.png and so on for others."""
-    return "accuracy.png" if partition == "iid" else f"accuracy-{partition.replace(':', '-')}.png"
+    return f"{kind}.png" if partition == "iid" else f"{kind}-{partition.replace(':', '-')}.png"
 
 
 def _partition_section(
-    meta: dict[str, Any], records: list[dict[str, Any]], partition: str, png: str
+    meta: dict[str, Any],
+    records: list[dict[str, Any]],
+    partition: str,
+    png: str,
+    stake_png: str | None,
 ) -> list[str]:
     parts = [
         f"![accuracy under attack, {partition}]({png})",
@@ -339,10 +389,17 @@ def _partition_section(
             "",
             shares,
         ]
+        if stake_png:
+            parts += ["", f"![malicious stake share, {partition}]({stake_png})"]
     return parts
 
 
-def report(meta: dict[str, Any], records: list[dict[str, Any]], pngs: dict[str, str]) -> str:
+def report(
+    meta: dict[str, Any],
+    records: list[dict[str, Any]],
+    pngs: dict[str, str],
+    stake_pngs: dict[str, str] | None = None,
+) -> str:
     """The markdown section: the run's provenance, then each partition's tables."""
     failed = [r for r in records if "error" in r]
     partitions = meta.get("partitions", ["iid"])
@@ -359,7 +416,8 @@ def report(meta: dict[str, Any], records: list[dict[str, Any]], pngs: dict[str, 
     for partition in partitions:
         if len(partitions) > 1:
             parts += ["", f"#### Partition `{partition}`"]
-        parts += ["", *_partition_section(meta, records, partition, pngs[partition])]
+        stake_png = (stake_pngs or {}).get(partition)
+        parts += ["", *_partition_section(meta, records, partition, pngs[partition], stake_png)]
     b = meta.get("breakdown")
     if b:
         parts += [
@@ -421,16 +479,24 @@ def write_results(
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"meta": meta, "runs": records}, indent=1) + "\n")
     pngs: dict[str, str] = {}
+    stake_pngs: dict[str, str] = {}
+
+    def link(png: Path) -> str:  # from the doc, or from results.md next to it
+        return os.path.relpath(png, doc.parent) if doc else png.name
+
     for partition in meta.get("partitions", ["iid"]):
         png = out / png_name(partition)
         plot(meta, records, partition, png)
-        # Linked from the doc, or from results.md next to it.
-        pngs[partition] = os.path.relpath(png, doc.parent) if doc else png.name
-    section = report(meta, records, pngs)
+        pngs[partition] = link(png)
+        stake_png = out / png_name(partition, "stake-share")
+        if plot_stake_share(meta, records, partition, stake_png):
+            stake_pngs[partition] = link(stake_png)
+    section = report(meta, records, pngs, stake_pngs)
     (out / "results.md").write_text(section)
     print()
     print(section)
     if doc is not None:
         write_doc(doc, section, markers)
         print(f"wrote {doc}")
-    print(f"wrote {out / 'results.json'}, {', '.join(pngs.values())}, {out / 'results.md'}")
+    drawn = ", ".join([*pngs.values(), *stake_pngs.values()])
+    print(f"wrote {out / 'results.json'}, {drawn}, {out / 'results.md'}")

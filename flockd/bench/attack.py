@@ -19,9 +19,15 @@ in-process py-evm chain running the TaskRegistry contract (VRF sortition, propos
 vote commit/reveal, finalise, model attestation).
 
 Malicious nodes are `flockd.fl.attacks.assign_behaviours(nodes, fraction, attack, seed)`:
-the same nodes for every system at a given seed. Writes ``results.json`` (every run, every
-round), ``accuracy.png`` and ``results.md`` under ``--out`` (docs/bench/attack), and the
-tables into docs/benchmarks.md between the attack-bench markers (``--doc``/``--no-doc``).
+the same nodes for every system at a given seed. Every system splits the data by
+``--partition`` (iid, dirichlet:ALPHA; each partition gets its own tables) the same way.
+Cells are means over seeds (``--seeds 0-7``) with 95% confidence intervals (Student t,
+`_attack_stats`); the flockd systems also record the malicious nodes' stake share, from
+the registry, at the start and after every round (``--stake-share``: issue 10's preset).
+Writes ``results.json`` (every run, every round), one ``accuracy*.png`` per partition and
+``results.md`` under ``--out`` (docs/bench/attack), and the tables, with the command,
+date and commit, into docs/benchmarks.md between the attack-bench markers
+(``--doc``/``--no-doc``; ``--stake-share`` between its own markers).
 
 This module plans the grid and runs it on a process pool; `_attack_systems` runs one
 federation of any system, `_attack_breakdown` times one flockd run by part and
@@ -100,7 +106,7 @@ STAKE_SHARE_PRESET: dict[str, Any] = {
     "fractions": [0.3],
     "attack": "collude",
     "systems": ["flockd-per-proposal"],
-    "seeds": [0, 1, 2, 3],
+    "seeds": list(range(8)),
     "per_attack": [],
     "breakdown": False,
 }
@@ -294,7 +300,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--stake-share",
         action="store_true",
         help="the cartel's stake share: 20 nodes, 50 rounds, 30%% collude, flockd-per-proposal, "
-        "seeds 0-3 (options given override these), "
+        "seeds 0-7 (options given override these), "
         f"into docs/benchmarks.md between the {STAKE_BEGIN} markers",
     )
     parser.add_argument("--out", type=Path, default=None, help=f"default {DEFAULT_OUT}")
