@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flockd.fl.recipe import Metrics
-from flockd.sim.chain import SimChain
+from flockd.sim.chain import REGISTRY, SimChain
 from flockd.sim.config import RoundFigures
 from flockd.tasks.bridge import as_address
 
@@ -24,11 +24,17 @@ class _Round:
 
 
 def stake_share(chain: SimChain, task_id: int, addresses: Iterable[bytes], participants: Iterable[bytes]) -> float:
-    """The share of the task's stake that ``addresses`` hold, from the registry's pools
-    (`get_participant`) at the chain's head."""
-    stake = {a: int(chain.view("get_participant", task_id, a)[2]) for a in participants}
+    """The share of the task's active stake that ``addresses`` hold, from the registry's
+    pools (`get_participant`) at the chain's head."""
+    # Fields by name from the ABI, so a Participant struct that gains fields still reads.
+    fields = [c["name"] for c in REGISTRY.function("get_participant")["outputs"][0]["components"]]
+    at_stake, at_active = fields.index("stake"), fields.index("active")
+    stake = {}
+    for a in participants:
+        pool = chain.view("get_participant", task_id, a)
+        stake[a] = int(pool[at_stake]) if pool[at_active] else 0
     total = sum(stake.values())
-    return sum(stake[a] for a in addresses) / total if total else 0.0
+    return sum(stake.get(a, 0) for a in addresses) / total if total else 0.0
 
 
 class Ledger:
