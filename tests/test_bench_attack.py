@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from flockd.bench import attack
+from flockd.bench._attack_systems import SYSTEMS
 
 
 def test_orchestrator_writes_tables_plot_and_json(tmp_path: Path) -> None:
@@ -94,3 +95,139 @@ def test_flower_fedavg_matches_flockds_plain_fedavg() -> None:
         assert mine.accuracy == pytest.approx(theirs.accuracy, abs=1 / 359 + 1e-9)
     krum = flower.run_flower(strategy="multi-krum", nodes=4, rounds=1, seed=0)
     assert krum.rounds[0].accuracy > 0.5
+
+
+def test_confidence_interval_on_known_numbers() -> None:
+    from flockd.bench._attack_stats import spread, t975
+
+    assert t975(1) == 12.706 and t975(7) == 2.365 and t975(30) == 2.042
+    assert t975(40) == pytest.approx(2.021, abs=1e-3)  # the expansion beyond the table
+    assert t975(1000) == pytest.approx(1.962, abs=1e-3)
+    # mean 0.93, sample sd sqrt(0.002 / 3), n = 4: half-width t(0.975, 3) * sd / 2
+    s = spread([0.90, 0.92, 0.94, 0.96])
+    assert s.n == 4 and s.mean == pytest.approx(0.93)
+    assert s.half_width == pytest.approx(3.182 * (0.002 / 3) ** 0.5 / 2)
+    assert s.ci == pytest.approx((0.93 - 0.041077, 0.93 + 0.041077), abs=1e-5)
+    assert (s.low, s.high) == (0.90, 0.96)
+    assert s.cell() == "93.0 ± 4.1"
+    assert spread([0.5]).cell() == "50.0" and spread([]).cell() == "–"
+
+
+def test_t_quantiles_match_scipy() -> None:
+    stats = pytest.importorskip("scipy.stats")
+    from flockd.bench._attack_stats import t975
+
+    for df in range(1, 200):
+        assert t975(df) == pytest.approx(stats.t.ppf(0.975, df), abs=1e-3), df
+
+
+def test_seed_ranges_and_partitions_parse() -> None:
+    args = attack.parse_args(["--seeds", "0-3,5,2", "--partition", "iid,dirichlet:0.5"])
+    assert args.seeds == [0, 1, 2, 3, 5]
+    assert args.attack_seeds == [0, 1, 2]  # the per-attack table keeps 3 seeds by default
+    assert args.partition == ["iid", "dirichlet:0.5"]
+    assert attack.parse_args([]).seeds == list(range(8))
+    for bad in (["--seeds", "3-1"], ["--partition", "zipf:2"], ["--systems", "nope"]):
+        with pytest.raises(SystemExit):
+            attack.parse_args(bad)
+
+
+def test_plan_covers_every_partition_for_every_system() -> None:
+    parts = ["iid", "dirichlet:1.0", "dirichlet:0.5", "dirichlet:0.1"]
+    args = attack.parse_args(
+        ["--fractions", "0,0.4", "--seeds", "0-1", "--partition", ",".join(parts)]
+    )
+    jobs = attack.plan(args)
+    grid = [j for j in jobs if j.attack == "collude"]
+    assert {(j.system, j.partition) for j in grid} == {(s, p) for s in SYSTEMS for p in parts}
+    assert len(grid) == 6 * 4 * 2 * 2
+    # the per-attack table runs on the first partition only
+    assert {j.partition for j in jobs if j.attack != "collude"} == {"iid"}
+
+
+def test_flower_clients_get_the_partition(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower's clients split the data as flockd's nodes do: the job's partition reaches
+    `run_flower`, which builds `DataSpec(i, nodes, partition, seed)` per client as
+    `flockd.sim` and `flockd.fl.simulate` do per node. (flwr itself may be absent here, so
+    only the hand-over is checked; test_flower_fedavg_matches_flockds_plain_fedavg runs it.)"""
+    from flockd.bench import _attack_systems, flower
+
+    seen: dict[str, object] = {}
+
+    def capture(**kwargs: object) -> object:
+        seen.update(kwargs)
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(flower, "run_flower", capture)
+    job = _attack_systems.Job(
+        "flower-multi-krum", "collude", 0.4, 3, 20, 5, 8, "x", "dirichlet:0.1"
+    )
+    with pytest.raises(RuntimeError, match="captured"):
+        _attack_systems.run_flower_system(job, {}, _attack_systems.RoundLog())
+    assert seen["partition"] == "dirichlet:0.1" and seen["seed"] == 3 and seen["nodes"] == 20
+
+
+def test_stake_share_table_on_known_numbers() -> None:
+    from flockd.bench._attack_report import stake_checkpoints, stake_share_table
+
+    def run(seed: int, shares: list[float]) -> dict[str, object]:
+        return {
+            "system": "flockd-per-proposal", "attack": "collude", "fraction": 0.3,
+            "partition": "iid", "seed": seed, "initial_malicious_stake_share": 0.3,
+            "rounds": [{"malicious_stake_share": x} for x in shares],
+        }  # fmt: skip
+
+    meta = {"rounds": 4, "systems": ["fedavg", "flockd-per-proposal"], "fractions": [0.3],
+            "attack": "collude"}  # fmt: skip
+    records = [run(0, [0.3, 0.29, 0.285, 0.28]), run(1, [0.3, 0.31, 0.315, 0.32])]
+    assert stake_checkpoints(4) == [1, 2, 3, 4] and stake_checkpoints(50) == [1, 12, 25, 38, 50]
+    table = stake_share_table(meta, records, "iid")
+    # last round: 28 and 32 -> mean 30.00, half-width 12.706 * sd(2.828) / sqrt(2) = 25.41
+    assert table.splitlines()[2] == (
+        "| flockd, per-proposal vote | 30% | 30.00 ± 0.00 | 30.00 ± 0.00 | 30.00 ± 12.71 | "
+        "30.00 ± 19.06 | 30.00 ± 25.41 | 0.00 ± 25.41 |"
+    )
+    assert stake_share_table(meta, records, "dirichlet:0.5") == ""
+
+
+def test_stake_share_preset_on_a_tiny_grid_with_two_partitions(tmp_path: Path) -> None:
+    """`--stake-share` (here shrunk to 6 nodes, 2 rounds) records the malicious nodes' stake
+    share from the chain at the start and after every round, per partition, into its own
+    doc section."""
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(f"# Benchmarks\n\n{attack.BEGIN}\nattack tables\n{attack.END}\n")
+    argv = [
+        "--stake-share", "--nodes", "6", "--rounds", "2", "--proposers", "3",
+        "--fractions", "0.34", "--seeds", "0-1", "--partition", "iid,dirichlet:0.5",
+        "--jobs", "1", "--out", str(tmp_path / "out"), "--doc", str(doc),
+    ]  # fmt: skip
+    args = attack.parse_args(argv)
+    assert args.systems == ["flockd-per-proposal"] and args.attack == "collude"
+    assert args.per_attack == [] and not args.breakdown and args.nodes == 6
+    assert attack.parse_args(["--stake-share"]).rounds == 50
+    assert attack.main(argv) == 0
+
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert data["meta"]["partitions"] == ["iid", "dirichlet:0.5"]
+    assert data["meta"]["commit"]
+    runs = data["runs"]
+    assert sorted((r["partition"], r["seed"]) for r in runs) == [
+        ("dirichlet:0.5", 0), ("dirichlet:0.5", 1), ("iid", 0), ("iid", 1),
+    ]  # fmt: skip
+    for r in runs:
+        assert "error" not in r and len(r["malicious"]) == 2 and 0 not in r["malicious"]
+        # equal stakes at the start: 2 of 6 nodes
+        assert r["initial_malicious_stake_share"] == pytest.approx(2 / 6)
+        shares = [row["malicious_stake_share"] for row in r["rounds"]]
+        assert len(shares) == 2 and all(0 < x < 1 for x in shares)
+    text = doc.read_text()
+    assert "attack tables" in text  # the attack section is left alone
+    assert text.count(attack.STAKE_BEGIN) == 1 and "## Cartel stake share" in text
+    section = text.split(attack.STAKE_BEGIN, 1)[1]
+    assert "#### Partition `dirichlet:0.5`" in section
+    assert "**The malicious nodes' stake share (%)**" in section
+    assert "| flockd, per-proposal vote | 34% | 33.33 ± 0.00 |" in section
+    assert f"Commit: `{data['meta']['commit']}`" in section
+    assert (tmp_path / "out" / "accuracy-dirichlet-0.5.png").exists()
+    assert (tmp_path / "out" / "stake-share-dirichlet-0.5.png").exists()
+    assert "](out/stake-share.png)" in section

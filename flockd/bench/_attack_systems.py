@@ -38,6 +38,7 @@ class Job:
     rounds: int
     proposers: int  # expected proposers per round (flockd systems)
     robust_rule: str
+    partition: str = "iid"  # how the data is split across nodes (flockd.fl.data.Partition)
 
     @property
     def cost(self) -> float:
@@ -84,6 +85,7 @@ def run_plain_fedavg(
             nodes=job.nodes,
             rounds=job.rounds,
             seed=job.seed,
+            partition=job.partition,
             behaviours=behaviours,
             on_round=plain,
         )
@@ -92,7 +94,7 @@ def run_plain_fedavg(
         # The global model blew up (huge or inf weights), so the next deltas are out of
         # bounds or NaN and the codec refuses them: the run cannot go on. Keep its rounds.
         extra = {"diverged_round": len(log.rounds) + 1}
-        test = recipe.load_test(DataSpec(0, job.nodes, "iid", job.seed))
+        test = recipe.load_test(DataSpec(0, job.nodes, job.partition, job.seed))
         initial = recipe.evaluate(recipe.build_model(job.seed), test)["accuracy"]
         if not log.rounds:
             raise
@@ -117,6 +119,7 @@ def run_flockd(
                 "malicious_accepted": f.malicious_accepted,
                 "blocks": f.blocks,
                 "gas_used": f.gas_used,
+                "malicious_stake_share": f.malicious_stake_share,
             }
         )
 
@@ -124,6 +127,7 @@ def run_flockd(
         nodes=job.nodes,
         rounds=job.rounds,
         seed=job.seed,
+        partition=job.partition,
         vote_mode="whole-round" if job.system == "flockd-whole-round" else "per-proposal",
         rule=job.robust_rule if job.system == "flockd-robust" else "fedavg",
         expected_proposers=job.proposers,
@@ -135,6 +139,7 @@ def run_flockd(
         "transactions": sim.transactions,
         "reverted": sim.reverted,
         "model_hash": sim.final_model_hash,
+        "initial_malicious_stake_share": sim.initial_malicious_stake_share,
     }
 
 
@@ -152,6 +157,7 @@ def run_flower_system(
         rounds=job.rounds,
         seed=job.seed,
         behaviours=behaviours,
+        partition=job.partition,
         on_round=on_flower,
     )
     return run.initial_accuracy, {

@@ -19,9 +19,15 @@ in-process py-evm chain running the TaskRegistry contract (VRF sortition, propos
 vote commit/reveal, finalise, model attestation).
 
 Malicious nodes are `flockd.fl.attacks.assign_behaviours(nodes, fraction, attack, seed)`:
-the same nodes for every system at a given seed. Writes ``results.json`` (every run, every
-round), ``accuracy.png`` and ``results.md`` under ``--out`` (docs/bench/attack), and the
-tables into docs/benchmarks.md between the attack-bench markers (``--doc``/``--no-doc``).
+the same nodes for every system at a given seed. Every system splits the data by
+``--partition`` (iid, dirichlet:ALPHA; each partition gets its own tables) the same way.
+Cells are means over seeds (``--seeds 0-7``) with 95% confidence intervals (Student t,
+`_attack_stats`); the flockd systems also record the malicious nodes' stake share, from
+the registry, at the start and after every round (``--stake-share``: issue 10's preset).
+Writes ``results.json`` (every run, every round), one ``accuracy*.png`` per partition and
+``results.md`` under ``--out`` (docs/bench/attack), and the tables, with the command,
+date and commit, into docs/benchmarks.md between the attack-bench markers
+(``--doc``/``--no-doc``; ``--stake-share`` between its own markers).
 
 This module plans the grid and runs it on a process pool; `_attack_systems` runs one
 federation of any system, `_attack_breakdown` times one flockd run by part and
@@ -52,6 +58,8 @@ from flockd.bench._attack_report import (
     DEFAULT_DOC,
     DEFAULT_OUT,
     END,
+    STAKE_BEGIN,
+    STAKE_END,
     write_doc,
     write_results,
 )
@@ -65,7 +73,20 @@ from flockd.bench._attack_systems import (
     worker_init,
 )
 
-__all__ = ["BEGIN", "END", "Job", "execute", "main", "parse_args", "plan", "write_doc"]
+__all__ = [
+    "BEGIN",
+    "END",
+    "STAKE_BEGIN",
+    "STAKE_END",
+    "Job",
+    "execute",
+    "git_commit",
+    "main",
+    "parse_args",
+    "plan",
+    "write_doc",
+]
+
 
 # Attacks of the per-attack table: vote attacks come with label-flipped proposals, since
 # dishonest votes alone change nothing when every proposal is honest.
@@ -77,13 +98,28 @@ PER_ATTACK = (
     "label-flip+accept-all",
     "collude",
 )
+# `--stake-share`: issue 10's measurement, the cartel's stake share over 50 rounds at 30%
+# `collude` with the default vote.
+STAKE_SHARE_PRESET: dict[str, Any] = {
+    "nodes": 20,
+    "rounds": 50,
+    "fractions": [0.3],
+    "attack": "collude",
+    "systems": ["flockd-per-proposal"],
+    "seeds": list(range(8)),
+    "per_attack": [],
+    "breakdown": False,
+}
 
 
 # -- plan --------------------------------------------------------------------------------
 
 
 def plan(args: argparse.Namespace) -> list[Job]:
-    def job(system: str, attack: str, fraction: float, seed: int) -> Job:
+    """Every (system, partition, fraction, seed) under ``--attack``, then the per-attack
+    runs on the first partition; each cell once, the slow runs first."""
+
+    def job(system: str, attack: str, fraction: float, seed: int, partition: str) -> Job:
         return Job(
             system,
             attack,
@@ -93,24 +129,27 @@ def plan(args: argparse.Namespace) -> list[Job]:
             args.rounds,
             args.proposers,
             args.robust_rule,
+            partition,
         )
 
     jobs = [
-        job(system, args.attack, fraction, seed)
+        job(system, args.attack, fraction, seed, partition)
+        for partition in args.partition
         for system in args.systems
         for fraction in args.fractions
         for seed in args.seeds
     ]
-    seen = {(j.system, j.attack, j.fraction, j.seed) for j in jobs}
+    seen = {(j.system, j.attack, j.fraction, j.seed, j.partition) for j in jobs}
+    first = args.partition[0]
     for attack in args.per_attack:
         for system in PER_ATTACK_SYSTEMS:
             if system not in args.systems:
                 continue
             for seed in args.attack_seeds:
-                key = (system, attack, args.attack_fraction, seed)
+                key = (system, attack, args.attack_fraction, seed, first)
                 if key not in seen:
                     seen.add(key)
-                    jobs.append(job(system, attack, args.attack_fraction, seed))
+                    jobs.append(job(system, attack, args.attack_fraction, seed, first))
     return sorted(jobs, key=lambda j: -j.cost)
 
 
@@ -143,7 +182,8 @@ def execute(jobs: Sequence[Job], workers: int) -> list[dict[str, Any]]:
                     if isinstance(exc, KeyboardInterrupt):
                         raise
                     print(
-                        f"  FAILED {j.system} {j.attack} f={j.fraction} seed={j.seed}: {exc!r}",
+                        f"  FAILED {j.system} {j.attack} {j.partition} f={j.fraction} "
+                        f"seed={j.seed}: {exc!r}",
                         flush=True,
                     )
                     records.append({**asdict(j), "error": repr(exc)})
@@ -157,7 +197,8 @@ def _progress(rec: dict[str, Any], n: int, total: int, started: float, share: fl
     elapsed = time.monotonic() - started
     eta = elapsed / share - elapsed if share > 0 else math.nan
     print(
-        f"[{n:3d}/{total}] {rec['system']:<20} {rec['attack']:<22} f={rec['fraction']:<4} "
+        f"[{n:3d}/{total}] {rec['system']:<20} {rec['attack']:<22} {rec['partition']:<14} "
+        f"f={rec['fraction']:<4} "
         f"seed={rec['seed']}  final {rec['final_accuracy']:.4f}  "
         f"{rec['seconds_per_round']:.2f} s/round  ({elapsed / 60:.1f} min, ~{eta / 60:.0f} min left)",
         flush=True,
@@ -172,7 +213,37 @@ def _floats(text: str) -> list[float]:
 
 
 def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
+    """``0,1,2``, ``0-7`` or a mix (``0-3,8``), in order, each once."""
+    out: list[int] = []
+    for part in (x.strip() for x in text.split(",")):
+        if not part:
+            continue
+        first, dash, last = part.partition("-")
+        if dash and first:
+            low, high = int(first), int(last)
+            if high < low:
+                raise argparse.ArgumentTypeError(f"empty range {part!r}")
+            values = range(low, high + 1)
+        else:
+            values = range(int(part), int(part) + 1)
+        out.extend(v for v in values if v not in out)
+    if not out:
+        raise argparse.ArgumentTypeError("no seeds")
+    return out
+
+
+def _partitions(text: str) -> list[str]:
+    from flockd.fl.data import DataError, Partition
+
+    names = _names(text)
+    for name in names:
+        try:
+            Partition.parse(name)
+        except DataError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    if not names:
+        raise argparse.ArgumentTypeError("no partition")
+    return list(dict.fromkeys(names))
 
 
 def _names(text: str) -> list[str]:
@@ -184,13 +255,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         prog="scripts/bench attack", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--fractions", type=_floats, default=[0, 0.1, 0.2, 0.3, 0.4, 0.45])
-    parser.add_argument("--seeds", type=_ints, default=[0, 1, 2])
+    parser.add_argument(
+        "--seeds", type=_ints, default=list(range(8)), help="e.g. 0-7 or 0,1,2 (default 0-7)"
+    )
+    parser.add_argument(
+        "--partition",
+        type=_partitions,
+        default=["iid"],
+        help="data splits, each with its own tables: iid,dirichlet:1.0,dirichlet:0.5,...",
+    )
     parser.add_argument("--nodes", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument(
         "--attack", default="collude", help="flockd.fl.attacks spec (default collude)"
     )
-    parser.add_argument("--systems", type=_names, default=list(SYSTEMS))
+    parser.add_argument("--systems", type=_names, default=None, help="default: all")
     parser.add_argument(
         "--proposers", type=int, default=8, help="flockd: expected proposers per round"
     )
@@ -198,11 +277,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--per-attack",
         type=_names,
-        default=list(PER_ATTACK),
+        default=None,
         help="attacks of the per-attack table ('none' to skip)",
     )
     parser.add_argument("--attack-fraction", type=float, default=0.4)
-    parser.add_argument("--attack-seeds", type=_ints, default=None, help="default: --seeds")
+    parser.add_argument(
+        "--attack-seeds", type=_ints, default=None, help="per-attack table (default: 0-2)"
+    )
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (processes)")
     parser.add_argument(
         "--breakdown",
@@ -215,7 +296,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="10 nodes, 5 rounds, fractions 0,0.4, seed 0, no per-attack table, to a temp dir",
     )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--stake-share",
+        action="store_true",
+        help="the cartel's stake share: 20 nodes, 50 rounds, 30%% collude, flockd-per-proposal, "
+        "seeds 0-7 (options given override these), "
+        f"into docs/benchmarks.md between the {STAKE_BEGIN} markers",
+    )
+    parser.add_argument("--out", type=Path, default=None, help=f"default {DEFAULT_OUT}")
     parser.add_argument(
         "--doc",
         type=Path,
@@ -224,22 +312,59 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "docs/benchmarks.md when --out is the default and not --quick)",
     )
     parser.add_argument("--no-doc", action="store_true", help="write no doc")
+    given = {a.split("=")[0] for a in argv if a.startswith("--")}
     args = parser.parse_args(argv)
+    args.markers = (BEGIN, END)
+    default_out = DEFAULT_OUT
     if args.quick:
-        args.nodes, args.rounds, args.fractions, args.seeds = 10, 5, [0.0, 0.4], [0]
-        args.per_attack, args.breakdown = [], False
-        if args.out == DEFAULT_OUT:  # a quick look never replaces the committed figures
-            args.out = Path(tempfile.gettempdir()) / "flockd-attack-quick"
+        preset: dict[str, Any] = {
+            "nodes": 10, "rounds": 5, "fractions": [0.0, 0.4], "seeds": [0],
+            "per_attack": [], "breakdown": False,
+        }  # fmt: skip
+        # A quick look never replaces the committed figures.
+        default_out = Path(tempfile.gettempdir()) / "flockd-attack-quick"
+    elif args.stake_share:
+        preset = dict(STAKE_SHARE_PRESET)
+        default_out = DEFAULT_OUT / "stake-share"
+        args.markers = (STAKE_BEGIN, STAKE_END)
+    else:
+        preset = {}
+    for name, value in preset.items():
+        if "--" + name.replace("_", "-") not in given:
+            setattr(args, name, value)
+    if args.systems is None:
+        args.systems = list(SYSTEMS)
+    if args.per_attack is None:
+        args.per_attack = list(PER_ATTACK)
     unknown = sorted(set(args.systems) - set(SYSTEMS))
     if unknown:
         parser.error(f"unknown systems {unknown} (known: {', '.join(SYSTEMS)})")
     if args.attack_seeds is None:
-        args.attack_seeds = args.seeds
+        args.attack_seeds = [s for s in args.seeds if s < 3] or args.seeds[:3]
+    if args.out is None:
+        args.out = default_out
     if args.no_doc:
         args.doc = None
-    elif args.doc is None and not args.quick and args.out == DEFAULT_OUT:
+    elif args.doc is None and not args.quick and args.out == default_out:
         args.doc = DEFAULT_DOC
     return args
+
+
+def git_commit() -> str:
+    """The tree a run measured: short commit, "+dirty" if anything tracked was changed."""
+    import subprocess
+
+    def git(*cmd: str) -> str:
+        return subprocess.run(
+            ["git", *cmd], cwd=DEFAULT_DOC.parent, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return commit + ("+dirty" if dirty else "")
 
 
 def main(argv: list[str]) -> int:
@@ -253,6 +378,7 @@ def main(argv: list[str]) -> int:
                 "flwr is not installed: run this through scripts/bench (it installs the bench extra)"
             )
         flwr_version = flower_version()
+    commit = git_commit()  # before this run writes its own results into the tree
     jobs = plan(args)
     profiled: dict[str, Any] | None = None
     if args.breakdown and any(s in FLOCKD_SYSTEMS for s in args.systems):
@@ -270,6 +396,7 @@ def main(argv: list[str]) -> int:
     meta: dict[str, Any] = {
         "command": "scripts/bench attack" + "".join(" " + shlex.quote(a) for a in argv),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit,
         "wall_minutes": (time.monotonic() - started) / 60,
         "machine": f"{os.cpu_count()}-core {platform.machine()}, load average "
         + " / ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -281,6 +408,7 @@ def main(argv: list[str]) -> int:
         "attack": args.attack,
         "fractions": args.fractions,
         "seeds": args.seeds,
+        "partitions": args.partition,
         "systems": args.systems,
         "proposers": args.proposers,
         "robust_rule": args.robust_rule,
@@ -290,8 +418,17 @@ def main(argv: list[str]) -> int:
         "breakdown": profiled,
     }
     order = {s: i for i, s in enumerate(SYSTEMS)}
-    records.sort(key=lambda r: (order[r["system"]], r["attack"], r["fraction"], r["seed"]))
-    write_results(meta, records, args.out, args.doc)
+    parts = {p: i for i, p in enumerate(args.partition)}
+    records.sort(
+        key=lambda r: (
+            parts[r["partition"]],
+            order[r["system"]],
+            r["attack"],
+            r["fraction"],
+            r["seed"],
+        )
+    )
+    write_results(meta, records, args.out, args.doc, args.markers)
     return 1 if any("error" in r for r in records) else 0
 
 

@@ -50,9 +50,10 @@ def config_from(args: argparse.Namespace) -> SimConfig:
 
 def show(f: RoundFigures) -> None:
     bad = f" (malicious {f.malicious_accepted}/{f.malicious_proposers})" if f.malicious_proposers else ""
+    share = "" if f.malicious_stake_share is None else f"  malicious stake {100 * f.malicious_stake_share:.2f}%"
     print(f"round {f.round:3d}  accuracy {f.accuracy:.4f}  loss {f.loss:.4f}  accepted "
           f"{len(f.accepted)}/{len(f.proposers)}{bad}  {f.blocks} blocks  {f.gas_used / 1e6:.1f} Mgas  "
-          f"{f.seconds:.2f}s", flush=True)
+          f"{f.seconds:.2f}s{share}", flush=True)
 
 
 def main(argv: list[str]) -> int:
@@ -73,6 +74,11 @@ def main(argv: list[str]) -> int:
         print(f"final accuracy {result.final_accuracy:.4f}  model {result.final_model_hash} "
               f"(= chain, on all {cfg.nodes} nodes)  {result.blocks} blocks, {result.transactions} txs, "
               f"fullest block {result.max_block_gas / 1e6:.1f} Mgas, {result.wall_seconds:.1f}s")
+        shares = [f.malicious_stake_share for f in result.rounds if f.malicious_stake_share is not None]
+        if result.initial_malicious_stake_share is not None and shares:
+            print(f"malicious stake share {100 * result.initial_malicious_stake_share:.2f}% at the start, "
+                  f"{100 * shares[-1]:.2f}% after the last round (min {100 * min(shares):.2f}%, "
+                  f"max {100 * max(shares):.2f}%)")
     return 0
 
 

@@ -72,6 +72,9 @@ class RoundFigures:
     blocks: int  # from the round's open block to its finalise block
     gas_used: int  # every transaction sent for this round (decline, propose, votes, finalise, record)
     model_hash: str
+    # The malicious nodes' share of the task's stake when the round's model is recorded
+    # (after its settlement), read from the registry; None when no node is malicious.
+    malicious_stake_share: float | None = None
 
 
 @dataclass
@@ -79,6 +82,7 @@ class SimResult:
     config: dict[str, Any]
     initial_accuracy: float
     rounds: list[RoundFigures] = field(default_factory=list)
+    initial_malicious_stake_share: float | None = None  # once every node joined, before round 0
     final_accuracy: float = 0.0
     final_loss: float = 0.0
     final_model_hash: str = ""  # what every node's TaskMachine finished on

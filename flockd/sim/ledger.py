@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from flockd.fl.recipe import Metrics
+from flockd.sim.chain import REGISTRY, SimChain
 from flockd.sim.config import RoundFigures
 from flockd.tasks.bridge import as_address
 
@@ -20,6 +21,20 @@ class _Round:
     mask: int = 0
     finalised_block: int | None = None
     gas: int = 0
+
+
+def stake_share(chain: SimChain, task_id: int, addresses: Iterable[bytes], participants: Iterable[bytes]) -> float:
+    """The share of the task's active stake that ``addresses`` hold, from the registry's
+    pools (`get_participant`) at the chain's head."""
+    # Fields by name from the ABI, so a Participant struct that gains fields still reads.
+    fields = [c["name"] for c in REGISTRY.function("get_participant")["outputs"][0]["components"]]
+    at_stake, at_active = fields.index("stake"), fields.index("active")
+    stake = {}
+    for a in participants:
+        pool = chain.view("get_participant", task_id, a)
+        stake[a] = int(pool[at_stake]) if pool[at_active] else 0
+    total = sum(stake.values())
+    return sum(stake.get(a, 0) for a in addresses) / total if total else 0.0
 
 
 class Ledger:

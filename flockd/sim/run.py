@@ -27,7 +27,7 @@ from flockd.fl.attacks import HONEST, Behaviour
 from flockd.sim.chain import Sealed, SimChain, SimError
 from flockd.sim.config import RoundFigures, SimConfig, SimResult
 from flockd.sim.learn import Learner
-from flockd.sim.ledger import Ledger
+from flockd.sim.ledger import Ledger, stake_share
 from flockd.sortition import Stakes, elect
 from flockd.tasks.bridge import Submission, as_address, round_events, transaction
 from flockd.tasks.spec import TaskSpec
@@ -99,6 +99,8 @@ class Simulation:
         joiners = [(n.key, vrf.public_key(n.vrf_secret)) for n in self.nodes]
         self.task_id = self.chain.create_task(self.nodes[0].key, self.params, joiners, self.cfg.stake)
         participants = tuple(bytes.fromhex(a[2:]) for a in self.chain.view("get_participants", self.task_id))
+        self.participants = participants
+        self.result.initial_malicious_stake_share = self._malicious_stake_share()
         for node in self.nodes:
             config = rnd.TaskConfig(
                 task_id=self.task_id, me=node.address, participants=participants, rounds=self.cfg.rounds,
@@ -214,9 +216,16 @@ class Simulation:
         return Stakes(self._stake_of[node.address], total, unit, self.params.expected_proposers)
 
     def _round_done(self, figures: RoundFigures) -> None:
+        figures.malicious_stake_share = self._malicious_stake_share()
         self.result.rounds.append(figures)
         if self.on_round is not None:
             self.on_round(figures)
+
+    def _malicious_stake_share(self) -> float | None:
+        if not self.cfg.malicious:
+            return None
+        cartel = [self.nodes[i].address for i in self.cfg.malicious]
+        return stake_share(self.chain, self.task_id, cartel, self.participants)
 
     def _finish(self) -> None:
         last = self.cfg.rounds - 1
