@@ -278,7 +278,7 @@ def _check_fields(
     if any(a >= b for a, b in zip(names, names[1:], strict=False)):
         raise NonCanonicalDelta("tensor names are not strictly ascending")
     for dtype in dtypes:
-        if dtype not in _NUMPY_DTYPE:
+        if not isinstance(dtype, str) or dtype not in _NUMPY_DTYPE:
             raise DisallowedDtype(f"dtype {dtype!r} is not allowed")
         if dtype != _VALUE_DTYPE[enc]:
             raise DisallowedDtype(f"dtype {dtype!r} does not go with encoding {enc!r}")
@@ -301,6 +301,9 @@ def _check_shape(shape: Any, limits: Limits) -> tuple[int, ...]:
         raise MalformedDelta(f"bad shape {shape!r}")
     if not all(_is_int(d) and 0 <= d <= limits.max_elements for d in shape):
         raise MalformedDelta(f"bad shape {shape!r}")
+    # Zero dims aside too: numpy cannot shape even an empty array past its index range.
+    if math.prod(d for d in shape if d) > limits.max_elements:
+        raise DeltaTooLarge(f"shape {shape!r} spans more than {limits.max_elements} elements")
     return tuple(shape)
 
 
