@@ -48,3 +48,19 @@ def test_huge_hex_quantity_is_a_genesis_error() -> None:
     with pytest.raises(GenesisError, match="balance"):
         Genesis.from_json(text)
     GENESIS.check(text.encode())
+
+
+# Found while fuzzing: bytes.fromhex skips whitespace, so "0x" + 40 characters may decode to
+# fewer than 20 bytes; as an alloc key that raised eth-utils' ValueError, not GenesisError.
+@pytest.mark.parametrize("where", ["alloc", "authorities"])
+def test_address_with_whitespace_is_a_genesis_error(where: str) -> None:
+    obj = valid_genesis()
+    short = "0x" + "00" * 19 + "  "
+    if where == "alloc":
+        obj["alloc"][short] = {}
+    else:
+        obj["authorities"].append(short)
+    text = json.dumps(obj)
+    with pytest.raises(GenesisError, match="not an address"):
+        Genesis.from_json(text)
+    GENESIS.check(text.encode())

@@ -226,9 +226,11 @@ def _address(where: str, value: object) -> bytes:
         return value
     if isinstance(value, str) and value.startswith("0x") and len(value) == 42:
         try:
-            return bytes.fromhex(value[2:])
+            address = bytes.fromhex(value[2:])
         except ValueError:
-            pass
+            address = b""
+        if len(address) == 20:  # fromhex skips whitespace: 40 characters may hold fewer bytes
+            return address
     raise GenesisError(f"{where}: {value!r} is not an address (20 bytes or 0x + 40 hex digits)")
 
 
