@@ -14,6 +14,7 @@ from eth_account import Account
 from eth_keys import keys
 from hypothesis import strategies as st
 
+from flockd import vrf
 from flockd.bench._fuzz_base import (
     EDGE_INTS,
     JSON_VALUES,
@@ -31,6 +32,7 @@ from flockd.chain.embedded import EmbeddedChain
 from flockd.chain.genesis import Genesis, GenesisError
 from flockd.chain.mempool import Mempool, TxRejected
 from flockd.chain.poa import BlockRejected, sign_header
+from flockd.chain.precompile import VRFPrecompileError, verify_input
 
 T0 = 1_700_000_000
 CHAIN_ID = 4242
@@ -274,6 +276,38 @@ def _sync_targets() -> list[Target]:
     ]
 
 
+# -- the VRF precompile -------------------------------------------------------------------------
+
+_VRF_SECRET = bytes(range(32))
+# Points a proof or key may name that are not honest ones: identity, small order, non-canonical.
+_ODD_POINTS = (bytes(32), b"\x01" + bytes(31), bytes(31) + b"\x80", b"\xec" + b"\xff" * 30 + b"\x7f", b"\xff" * 32)
+
+
+@st.composite
+def _vrf_inputs(draw: st.DrawFn) -> bytes:
+    """pk || pi || alpha as a proposer's transaction hands it to the precompile: a valid
+    proof, then one part replaced, flipped or resized."""
+    alpha = draw(st.binary(min_size=32, max_size=32))
+    data = bytearray(vrf.public_key(_VRF_SECRET) + vrf.prove(_VRF_SECRET, alpha) + alpha)
+    layer = draw(st.sampled_from(("valid", "point", "scalar", "bytes")))
+    if layer == "point":
+        at = draw(st.sampled_from([0, 32]))  # the key, or the proof's Gamma
+        data[at : at + 32] = draw(st.sampled_from(_ODD_POINTS) | st.binary(min_size=32, max_size=32))
+    elif layer == "scalar":  # the proof's s: 32 bytes little-endian, must be < the group order
+        data[80:112] = draw(st.sampled_from([b"\xff" * 32, bytes(32)]) | st.binary(min_size=32, max_size=32))
+    elif layer == "bytes":
+        return mutate_bytes(draw, bytes(data), splices=(b"\x00", b"\xff" * 16))
+    return bytes(data)
+
+
+def _vrf_target() -> Target:
+    return Target(
+        "chain.vrf_precompile",
+        st.binary(max_size=200) | _vrf_inputs(),
+        decoder_check(verify_input, (VRFPrecompileError,), bound=linear_bound(64)),
+    )
+
+
 # -- genesis -----------------------------------------------------------------------------------
 
 # JSON splices: a deep nesting, a huge number, a bad escape, a UTF-8 BOM.
@@ -304,4 +338,4 @@ def _genesis_target() -> Target:
 
 
 def targets() -> list[Target]:
-    return [_tx_target(), _block_target(), _batch_target(), *_sync_targets(), _genesis_target()]
+    return [_tx_target(), _block_target(), _batch_target(), *_sync_targets(), _vrf_target(), _genesis_target()]

@@ -67,7 +67,11 @@ def campaign(target: Target, *, seconds: float, max_cases: int, hang: float) -> 
     return tally
 
 
-def main(argv: list[str], out: Callable[[str], None] = print) -> int:
+def _print(line: str) -> None:
+    print(line, flush=True)  # a long run's progress shows even when stdout is a file
+
+
+def main(argv: list[str], out: Callable[[str], None] = _print) -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench fuzz", description=__doc__)
     parser.add_argument("--budget", type=float, default=600.0, help="seconds for the whole run (default 600)")
     parser.add_argument("--max-cases", type=int, default=1_000_000, help="cases per target at most")
