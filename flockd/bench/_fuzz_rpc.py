@@ -52,11 +52,13 @@ def json_documents(draw: st.DrawFn, requests: st.SearchStrategy[Any]) -> bytes:
     -32, which JSON parsers detect on their own), then maybe mutated as bytes."""
     batch = draw(st.integers(0, 5)) == 0
     value: Any = draw(st.lists(requests, min_size=1, max_size=4)) if batch else draw(requests)
-    if draw(st.booleans()):
+    layer = draw(st.sampled_from(("fields", "fields", "valid", "bytes", "encoding")))
+    if layer == "fields":
         value = mutate(draw, value, JSON_VALUES, wrong=JSON_WRONG_TYPES)
-    text = json.dumps(value)
-    encoding = draw(st.sampled_from(["utf-8", "utf-8", "utf-8", "utf-16-le", "utf-32"]))
-    return mutate_bytes(draw, text.encode(encoding), splices=JSON_SPLICES)
+    data = json.dumps(value).encode()
+    if layer == "encoding":
+        return json.dumps(value).encode(draw(st.sampled_from(["utf-16-le", "utf-16", "utf-32"])))
+    return mutate_bytes(draw, data, splices=JSON_SPLICES) if layer == "bytes" else data
 
 
 def _nesting(value: Any) -> int:
