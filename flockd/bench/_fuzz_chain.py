@@ -210,7 +210,7 @@ def _blocks(draw: st.DrawFn) -> bytes:
             header = header.copy(**{other: value})
         elif layer == "txs":
             txs = list(block.transactions)
-            extra = w.importer._tx_builder.decode(draw(_signed_txs())) if draw(st.booleans()) else None
+            extra = block.get_transaction_builder().decode(draw(_signed_txs())) if draw(st.booleans()) else None
             txs = txs[: draw(st.integers(0, len(txs)))] + ([extra] if extra is not None else [])
             block = block.copy(transactions=txs)
         elif layer == "rlp":

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from flockd.bench import _fuzz_chain, _fuzz_fl, _fuzz_p2p, _fuzz_rpc
@@ -30,7 +30,7 @@ def all_targets() -> list[Target]:
 @dataclass
 class Tally:
     cases: int = 0
-    failures: list[str] | None = None
+    failures: list[str] = field(default_factory=list)
     slowest: float = 0.0
     seconds: float = 0.0
 
@@ -45,13 +45,9 @@ def _counted(target: Target, tally: Tally, hang: float) -> Target:
             tally.cases += 1
             tally.slowest = max(tally.slowest, took)
             if took > hang:
-                _fail(tally, f"hang: a case took {took:.1f}s: {repr(case)[:300]}")
+                tally.failures.append(f"hang: a case took {took:.1f}s: {repr(case)[:300]}")
 
     return replace(target, check=check)
-
-
-def _fail(tally: Tally, message: str) -> None:
-    tally.failures = [*(tally.failures or []), message]
 
 
 def campaign(target: Target, *, seconds: float, max_cases: int, hang: float) -> Tally:
@@ -62,7 +58,7 @@ def campaign(target: Target, *, seconds: float, max_cases: int, hang: float) -> 
         try:
             run_target(counted, min(ROUND, max_cases - tally.cases), database=False)
         except Exception as exc:  # the property broke: hypothesis re-raises the shrunk case
-            _fail(tally, f"{type(exc).__name__}: {str(exc)[:500]}")
+            tally.failures.append(f"{type(exc).__name__}: {str(exc)[:500]}")
     tally.seconds = time.perf_counter() - start
     return tally
 
@@ -92,10 +88,9 @@ def main(argv: list[str], out: Callable[[str], None] = _print) -> int:
     total, failed = 0, 0
     for target in chosen:
         tally = campaign(target, seconds=share, max_cases=args.max_cases, hang=args.hang)
-        failures = tally.failures or []
-        total, failed = total + tally.cases, failed + len(failures)
-        out(f"{target.name:<20} {tally.cases:>9} {len(failures):>8} {tally.seconds:>8.1f} {tally.slowest * 1e3:>10.1f}")
-        for failure in failures:
+        total, failed = total + tally.cases, failed + len(tally.failures)
+        out(f"{target.name:<20} {tally.cases:>9} {len(tally.failures):>8} {tally.seconds:>8.1f} {tally.slowest * 1e3:>10.1f}")
+        for failure in tally.failures:
             out(f"  FAILED {failure}")
     out(f"{'total':<20} {total:>9} {failed:>8}")
     return 1 if failed else 0
