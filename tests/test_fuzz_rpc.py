@@ -6,6 +6,8 @@ runs the same targets for much longer."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from flockd import safejson
@@ -14,6 +16,7 @@ from flockd.bench._fuzz_base import Target, run_target
 
 TARGETS = _fuzz_rpc.targets()
 SAFEJSON = next(t for t in TARGETS if t.name == "rpc.safejson")
+ETH_BODY = next(t for t in TARGETS if t.name == "eth.body")
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=lambda t: t.name)
@@ -32,3 +35,14 @@ def test_json_in_other_encodings_cannot_hide_its_depth(encoding: str) -> None:
     with pytest.raises(ValueError):
         safejson.loads(document)
     SAFEJSON.check(document)
+
+
+# Found by the campaign (scripts/bench fuzz): a call whose gas is below its intrinsic cost
+# made py-evm raise ValidationError ("Message.gas cannot be negative"), answered as -32603
+# (an internal failure); geth answers such a call with -32000 ("intrinsic gas too low").
+def test_call_below_intrinsic_gas_is_a_server_error() -> None:
+    call = {"from": _fuzz_rpc.ALICE.address, "to": _fuzz_rpc.BOB.address, "gas": "0x1", "data": "0x00"}
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_call", "params": [call]}).encode()
+    reply = json.loads(_fuzz_rpc.EthAPI(_fuzz_rpc.world().source).handle_body(body))
+    assert reply["error"]["code"] == -32000
+    ETH_BODY.check(body)
