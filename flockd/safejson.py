@@ -44,5 +44,8 @@ def loads(data: bytes | str, *, max_depth: int = MAX_DEPTH, **kwargs: Any) -> An
     """json.loads after check_depth; every failure is a ValueError (TooDeep, JSONDecodeError,
     UnicodeDecodeError)."""
     raw = data.encode() if isinstance(data, str) else bytes(data)
+    # UTF-8 only (RFC 8259): json.loads would also guess UTF-16/32, whose bytes check_depth
+    # misreads (an escaped quote's 0x00 byte ends a "string" early and hides brackets).
+    text = raw.decode("utf-8")
     check_depth(raw, max_depth)
-    return json.loads(raw, **kwargs)
+    return json.loads(text, **kwargs)

@@ -28,7 +28,7 @@ import rlp
 from eth.abc import BlockAPI
 from eth_abi import decode as abi_decode
 from eth_abi.exceptions import DecodingError
-from eth_utils import to_checksum_address
+from eth_utils import ValidationError, to_checksum_address
 
 from flockd import safejson
 from flockd.chain.calls import CallAborted, CallBudget
@@ -438,6 +438,8 @@ def _state(read: Callable[[], Any]) -> Any:
         return read()
     except UnknownBlock as exc:
         raise EthRPCError(SERVER_ERROR, f"header not found: {exc}") from None
+    except ValidationError as exc:  # py-evm refuses the call itself (gas below intrinsic): geth's -32000
+        raise EthRPCError(SERVER_ERROR, f"invalid call: {exc}") from None
 
 
 def _call_request(call: Any, gas_cap: int) -> CallRequest:

@@ -25,6 +25,8 @@ from typing import Any
 from eth_hash.auto import keccak
 from eth_utils import to_checksum_address
 
+from flockd import safejson
+
 FORMAT = "flockd-genesis/1"
 MAX_GENESIS_BYTES = 64 * 1024 * 1024
 MIN_GAS_LIMIT = 5_000_000
@@ -128,7 +130,7 @@ class Genesis:
         if len(text) > MAX_GENESIS_BYTES:
             raise GenesisError(f"genesis file too large: {len(text)} bytes, limit {MAX_GENESIS_BYTES}")
         try:
-            obj = json.loads(text)
+            obj = safejson.loads(text)  # nesting bounded: json.loads can overflow the C stack
         except (ValueError, UnicodeDecodeError) as exc:
             raise GenesisError(f"genesis is not valid JSON: {exc}") from None
         if not isinstance(obj, dict):
@@ -214,7 +216,9 @@ def _check_int(name: str, value: object, low: int, high: int) -> None:
     if type(value) is not int:
         raise GenesisError(f"{name}: expected an integer, got {type(value).__name__}")
     if not low <= value < high:
-        raise GenesisError(f"{name}: {value} is out of range [{low}, {high})")
+        # A hex quantity of any length parses; printing one in decimal may not (int max str digits).
+        shown = value if value.bit_length() <= 256 else f"a {value.bit_length()}-bit number"
+        raise GenesisError(f"{name}: {shown} is out of range [{low}, {high})")
 
 
 def _address(where: str, value: object) -> bytes:
@@ -222,9 +226,11 @@ def _address(where: str, value: object) -> bytes:
         return value
     if isinstance(value, str) and value.startswith("0x") and len(value) == 42:
         try:
-            return bytes.fromhex(value[2:])
+            address = bytes.fromhex(value[2:])
         except ValueError:
-            pass
+            address = b""
+        if len(address) == 20:  # fromhex skips whitespace: 40 characters may hold fewer bytes
+            return address
     raise GenesisError(f"{where}: {value!r} is not an address (20 bytes or 0x + 40 hex digits)")
 
 

@@ -325,6 +325,9 @@ def _check_shape(shape: Any, limits: Limits) -> tuple[int, ...]:
         raise MalformedDelta(f"bad shape {shape!r}")
     if not all(_is_int(d) and 0 <= d <= limits.max_elements for d in shape):
         raise MalformedDelta(f"bad shape {shape!r}")
+    # Zero dims aside too: numpy cannot shape even an empty array past its index range.
+    if math.prod(d for d in shape if d) > limits.max_elements:
+        raise DeltaTooLarge(f"shape {shape!r} spans more than {limits.max_elements} elements")
     return tuple(shape)
 
 
