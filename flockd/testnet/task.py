@@ -77,6 +77,6 @@ def wait_finished(
             return [s for s in statuses if s is not None]
         for d in cluster.daemons:
             if d.process is not None and not d.alive():
-                raise ClusterError(f"node{d.index} died: {cluster.tail(d)}")
+                raise ClusterError(f"node{d.index} died: {cluster.last_words(d)}")
         time.sleep(1.0)
     raise ClusterError(f"the task did not finish within {timeout:.0f}s")
