@@ -108,3 +108,31 @@ def test_kill_waiting_for_the_cap_is_dropped_when_its_round_is_over() -> None:
     scheduler.round_seen(8, 800.0)  # finished
     scheduler.step(1e6)
     assert scheduler.dropped_kills == len(plan.kills) and not scheduler.pending
+
+
+def test_reorgs_counted_from_heads_seen() -> None:
+    from flockd.testnet.chaos_driver import count_reorgs
+
+    canonical = {h: f"0x{h:02x}" for h in range(1, 20)}
+    fork = {h: f"0xf{h:02x}" for h in range(1, 20)}
+    heads_seen = {
+        0: [(h, canonical[h]) for h in range(1, 20)],  # never off the final chain
+        # cut off: sealed 5..9 alone, then back on the final chain at 12; later a 1-block flip
+        3: [(4, canonical[4]), (5, fork[5]), (7, fork[7]), (9, fork[9]), (12, canonical[12]),
+            (15, fork[15]), (16, canonical[16]), (30, "0xunknown")],
+    }
+    assert count_reorgs(heads_seen, canonical) == {
+        "reorgs": 2, "reorgs_by_node": {"node3": 2}, "orphaned_heads": 4, "deepest_reorg_at_least": 5,
+    }
+    assert count_reorgs({}, canonical)["reorgs"] == 0
+
+
+def test_affected_rounds_span_each_outage() -> None:
+    from flockd.testnet.chaos_driver import ChaosEvent, affected_rounds
+
+    events = [
+        ChaosEvent(1.0, 1, "kill", 2), ChaosEvent(9.0, 1, "restart", 2), ChaosEvent(20.0, 2, "back", 2),
+        ChaosEvent(30.0, 4, "isolate", 3), ChaosEvent(90.0, 6, "reconnected", 3),
+        ChaosEvent(95.0, 7, "kill", 4),  # never back before the end (round 8)
+    ]
+    assert affected_rounds(events, 8) == [1, 2, 4, 5, 6, 7, 8]

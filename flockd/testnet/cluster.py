@@ -106,9 +106,9 @@ class Cluster:
         d.address, d.peer_id = identity.address, identity.peer_id
 
     # -- processes ------------------------------------------------------------
-    def start(self, *, timeout: float = 60.0, detach: bool = False) -> None:
-        """Start node 0, then every other node bootstrapped to it."""
-        self.start_daemon(self.daemons[0], bootstrap=None, detach=detach)
+    def start(self, *, timeout: float = 60.0, detach: bool = False, bootstrap_args: tuple[str, ...] = ()) -> None:
+        """Start node 0 (with `bootstrap_args`), then every other node bootstrapped to it."""
+        self.start_daemon(self.daemons[0], bootstrap=None, detach=detach, extra_args=bootstrap_args)
         self.wait_ready(self.daemons[0], timeout)
         seed = self.bootstrap_addr()
         for d in self.daemons[1:]:

@@ -10,7 +10,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.live import Live
@@ -18,6 +18,8 @@ from rich.table import Table
 
 from flockd.fl.attacks import assign_behaviours, describe, parse_behaviour
 from flockd.rpc.errors import RPCError
+from flockd.testnet.chaos import ChaosScheduler, plan_chaos
+from flockd.testnet.chaos_driver import ChaosDriver, canonical_hashes
 from flockd.testnet.cluster import Cluster, ClusterError, agree_at_least, heads
 from flockd.testnet.progress import progress_table
 from flockd.testnet.report import build_report, node_name, write_report
@@ -28,6 +30,7 @@ from flockd.testnet.workdir import (
     busy_port,
     check_reusable,
     describe_running,
+    free_port,
     running_daemons,
     stop_running,
 )
@@ -69,6 +72,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--attack", default="collude", metavar="SPEC",
                    help="what the malicious nodes do, e.g. collude, sign-flip:4, label-flip+random-vote "
                         "(docs/learning.md, Attackers; default collude)")
+    p.add_argument("--chaos", action="store_true",
+                   help="kill -9 and restart random daemons (never node0, at most a third at once) during "
+                        "the rounds, and cut one off the mesh for longer than a round (docs/testnet.md)")
+    p.add_argument("--chaos-seed", type=int, default=1, metavar="SEED", help="what --chaos does, and when (default 1)")
     args = p.parse_args(argv)
     for problem in _flag_problems(args):
         p.error(problem)
@@ -96,6 +103,9 @@ def _flag_problems(args: argparse.Namespace) -> list[str]:
         (args.timeout > 0 and args.task_timeout > 0, "--timeout and --task-timeout must be positive"),
         (args.proposers >= 1, "--proposers must be 1 or more"),
         (args.chain_blocks >= 0, "--chain-blocks must be 0 or more"),
+        (not args.chaos or (args.nodes >= 3 and args.rounds >= 2),
+         "--chaos needs --nodes 3 or more and --rounds 2 or more (a third of the nodes is at least one)"),
+        (not (args.chaos and args.keep_running), "--chaos and --keep-running do not go together"),
         (args.port_base is None or 1024 <= args.port_base <= 65536 - args.nodes,
          f"--port-base must leave room for {args.nodes} ports between 1024 and 65535"),
     ]
@@ -127,7 +137,7 @@ def main(argv: list[str]) -> int:
         if args.behaviours:
             console.print("[bold red]malicious:[/] " + ", ".join(
                 f"node{i} ({spec}: {describe(parse_behaviour(spec))})" for i, spec in args.behaviours.items()))
-        cluster.start(detach=args.keep_running)
+        cluster.start(detach=args.keep_running, bootstrap_args=_chaos_http_args(args))
         console.print("daemons up; waiting for a full mesh")
         cluster.wait_full_mesh(args.timeout)
         console.print(peer_table(cluster))
@@ -216,6 +226,15 @@ def _workdir_flag(args: argparse.Namespace) -> str:
     return "" if args.workdir == Path("testnet-work") else f" --workdir {args.workdir}"
 
 
+def _chaos_http_args(args: argparse.Namespace) -> tuple[str, ...]:
+    """With --chaos node0 serves its chain over HTTP: the final chain's hashes, read at the
+    end, tell which of the heads seen during the run were reorganised away."""
+    if not args.chaos:
+        return ()
+    args.chaos_http_port = free_port()
+    return ("--chain-http", str(args.chaos_http_port))
+
+
 def run_task(console: Console, cluster: Cluster, args: argparse.Namespace) -> bool:
     """Create, join and run one task to its end with a live view; write the report."""
     plan = TaskPlan(
@@ -225,17 +244,29 @@ def run_task(console: Console, cluster: Cluster, args: argparse.Namespace) -> bo
     started = time.monotonic()
     task_id = create_and_join(cluster, plan)
     console.print(f"task {task_id}: {plan.recipe}, {plan.rounds} rounds, {plan.partition}, {plan.rule}; all nodes joined")
+    chaos = ChaosDriver(cluster, ChaosScheduler(plan_chaos(len(cluster.daemons), plan.rounds, args.chaos_seed))) \
+        if args.chaos else None
+
+    def on_poll(sts: list[dict[str, Any] | None], rss: list[dict[str, Any] | None]) -> None:
+        live.update(progress_table(sts, rss, args.behaviours))
+        if chaos is not None:
+            chaos.tick(sts)
+
     with Live(console=console, refresh_per_second=2, transient=False) as live:
-        statuses = wait_finished(
-            cluster, task_id, plan, args.task_timeout,
-            lambda sts, rss: live.update(progress_table(sts, rss, args.behaviours)),
-        )
+        statuses = wait_finished(cluster, task_id, plan, args.task_timeout, on_poll)
     console.print()  # the live view leaves the cursor on its last line
+    chaos_summary = None
+    if chaos is not None:
+        console.print("task finished; waiting for every node to be back, connected and on one chain head")
+        chaos.settle(timeout=300.0)
+        heights = [number for seen in chaos.heads_seen.values() for number, _ in seen]
+        chaos_summary = chaos.summary(canonical_hashes(args.chaos_http_port, heights))
     wall = time.monotonic() - started
     report = build_report(
         statuses, nodes=len(cluster.daemons), rounds=plan.rounds, recipe=plan.recipe,
         partition=plan.partition, wall_seconds=wall,
         malicious={node_name(i): spec for i, spec in args.behaviours.items()}, malicious_fraction=args.malicious,
+        chaos=chaos_summary,
     )
     verified = [d.call("model_verify", {"task_id": task_id}) for d in cluster.daemons]
     report["model_verify"] = {f"node{d.index}": v["ok"] and v["complete"] for d, v in zip(cluster.daemons, verified, strict=True)}
@@ -248,6 +279,10 @@ def run_task(console: Console, cluster: Cluster, args: argparse.Namespace) -> bo
         console.print(f"malicious proposals: {totals['malicious_proposed']}, accepted {totals['malicious_accepted']}, "
                       f"rejected {totals['malicious_rejected']}; honest proposals: {totals['honest_proposed']}, "
                       f"accepted {totals['honest_accepted']}")
+    if chaos_summary is not None:
+        console.print(f"chaos: {chaos_summary['kills']} kills, {chaos_summary['partitions']} partition(s), "
+                      f"{chaos_summary['reorgs']} reorgs observed, {len(chaos_summary['affected_rounds'])} rounds affected; "
+                      f"every node on one chain head")
     console.print("report: " + ", ".join(str(p) for p in paths))
     return bool(report["all_nodes_agree"]) and all(report["model_verify"].values())
 

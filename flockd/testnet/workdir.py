@@ -185,3 +185,10 @@ def busy_port(ports: range) -> int | None:
             except OSError:
                 return port
     return None
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (for a daemon's extra listener)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
