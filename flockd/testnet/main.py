@@ -56,7 +56,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--stop", action="store_true", help="stop the daemons a --keep-running run left in --workdir, and exit")
     p.add_argument("--port-base", type=int, default=None, metavar="PORT",
                    help="node i listens on 127.0.0.1:PORT+i (default: any free port)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the mesh")
+    p.add_argument("--timeout", type=float, default=300.0,
+                   help="seconds to wait for each daemon to answer, and then for the mesh (default 300: a busy machine)")
     p.add_argument("--rounds", type=int, default=8, help="learning rounds to run (0: only form the mesh)")
     p.add_argument("--recipe", default="digits-mlp", help="recipe (digits-mlp, digits-cnn, cancer-logreg)")
     p.add_argument("--partition", default="iid", help="iid or dirichlet:ALPHA")
@@ -137,7 +138,7 @@ def main(argv: list[str]) -> int:
         if args.behaviours:
             console.print("[bold red]malicious:[/] " + ", ".join(
                 f"node{i} ({spec}: {describe(parse_behaviour(spec))})" for i, spec in args.behaviours.items()))
-        cluster.start(detach=args.keep_running, bootstrap_args=_chaos_http_args(args))
+        cluster.start(timeout=args.timeout, detach=args.keep_running, bootstrap_args=_chaos_http_args(args))
         console.print("daemons up; waiting for a full mesh")
         cluster.wait_full_mesh(args.timeout)
         console.print(peer_table(cluster))
