@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from flockd.testnet.chaos import ChaosScheduler, Isolate, Kill, Restart
-from flockd.testnet.cluster import Cluster, ClusterError, heads
+from flockd.testnet.cluster import Cluster, ClusterError, Daemon, heads
 
 Head = tuple[int, str]  # (number, hash)
 
@@ -42,6 +42,7 @@ class ChaosDriver:
     heads_seen: dict[int, list[Head]] = field(default_factory=dict)
     _restarted: set[int] = field(default_factory=set)
     _cut_until: dict[int, float] = field(default_factory=dict)
+    on_event: Callable[[ChaosEvent], None] = lambda event: None
     _bootstrap: str = ""
 
     def tick(self, statuses: Sequence[Mapping[str, Any] | None]) -> None:
@@ -111,9 +112,9 @@ class ChaosDriver:
                 seen.append(current)
 
     def _record(self, kind: str, node: int, detail: str = "") -> None:
-        self.events.append(ChaosEvent(
-            round(time.monotonic() - self.started, 1), self.scheduler.current_round, kind, node, detail,
-        ))
+        event = ChaosEvent(round(time.monotonic() - self.started, 1), self.scheduler.current_round, kind, node, detail)
+        self.events.append(event)
+        self.on_event(event)
 
     @staticmethod
     def _round(statuses: Sequence[Mapping[str, Any] | None]) -> int:
@@ -129,7 +130,7 @@ class ChaosDriver:
     def settle(self, timeout: float) -> None:
         """After the task: nothing new (what had not happened yet is dropped), restarts
         carried out when due; wait until every node answers, the cut-off node has peers
-        again, and every node is on one chain head."""
+        again, and every node is on one chain."""
         scheduler = self.scheduler
         scheduler.dropped_kills += len(scheduler.pending)
         scheduler.pending.clear()
@@ -143,10 +144,24 @@ class ChaosDriver:
             self._watch_restarted()
             self._watch_reconnected(now)
             self._observe_heads()
-            if not self.unfinished() and _one_head(self.cluster):
+            if not self.unfinished() and self.one_chain():
                 return
             time.sleep(1.0)
-        raise ClusterError(f"the nodes did not settle on one chain head within {timeout:.0f}s after the task")
+        raise ClusterError(f"the nodes did not settle on one chain within {timeout:.0f}s after the task")
+
+    def http_port(self, d: Daemon) -> int:
+        flags = self.cluster.node_args.get(d.index, ())
+        return int(flags[flags.index("--chain-http") + 1])
+
+    def one_chain(self) -> bool:
+        """Every node holds the same block at the lowest of their heads. (Equal heads are
+        no test: blocks keep coming, and the nodes are asked one after another.)"""
+        try:
+            lowest = min(number for number, _ in heads(self.cluster.daemons))
+            hashes = {canonical_hashes(self.http_port(d), [lowest]).get(lowest) for d in self.cluster.daemons}
+        except Exception:  # a node not answering yet
+            return False
+        return len(hashes) == 1 and None not in hashes
 
     def summary(self, canonical: Mapping[int, str]) -> dict[str, Any]:
         """The report's chaos figures; `canonical` maps heights to the final chain's hashes."""
@@ -161,13 +176,6 @@ class ChaosDriver:
             **count_reorgs(self.heads_seen, canonical),
             "events": [asdict(e) for e in self.events],
         }
-
-
-def _one_head(cluster: Cluster) -> bool:
-    try:
-        return len(set(heads(cluster.daemons))) == 1
-    except Exception:
-        return False
 
 
 def affected_rounds(events: Sequence[ChaosEvent], last_round: int) -> list[int]:

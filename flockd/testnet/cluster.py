@@ -58,6 +58,7 @@ class Cluster:
         self.daemons = [Daemon(i, workdir / f"node{i}") for i in range(size)]
         self.extra_run_args = extra_run_args or []
         self.port_base = port_base
+        self.node_args: dict[int, tuple[str, ...]] = {}  # `flockd run` flags of one node, at every start
         self.env = {**os.environ, "FLOCKD_PASSWORD": PASSWORD}
 
     # -- set-up ---------------------------------------------------------------
@@ -106,9 +107,9 @@ class Cluster:
         d.address, d.peer_id = identity.address, identity.peer_id
 
     # -- processes ------------------------------------------------------------
-    def start(self, *, timeout: float = 60.0, detach: bool = False, bootstrap_args: tuple[str, ...] = ()) -> None:
-        """Start node 0 (with `bootstrap_args`), then every other node bootstrapped to it."""
-        self.start_daemon(self.daemons[0], bootstrap=None, detach=detach, extra_args=bootstrap_args)
+    def start(self, *, timeout: float = 60.0, detach: bool = False) -> None:
+        """Start node 0, then every other node bootstrapped to it."""
+        self.start_daemon(self.daemons[0], bootstrap=None, detach=detach)
         self.wait_ready(self.daemons[0], timeout)
         seed = self.bootstrap_addr()
         for d in self.daemons[1:]:
@@ -124,7 +125,10 @@ class Cluster:
     def start_daemon(self, d: Daemon, *, bootstrap: str | None, detach: bool = False, extra_args: tuple[str, ...] = ()) -> None:
         """`detach`: the daemon outlives us (its own session); otherwise it is killed when
         this process dies, however it dies, so a killed testnet leaves no daemon behind."""
-        args = [sys.executable, "-m", "flockd.cli", "run", "--datadir", str(d.datadir), *self.extra_run_args, *extra_args]
+        args = [
+            sys.executable, "-m", "flockd.cli", "run", "--datadir", str(d.datadir),
+            *self.extra_run_args, *self.node_args.get(d.index, ()), *extra_args,
+        ]
         if bootstrap:
             args += ["--bootstrap", bootstrap]
         if self.port_base is not None:

@@ -138,7 +138,9 @@ def main(argv: list[str]) -> int:
         if args.behaviours:
             console.print("[bold red]malicious:[/] " + ", ".join(
                 f"node{i} ({spec}: {describe(parse_behaviour(spec))})" for i, spec in args.behaviours.items()))
-        cluster.start(timeout=args.timeout, detach=args.keep_running, bootstrap_args=_chaos_http_args(args))
+        if args.chaos:
+            serve_chain_http(cluster)
+        cluster.start(timeout=args.timeout, detach=args.keep_running)
         console.print("daemons up; waiting for a full mesh")
         cluster.wait_full_mesh(args.timeout)
         console.print(peer_table(cluster))
@@ -227,13 +229,12 @@ def _workdir_flag(args: argparse.Namespace) -> str:
     return "" if args.workdir == Path("testnet-work") else f" --workdir {args.workdir}"
 
 
-def _chaos_http_args(args: argparse.Namespace) -> tuple[str, ...]:
-    """With --chaos node0 serves its chain over HTTP: the final chain's hashes, read at the
-    end, tell which of the heads seen during the run were reorganised away."""
-    if not args.chaos:
-        return ()
-    args.chaos_http_port = free_port()
-    return ("--chain-http", str(args.chaos_http_port))
+def serve_chain_http(cluster: Cluster) -> None:
+    """With --chaos every node serves its chain over HTTP (a port of its own, the same at
+    each restart): blocks by number tell whether the nodes end on one chain, and which
+    heads seen during the run were reorganised away."""
+    for d in cluster.daemons:
+        cluster.node_args[d.index] = ("--chain-http", str(free_port()))
 
 
 def run_task(console: Console, cluster: Cluster, args: argparse.Namespace) -> bool:
@@ -245,8 +246,10 @@ def run_task(console: Console, cluster: Cluster, args: argparse.Namespace) -> bo
     started = time.monotonic()
     task_id = create_and_join(cluster, plan)
     console.print(f"task {task_id}: {plan.recipe}, {plan.rounds} rounds, {plan.partition}, {plan.rule}; all nodes joined")
-    chaos = ChaosDriver(cluster, ChaosScheduler(plan_chaos(len(cluster.daemons), plan.rounds, args.chaos_seed))) \
-        if args.chaos else None
+    chaos = ChaosDriver(
+        cluster, ChaosScheduler(plan_chaos(len(cluster.daemons), plan.rounds, args.chaos_seed)),
+        on_event=lambda e: console.print(f"[yellow]chaos[/] {e.seconds:.0f}s round {e.round}: {e.kind} node{e.node} {e.detail}"),
+    ) if args.chaos else None
 
     def on_poll(sts: list[dict[str, Any] | None], rss: list[dict[str, Any] | None]) -> None:
         live.update(progress_table(sts, rss, args.behaviours))
@@ -258,10 +261,10 @@ def run_task(console: Console, cluster: Cluster, args: argparse.Namespace) -> bo
     console.print()  # the live view leaves the cursor on its last line
     chaos_summary = None
     if chaos is not None:
-        console.print("task finished; waiting for every node to be back, connected and on one chain head")
+        console.print("task finished; waiting for every node to be back, connected and on one chain")
         chaos.settle(timeout=300.0)
         heights = [number for seen in chaos.heads_seen.values() for number, _ in seen]
-        chaos_summary = chaos.summary(canonical_hashes(args.chaos_http_port, heights))
+        chaos_summary = chaos.summary(canonical_hashes(chaos.http_port(cluster.daemons[0]), heights))
     wall = time.monotonic() - started
     report = build_report(
         statuses, nodes=len(cluster.daemons), rounds=plan.rounds, recipe=plan.recipe,
@@ -283,7 +286,7 @@ def run_task(console: Console, cluster: Cluster, args: argparse.Namespace) -> bo
     if chaos_summary is not None:
         console.print(f"chaos: {chaos_summary['kills']} kills, {chaos_summary['partitions']} partition(s), "
                       f"{chaos_summary['reorgs']} reorgs observed, {len(chaos_summary['affected_rounds'])} rounds affected; "
-                      f"every node on one chain head")
+                      f"every node on one chain")
     console.print("report: " + ", ".join(str(p) for p in paths))
     return bool(report["all_nodes_agree"]) and all(report["model_verify"].values())
 
