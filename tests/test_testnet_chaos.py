@@ -133,6 +133,7 @@ def test_affected_rounds_span_each_outage() -> None:
     events = [
         ChaosEvent(1.0, 1, "kill", 2), ChaosEvent(9.0, 1, "restart", 2), ChaosEvent(20.0, 2, "back", 2),
         ChaosEvent(30.0, 4, "isolate", 3), ChaosEvent(90.0, 6, "reconnected", 3),
-        ChaosEvent(95.0, 7, "kill", 4),  # never back before the end (round 8)
+        ChaosEvent(95.0, 5, "kill", 1), ChaosEvent(150.0, 8, "back", 1),  # back after the task (8 = finished)
+        ChaosEvent(95.0, 7, "kill", 4),  # never back
     ]
-    assert affected_rounds(events, 8) == [1, 2, 4, 5, 6, 7, 8]
+    assert affected_rounds(events, 8) == [1, 2, 4, 5, 6, 7]

@@ -41,6 +41,7 @@ class PlannedPartition:
 class ChaosPlan:
     seed: int
     nodes: int
+    rounds: int
     kills: tuple[PlannedKill, ...]
     partition: PlannedPartition | None
 
@@ -86,7 +87,7 @@ def plan_chaos(nodes: int, rounds: int, seed: int) -> ChaosPlan:
             rng.randint(min(1, rounds - 2), max(1, rounds - 2)), round(rng.uniform(*PARTITION_DELAY), 1),
             rng.choice(others),
         )
-    return ChaosPlan(seed, nodes, tuple(sorted(kills, key=lambda k: (k.round, k.delay))), partition)
+    return ChaosPlan(seed, nodes, rounds, tuple(sorted(kills, key=lambda k: (k.round, k.delay))), partition)
 
 
 @dataclass

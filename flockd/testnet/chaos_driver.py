@@ -172,27 +172,28 @@ class ChaosDriver:
             "restarts": kinds.count("restart"),
             "partitions": kinds.count("isolate"),
             "kills_dropped": self.scheduler.dropped_kills,
-            "affected_rounds": affected_rounds(self.events, self.scheduler.current_round),
+            "affected_rounds": affected_rounds(self.events, self.scheduler.plan.rounds),
             **count_reorgs(self.heads_seen, canonical),
             "events": [asdict(e) for e in self.events],
         }
 
 
-def affected_rounds(events: Sequence[ChaosEvent], last_round: int) -> list[int]:
-    """Rounds during which some node was down or cut off: from a kill to the node's
-    `back`, from an isolation to its `reconnected` (to the end when never)."""
+def affected_rounds(events: Sequence[ChaosEvent], rounds: int) -> list[int]:
+    """Rounds (of the task's `rounds`) during which some node was down or cut off: from a
+    kill to the node's `back`, from an isolation to its `reconnected` (to the end when never)."""
+    last_round = rounds - 1
     opened: dict[tuple[str, int], int] = {}
-    rounds: set[int] = set()
+    hit: set[int] = set()
     ends = {"back": "kill", "reconnected": "isolate"}
     for e in events:
         if e.kind in ("kill", "isolate"):
             opened[(e.kind, e.node)] = e.round
         elif e.kind in ends and (ends[e.kind], e.node) in opened:
             start = opened.pop((ends[e.kind], e.node))
-            rounds.update(range(max(start, 0), e.round + 1))
+            hit.update(range(max(start, 0), min(e.round, last_round) + 1))
     for start in opened.values():
-        rounds.update(range(max(start, 0), last_round + 1))
-    return sorted(rounds)
+        hit.update(range(max(start, 0), last_round + 1))
+    return sorted(hit)
 
 
 def count_reorgs(heads_seen: Mapping[int, Sequence[Head]], canonical: Mapping[int, str]) -> dict[str, Any]:

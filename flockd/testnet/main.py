@@ -23,7 +23,7 @@ from flockd.testnet.chaos_driver import ChaosDriver, canonical_hashes
 from flockd.testnet.cluster import Cluster, ClusterError, agree_at_least, heads
 from flockd.testnet.progress import progress_table
 from flockd.testnet.report import build_report, node_name, write_report
-from flockd.testnet.task import TaskPlan, create_and_join, wait_finished
+from flockd.testnet.task import TaskPlan, create_and_join, wait_finished, wait_models_on_chain
 from flockd.testnet.workdir import (
     TRACEBACK_FILE,
     WorkdirError,
@@ -265,6 +265,8 @@ def run_task(console: Console, cluster: Cluster, args: argparse.Namespace) -> bo
         chaos.settle(timeout=300.0)
         heights = [number for seen in chaos.heads_seen.values() for number, _ in seen]
         chaos_summary = chaos.summary(canonical_hashes(chaos.http_port(cluster.daemons[0]), heights))
+    # The chain says finished before a node restarted late has replayed every round.
+    statuses = wait_models_on_chain(cluster, task_id, 300.0 if chaos else 60.0) or statuses
     wall = time.monotonic() - started
     report = build_report(
         statuses, nodes=len(cluster.daemons), rounds=plan.rounds, recipe=plan.recipe,

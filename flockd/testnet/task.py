@@ -80,3 +80,25 @@ def wait_finished(
                 raise ClusterError(f"node{d.index} died: {cluster.last_words(d)}")
         time.sleep(1.0)
     raise ClusterError(f"the task did not finish within {timeout:.0f}s")
+
+
+def wait_models_on_chain(cluster: Cluster, task_id: int, timeout: float) -> list[dict[str, Any]] | None:
+    """After the task: poll until every node holds the model the chain recorded (a node
+    restarted late may still be replaying rounds when the chain says finished); returns
+    the last complete set of task_status replies, agreeing or not (None if never complete)."""
+    deadline = time.monotonic() + timeout
+    last: list[dict[str, Any]] | None = None
+    while True:
+        statuses, _ = poll(cluster, task_id)
+        if all(s is not None for s in statuses):
+            last = [s for s in statuses if s is not None]
+            if all(_on_chain(s) for s in last):
+                return last
+        if time.monotonic() >= deadline:
+            return last
+        time.sleep(1.0)
+
+
+def _on_chain(status: dict[str, Any]) -> bool:
+    model, chain = status.get("model_hash"), status.get("chain_model_hash")
+    return isinstance(model, str) and isinstance(chain, str) and model.lower() == chain.lower()
