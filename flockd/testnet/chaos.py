@@ -18,7 +18,7 @@ BOOTSTRAP = 0
 KILL_DELAY = (2.0, 15.0)  # seconds after its round began
 DOWN_FOR = (4.0, 20.0)  # seconds a killed daemon stays down before its restart
 PARTITION_DELAY = (2.0, 8.0)
-PARTITION_MIN_SECONDS = 30.0
+PARTITION_MIN_SECONDS = 60.0  # rounds took 25-80 s on a loaded 2-core machine
 PARTITION_ROUNDS = 1.5  # a partition lasts this many of the longest round seen so far
 
 
@@ -71,8 +71,9 @@ def max_down(nodes: int) -> int:
 
 
 def plan_chaos(nodes: int, rounds: int, seed: int) -> ChaosPlan:
-    """Up to `max_down(nodes)` kills per round, and one partition in a middle round (one
-    that leaves a round after it, so the task still finishes with the node back)."""
+    """Up to `max_down(nodes)` kills per round, and one partition in a middle round: after
+    two whole rounds (so its length can go by the rounds seen) and, where there are
+    enough, before the last two (so the task finishes with the node back)."""
     rng = random.Random(f"flockd-chaos:{seed}:{nodes}:{rounds}")
     others = list(range(1, nodes))
     cap = max_down(nodes)
@@ -83,9 +84,9 @@ def plan_chaos(nodes: int, rounds: int, seed: int) -> ChaosPlan:
             kills.append(PlannedKill(r, round(rng.uniform(*KILL_DELAY), 1), node, round(rng.uniform(*DOWN_FOR), 1)))
     partition = None
     if cap and rounds >= 2:
+        first = min(2, rounds - 1)
         partition = PlannedPartition(
-            rng.randint(min(1, rounds - 2), max(1, rounds - 2)), round(rng.uniform(*PARTITION_DELAY), 1),
-            rng.choice(others),
+            rng.randint(first, max(first, rounds - 3)), round(rng.uniform(*PARTITION_DELAY), 1), rng.choice(others),
         )
     return ChaosPlan(seed, nodes, rounds, tuple(sorted(kills, key=lambda k: (k.round, k.delay))), partition)
 

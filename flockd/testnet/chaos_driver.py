@@ -40,6 +40,7 @@ class ChaosDriver:
     started: float = field(default_factory=time.monotonic)
     events: list[ChaosEvent] = field(default_factory=list)
     heads_seen: dict[int, list[Head]] = field(default_factory=dict)
+    partition_seconds: list[float] = field(default_factory=list)
     _restarted: set[int] = field(default_factory=set)
     _cut_until: dict[int, float] = field(default_factory=dict)
     on_event: Callable[[ChaosEvent], None] = lambda event: None
@@ -74,6 +75,7 @@ class ChaosDriver:
         except Exception as exc:
             raise ClusterError(f"node{node}: net_isolate failed: {exc}") from None
         self._cut_until[node] = now + seconds
+        self.partition_seconds.append(round(seconds, 1))
         self._record("isolate", node, f"{seconds:.0f}s, {reply['dropped']} peers dropped")
 
     def _watch_restarted(self) -> None:
@@ -171,6 +173,7 @@ class ChaosDriver:
             "kills": kinds.count("kill"),
             "restarts": kinds.count("restart"),
             "partitions": kinds.count("isolate"),
+            "partition_seconds": self.partition_seconds,
             "kills_dropped": self.scheduler.dropped_kills,
             "affected_rounds": affected_rounds(self.events, self.scheduler.plan.rounds),
             **count_reorgs(self.heads_seen, canonical),

@@ -290,7 +290,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             f"| {_fmt(report['final_accuracies'][name], '.4f')} | {report['malicious'].get(name, '')} |"
         )
     if report.get("chaos"):
-        lines += _chaos_lines(report["chaos"])
+        lines += _chaos_lines(report["chaos"], report["per_round"])
     lines += [
         "",
         "## How this was produced",
@@ -306,14 +306,17 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _chaos_lines(chaos: Mapping[str, Any]) -> list[str]:
+def _chaos_lines(chaos: Mapping[str, Any], per_round: Sequence[Mapping[str, Any]]) -> list[str]:
     affected = chaos["affected_rounds"]
+    longest = max((r["seconds"] for r in per_round if r["seconds"] is not None), default=None)
+    cuts = ", ".join(f"{s:.0f} s" for s in chaos["partition_seconds"]) or "none"
     lines = [
         "",
         "## Chaos",
         "",
         f"- seed {chaos['seed']}: {chaos['kills']} kill -9s ({chaos['restarts']} restarts), "
         f"{chaos['partitions']} partition(s), {chaos['kills_dropped']} planned kills dropped (cap or round over)",
+        f"- cut off the mesh for: {cuts}; the longest round took {_fmt(longest, '.0f')} s",
         f"- rounds affected (a node down or cut off): {len(affected)} ({', '.join(map(str, affected)) or 'none'})",
         f"- reorgs observed: {chaos['reorgs']} ({_by_node(chaos['reorgs_by_node'])}); heads reorganised away: "
         f"{chaos['orphaned_heads']}; deepest: at least {chaos['deepest_reorg_at_least']} blocks",
