@@ -32,6 +32,7 @@ from multiaddr import Multiaddr
 from flockd.p2p import blobs, bulk, peerx
 from flockd.p2p.abc import BlobHandler, GossipHandler, P2PError, P2PNetwork, PeerInfo
 from flockd.p2p.gossip import Gossip
+from flockd.p2p.isolation import IsolationGate
 from flockd.p2p.limits import P2PLimits
 from flockd.p2p.logs import route_libp2p_logs
 from flockd.p2p.peering import Peering
@@ -230,6 +231,17 @@ class P2PService(P2PNetwork):
 
     def _sender_banned(self, address: str) -> bool:
         return self._scores.is_banned(address, time.monotonic())
+
+    async def isolate(self, seconds: float) -> int:
+        """Chaos testing: drop every peer and refuse all connections, both ways, for
+        `seconds`; returns how many peers were dropped."""
+        self._require_running()
+        network = self._host.get_network()
+        network.connection_gate = IsolationGate(network.connection_gate, trio.current_time() + seconds)
+        peers = list(network.get_connections_map())
+        for peer in peers:
+            await network.close_peer(peer)
+        return len(peers)
 
     # --- gossip ---
 

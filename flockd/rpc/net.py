@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from multiaddr import Multiaddr
 
 from flockd.p2p.abc import P2PError, P2PNetwork
 from flockd.rpc.errors import INVALID_PARAMS, NETWORK_ERROR, RPCError
 from flockd.rpc.params import clip, short_repr
+
+MAX_ISOLATION_SECONDS = 3600.0
+
+
+@runtime_checkable
+class Isolatable(Protocol):
+    """A network that can cut itself off for a while (the libp2p service can)."""
+
+    async def isolate(self, seconds: float) -> int: ...
 
 
 class NetNamespace:
@@ -31,6 +40,19 @@ class NetNamespace:
         except P2PError as exc:
             raise RPCError(NETWORK_ERROR, f"net_connect: {exc}") from None
         return {"peer_id": peer_id}
+
+    async def net_isolate(self, seconds: float) -> dict[str, Any]:
+        """Chaos testing: drop every peer and refuse connections both ways for `seconds`
+        (at most an hour); peers are dialled again as usual afterwards."""
+        if not 0 < seconds <= MAX_ISOLATION_SECONDS:
+            raise RPCError(INVALID_PARAMS, f"net_isolate: seconds must be in (0, {MAX_ISOLATION_SECONDS:g}]")
+        if not isinstance(self._network, Isolatable):
+            raise RPCError(NETWORK_ERROR, "net_isolate: this network cannot isolate itself")
+        try:
+            dropped = await self._network.isolate(float(seconds))
+        except P2PError as exc:
+            raise RPCError(NETWORK_ERROR, f"net_isolate: {exc}") from None
+        return {"dropped": dropped, "seconds": seconds}
 
 
 def _check_multiaddr(text: str) -> None:

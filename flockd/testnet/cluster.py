@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -49,10 +50,15 @@ class Daemon:
 
 
 class Cluster:
-    def __init__(self, workdir: Path, size: int, *, extra_run_args: list[str] | None = None) -> None:
+    def __init__(
+        self, workdir: Path, size: int, *, extra_run_args: list[str] | None = None, port_base: int | None = None
+    ) -> None:
+        """`port_base`: node i listens on 127.0.0.1:port_base+i (default: a free port each)."""
         self.workdir = workdir
         self.daemons = [Daemon(i, workdir / f"node{i}") for i in range(size)]
         self.extra_run_args = extra_run_args or []
+        self.port_base = port_base
+        self.node_args: dict[int, tuple[str, ...]] = {}  # `flockd run` flags of one node, at every start
         self.env = {**os.environ, "FLOCKD_PASSWORD": PASSWORD}
 
     # -- set-up ---------------------------------------------------------------
@@ -117,14 +123,22 @@ class Cluster:
         return addr if "/p2p/" in addr else f"{addr}/p2p/{seed.peer_id}"
 
     def start_daemon(self, d: Daemon, *, bootstrap: str | None, detach: bool = False, extra_args: tuple[str, ...] = ()) -> None:
-        args = [sys.executable, "-m", "flockd.cli", "run", "--datadir", str(d.datadir), *self.extra_run_args, *extra_args]
+        """`detach`: the daemon outlives us (its own session); otherwise it is killed when
+        this process dies, however it dies, so a killed testnet leaves no daemon behind."""
+        args = [
+            sys.executable, "-m", "flockd.cli", "run", "--datadir", str(d.datadir),
+            *self.extra_run_args, *self.node_args.get(d.index, ()), *extra_args,
+        ]
         if bootstrap:
             args += ["--bootstrap", bootstrap]
+        if self.port_base is not None:
+            args += ["--listen", f"/ip4/127.0.0.1/tcp/{self.port_base + d.index}"]
         d.log_path = d.datadir / "flockd.log"
         with open(d.log_path, "ab") as log:
             d.process = subprocess.Popen(
                 args, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=detach,
+                preexec_fn=None if detach else _die_with_parent(os.getpid()),
             )
 
     def wait_ready(self, d: Daemon, timeout: float) -> None:
@@ -136,7 +150,7 @@ class Cluster:
         while time.monotonic() < deadline:
             for dd in [d] if d else self.daemons:
                 if dd.process is not None and not dd.alive():
-                    raise ClusterError(f"node{dd.index} exited with {dd.process.returncode}; log: {self.tail(dd)}")
+                    raise ClusterError(f"node{dd.index} exited with code {dd.process.returncode}: {self.last_words(dd)}")
             try:
                 if check():
                     return
@@ -182,11 +196,29 @@ class Cluster:
         d.process = None  # deliberately dead: not a failure for wait_for to report
 
     @staticmethod
-    def tail(d: Daemon, lines: int = 15) -> str:
+    def last_words(d: Daemon) -> str:
+        """The last line of a daemon's log, and where the rest is: one line for an error."""
         try:
-            return "\n".join(d.log_path.read_text(errors="replace").splitlines()[-lines:])
+            lines = [line.strip() for line in d.log_path.read_text(errors="replace").splitlines() if line.strip()]
         except OSError:
-            return "(no log)"
+            return "it left no log"
+        return f"{lines[-1][:300] if lines else '(empty log)'} (log: {d.log_path})"
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """A preexec_fn: the kernel sends the child SIGKILL when its parent dies (Linux)."""
+
+    def arm() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            os._exit(70)  # could not arm it: better no daemon than an orphan
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(70)
+
+    return arm
 
 
 def heads(daemons: list[Daemon]) -> list[tuple[int, str]]:

@@ -5,31 +5,59 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import sys
 import time
+import traceback
 from pathlib import Path
+from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from flockd.fl.attacks import assign_behaviours, describe, parse_behaviour
+from flockd.rpc.errors import RPCError
+from flockd.testnet.chaos import ChaosScheduler, plan_chaos
+from flockd.testnet.chaos_driver import ChaosDriver, canonical_hashes
 from flockd.testnet.cluster import Cluster, ClusterError, agree_at_least, heads
 from flockd.testnet.progress import progress_table
 from flockd.testnet.report import build_report, node_name, write_report
-from flockd.testnet.task import TaskPlan, create_and_join, wait_finished
+from flockd.testnet.task import TaskPlan, create_and_join, wait_finished, wait_models_on_chain
+from flockd.testnet.workdir import (
+    TRACEBACK_FILE,
+    WorkdirError,
+    busy_port,
+    check_reusable,
+    describe_running,
+    free_port,
+    running_daemons,
+    stop_running,
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, not argparse's usage block: the message names the flag.
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="scripts/testnet",
-        description="Run a local flockd network on 127.0.0.1 and train a model on it to the end.",
+        description="Run a local flockd network on 127.0.0.1 and train a model on it to the end. "
+                    "A rerun continues the network in --workdir when it matches the flags, "
+                    "and starts afresh (saying why) when it does not.",
     )
     p.add_argument("--nodes", type=int, default=6, help="number of daemons (default 6)")
     p.add_argument("--workdir", type=Path, default=Path("testnet-work"), help="where datadirs go (default ./testnet-work)")
     p.add_argument("--fresh", action="store_true", help="delete the workdir first")
     p.add_argument("--keep-running", action="store_true", help="leave the daemons up and print how to reach them")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the mesh")
+    p.add_argument("--stop", action="store_true", help="stop the daemons a --keep-running run left in --workdir, and exit")
+    p.add_argument("--port-base", type=int, default=None, metavar="PORT",
+                   help="node i listens on 127.0.0.1:PORT+i (default: any free port)")
+    p.add_argument("--timeout", type=float, default=300.0,
+                   help="seconds to wait for each daemon to answer, and then for the mesh (default 300: a busy machine)")
     p.add_argument("--rounds", type=int, default=8, help="learning rounds to run (0: only form the mesh)")
     p.add_argument("--recipe", default="digits-mlp", help="recipe (digits-mlp, digits-cnn, cancer-logreg)")
     p.add_argument("--partition", default="iid", help="iid or dirichlet:ALPHA")
@@ -45,26 +73,63 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--attack", default="collude", metavar="SPEC",
                    help="what the malicious nodes do, e.g. collude, sign-flip:4, label-flip+random-vote "
                         "(docs/learning.md, Attackers; default collude)")
+    p.add_argument("--chaos", action="store_true",
+                   help="kill -9 and restart random daemons (never node0, at most a third at once) during "
+                        "the rounds, and cut one off the mesh for longer than a round (docs/testnet.md)")
+    p.add_argument("--chaos-seed", type=int, default=1, metavar="SEED", help="what --chaos does, and when (default 1)")
     args = p.parse_args(argv)
-    if not 1 <= args.nodes <= 64:
-        p.error("--nodes must be between 1 and 64")
-    if not 0.0 <= args.malicious <= 0.5:
-        p.error("--malicious must be between 0 and 0.5 (a minority of attackers)")
+    for problem in _flag_problems(args):
+        p.error(problem)
     try:
         # Chosen with the task seed: one seed fixes the whole run.
         chosen = assign_behaviours(args.nodes, args.malicious, args.attack, TaskPlan().seed)
         args.behaviours = {i: str(b) for i, b in chosen.items()}
     except ValueError as exc:
         p.error(f"--attack: {exc}")
+    if args.rounds > 0 and not args.stop:
+        from flockd.tasks.spec import SpecError, TaskSpec
+
+        try:
+            TaskSpec(recipe=args.recipe, rule=args.rule, partition=args.partition, num_nodes=args.nodes)
+        except SpecError as exc:
+            p.error(f"--recipe/--rule/--partition: {str(exc).removeprefix('bad task spec: ')}")
     return args
+
+
+def _flag_problems(args: argparse.Namespace) -> list[str]:
+    checks = [
+        (1 <= args.nodes <= 64, "--nodes must be between 1 and 64"),
+        (args.rounds >= 0, "--rounds must be 0 or more"),
+        (0.0 <= args.malicious <= 0.5, "--malicious must be between 0 and 0.5 (a minority of attackers)"),
+        (args.timeout > 0 and args.task_timeout > 0, "--timeout and --task-timeout must be positive"),
+        (args.proposers >= 1, "--proposers must be 1 or more"),
+        (args.chain_blocks >= 0, "--chain-blocks must be 0 or more"),
+        (not args.chaos or (args.nodes >= 3 and args.rounds >= 2),
+         "--chaos needs --nodes 3 or more and --rounds 2 or more (a third of the nodes is at least one)"),
+        (not (args.chaos and args.keep_running), "--chaos and --keep-running do not go together"),
+        (args.port_base is None or 1024 <= args.port_base <= 65536 - args.nodes,
+         f"--port-base must leave room for {args.nodes} ports between 1024 and 65535"),
+    ]
+    return [message for ok, message in checks if not ok]
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops the daemons as Ctrl-C does
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     console = Console(width=max(Console().width, 200))
-    if args.fresh and args.workdir.exists():
-        shutil.rmtree(args.workdir)
-    cluster = Cluster(args.workdir.resolve(), args.nodes)
+    signal.signal(signal.SIGTERM, _interrupted)
+    workdir = args.workdir.resolve()
+    try:
+        if args.stop:
+            return stop_left_running(console, workdir)
+        prepare_workdir(console, workdir, args)
+    except WorkdirError as exc:
+        console.print(f"[red]testnet:[/] {exc}", soft_wrap=True)
+        return 1
+    cluster = Cluster(workdir, args.nodes, port_base=args.port_base)
     started = time.monotonic()
     try:
         console.print(f"[bold]initialising {args.nodes} nodes[/] under {cluster.workdir}")
@@ -73,7 +138,9 @@ def main(argv: list[str]) -> int:
         if args.behaviours:
             console.print("[bold red]malicious:[/] " + ", ".join(
                 f"node{i} ({spec}: {describe(parse_behaviour(spec))})" for i, spec in args.behaviours.items()))
-        cluster.start(detach=args.keep_running)
+        if args.chaos:
+            serve_chain_http(cluster)
+        cluster.start(timeout=args.timeout, detach=args.keep_running)
         console.print("daemons up; waiting for a full mesh")
         cluster.wait_full_mesh(args.timeout)
         console.print(peer_table(cluster))
@@ -86,18 +153,25 @@ def main(argv: list[str]) -> int:
         if args.chain_blocks:
             wait_chain_agreement(console, cluster, args.chain_blocks)
         if args.keep_running:
-            print_reach(console, cluster)
+            print_reach(console, cluster, args)
             return 0
     except KeyboardInterrupt:
         console.print("interrupted: stopping the daemons")
         cluster.stop()
         return 130
-    except ClusterError as exc:
-        console.print(f"[red]testnet failed:[/] {exc}")
+    except (ClusterError, RPCError, ConnectionError, TimeoutError) as exc:
+        console.print(f"[red]testnet failed:[/] {_one_line(exc)}", soft_wrap=True)
         cluster.stop()
         return 1
+    except Exception as exc:
+        # A bug: still one line (and no daemon left behind), the traceback kept in a file.
+        cluster.stop()
+        trace = workdir / TRACEBACK_FILE
+        trace.write_text(traceback.format_exc())
+        console.print(f"[red]testnet failed (a bug, please report it):[/] {_one_line(exc)}; traceback in {trace}",
+                      soft_wrap=True)
+        return 1
     except BaseException:
-        # anything else (a control-socket timeout, a bug): never leave daemons behind
         cluster.stop()
         raise
     codes = cluster.stop()
@@ -109,6 +183,60 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if not isinstance(exc, ClusterError) else text
+
+
+def prepare_workdir(console: Console, workdir: Path, args: argparse.Namespace) -> None:
+    """Refuse a workdir with daemons still up or that is not a testnet's; start afresh
+    when asked to, or when its network is not the one the flags ask for."""
+    running = running_daemons(workdir)
+    if running:
+        raise WorkdirError(
+            f"daemons of an earlier run are still up in {workdir}: {describe_running(running)}; "
+            f"stop them with `scripts/testnet --stop{_workdir_flag(args)}` or pick another --workdir"
+        )
+    reason = check_reusable(workdir, args.nodes)
+    if args.fresh and workdir.exists():
+        shutil.rmtree(workdir)
+    elif reason:
+        console.print(f"{workdir}: {reason}: starting afresh (deleting it)", soft_wrap=True)
+        shutil.rmtree(workdir)
+    if args.port_base is not None:
+        port = busy_port(range(args.port_base, args.port_base + args.nodes))
+        if port is not None:
+            raise WorkdirError(
+                f"port {port} (node{port - args.port_base}) is in use: pick another --port-base, "
+                "or leave it out for free ports"
+            )
+
+
+def stop_left_running(console: Console, workdir: Path) -> int:
+    running = running_daemons(workdir)
+    if not running:
+        console.print(f"no daemon is running in {workdir}")
+        return 0
+    left = stop_running(running)
+    if left:
+        console.print(f"[red]testnet:[/] could not stop {describe_running(left)}", soft_wrap=True)
+        return 1
+    console.print(f"stopped {describe_running(running)}")
+    return 0
+
+
+def _workdir_flag(args: argparse.Namespace) -> str:
+    return "" if args.workdir == Path("testnet-work") else f" --workdir {args.workdir}"
+
+
+def serve_chain_http(cluster: Cluster) -> None:
+    """With --chaos every node serves its chain over HTTP (a port of its own, the same at
+    each restart): blocks by number tell whether the nodes end on one chain, and which
+    heads seen during the run were reorganised away."""
+    for d in cluster.daemons:
+        cluster.node_args[d.index] = ("--chain-http", str(free_port()))
+
+
 def run_task(console: Console, cluster: Cluster, args: argparse.Namespace) -> bool:
     """Create, join and run one task to its end with a live view; write the report."""
     plan = TaskPlan(
@@ -118,17 +246,33 @@ def run_task(console: Console, cluster: Cluster, args: argparse.Namespace) -> bo
     started = time.monotonic()
     task_id = create_and_join(cluster, plan)
     console.print(f"task {task_id}: {plan.recipe}, {plan.rounds} rounds, {plan.partition}, {plan.rule}; all nodes joined")
+    chaos = ChaosDriver(
+        cluster, ChaosScheduler(plan_chaos(len(cluster.daemons), plan.rounds, args.chaos_seed)),
+        on_event=lambda e: console.print(f"[yellow]chaos[/] {e.seconds:.0f}s round {e.round}: {e.kind} node{e.node} {e.detail}"),
+    ) if args.chaos else None
+
+    def on_poll(sts: list[dict[str, Any] | None], rss: list[dict[str, Any] | None]) -> None:
+        live.update(progress_table(sts, rss, args.behaviours))
+        if chaos is not None:
+            chaos.tick(sts)
+
     with Live(console=console, refresh_per_second=2, transient=False) as live:
-        statuses = wait_finished(
-            cluster, task_id, plan, args.task_timeout,
-            lambda sts, rss: live.update(progress_table(sts, rss, args.behaviours)),
-        )
+        statuses = wait_finished(cluster, task_id, plan, args.task_timeout, on_poll)
     console.print()  # the live view leaves the cursor on its last line
+    chaos_summary = None
+    if chaos is not None:
+        console.print("task finished; waiting for every node to be back, connected and on one chain")
+        chaos.settle(timeout=300.0)
+        heights = [number for seen in chaos.heads_seen.values() for number, _ in seen]
+        chaos_summary = chaos.summary(canonical_hashes(chaos.http_port(cluster.daemons[0]), heights))
+    # The chain says finished before a node restarted late has replayed every round.
+    statuses = wait_models_on_chain(cluster, task_id, 300.0 if chaos else 60.0) or statuses
     wall = time.monotonic() - started
     report = build_report(
         statuses, nodes=len(cluster.daemons), rounds=plan.rounds, recipe=plan.recipe,
         partition=plan.partition, wall_seconds=wall,
         malicious={node_name(i): spec for i, spec in args.behaviours.items()}, malicious_fraction=args.malicious,
+        chaos=chaos_summary,
     )
     verified = [d.call("model_verify", {"task_id": task_id}) for d in cluster.daemons]
     report["model_verify"] = {f"node{d.index}": v["ok"] and v["complete"] for d, v in zip(cluster.daemons, verified, strict=True)}
@@ -141,6 +285,10 @@ def run_task(console: Console, cluster: Cluster, args: argparse.Namespace) -> bo
         console.print(f"malicious proposals: {totals['malicious_proposed']}, accepted {totals['malicious_accepted']}, "
                       f"rejected {totals['malicious_rejected']}; honest proposals: {totals['honest_proposed']}, "
                       f"accepted {totals['honest_accepted']}")
+    if chaos_summary is not None:
+        console.print(f"chaos: {chaos_summary['kills']} kills, {chaos_summary['partitions']} partition(s), "
+                      f"{chaos_summary['reorgs']} reorgs observed, {len(chaos_summary['affected_rounds'])} rounds affected; "
+                      f"every node on one chain")
     console.print("report: " + ", ".join(str(p) for p in paths))
     return bool(report["all_nodes_agree"]) and all(report["model_verify"].values())
 
@@ -166,13 +314,12 @@ def peer_table(cluster: Cluster) -> Table:
     return table
 
 
-def print_reach(console: Console, cluster: Cluster) -> None:
+def print_reach(console: Console, cluster: Cluster, args: argparse.Namespace) -> None:
     console.print("\nthe daemons keep running; reach each with:")
     for d in cluster.daemons:
         console.print(f"  flockctl --datadir {d.datadir} node_info")
-    console.print("stop them with:")
-    stops = " ; ".join(f"flockctl --datadir {d.datadir} node_stop" for d in cluster.daemons)
-    console.print(f"  {stops}")
+    console.print("stop them all with:")
+    console.print(f"  scripts/testnet --stop{_workdir_flag(args)}")
 
 
 if __name__ == "__main__":

@@ -50,9 +50,11 @@ def build_report(
     wall_seconds: float,
     malicious: dict[str, Any] | None = None,
     malicious_fraction: float = 0.0,
+    chaos: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """`statuses[i]` is node i's `task_status` reply, taken after the task finished;
-    `malicious` maps the malicious nodes' names to their behaviour spec."""
+    `malicious` maps the malicious nodes' names to their behaviour spec; `chaos` is the
+    chaos run's summary (flockd.testnet.chaos_driver), when there was one."""
     if not statuses:
         raise ReportError("no task_status replies")
     histories = [_history(s, i) for i, s in enumerate(statuses)]
@@ -85,6 +87,7 @@ def build_report(
         "command": testnet_command(
             nodes=nodes, rounds=rounds, recipe=recipe, partition=partition,
             malicious_fraction=malicious_fraction, attack=_attack_spec(malicious),
+            chaos_seed=chaos["seed"] if chaos else None,
         ),
         "per_round": per_round,
         "totals": _totals(per_round, _ATTACK_COUNTS if malicious else ()),
@@ -97,15 +100,19 @@ def build_report(
         "chain_model_hashes": chain_hashes,
         "all_nodes_agree": chain_model_hash is not None and not disagreeing,
         "disagreeing_nodes": disagreeing,
+        "chaos": chaos,
     }
 
 
 def testnet_command(
-    *, nodes: int, rounds: int, recipe: str, partition: str, malicious_fraction: float = 0.0, attack: str | None = None
+    *, nodes: int, rounds: int, recipe: str, partition: str, malicious_fraction: float = 0.0, attack: str | None = None,
+    chaos_seed: int | None = None,
 ) -> str:
     command = f"scripts/testnet --nodes {nodes} --rounds {rounds} --recipe {recipe} --partition {partition}"
     if malicious_fraction and attack:
         command += f" --malicious {malicious_fraction:g} --attack {attack}"
+    if chaos_seed is not None:
+        command += f" --chaos --chaos-seed {chaos_seed}"
     return command
 
 
@@ -282,6 +289,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             f"| {name} | `{address}` | `{report['model_hashes'][name]}` | {'yes' if agrees else 'NO'} "
             f"| {_fmt(report['final_accuracies'][name], '.4f')} | {report['malicious'].get(name, '')} |"
         )
+    if report.get("chaos"):
+        lines += _chaos_lines(report["chaos"], report["per_round"])
     lines += [
         "",
         "## How this was produced",
@@ -295,6 +304,35 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _chaos_lines(chaos: Mapping[str, Any], per_round: Sequence[Mapping[str, Any]]) -> list[str]:
+    affected = chaos["affected_rounds"]
+    longest = max((r["seconds"] for r in per_round if r["seconds"] is not None), default=None)
+    cuts = ", ".join(f"{s:.0f} s" for s in chaos["partition_seconds"]) or "none"
+    lines = [
+        "",
+        "## Chaos",
+        "",
+        f"- seed {chaos['seed']}: {chaos['kills']} kill -9s ({chaos['restarts']} restarts), "
+        f"{chaos['partitions']} partition(s), {chaos['kills_dropped']} planned kills dropped (cap or round over)",
+        f"- cut off the mesh for: {cuts}; the longest round took {_fmt(longest, '.0f')} s",
+        f"- rounds affected (a node down or cut off): {len(affected)} ({', '.join(map(str, affected)) or 'none'})",
+        f"- reorgs observed: {chaos['reorgs']} ({_by_node(chaos['reorgs_by_node'])}); heads reorganised away: "
+        f"{chaos['orphaned_heads']}; deepest: at least {chaos['deepest_reorg_at_least']} blocks",
+        "- reorgs are counted from the chain heads polled every second (no node reports them yet): a head",
+        "  not on the final chain was reorganised away; a node moving from one back onto it, one reorg.",
+        "",
+        "| s | round | event | node | detail |",
+        "|---:|---:|---|---|---|",
+    ]
+    for e in chaos["events"]:
+        lines.append(f"| {e['seconds']:.0f} | {e['round']} | {e['kind']} | node{e['node']} | {e['detail']} |")
+    return lines
+
+
+def _by_node(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{n}: {c}" for n, c in counts.items()) or "none"
 
 
 def _fmt(value: float | int | None, spec: str) -> str:

@@ -76,10 +76,38 @@ def wait_finished(
     while time.monotonic() < deadline:
         statuses, rounds = poll(cluster, task_id)
         on_poll(statuses, rounds)
-        if all(s is not None and s["state"] == "finished" and len(s["history"]) >= plan.rounds for s in statuses):
+        if all(s is not None and _done(s, plan.rounds) for s in statuses):
             return [s for s in statuses if s is not None]
         for d in cluster.daemons:
             if d.process is not None and not d.alive():
-                raise ClusterError(f"node{d.index} died: {cluster.tail(d)}")
+                raise ClusterError(f"node{d.index} died: {cluster.last_words(d)}")
         time.sleep(1.0)
     raise ClusterError(f"the task did not finish within {timeout:.0f}s")
+
+
+def wait_models_on_chain(cluster: Cluster, task_id: int, timeout: float) -> list[dict[str, Any]] | None:
+    """After the task: poll until every node holds the model the chain recorded (a node
+    restarted late may still be replaying rounds when the chain says finished); returns
+    the last complete set of task_status replies, agreeing or not (None if never complete)."""
+    deadline = time.monotonic() + timeout
+    last: list[dict[str, Any]] | None = None
+    while True:
+        statuses, _ = poll(cluster, task_id)
+        if all(s is not None for s in statuses):
+            last = [s for s in statuses if s is not None]
+            if all(_on_chain(s) for s in last):
+                return last
+        if time.monotonic() >= deadline:
+            return last
+        time.sleep(1.0)
+
+
+def _done(status: dict[str, Any], rounds: int) -> bool:
+    """The chain says finished, and the node recorded every round or holds the final model
+    anyway (under chaos a round can be missing from a node's history: see docs/testnet.md)."""
+    return status["state"] == "finished" and (len(status["history"]) >= rounds or _on_chain(status))
+
+
+def _on_chain(status: dict[str, Any]) -> bool:
+    model, chain = status.get("model_hash"), status.get("chain_model_hash")
+    return isinstance(model, str) and isinstance(chain, str) and model.lower() == chain.lower()

@@ -1,0 +1,123 @@
+"""What scripts/testnet makes of a workdir before it starts anything (no daemons here)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flockd.chain.network import GENESIS_FILE, network_genesis
+from flockd.config import CONFIG_FILE
+from flockd.identity.keystore import NODE_KEYSTORE, VRF_KEYFILE
+from flockd.testnet.deps import missing_modules
+from flockd.testnet.workdir import WorkdirError, busy_port, check_reusable, running_daemons
+
+ADDRESSES = [f"0x{i:040x}" for i in range(1, 5)]
+
+
+def fake_network(workdir: Path, nodes: int, *, authorities: list[str] | None = None) -> None:
+    """The files `Cluster.init` leaves per node (keys are not decrypted by the check)."""
+    genesis = network_genesis(authorities or ADDRESSES[:nodes], timestamp=1).to_json()
+    for i in range(nodes):
+        d = workdir / f"node{i}"
+        d.mkdir(parents=True)
+        (d / NODE_KEYSTORE).write_text(json.dumps({"address": ADDRESSES[i][2:]}))
+        (d / VRF_KEYFILE).write_text("{}")
+        (d / CONFIG_FILE).write_text("")
+        (d / GENESIS_FILE).write_text(genesis)
+
+
+def test_missing_or_empty_workdir_is_fresh(tmp_path: Path) -> None:
+    assert check_reusable(tmp_path / "absent", 3) is None
+    assert check_reusable(tmp_path, 3) is None
+
+
+def test_matching_network_is_reused(tmp_path: Path) -> None:
+    fake_network(tmp_path, 3)
+    (tmp_path / "report").mkdir()
+    assert check_reusable(tmp_path, 3) is None
+    assert running_daemons(tmp_path) == []
+
+
+@pytest.mark.parametrize("asked", [2, 4])
+def test_other_node_count_is_named(tmp_path: Path, asked: int) -> None:
+    fake_network(tmp_path, 3)
+    assert check_reusable(tmp_path, asked) == f"it holds a 3-node network (node0-node2), --nodes asks for {asked}"
+
+
+def test_half_set_up_node(tmp_path: Path) -> None:
+    fake_network(tmp_path, 3)
+    (tmp_path / "node1" / GENESIS_FILE).unlink()
+    assert check_reusable(tmp_path, 3) == "node1 has no genesis.json (a run stopped during set-up)"
+
+
+def test_genesis_that_differs(tmp_path: Path) -> None:
+    fake_network(tmp_path, 2)
+    (tmp_path / "node1" / GENESIS_FILE).write_text(network_genesis(ADDRESSES[:2], timestamp=2).to_json())
+    assert check_reusable(tmp_path, 2) == "node1's genesis differs from node0's"
+
+
+def test_genesis_of_other_authorities(tmp_path: Path) -> None:
+    fake_network(tmp_path, 2, authorities=ADDRESSES[2:4])
+    assert check_reusable(tmp_path, 2) == "its genesis names other authorities than its nodes"
+
+
+def test_foreign_directory_is_never_taken(tmp_path: Path) -> None:
+    fake_network(tmp_path, 2)
+    (tmp_path / "thesis.tex").write_text("years of work")
+    with pytest.raises(WorkdirError, match="thesis.tex.*another --workdir"):
+        check_reusable(tmp_path, 3)
+    (tmp_path / "thesis.tex").unlink()
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(WorkdirError, match="is not a directory"):
+        check_reusable(tmp_path / "afile", 1)
+
+
+def test_busy_port_found() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert busy_port(range(port - 1, port + 1)) in (port - 1, port)
+        assert busy_port(range(port, port + 1)) == port
+
+
+def test_missing_dependency_named() -> None:
+    assert missing_modules(["trio", "no_such_package_xyz", "no.such.sub"]) == ["no_such_package_xyz", "no.such.sub"]
+    assert missing_modules() == []
+
+
+def run_testnet(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "flockd.testnet", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--nodes", "0"], "--nodes must be between 1 and 64"),
+    (["--rounds", "-1"], "--rounds must be 0 or more"),
+    (["--nodes", "x"], "invalid int value"),
+    (["--port-base", "80"], "--port-base must leave room"),
+    (["--rule", "krum:x"], "bad rule parameters"),
+    (["--recipe", "nope"], "no recipe 'nope'"),
+])
+def test_bad_flag_is_one_line(flags: list[str], message: str, tmp_path: Path) -> None:
+    done = run_testnet("--workdir", str(tmp_path / "w"), *flags)
+    lines = (done.stdout + done.stderr).splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and message in lines[0], lines
+    assert not (tmp_path / "w").exists()
+
+
+def test_busy_port_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        done = run_testnet("--workdir", str(tmp_path / "w"), "--nodes", "1", "--rounds", "0", "--port-base", str(port))
+    lines = (done.stdout + done.stderr).splitlines()
+    assert done.returncode == 1 and len(lines) == 1, lines
+    assert f"port {port} (node0) is in use" in lines[0]
