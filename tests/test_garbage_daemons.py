@@ -28,7 +28,7 @@ PLAN = TaskPlan(
     expected_proposers=3,
     propose_blocks=10,
     commit_blocks=10,
-    reveal_blocks=6,
+    reveal_blocks=8,
 )
 ATTACKER = 3
 

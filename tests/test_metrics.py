@@ -139,7 +139,7 @@ def test_the_task_families_agree_with_the_nodes_round_history(short_tmp):
     port = free_port()
     config = d.datadir / "config.toml"
     config.write_text(config.read_text().replace("\nport = 0\n", f"\nport = {port}\n"))  # [metrics] port
-    plan = TaskPlan(rounds=2, expected_proposers=2, propose_blocks=15, commit_blocks=8, reveal_blocks=5)
+    plan = TaskPlan(rounds=2, expected_proposers=2, propose_blocks=15, commit_blocks=8, reveal_blocks=8)
     try:
         cluster.start()
         cluster.wait_full_mesh(timeout=60)

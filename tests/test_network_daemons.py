@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 
 PASSWORD = "federation-test"
 ENV = {**os.environ, "FLOCKD_PASSWORD": PASSWORD}
-TASK = ["recipe=digits-mlp", "rounds=2", "expected_proposers=2", "propose_blocks=6", "commit_blocks=5", "reveal_blocks=3"]
+TASK = ["recipe=digits-mlp", "rounds=2", "expected_proposers=2", "propose_blocks=6", "commit_blocks=5", "reveal_blocks=8"]
 LONG = 600.0  # a whole task on a shared 2-core machine
 
 

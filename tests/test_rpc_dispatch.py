@@ -452,6 +452,7 @@ async def test_rpc_methods_lists_exactly_the_public_methods(dispatcher: Dispatch
         "node_stop",
         "net_peers",
         "net_connect",
+        "net_isolate",
         "rpc_methods",
         "fake_echo",
         "fake_shapes",
