@@ -769,11 +769,14 @@ def _accepted_mask(task_id: uint256, r: uint256, n: uint256, whole: bool) -> uin
         if rnd.accept_stake[0] >= rnd.reject_stake[0]:
             return (1 << n) - 1
         return 0
+    # Accepted by a majority of the stake that revealed, not only of those who judged it:
+    # a proposer that withholds its delta from the honest voters (who then vote 0) cannot
+    # pass it on the +1 votes of the few it sent it to.
     mask: uint256 = 0
     for i: uint256 in range(MAX_PROPOSALS):
         if i >= n:
             break
-        if rnd.accept_stake[i] > rnd.reject_stake[i]:
+        if rnd.accept_stake[i] * 2 > rnd.revealed_stake:
             mask |= 1 << i
     return mask
 

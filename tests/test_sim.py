@@ -79,7 +79,7 @@ def test_a_sign_flipping_proposer_is_voted_down() -> None:
     # (From the random initial model a flipped delta can still look good to a voter: with
     # seed 0, node 2's round-0 proposal gains validation accuracy and passes.)
     attack = parse_behaviour("sign-flip:4")
-    result = run_simulation(small(behaviours={2: attack, 4: attack}, seed=5))
+    result = run_simulation(small(behaviours={2: attack, 4: attack}, seed=6))
     assert sum(f.malicious_proposers for f in result.rounds) > 0, "no attacker proposed: pick another seed"
     assert sum(f.malicious_accepted for f in result.rounds) == 0
     honest_accepted = [i for f in result.rounds for i in f.accepted]
