@@ -416,3 +416,28 @@ async def test_a_round_finalised_otherwise_after_a_reorg_gets_the_canonical_line
         nursery.cancel_scope.cancel()
     lines = round_history(node.store.history(TASK))
     assert [(line["round"], line["accepted"]) for line in lines] == [(0, 1)]
+
+
+async def test_a_round_finalised_otherwise_before_the_replayed_rounds_gets_the_canonical_line(
+    tmp_path: Path,
+) -> None:
+    """As above, but the canonical chain is two rounds further when the node rejoins it: the
+    round its fork decided is older than the rounds it replays."""
+    node = Node(tmp_path)
+    chain, runner = node.chain, node.runner(params=THREE_ROUNDS)
+    models = [node.peer_store(P1).put_model(model_of(v)) for v in (1.0, 2.0)]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        chain.open_round(0)
+        fork_at = chain.height + 1
+        finish_round(chain, 0, INIT_HASH)
+        await until(lambda: bool(node.store.history(TASK)), "round 0's line on the fork")
+        chain.fork(fork_at)
+        finish_round(chain, 0, models[0], accepted=1)
+        finish_round(chain, 1, models[1], accepted=1)
+        await until(lambda: rounds_written(node.store) == [0, 1], "round 1's line")
+        await until(lambda: round_history(node.store.history(TASK))[0]["model_hash"] == "0x" + models[0].hex(),
+                    "round 0's canonical line")
+        nursery.cancel_scope.cancel()
+    lines = round_history(node.store.history(TASK))
+    assert [(line["round"], line["accepted"]) for line in lines] == [(0, 1), (1, 1)]

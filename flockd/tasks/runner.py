@@ -97,6 +97,7 @@ class RoundRecord:
     round: int
     started_block: int | None = None
     finished_block: int | None = None
+    finished_hash: bytes | None = None  # a line whose finishing block a reorg replaced is written again
     started_at: float = field(default_factory=time.time)
     proposers: dict[int, bytes] = field(default_factory=dict)  # by proposal index
     accepted_mask: int = 0
@@ -368,10 +369,16 @@ class TaskRunner:
 
     async def _read_unwritten_rounds(self, current: int, before: int, confirmed: int) -> list[rnd.Event]:
         """The rounds before the replayed ones that have no history line here (the node was
-        down, cut off or restarted when they ended): their logs up to block ``before`` give
-        their lines' figures, and their recorded models, which the machine then fetches to
-        complete them. Only the ModelRecordedOnChain events are returned."""
-        written = {int(line["round"]) for line in round_history(self.ctx.store.history(self.task_id))}
+        down, cut off or restarted when they ended) or one whose finishing block a reorg
+        replaced (decided on a fork): their logs up to block ``before`` give their lines'
+        figures, and their recorded models, which the machine then fetches to complete
+        them. Only the ModelRecordedOnChain events are returned."""
+        lines = round_history(self.ctx.store.history(self.task_id))
+        written = {int(line["round"]) for line in lines}
+        for line in reversed(lines):  # a reorg replaces the newest blocks: the newest lines
+            if await self._finished_on_chain(line):
+                break
+            written.discard(int(line["round"]))
         unwritten = [r for r in range(current) if r not in written]
         if not unwritten:
             return []
@@ -379,6 +386,15 @@ class TaskRunner:
         if opened is None or opened >= before:
             return []
         return [e for e in await self._read(opened, before - 1) if isinstance(e, rnd.ModelRecordedOnChain)]
+
+    async def _finished_on_chain(self, line: dict[str, Any]) -> bool:
+        """The line's round was finalised in a block of the canonical chain (lines written
+        before the block hash was kept count as canonical)."""
+        number, digest = line.get("finished_block"), line.get("finished_block_hash")
+        if not isinstance(number, int) or not isinstance(digest, str):
+            return True
+        found = await self.chain.block_hash(number)
+        return found is not None and _hex(found) == digest
 
     def _saved(self, logged: list[rnd.Event]) -> tuple[list[rnd.Event], list[rnd.Event]]:
         """What this node kept on disk, as replay events: the models it holds (initial and
@@ -423,6 +439,7 @@ class TaskRunner:
             record.proposers[args["index"]] = as_address(args["proposer"])
         elif name == "RoundFinalised":
             record.accepted_mask, record.finished_block = args["accepted_mask"], entry.block_number
+            record.finished_hash = canonical[entry.block_number]  # checked by _read just before
         return round_events(name, args, block_hash)
 
     # -- actions ---------------------------------------------------------------------------
@@ -564,6 +581,7 @@ class TaskRunner:
             "test_loss": metrics["loss"],
             "started_block": record.started_block,
             "finished_block": record.finished_block,
+            "finished_block_hash": None if record.finished_hash is None else _hex(record.finished_hash),
             "seconds": round(time.time() - record.started_at, 2),
             "gas_used": record.gas_used,
         })
