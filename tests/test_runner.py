@@ -8,6 +8,8 @@ the chain (blocks the test seals, transactions logged in the next block), the pe
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from flockd.chain.registry import TaskParams
 from flockd.round import vote_digest
 from flockd.store import Store
 from flockd.tasks import runner as runner_module
-from flockd.tasks.runner import NodeContext, TaskRunner
+from flockd.tasks.runner import NodeContext, TaskRunner, round_history
 
 ME, P1, V2 = (bytes([i]) * 20 for i in (1, 2, 3))
 TASK = 1
@@ -55,12 +57,12 @@ class Node:
         for address in (P1, V2):
             self.peers.add(address, Store(tmp / address.hex()[:6]))
 
-    def runner(self, confirmations: int = 0) -> TaskRunner:
+    def runner(self, confirmations: int = 0, params: TaskParams = PARAMS) -> TaskRunner:
         ctx = NodeContext(
             network=self.peers, registry=None, store=self.store, address=ME,  # type: ignore[arg-type]
             vrf_secret=keccak(b"vrf of me"), confirmations=confirmations,
         )
-        return TaskRunner(ctx, TASK, None, PARAMS, [ME, P1, V2], self.work, chain=self.chain)  # type: ignore[arg-type]
+        return TaskRunner(ctx, TASK, None, params, [ME, P1, V2], self.work, chain=self.chain)  # type: ignore[arg-type]
 
     def peer_store(self, address: bytes) -> Store:
         return self.peers.stores[address]
@@ -290,3 +292,152 @@ async def test_chain_reads_that_fail_are_retried(tmp_path: Path) -> None:
         await until(lambda: "decline" in node.chain.sent_fns(0), "the runner to carry on")
         nursery.cancel_scope.cancel()
     assert runner.error is None
+
+
+# -- the round history: one line per finalised round, written once -------------------------
+
+THREE_ROUNDS = dataclasses.replace(PARAMS, rounds=3)
+
+
+def model_of(value: float) -> dict[str, np.ndarray]:
+    return {"w": np.full(4, value, dtype=np.float32)}
+
+
+def finish_round(chain: ScriptedChain, r: int, recorded: bytes, *, accepted: int = 0) -> None:
+    """Round r's windows pass on chain, it is finalised with ``accepted`` proposals and its
+    model recorded; round r+1 opens in the finalising block."""
+    opened = next(args["open_block"] for _, logs in chain.blocks for name, args in logs
+                  if name == "RoundOpened" and args["round"] == r)
+    chain.seal_until(opened + 3 * WINDOW)
+    also = [proposal(chain, r, i, P1, keccak(b"delta %d %d" % (r, i))) for i in range(accepted)]
+    if also:
+        chain.seal(*also)
+    number = chain.height + 1
+    chain.seal(
+        chain.log("RoundFinalised", r, accepted_mask=(1 << accepted) - 1, n_proposals=accepted),
+        chain.log("ModelRecorded", r, model_hash=recorded),
+        chain.log("RoundOpened", r + 1, open_block=number),
+    )
+
+
+def rounds_written(store: Store) -> list[int]:
+    return [int(line["round"]) for line in round_history(store.history(TASK))]
+
+
+async def run_until(runner: TaskRunner, check: Callable[[], bool], what: str) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        await until(check, what)
+        nursery.cancel_scope.cancel()
+
+
+async def test_rounds_whose_models_a_late_node_fetched_are_in_its_history_once(tmp_path: Path) -> None:
+    """The node starts (or restarts) two rounds late: it replays only from round 1's open
+    block and fetches models_0 and _1 instead of computing them. Both rounds are finalised:
+    both get their line, once, also after another restart; the task finishes on model_2."""
+    node = Node(tmp_path)
+    chain = node.chain
+    models = [node.peer_store(P1).put_model(model_of(v)) for v in (1.0, 2.0)]
+    chain.open_round(0)
+    finish_round(chain, 0, models[0], accepted=1)
+    finish_round(chain, 1, models[1], accepted=1)
+    first = node.runner(params=THREE_ROUNDS)
+    await run_until(first, lambda: len(node.store.history(TASK)) >= 2, "rounds 0 and 1 to be written")
+    await trio.sleep(0.05)  # several polls: nothing more is written
+    assert len(node.store.history(TASK)) == 2  # one line each
+    lines = round_history(node.store.history(TASK))
+    assert [line["round"] for line in lines] == [0, 1]
+    assert [line["model_hash"] for line in lines] == ["0x" + m.hex() for m in models]
+    assert [(line["proposals"], line["accepted"]) for line in lines] == [(1, 1), (1, 1)]
+    second = node.runner(params=THREE_ROUNDS)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(second.run)
+        finish_round(chain, 2, models[1])
+        await until(lambda: second.done.is_set(), "the task to finish")
+    assert len(node.store.history(TASK)) == 3
+    assert rounds_written(node.store) == [0, 1, 2]
+    assert second.final_model_hash == models[1]
+    assert second.error is None
+
+
+class SlowEvaluation(ArithmeticWork):
+    """evaluate_test waits (in its worker thread) until the test lets it go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.evaluating = 0
+
+    def evaluate_test(self, state: dict[str, np.ndarray]) -> dict[str, float]:
+        self.evaluating += 1
+        self.release.wait(20)
+        return super().evaluate_test(state)
+
+
+async def test_a_reorg_while_a_round_line_is_written_does_not_write_it_twice(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    node.work = SlowEvaluation()
+    chain, runner = node.chain, node.runner()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        chain.open_round(0)
+        finish_round(chain, 0, INIT_HASH)
+        await until(lambda: node.work.evaluating == 1, "round 0's line to be under way")
+        top = chain.height
+        logs = chain.blocks[top][1]
+        chain.fork(top)  # the same logs in another block: the runner rebuilds
+        chain.seal(*logs)
+        await until(lambda: runner.counters.get("reorgs") == 1, "the reorg")
+        await until(lambda: node.work.evaluating == 2, "the rebuilt machine to complete round 0 again")
+        node.work.release.set()
+        await until(lambda: bool(node.store.history(TASK)), "round 0's line")
+        await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    assert len(node.store.history(TASK)) == 1
+    assert runner.error is None
+
+
+async def test_a_round_finalised_otherwise_after_a_reorg_gets_the_canonical_line(tmp_path: Path) -> None:
+    """A node that finalised a round on a fork of its own (nothing accepted) learns after the
+    reorg that the canonical chain accepted a proposal: its history says what the chain says."""
+    node = Node(tmp_path)
+    chain, runner = node.chain, node.runner()
+    canonical = node.peer_store(P1).put_model(model_of(1.0))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        chain.open_round(0)
+        fork_at = chain.height + 1
+        finish_round(chain, 0, INIT_HASH)
+        await until(lambda: bool(node.store.history(TASK)), "round 0's line on the fork")
+        chain.fork(fork_at)
+        finish_round(chain, 0, canonical, accepted=1)
+        await until(lambda: node.store.history(TASK)[-1]["model_hash"] == "0x" + canonical.hex(),
+                    "round 0's canonical line")
+        nursery.cancel_scope.cancel()
+    lines = round_history(node.store.history(TASK))
+    assert [(line["round"], line["accepted"]) for line in lines] == [(0, 1)]
+
+
+async def test_a_round_finalised_otherwise_before_the_replayed_rounds_gets_the_canonical_line(
+    tmp_path: Path,
+) -> None:
+    """As above, but the canonical chain is two rounds further when the node rejoins it: the
+    round its fork decided is older than the rounds it replays."""
+    node = Node(tmp_path)
+    chain, runner = node.chain, node.runner(params=THREE_ROUNDS)
+    models = [node.peer_store(P1).put_model(model_of(v)) for v in (1.0, 2.0)]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        chain.open_round(0)
+        fork_at = chain.height + 1
+        finish_round(chain, 0, INIT_HASH)
+        await until(lambda: bool(node.store.history(TASK)), "round 0's line on the fork")
+        chain.fork(fork_at)
+        finish_round(chain, 0, models[0], accepted=1)
+        finish_round(chain, 1, models[1], accepted=1)
+        await until(lambda: rounds_written(node.store) == [0, 1], "round 1's line")
+        await until(lambda: round_history(node.store.history(TASK))[0]["model_hash"] == "0x" + models[0].hex(),
+                    "round 0's canonical line")
+        nursery.cancel_scope.cancel()
+    lines = round_history(node.store.history(TASK))
+    assert [(line["round"], line["accepted"]) for line in lines] == [(0, 1), (1, 1)]

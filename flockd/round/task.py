@@ -122,21 +122,32 @@ class TaskMachine:
                 self._held[r] = model
                 if r + 1 in self._machines:
                     out += self._machines[r + 1].record(ModelReady(r, model))
+        self._complete_fetched_rounds(out)
         self._fetch_missed_models(out)
-        last = self.config.rounds - 1
-        final = self._completed.get(last)
-        recorded = self._recorded.get(last)
-        if final is None and recorded is not None and self._held.get(last) == recorded:
-            final = recorded
-        if final is not None and not self._finished:
+        final = self._completed.get(self.config.rounds - 1)
+        # The task is over once every finalised round it knows of is complete (has its
+        # history line), the rounds whose models it fetched as well as the last one.
+        pending = [r for r in self._recorded if r >= 0 and r not in self._completed]
+        if final is not None and not pending and not self._finished:
             self._finished = True
             out.append(TaskComplete(final))
         self._forget_old_rounds()
 
+    def _complete_fetched_rounds(self, out: list[Action]) -> None:
+        """A finalised round without a machine (replayed from a later round, forgotten, or
+        never seen) is complete once the node holds the model the chain recorded for it."""
+        for r in sorted(self._recorded):
+            recorded = self._recorded[r]
+            if r < 0 or r in self._completed or r in self._machines or self._held.get(r) != recorded:
+                continue
+            self._completed[r] = recorded
+            out.append(RoundComplete(r, recorded))
+
     def _fetch_missed_models(self, out: list[Action]) -> None:
         """Models the node needs but has no round machine to compute: the base of the
-        current round, and the final model once the task is over."""
-        wanted = {self.config.rounds - 1}
+        current round, the final model once the task is over, and the model of every
+        finalised round not complete here (its history line is written from it)."""
+        wanted = {self.config.rounds - 1} | {r for r in self._recorded if r >= 0 and r not in self._completed}
         if self._current is not None:
             wanted.add(self._current - 1)
         for r in sorted(wanted):

@@ -97,6 +97,7 @@ class RoundRecord:
     round: int
     started_block: int | None = None
     finished_block: int | None = None
+    finished_hash: bytes | None = None  # a line whose finishing block a reorg replaced is written again
     started_at: float = field(default_factory=time.time)
     proposers: dict[int, bytes] = field(default_factory=dict)  # by proposal index
     accepted_mask: int = 0
@@ -351,10 +352,11 @@ class TaskRunner:
                 before = await self.chain.round_start(self.task_id, start.current_round - 1, confirmed)
                 first = before.open_block or first
         self._rounds = {}
+        unwritten = await self._read_unwritten_rounds(start.current_round, min(first, confirmed + 1), confirmed)
         if first <= confirmed:
-            logged = await self._read(first, confirmed)
+            logged = [*unwritten, *await self._read(first, confirmed)]
         else:
-            logged = []
+            logged = unwritten
             tip = await self.chain.block_hash(confirmed)
             if tip is None:
                 raise ChainMoved(f"block {confirmed} is gone")
@@ -365,13 +367,42 @@ class TaskRunner:
         self._rebuild_wanted = None
         self._post(None, Rebuild(events, reason or "start"))
 
+    async def _read_unwritten_rounds(self, current: int, before: int, confirmed: int) -> list[rnd.Event]:
+        """The rounds before the replayed ones that have no history line here (the node was
+        down, cut off or restarted when they ended) or one whose finishing block a reorg
+        replaced (decided on a fork): their logs up to block ``before`` give their lines'
+        figures, and their recorded models, which the machine then fetches to complete
+        them. Only the ModelRecordedOnChain events are returned."""
+        lines = round_history(self.ctx.store.history(self.task_id))
+        written = {int(line["round"]) for line in lines}
+        for line in reversed(lines):  # a reorg replaces the newest blocks: the newest lines
+            if await self._finished_on_chain(line):
+                break
+            written.discard(int(line["round"]))
+        unwritten = [r for r in range(current) if r not in written]
+        if not unwritten:
+            return []
+        opened = (await self.chain.round_start(self.task_id, unwritten[0], confirmed)).open_block
+        if opened is None or opened >= before:
+            return []
+        return [e for e in await self._read(opened, before - 1) if isinstance(e, rnd.ModelRecordedOnChain)]
+
+    async def _finished_on_chain(self, line: dict[str, Any]) -> bool:
+        """The line's round was finalised in a block of the canonical chain (lines written
+        before the block hash was kept count as canonical)."""
+        number, digest = line.get("finished_block"), line.get("finished_block_hash")
+        if not isinstance(number, int) or not isinstance(digest, str):
+            return True
+        found = await self.chain.block_hash(number)
+        return found is not None and _hex(found) == digest
+
     def _saved(self, logged: list[rnd.Event]) -> tuple[list[rnd.Event], list[rnd.Event]]:
         """What this node kept on disk, as replay events: the models it holds (initial and
         per finished round), then its ballots and the stored deltas of the replayed
         proposals."""
         store = self.ctx.store
         models: list[rnd.Event] = [rnd.ModelReady(-1, self.params.model_init_hash)]
-        for line in store.history(self.task_id):
+        for line in round_history(store.history(self.task_id)):
             digest = bytes.fromhex(str(line.get("model_hash", ""))[2:])
             if len(digest) == 32 and store.has_model(digest):
                 models.append(rnd.ModelReady(int(line["round"]), digest))
@@ -408,6 +439,7 @@ class TaskRunner:
             record.proposers[args["index"]] = as_address(args["proposer"])
         elif name == "RoundFinalised":
             record.accepted_mask, record.finished_block = args["accepted_mask"], entry.block_number
+            record.finished_hash = canonical[entry.block_number]  # checked by _read just before
         return round_events(name, args, block_hash)
 
     # -- actions ---------------------------------------------------------------------------
@@ -525,10 +557,15 @@ class TaskRunner:
         self._answer(generation, rnd.ModelReady(action.round, action.model_hash))
 
     async def _do_RoundComplete(self, action: rnd.RoundComplete, generation: int) -> None:
-        if any(line.get("round") == action.round for line in self.ctx.store.history(self.task_id)):
-            return  # written before a restart or rebuild
+        if self._written(action):
+            return  # before a restart or rebuild
         state = await trio.to_thread.run_sync(self._model, action.model_hash)
         metrics = await trio.to_thread.run_sync(self.worker.evaluate_test, state)
+        # Asked again: the machine replaced by a rebuild may have completed the round too,
+        # and its action (its thread not cancellable) comes here. No checkpoint from this
+        # check to the append, so one of the two writes.
+        if self._written(action):
+            return
         record = self._rounds.pop(action.round, RoundRecord(action.round))
         proposers = [record.proposers[i] for i in sorted(record.proposers)]
         accepted = [p for i, p in sorted(record.proposers.items()) if record.accepted_mask >> i & 1]
@@ -544,11 +581,19 @@ class TaskRunner:
             "test_loss": metrics["loss"],
             "started_block": record.started_block,
             "finished_block": record.finished_block,
+            "finished_block_hash": None if record.finished_hash is None else _hex(record.finished_hash),
             "seconds": round(time.time() - record.started_at, 2),
             "gas_used": record.gas_used,
         })
         log.info("round complete", task=self.task_id, round=action.round, accepted=len(accepted),
                  proposals=len(proposers), accuracy=round(metrics["accuracy"], 4))
+
+    def _written(self, complete: rnd.RoundComplete) -> bool:
+        """The round's newest history line is for this model (a round a reorg gave another
+        outcome is written again: its newest line tells it)."""
+        lines = {int(line["round"]): line for line in round_history(self.ctx.store.history(self.task_id))}
+        line = lines.get(complete.round)
+        return line is not None and line.get("model_hash") == _hex(complete.model_hash)
 
     async def _do_TaskComplete(self, action: rnd.TaskComplete, generation: int) -> None:
         self.final_model_hash = action.model_hash
@@ -601,6 +646,18 @@ class TaskRunner:
             "phase": machine.phase.value if machine else None,
             "error": self.error,
         }
+
+
+def round_history(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A task's history log as one line per round, in round order: a round written again
+    after a reorg changed its outcome (another model) is told by its newest line."""
+    by_round: dict[int, dict[str, Any]] = {}
+    for line in lines:
+        try:
+            by_round[int(line["round"])] = line
+        except (KeyError, TypeError, ValueError):
+            continue  # not a round line
+    return [by_round[r] for r in sorted(by_round)]
 
 
 def _salt() -> bytes:

@@ -31,7 +31,7 @@ from flockd.tasks.exchange import (
     max_delta_bytes,
 )
 from flockd.tasks.pushes import PushInbox, TaskPushes
-from flockd.tasks.runner import NodeContext, TaskRunner
+from flockd.tasks.runner import NodeContext, TaskRunner, round_history
 from flockd.tasks.spec import SpecError, TaskSpec
 from flockd.tasks.work import Worker
 
@@ -131,9 +131,13 @@ class TaskService:
         params = await self._params(task_id)
         state = await self.registry.get_state(task_id)
         participants = await self.registry.get_participants(task_id)
-        chain_model = await self._latest_recorded_model(task_id, min(state.current_round, params.rounds - 1))
+        last = params.rounds - 1
+        # Finished: the final model is the last round's, recorded after the chain says
+        # finished; until then there is none to agree with (not an earlier round's).
+        oldest = last if state.status == 3 else 0
+        chain_model = await self._latest_recorded_model(task_id, min(state.current_round, last), oldest)
         runner = self.runners.get(task_id)
-        history = self.ctx.store.history(task_id)
+        history = round_history(self.ctx.store.history(task_id))
         return {
             "task_id": task_id,
             "state": STATUS_NAMES.get(state.status, str(state.status)),
@@ -150,8 +154,8 @@ class TaskService:
             "history": history,
         }
 
-    async def _latest_recorded_model(self, task_id: int, newest_round: int) -> bytes | None:
-        for r in range(newest_round, -1, -1):
+    async def _latest_recorded_model(self, task_id: int, newest_round: int, oldest_round: int = 0) -> bytes | None:
+        for r in range(newest_round, oldest_round - 1, -1):
             info = await self.registry.get_round(task_id, r)
             if any(info.model_hash):
                 return info.model_hash
