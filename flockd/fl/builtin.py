@@ -9,6 +9,7 @@ wants an image shape reshapes inside itself (see ``DigitsCNN``).
 from __future__ import annotations
 
 import math
+import threading
 from abc import abstractmethod
 from functools import lru_cache
 from typing import Any, ClassVar
@@ -33,6 +34,7 @@ from flockd.fl.recipe import BadRecipeConfig, Metrics, Recipe, TrainStats
 # Local training per round, measured in docs/learning.md: 8 nodes x 10 rounds of these
 # reach ~97% held-out digits accuracy (IID) at well under a second per round.
 _TRAINING_KEYS: dict[str, Any] = {"epochs": 5, "lr": 0.1, "momentum": 0.9, "batch_size": 32}
+_SEEDED_BUILD = threading.Lock()  # see TorchClassifier.build_model
 
 
 class TorchClassifier(Recipe):
@@ -62,8 +64,11 @@ class TorchClassifier(Recipe):
             raise BadRecipeConfig(f"{self.name}: need lr > 0 and 0 <= momentum < 1")
 
     def build_model(self, seed: int) -> nn.Module:
-        # fork_rng: seeding for the init must not disturb the caller's global RNG.
-        with torch.random.fork_rng(devices=[]):
+        # fork_rng: seeding for the init must not disturb the caller's global RNG. The lock:
+        # torch's global generator is one per process, and several nodes in one process
+        # (the simulation, the adapter tests) build their models from worker threads; an
+        # interleaved build would give each a different initial model.
+        with _SEEDED_BUILD, torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return self.make_model()
 
