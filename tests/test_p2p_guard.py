@@ -193,3 +193,22 @@ async def test_inbound_connections_capped_at_max_peers() -> None:
             await wait_until(lambda: len(node.peers()) <= 2)
             assert node.counters.get("inbound_refused") >= 2
             nursery.cancel_scope.cancel()
+
+
+async def test_libp2p_auto_connector_dials_nobody() -> None:
+    # peering.py alone decides whom to dial (max_peers, bans). libp2p's auto-connector would
+    # otherwise dial everything in the peerstore up to 32 connections, on a timer and after
+    # every disconnect.
+    node = P2PService(secret(11), network_id=NET, limits=P2PLimits(max_peers=1))
+    known = P2PService(secret(12), network_id=NET, limits=FAST)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            await nursery.start(known.run)
+            swarm = node._host.get_network()
+            peer = known._host.get_id()
+            swarm.peerstore.add_addrs(peer, known._host.get_addrs(), 3600)
+            await swarm.auto_connector.maybe_connect()
+            await trio.sleep(0.5)
+            assert known.peer_id not in {p.peer_id for p in node.peers()}
+            nursery.cancel_scope.cancel()

@@ -20,7 +20,9 @@ from eth_keys import keys
 from libp2p import new_host
 from libp2p.abc import INetStream
 from libp2p.crypto.secp256k1 import create_new_key_pair
+from libp2p.network.auto_connector import AutoConnector
 from libp2p.network.config import ConnectionConfig
+from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo as Libp2pPeerInfo
 from libp2p.peer.peerinfo import info_from_p2p_addr
@@ -71,6 +73,9 @@ class P2PService(P2PNetwork):
             listen_addrs=self._listen,
             connection_config=_connection_config(limits),
         )
+        swarm = self._host.get_network()
+        assert isinstance(swarm, Swarm)  # new_host builds a Swarm
+        swarm.auto_connector = _NoAutoDials(swarm, swarm.connection_config.auto_connect_interval)
         self._id = self._host.get_id()
         # gossip_dropped, gossip_rejected, peers_banned, inbound_refused (metrics).
         self.counters = Counters()
@@ -431,10 +436,17 @@ def _address_of(peer_id: str) -> str:
     return peerx.check_peer_id(peer_id)
 
 
+class _NoAutoDials(AutoConnector):
+    """libp2p's auto-connector dials everything in the peerstore up to the midpoint of the
+    watermarks, on a timer and after every disconnect, whatever the watermarks say: it would
+    undo max_peers and redial peers peering.py chose to drop. peering.py alone dials."""
+
+    async def maybe_connect(self) -> None:
+        return None
+
+
 def _connection_config(limits: P2PLimits) -> ConnectionConfig:
-    # libp2p's auto-connector would dial everything in the peerstore up to 50 connections;
-    # peering.py decides whom we dial (max_peers), so it is off (low watermark 0). libp2p's
-    # own cap is a backstop; peering.py closes inbound connections beyond max_peers.
+    # libp2p's own cap is a backstop; peering.py closes inbound connections beyond max_peers.
     ceiling = 2 * limits.max_peers
     return ConnectionConfig(
         min_connections=0,
