@@ -5,6 +5,7 @@ max_peers."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import trio
@@ -18,6 +19,7 @@ from flockd.p2p.ratelimit import TokenBuckets
 from flockd.p2p.scoring import PeerScores
 
 NET = "guardtest"
+Handler = Callable[[GossipMessage], Awaitable[None]]
 FAST = P2PLimits(peer_exchange_interval=0.3, bootstrap_backoff_max=1.0)
 
 
@@ -28,6 +30,27 @@ def secret(i: int) -> bytes:
 async def wait_until(condition: object, poll: float = 0.05) -> None:
     while not condition():  # type: ignore[operator]
         await trio.sleep(poll)
+
+
+@contextlib.asynccontextmanager
+async def node_and_peer(
+    i: int, node_limits: P2PLimits, handler: Handler, inbox: list[GossipMessage]
+) -> AsyncIterator[tuple[P2PService, P2PService]]:
+    """A node and a peer bootstrapped to it, both subscribed to "news" with `handler` (which
+    appends to `inbox`), once gossip flows from the peer to the node."""
+    node = P2PService(secret(i), network_id=NET, limits=node_limits)
+    node.subscribe("news", handler)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            peer = P2PService(
+                secret(i + 1), network_id=NET, bootstrap=[node.listen_addrs()[0]], limits=FAST
+            )
+            peer.subscribe("news", handler)
+            await nursery.start(peer.run)
+            await meshed(node, peer, "news", inbox)
+            yield node, peer
+            nursery.cancel_scope.cancel()
 
 
 async def meshed(a: P2PService, b: P2PService, topic: str, inbox: list[GossipMessage]) -> None:
@@ -65,7 +88,6 @@ async def test_flood_is_bounded_and_counted() -> None:
         relay_rate=10_000.0,
         relay_burst=10_000.0,
     )
-    node = P2PService(secret(0), network_id=NET, limits=limits)
     release = trio.Event()
     got: list[GossipMessage] = []
 
@@ -74,100 +96,69 @@ async def test_flood_is_bounded_and_counted() -> None:
         if message.kind == "flood":
             await release.wait()
 
-    node.subscribe("news", slow)
-    with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(node.run)
-            flooder = P2PService(
-                secret(1), network_id=NET, bootstrap=[node.listen_addrs()[0]], limits=FAST
-            )
-            flooder.subscribe("news", slow)
-            await nursery.start(flooder.run)
-            await meshed(node, flooder, "news", got)
-            for i in range(60):
-                await flooder.publish("news", "flood", i)
-            # The handler is stuck on the first flood message: at most the per-peer share
-            # of the inbox waits behind it, every other message is dropped and counted.
-            queued = limits.gossip_inbox_per_peer
-            await wait_until(lambda: node.counters.get("gossip_dropped") >= 60 - 1 - queued)
-            assert len([m for m in got if m.kind == "flood"]) == 1
-            release.set()
-            await wait_until(lambda: len([m for m in got if m.kind == "flood"]) == 1 + queued)
-            await trio.sleep(0.3)
-            assert len([m for m in got if m.kind == "flood"]) == 1 + queued
-            nursery.cancel_scope.cancel()
+    async with node_and_peer(0, limits, slow, got) as (node, flooder):
+        for i in range(60):
+            await flooder.publish("news", "flood", i)
+        # The handler is stuck on the first flood message: at most the per-peer share
+        # of the inbox waits behind it, every other message is dropped and counted.
+        queued = limits.gossip_inbox_per_peer
+        await wait_until(lambda: node.counters.get("gossip_dropped") >= 60 - 1 - queued)
+        assert len([m for m in got if m.kind == "flood"]) == 1
+        release.set()
+        await wait_until(lambda: len([m for m in got if m.kind == "flood"]) == 1 + queued)
+        await trio.sleep(0.3)
+        assert len([m for m in got if m.kind == "flood"]) == 1 + queued
 
 
 async def test_byte_rate_limit_drops_large_floods() -> None:
     limits = P2PLimits(
         peer_exchange_interval=0.3, relay_bytes_rate=10_000.0, relay_bytes_burst=300_000.0
     )
-    node = P2PService(secret(2), network_id=NET, limits=limits)
     got: list[GossipMessage] = []
 
     async def collect(message: GossipMessage) -> None:
         got.append(message)
 
-    node.subscribe("news", collect)
-    with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(node.run)
-            flooder = P2PService(
-                secret(3), network_id=NET, bootstrap=[node.listen_addrs()[0]], limits=FAST
-            )
-            await nursery.start(flooder.run)
-            await meshed(node, flooder, "news", got)
-            for i in range(12):
-                await flooder.publish("news", "big", bytes([i]) * 100_000)
-            await wait_until(lambda: node.counters.get("gossip_dropped") >= 8)
-            await trio.sleep(0.3)
-            # 300 KB of burst lets two or three 100 KB envelopes through, not twelve.
-            assert 1 <= len([m for m in got if m.kind == "big"]) <= 3
-            nursery.cancel_scope.cancel()
+    async with node_and_peer(2, limits, collect, got) as (node, flooder):
+        for i in range(12):
+            await flooder.publish("news", "big", bytes([i]) * 100_000)
+        await wait_until(lambda: node.counters.get("gossip_dropped") >= 8)
+        await trio.sleep(0.3)
+        # 300 KB of burst lets two or three 100 KB envelopes through, not twelve.
+        assert 1 <= len([m for m in got if m.kind == "big"]) <= 3
     assert issubclass(RateLimited, Exception)
 
 
 async def test_garbage_sender_is_banned_and_stays_out() -> None:
     limits = P2PLimits(peer_exchange_interval=0.3, ban_seconds=600)
-    node = P2PService(secret(4), network_id=NET, limits=limits)
     got: list[GossipMessage] = []
 
     async def collect(message: GossipMessage) -> None:
         got.append(message)
 
-    node.subscribe("news", collect)
-    with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(node.run)
-            attacker = P2PService(
-                secret(5), network_id=NET, bootstrap=[node.listen_addrs()[0]], limits=FAST
-            )
-            attacker.subscribe("news", collect)
-            await nursery.start(attacker.run)
-            await meshed(node, attacker, "news", got)
-            pubsub = attacker._gossip._pubsub  # a raw libp2p publish: no envelope at all
-            assert pubsub is not None
-            for i in range(40):
-                await pubsub.publish(topic_id(NET, "news"), b"\xc1garbage" + bytes([i]))
-                await trio.sleep(0.01)
-            await wait_until(lambda: node.counters.get("peers_banned") == 1)
-            await wait_until(lambda: attacker.peer_id not in {p.peer_id for p in node.peers()})
-            assert node.is_banned(attacker.peer_id)
-            # It dials back (its bootstrap loop does): it is cut off again and never served.
-            node.handle_blobs("echo", echo, max_size=100)
-            with pytest.raises(P2PError, match="banned"):
-                await node.send_blob(attacker.peer_id, "echo", b"")
-            served = []
-            for i in range(20):
-                with contextlib.suppress(Exception):
-                    await attacker.publish("news", "after-ban", i)
-                with contextlib.suppress(Exception):
-                    served.append(await attacker.send_blob(node.peer_id, "echo", b"hi"))
-                await trio.sleep(0.1)
-            assert not served
-            assert not [m for m in got if m.kind == "after-ban"]
-            assert node.counters.get("peers_banned") == 1
-            nursery.cancel_scope.cancel()
+    async with node_and_peer(4, limits, collect, got) as (node, attacker):
+        pubsub = attacker._gossip._pubsub  # a raw libp2p publish: no envelope at all
+        assert pubsub is not None
+        for i in range(40):
+            await pubsub.publish(topic_id(NET, "news"), b"\xc1garbage" + bytes([i]))
+            await trio.sleep(0.01)
+        await wait_until(lambda: node.counters.get("peers_banned") == 1)
+        await wait_until(lambda: attacker.peer_id not in {p.peer_id for p in node.peers()})
+        assert node.is_banned(attacker.peer_id)
+        # It dials back (its bootstrap loop does): it is cut off again and never served.
+        node.handle_blobs("echo", echo, max_size=100)
+        with pytest.raises(P2PError, match="banned"):
+            await node.send_blob(attacker.peer_id, "echo", b"")
+        served = []
+        for i in range(20):
+            with contextlib.suppress(Exception):
+                await attacker.publish("news", "after-ban", i)
+            with contextlib.suppress(Exception):
+                served.append(await attacker.send_blob(node.peer_id, "echo", b"hi"))
+            await trio.sleep(0.1)
+        assert not served
+        assert not [m for m in got if m.kind == "after-ban"]
+        assert node.counters.get("peers_banned") == 1
 
 
 async def echo(peer_id: str, kind: str, data: bytes) -> bytes:
