@@ -1,6 +1,6 @@
 """The task adapter's face towards the chain: what a TaskRunner reads and sends.
 
-One typed seam between the round adapter (`tasks/runner.py`) and whatever carries the
+One typed seam between the task runner (its chain feed and executor) and whatever carries the
 TaskRegistry: the daemon's contract client (`tasks/registry_chain.py`), the simulation's
 in-process py-evm chain (`flockd/sim/task_chain.py`), and the fake chains of the unit
 tests. Everything here speaks the registry's terms (task ids, rounds, decoded logs) and
