@@ -29,7 +29,7 @@ from flockd.p2p.blobs import BlobError
 from flockd.sortition import Stakes, elect
 from flockd.stats import Counters
 from flockd.store import StoreError
-from flockd.tasks.abc import ChainReadFailed, TaskChain, TxNotLanded, TxReverted
+from flockd.tasks.abc import ChainReadFailed, TaskChain, TaskWork, TxNotLanded, TxReverted
 from flockd.tasks.adapter import ActionHost, Call
 from flockd.tasks.bridge import Submission
 from flockd.tasks.context import NodeContext, describe, hex0x
@@ -42,7 +42,6 @@ from flockd.tasks.exchange import (
     encode_push,
 )
 from flockd.tasks.history import RoundRecords, is_written, round_line
-from flockd.tasks.work import Worker
 
 log = get_logger("flockd.tasks")
 
@@ -61,7 +60,7 @@ Answer = Callable[[int, rnd.Event], None]  # post an answer of that generation
 
 class DaemonActions(ActionHost):
     def __init__(
-        self, ctx: NodeContext, task_id: int, params: TaskParams, participants: list[bytes], worker: Worker,
+        self, ctx: NodeContext, task_id: int, params: TaskParams, participants: list[bytes], worker: TaskWork,
         chain: TaskChain, records: RoundRecords, counters: Counters, spawn: Spawn, answer: Answer,
         *, retry_seconds: float, fetch_retry_seconds: float,
     ) -> None:
