@@ -38,6 +38,7 @@ from flockd.round import (
     TrainingFailed,
     VoteMode,
 )
+from flockd.rpc.round_view import task_view
 
 ME, P1, V2 = (bytes([i]) * 20 for i in (1, 2, 3))
 INIT = keccak(b"init")
@@ -162,7 +163,7 @@ def test_replay_after_missing_rounds_fetches_the_newest_recorded_model() -> None
 def test_task_status_is_json_ready() -> None:
     machine = task()
     feed(machine, ModelReady(-1, INIT), BlockSealed(1), opened(0, 1))
-    status = machine.status()
+    status = task_view(machine)
     assert json.loads(json.dumps(status)) == status
     assert status["current_round"] == 0 and status["live_rounds"][0]["step"] == "electing"
 

@@ -1,4 +1,5 @@
-"""The task adapter (tasks/runner.py) against a scripted chain, without sockets.
+"""The daemon's task runner (tasks/runner.py: the trio shell around the shared TaskAdapter,
+with its executor and chain feed) against a scripted chain, without sockets.
 
 The runner is the daemon's: its real TaskMachine, its real Store on disk, its failure
 events, replay and reorg handling. Only its seams are scripted (tests/fake_task_chain.py):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from flockd import sortition
 from flockd.round.actions import (
@@ -548,6 +547,10 @@ class RoundMachine:
         return self._head
 
     @property
+    def open_block(self) -> int | None:
+        return self._open
+
+    @property
     def seed(self) -> bytes | None:
         return self._seed
 
@@ -598,36 +601,3 @@ class RoundMachine:
     @property
     def recorded_model_hash(self) -> bytes | None:
         return self._recorded
-
-    def status(self) -> dict[str, Any]:
-        """JSON-ready summary for the round_status RPC."""
-
-        def hx(value: bytes | None) -> str | None:
-            return None if value is None else "0x" + value.hex()
-
-        return {
-            "round": self.round,
-            "phase": self.phase.value,
-            "role": self.role.value,
-            "step": self.step.value,
-            "head": self._head,
-            "open_block": self._open,
-            "deadlines": list(self.deadlines) if self.deadlines else None,
-            "proposals": [
-                {
-                    "index": p.index,
-                    "proposer": hx(p.proposer),
-                    "delta_hash": hx(p.delta_hash),
-                    "received": self._book.has(p.delta_hash),
-                }
-                for p in self._book.ordered()
-            ],
-            "votes_committed": sorted(hx(v) for v in self._committed),
-            "votes_revealed": {hx(v): list(votes) for v, votes in sorted(self._revealed.items())},
-            "my_votes": list(self.my_votes) if self.my_votes is not None else None,
-            "abstained": self._abstained,
-            "accepted": list(self.accepted) if self.accepted is not None else None,
-            "model_hash": hx(self.model_hash),
-            "recorded_model_hash": hx(self._recorded),
-        }
-

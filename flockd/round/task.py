@@ -10,7 +10,6 @@ fetches the newest recorded model it needs instead of replaying what it never sa
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from flockd.round.actions import Action, DeltaRejected, FetchModel, RoundComplete, TaskComplete
 from flockd.round.base import Phase, RejectReason, TaskConfig
@@ -49,13 +48,24 @@ class TaskMachine:
         machine = cls(config, salt_source)
         out: list[Action] = []
         for event in events:
-            machine._apply(event, out)
-        machine._advance(out)
+            out += machine.record(event)
+        out += machine.decide()
         return machine, out
 
     def handle(self, event: Event) -> list[Action]:
+        """Record ``event``, then decide: what to do now."""
+        return [*self.record(event), *self.decide()]
+
+    def record(self, event: Event) -> list[Action]:
+        """Take in what ``event`` says without deciding yet (replay feeds many events,
+        then decides once); returns what answers the event itself (a rejected delta)."""
         out: list[Action] = []
         self._apply(event, out)
+        return out
+
+    def decide(self) -> list[Action]:
+        """What to do now, from everything recorded so far."""
+        out: list[Action] = []
         self._advance(out)
         return out
 
@@ -182,6 +192,16 @@ class TaskMachine:
         return self._machines.get(r)
 
     @property
+    def live_rounds(self) -> list[RoundMachine]:
+        """The round machines still followed, oldest first."""
+        return [self._machines[r] for r in sorted(self._machines)]
+
+    def proposers(self, r: int) -> tuple[bytes, ...]:
+        """Round ``r``'s proposers in on-chain order (none once the round is forgotten)."""
+        live = self._machines.get(r)
+        return () if live is None else tuple(p.proposer for p in live.proposals)
+
+    @property
     def model_hash(self) -> bytes | None:
         """The newest model this node holds (model_{-1} = the initial one)."""
         return self._held[max(self._held)] if self._held else None
@@ -189,14 +209,3 @@ class TaskMachine:
     @property
     def completed(self) -> dict[int, bytes]:
         return dict(self._completed)
-
-    def status(self) -> dict[str, Any]:
-        model = self.model_hash
-        return {
-            "task_id": self.config.task_id,
-            "current_round": self._current,
-            "rounds": self.config.rounds,
-            "finished": self._finished,
-            "model_hash": None if model is None else "0x" + model.hex(),
-            "live_rounds": [self._machines[r].status() for r in sorted(self._machines)],
-        }

@@ -9,6 +9,7 @@ from flockd.chain.backends import ChainError
 from flockd.chain.client import ContractRevert
 from flockd.config import PolicySection
 from flockd.rpc.errors import RPCError
+from flockd.rpc.round_view import current_round_view
 from flockd.tasks.policy import PolicyError, check_join
 from flockd.tasks.service import TaskError, TaskService
 from flockd.tasks.spec import SpecError, TaskSpec
@@ -101,7 +102,7 @@ class RoundNamespace:
     def round_status(self, task_id: int) -> dict[str, Any]:
         """The current round as this node sees it: phase, role, proposals, votes."""
         with _TaskErrors():
-            return self._tasks.round_status(task_id)
+            return current_round_view(self._tasks.task_machine(task_id))
 
 
 class ModelNamespace:

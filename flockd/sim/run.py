@@ -2,11 +2,12 @@
 
 A slot is one block. Each slot the simulation seals every transaction the nodes sent in
 the previous slot into one block, hands every node that block's registry logs (translated
-by `flockd.tasks.bridge.round_events`, as the daemon's runner does), its own failed
-transactions, then BlockSealed; then it carries out the actions the machines return
-until none is left: elections, training, scoring and aggregation are computed at once,
-deltas are delivered to every other node, and Submit* actions become signed transactions
-(`bridge.transaction`) for the next block. Docs: docs/simulation.md.
+by `flockd.tasks.bridge.round_events`, as the daemon's chain feed does), its own failed
+transactions, then BlockSealed; then it feeds the queued events to the nodes until none
+is left. Each node's machine is driven by the daemon's adapter (`tasks/adapter.py:
+TaskAdapter`), its actions carried out at once by `sim/actions.py:SimActions`: answers
+are queued for the same slot, transactions signed into the next block. Docs:
+docs/simulation.md.
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ from flockd import vrf
 from flockd.chain.deploy import revert_reason
 from flockd.chain.registry import TaskParams
 from flockd.fl.attacks import HONEST, Behaviour
+from flockd.sim.actions import SimActions
 from flockd.sim.chain import Sealed, SimChain, SimError
 from flockd.sim.config import RoundFigures, SimConfig, SimResult
 from flockd.sim.learn import Learner
 from flockd.sim.ledger import Ledger, stake_share
-from flockd.sortition import Stakes, elect
-from flockd.tasks.bridge import Submission, as_address, round_events, transaction
+from flockd.sortition import Stakes
+from flockd.tasks.adapter import TaskAdapter
+from flockd.tasks.bridge import as_address, round_events
 from flockd.tasks.spec import TaskSpec
 from flockd.tasks.work import Worker
 
@@ -44,9 +47,16 @@ class Node:
     vrf_secret: bytes
     behaviour: Behaviour
     work: Worker
-    machine: rnd.TaskMachine | None = None
-    final: bytes | None = None
+    adapter: TaskAdapter | None = None
     salts: int = 0
+
+    @property
+    def machine(self) -> rnd.TaskMachine | None:
+        return None if self.adapter is None else self.adapter.machine
+
+    @property
+    def final(self) -> bytes | None:
+        return None if self.adapter is None else self.adapter.final_model_hash
 
     def salt(self) -> bytes:
         """Deterministic per node and ballot, so a run is reproducible to the block hash."""
@@ -79,7 +89,7 @@ class Simulation:
             vote_mode=0 if cfg.vote_mode == "per-proposal" else 1,
         )
         self.result = SimResult(cfg.to_json(), self.learner.evaluate(self.init_hash)["accuracy"])
-        self._queue: deque[tuple[Node, rnd.Event]] = deque()
+        self.queue: deque[tuple[Node, rnd.Event]] = deque()  # events for nodes, this slot
         index_of = {n.address: n.index for n in self.nodes}
         self.ledger = Ledger(index_of, cfg.malicious, self.learner.evaluate, self._round_done)
         self._total_stake: tuple[int, int] | None = None  # (block, total stake)
@@ -108,8 +118,8 @@ class Simulation:
                 reveal_blocks=self.cfg.reveal_blocks, max_proposals=self.cfg.max_proposals,
                 vote_mode=rnd.VoteMode(self.params.vote_mode), model_init_hash=self.init_hash,
             )
-            node.machine = rnd.TaskMachine(config, node.salt)
-            self._queue.append((node, rnd.ModelReady(-1, self.init_hash)))
+            node.adapter = TaskAdapter(config, node.salt, SimActions(self, node))
+            self.queue.append((node, rnd.ModelReady(-1, self.init_hash)))
         first = self.chain.head + 1
         per_round = self.cfg.propose_blocks + self.cfg.commit_blocks + self.cfg.reveal_blocks + 8
         limit = first + self.cfg.rounds * per_round + 16
@@ -145,67 +155,18 @@ class Simulation:
             events.extend(round_events(name, args, opened))
         for node in self.nodes:
             for event in [*events, *failed.get(node.address, ()), rnd.BlockSealed(block.number)]:
-                self._queue.append((node, event))
+                self.queue.append((node, event))
         self._drain()
 
     def _drain(self) -> None:
-        while self._queue:
-            node, event = self._queue.popleft()
-            assert node.machine is not None
-            try:
-                actions = node.machine.handle(event)
-            except rnd.RoundError:  # as the daemon's runner: refuse the event, carry on
+        queue = self.queue
+        while queue:
+            node, event = queue.popleft()
+            assert node.adapter is not None
+            if node.adapter.handle(event) is not None:  # refused, as the daemon's runner does
                 self.result.refused_events += 1
-                continue
-            for action in actions:
-                self._do(node, action)
 
-    # -- actions -------------------------------------------------------------------------
-
-    def _do(self, node: Node, action: rnd.Action) -> None:
-        if isinstance(action, Submission):
-            kind, fn, args = transaction(action)
-            tag = (node.address, action.round, kind)
-            self.chain.send(node.key, fn, self.task_id, action.round, *args, tag=tag)
-            return
-        learner, emit = self.learner, self._queue.append
-        match action:
-            case rnd.RunElection():
-                election = elect(node.vrf_secret, action.seed, self._stakes(node))
-                emit((node, rnd.ElectionDone(action.round, election)))
-            case rnd.StartTraining():
-                delta = learner.train(node.work, action.base_model_hash, action.round)
-                learner.deltas[keccak(delta)] = delta
-                emit((node, rnd.TrainingDone(action.round, delta)))
-            case rnd.PushDelta():
-                for peer in self.nodes:
-                    if peer is not node:
-                        emit((peer, rnd.DeltaReceived(action.round, node.address, action.delta, node.address)))
-            case rnd.FetchDelta():
-                data = learner.deltas.get(action.delta_hash)
-                if data is not None:
-                    emit((node, rnd.DeltaReceived(action.round, action.proposer, data, action.proposer)))
-            case rnd.ScoreProposals():
-                whole = action.mode is rnd.VoteMode.WHOLE_ROUND
-                assert node.machine is not None
-                live = node.machine.machine(action.round)
-                proposers = [p.proposer for p in live.proposals] if live else []
-                votes = learner.score(node.work, action.base_model_hash, action.deltas, proposers, whole, action.round)
-                emit((node, rnd.ScoresReady(action.round, votes)))
-            case rnd.Aggregate():
-                digest = learner.aggregate(action.base_model_hash, action.deltas)
-                emit((node, rnd.ModelReady(action.round, digest)))
-            case rnd.FetchModel():
-                if action.model_hash in learner.models:
-                    emit((node, rnd.ModelReady(action.round, action.model_hash)))
-            case rnd.TaskComplete():
-                node.final = action.model_hash
-            case rnd.DeltaRejected() | rnd.RoundComplete():
-                pass
-            case _:
-                raise SimError(f"the simulation cannot carry out {type(action).__name__}")
-
-    def _stakes(self, node: Node) -> Stakes:
+    def stakes(self, node: Node) -> Stakes:
         """What the runner reads for an election (get_participant, get_state), from the chain."""
         head = self.chain.head
         if self._total_stake is None or self._total_stake[0] != head:
@@ -231,8 +192,8 @@ class Simulation:
         last = self.cfg.rounds - 1
         chain_hash = bytes(self.chain.view("get_round", self.task_id, last)[8])
         for node in self.nodes:
-            assert node.machine is not None
-            if node.final != chain_hash or node.machine.model_hash != chain_hash:
+            assert node.adapter is not None
+            if node.final != chain_hash or node.adapter.machine.model_hash != chain_hash:
                 raise SimError(f"node {node.index} finished on {(node.final or b'').hex()}, "
                                f"the chain recorded {chain_hash.hex()}")
         metrics = self.learner.evaluate(chain_hash)

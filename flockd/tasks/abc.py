@@ -1,6 +1,6 @@
 """The task adapter's face towards the chain: what a TaskRunner reads and sends.
 
-One typed seam between the round adapter (`tasks/runner.py`) and whatever carries the
+One typed seam between the task runner (its chain feed and executor) and whatever carries the
 TaskRegistry: the daemon's contract client (`tasks/registry_chain.py`), the simulation's
 in-process py-evm chain (`flockd/sim/task_chain.py`), and the fake chains of the unit
 tests. Everything here speaks the registry's terms (task ids, rounds, decoded logs) and
@@ -15,8 +15,13 @@ which the round machine may send again). Anything else a TaskChain raises is a b
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:  # the seam itself needs no torch
+    from flockd.fl.recipe import Metrics
+    from flockd.fl.tensors import Tensors
 
 
 class TaskChainError(Exception):
@@ -87,3 +92,21 @@ class TaskChain(ABC):
     async def transact(self, fn: str, task_id: int, round_number: int, *args: Any) -> int:
         """Send registry call ``fn(task_id, round_number, *args)`` signed by this node, wait
         until it lands, and return its gas used. Raises TxReverted or TxNotLanded."""
+
+
+class TaskWork(Protocol):
+    """The learning a task's actions ask of the node: `tasks/work.py:Worker` (the daemon and
+    the simulation), arithmetic in the unit tests. Called in worker threads."""
+
+    def initial_model(self) -> Tensors: ...
+
+    def train(self, base: Tensors, round_number: int) -> bytes: ...
+
+    def score(
+        self, base: Tensors, deltas: Sequence[bytes | None], proposers: Sequence[bytes], whole_round: bool,
+        round_number: int,
+    ) -> tuple[int, ...]: ...
+
+    def aggregate(self, base: Tensors, deltas: Sequence[bytes]) -> Tensors: ...
+
+    def evaluate_test(self, state: Tensors) -> Metrics: ...

@@ -21,6 +21,7 @@ from flockd.fl.tensors import model_state
 from flockd.logs import get_logger
 from flockd.p2p.abc import P2PError
 from flockd.p2p.blobs import BlobError
+from flockd.round import TaskMachine
 from flockd.stats import Counters
 from flockd.tasks.exchange import (
     FETCH_KIND,
@@ -161,15 +162,12 @@ class TaskService:
                 return info.model_hash
         return None
 
-    def round_status(self, task_id: int) -> dict[str, Any]:
+    def task_machine(self, task_id: int) -> TaskMachine:
+        """The round machine of a task this node runs (round_status formats it)."""
         runner = self.runners.get(task_id)
         if runner is None:
             raise TaskError(f"this node runs no task {task_id}")
-        current = runner.machine.current_round
-        machine = runner.machine.machine(current) if current is not None else None
-        if machine is None:
-            return {"round": current, "phase": "waiting_for_open", "role": None, "proposals": []}
-        return machine.status()
+        return runner.machine
 
     def joined(self, task_id: int) -> Joined:
         try:
