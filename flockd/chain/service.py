@@ -27,6 +27,7 @@ from flockd.chain.eth_http import HTTPAccess, serve_http
 from flockd.chain.mempool import (
     AlreadyKnown,
     BadTxSignature,
+    ForbiddenTarget,
     GasTooHigh,
     MalformedTx,
     TxRejected,
@@ -69,7 +70,7 @@ CATCHUP_REQUEST_TIMEOUT = 20.0  # one request's round trip (a full 16 MiB batch 
 CATCHUP_ATTEMPT_TIMEOUT = 60.0  # one attempt with one peer, before another peer's turn
 BAD_DATA_POINTS = 25.0  # misbehaviour points for an invalid block or reply (ban at 100)
 BAD_TX_POINTS = 5.0  # for a gossiped tx no node would admit, whatever its pool
-_PROVABLY_BAD_TX = (SyncError, MalformedTx, TxTooLarge, BadTxSignature, WrongChainId, GasTooHigh)
+_PROVABLY_BAD_TX = (SyncError, MalformedTx, TxTooLarge, BadTxSignature, WrongChainId, GasTooHigh, ForbiddenTarget)
 
 
 class GossipingEthAPI(EthAPI):

@@ -1,0 +1,110 @@
+"""Wasted blocks: a sealer cannot make every node burn seconds re-executing its block.
+
+Only the genesis contracts ever run (no contract creation, no direct precompile calls), and
+no transaction may carry more gas than the protocol's heaviest call needs. Both are judged
+on the transaction alone, so an importer refuses such a block before executing any of it,
+and every node's pool (and JSON-RPC) refuses such a transaction up front.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import rlp
+from eth_account import Account
+from eth_keys import keys
+from eth_utils import to_checksum_address
+
+from flockd.chain.embedded import MAX_TX_GAS, EmbeddedChain, InvalidBlockTx
+from flockd.chain.eth_api import EthAPI
+from flockd.chain.genesis import Genesis
+from flockd.chain.mempool import ForbiddenTarget, GasTooHigh, PendingTx
+from flockd.chain.precompile import VRF_PRECOMPILE_ADDRESS
+
+T0 = 1_700_000_000
+CHAIN_ID = 4242
+SEALER = keys.PrivateKey(b"\x01" * 32)
+MALLORY = Account.from_key(b"\x0d" * 32)
+BOB = Account.from_key(b"\x0b" * 32)
+GWEI = 10**9
+JUMP_LOOP = bytes.fromhex("5b600056")  # JUMPDEST PUSH1 0 JUMP: loops until the gas runs out
+EC_PAIRING = "0x" + "00" * 19 + "08"
+
+
+def make_chain() -> EmbeddedChain:
+    genesis = Genesis.create(
+        chain_id=CHAIN_ID,
+        authorities=[SEALER.public_key.to_canonical_address()],
+        timestamp=T0,
+        alloc={MALLORY.address: {"balance": 10**21}},
+    )
+    return EmbeddedChain(genesis, None, SEALER, clock=lambda: float(T0 + 10**6))
+
+
+def sign(nonce: int, **fields) -> bytes:
+    tx = {
+        "to": BOB.address, "value": 0, "gas": 21_000, "maxFeePerGas": 2 * GWEI,
+        "maxPriorityFeePerGas": GWEI, "nonce": nonce, "chainId": CHAIN_ID, "type": 2,
+    }
+    tx.update(fields)
+    return bytes(MALLORY.sign_transaction({k: v for k, v in tx.items() if v is not None}).raw_transaction)
+
+
+HOSTILE = {
+    # A contract whose constructor loops: every importer would run it to the last gas unit.
+    "creates a looping contract": dict(to=None, data=JUMP_LOOP, gas=1_000_000),
+    # py-evm's pairing check is pure Python: seconds of CPU for its gas.
+    "calls a precompile": dict(to=EC_PAIRING, data=b"", gas=100_000),
+    "calls the VRF precompile": dict(to=to_checksum_address(VRF_PRECOMPILE_ADDRESS), data=bytes(144), gas=100_000),
+    # A plain transfer costs 21,000 whatever it carries; more gas than the cap is never needed.
+    "carries gas above the cap": dict(gas=MAX_TX_GAS + 1),
+}
+
+
+def smuggled_block(raw: bytes):
+    """A block sealed by an authority that put `raw` in its own pool past the checks, as a
+    malicious (or compromised) sealer would."""
+    sealer = make_chain()
+    tx = sealer._tx_builder.decode(raw)
+    sealer.mempool.add(PendingTx(tx.hash, tx.sender, tx.nonce, 2 * GWEI, GWEI, tx.gas, tx.gas * 2 * GWEI, raw, tx), 0)
+    block = sealer.seal_block(sealer.next_seal_time(0))
+    assert len(block.transactions) == 1
+    return block
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_a_block_with_a_transaction_that_may_not_run_is_refused_before_execution(case, monkeypatch):
+    block = smuggled_block(sign(0, **HOSTILE[case]))
+    follower = make_chain()
+    executed = []
+    real_import = follower._chain.import_block
+    monkeypatch.setattr(follower._chain, "import_block", lambda *a, **k: executed.append(1) or real_import(*a, **k))
+    with pytest.raises(InvalidBlockTx, match="ForbiddenTarget|GasTooHigh"):
+        follower.import_block(rlp.encode(block))
+    assert executed == []  # refused on the transaction alone: nothing was executed
+    assert follower.head.block_number == 0
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_the_pool_and_json_rpc_refuse_what_no_block_may_carry(case):
+    chain = make_chain()
+    raw = sign(0, **HOSTILE[case])
+    expected = GasTooHigh if "gas" in case else ForbiddenTarget
+    with pytest.raises(expected):
+        chain.add_transaction(raw)
+    body = {"jsonrpc": "2.0", "id": 1, "method": "eth_sendRawTransaction", "params": ["0x" + raw.hex()]}
+    reply = json.loads(EthAPI(chain).handle_body(json.dumps(body).encode()))
+    assert reply["error"]["code"] == -32000
+    assert reply["error"]["message"].startswith(f"{expected.__name__}: ")
+    assert len(chain.mempool) == 0
+
+
+def test_transfers_at_the_cap_still_go_through():
+    chain = make_chain()
+    chain.add_transaction(sign(0, gas=MAX_TX_GAS, value=5))
+    chain.add_transaction(sign(1, gas=30_000, data=b"note", value=0))  # calldata to an account: no code runs
+    block = chain.seal_block(chain.next_seal_time(0))
+    assert len(block.transactions) == 2
+    follower = make_chain()
+    assert follower.import_block(rlp.encode(block)).new_head
