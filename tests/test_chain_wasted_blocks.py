@@ -16,7 +16,13 @@ from eth_account import Account
 from eth_keys import keys
 from eth_utils import to_checksum_address
 
-from flockd.chain.embedded import MAX_TX_GAS, EmbeddedChain, InvalidBlockTx
+from flockd.chain.embedded import (
+    MAX_BLOCK_TXS,
+    MAX_TX_GAS,
+    EmbeddedChain,
+    InvalidBlockTx,
+    TooManyTxs,
+)
 from flockd.chain.eth_api import EthAPI
 from flockd.chain.genesis import Genesis
 from flockd.chain.mempool import ForbiddenTarget, GasTooHigh, PendingTx
@@ -30,6 +36,7 @@ BOB = Account.from_key(b"\x0b" * 32)
 GWEI = 10**9
 JUMP_LOOP = bytes.fromhex("5b600056")  # JUMPDEST PUSH1 0 JUMP: loops until the gas runs out
 EC_PAIRING = "0x" + "00" * 19 + "08"
+FILLERS = [Account.from_key(bytes([0x20 + i]) * 32) for i in range(5)]  # 5 x 64 pending txs each
 
 
 def make_chain() -> EmbeddedChain:
@@ -37,18 +44,23 @@ def make_chain() -> EmbeddedChain:
         chain_id=CHAIN_ID,
         authorities=[SEALER.public_key.to_canonical_address()],
         timestamp=T0,
-        alloc={MALLORY.address: {"balance": 10**21}},
+        alloc={a.address: {"balance": 10**21} for a in [MALLORY, *FILLERS]},
     )
     return EmbeddedChain(genesis, None, SEALER, clock=lambda: float(T0 + 10**6))
 
 
-def sign(nonce: int, **fields) -> bytes:
+def transfers(count: int) -> list[bytes]:
+    """`count` plain transfers, round-robin over FILLERS (the pool holds 64 per sender)."""
+    return [sign(i // len(FILLERS), FILLERS[i % len(FILLERS)], value=1) for i in range(count)]
+
+
+def sign(nonce: int, account=MALLORY, **fields) -> bytes:
     tx = {
         "to": BOB.address, "value": 0, "gas": 21_000, "maxFeePerGas": 2 * GWEI,
         "maxPriorityFeePerGas": GWEI, "nonce": nonce, "chainId": CHAIN_ID, "type": 2,
     }
     tx.update(fields)
-    return bytes(MALLORY.sign_transaction({k: v for k, v in tx.items() if v is not None}).raw_transaction)
+    return bytes(account.sign_transaction({k: v for k, v in tx.items() if v is not None}).raw_transaction)
 
 
 HOSTILE = {
@@ -108,3 +120,30 @@ def test_transfers_at_the_cap_still_go_through():
     assert len(block.transactions) == 2
     follower = make_chain()
     assert follower.import_block(rlp.encode(block)).new_head
+
+
+def test_a_block_with_more_transactions_than_the_cap_is_refused_before_execution(monkeypatch):
+    # The cheapest valid txs (21,000-gas transfers) still cost every importer a signature
+    # check and a py-evm execution each: a 30M-gas block held 1428 of them.
+    sealer = make_chain()
+    sealer.max_block_txs = MAX_BLOCK_TXS + 1  # a sealer that ignores the rule
+    for raw in transfers(MAX_BLOCK_TXS + 1):
+        sealer.add_transaction(raw)
+    block = sealer.seal_block(sealer.next_seal_time(0))
+    assert len(block.transactions) == MAX_BLOCK_TXS + 1
+    follower = make_chain()
+    executed = []
+    real_import = follower._chain.import_block
+    monkeypatch.setattr(follower._chain, "import_block", lambda *a, **k: executed.append(1) or real_import(*a, **k))
+    with pytest.raises(TooManyTxs):
+        follower.import_block(rlp.encode(block))
+    assert executed == [] and follower.head.block_number == 0
+
+
+def test_an_honest_sealer_stops_at_the_cap():
+    chain = make_chain()
+    for raw in transfers(MAX_BLOCK_TXS + 1):
+        chain.add_transaction(raw)
+    first = chain.seal_block(chain.next_seal_time(0))
+    second = chain.seal_block(chain.next_seal_time(0))
+    assert (len(first.transactions), len(second.transactions)) == (MAX_BLOCK_TXS, 1)

@@ -86,6 +86,10 @@ SUPPORTED_TX_TYPES = (None, 1, 2)  # legacy (EIP-155), access list, dynamic fee;
 # the contract client adds a 25% margin to its estimate (7.05M). A block of the 30M default
 # holds three such transactions.
 MAX_TX_GAS = 8_000_000
+# Per-tx work (a signature recovery, a py-evm message, trie writes) dominates a block of
+# cheap txs: a 30M-gas block held 1428 transfers. 256 = MAX_PARTICIPANTS: one message from
+# every participant of a task still fits one block.
+MAX_BLOCK_TXS = 256
 
 
 class GenesisMismatch(Exception):
@@ -106,6 +110,10 @@ class BlockTooLarge(BlockRejected):
 
 class InvalidBlockTx(BlockRejected):
     """The block holds a tx this chain never admits (wrong chain id, unsupported type)."""
+
+
+class TooManyTxs(InvalidBlockTx):
+    """The block holds more than MAX_BLOCK_TXS transactions."""
 
 
 class InvalidExecution(BlockRejected):
@@ -149,6 +157,7 @@ class EmbeddedChain:
         self._header_class = dict(cast(Any, self._block_class)._meta.fields)["header"]  # its RLP sedes
         self._precompiles = frozenset(self._vm_class.get_state_class().computation_class.get_precompiles())
         self.max_tx_gas = min(MAX_TX_GAS, genesis.gas_limit)
+        self.max_block_txs = MAX_BLOCK_TXS
 
     def _open(self, genesis: Genesis) -> FlockChainBase:
         chain_class = build_chain_class(genesis)
@@ -283,7 +292,7 @@ class EmbeddedChain:
                 raise NotOurTurn(str(exc)) from None
             if allowed != me:
                 raise NotOurTurn(f"slot {timestamp} for block {parent.block_number + 1} belongs to {to_checksum_address(allowed)}")
-            block = build_block(self._chain, self.mempool, parent, timestamp, me)
+            block = build_block(self._chain, self.mempool, parent, timestamp, me, self.max_block_txs)
             sealed = block.copy(header=sign_header(block.header, key))
             result = self._chain.persist_block(sealed)
             self._after_new_blocks(result.old_canonical_blocks)
@@ -361,6 +370,8 @@ class EmbeddedChain:
                 raise MalformedBlock(f"block {header.block_number} on parent {parent.block_number}")
             self.rules.check_header(header, parent, now=self.clock())
             block = self.decode_block(raw)
+            if len(block.transactions) > self.max_block_txs:
+                raise TooManyTxs(f"block holds {len(block.transactions)} transactions, limit {self.max_block_txs}")
             for tx in block.transactions:
                 try:
                     self.check_transaction(tx)
