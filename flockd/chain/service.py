@@ -132,6 +132,25 @@ class ChainService:
     def syncing(self) -> bool:
         return bool(self._catchups)
 
+    async def head_synced(self) -> bool:
+        """Whether our head is one to act on (the task runner asks before it feeds a block).
+
+        An authority of several that was cut off, or restarted on a stale head, may hold a
+        branch of its own that its peers' longer chain is about to replace: having peers
+        again is not enough. The head is trusted once we are connected, have heard a
+        connected peer's head since (peers we lose are forgotten, so every reconnection
+        waits for a fresh announcement), no catch-up runs, and our head is at least as
+        high as every head our peers announced. The sole authority of a chain is the
+        whole network: its head is always the chain's."""
+        if tuple(self.chain.rules.authorities) == (self.chain.sealer_address,):
+            return True
+        connected = {p.peer_id for p in self.network.peers()}
+        heard = [number for peer, number in self.peer_heads.items() if peer in connected]
+        if not heard or self.syncing:
+            return False
+        head = await trio.to_thread.run_sync(lambda: self.chain.head.block_number)
+        return bool(head >= max(heard))
+
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._token = trio.lowlevel.current_trio_token()
         self.network.subscribe(BLOCK_TOPIC, self._on_block)

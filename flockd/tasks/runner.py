@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -87,6 +88,9 @@ class NodeContext:
     vrf_secret: bytes
     confirmations: int
     min_peers: int = 1
+    # Whether the chain's head is one to act on (the embedded chain: ChainService.head_synced,
+    # false while it may still be a branch of our own that our peers' chain will replace).
+    head_synced: Callable[[], Awaitable[bool]] | None = None
 
 
 @dataclass
@@ -297,6 +301,8 @@ class TaskRunner:
                 self.isolated = True
             return
         self.isolated = False
+        if self.ctx.head_synced is not None and not await self.ctx.head_synced():
+            return  # back among peers, but our head may still be a branch of our own
         confirmed = await self.chain.head() - self.ctx.confirmations
         if confirmed < 0:
             return
