@@ -24,7 +24,7 @@ from flockd.chain.embedded import (
     TooManyTxs,
 )
 from flockd.chain.eth_api import EthAPI
-from flockd.chain.genesis import Genesis
+from flockd.chain.genesis import Genesis, GenesisError
 from flockd.chain.mempool import ForbiddenTarget, GasTooHigh, PendingTx
 from flockd.chain.precompile import VRF_PRECOMPILE_ADDRESS
 
@@ -147,3 +147,12 @@ def test_an_honest_sealer_stops_at_the_cap():
     first = chain.seal_block(chain.next_seal_time(0))
     second = chain.seal_block(chain.next_seal_time(0))
     assert (len(first.transactions), len(second.transactions)) == (MAX_BLOCK_TXS, 1)
+
+
+@pytest.mark.parametrize("gas_limit", [MAX_TX_GAS - 1, 30_000_001, 10**9])
+def test_a_genesis_block_gas_limit_outside_the_matched_range_is_refused(gas_limit):
+    # Below the per-tx cap the protocol's heaviest call could not be sent; above 30M a
+    # block could ask every node for more re-execution than the bench figures cover.
+    with pytest.raises(GenesisError, match="gas_limit"):
+        Genesis.create(chain_id=CHAIN_ID, authorities=[SEALER.public_key.to_canonical_address()], timestamp=T0,
+                       gas_limit=gas_limit)
