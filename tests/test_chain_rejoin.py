@@ -33,10 +33,6 @@ def seal_alone(chain: EmbeddedChain, blocks: int) -> None:
         chain.seal_block(chain.next_seal_time(0))
 
 
-def on_chain_of(mine: EmbeddedChain, theirs: EmbeddedChain) -> bool:
-    with mine.consistent_view():
-        head = mine.head
-    return theirs.canonical_hash(head.block_number) == head.hash
 
 
 async def test_a_rejoining_authority_trusts_its_head_only_once_it_holds_its_peers_chain() -> None:
@@ -47,7 +43,8 @@ async def test_a_rejoining_authority_trusts_its_head_only_once_it_holds_its_peer
     chains = [EmbeddedChain(genesis, None, key) for key in PAIR]
     seal_alone(chains[0], 40)  # the peers' branch, longer
     seal_alone(chains[1], 25)  # what the rejoining node sealed alone
-    samples: list[tuple[bool, bool, bool]] = []  # (has peers, head on the peers' branch, head trusted)
+    own_tip = chains[1].head.hash
+    samples: list[tuple[bool, bool, bool]] = []  # (has peers, head trusted, still on its own branch)
     with trio.fail_after(120):
         async with trio.open_nursery() as nursery:
             net_a = P2PService(b"\x61" * 32, network_id=NET, limits=LIMITS)
@@ -59,18 +56,21 @@ async def test_a_rejoining_authority_trusts_its_head_only_once_it_holds_its_peer
             await nursery.start(net_b.run)
             await nursery.start(service_b.run)
             while True:
-                on_a = await trio.to_thread.run_sync(on_chain_of, chains[1], chains[0])
+                # In this order: its own branch, once replaced by the longer one, never
+                # comes back, so "trusted, then still on its own branch" is a real overlap.
+                peers = bool(net_b.peers())
                 trusted = await service_b.head_synced()
-                samples.append((bool(net_b.peers()), on_a, trusted))
-                if on_a and trusted:
+                on_own = await trio.to_thread.run_sync(chains[1].canonical_hash, 25) == own_tip
+                samples.append((peers, trusted, on_own))
+                if trusted and not on_own:
                     break
                 await trio.sleep(0.01)
             assert service_b.counters.get("reorgs") >= 1
             nursery.cancel_scope.cancel()
     # Peers alone (the runner's only gate before) would have let it act on its own branch...
-    assert any(peers and not on_a for peers, on_a, _ in samples)
-    # ...the head is trusted only on the peers' branch.
-    assert not any(trusted and not on_a for _, on_a, trusted in samples)
+    assert any(peers and on_own for peers, _, on_own in samples)
+    # ...the head is trusted only once that branch is gone.
+    assert not any(trusted and on_own for _, trusted, on_own in samples)
 
 
 async def test_a_node_without_peers_does_not_trust_its_head() -> None:
