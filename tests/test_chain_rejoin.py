@@ -121,3 +121,50 @@ async def test_the_task_runner_waits_while_the_head_is_not_synced(tmp_path: Path
         synced = True
         await until(lambda: "decline" in node.chain.sent_fns(0), "the synced node to act")
         nursery.cancel_scope.cancel()
+
+
+async def test_a_node_cut_off_by_net_isolate_trusts_its_head_only_once_caught_up() -> None:
+    # The chaos testnet's partition: one of three authorities drops every peer and refuses
+    # connections for a while; the other two seal on. Back, it has peers at once, but its
+    # head is behind until its catch-up: acting then would act on a stale round.
+    trio_keys = [keys.PrivateKey(bytes([0x91 + i]) * 32) for i in range(3)]
+    genesis = Genesis.create(
+        chain_id=4248, authorities=[k.public_key.to_canonical_address() for k in trio_keys],
+        timestamp=int(time.time()) - 5,
+    )
+    samples: list[tuple[bool, bool, int]] = []  # (has peers, head trusted, head)
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            nets: list[P2PService] = []
+            services: list[ChainService] = []
+            for i, key in enumerate(trio_keys):
+                bootstrap = [nets[0].listen_addrs()[0]] if nets else []
+                net = P2PService(bytes([0x81 + i]) * 32, network_id=NET, bootstrap=bootstrap, limits=LIMITS)
+                service = ChainService(EmbeddedChain(genesis, None, key), net)
+                await nursery.start(net.run)
+                await nursery.start(service.run)
+                nets.append(net)
+                services.append(service)
+            cut, cut_net = services[2], nets[2]
+            while not await cut.head_synced() or cut.chain.head.block_number < 3:
+                await trio.sleep(0.1)
+            await cut_net.isolate(6.0)
+            while not cut_net.peers():
+                samples.append((False, await cut.head_synced(), cut.chain.head.block_number))
+                await trio.sleep(0.05)
+            ahead = services[0].chain.head.block_number  # the others' head when it is back
+            while True:
+                # In this order: its head only grows, so "trusted, then below" is a real overlap.
+                peers = bool(cut_net.peers())
+                trusted = await cut.head_synced()
+                head = await trio.to_thread.run_sync(lambda: cut.chain.head.block_number)
+                samples.append((peers, trusted, head))
+                if trusted and head >= ahead:
+                    break
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    assert not any(trusted for peers, trusted, _ in samples if not peers)  # cut off: never
+    # Back among peers but behind (the runner's peers-only gate would have acted here)...
+    assert any(peers and head < ahead for peers, _, head in samples)
+    # ...and trusted only once it held what the others had sealed meanwhile.
+    assert not any(trusted and head < ahead for peers, trusted, head in samples if peers)
