@@ -132,6 +132,7 @@ class Node:
             # On an external node the chain does not depend on our peers: a lone daemon
             # cannot have sealed what it reads there.
             min_peers=0 if self.config.chain.rpc_url else 1,
+            head_synced=self.chain_service.head_synced if self.chain_service is not None else None,
         )
         behaviour = self.config.attack.parsed()
         if not behaviour.is_honest:  # a research tool: nobody should run one by accident

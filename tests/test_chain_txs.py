@@ -16,6 +16,7 @@ from flockd.chain.genesis import Genesis
 from flockd.chain.mempool import (
     AlreadyKnown,
     BadTxSignature,
+    ForbiddenTarget,
     GasTooHigh,
     GasTooLow,
     InsufficientFunds,
@@ -41,12 +42,18 @@ GWEI = 10**9
 
 
 
-def make_chain(**kwargs) -> EmbeddedChain:
+STORE = to_canonical_address("0x" + "57" * 20)
+
+
+def make_chain(contracts: dict[bytes, bytes] | None = None, **kwargs) -> EmbeddedChain:
+    """`contracts`: address -> runtime code, deployed at genesis (the only code a chain runs)."""
+    alloc = {ALICE.address: {"balance": 10**21}, BOB.address: {"balance": 10**21}, POOR.address: {"balance": 10**6}}
+    alloc |= {address: {"code": code} for address, code in (contracts or {}).items()}
     genesis = Genesis.create(
         chain_id=CHAIN_ID,
         authorities=[SEALER.public_key.to_canonical_address()],
         timestamp=T0,
-        alloc={ALICE.address: {"balance": 10**21}, BOB.address: {"balance": 10**21}, POOR.address: {"balance": 10**6}},
+        alloc=alloc,
     )
     return EmbeddedChain(genesis, None, SEALER, clock=lambda: float(T0 + 10**6), **kwargs)
 
@@ -141,12 +148,12 @@ def test_mempool_orders_by_nonce_and_price_and_enforces_limits():
     assert len(chain.mempool) == 0
 
 
-def test_contract_deploy_call_estimate_logs_and_revert():
-    chain = make_chain()
-    compiled = vyper.compile_code(STORE_SOURCE, output_formats=["bytecode"])
-    deploy = chain.add_transaction(sign(ALICE, 0, to=None, value=0, gas=500_000, data=compiled["bytecode"]))
-    seal(chain)
-    address = chain.get_receipt(deploy).contract_address
+def test_genesis_contract_call_estimate_logs_and_revert():
+    compiled = vyper.compile_code(STORE_SOURCE, output_formats=["bytecode", "bytecode_runtime"])
+    chain = make_chain({STORE: bytes.fromhex(compiled["bytecode_runtime"][2:])})
+    with pytest.raises(ForbiddenTarget):  # only genesis code runs here
+        chain.add_transaction(sign(ALICE, 0, to=None, value=0, gas=500_000, data=compiled["bytecode"]))
+    address = STORE
     assert chain.code(address)
     store_selector = keccak(text="store(uint256)")[:4]
     alice = to_canonical_address(ALICE.address)
@@ -158,8 +165,8 @@ def test_contract_deploy_call_estimate_logs_and_revert():
         chain.call(CallRequest(to=address, sender=alice, data=store_selector + (13).to_bytes(32, "big")))
     assert abi_decode(["string"], reverted.value.data[4:]) == ("unlucky",)
 
-    ok = chain.add_transaction(sign(ALICE, 1, to=address, value=0, gas=gas, data=call.data))
-    bad = chain.add_transaction(sign(ALICE, 2, to=address, value=0, gas=gas, data=store_selector + (13).to_bytes(32, "big")))
+    ok = chain.add_transaction(sign(ALICE, 0, to=address, value=0, gas=gas, data=call.data))
+    bad = chain.add_transaction(sign(ALICE, 1, to=address, value=0, gas=gas, data=store_selector + (13).to_bytes(32, "big")))
     seal(chain)
     assert chain.get_receipt(ok).status == 1 and chain.get_receipt(bad).status == 0  # reverted, still included
     stored = chain.call(CallRequest(to=address, data=keccak(text="stored()")[:4]))

@@ -22,7 +22,9 @@ from test_contracts import (
 )
 
 from flockd import sortition
+from flockd.chain.client import TxPolicy
 from flockd.chain.deploy import SCRATCH_GAS_LIMIT, TxResult
+from flockd.chain.embedded import MAX_TX_GAS
 
 Row = tuple[str, int, str]
 
@@ -159,6 +161,8 @@ def test_gas_table_and_worst_case_fits_a_block() -> None:
     assert all(gas > 21_000 for _, gas, _ in rows)
     worst = max(gas for name, gas, _ in rows if name == "finalise")
     assert worst < SCRATCH_GAS_LIMIT // 4
+    # The embedded chain's per-tx cap admits it with the contract client's margin.
+    assert worst * (100 + TxPolicy().gas_margin_percent) // 100 <= MAX_TX_GAS
 
 
 def main() -> None:

@@ -42,6 +42,7 @@ BOB = Account.from_key(b"\x0b" * 32)
 GWEI = 10**9
 # Decoding RLP builds py-evm objects (a header is ~20 of them): far more than msgpack.
 RLP_EXPANSION = 400
+STORER = "0x" + "57" * 20  # a genesis contract (the embedded chain runs no other code)
 
 
 def _genesis() -> Genesis:
@@ -49,7 +50,8 @@ def _genesis() -> Genesis:
         chain_id=CHAIN_ID,
         authorities=[SEALER.public_key.to_canonical_address()],
         timestamp=T0,
-        alloc={ALICE.address: {"balance": 10**24}, BOB.address: {"balance": 10**24}},
+        alloc={ALICE.address: {"balance": 10**24}, BOB.address: {"balance": 10**24},
+               STORER: {"code": bytes.fromhex("600160005500")}},  # SSTORE 1 at slot 0
     )
 
 
@@ -85,7 +87,7 @@ def world() -> _World:
         _transfer(1, type=None, maxFeePerGas=None, maxPriorityFeePerGas=None, gasPrice=2 * GWEI),
         _transfer(2, type=1, maxFeePerGas=None, maxPriorityFeePerGas=None, gasPrice=2 * GWEI,
                   accessList=[{"address": BOB.address, "storageKeys": ["0x" + "00" * 32]}]),
-        _transfer(3, to=None, data="0x600160005500", gas=200_000),  # deploys: SSTORE at init
+        _transfer(3, to=STORER, gas=200_000),  # runs code: SSTORE
     ]
     raws = []
     for group in (txs[:2], txs[2:3], txs[3:]):

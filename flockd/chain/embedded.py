@@ -36,6 +36,7 @@ from flockd.chain.db import SqliteDB
 from flockd.chain.genesis import Genesis
 from flockd.chain.mempool import (
     BadTxSignature,
+    ForbiddenTarget,
     GasTooHigh,
     GasTooLow,
     InsufficientFunds,
@@ -80,6 +81,15 @@ MAX_HEADER_BYTES = 1024  # a Prague header with a 97-byte extra_data is ~650 byt
 BLOCK_CACHE_SIZE = 64  # decoded blocks (and their receipts) kept for reads
 MAX_LOG_RANGE = 10_000  # blocks one get_logs may scan
 SUPPORTED_TX_TYPES = (None, 1, 2)  # legacy (EIP-155), access list, dynamic fee; no blobs/set-code
+# The per-transaction gas cap (a validity rule, protocol/spec/chain.md). The heaviest call the
+# protocol makes, `finalise` at its bounds (256 participants, 16 proposals), uses 5.64M gas;
+# the contract client adds a 25% margin to its estimate (7.05M). A block of the 30M default
+# holds three such transactions.
+MAX_TX_GAS = 8_000_000
+# Per-tx work (a signature recovery, a py-evm message, trie writes) dominates a block of
+# cheap txs: a 30M-gas block held 1428 transfers. 256 = MAX_PARTICIPANTS: one message from
+# every participant of a task still fits one block.
+MAX_BLOCK_TXS = 256
 
 
 class GenesisMismatch(Exception):
@@ -100,6 +110,10 @@ class BlockTooLarge(BlockRejected):
 
 class InvalidBlockTx(BlockRejected):
     """The block holds a tx this chain never admits (wrong chain id, unsupported type)."""
+
+
+class TooManyTxs(InvalidBlockTx):
+    """The block holds more than MAX_BLOCK_TXS transactions."""
 
 
 class InvalidExecution(BlockRejected):
@@ -141,6 +155,9 @@ class EmbeddedChain:
         self._receipt_builder = self._vm_class.get_receipt_builder()
         self._block_class = self._vm_class.get_block_class()
         self._header_class = dict(cast(Any, self._block_class)._meta.fields)["header"]  # its RLP sedes
+        self._precompiles = frozenset(self._vm_class.get_state_class().computation_class.get_precompiles())
+        self.max_tx_gas = min(MAX_TX_GAS, genesis.gas_limit)
+        self.max_block_txs = MAX_BLOCK_TXS
 
     def _open(self, genesis: Genesis) -> FlockChainBase:
         chain_class = build_chain_class(genesis)
@@ -200,6 +217,14 @@ class EmbeddedChain:
     def check_transaction(self, tx: SignedTransactionAPI) -> None:
         if tx.type_id not in SUPPORTED_TX_TYPES:
             raise MalformedTx(f"transaction type {tx.type_id} is not supported")
+        # What a tx may run is judged before its signature (cheapest first), and in every
+        # block before anything executes: only genesis code ever runs, within a bounded gas.
+        if tx.gas > self.max_tx_gas:
+            raise GasTooHigh(f"gas {tx.gas} exceeds the per-transaction cap {self.max_tx_gas}")
+        if not tx.to:
+            raise ForbiddenTarget("contract creation: this chain runs only the contracts of its genesis")
+        if tx.to in self._precompiles:
+            raise ForbiddenTarget(f"{to_checksum_address(tx.to)} is a precompile: only contracts may call it")
         try:
             tx.check_signature_validity()
             _ = tx.sender
@@ -209,8 +234,6 @@ class EmbeddedChain:
             raise WrongChainId("transaction has no chain id (pre-EIP-155): replayable on any chain")
         if tx.chain_id != self.chain_id:
             raise WrongChainId(f"transaction is for chain {tx.chain_id}, this chain is {self.chain_id}")
-        if tx.gas > self.genesis.gas_limit:
-            raise GasTooHigh(f"gas {tx.gas} exceeds the block gas limit {self.genesis.gas_limit}")
         try:
             tx.validate()  # field ranges
         except ValidationError as exc:
@@ -269,7 +292,7 @@ class EmbeddedChain:
                 raise NotOurTurn(str(exc)) from None
             if allowed != me:
                 raise NotOurTurn(f"slot {timestamp} for block {parent.block_number + 1} belongs to {to_checksum_address(allowed)}")
-            block = build_block(self._chain, self.mempool, parent, timestamp, me)
+            block = build_block(self._chain, self.mempool, parent, timestamp, me, self.max_block_txs)
             sealed = block.copy(header=sign_header(block.header, key))
             result = self._chain.persist_block(sealed)
             self._after_new_blocks(result.old_canonical_blocks)
@@ -347,11 +370,13 @@ class EmbeddedChain:
                 raise MalformedBlock(f"block {header.block_number} on parent {parent.block_number}")
             self.rules.check_header(header, parent, now=self.clock())
             block = self.decode_block(raw)
+            if len(block.transactions) > self.max_block_txs:
+                raise TooManyTxs(f"block holds {len(block.transactions)} transactions, limit {self.max_block_txs}")
             for tx in block.transactions:
                 try:
                     self.check_transaction(tx)
                 except TxRejected as exc:
-                    raise InvalidBlockTx(f"tx {tx.hash.hex()}: {exc}") from None
+                    raise InvalidBlockTx(f"tx {tx.hash.hex()}: {type(exc).__name__}: {exc}") from None
             try:
                 result = self._chain.import_block(block)
             except BlockRejected:

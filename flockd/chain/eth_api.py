@@ -189,7 +189,8 @@ class EthAPI:
             raise self._aborted(exc) from None
 
     def eth_estimateGas(self, call: Any, ref: Any = "latest") -> str:
-        request = _call_request(call, self.chain.genesis.gas_limit)
+        # Capped where the pool's cap is: an estimate above it could never be sent.
+        request = _call_request(call, self.chain.max_tx_gas)
         budget = self._budget()
         try:
             return hex(_state(lambda: self.chain.estimate_gas(request, _block_ref(ref), budget)))

@@ -29,8 +29,10 @@ from flockd import safejson
 
 FORMAT = "flockd-genesis/1"
 MAX_GENESIS_BYTES = 64 * 1024 * 1024
-MIN_GAS_LIMIT = 5_000_000
-MAX_GAS_LIMIT = 1_000_000_000
+# The block gas limit matches the per-tx cap (embedded.MAX_TX_GAS, 8M: the protocol's
+# heaviest call must fit) and bounds a block's re-execution (protocol/spec/chain.md).
+MIN_GAS_LIMIT = 8_000_000
+MAX_GAS_LIMIT = 30_000_000 + 1  # exclusive: 30M is the most
 MAX_AUTHORITIES = 256
 _UINT256 = 2**256
 

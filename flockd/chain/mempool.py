@@ -51,7 +51,12 @@ class GasTooLow(TxRejected):
 
 
 class GasTooHigh(TxRejected):
-    """Gas above the block gas limit: could never be included."""
+    """Gas above the per-transaction cap (or the block gas limit, if lower): never valid."""
+
+
+class ForbiddenTarget(TxRejected):
+    """Creates a contract or calls a precompile directly: this chain runs only the code its
+    genesis holds, so no block may carry such a transaction."""
 
 
 class ReplacementUnderpriced(TxRejected):

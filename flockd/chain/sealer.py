@@ -19,9 +19,11 @@ from flockd.chain.poa import SEAL_LENGTH, FlockChainBase
 
 
 def build_block(
-    chain: FlockChainBase, mempool: Mempool, parent: BlockHeaderAPI, timestamp: int, coinbase: bytes
+    chain: FlockChainBase, mempool: Mempool, parent: BlockHeaderAPI, timestamp: int, coinbase: bytes,
+    max_txs: int,
 ) -> BlockAPI:
-    """An unsealed block on `parent` (extra_data = a zero seal: sign it, then persist)."""
+    """An unsealed block on `parent` (extra_data = a zero seal: sign it, then persist), of at
+    most `max_txs` transactions."""
     # The placeholder seal has the final length; no header field executed depends on it.
     header = chain.create_header_from_parent(
         parent, timestamp=timestamp, coinbase=coinbase, extra_data=bytes(SEAL_LENGTH)
@@ -33,6 +35,8 @@ def build_block(
     blocked: set[bytes] = set()  # senders whose next tx cannot go in: their later ones wait too
     current = header
     for ptx in mempool.ready(lambda s: vm.state.get_nonce(Address(s)), header.base_fee_per_gas or 0):
+        if len(included) == max_txs:
+            break
         if ptx.sender in blocked:
             continue
         if current.gas_used + ptx.gas > current.gas_limit:

@@ -27,6 +27,7 @@ from flockd.chain.eth_http import HTTPAccess, serve_http
 from flockd.chain.mempool import (
     AlreadyKnown,
     BadTxSignature,
+    ForbiddenTarget,
     GasTooHigh,
     MalformedTx,
     TxRejected,
@@ -69,7 +70,7 @@ CATCHUP_REQUEST_TIMEOUT = 20.0  # one request's round trip (a full 16 MiB batch 
 CATCHUP_ATTEMPT_TIMEOUT = 60.0  # one attempt with one peer, before another peer's turn
 BAD_DATA_POINTS = 25.0  # misbehaviour points for an invalid block or reply (ban at 100)
 BAD_TX_POINTS = 5.0  # for a gossiped tx no node would admit, whatever its pool
-_PROVABLY_BAD_TX = (SyncError, MalformedTx, TxTooLarge, BadTxSignature, WrongChainId, GasTooHigh)
+_PROVABLY_BAD_TX = (SyncError, MalformedTx, TxTooLarge, BadTxSignature, WrongChainId, GasTooHigh, ForbiddenTarget)
 
 
 class GossipingEthAPI(EthAPI):
@@ -130,6 +131,25 @@ class ChainService:
     @property
     def syncing(self) -> bool:
         return bool(self._catchups)
+
+    async def head_synced(self) -> bool:
+        """Whether our head is one to act on (the task runner asks before it feeds a block).
+
+        An authority of several that was cut off, or restarted on a stale head, may hold a
+        branch of its own that its peers' longer chain is about to replace: having peers
+        again is not enough. The head is trusted once we are connected, have heard a
+        connected peer's head since (peers we lose are forgotten, so every reconnection
+        waits for a fresh announcement), no catch-up runs, and our head is at least as
+        high as every head our peers announced. The sole authority of a chain is the
+        whole network: its head is always the chain's."""
+        if tuple(self.chain.rules.authorities) == (self.chain.sealer_address,):
+            return True
+        connected = {p.peer_id for p in self.network.peers()}
+        heard = [number for peer, number in self.peer_heads.items() if peer in connected]
+        if not heard or self.syncing:
+            return False
+        head = await trio.to_thread.run_sync(lambda: self.chain.head.block_number)
+        return bool(head >= max(heard))
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._token = trio.lowlevel.current_trio_token()

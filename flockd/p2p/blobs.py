@@ -3,7 +3,9 @@
 A frame is a 4-byte big-endian header length, a msgpack header `{kind, size, hash}` (hash =
 keccak256 of the body), then `size` raw bytes. The decoder checks the declared size against
 the cap for that kind BEFORE any body byte is read or buffered, hashes the body as it
-arrives, and raises a specific BlobError for every kind of bad input.
+arrives (or, with `verify=False`, leaves that to its caller: `check_body`, which the stream
+reader runs in a worker thread for large bodies), and raises a specific BlobError for every
+kind of bad input.
 
 A request is one frame with an application kind; the reply is one frame whose kind is one
 of the reserved REPLY_* kinds (they start with "!", which application kinds cannot).
@@ -108,9 +110,12 @@ class FrameDecoder:
     from the stream than the current frame needs (the stream's flow control stays honest).
     """
 
-    def __init__(self, size_cap: SizeCap, *, chunk: int = 1 << 20) -> None:
+    def __init__(self, size_cap: SizeCap, *, chunk: int = 1 << 20, verify: bool = True) -> None:
+        """`verify=False`: frames come out unchecked against their header's hash; the
+        caller must `check_body` each one (off the event loop when it is large)."""
         self._size_cap = size_cap
         self._chunk = chunk
+        self._verify = verify
         self._buffer = bytearray()
         self._header: FrameHeader | None = None
         self._body = bytearray()
@@ -158,12 +163,13 @@ class FrameDecoder:
                     continue
                 self._header = self._parse_header()
                 self._buffer.clear()
-                self._hash = hasher()
+                self._hash = hasher() if self._verify else None
                 events.append(self._header)
             else:
                 take = view[: self._header.size - len(self._body)]
                 self._body += take
-                self._hash.update(take)
+                if self._hash is not None:
+                    self._hash.update(take)
                 view = view[len(take) :]
             if self._header is not None and len(self._body) == self._header.size:
                 events.append(self._finish())
@@ -208,8 +214,18 @@ class FrameDecoder:
 
     def _finish(self) -> Frame:
         assert self._header is not None
-        if self._hash.digest() != self._header.hash:
-            raise HashMismatch(f"blob kind {self._header.kind!r}: body does not match its hash")
+        if self._hash is not None and self._hash.digest() != self._header.hash:
+            raise _mismatch(self._header)
         frame = Frame(kind=self._header.kind, data=bytes(self._body))
         self._header, self._hash, self._body = None, None, bytearray()
         return frame
+
+
+def check_body(header: FrameHeader, data: bytes | bytearray | memoryview) -> None:
+    """HashMismatch unless `data` is the body `header` announced (CPU-bound: hashes it all)."""
+    if digest(data) != header.hash:
+        raise _mismatch(header)
+
+
+def _mismatch(header: FrameHeader) -> HashMismatch:
+    return HashMismatch(f"blob kind {header.kind!r}: body does not match its hash")

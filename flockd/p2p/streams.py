@@ -1,5 +1,9 @@
 """Moving blob frames over a libp2p stream: bounded reads, per-read timeouts, a deadline
-for the whole transfer, per-peer shares of the inbound slots, clean errors."""
+for the whole transfer, per-peer shares of the inbound slots, clean errors.
+
+Bodies above INLINE_HASH_MAX are hashed in a worker thread (keccak256 of a 64 MiB reply
+would hold the event loop, and every peer's gossip with it, for a good part of a second);
+the size caps still apply from the header, before any body byte is buffered."""
 
 from __future__ import annotations
 
@@ -16,11 +20,15 @@ from flockd.p2p.blobs import (
     BlobTimeout,
     Frame,
     FrameDecoder,
+    FrameHeader,
     SizeCap,
     TruncatedFrame,
+    check_body,
     digest,
     encode_header,
 )
+
+INLINE_HASH_MAX = 64 * 1024  # hashing less costs less than a hop to a worker thread
 
 
 class TransferSlots:
@@ -84,7 +92,8 @@ async def _read_frame(
     start: float,
     min_rate: float | None,
 ) -> Frame:
-    decoder = FrameDecoder(size_cap, chunk=chunk)
+    decoder = FrameDecoder(size_cap, chunk=chunk, verify=False)
+    header: FrameHeader | None = None
     wait = timeout if first_timeout is None else first_timeout
     while True:
         try:
@@ -102,7 +111,13 @@ async def _read_frame(
             raise TruncatedFrame("stream ended before a frame")
         for event in decoder.feed(data):
             if isinstance(event, Frame):
+                assert header is not None  # the decoder yields a frame's header first
+                if len(event.data) <= INLINE_HASH_MAX:
+                    check_body(header, event.data)
+                else:
+                    await trio.to_thread.run_sync(check_body, header, event.data)
                 return event
+            header = event
             whole.deadline = start + transfer_deadline(event.size, timeout, min_rate)
 
 
@@ -120,10 +135,11 @@ async def write_frame(
     # nothing for that long (or too little in all) is dead or stalling us on purpose.
     view = memoryview(data)
     allowed = transfer_deadline(len(data), timeout, min_rate)
+    body_hash = digest(view) if len(view) <= INLINE_HASH_MAX else await trio.to_thread.run_sync(digest, view)
     try:
         with trio.fail_after(allowed):
             with trio.fail_after(timeout):
-                await stream.write(encode_header(kind, len(data), digest(view)))
+                await stream.write(encode_header(kind, len(data), body_hash))
             for start in range(0, len(view), chunk):
                 with trio.fail_after(timeout):
                     await stream.write(bytes(view[start : start + chunk]))

@@ -86,6 +86,8 @@ class ChainFeed:
                 self.isolated = True
             return
         self.isolated = False
+        if self.ctx.head_synced is not None and not await self.ctx.head_synced():
+            return  # back among peers, but our head may still be a branch of our own
         confirmed = await self.chain.head() - self.ctx.confirmations
         if confirmed < 0:
             return

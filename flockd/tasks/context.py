@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from flockd.chain.registry import Registry
@@ -21,6 +22,9 @@ class NodeContext:
     vrf_secret: bytes
     confirmations: int
     min_peers: int = 1
+    # Whether the chain's head is one to act on (the embedded chain: ChainService.head_synced,
+    # false while it may still be a branch of our own that our peers' chain will replace).
+    head_synced: Callable[[], Awaitable[bool]] | None = None
 
 
 def describe(exc: BaseException) -> str:

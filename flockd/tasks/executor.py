@@ -158,8 +158,9 @@ class DaemonActions(ActionHost):
         peers = self._participant_peers(first=action.proposer, avoid=action.avoid)
         for address, peer_id in peers.items():
             data = await self._send_quietly(peer_id, FETCH_KIND, request)
-            if data and rnd.delta_hash(data) == action.delta_hash:
-                self._answer(generation, rnd.DeltaReceived(action.round, action.proposer, data, address))
+            digest = await trio.to_thread.run_sync(rnd.delta_hash, data) if data else None  # model-sized
+            if data and digest == action.delta_hash:
+                self._answer(generation, rnd.DeltaReceived(action.round, action.proposer, data, address, digest))
                 return
             if data:
                 log.warning("peer sent a wrong delta", task=self.task_id, peer=peer_id, delta=hex0x(action.delta_hash))

@@ -227,8 +227,9 @@ class TaskService:
                 data = await self.ctx.network.send_blob(peer.peer_id, FETCH_KIND, request)
             except (P2PError, BlobError):
                 continue
-            if data and delta_hash(data) == digest:
-                self.ctx.store.put_delta(data)
+            # Model-sized: hashed (and written) in a worker thread, never on the event loop.
+            if data and await trio.to_thread.run_sync(delta_hash, data) == digest:
+                await trio.to_thread.run_sync(self.ctx.store.put_delta, data)
                 return data
         return None
 
@@ -237,9 +238,10 @@ class TaskService:
     async def _on_fetch(self, peer_id: str, kind: str, data: bytes) -> bytes | None:
         request = decode_fetch(data)
         store = self.ctx.store
+        # A read from disk and (for a delta) a hash of model size: off the event loop.
         if request.what == "delta":
-            return store.get_delta(request.digest)
-        return store.get_model_bytes(request.digest)
+            return await trio.to_thread.run_sync(store.get_delta, request.digest)
+        return await trio.to_thread.run_sync(store.get_model_bytes, request.digest)
 
     # -- persistence -----------------------------------------------------------------------
 
