@@ -60,6 +60,10 @@ async def test_a_majority_of_votes_adds_an_authority(nodes: dict[str, AuthorityN
     listed = await nodes[CAROL.address].authority_list()
     assert listed["authorities"] == [SEALER.address, ALICE.address, CAROL.address]
     assert listed["this_node_seals"] is True and await sealer.authority_votes() == []
+    recent = await alice.authority_sealers(4)
+    head = recent[0]["block"]
+    assert head >= second["block"] and [r["block"] for r in recent] == list(range(head, max(0, head - 4), -1))
+    assert {r["sealer"] for r in recent} == {SEALER.address}  # only the sealer's node runs here
 
 
 async def test_votes_the_chain_would_refuse_are_refused_before_signing(nodes: dict[str, AuthorityNamespace]) -> None:
@@ -78,7 +82,12 @@ async def test_votes_the_chain_would_refuse_are_refused_before_signing(nodes: di
 
     dispatcher = Dispatcher([alice])
     assert {"authority_list", "authority_votes", "authority_propose"} <= {m.name for m in dispatcher.methods()}
-    for params in ({"address": "0x12", "action": "add"}, {"address": CAROL.address, "action": "promote"}):
-        line = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "authority_propose", "params": params}).encode()
+    for method, params in [
+        ("authority_propose", {"address": "0x12", "action": "add"}),
+        ("authority_propose", {"address": CAROL.address, "action": "promote"}),
+        ("authority_sealers", {"blocks": 0}),
+        ("authority_sealers", {"blocks": 257}),
+    ]:
+        line = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode()
         reply = json.loads(await dispatcher.handle_line(line) or b"")
         assert reply["error"]["code"] == INVALID_PARAMS

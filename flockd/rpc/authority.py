@@ -18,9 +18,10 @@ from flockd.chain.backends import ChainError
 from flockd.chain.client import ContractClient
 from flockd.chain.embedded import EmbeddedChain
 from flockd.rpc.account import _address
-from flockd.rpc.errors import RPCError
+from flockd.rpc.errors import INVALID_PARAMS, RPCError
 
 AUTHORITY_ERROR = -32040
+MAX_SEALERS_LISTED = 256
 
 
 class AuthorityNamespace:
@@ -73,6 +74,19 @@ class AuthorityNamespace:
             "votes": after.tally(candidate, vote.add) if not decided else None,
             "votes_needed": after.needed() if not decided else None,
         }
+
+    async def authority_sealers(self, blocks: int = 16) -> list[dict[str, Any]]:
+        """Who sealed each of the last `blocks` canonical blocks (at most 256), newest first."""
+        if type(blocks) is not int or not 1 <= blocks <= MAX_SEALERS_LISTED:
+            raise RPCError(INVALID_PARAMS, f"blocks: a whole number from 1 to {MAX_SEALERS_LISTED}")
+        return await trio.to_thread.run_sync(self._recent_sealers, blocks)
+
+    def _recent_sealers(self, blocks: int) -> list[dict[str, Any]]:
+        with self._chain.consistent_view():
+            head = self._chain.head.block_number
+            headers = [self._chain.header_at(n) for n in range(head, max(0, head - blocks), -1)]
+        # Import checks coinbase == the seal's signer, so the coinbase names the sealer.
+        return [{"block": h.block_number, "hash": "0x" + h.hash.hex(), "sealer": to_checksum_address(h.coinbase)} for h in headers]
 
     def _head_snapshot(self) -> tuple[int, Snapshot]:
         with self._chain.consistent_view():
