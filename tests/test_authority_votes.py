@@ -25,7 +25,7 @@ from flockd.chain.authority import (
 from flockd.chain.embedded import EmbeddedChain, InvalidExecution, NotOurTurn
 from flockd.chain.genesis import Genesis
 from flockd.chain.mempool import AlreadyKnown, NonceTooLow, WrongChainId
-from flockd.chain.poa import UnauthorizedSigner, sign_header
+from flockd.chain.poa import FutureBlock, UnauthorizedSigner, UnknownSigner, sign_header
 from flockd.chain.sealer import build_block
 
 A, B, C, D, X = (bytes([i]) * 20 for i in (0xA, 0xB, 0xC, 0xD, 0xE))
@@ -174,12 +174,26 @@ def test_a_vote_lands_at_the_same_block_everywhere_and_the_sealers_follow(tmp_pa
         assert node.authorities(m).votes == ()
     assert nodes[3].next_seal_time() is not None
 
-    sealers = []
+    sealers, blocks = [], []
     for _ in range(8):  # the newcomer seals in turn, and the others import its blocks
         sealer, block = next_block(nodes, clock)
         broadcast(nodes, sealer, block)
         sealers.append(sealer)
+        blocks.append(block)
     assert 3 in sealers
+
+    # A follower that missed the deciding block cannot judge the newcomer's blocks yet: it
+    # neither blames the sender nor starts a catch-up for them; in order, they import.
+    late = EmbeddedChain(genesis(), None, None, clock=clock)
+    for n in range(1, m):
+        late.import_block(rlp.encode(nodes[0].get_block_by_number(n)))
+    newcomers = [b for b in blocks if b.header.coinbase == addr(NEWCOMER)]
+    with pytest.raises(UnknownSigner) as unknown:
+        late.import_block(rlp.encode(newcomers[0]))
+    assert isinstance(unknown.value, FutureBlock)  # what the chain service does not blame
+    for n in range(m, blocks[-1].number + 1):
+        assert late.import_block(rlp.encode(nodes[0].get_block_by_number(n))).new_head
+    assert late.head.hash == blocks[-1].hash
 
     # Voting the first founder out takes 3 of the 4 now.
     for i, (key, nonce) in enumerate([(KEYS[1], 1), (KEYS[2], 0), (NEWCOMER, 0)]):
