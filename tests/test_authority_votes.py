@@ -12,6 +12,8 @@ import rlp
 from eth.abc import BlockAPI
 from eth_account import Account
 from eth_keys import keys
+from hypothesis import given
+from hypothesis import strategies as st
 
 from flockd.chain.authority import (
     VOTE_ADDRESS,
@@ -299,3 +301,50 @@ def test_forged_and_replayed_votes_are_refused(tmp_path) -> None:
     # The same vote signed for another chain is refused at the door.
     with pytest.raises(WrongChainId):
         nodes[0].add_transaction(vote(KEYS[2], 0, addr(NEWCOMER), True, chain_id=CHAIN_ID + 1))
+
+
+# -- properties ---------------------------------------------------------------------------
+
+PEOPLE = [bytes([i + 1]) * 20 for i in range(7)]
+
+
+@given(st.binary(max_size=64), st.integers(min_value=0, max_value=2**256 - 1))
+def test_any_calldata_decodes_to_a_vote_or_bad_vote(data: bytes, value: int) -> None:
+    try:
+        decoded = decode_vote(A, data, value)
+    except BadVote:
+        return
+    assert encode_vote(decoded.candidate, decoded.add) == data and value == 0
+
+
+@given(
+    st.integers(min_value=1, max_value=5),
+    st.lists(st.tuples(st.integers(0, 6), st.integers(0, 6), st.booleans()), max_size=40),
+)
+def test_a_minority_never_changes_the_set(size: int, votes: list[tuple[int, int, bool]]) -> None:
+    start = Snapshot(tuple(PEOPLE[:size]))
+    # Half of the authorities at most, and anyone outside the set, vote as they like.
+    voters = PEOPLE[: size // 2] + PEOPLE[size:]  # half (rounded down) is not more than half
+    s = start
+    for voter, candidate, add in votes:
+        try:
+            s = s.apply(Vote(voters[voter % len(voters)], PEOPLE[candidate], add))
+        except BadVote:
+            continue
+    assert s.authorities == start.authorities
+
+
+@given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 6), st.booleans()), max_size=60))
+def test_any_vote_sequence_keeps_a_sound_set(votes: list[tuple[int, int, bool]]) -> None:
+    s = Snapshot(tuple(PEOPLE[:3]))
+    for voter, candidate, add in votes:
+        before = s
+        try:
+            s = s.apply(Vote(PEOPLE[voter], PEOPLE[candidate], add))
+        except BadVote:
+            assert s == before
+            continue
+        assert s.authorities and len(set(s.authorities)) == len(s.authorities)
+        if s.authorities != before.authorities:  # only the voted candidate moved
+            assert set(s.authorities) ^ set(before.authorities) == {PEOPLE[candidate]}
+            assert before.tally(PEOPLE[candidate], add) + 1 >= before.needed()
