@@ -15,6 +15,7 @@ from eth_keys import keys
 from hypothesis import given
 from hypothesis import strategies as st
 
+from flockd.chain import authority
 from flockd.chain.authority import (
     VOTE_ADDRESS,
     VOTE_GAS,
@@ -348,3 +349,31 @@ def test_any_vote_sequence_keeps_a_sound_set(votes: list[tuple[int, int, bool]])
         if s.authorities != before.authorities:  # only the voted candidate moved
             assert set(s.authorities) ^ set(before.authorities) == {PEOPLE[candidate]}
             assert before.tally(PEOPLE[candidate], add) + 1 >= before.needed()
+
+
+def test_a_restart_reads_the_set_from_checkpoints_or_recomputes_it(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(authority, "CHECKPOINT_EVERY", 4)
+    sealer = KEYS[0]
+    g = Genesis.create(chain_id=CHAIN_ID, authorities=[addr(sealer)], timestamp=T0, alloc={addr(sealer): {"balance": 10**21}})
+    clock = Clock()
+    chain = EmbeddedChain(g, tmp_path / "alone.db", sealer, clock=clock)
+    for n in range(1, 11):
+        if n == 3:  # one of one decides at once
+            chain.add_transaction(vote(sealer, 0, addr(NEWCOMER), True))
+        clock.now = chain.next_seal_time(clock.now)
+        chain.seal_block(int(clock.now))
+    expected = (addr(sealer), addr(NEWCOMER))
+    assert chain.authorities().authorities == expected and chain.authorities(2).authorities == (addr(sealer),)
+    keys_of = [authority.SNAPSHOT_KEY_PREFIX + chain.canonical_hash(n) for n in (4, 8)]
+    chain.close()
+
+    reopened = EmbeddedChain(g, tmp_path / "alone.db", sealer, clock=clock)
+    assert all(key in reopened._db for key in keys_of)  # checkpoints kept under their block hash
+    assert reopened.head_authorities == expected and reopened.authorities(3).authorities == expected
+    for key in keys_of:
+        del reopened._db[key]
+    reopened.close()
+    # Without them the set is recomputed from the blocks alone, the same.
+    again = EmbeddedChain(g, tmp_path / "alone.db", sealer, clock=clock)
+    assert again.head_authorities == expected and again.authorities(2).authorities == (addr(sealer),)
+    assert all(key in again._db for key in keys_of)  # and the checkpoints are back

@@ -22,17 +22,20 @@ The rule, applied to a block's votes in transaction order on the set after its p
 
 The set after a block is a function of the block and the set after its parent, so it is
 cached by block hash: a reorganisation or a restart recomputes it from the blocks, never
-from a node's own notes.
+from a node's own notes. Every CHECKPOINT_EVERY-th block's snapshot is also kept in the
+chain's database under its block hash (a cache of that function, right on any branch;
+deleting it costs only time), so a restart walks at most that many blocks.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
 
+import rlp
 from eth.abc import BlockHeaderAPI
 from eth_hash.auto import keccak
 from eth_utils import to_checksum_address
@@ -45,6 +48,7 @@ OP_ADD, OP_REMOVE = 1, 0
 MAX_AUTHORITIES = 256  # as the genesis allows
 CHECKPOINT_EVERY = 1024  # blocks between the snapshots kept for good
 RECENT_SNAPSHOTS = 4096
+SNAPSHOT_KEY_PREFIX = b"flockd-authority-snapshot:"
 
 
 class BadVote(ConsensusError):
@@ -149,6 +153,15 @@ def _sorted(votes: dict[tuple[bytes, bytes], bool]) -> tuple[tuple[bytes, bytes,
     return tuple(sorted((c, v, a) for (c, v), a in votes.items()))
 
 
+def encode_snapshot(snapshot: Snapshot) -> bytes:
+    return rlp.encode([list(snapshot.authorities), [[c, v, b"\x01" if a else b""] for c, v, a in snapshot.votes]])
+
+
+def decode_snapshot(raw: bytes) -> Snapshot:
+    authorities, votes = rlp.decode(raw)
+    return Snapshot(tuple(authorities), tuple((c, v, a == b"\x01") for c, v, a in votes))
+
+
 class VoteTx(Protocol):
     @property
     def to(self) -> bytes: ...
@@ -181,16 +194,33 @@ class AuthorityLedger:
         self._empty_tx_root = empty_tx_root
         self._recent: OrderedDict[bytes, Snapshot] = OrderedDict()
         self._checkpoints: dict[bytes, Snapshot] = {}
+        self._store: MutableMapping[bytes, bytes] | None = None
+
+    def attach(self, store: MutableMapping[bytes, bytes]) -> None:
+        """Keep checkpoints in (and read them from) the chain's database."""
+        self._store = store
 
     def _cached(self, block_hash: bytes) -> Snapshot | None:
         found = self._checkpoints.get(block_hash) or self._recent.get(block_hash)
         if found is not None and block_hash in self._recent:
             self._recent.move_to_end(block_hash)
+        if found is None and self._store is not None:
+            try:
+                found = decode_snapshot(self._store[SNAPSHOT_KEY_PREFIX + block_hash])
+            except KeyError:
+                return None
+            self._checkpoints[block_hash] = found
         return found
+
+    def _checkpoint(self, header: BlockHeaderAPI, snapshot: Snapshot) -> None:
+        if header.hash not in self._checkpoints:
+            self._checkpoints[header.hash] = snapshot
+            if self._store is not None:
+                self._store[SNAPSHOT_KEY_PREFIX + header.hash] = encode_snapshot(snapshot)
 
     def remember(self, header: BlockHeaderAPI, snapshot: Snapshot) -> None:
         if header.block_number % CHECKPOINT_EVERY == 0:
-            self._checkpoints[header.hash] = snapshot
+            self._checkpoint(header, snapshot)
         self._recent[header.hash] = snapshot
         if len(self._recent) > RECENT_SNAPSHOTS:
             self._recent.popitem(last=False)
@@ -220,18 +250,22 @@ class AuthorityLedger:
             return parent
         return parent.apply_all(votes_in(txs()))
 
-    def warm(self, canonical: Iterable[BlockHeaderAPI], source: ChainSource) -> Snapshot:
-        """Walk the canonical chain forward once (at start), leaving checkpoints behind, so
-        no later walk back is longer than CHECKPOINT_EVERY blocks."""
-        snapshot = self.genesis
+    def warm(self, head: BlockHeaderAPI, canonical: Callable[[int], BlockHeaderAPI], source: ChainSource) -> Snapshot:
+        """At start: from the newest checkpoint on the canonical chain (else the genesis),
+        walk forward to the head once, leaving checkpoints behind, so no later walk back
+        is longer than CHECKPOINT_EVERY blocks."""
+        start, snapshot = 0, self.genesis
+        for number in range(head.block_number - head.block_number % CHECKPOINT_EVERY, 0, -CHECKPOINT_EVERY):
+            found = self._cached(canonical(number).hash)
+            if found is not None:
+                start, snapshot = number, found
+                break
         last: BlockHeaderAPI | None = None
-        for header in canonical:
-            if header.block_number == 0:
-                continue
-            snapshot = self.next(snapshot, header, partial(source.transactions, header))
-            if header.block_number % CHECKPOINT_EVERY == 0:
-                self._checkpoints[header.hash] = snapshot
-            last = header
+        for number in range(start + 1, head.block_number + 1):
+            last = canonical(number)
+            snapshot = self.next(snapshot, last, partial(source.transactions, last))
+            if number % CHECKPOINT_EVERY == 0:
+                self._checkpoint(last, snapshot)
         if last is not None:
             self.remember(last, snapshot)
         return snapshot

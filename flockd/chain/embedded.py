@@ -145,10 +145,11 @@ class EmbeddedChain:
         self._header_class = dict(cast(Any, self._block_class)._meta.fields)["header"]  # its RLP sedes
         # Who may seal is derived from the blocks (votes), never stored: walk the chain once.
         self._ledger = self._chain.authority_ledger
+        self._ledger.attach(self._db)
         self._source = ChainDBSource(self._chain.chaindb, self._tx_builder)
-        head = self._chain.get_canonical_head()
-        canonical = (self._chain.get_canonical_block_header_by_number(BlockNumber(n)) for n in range(head.block_number + 1))
-        self.head_authorities: tuple[bytes, ...] = self._ledger.warm(canonical, self._source).authorities
+        canonical = self._chain.get_canonical_block_header_by_number
+        warm = self._ledger.warm(self._chain.get_canonical_head(), lambda n: canonical(BlockNumber(n)), self._source)
+        self.head_authorities: tuple[bytes, ...] = warm.authorities
 
     def _open(self, genesis: Genesis) -> FlockChainBase:
         chain_class = build_chain_class(genesis)
