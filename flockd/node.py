@@ -266,6 +266,10 @@ class Node:
             ModelNamespace(self.tasks, self.datadir / "exports"),
             AccountNamespace(self.tasks.token),
         ]
+        if self.chain_service is not None:  # votes exist on the embedded chain only
+            from flockd.rpc.authority import AuthorityNamespace
+
+            namespaces.append(AuthorityNamespace(self.chain_service.chain, self.tasks.token.client))
         dispatcher = Dispatcher(namespaces)
         dispatcher.add_namespace(RPCNamespace(dispatcher))
         return dispatcher

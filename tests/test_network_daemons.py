@@ -3,8 +3,9 @@ inits its own datadir, `flockd genesis` is built from their addresses, each re-i
 and runs; they mesh by bootstrap and run a task to the end through flockctl. Then a fourth
 party joins the running network from the same genesis, catches up, is funded by
 account_transfer (gas and stake), and takes part in a second task. web3.py reads the
-balances over --chain-http. Never touches flockd.testnet: only the commands a user types.
-(Authority votes are not part of this: the fourth node stays a non-sealing member.)"""
+balances over --chain-http. Then the founders vote the fourth party in as an authority: it
+seals and every node keeps its blocks; and they vote one founder out: it stops sealing and
+follows. Never touches flockd.testnet: only the commands a user types."""
 
 from __future__ import annotations
 
@@ -186,6 +187,60 @@ def test_three_parties_form_a_network_and_a_fourth_joins_it_later(short_tmp: Pat
 
         wait_for(everyone, lambda: all(len(p.call("net_peers")) >= 3 for p in everyone), "a full mesh of four", 120)
         run_task(everyone, founders[1])
+        vote_the_late_party_in_and_a_founder_out(founders, late)
     finally:
         codes = [p.stop() for p in everyone]
     assert codes == [0, 0, 0, 0]
+
+
+def sealed_by(party: Party, blocks: int = 64) -> dict[int, tuple[str, str]]:
+    """block number -> (hash, sealer) of party's last canonical blocks."""
+    return {r["block"]: (r["hash"], r["sealer"]) for r in flockctl(party.datadir, "authority_sealers", f"blocks={blocks}")}
+
+
+def vote(party: Party, candidate: Party, action: str) -> dict[str, Any]:
+    return flockctl(party.datadir, "authority_propose", f"address={candidate.address}", f"action={action}")
+
+
+def vote_the_late_party_in_and_a_founder_out(founders: list[Party], late: Party) -> None:
+    everyone = [*founders, late]
+    assert late.call("authority_list")["this_node_seals"] is False
+    first = vote(founders[0], late, "add")
+    assert (first["decided"], first["votes"], first["votes_needed"]) == (False, 1, 2)  # 1 of 3: nothing yet
+    assert [p["candidate"] for p in flockctl(founders[2].datadir, "authority_votes")] == [late.address]
+    second = vote(founders[1], late, "add")
+    assert second["decided"] is True
+    added_from = second["effective_from_block"]
+
+    def late_sealed_and_kept() -> bool:
+        # Blocks the newcomer sealed, on every node's canonical chain with the same hashes.
+        views = [sealed_by(p) for p in everyone]
+        ours = {n: h for n, (h, sealer) in views[0].items() if sealer == late.address and n >= added_from}
+        return len(ours) >= 2 and all(all(view.get(n, (h,))[0] == h for n, h in ours.items()) for view in views[1:])
+
+    wait_for(everyone, late_sealed_and_kept, "blocks sealed by org3 on every node", 180)
+    for p in everyone:
+        listed = flockctl(p.datadir, "authority_list")
+        assert listed["authorities"] == [*(f.address for f in founders), late.address]
+    assert flockctl(late.datadir, "authority_list")["this_node_seals"] is True
+
+    # Voting founder 0 out takes 3 of the 4 now.
+    outgoing, voters = founders[0], [founders[1], founders[2], late]
+    results = [vote(p, outgoing, "remove") for p in voters]
+    assert [r["decided"] for r in results] == [False, False, True]
+    removed_from = results[-1]["effective_from_block"]
+    remaining = [f.address for f in founders[1:]] + [late.address]
+
+    def sealed_on_without_org0() -> bool:
+        view = sealed_by(founders[1], 32)
+        after = {n: s for n, (_, s) in view.items() if n >= removed_from}
+        return len(after) >= 12
+    wait_for(everyone, sealed_on_without_org0, "a dozen blocks after org0's removal", 180)
+    after = {n: s for n, (_, s) in sealed_by(founders[1], 64).items() if n >= removed_from}
+    assert outgoing.address not in after.values() and set(after.values()) <= set(remaining)
+    for p in everyone:
+        listed = flockctl(p.datadir, "authority_list")
+        assert listed["authorities"] == remaining
+        assert listed["this_node_seals"] == (p is not outgoing)
+    head = founders[1].call("chain_head")["number"]
+    wait_for(everyone, lambda: outgoing.call("chain_head")["number"] >= head, "org0 to follow the others' blocks", 120)

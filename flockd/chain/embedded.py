@@ -31,6 +31,7 @@ from eth_typing import Address, BlockNumber, Hash32
 from eth_utils import ValidationError, to_checksum_address
 from rlp.codec import consume_length_prefix
 
+from flockd.chain.authority import Snapshot
 from flockd.chain.calls import CallBudget, estimate_call_gas, execute_call
 from flockd.chain.db import SqliteDB
 from flockd.chain.genesis import Genesis
@@ -52,10 +53,11 @@ from flockd.chain.poa import (
     BadHeaderField,
     BadTimestamp,
     BlockRejected,
+    ChainDBSource,
     FlockChainBase,
     FutureBlock,
     PoARules,
-    UnauthorizedSigner,
+    UnknownSigner,
     build_chain_class,
     create_chain,
     recover_signer,
@@ -158,6 +160,13 @@ class EmbeddedChain:
         self._precompiles = frozenset(self._vm_class.get_state_class().computation_class.get_precompiles())
         self.max_tx_gas = min(MAX_TX_GAS, genesis.gas_limit)
         self.max_block_txs = MAX_BLOCK_TXS
+        # Who may seal is derived from the blocks (votes), never stored: walk the chain once.
+        self._ledger = self._chain.authority_ledger
+        self._ledger.attach(self._db)
+        self._source = ChainDBSource(self._chain.chaindb, self._tx_builder)
+        canonical = self._chain.get_canonical_block_header_by_number
+        warm = self._ledger.warm(self._chain.get_canonical_head(), lambda n: canonical(BlockNumber(n)), self._source)
+        self.head_authorities: tuple[bytes, ...] = warm.authorities
 
     def _open(self, genesis: Genesis) -> FlockChainBase:
         chain_class = build_chain_class(genesis)
@@ -271,11 +280,14 @@ class EmbeddedChain:
         """The next slot (unix seconds) at which this node may seal on the current head, or
         None when it has no key or is not an authority."""
         me = self.sealer_address
-        if me is None or me not in self.rules.authorities:
+        if me is None:
             return None
         with self._lock:
             head = self._chain.get_canonical_head()
-            return self.rules.next_turn(head.block_number + 1, head.timestamp, me, self.clock() if now is None else now)
+            authorities = self._authorities_after(head).authorities
+            if me not in authorities:
+                return None
+            return self.rules.next_turn(head.block_number + 1, head.timestamp, me, self.clock() if now is None else now, authorities)
 
     def seal_block(self, timestamp: int) -> BlockAPI:
         """Build, seal and persist a block on our head at slot `timestamp`, from the mempool,
@@ -286,13 +298,16 @@ class EmbeddedChain:
         me = cast(bytes, key.public_key.to_canonical_address())
         with self._lock:
             parent = self._chain.get_canonical_head()
+            authorities = self._authorities_after(parent)
+            if me not in authorities.authorities:
+                raise NotOurTurn("this node is not an authority")
             try:
-                allowed = self.rules.allowed_signer(parent.block_number + 1, parent.timestamp, timestamp)
+                allowed = self.rules.allowed_signer(parent.block_number + 1, parent.timestamp, timestamp, authorities.authorities)
             except BlockRejected as exc:
                 raise NotOurTurn(str(exc)) from None
             if allowed != me:
                 raise NotOurTurn(f"slot {timestamp} for block {parent.block_number + 1} belongs to {to_checksum_address(allowed)}")
-            block = build_block(self._chain, self.mempool, parent, timestamp, me, self.max_block_txs)
+            block = build_block(self._chain, self.mempool, parent, timestamp, me, authorities, self.max_block_txs)
             sealed = block.copy(header=sign_header(block.header, key))
             result = self._chain.persist_block(sealed)
             self._after_new_blocks(result.old_canonical_blocks)
@@ -340,8 +355,9 @@ class EmbeddedChain:
         far-ahead announcement worth a catch-up: only an authority can name one."""
         rules = self.rules
         signer = recover_signer(header)
-        if signer not in rules.authorities:
-            raise UnauthorizedSigner(f"block {header.block_number} sealed by {to_checksum_address(signer)}, not an authority")
+        if signer not in self.head_authorities:
+            # Perhaps voted in on blocks we lack; the known authorities' blocks lead us there.
+            raise UnknownSigner(f"block {header.block_number} sealed by {to_checksum_address(signer)}, no authority on our head")
         if (header.timestamp - rules.genesis_timestamp) % rules.period:
             raise BadTimestamp(f"timestamp {header.timestamp} is not on the {rules.period}s slot grid")
         if header.block_number > (header.timestamp - rules.genesis_timestamp) // rules.period:
@@ -368,7 +384,8 @@ class EmbeddedChain:
                 return ImportResult("missing_parent", header.hash, header.block_number, missing_parent=header.parent_hash)
             if header.block_number != parent.block_number + 1:
                 raise MalformedBlock(f"block {header.block_number} on parent {parent.block_number}")
-            self.rules.check_header(header, parent, now=self.clock())
+            authorities = self._authorities_after(parent)
+            self.rules.check_header(header, parent, now=self.clock(), authorities=authorities.authorities)
             block = self.decode_block(raw)
             if len(block.transactions) > self.max_block_txs:
                 raise TooManyTxs(f"block holds {len(block.transactions)} transactions, limit {self.max_block_txs}")
@@ -377,12 +394,14 @@ class EmbeddedChain:
                     self.check_transaction(tx)
                 except TxRejected as exc:
                     raise InvalidBlockTx(f"tx {tx.hash.hex()}: {type(exc).__name__}: {exc}") from None
+            voted = self._ledger.next(authorities, header, lambda: block.transactions)  # BadVote
             try:
                 result = self._chain.import_block(block)
             except BlockRejected:
                 raise
             except (ValidationError, VMError) as exc:
                 raise InvalidExecution(str(exc).splitlines()[0][:300]) from None
+            self._ledger.remember(header, voted)
             new_head = self._chain.get_canonical_head().hash == header.hash
             if new_head:
                 self._after_new_blocks(result.old_canonical_blocks)
@@ -399,13 +418,25 @@ class EmbeddedChain:
         return True
 
     def _after_new_blocks(self, dropped: Sequence[BlockAPI]) -> None:
-        state = self._state_at(self._chain.get_canonical_head())
+        head = self._chain.get_canonical_head()
+        self.head_authorities = self._authorities_after(head).authorities
+        state = self._state_at(head)
         self.mempool.prune(lambda sender: state.get_nonce(Address(sender)))
         # Txs of blocks a reorg took off the canonical chain go back to the pool if still valid.
         for block in dropped:
             for tx in block.transactions:
                 with contextlib.suppress(TxRejected):
                     self.add_transaction(tx.encode())
+
+    # -- authorities ---------------------------------------------------------------------
+
+    def _authorities_after(self, header: BlockHeaderAPI) -> Snapshot:
+        return self._ledger.after(header, self._source)
+
+    def authorities(self, ref: BlockRef = "latest") -> Snapshot:
+        """The authority set and open votes after block `ref` (who may seal the next one)."""
+        with self._lock:
+            return self._authorities_after(self.header_at(ref))
 
     # -- reading -------------------------------------------------------------------------
 

@@ -3,6 +3,10 @@
 Slots. Time is cut into slots of `block_period` seconds from the genesis timestamp; a block's
 timestamp is its slot (genesis.timestamp + k * period) and is strictly after its parent's.
 
+Authorities. The set that may seal block n is the set after block n-1: the genesis's,
+changed by the authorities' own votes (flockd.chain.authority). Every rule below takes
+that set; it defaults to the genesis set for callers that know no votes were cast.
+
 Turns. For block n whose parent has timestamp tp and a candidate slot ts, let
 `skipped = (ts - tp) / period - 1` (slots left empty since the parent). Exactly one authority
 may seal block n at ts:
@@ -24,13 +28,20 @@ priority fees), and import checks coinbase == signer.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import rlp
-from eth.abc import AtomicDatabaseAPI, BlockHeaderAPI, ConsensusAPI, ConsensusContextAPI
+from eth.abc import (
+    AtomicDatabaseAPI,
+    BlockHeaderAPI,
+    ChainDatabaseAPI,
+    ConsensusAPI,
+    ConsensusContextAPI,
+)
 from eth.chains.base import Chain
+from eth.constants import BLANK_ROOT_HASH
 from eth.db.atomic import AtomicDB
 from eth.db.chain import ChainDB
 from eth.vm.forks.prague import PragueVM
@@ -44,6 +55,11 @@ from eth_utils import ValidationError, to_checksum_address
 
 from flockd.chain.genesis import Genesis
 from flockd.chain.precompile import with_vrf_precompile
+
+if TYPE_CHECKING:
+    from eth.abc import SignedTransactionAPI, TransactionBuilderAPI
+
+    from flockd.chain.authority import AuthorityLedger
 
 SEAL_LENGTH = 65
 EXTRA_DATA_MAX_BYTES = SEAL_LENGTH  # the seal only (trap 8 of the py-evm note)
@@ -78,6 +94,13 @@ class FutureBlock(ConsensusError):
     """The timestamp is further ahead of our clock than max_future_seconds."""
 
 
+class UnknownSigner(UnauthorizedSigner, FutureBlock):
+    """A header whose parent we lack is sealed by an address that is no authority on our
+    head. It may have been voted in on blocks we have not seen yet: like a block from the
+    future it cannot be judged now, so no catch-up starts for it, but it is no proof of bad
+    faith either (as a FutureBlock, its sender is not blamed)."""
+
+
 class BadHeaderField(ConsensusError):
     """A field PoA pins (gas limit, coinbase = signer) has the wrong value."""
 
@@ -102,11 +125,15 @@ class PoARules:
             max_future=genesis.max_future_seconds,
         )
 
-    def allowed_signer(self, number: int, parent_timestamp: int, timestamp: int) -> bytes:
-        """The one authority that may seal block `number` at slot `timestamp`."""
+    def allowed_signer(
+        self, number: int, parent_timestamp: int, timestamp: int, authorities: Sequence[bytes] | None = None
+    ) -> bytes:
+        """The one authority of `authorities` (the set after the parent) that may seal block
+        `number` at slot `timestamp`."""
+        sealers = self.authorities if authorities is None else authorities
         self.check_slot(parent_timestamp, timestamp)
         skipped = (timestamp - parent_timestamp) // self.period - 1
-        return self.authorities[(number + skipped // self.backup_after) % len(self.authorities)]
+        return sealers[(number + skipped // self.backup_after) % len(sealers)]
 
     def check_slot(self, parent_timestamp: int, timestamp: int) -> None:
         if (timestamp - self.genesis_timestamp) % self.period:
@@ -114,28 +141,35 @@ class PoARules:
         if timestamp <= parent_timestamp:
             raise BadTimestamp(f"timestamp {timestamp} is not after the parent's ({parent_timestamp})")
 
-    def next_turn(self, number: int, parent_timestamp: int, signer: bytes, not_before: float) -> int:
+    def next_turn(
+        self, number: int, parent_timestamp: int, signer: bytes, not_before: float, authorities: Sequence[bytes] | None = None
+    ) -> int:
         """The earliest slot >= not_before (and after the parent) at which `signer` may seal
         block `number`. ValueError for a non-authority."""
-        if signer not in self.authorities:
+        sealers = self.authorities if authorities is None else authorities
+        if signer not in sealers:
             raise ValueError(f"{to_checksum_address(signer)} is not an authority")
         first = parent_timestamp + self.period
         if not_before > first:
             first += -(-(int(not_before) - first) // self.period) * self.period  # round up
         # The turn pattern repeats every len * K slots, so one cycle holds our turn.
-        for k in range(len(self.authorities) * self.backup_after):
+        for k in range(len(sealers) * self.backup_after):
             slot = first + k * self.period
-            if self.allowed_signer(number, parent_timestamp, slot) == signer:
+            if self.allowed_signer(number, parent_timestamp, slot, sealers) == signer:
                 return slot
         raise AssertionError("unreachable: every authority has a turn in each cycle")
 
-    def check_header(self, header: BlockHeaderAPI, parent: BlockHeaderAPI, now: float | None) -> bytes:
-        """Every PoA rule for `header` on `parent` (clock check skipped when now is None);
-        returns the signer. Cheap: run it before re-executing the block."""
+    def check_header(
+        self, header: BlockHeaderAPI, parent: BlockHeaderAPI, now: float | None, authorities: Sequence[bytes] | None = None
+    ) -> bytes:
+        """Every PoA rule for `header` on `parent`, whose authority set is `authorities`
+        (clock check skipped when now is None); returns the signer. Cheap: run it before
+        re-executing the block."""
+        sealers = self.authorities if authorities is None else authorities
         signer = recover_signer(header)
-        if signer not in self.authorities:
+        if signer not in sealers:
             raise UnauthorizedSigner(f"block {header.block_number} sealed by {to_checksum_address(signer)}, not an authority")
-        allowed = self.allowed_signer(header.block_number, parent.timestamp, header.timestamp)
+        allowed = self.allowed_signer(header.block_number, parent.timestamp, header.timestamp, sealers)
         if signer != allowed:
             raise OutOfTurn(
                 f"block {header.block_number} at {header.timestamp} sealed by {to_checksum_address(signer)}, "
@@ -182,43 +216,62 @@ def recover_signer(header: BlockHeaderAPI) -> bytes:
 # -- py-evm classes ------------------------------------------------------------------------
 
 
+class ChainDBSource:
+    """The authority ledger's view of a py-evm chain database."""
+
+    def __init__(self, chaindb: ChainDatabaseAPI, tx_builder: type[TransactionBuilderAPI]) -> None:
+        self._chaindb = chaindb
+        self._tx_builder = tx_builder
+
+    def header_by_hash(self, block_hash: bytes) -> BlockHeaderAPI:
+        return self._chaindb.get_block_header_by_hash(cast(Any, block_hash))
+
+    def transactions(self, header: BlockHeaderAPI) -> Sequence[SignedTransactionAPI]:
+        return self._chaindb.get_block_transactions(header, self._tx_builder)
+
+
 class PoAConsensus(ConsensusAPI):
     """py-evm's hook, run by its own import after re-execution: same rules, minus the clock
-    (which EmbeddedChain checks before executing). Subclassed per chain with `rules` set."""
+    (which EmbeddedChain checks before executing). Subclassed per chain with `rules`, the
+    authority `ledger` and the fork's `tx_builder` set."""
 
     rules: PoARules
+    ledger: AuthorityLedger
+    tx_builder: type[TransactionBuilderAPI]
 
     def __init__(self, context: ConsensusContextAPI) -> None:
         self._chaindb = ChainDB(cast(Any, context).db)
 
     def validate_seal(self, header: BlockHeaderAPI) -> None:
-        if recover_signer(header) not in self.rules.authorities:
-            raise UnauthorizedSigner("sealed by a non-authority")
+        recover_signer(header)  # who may sign depends on the parent: validate_seal_extension
 
     def validate_seal_extension(self, header: BlockHeaderAPI, parents: Iterable[BlockHeaderAPI]) -> None:
         by_hash = {p.hash: p for p in parents}
         parent = by_hash.get(header.parent_hash) or self._chaindb.get_block_header_by_hash(header.parent_hash)
-        self.rules.check_header(header, parent, now=None)
+        authorities = self.ledger.after(parent, ChainDBSource(self._chaindb, self.tx_builder)).authorities
+        self.rules.check_header(header, parent, now=None, authorities=authorities)
 
     @classmethod
     def get_fee_recipient(cls, header: BlockHeaderAPI) -> Any:
         return header.coinbase
 
 
-def build_vm_class(rules: PoARules) -> type[PragueVM]:
-    consensus = type("FlockPoAConsensus", (PoAConsensus,), {"rules": rules})
+def build_vm_class(rules: PoARules, ledger: AuthorityLedger) -> type[PragueVM]:
+    consensus = cast(type[PoAConsensus], type("FlockPoAConsensus", (PoAConsensus,), {"rules": rules, "ledger": ledger}))
     # The one place the execution rules are chosen: Prague + the ECVRF precompile.
-    vm_class = with_vrf_precompile(PragueVM)
-    return cast(
+    vm_class = cast(
         type[PragueVM],
-        vm_class.configure(
+        with_vrf_precompile(PragueVM).configure(
             __name__="FlockPoAVM", consensus_class=consensus, extra_data_max_bytes=EXTRA_DATA_MAX_BYTES
         ),
     )
+    consensus.tx_builder = vm_class.get_transaction_builder()
+    return vm_class
 
 
 class FlockChainBase(Chain):
     pinned_gas_limit: int
+    authority_ledger: AuthorityLedger
 
     def create_header_from_parent(self, parent_header: BlockHeaderAPI, **header_params: Any) -> BlockHeaderAPI:
         # Pinned, or py-evm lets it decay by 1/1024 per block.
@@ -227,11 +280,20 @@ class FlockChainBase(Chain):
 
 
 def build_chain_class(genesis: Genesis) -> type[FlockChainBase]:
-    vm_class = build_vm_class(PoARules.from_genesis(genesis))
+    """A chain class with its own authority ledger (a cache of sets by block hash)."""
+    from flockd.chain.authority import AuthorityLedger  # it builds on this module's errors
+
+    ledger = AuthorityLedger(genesis.authorities, empty_tx_root=BLANK_ROOT_HASH)
+    vm_class = build_vm_class(PoARules.from_genesis(genesis), ledger)
     return type(
         "FlockChain",
         (FlockChainBase,),
-        {"vm_configuration": ((0, vm_class),), "chain_id": genesis.chain_id, "pinned_gas_limit": genesis.gas_limit},
+        {
+            "vm_configuration": ((0, vm_class),),
+            "chain_id": genesis.chain_id,
+            "pinned_gas_limit": genesis.gas_limit,
+            "authority_ledger": ledger,
+        },
     )
 
 

@@ -142,7 +142,7 @@ class ChainService:
         waits for a fresh announcement), no catch-up runs, and our head is at least as
         high as every head our peers announced. The sole authority of a chain is the
         whole network: its head is always the chain's."""
-        if tuple(self.chain.rules.authorities) == (self.chain.sealer_address,):
+        if tuple(self.chain.head_authorities) == (self.chain.sealer_address,):
             return True
         connected = {p.peer_id for p in self.network.peers()}
         heard = [number for peer, number in self.peer_heads.items() if peer in connected]
@@ -177,16 +177,19 @@ class ChainService:
     # -- sealing ---------------------------------------------------------------------------
 
     async def _seal_loop(self) -> None:
-        if self.chain.next_seal_time() is None:
-            return  # not an authority: we only follow
+        if self.chain.sealer_key is None:
+            return  # no key: we only follow
         await self._wait_for_peers_head()
         while True:
             if not self._may_seal():
                 await trio.sleep(0.2)
                 continue
             slot = await trio.to_thread.run_sync(self.chain.next_seal_time)
-            assert slot is not None
             self._new_head = trio.Event()
+            if slot is None:  # no authority (yet, or any more): a vote in a new head may change that
+                with trio.move_on_after(self.chain.genesis.block_period):
+                    await self._new_head.wait()
+                continue
             with trio.move_on_after(max(0.0, slot - time.time())):
                 await self._new_head.wait()
                 continue  # someone else's block arrived first: our turn moved
@@ -201,13 +204,13 @@ class ChainService:
     def _may_seal(self) -> bool:
         # One authority of several, cut off from every peer, would only seal a branch the
         # others reorganise away when it comes back (and act on it meanwhile): it waits.
-        return len(self.chain.rules.authorities) == 1 or bool(self.network.peers())
+        return len(self.chain.head_authorities) == 1 or bool(self.network.peers())
 
     async def _wait_for_peers_head(self) -> None:
         # A node that restarts behind its peers should sync before it seals, or it forks
         # off a stale head (harmless, longest chain wins, but wasted). A lone authority
         # has nobody to wait for.
-        if len(self.chain.rules.authorities) == 1:
+        if len(self.chain.head_authorities) == 1:
             return
         with trio.move_on_after(3 * self.chain.genesis.block_period):
             while not self.peer_heads:
