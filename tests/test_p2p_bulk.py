@@ -81,28 +81,22 @@ async def test_the_blob_as_sent_by_a_raw_sender_with_its_end_chunk_arrives() -> 
         nursery.cancel_scope.cancel()
 
 
-async def test_an_end_chunk_with_content_fails_authentication() -> None:
-    # The end chunk is empty: anything else there is not what the key's holder sent.
+@pytest.mark.parametrize(
+    ("end", "error"),
+    [
+        (bytes(32), BulkError),  # the end chunk is empty: anything else is not what the key's holder sent
+        (None, TruncatedFrame),  # no end chunk: the connection ends inside the blob
+    ],
+)
+async def test_a_blob_must_end_with_the_empty_end_chunk(end: bytes | None, error: type[BlobError]) -> None:
     data = os.urandom(2 * CHUNK)
     async with trio.open_nursery() as nursery:
         listener = await listening(nursery)
         answer, expected = listener.expect(len(data))
         chunks = [data[:CHUNK], data[CHUNK:]]
         with trio.fail_after(20):
-            nursery.start_soon(raw_send, listener.port, answer.ticket, answer.key, chunks, bytes(32))
-            with pytest.raises(BulkError, match="authentication"):
-                await listener.receive(answer, expected)
-        nursery.cancel_scope.cancel()
-
-
-async def test_a_blob_without_its_end_chunk_is_truncated() -> None:
-    data = os.urandom(2 * CHUNK)
-    async with trio.open_nursery() as nursery:
-        listener = await listening(nursery)
-        answer, expected = listener.expect(len(data))
-        with trio.fail_after(20):
-            nursery.start_soon(raw_send, listener.port, answer.ticket, answer.key, [data[:CHUNK], data[CHUNK:]], None)
-            with pytest.raises(TruncatedFrame):
+            nursery.start_soon(raw_send, listener.port, answer.ticket, answer.key, chunks, end)
+            with pytest.raises(error):
                 await listener.receive(answer, expected)
         nursery.cancel_scope.cancel()
 
