@@ -136,6 +136,7 @@ class Node:
         config = self.config
         try:
             self.identity = identity = load_identity(self.datadir, self._password)
+            self._password = ""  # not kept once the keys are open
             self.address = identity.address
             self.peer_id = identity.peer_id
             self.p2p = P2PService(
