@@ -209,7 +209,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from flockd.config import ConfigError, load_config
     from flockd.datadir import DatadirLock, DatadirLockedError
-    from flockd.identity.keystore import IdentityError, load_identity
     from flockd.logs import configure_logging
 
     datadir: Path = args.datadir
@@ -229,21 +228,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except DatadirLockedError as exc:
         raise CLIError(str(exc)) from None
     try:
-        try:
-            identity = load_identity(datadir, _read_password(args, confirm=False))
-        except IdentityError as exc:
-            raise CLIError(str(exc)) from None
+        password = _read_password(args, confirm=False)
         configure_logging(config.node.log_level, json=config.node.log_json)
-        from flockd.chain.embedded import GenesisMismatch
-        from flockd.chain.genesis import GenesisError
         from flockd.node import STOP_GRACE, Node
-        from flockd.p2p.abc import P2PError
 
-        try:
-            node = Node(config, identity, datadir)
-        except (P2PError, GenesisError, GenesisMismatch) as exc:
-            raise CLIError(str(exc)) from None
+        # The keys are unlocked inside the node, behind its control socket: a wrong
+        # password ends it with start_error.
+        node = Node(config, datadir, password)
         trio.run(partial(node.run, stop_grace=STOP_GRACE))
+        if node.start_error is not None:
+            raise CLIError(node.start_error)
     finally:
         lock.release()
     return 0

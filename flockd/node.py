@@ -1,11 +1,15 @@
 """The daemon: wires the services into one trio nursery, in order, and stops them in reverse.
 
-Start order: p2p (so the node has an identity on the network), the chain (embedded:
-sealing and sync over p2p; or a backend for an external node), the learning tasks
-(they need both), then the control socket
-(so a client never reaches a node that cannot answer), then the metrics endpoint when
-asked. Stop order is the reverse: the socket closes first, so no request arrives at a
-half-stopped node.
+The control socket opens first, before the costly part of a start (unlocking the keys,
+importing libp2p, py-evm and eth-account, opening the chain): a client reaches the node at
+once, and `node_status` says what is up. Until every service runs, the socket answers only
+`node_status`, `node_stop` and `rpc_methods`; everything else is refused with
+NODE_NOT_READY, so no request reaches a service that is not there yet (or no longer).
+
+Start order behind it: p2p (so the node has an identity on the network), the chain
+(embedded: sealing and sync over p2p; or a backend for an external node), the learning
+tasks (they need both), then the metrics endpoint when asked. Stop order is the reverse;
+the socket refuses service requests from the moment a stop begins and closes last.
 
 A stop must not hang on work that cannot be cancelled (a worker thread training a model,
 importing a block): past `stop_grace` seconds a watchdog thread ends the process. Nothing
@@ -34,11 +38,13 @@ if TYPE_CHECKING:
 
     from flockd.chain.backends import ChainBackend
     from flockd.chain.service import ChainService
+    from flockd.identity.keystore import Identity
+    from flockd.p2p.host import P2PService
+    from flockd.tasks.service import TaskService
 
 from flockd import __version__
 from flockd.config import Config
 from flockd.datadir import IPC_SOCKET
-from flockd.identity.keystore import Identity
 from flockd.logs import get_logger
 from flockd.rpc.dispatch import Dispatcher
 
@@ -77,31 +83,73 @@ class StopWatchdog:
         os._exit(EXIT_STOP_TIMEOUT)
 
 
+class NodeStartError(Exception):
+    """The node cannot start (wrong password, bad genesis, unusable listen address): one
+    line for the user."""
+
+
+# What the control socket answers while services start or stop.
+ALWAYS_ANSWERED = frozenset({"node_status", "node_stop", "rpc_methods"})
+
+
 class Node:
-    def __init__(self, config: Config, identity: Identity, datadir: Path) -> None:
+    # Set while the node starts (_bring_up); the control socket refuses every method that
+    # reads them until then.
+    identity: Identity
+    address: str
+    peer_id: str
+    p2p: P2PService
+    chain_service: ChainService | None
+    chain_backend: ChainBackend
+    tasks: TaskService
+
+    def __init__(self, config: Config, datadir: Path, password: str) -> None:
+        """Cheap: no key is unlocked and no heavy module imported before `run`."""
+        from flockd.rpc.meta import RPCNamespace
+        from flockd.rpc.node import NodeNamespace
+
+        self.config = config
+        self.datadir = datadir
+        self.version = __version__
+        self.started_at = time.time()
+        self.state = "starting"  # -> running -> stopping
+        self.services_up: list[str] = []
+        self.start_error: str | None = None  # why the node could not start, for the CLI
+        self._password = password
+        self._services_scope = trio.CancelScope()  # cancelled by request_stop, even before entry
+        self._watchdog: StopWatchdog | None = None
+        self.rpc_dispatcher = Dispatcher([NodeNamespace(self)])
+        self.rpc_dispatcher.add_namespace(RPCNamespace(self.rpc_dispatcher))
+        self.rpc_dispatcher.restrict("the node is starting", ALWAYS_ANSWERED)
+        self.metrics_bound: int | None = None  # the metrics port, once served
+
+    def _open_services(self) -> None:
+        """Unlock the keys and build the services: imports and file work only, no event
+        loop, so it runs in a worker thread while the control socket answers."""
+        from flockd.chain.embedded import GenesisMismatch
+        from flockd.chain.genesis import GenesisError
+        from flockd.identity.keystore import IdentityError, load_identity
+        from flockd.p2p.abc import P2PError
         from flockd.p2p.host import P2PService
         from flockd.p2p.limits import P2PLimits
 
-        self.config = config
-        self.identity = identity
-        self.datadir = datadir
-        self.version = __version__
-        self.address = identity.address
-        self.peer_id = identity.peer_id
-        self.started_at = time.time()
-        self.p2p = P2PService(
-            identity.node_secret,
-            network_id=config.node.network,
-            listen=config.p2p.listen,
-            bootstrap=config.p2p.bootstrap,
-            limits=P2PLimits(max_peers=config.p2p.max_peers),
-        )
-        self._stop = trio.Event()
-        self._watchdog: StopWatchdog | None = None
-        self._open_chain()
+        config = self.config
+        try:
+            self.identity = identity = load_identity(self.datadir, self._password)
+            self._password = ""  # not kept once the keys are open
+            self.address = identity.address
+            self.peer_id = identity.peer_id
+            self.p2p = P2PService(
+                identity.node_secret,
+                network_id=config.node.network,
+                listen=config.p2p.listen,
+                bootstrap=config.p2p.bootstrap,
+                limits=P2PLimits(max_peers=config.p2p.max_peers),
+            )
+            self._open_chain()
+        except (IdentityError, P2PError, GenesisError, GenesisMismatch) as exc:
+            raise NodeStartError(str(exc)) from None
         self._open_tasks()
-        self.rpc_dispatcher = self._dispatcher()
-        self.metrics_bound: int | None = None  # the metrics port, once served
 
     def _open_tasks(self) -> None:
         from eth_account import Account
@@ -179,12 +227,13 @@ class Node:
         return self.p2p.listen_addrs()
 
     def request_stop(self) -> None:
-        self._stop.set()
+        self._services_scope.cancel()
 
     # -- lifecycle -----------------------------------------------------------
     async def run(self, *, stop_grace: float | None = None) -> None:
         """Run until SIGINT, SIGTERM or request_stop; with `stop_grace` (seconds), a stop that
-        takes longer ends the process (StopWatchdog)."""
+        takes longer ends the process (StopWatchdog). A start that fails leaves the reason
+        in `start_error` and returns."""
         self._watchdog = StopWatchdog(stop_grace) if stop_grace is not None else None
         try:
             with self._stop_on_signals():
@@ -194,25 +243,45 @@ class Node:
                 self._watchdog.finished()
 
     async def _run_services(self) -> None:
-        async with AsyncExitStack() as services:
-            await self._start(services, "p2p", self.p2p.run)
-            if self.chain_service is not None:
-                await self._start(services, "chain", self.chain_service.run)
-            await self._start(services, "tasks", self.tasks.run)
-            await self._start(services, "rpc", self._serve_control_socket)
-            if self.config.metrics.port:
-                await self._start(services, "metrics", self._serve_metrics)
-            log.info(
-                "node started",
-                address=self.address,
-                peer_id=self.peer_id,
-                listen=self.listen_addrs(),
-            )
-            await self._stop.wait()
+        async with trio.open_nursery() as control:
+            await control.start(self._serve_control_socket)
+            self.services_up.append("rpc")
+            try:
+                with self._services_scope:
+                    async with AsyncExitStack() as services:
+                        try:
+                            await self._bring_up(services)
+                            await trio.sleep_forever()
+                        finally:
+                            self._begin_stop()
+            except NodeStartError as exc:
+                self.start_error = str(exc)
+            finally:
+                control.cancel_scope.cancel()
+        if self.start_error is None:
+            log.info("node stopped")
+
+    async def _bring_up(self, services: AsyncExitStack) -> None:
+        # Not cancellable: a stop requested meanwhile waits for the imports (seconds).
+        await trio.to_thread.run_sync(self._open_services)
+        self._add_service_namespaces()
+        await self._start(services, "p2p", self.p2p.run)
+        if self.chain_service is not None:
+            await self._start(services, "chain", self.chain_service.run)
+        await self._start(services, "tasks", self.tasks.run)
+        if self.config.metrics.port:
+            await self._start(services, "metrics", self._serve_metrics)
+        self.state = "running"
+        self.rpc_dispatcher.unrestrict()
+        log.info("node started", address=self.address, peer_id=self.peer_id, listen=self.listen_addrs())
+
+    def _begin_stop(self) -> None:
+        self.rpc_dispatcher.restrict("the node is stopping", ALWAYS_ANSWERED)
+        if self.state == "running":
             log.info("node stopping")
-            if self._watchdog is not None:
-                self._watchdog.stop_requested()
-        log.info("node stopped")
+        self.state = "stopping"
+        if self._watchdog is not None:
+            self._watchdog.stop_requested()
 
     async def _start(self, stack: AsyncExitStack, name: str, service: object) -> None:
         # One nursery per service, entered in start order; the exit stack unwinds them
@@ -220,6 +289,8 @@ class Node:
         nursery = await stack.enter_async_context(trio.open_nursery())
         stack.callback(nursery.cancel_scope.cancel)
         await nursery.start(service)  # type: ignore[arg-type]
+        self.services_up.append(name)
+        stack.callback(self.services_up.remove, name)
         log.debug("service started", service=name)
 
     async def _serve_control_socket(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -249,30 +320,25 @@ class Node:
             counts.update({("eth", code): n for code, n in self.chain_service.api.error_counts.items()})
         return counts
 
-    def _dispatcher(self) -> Dispatcher:
+    def _add_service_namespaces(self) -> None:
         from flockd.rpc.account import AccountNamespace
         from flockd.rpc.chain import ChainNamespace
-        from flockd.rpc.meta import RPCNamespace
         from flockd.rpc.net import NetNamespace
-        from flockd.rpc.node import NodeNamespace
         from flockd.rpc.task import ModelNamespace, RoundNamespace, TaskNamespace
 
-        namespaces: list[object] = [
-            NodeNamespace(self),
+        for namespace in (
             NetNamespace(self.p2p),
             ChainNamespace(self.chain_backend, self.chain_service, confirmations=self.config.chain.confirmations),
             TaskNamespace(self.tasks, self.config.policy),
             RoundNamespace(self.tasks),
             ModelNamespace(self.tasks, self.datadir / "exports"),
             AccountNamespace(self.tasks.token),
-        ]
+        ):
+            self.rpc_dispatcher.add_namespace(namespace)
         if self.chain_service is not None:  # votes exist on the embedded chain only
             from flockd.rpc.authority import AuthorityNamespace
 
-            namespaces.append(AuthorityNamespace(self.chain_service.chain, self.tasks.token.client))
-        dispatcher = Dispatcher(namespaces)
-        dispatcher.add_namespace(RPCNamespace(dispatcher))
-        return dispatcher
+            self.rpc_dispatcher.add_namespace(AuthorityNamespace(self.chain_service.chain, self.tasks.token.client))
 
     @contextlib.contextmanager
     def _stop_on_signals(self) -> Iterator[None]:

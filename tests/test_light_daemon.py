@@ -1,7 +1,7 @@
 """A daemon with no task does not load torch or transformers (issue 16: light daemons).
 
 The whole `flockd run` start path runs in a child process; once its control socket
-answers, a thread in that process records which of the heavy modules are loaded and
+answers node_info (every service up), a thread in that process records which of the heavy modules are loaded and
 stops the daemon with SIGTERM, as an operator would.
 """
 
@@ -17,6 +17,7 @@ CHILD = r"""
 import json, os, signal, sys, threading, time
 from flockd.cli import flockd_main
 from flockd.rpc.client import IPCClient
+from flockd.rpc.errors import RPCError
 
 datadir, report = sys.argv[1], sys.argv[2]
 
@@ -27,7 +28,7 @@ def watch():
         try:
             info = client.call("node_info")
             break
-        except (ConnectionError, OSError):
+        except (ConnectionError, OSError, RPCError):  # no socket yet, or the node is starting
             time.sleep(0.05)
     else:
         info = None

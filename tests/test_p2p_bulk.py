@@ -1,5 +1,5 @@
 """The bulk channel: only the holder of a live one-time key and ticket gets bytes in, and
-every chunk, the order and the keccak256 of the whole blob are checked."""
+every chunk, the order and the end are authenticated (AES-GCM under the one-time key)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import contextlib
 import os
 import socket
 import struct
-from functools import partial
 
 import pytest
 import trio
@@ -15,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flockd.p2p import bulk
-from flockd.p2p.blobs import BlobError, HashMismatch, MalformedFrame, TruncatedFrame, digest
+from flockd.p2p.blobs import BlobError, MalformedFrame, TruncatedFrame
 from flockd.p2p.bulk import Answer, BulkError, BulkListener, Offer
 
 CHUNK = 64 * 1024
@@ -31,15 +30,16 @@ async def send(port: int, answer: Answer, data: bytes) -> None:
     await bulk.send_bulk(("127.0.0.1", port), answer, data, chunk=CHUNK, timeout=5.0)
 
 
-async def raw_send(port: int, ticket: bytes, key: bytes, chunks: list[bytes], trailer: bytes) -> None:
+async def raw_send(port: int, ticket: bytes, key: bytes, chunks: list[bytes], end: bytes | None) -> None:
+    """The chunks, then `end` sealed as the end chunk (None: no end chunk)."""
     aead = bulk.AESGCM(key)
     sock = await trio.open_tcp_stream("127.0.0.1", port)
     async with sock:
         await sock.send_all(ticket)
         for index, chunk in enumerate(chunks):
             await sock.send_all(aead.encrypt(bulk._NONCE.pack(index), chunk, None))
-        if trailer:
-            await sock.send_all(aead.encrypt(bulk._NONCE.pack(len(chunks)), trailer, None))
+        if end is not None:
+            await sock.send_all(aead.encrypt(bulk._NONCE.pack(len(chunks)), end, None))
 
 
 async def test_a_blob_crosses_and_a_used_ticket_is_void() -> None:
@@ -63,21 +63,40 @@ async def test_a_wrong_key_fails_authentication() -> None:
         answer, expected = listener.expect(len(data))
         forged = Answer(answer.port, os.urandom(32), answer.ticket)
         with trio.fail_after(20):
-            nursery.start_soon(raw_send, listener.port, answer.ticket, forged.key, [data], digest(data))
+            nursery.start_soon(raw_send, listener.port, answer.ticket, forged.key, [data], b"")
             with pytest.raises(BulkError, match="authentication"):
                 await listener.receive(answer, expected)
         nursery.cancel_scope.cancel()
 
 
-async def test_a_body_that_does_not_match_its_keccak_is_refused() -> None:
+async def test_the_blob_as_sent_by_a_raw_sender_with_its_end_chunk_arrives() -> None:
+    data = os.urandom(2 * CHUNK + 5)
+    async with trio.open_nursery() as nursery:
+        listener = await listening(nursery)
+        answer, expected = listener.expect(len(data))
+        chunks = [data[:CHUNK], data[CHUNK : 2 * CHUNK], data[2 * CHUNK :]]
+        with trio.fail_after(20):
+            nursery.start_soon(raw_send, listener.port, answer.ticket, answer.key, chunks, b"")
+            assert await listener.receive(answer, expected) == data
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("end", "error"),
+    [
+        (bytes(32), BulkError),  # the end chunk is empty: anything else is not what the key's holder sent
+        (None, TruncatedFrame),  # no end chunk: the connection ends inside the blob
+    ],
+)
+async def test_a_blob_must_end_with_the_empty_end_chunk(end: bytes | None, error: type[BlobError]) -> None:
     data = os.urandom(2 * CHUNK)
     async with trio.open_nursery() as nursery:
         listener = await listening(nursery)
         answer, expected = listener.expect(len(data))
         chunks = [data[:CHUNK], data[CHUNK:]]
         with trio.fail_after(20):
-            nursery.start_soon(raw_send, listener.port, answer.ticket, answer.key, chunks, digest(b"other"))
-            with pytest.raises(HashMismatch):
+            nursery.start_soon(raw_send, listener.port, answer.ticket, answer.key, chunks, end)
+            with pytest.raises(error):
                 await listener.receive(answer, expected)
         nursery.cancel_scope.cancel()
 
@@ -108,7 +127,7 @@ async def test_a_connection_ending_early_is_truncated() -> None:
         listener = await listening(nursery)
         answer, expected = listener.expect(len(data))
         with trio.fail_after(20):
-            nursery.start_soon(raw_send, listener.port, answer.ticket, answer.key, [data[:CHUNK]], b"")
+            nursery.start_soon(raw_send, listener.port, answer.ticket, answer.key, [data[:CHUNK]], None)
             with pytest.raises(TruncatedFrame):
                 await listener.receive(answer, expected)
         nursery.cancel_scope.cancel()
@@ -143,33 +162,6 @@ def test_negotiation_round_trips() -> None:
     assert bulk.decode_offer(bulk.encode_offer(Offer("fl.delta.1", 5 << 20))) == Offer("fl.delta.1", 5 << 20)
     answer = Answer(4242, os.urandom(32), os.urandom(16))
     assert bulk.decode_answer(bulk.encode_answer(answer)) == answer
-
-
-async def test_a_blob_sent_again_uses_its_remembered_digest_and_still_verifies() -> None:
-    data = os.urandom(2 * CHUNK)
-    digests = bulk.SentDigests(keep=2)
-    async with trio.open_nursery() as nursery:
-        listener = await listening(nursery)
-        with trio.fail_after(30):
-            for _ in range(2):
-                answer, expected = listener.expect(len(data))
-                nursery.start_soon(
-                    partial(bulk.send_bulk, chunk=CHUNK, timeout=5.0, digests=digests),
-                    ("127.0.0.1", listener.port), answer, data,
-                )
-                assert await listener.receive(answer, expected) == data
-                assert digests.get(data) == digest(data)
-        nursery.cancel_scope.cancel()
-
-
-def test_sent_digests_keep_only_the_last_few() -> None:
-    digests = bulk.SentDigests(keep=2)
-    blobs = [os.urandom(100) for _ in range(3)]
-    for blob in blobs:
-        digests.put(blob, digest(blob))
-    assert digests.get(blobs[0]) is None
-    assert [digests.get(b) for b in blobs[1:]] == [digest(b) for b in blobs[1:]]
-    assert digests.get(bytearray(blobs[2])) is None  # only immutable bytes are remembered
 
 
 async def test_a_silent_stranger_times_out_and_the_port_keeps_serving() -> None:

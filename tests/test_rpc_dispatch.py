@@ -30,6 +30,8 @@ class FakeNode:
 
     def __init__(self) -> None:
         self.stop_requests = 0
+        self.state = "running"
+        self.services_up = ["rpc", "p2p"]
 
     def listen_addrs(self) -> list[str]:
         return ["/ip4/127.0.0.1/tcp/4001"]
@@ -442,6 +444,26 @@ async def test_node_stop_runs_after_the_reply(dispatcher: Dispatcher, node: Fake
     assert node.stop_requests == 2  # a notification stops too
 
 
+# -- a node starting or stopping answers only what needs no service ----------
+
+
+async def test_a_restricted_dispatcher_answers_status_and_stop_and_refuses_the_rest(
+    dispatcher: Dispatcher, node: FakeNode
+) -> None:
+    node.state, node.services_up = "starting", ["rpc"]
+    dispatcher.restrict("the node is starting", frozenset({"node_status", "node_stop", "rpc_methods"}))
+    status = (await rpc(dispatcher, req("node_status")))["result"]
+    assert status == {"state": "starting", "services": ["rpc"], "uptime_seconds": 12.5}
+    for method in ("node_info", "net_peers", "fake_echo", "no_such_method"):
+        error = (await rpc(dispatcher, req(method)))["error"]
+        assert error["code"] == -32002 and "the node is starting" in error["message"]
+    assert "result" in await rpc(dispatcher, req("rpc_methods"))
+    assert (await rpc(dispatcher, req("node_stop")))["result"] is True
+    assert node.stop_requests == 1
+    dispatcher.unrestrict()
+    assert (await rpc(dispatcher, req("node_info")))["result"]["address"] == node.address
+
+
 # -- rpc_methods and registration ---------------------------------------------
 
 
@@ -449,6 +471,7 @@ async def test_rpc_methods_lists_exactly_the_public_methods(dispatcher: Dispatch
     methods = {m["name"]: m for m in (await rpc(dispatcher, req("rpc_methods")))["result"]}
     assert set(methods) == {
         "node_info",
+        "node_status",
         "node_stop",
         "net_peers",
         "net_connect",

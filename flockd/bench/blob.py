@@ -1,14 +1,13 @@
 """`scripts/bench blob`: blob-stream throughput between two processes on 127.0.0.1.
 
 The sender (this process) pushes a payload to a receiver in another process
-(`python -m flockd.bench.blob --serve`) three ways, in one run: over a plain trio TCP
-socket with the same request/reply shape (the baseline); over `/flock/blob/1` as a node
-sends it (blobs of `bulk_min` bytes or more negotiated on the stream and carried by the
-bulk channel: AES-256-GCM chunks on a plain TCP socket, keccak-checked), once with the
-same payload each time (as a delta pushed to every voter: the sender hashes it once) and
-once with a new payload per blob (both sides hash every blob); and over the
-libp2p stream alone (TCP + Noise + Yamux, keccak-checked frames), the path before the bulk
-channel.
+(`python -m flockd.bench.blob --serve`), in one run: over a plain trio TCP socket with the
+same request/reply shape (the baseline); over `/flock/blob/1` as a node sends it (blobs of
+`bulk_min` bytes or more negotiated on the stream and carried by the bulk channel:
+AES-256-GCM chunks on a plain TCP socket); the same, with the receiver's handler checking
+each blob's keccak256 in a worker thread before it replies, as a delta's consumer checks
+it against the hash on chain; and over the libp2p stream alone (TCP + Noise + Yamux,
+keccak-checked frames), the path before the bulk channel.
 """
 
 from __future__ import annotations
@@ -20,12 +19,17 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
+from typing import TYPE_CHECKING
 
 import trio
+
+if TYPE_CHECKING:
+    from flockd.p2p.limits import P2PLimits
 
 MiB = 1024 * 1024
 NETWORK = "bench"
 KIND = "bench"
+CHECKED_KIND = "bench.checked"  # the handler hashes the blob before it replies
 
 
 def main(argv: list[str]) -> int:
@@ -33,34 +37,22 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--total-mib", type=int, default=64, help="bytes sent per transport")
     parser.add_argument("--blob-mib", type=int, default=4, help="size of one blob")
     parser.add_argument(
-        "--diagnose-without-keccak",
-        action="store_true",
-        help="diagnostic only: both processes skip the bulk channel's keccak check (flockd never runs so)",
+        "--bulk-chunk-kib", type=int, help="the bulk channel's AES-GCM chunk on both sides (a lever; default P2PLimits')"
     )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.diagnose_without_keccak:
-        skip_bulk_keccak()
+    limits = bulk_limits(args.bulk_chunk_kib)
     if args.serve:
-        trio.run(serve, args.blob_mib * MiB)
+        trio.run(serve, args.blob_mib * MiB, limits)
         return 0
-    trio.run(measure, args.total_mib * MiB, args.blob_mib * MiB, args.diagnose_without_keccak)
+    trio.run(measure, args.total_mib * MiB, args.blob_mib * MiB, args.bulk_chunk_kib)
     return 0
 
 
-def skip_bulk_keccak() -> None:
-    """Measures what the keccak check costs the bulk channel: its hasher becomes a no-op
-    in this process (the receiver is started with the same flag)."""
-    from flockd.p2p import bulk
+def bulk_limits(chunk_kib: int | None) -> P2PLimits:
+    from flockd.p2p.limits import P2PLimits
 
-    class NoHash:
-        def update(self, data: object) -> None:
-            pass
-
-        def digest(self) -> bytes:
-            return bytes(32)
-
-    bulk.hasher = NoHash  # type: ignore[assignment]
+    return P2PLimits() if chunk_kib is None else P2PLimits(bulk_chunk=chunk_kib * 1024)
 
 
 def keccak_rate(payload: bytes) -> float:
@@ -76,15 +68,21 @@ def keccak_rate(payload: bytes) -> float:
 # --- receiver process ---
 
 
-async def serve(blob_size: int) -> None:
+async def serve(blob_size: int, limits: P2PLimits) -> None:
+    from flockd.p2p.blobs import digest
     from flockd.p2p.host import P2PService
 
-    host = P2PService(os.urandom(32), network_id=NETWORK)
+    host = P2PService(os.urandom(32), network_id=NETWORK, limits=limits)
 
     async def on_blob(peer_id: str, kind: str, data: bytes) -> bytes:
         return len(data).to_bytes(8, "big")
 
+    async def on_checked_blob(peer_id: str, kind: str, data: bytes) -> bytes:
+        await trio.to_thread.run_sync(digest, data)  # as a consumer checks a delta against its on-chain hash
+        return len(data).to_bytes(8, "big")
+
     host.handle_blobs(KIND, on_blob, max_size=blob_size)
+    host.handle_blobs(CHECKED_KIND, on_checked_blob, max_size=blob_size)
     async with trio.open_nursery() as nursery:
         await nursery.start(host.run)
         listeners = await nursery.start(
@@ -124,25 +122,33 @@ async def wait_for_stdin_eof() -> None:
 # --- sender process ---
 
 
-async def measure(total: int, blob_size: int, without_keccak: bool) -> None:
+async def measure(total: int, blob_size: int, chunk_kib: int | None) -> None:
     from flockd.p2p.host import P2PService
     from flockd.p2p.limits import P2PLimits
 
     count = max(1, total // blob_size)
-    payload = os.urandom(blob_size)
+    payloads = [os.urandom(blob_size) for _ in range(2)]  # alternated: no blob is sent twice in a row
     receiver = subprocess.Popen(
         [
             sys.executable, "-m", "flockd.bench.blob", "--serve", "--blob-mib", str(blob_size // MiB),
-            *(["--diagnose-without-keccak"] if without_keccak else []),
+            *(["--bulk-chunk-kib", str(chunk_kib)] if chunk_kib else []),
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
+    sent = 0
+
+    def next_payload() -> bytes:
+        nonlocal sent
+        sent += 1
+        return payloads[sent % 2]
+
+    ok = blob_size.to_bytes(8, "big")
     try:
         assert receiver.stdout is not None
         libp2p_addr, tcp_port = (await trio.to_thread.run_sync(receiver.stdout.readline)).split()
-        host = P2PService(os.urandom(32), network_id=NETWORK)
+        host = P2PService(os.urandom(32), network_id=NETWORK, limits=bulk_limits(chunk_kib))
         stream_only = P2PService(os.urandom(32), network_id=NETWORK, limits=P2PLimits(bulk_min=2**62))
         async with trio.open_nursery() as nursery:
             await nursery.start(host.run)
@@ -150,32 +156,27 @@ async def measure(total: int, blob_size: int, without_keccak: bool) -> None:
             peer_id = await host.connect(libp2p_addr)
             await stream_only.connect(libp2p_addr)
 
-            async def send_libp2p() -> None:
-                reply = await host.send_blob(peer_id, KIND, payload)
-                assert reply == blob_size.to_bytes(8, "big")
+            async def send_bulk() -> None:
+                assert await host.send_blob(peer_id, KIND, next_payload()) == ok
 
-            fresh = [os.urandom(blob_size) for _ in range(count + 1)]
-
-            async def send_libp2p_fresh() -> None:
-                reply = await host.send_blob(peer_id, KIND, fresh.pop())
-                assert reply == blob_size.to_bytes(8, "big")
+            async def send_bulk_checked() -> None:
+                assert await host.send_blob(peer_id, CHECKED_KIND, next_payload()) == ok
 
             async def send_stream_only() -> None:
-                reply = await stream_only.send_blob(peer_id, KIND, payload)
-                assert reply == blob_size.to_bytes(8, "big")
+                assert await stream_only.send_blob(peer_id, KIND, next_payload()) == ok
 
             tcp = await trio.open_tcp_stream("127.0.0.1", int(tcp_port))
 
             async def send_tcp() -> None:
-                await tcp.send_all(blob_size.to_bytes(8, "big") + payload)
-                assert await receive_exactly(tcp, 8) == blob_size.to_bytes(8, "big")
+                await tcp.send_all(blob_size.to_bytes(8, "big") + next_payload())
+                assert await receive_exactly(tcp, 8) == ok
 
             tcp_rate = await throughput(send_tcp, count, blob_size)
-            libp2p_rate = await throughput(send_libp2p, count, blob_size)
-            fresh_rate = await throughput(send_libp2p_fresh, count, blob_size)
+            bulk_rate = await throughput(send_bulk, count, blob_size)
+            checked_rate = await throughput(send_bulk_checked, count, blob_size)
             stream_rate = await throughput(send_stream_only, count, blob_size)
             tcp_rate_again = await throughput(send_tcp, count, blob_size)
-            hash_rate = keccak_rate(payload)
+            hash_rate = keccak_rate(payloads[0])
             await tcp.aclose()
             nursery.cancel_scope.cancel()
     finally:
@@ -183,18 +184,15 @@ async def measure(total: int, blob_size: int, without_keccak: bool) -> None:
         receiver.stdin.close()
         receiver.wait(timeout=30)
 
-    print(
-        f"blob throughput: {count} x {blob_size // MiB} MiB, sender and receiver in two processes, 127.0.0.1"
-    )
+    chunk = f"{chunk_kib} KiB" if chunk_kib else f"{P2PLimits().bulk_chunk // 1024} KiB (default)"
+    print(f"blob throughput: {count} x {blob_size // MiB} MiB, sender and receiver in two processes, 127.0.0.1")
     baseline = (tcp_rate + tcp_rate_again) / 2  # measured before and after the others
-    print(f"  load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    if without_keccak:
-        print("  DIAGNOSTIC: the bulk channel's keccak check is switched off in both processes")
-    print(f"  keccak256 alone, one core                    {hash_rate:8.1f} MB/s")
-    print(f"  plain TCP socket (trio), same request/reply  {baseline:8.1f} MB/s  ({tcp_rate:.1f} before, {tcp_rate_again:.1f} after)")
-    print(f"  /flock/blob/1 + bulk channel (aes-gcm+keccak) {libp2p_rate:8.1f} MB/s  ratio {libp2p_rate / baseline:.3f}  (one payload again and again: hashed once by the sender)")
-    print(f"  ... a new payload per blob                    {fresh_rate:8.1f} MB/s  ratio {fresh_rate / baseline:.3f}  (hashed by both sides)")
-    print(f"  /flock/blob/1 stream only (noise+yamux+keccak) {stream_rate:8.1f} MB/s  ratio {stream_rate / baseline:.3f}")
+    print(f"  load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; bulk chunk {chunk}")
+    print(f"  keccak256 alone, one core                      {hash_rate:8.1f} MB/s")
+    print(f"  plain TCP socket (trio), same request/reply    {baseline:8.1f} MB/s  ({tcp_rate:.1f} before, {tcp_rate_again:.1f} after)")
+    print(f"  /flock/blob/1 + bulk channel (aes-gcm)          {bulk_rate:8.1f} MB/s  ratio {bulk_rate / baseline:.3f}")
+    print(f"  ... and the receiver checks each blob's keccak  {checked_rate:8.1f} MB/s  ratio {checked_rate / baseline:.3f}")
+    print(f"  /flock/blob/1 stream only (noise+yamux+keccak)  {stream_rate:8.1f} MB/s  ratio {stream_rate / baseline:.3f}")
 
 
 async def throughput(send_one: Callable[[], Awaitable[None]], count: int, blob_size: int) -> float:

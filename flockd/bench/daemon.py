@@ -1,9 +1,11 @@
-"""`scripts/bench daemon`: what an idle daemon with no task costs: resident memory, and the
-time from `flockd run` to an answering control socket.
+"""`scripts/bench daemon`: what an idle daemon with no task costs: resident memory, the
+time from `flockd run` to an answering control socket, and to a running node.
 
 Each tree is measured the same way: a fresh datadir (`flockd init --light-kdf`), then
-`python -m flockd.cli run` with PYTHONPATH at that tree; the clock stops at the first
-`node_info` answered on the socket; the RSS (VmRSS of the process) is read after the daemon
+`python -m flockd.cli run` with PYTHONPATH at that tree. "to socket" stops at the first
+reply of any kind to `node_status` (a tree without that method answers "method not
+found", which is an answer too); "to running" at the first `node_info` answered with a
+result (a starting node refuses it with NODE_NOT_READY). The RSS (VmRSS of the process) is read after the daemon
 has sat idle for `--idle` seconds, then it gets SIGTERM. `--baseline REV` also measures
 that git revision of this repository (extracted with `git archive`), in the same run and
 interleaved with the working tree, so both sides see the same machine load.
@@ -19,7 +21,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from flockd.rpc.client import IPCClient
 
 REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "bench"
@@ -35,19 +42,21 @@ def main(argv: list[str]) -> int:
         trees = {"this tree": REPO}
         if args.baseline:
             trees[f"baseline {args.baseline}"] = extract(args.baseline, Path(scratch) / "baseline")
-        samples: dict[str, list[tuple[float, float, float, bool]]] = {name: [] for name in trees}
+        samples: dict[str, list[Sample]] = {name: [] for name in trees}
         for run in range(args.runs):
             for name, tree in trees.items():
                 datadir = Path(scratch) / f"d{run}-{len(samples[name])}-{abs(hash(name)) % 1000}"
                 samples[name].append(measure(tree, datadir, args.idle))
     load = os.getloadavg()[0]
     print(f"load average at the end: {load:.1f} on {os.cpu_count()} cores")
-    print("| tree | start to socket (s) | CPU to socket (s) | idle RSS (MB) | torch loaded | runs |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| tree | start to socket (s) | start to running (s) | CPU to running (s) | idle RSS (MB) | torch loaded | runs |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, runs in samples.items():
-        start, cpu, rss = (statistics.median(run[i] for run in runs) for i in range(3))
-        torch = "yes" if any(run[3] for run in runs) else "no"
-        print(f"| {name} | {start:.2f} | {cpu:.2f} | {rss:.0f} | {torch} | {len(runs)} |")
+        socket, running, cpu, rss = (
+            statistics.median(getattr(run, field) for run in runs) for field in ("to_socket", "to_running", "cpu", "rss_mb")
+        )
+        torch = "yes" if any(run.torch for run in runs) else "no"
+        print(f"| {name} | {socket:.2f} | {running:.2f} | {cpu:.2f} | {rss:.0f} | {torch} | {len(runs)} |")
     print("(medians)")
     return 0
 
@@ -59,9 +68,16 @@ def extract(rev: str, into: Path) -> Path:
     return into
 
 
-def measure(tree: Path, datadir: Path, idle: float) -> tuple[float, float, float, bool]:
-    """(seconds from exec to an answered node_info, CPU seconds the daemon used by then,
-    idle RSS in MB, torch in the process)."""
+@dataclass(frozen=True)
+class Sample:
+    to_socket: float  # seconds from exec to the first reply on the control socket
+    to_running: float  # seconds from exec to node_info answered with a result
+    cpu: float  # CPU seconds the daemon used by then
+    rss_mb: float  # VmRSS after the idle wait
+    torch: bool  # torch mapped into the process
+
+
+def measure(tree: Path, datadir: Path, idle: float) -> Sample:
     from flockd.rpc.client import IPCClient
 
     env = {**os.environ, "PYTHONPATH": str(tree), "FLOCKD_PASSWORD": PASSWORD}
@@ -74,15 +90,10 @@ def measure(tree: Path, datadir: Path, idle: float) -> tuple[float, float, float
         process = subprocess.Popen([*cli, "run", "--datadir", str(datadir)], env=env, cwd=tree, stdout=log, stderr=log)
     try:
         client = IPCClient(socket_path, timeout=5.0)
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"daemon exited with {process.returncode}: see {datadir / 'bench.log'}")
-            try:
-                client.call("node_info")
-                break
-            except (ConnectionError, OSError):
-                time.sleep(0.01)
+        wait_for_reply(process, client, "node_status", any_reply=True)  # "method not found" on an older tree
         to_socket = time.perf_counter() - started
+        wait_for_reply(process, client, "node_info", any_reply=False)
+        to_running = time.perf_counter() - started
         cpu = cpu_seconds(process.pid)
         time.sleep(idle)
         rss = vm_rss_mb(process.pid)
@@ -95,7 +106,25 @@ def measure(tree: Path, datadir: Path, idle: float) -> tuple[float, float, float
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-    return to_socket, cpu, rss, torch
+    return Sample(to_socket, to_running, cpu, rss, torch)
+
+
+def wait_for_reply(process: subprocess.Popen[bytes], client: IPCClient, method: str, *, any_reply: bool) -> None:
+    """Until `method` is answered with a result (or, with `any_reply`, with an error too)."""
+    from flockd.rpc.errors import RPCError
+
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"daemon exited with {process.returncode}")
+        try:
+            client.call(method)
+            return
+        except (ConnectionError, OSError):
+            pass  # no socket yet
+        except RPCError:
+            if any_reply:
+                return
+        time.sleep(0.01)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -10,15 +10,21 @@ on its `/flock/blob/1` stream and carried elsewhere (protocol/spec/transfer.md Â
    and ticket. The libp2p stream is Noise-encrypted and bound to the peer's identity, so
    only that peer learns them;
 3. the dialer connects to that port on the peer's address, sends the ticket, then the
-   blob in AEAD chunks (chunk i under nonce i) and, as the last chunk, keccak256 of the
-   blob. It hashes in a worker thread while it encrypts and sends;
-4. the receiver decrypts each chunk into a buffer of the announced size, hashes in a
-   worker thread while it reads the next chunk, and checks the digest at the end;
+   blob in AEAD chunks (chunk i under nonce i) and, last, an empty AEAD chunk that marks
+   the end;
+4. the receiver decrypts each chunk straight into a buffer of the announced size;
 5. the reply (`!reply`, `!none` or `!error`) comes back on the libp2p stream, as for any
    blob.
 
 A connection to the bulk port that does not present a live ticket within the read
 timeout is closed; a ticket works once, and only while its transfer's deadline lasts.
+
+No keccak256 on this path: under a one-time key, AES-GCM's tags already bind every byte,
+its place and the end to the peer that learnt the key over its Noise stream; a hash the
+sender computes adds nothing against that sender. What a blob must match is the hash the
+chain recorded for it (a delta's `delta_hash`), and its consumer checks that
+(flockd/round/deltas.py). Hashing here too cost both sides a keccak pass per byte,
+which is slower than the socket (docs/benchmarks.md, "Blob streams").
 """
 
 from __future__ import annotations
@@ -40,12 +46,10 @@ from flockd.p2p.blobs import (
     BlobTimeout,
     BlobTooLarge,
     Frame,
-    HashMismatch,
     MalformedFrame,
     SizeCap,
     TruncatedFrame,
     UnknownBlobKind,
-    hasher,
 )
 from flockd.p2p.limits import P2PLimits
 from flockd.p2p.streams import read_frame, transfer_deadline, write_frame
@@ -54,7 +58,6 @@ BULK = "!bulk"  # the offer (request) and the answer (reply) kind
 KEY = 32
 TICKET = 16
 TAG = 16
-DIGEST = 32
 _NONCE = struct.Struct(">4xQ")  # 96-bit nonce: the chunk index
 MAX_OFFER = 128  # msgpack [kind (<= 64 chars), size]
 MAX_ANSWER = 128  # msgpack [port, key, ticket]
@@ -124,76 +127,32 @@ def chunk_sizes(size: int, chunk: int) -> list[int]:
 # --- sender ---
 
 
-class SentDigests:
-    """keccak256 of the last few blobs this node sent: a delta goes to every voter, a
-    model to every peer that asks, so each is hashed once, not once per peer. Keyed by
-    the bytes themselves (Python caches a bytes object's hash), holding `keep` of them."""
-
-    def __init__(self, keep: int = 4) -> None:
-        self._keep = keep
-        self._digests: dict[bytes, bytes] = {}
-
-    def get(self, data: bytes) -> bytes | None:
-        return self._digests.get(data) if type(data) is bytes else None
-
-    def put(self, data: bytes, value: bytes) -> None:
-        if type(data) is not bytes:
-            return
-        self._digests[data] = value
-        while len(self._digests) > self._keep:
-            del self._digests[next(iter(self._digests))]
-
-
-async def send_bulk(
-    address: tuple[str, int],
-    answer: Answer,
-    data: bytes,
-    *,
-    chunk: int,
-    timeout: float,
-    digests: SentDigests | None = None,
-) -> None:
-    """Connect, present the ticket, send `data` in AEAD chunks and its keccak256 last.
+async def send_bulk(address: tuple[str, int], answer: Answer, data: bytes, *, chunk: int, timeout: float) -> None:
+    """Connect, present the ticket, send `data` in AEAD chunks and the empty end chunk.
     Every socket operation must progress within `timeout` (the caller bounds the whole)."""
     aead = AESGCM(answer.key)
     view = memoryview(data)
-    digest = hasher()
-    known = digests.get(data) if digests is not None else None
+    sealed = bytearray(chunk + TAG)  # one buffer, sealed into chunk after chunk
     try:
         with trio.fail_after(timeout):
             sock = await trio.open_tcp_stream(*address)
     except (OSError, trio.TooSlowError) as exc:
         raise BulkError(f"cannot connect to the bulk port {address}: {exc!r}") from exc
-    failure: BlobError | None = None
-    async with sock, trio.open_nursery() as nursery:
-        hashed = trio.Event()
-
-        async def hash_all() -> None:
-            if known is None:
-                await trio.to_thread.run_sync(digest.update, view)
-            hashed.set()
-
-        nursery.start_soon(hash_all)  # overlaps with encrypting and sending below
+    async with sock:
         try:
             await _send(sock, answer.ticket, timeout)
             for index, start in enumerate(range(0, len(view), chunk)):
-                sealed = aead.encrypt(_NONCE.pack(index), view[start : start + chunk], None)
-                await _send(sock, sealed, timeout)
-            await hashed.wait()
-            value = known if known is not None else digest.digest()
-            trailer = len(chunk_sizes(len(view), chunk))
-            await _send(sock, aead.encrypt(_NONCE.pack(trailer), value, None), timeout)
-            if digests is not None and known is None:
-                digests.put(data, value)
-        except BlobError as exc:
-            failure = exc
+                plain = view[start : start + chunk]
+                out = memoryview(sealed)[: len(plain) + TAG]
+                aead.encrypt_into(_NONCE.pack(index), plain, None, out)
+                await _send(sock, out, timeout)
+            end = len(chunk_sizes(len(view), chunk))
+            await _send(sock, aead.encrypt(_NONCE.pack(end), b"", None), timeout)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            failure = BulkError(f"bulk connection failed while sending: {exc!r}")
-    if failure is not None:  # raised here, not inside the nursery: callers get the BlobError
-        raise failure
+            raise BulkError(f"bulk connection failed while sending: {exc!r}") from exc
 
 
-async def _send(sock: trio.SocketStream, data: bytes, timeout: float) -> None:
+async def _send(sock: trio.SocketStream, data: bytes | memoryview, timeout: float) -> None:
     try:
         with trio.fail_after(timeout):
             await sock.send_all(data)
@@ -283,65 +242,54 @@ class BulkListener:
 
     async def _receive_body(self, sock: trio.SocketStream, expected: _Expected) -> bytes:
         aead = AESGCM(expected.key)
-        parts: list[bytes] = []  # decrypted chunks, joined once at the end
-        digest = hasher()
-        # One worker thread hashes the chunks in order while this task reads the next.
-        send_plain, receive_plain = trio.open_memory_channel[bytes](1)
+        blob = bytearray(expected.size)  # the size was checked against the kind's cap
+        out = memoryview(blob)
+        sealed = bytearray(self._chunk + TAG)  # each chunk is read into this, then opened into blob
+        start = 0
+        try:
+            for index, length in enumerate(chunk_sizes(expected.size, self._chunk)):
+                chunk = memoryview(sealed)[: length + TAG]
+                await self._read_into(sock, chunk)
+                _open_into(aead, index, chunk, out[start : start + length])
+                start += length
+            end = memoryview(sealed)[:TAG]
+            await self._read_into(sock, end)
+            _open_into(aead, len(chunk_sizes(expected.size, self._chunk)), end, out[:0])
+        except OSError as exc:  # a reset connection, from recv_into
+            raise BulkError(f"bulk connection failed while reading: {exc!r}") from exc
+        return bytes(blob)
 
-        async def hash_chunks() -> None:
-            async with receive_plain:
-                async for plain in receive_plain:
-                    await trio.to_thread.run_sync(digest.update, plain)
-
-        failure: BlobError | None = None
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(hash_chunks)
-            async with send_plain:
-                try:
-                    for index, length in enumerate(chunk_sizes(expected.size, self._chunk)):
-                        plain = _open(aead, index, await self._read(sock, length + TAG))
-                        parts.append(plain)
-                        await send_plain.send(plain)
-                except BlobError as exc:
-                    failure = exc
-                except OSError as exc:  # a reset connection, from recv_into
-                    failure = BulkError(f"bulk connection failed while reading: {exc!r}")
-        if failure is not None:  # raised here, not inside the nursery: callers get the BlobError
-            raise failure
-        trailer = len(chunk_sizes(expected.size, self._chunk))
-        if _open(aead, trailer, await self._read(sock, DIGEST + TAG)) != digest.digest():
-            raise HashMismatch("bulk blob: the body does not match its keccak256")
-        return b"".join(parts)
-
-    async def _read(self, sock: trio.SocketStream, size: int) -> bytearray:
+    async def _read_into(self, sock: trio.SocketStream, into: memoryview) -> None:
         try:
             with trio.fail_after(self._timeout):
-                data = await _receive_exactly(sock, size)
+                complete = await _receive_into(sock, into)
         except trio.TooSlowError as exc:
             raise BlobTimeout(f"the bulk peer sent nothing for {self._timeout:.0f}s") from exc
-        if data is None:
+        if not complete:
             raise TruncatedFrame("the bulk connection ended inside the blob")
-        return data
 
-
-def _open(aead: AESGCM, index: int, sealed: bytearray) -> bytes:
+def _open_into(aead: AESGCM, index: int, sealed: memoryview, into: memoryview) -> None:
     try:
-        return aead.decrypt(_NONCE.pack(index), sealed, None)
+        aead.decrypt_into(_NONCE.pack(index), sealed, None, into)
     except InvalidTag:
         raise BulkError(f"bulk chunk {index} failed authentication") from None
 
 
 async def _receive_exactly(sock: trio.SocketStream, size: int) -> bytearray | None:
-    """`size` bytes, or None if the peer closed first; read straight into one buffer."""
+    """`size` bytes, or None if the peer closed first."""
     buffer = bytearray(size)
-    view = memoryview(buffer)
+    return buffer if await _receive_into(sock, memoryview(buffer)) else None
+
+
+async def _receive_into(sock: trio.SocketStream, into: memoryview) -> bool:
+    """Fill `into` from the socket; False if the peer closed first."""
     filled = 0
-    while filled < size:
-        got = await sock.socket.recv_into(view[filled:])
+    while filled < len(into):
+        got = await sock.socket.recv_into(into[filled:])
         if not got:
-            return None
+            return False
         filled += got
-    return buffer
+    return True
 
 
 def listen_host(listen_addrs: list[str]) -> str:
@@ -357,9 +305,7 @@ def listen_host(listen_addrs: list[str]) -> str:
 # --- the two ends of a negotiated transfer, as the blob service runs them ---
 
 
-async def request(
-    stream: Any, kind: str, data: bytes, limits: P2PLimits, reply_cap: SizeCap, digests: SentDigests
-) -> Frame:
+async def request(stream: Any, kind: str, data: bytes, limits: P2PLimits, reply_cap: SizeCap) -> Frame:
     """Offer `data` on the blob stream, send it over the bulk channel, and return the
     receiver's reply frame (an `!error` one if it refused the offer)."""
     chunk, timeout = limits.blob_chunk, limits.blob_read_timeout
@@ -375,9 +321,7 @@ async def request(
     allowed = transfer_deadline(len(data), timeout, limits.blob_min_rate)
     try:
         with trio.fail_after(allowed):
-            await send_bulk(
-                (remote[0], answer.port), answer, data, chunk=limits.bulk_chunk, timeout=timeout, digests=digests
-            )
+            await send_bulk((remote[0], answer.port), answer, data, chunk=limits.bulk_chunk, timeout=timeout)
     except trio.TooSlowError as exc:
         raise BlobTimeout(f"the bulk transfer exceeded its deadline of {allowed:.0f}s") from exc
     return await read_frame(stream, reply_cap, chunk=chunk, timeout=timeout, first_timeout=limits.blob_reply_timeout)

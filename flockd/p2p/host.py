@@ -109,7 +109,6 @@ class P2PService(P2PNetwork):
             timeout=limits.blob_read_timeout,
             max_unclaimed=2 * limits.max_inbound_blobs,
         )
-        self._sent_digests = bulk.SentDigests()
         self._running = False
         self._host.set_stream_handler(blobs.PROTOCOL, self._serve_blob)  # type: ignore[arg-type]
 
@@ -293,7 +292,7 @@ class P2PService(P2PNetwork):
         # (too large, unknown kind, busy) answers at once, and we stop uploading.
         limits = self._limits
         if len(data) >= limits.bulk_min:
-            return await bulk.request(stream, kind, data, limits, self._reply_cap, self._sent_digests)
+            return await bulk.request(stream, kind, data, limits, self._reply_cap)
         reply_wait = trio.CancelScope()
         upload_error: list[blobs.BlobError] = []
         uploading = True

@@ -24,6 +24,12 @@ class NodeControl(Protocol):
     @property
     def started_at(self) -> float: ...  # unix time
 
+    @property
+    def state(self) -> str: ...  # starting | running | stopping
+
+    @property
+    def services_up(self) -> list[str]: ...  # in start order
+
     def listen_addrs(self) -> list[str]: ...
 
     def request_stop(self) -> None:

@@ -24,6 +24,7 @@ from flockd.rpc.errors import (
     INVALID_PARAMS,
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
+    NODE_NOT_READY,
     PARSE_ERROR,
     RPCError,
 )
@@ -73,6 +74,7 @@ class Dispatcher:
         self.error_counts: Counter[int] = Counter()  # error replies by code, for the metrics endpoint
         self._methods: dict[str, Method] = {}
         self._namespaces: set[str] = set()
+        self._restricted: tuple[str, frozenset[str]] | None = None  # (why, the methods still answered)
         for ns in namespaces:
             self.add_namespace(ns)
 
@@ -86,6 +88,13 @@ class Dispatcher:
         found = {m.name: m for m in _public_methods(ns, name)}
         self._namespaces.add(name)
         self._methods.update(found)
+
+    def restrict(self, reason: str, answered: frozenset[str]) -> None:
+        """Refuse every method but `answered` with NODE_NOT_READY (a node starting or stopping)."""
+        self._restricted = (reason, answered)
+
+    def unrestrict(self) -> None:
+        self._restricted = None
 
     def count_error(self, code: int) -> None:
         """Count an error reply (also those the transport sends on its own: busy, too large)."""
@@ -153,6 +162,8 @@ class Dispatcher:
             return self._error_reply(request_id, RPCError(INTERNAL_ERROR, f"{method} returned a result that is not JSON"))
 
     async def _call(self, name: str, params: list[Any] | dict[str, Any] | None) -> Any:
+        if self._restricted is not None and name not in self._restricted[1]:
+            raise RPCError(NODE_NOT_READY, f"{short_repr(name)}: {self._restricted[0]}")
         method = self._methods.get(name)
         if method is None:
             raise RPCError(METHOD_NOT_FOUND, f"method not found: {short_repr(name)}")

@@ -14,6 +14,7 @@ INTERNAL_ERROR = -32603
 # flockd's application codes, in the range JSON-RPC reserves for servers (-32000..-32099).
 NETWORK_ERROR = -32000  # a p2p operation failed (peer unreachable, dial refused)
 SERVER_BUSY = -32001  # the control socket already serves max_clients connections
+NODE_NOT_READY = -32002  # the daemon is starting or stopping: only node_status, node_stop, rpc_methods answer
 
 
 class RPCError(Exception):

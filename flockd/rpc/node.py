@@ -27,6 +27,14 @@ class NodeNamespace:
             "uptime_seconds": round(max(0.0, self._clock() - self._node.started_at), 3),
         }
 
+    def node_status(self) -> dict[str, Any]:
+        """starting, running or stopping, and the services up; answered from the moment the socket opens."""
+        return {
+            "state": self._node.state,
+            "services": list(self._node.services_up),
+            "uptime_seconds": round(max(0.0, self._clock() - self._node.started_at), 3),
+        }
+
     def node_stop(self) -> AfterReply:
         """Stop the daemon; replies true first, then shuts down."""
         return AfterReply(True, self._node.request_stop)
