@@ -58,7 +58,7 @@ def test_sign_flipping_proposer_is_voted_down_and_the_model_still_learns(short_t
             return attacked and honest_accepted
 
         cluster.wait_for(
-            attacked_and_learned, 240, "the attacker to propose and an honest proposal to pass"
+            attacked_and_learned, 420, "the attacker to propose and an honest proposal to pass"
         )
         rounds = history(observer, task_id)
     finally:
