@@ -220,7 +220,7 @@ class Node:
             http_port=self.config.chain.http_port,
             http_access=HTTPAccess(tuple(self.config.chain.http_vhosts), tuple(self.config.chain.http_corsdomain)),
         )
-        self.chain_backend = InProcessBackend(self.chain_service.api)
+        self.chain_backend = InProcessBackend(self.chain_service.own_api)
 
     # -- NodeControl (what the node_* RPC namespace needs) --------------------
     def listen_addrs(self) -> list[str]:

@@ -270,3 +270,16 @@ async def test_http_requests_in_progress_are_bounded():
             assert statuses == [200, 200]  # each answered (with its aborted-call error)
             assert (await client.post("/", json=CHAIN_ID)).status_code == 200
         nursery.cancel_scope.cancel()
+
+
+async def test_the_daemons_own_calls_are_not_held_to_the_http_budget():
+    # A loop sent over HTTP is stopped at 5 s; the node's own estimate of its finalise must
+    # not be (on a loaded machine it took longer, three attempts failed and the round stuck).
+    # Both still reach the same chain and gossip what they send.
+    from flockd.chain.service import OWN_CALL_TIMEOUT, ChainService
+    from flockd.p2p.host import P2PService
+
+    service = ChainService(make_chain(), P2PService(b"\x07" * 32, network_id="budget"))
+    assert service.api.call_timeout == 5.0
+    assert service.own_api.call_timeout == OWN_CALL_TIMEOUT > service.api.call_timeout
+    assert service.own_api.chain is service.api.chain

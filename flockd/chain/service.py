@@ -22,7 +22,7 @@ import rlp
 import trio
 
 from flockd.chain.embedded import EmbeddedChain, NotOurTurn
-from flockd.chain.eth_api import EthAPI
+from flockd.chain.eth_api import CALL_TIMEOUT, EthAPI
 from flockd.chain.eth_http import HTTPAccess, serve_http
 from flockd.chain.mempool import (
     AlreadyKnown,
@@ -67,6 +67,7 @@ log = get_logger("flockd.chain")
 LOCAL_TX_BUFFER = 4096
 MAX_CATCHUPS = 3  # attempts at once, each with a different peer
 CATCHUP_REQUEST_TIMEOUT = 20.0  # one request's round trip (a full 16 MiB batch fits; a loaded peer too)
+OWN_CALL_TIMEOUT = 120.0  # seconds for the daemon's own eth_call / eth_estimateGas
 CATCHUP_ATTEMPT_TIMEOUT = 60.0  # one attempt with one peer, before another peer's turn
 BAD_DATA_POINTS = 25.0  # misbehaviour points for an invalid block or reply (ban at 100)
 BAD_TX_POINTS = 5.0  # for a gossiped tx no node would admit, whatever its pool
@@ -77,8 +78,10 @@ class GossipingEthAPI(EthAPI):
     """EthAPI whose accepted raw transactions are also handed to the network: a tx sent
     to any node (in process, HTTP) must reach whichever authority seals next."""
 
-    def __init__(self, chain: EmbeddedChain, on_local_tx: Callable[[bytes], None]) -> None:
-        super().__init__(chain)
+    def __init__(
+        self, chain: EmbeddedChain, on_local_tx: Callable[[bytes], None], *, call_timeout: float = CALL_TIMEOUT
+    ) -> None:
+        super().__init__(chain, call_timeout=call_timeout)
         self._on_local_tx = on_local_tx
 
     def eth_sendRawTransaction(self, raw: Any) -> str:
@@ -113,7 +116,11 @@ class ChainService:
     ) -> None:
         self.chain = chain
         self.network = network
-        self.api = GossipingEthAPI(chain, self._queue_local_tx)
+        self.api = GossipingEthAPI(chain, self._queue_local_tx)  # HTTP clients'
+        # The daemon's own client calls only the genesis contracts (8M gas at most, and no other
+        # code can exist): HTTP's 5 s budget, there against hostile loops, would on a loaded
+        # machine abort the node's own finalise estimate three times and leave its round stuck.
+        self.own_api = GossipingEthAPI(chain, self._queue_local_tx, call_timeout=OWN_CALL_TIMEOUT)
         self.http_port = http_port
         self.http_access = http_access
         self.http_bound: int | None = None
