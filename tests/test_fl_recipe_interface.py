@@ -12,12 +12,19 @@ from flockd.fl.builtin import DigitsMLP
 from flockd.fl.checkpoint import model_hash
 from flockd.fl.codec import DeltaShapeMismatch, decode_delta, encode_delta
 from flockd.fl.data import DataSpec
-from flockd.fl.recipe import RecipeError, UnknownRecipe, load_recipe
+from flockd.fl.recipe import RECIPE_MODULES_ENV, RecipeError, UnknownRecipe, load_recipe
 from flockd.fl.tensors import Shapes, Tensors, subtract
 from flockd.tasks.spec import SpecError, TaskSpec
 from flockd.tasks.work import Worker
 
 HEAD = ("2.bias", "2.weight")  # digits-mlp's output layer
+
+
+@pytest.fixture(scope="module", autouse=True)
+def allow_this_module():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(RECIPE_MODULES_ENV, f"json,{__name__}")
+        yield
 
 
 class HeadOnly(DigitsMLP):
@@ -48,13 +55,17 @@ def test_a_recipe_is_named_module_attr_without_packaging():
     assert type(load_recipe(f"{__name__}:HeadOnly", {"epochs": 1})) is HeadOnly
     spec = TaskSpec(f"{__name__}:HeadOnly", num_nodes=2)
     assert TaskSpec.from_json(spec.to_json()) == spec
-    for bad in ("no_such_module_here:X", "flockd.fl.builtin:Nope", "json:dumps", "flockd.fl.builtin:TorchClassifier"):
+    for bad in (
+        "no_such_module_here:X", "flockd.fl.builtin:Nope", "json:dumps", "flockd.fl.builtin:TorchClassifier",
+        "antigravity:X", "os.path:join",  # packages not allowed: never imported
+    ):
         with pytest.raises(RecipeError):
             load_recipe(bad)
         with pytest.raises(SpecError):
             TaskSpec(bad)
-    with pytest.raises(UnknownRecipe):
-        load_recipe(":HeadOnly")
+    for malformed in (":HeadOnly", "flockd.fl.builtin:", "flockd..fl:X", "flockd.fl.builtin:Digits MLP"):
+        with pytest.raises(UnknownRecipe):
+            load_recipe(malformed)
 
 
 @pytest.fixture(scope="module")

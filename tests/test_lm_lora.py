@@ -11,7 +11,7 @@ from flockd.fl.aggregate import MAX_UPDATE_RATIO, aggregate
 from flockd.fl.builtin import DigitsMLP
 from flockd.fl.checkpoint import model_hash
 from flockd.fl.codec import MAX_DELTA_VALUE, decode_delta, encode_delta
-from flockd.fl.recipe import BadRecipeConfig, load_recipe
+from flockd.fl.recipe import RECIPE_MODULES_ENV, BadRecipeConfig, load_recipe
 from flockd.fl.tensors import model_state, shapes
 from flockd.lm.lora import (
     LoraConfig,
@@ -27,6 +27,13 @@ from flockd.tasks.spec import TaskSpec
 from flockd.tasks.work import Worker
 
 
+@pytest.fixture(scope="module", autouse=True)
+def allow_this_module():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(RECIPE_MODULES_ENV, __name__)
+        yield
+
+
 class LoraDigits(LoraRecipe, DigitsMLP):
     """digits-mlp fine-tuned through rank-4 adapters on both of its linear layers."""
 
@@ -34,7 +41,6 @@ class LoraDigits(LoraRecipe, DigitsMLP):
     default_config: ClassVar[dict[str, Any]] = {**DigitsMLP.default_config, "epochs": 2, **lora_keys(4, 8.0, ["0", "2"])}
 
 
-SPEC = TaskSpec(f"{__name__}:LoraDigits", num_nodes=3, seed=4)
 CONFIG = LoraConfig(rank=8, alpha=16.0, targets=("q_proj", "v_proj"))
 MODEL = {
     "layers.0.q_proj.weight": (16, 12),
@@ -124,7 +130,8 @@ def test_attached_trains_only_the_adapter_and_leaves_the_model_as_it_was():
 
 @pytest.fixture(scope="module")
 def workers() -> list[Worker]:
-    return [Worker(SPEC, i) for i in range(3)]
+    spec = TaskSpec(f"{__name__}:LoraDigits", num_nodes=3, seed=4)
+    return [Worker(spec, i) for i in range(3)]
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from torch import nn
 
 from flockd.fl.checkpoint import model_hash
 from flockd.fl.data import DataError, DataSpec
-from flockd.fl.recipe import BadRecipeConfig
+from flockd.fl.recipe import RECIPE_MODULES_ENV, BadRecipeConfig
 from flockd.lm.base import (
     BASES_ENV,
     BaseHashMismatch,
@@ -28,6 +28,13 @@ from flockd.lm.recipe import CAUSAL_LORA_DEFAULTS, CausalLoraRecipe
 from flockd.lm.text import Example, carve, chat, paragraphs, pieces, read_examples
 from flockd.tasks.spec import TaskSpec
 from flockd.tasks.work import Worker
+
+
+@pytest.fixture(scope="module", autouse=True)
+def allow_this_module():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(RECIPE_MODULES_ENV, __name__)
+        yield
 
 
 class ByteTokenizer:

@@ -18,7 +18,9 @@ Writing one (Flower-like: a model factory, a data loader, a train pass, an evalu
 
 A task names it either by a registered name (the entry point group ``flockd.recipes`` of
 the package that ships it: ``my-recipe = mypkg.recipes:MyRecipe``) or, with no packaging
-step, as ``module:attr`` (``mypkg.recipes:MyRecipe``, importable on every node). Most
+step, as ``module:attr`` (``mypkg.recipes:MyRecipe``, importable on every node; its
+top-level package must be ``flockd`` or listed in ``$FLOCKD_RECIPE_MODULES``, comma
+separated: a task spec arrives over RPC, and importing a module runs its code). Most
 classifiers should subclass ``flockd.fl.builtin.TorchClassifier`` instead and only say
 what the data and the model are.
 
@@ -40,6 +42,8 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from importlib import import_module
@@ -56,6 +60,8 @@ if TYPE_CHECKING:  # torch loads with a recipe's model, not with the spec (light
     import torch
 
 ENTRY_POINT_GROUP = "flockd.recipes"
+RECIPE_MODULES_ENV = "FLOCKD_RECIPE_MODULES"
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 # Built-ins resolve in-tree first, so a plugin cannot take over a built-in name.
 BUILTIN_RECIPES: dict[str, str] = {
@@ -202,6 +208,10 @@ def recipe_class(name: str) -> type[Recipe]:
     ``flockd.recipes`` group, or ``module:attr`` (any importable Recipe subclass)."""
     target = BUILTIN_RECIPES.get(name)
     if target is None and ":" in name:
+        module_name, _ = _module_attr(name)
+        allowed = {"flockd", *filter(None, os.environ.get(RECIPE_MODULES_ENV, "").split(","))}
+        if module_name.split(".")[0] not in allowed:
+            raise RecipeError(f"recipe {name!r}: its package is not in ${RECIPE_MODULES_ENV} ({', '.join(sorted(allowed))})")
         return _recipe_at(name)
     if target is None:
         found = entry_points(group=ENTRY_POINT_GROUP).select(name=name)
@@ -214,10 +224,15 @@ def recipe_class(name: str) -> type[Recipe]:
     return cls
 
 
-def _recipe_at(target: str) -> type[Recipe]:
+def _module_attr(target: str) -> tuple[str, str]:
     module_name, _, attr = target.partition(":")
-    if not (module_name and attr):
+    if not (_DOTTED.fullmatch(module_name) and attr.isidentifier()):
         raise UnknownRecipe(f"recipe {target!r} is not module:attr")
+    return module_name, attr
+
+
+def _recipe_at(target: str) -> type[Recipe]:
+    module_name, attr = _module_attr(target)
     try:
         cls = getattr(import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
