@@ -22,6 +22,7 @@ from flockd.lm.base import (
     RemoteCodeRefused,
     base_hash,
     check_base_dir,
+    export_model_dir,
 )
 from flockd.lm.causal import LN2, bits_per_character, score_text, tokenize
 from flockd.lm.recipe import CAUSAL_LORA_DEFAULTS, CausalLoraRecipe
@@ -243,3 +244,41 @@ def test_a_node_with_its_own_text_has_no_test_split(store, tmp_path):
     assert recipe.load_test(spec) is None and len(train) > len(val) > 0
     metrics = recipe.evaluate(recipe.build_model(0), val)
     assert np.isfinite(metrics["loss"]) and 0 <= metrics["accuracy"] <= 1
+
+
+def test_flockd_lm_imports_checks_and_lists_bases(tmp_path, monkeypatch, capsys):
+    from flockd.cli import flockd_main
+
+    monkeypatch.setenv(BASES_ENV, str(tmp_path / "store"))
+    digest = write_base(tmp_path / "built")
+    assert flockd_main(["lm", "check-base", str(tmp_path / "built")]) == 0
+    assert capsys.readouterr().out.strip() == "0x" + digest.hex()
+    assert flockd_main(["lm", "import-base", str(tmp_path / "built")]) == 0
+    assert flockd_main(["lm", "import-base", str(tmp_path / "built")]) == 0  # already there: checked, kept
+    assert base_hash(tmp_path / "store" / digest.hex()) == digest
+    capsys.readouterr()
+    assert flockd_main(["lm", "list-bases"]) == 0
+    assert capsys.readouterr().out.split()[0] == "0x" + digest.hex()
+    (tmp_path / "built" / "config.json").write_text('{"auto_map": {}}')
+    assert flockd_main(["lm", "check-base", str(tmp_path / "built")]) == 1
+    assert "remote code" in capsys.readouterr().err
+    assert flockd_main(["lm", "import-base", str(tmp_path / "built")]) == 1
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == [digest.hex()]  # nothing half-copied left
+
+
+def test_the_federated_model_exports_as_a_base_directory(workers, store, tmp_path):
+    root, digest = store
+    base = workers[0].initial_model()
+    new = workers[0].aggregate(base, [workers[0].train(base, 1)])
+    out = export_model_dir(root / digest.hex(), new, tmp_path / "export")
+    check_base_dir(out)  # loadable by the same rules as any base
+    loaded = load_file(out / "model.safetensors")
+    assert loaded.keys() == new.keys() and all(np.array_equal(loaded[n].numpy(), new[n]) for n in new)
+    model, _ = workers[0].recipe.load_base(out)
+    ids = torch.tensor([list(b"federated")])
+    reference = workers[0].recipe.build_model(0)
+    reference.load_state_dict({n: torch.from_numpy(v) for n, v in new.items()})
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), reference(ids))
+    with pytest.raises(FileExistsError):
+        export_model_dir(root / digest.hex(), new, out)

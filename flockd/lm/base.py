@@ -23,8 +23,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 from Crypto.Hash import keccak as keccak_stream
 from eth_utils import keccak
 
@@ -122,6 +126,43 @@ def resolve_base(expected: bytes) -> Path:
     if found != expected:
         raise BaseHashMismatch(f"{path} hashes to {found.hex()}, the task's base is {expected.hex()}")
     return path
+
+
+def import_base(source: str | Path) -> tuple[bytes, Path]:
+    """Check ``source`` and copy its files into the store under its hash (atomically: a
+    half-copied base is never visible); an existing copy is checked, not overwritten."""
+    digest = check_base_dir(source)
+    target = base_path(digest)
+    if target.exists():
+        return digest, resolve_base(digest)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".import-", dir=target.parent))
+    try:
+        for name in REQUIRED_FILES + OPTIONAL_FILES:
+            if (Path(source) / name).is_file():
+                shutil.copyfile(Path(source) / name, staging / name)
+        if base_hash(staging) != digest:
+            raise BaseHashMismatch(f"{source} changed while it was copied")
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return digest, target
+
+
+def export_model_dir(base: str | Path, state: Mapping[str, np.ndarray], out: str | Path) -> Path:
+    """A Hugging Face-format directory of the model ``state`` (the base's weights with the
+    federated updates folded in): the base's config and tokenizer files, and ``state`` as
+    ``model.safetensors``. Refuses to write into an existing directory."""
+    from safetensors.numpy import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True)
+    for name in REQUIRED_FILES + OPTIONAL_FILES:
+        if name != "model.safetensors" and (Path(base) / name).is_file():
+            shutil.copyfile(Path(base) / name, out / name)
+    tensors = {name: np.ascontiguousarray(state[name], dtype=np.float32) for name in sorted(state)}
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})  # "pt": what transformers expects
+    return out
 
 
 def _json_object(path: Path) -> dict[str, object]:
