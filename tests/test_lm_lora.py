@@ -181,3 +181,14 @@ def test_a_malformed_adapter_is_voted_minus_one(workers, round0):
     assert workers[1].usable(base, list(bad.values())) == [None] * len(bad)
     # and the aggregate leaves them out
     assert model_hash(workers[1].aggregate(base, [wire[0], *bad.values()])) == model_hash(workers[1].aggregate(base, [wire[0]]))
+
+
+@pytest.mark.parametrize("rule", ["median", "trimmed-mean:0.34"])
+def test_robust_rules_judge_the_expanded_updates(workers, round0, rule):
+    base, wire = round0
+    judge = Worker(TaskSpec(f"{__name__}:LoraDigits", num_nodes=3, seed=4, rule=rule), 0)
+    new = judge.aggregate(base, wire)
+    updates = [expand(decode_delta(d).tensors, 2.0) for d in wire]
+    for name in ("0.weight", "2.weight"):
+        want = np.median([u[name].astype(np.float64) for u in updates], axis=0)  # 3 deltas: trimming 1 each side is the median
+        np.testing.assert_allclose(new[name] - base[name], want, atol=1e-6)
