@@ -68,6 +68,7 @@ BUILTIN_RECIPES: dict[str, str] = {
     "digits-mlp": "flockd.fl.builtin:DigitsMLP",
     "digits-cnn": "flockd.fl.builtin:DigitsCNN",
     "cancer-logreg": "flockd.fl.builtin:CancerLogReg",
+    "lm-lora": "flockd.lm.hf:LmLora",  # needs a base: config {"base_hash": ...} (docs/lm.md)
 }
 
 

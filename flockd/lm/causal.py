@@ -170,7 +170,7 @@ class Adam:
         self._params = list(params)
         self._m = [torch.zeros_like(p) for p in self._params]
         self._v = [torch.zeros_like(p) for p in self._params]
-        self._lr, (self._b1, self._b2), self._eps, self._t = lr, betas, eps, 0
+        self.lr, (self._b1, self._b2), self._eps, self._t = lr, betas, eps, 0  # lr: a schedule may change it
 
     def step(self) -> None:
         import torch
@@ -183,7 +183,7 @@ class Adam:
                     continue
                 m.mul_(self._b1).add_(p.grad, alpha=1 - self._b1)
                 v.mul_(self._b2).addcmul_(p.grad, p.grad, value=1 - self._b2)
-                p.addcdiv_(m / c1, (v / c2).sqrt_().add_(self._eps), value=-self._lr)
+                p.addcdiv_(m / c1, (v / c2).sqrt_().add_(self._eps), value=-self.lr)
 
 
 def train_steps(
