@@ -47,6 +47,7 @@ CAUSAL_LORA_DEFAULTS: dict[str, Any] = {
     "max_chars": 512,  # longer paragraphs are cut at whitespace
     "score_batch": 32,
     "domains": list(DOMAINS),
+    "domain_chars": 250_000,  # each domain's text is cut to its first paragraphs within this many characters
     **lora_keys(8, 16.0, ["q_proj", "v_proj"]),
 }
 
@@ -70,7 +71,7 @@ class CausalLoraRecipe(LoraRecipe):
             parse_hash(c["base_hash"])
         except BaseModelError as exc:
             raise BadRecipeConfig(f"{self.name}: base_hash: {exc}") from None
-        for key in ("seq_len", "batch_size", "steps", "max_chars", "score_batch"):
+        for key in ("seq_len", "batch_size", "steps", "max_chars", "score_batch", "domain_chars"):
             if not (isinstance(c[key], int) and c[key] >= (2 if key == "seq_len" else 1)):
                 raise BadRecipeConfig(f"{self.name}: {key} must be a positive integer")
         if not (isinstance(c["lr"], int | float) and math.isfinite(c["lr"]) and c["lr"] > 0):
@@ -101,7 +102,15 @@ class CausalLoraRecipe(LoraRecipe):
 
     def _domain(self, index: int) -> list[Example]:
         domains = self.config["domains"]
-        return domain_examples(domains[index % len(domains)], self.config["max_chars"])
+        examples = domain_examples(domains[index % len(domains)], self.config["max_chars"])
+        kept: list[Example] = []
+        total = 0
+        for example in examples:
+            total += len(example.text)
+            if total > self.config["domain_chars"] and kept:
+                break
+            kept.append(example)
+        return kept
 
     def load_data(self, spec: DataSpec) -> tuple[TokenizedText, TokenizedText]:
         if spec.path is not None:

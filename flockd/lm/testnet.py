@@ -1,0 +1,26 @@
+"""What ``scripts/testnet --recipe lm-lora`` needs beyond a classifier's run: a base model
+(built once here, cached in the store every daemon reads) and a task config and round
+windows sized for a few minutes on 2 shared cores."""
+
+from __future__ import annotations
+
+from typing import Any
+
+LM_RECIPES = ("lm-lora",)
+# Smaller than lm-lora's defaults so that 4 daemons finish in minutes on 2 cores: four
+# non-IID domains cut to 60k characters each, 20 Adam steps a round on 16 x 128 tokens.
+TESTNET_CONFIG: dict[str, Any] = {"domain_chars": 60_000, "steps": 20, "batch_size": 16, "seq_len": 128}
+# Proposers train for tens of seconds and voters score several adapters: windows in
+# blocks (a window closes early once everything it waits for is in).
+TESTNET_WINDOWS = {"propose_blocks": 120, "commit_blocks": 90, "reveal_blocks": 12}
+
+
+def lm_task(recipe: str) -> tuple[dict[str, Any], dict[str, int]]:
+    """(recipe config, round windows) for ``recipe``: nothing for a classifier; for an LM
+    recipe the default base, built now if the store does not hold it yet."""
+    if recipe not in LM_RECIPES:
+        return {}, {}
+    from flockd.lm.build import build_base
+
+    built = build_base()
+    return {"base_hash": "0x" + built.base_hash.hex(), **TESTNET_CONFIG}, dict(TESTNET_WINDOWS)
