@@ -11,8 +11,9 @@ LM_RECIPES = ("lm-lora",)
 # non-IID domains cut to 60k characters each, 20 Adam steps a round on 16 x 128 tokens.
 TESTNET_CONFIG: dict[str, Any] = {"domain_chars": 60_000, "steps": 20, "batch_size": 16, "seq_len": 128}
 # Proposers train for tens of seconds and voters score several adapters: windows in
-# blocks (a window closes early once everything it waits for is in).
-TESTNET_WINDOWS = {"propose_blocks": 120, "commit_blocks": 90, "reveal_blocks": 12}
+# blocks (a window closes early once everything it waits for is in; a node joins
+# windows of at most policy.max_window_blocks = 256).
+TESTNET_WINDOWS = {"propose_blocks": 240, "commit_blocks": 200, "reveal_blocks": 12}
 
 
 def lm_task(recipe: str) -> tuple[dict[str, Any], dict[str, int]]:
