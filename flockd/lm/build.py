@@ -90,6 +90,7 @@ def build_base(build: BaseBuild = BaseBuild()) -> BuiltBase:
 
 
 def _train(build: BaseBuild, out: Path) -> float:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a hub
     import numpy as np
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
