@@ -277,7 +277,9 @@ def run_task(console: Console, cluster: Cluster, args: argparse.Namespace) -> bo
         malicious={node_name(i): spec for i, spec in args.behaviours.items()}, malicious_fraction=args.malicious,
         chaos=chaos_summary,
     )
-    verified = [d.call("model_verify", {"task_id": task_id}) for d in cluster.daemons]
+    # A replay re-aggregates every round (an LM's adapters are expanded to full weights):
+    # seconds on a quiet machine, more than a plain query's 10 s on a loaded one.
+    verified = [d.call("model_verify", {"task_id": task_id}, timeout=300.0) for d in cluster.daemons]
     report["model_verify"] = {f"node{d.index}": v["ok"] and v["complete"] for d, v in zip(cluster.daemons, verified, strict=True)}
     outdir = args.report_dir or cluster.workdir / "report"
     paths = write_report(report, outdir)
