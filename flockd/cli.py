@@ -90,6 +90,10 @@ def _parser() -> argparse.ArgumentParser:
     genesis.add_argument("--out", type=Path, required=True, metavar="FILE", help="where to write it (never overwritten)")
     genesis.set_defaults(func=_cmd_genesis)
 
+    from flockd.lm.cli import add_lm_parser
+
+    add_lm_parser(sub)
+
     testnet = sub.add_parser("testnet", help="run a local multi-node network (see scripts/testnet)", add_help=False)
     testnet.add_argument("rest", nargs=argparse.REMAINDER)
     testnet.set_defaults(func=_cmd_testnet)

@@ -38,7 +38,7 @@ from flockd.fl.tensors import load_model_state, model_state, shapes, subtract
 SPEC = DataSpec(node_index=1, num_nodes=4, seed=3)
 
 
-@pytest.mark.parametrize("name", sorted(BUILTIN_RECIPES))
+@pytest.mark.parametrize("name", sorted(set(BUILTIN_RECIPES) - {"lm-lora"}))  # lm-lora needs a base: test_lm_hf.py
 def test_each_builtin_trains_a_few_steps_and_improves(name):
     recipe = load_recipe(name)
     train, val = recipe.load_data(SPEC)

@@ -12,6 +12,9 @@ trimmed mean (drop the ``beta`` fraction largest and smallest per coordinate), K
 Multi-Krum (Blanchard et al. 2017: score each delta by the summed squared distances to
 its ``n - f - 2`` nearest others; Krum keeps the best one, Multi-Krum averages the best
 ``m``). No rule reads the sample count a delta declares: a proposer could inflate it.
+More rules plug in by name through the entry point group ``flockd.rules`` (``name =
+module:function``, ``function(deltas in canonical order, text params) -> Tensors``); they
+must keep the same determinism.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 
 import numpy as np
 
@@ -32,6 +36,8 @@ RULE_NAMES = ("fedavg", "median", "trimmed-mean", "krum", "multi-krum")
 # dirichlet:0.5, round 0; docs/learning.md), so the bound refuses only wreckage: how good
 # an update is remains the voters' question.
 MAX_UPDATE_RATIO = 100
+RULE_ENTRY_POINT_GROUP = "flockd.rules"
+PluginRule = Callable[[Sequence[Delta], tuple[str, ...]], Tensors]
 
 
 class AggregationError(FLError):
@@ -60,10 +66,12 @@ class Rule:
     beta: float = 0.0
     f: int = 0
     m: int = 1
+    params: tuple[str, ...] = ()  # a plugged-in rule's parameters, as written
 
     def __post_init__(self) -> None:
         if self.name not in RULE_NAMES:
-            raise BadRule(f"unknown rule {self.name!r} (one of {', '.join(RULE_NAMES)})")
+            plugin_rule(self.name)
+            return
         if not (0 <= self.beta < 0.5 and self.f >= 0 and self.m >= 1):
             raise BadRule(f"bad parameters for {self.name}: beta={self.beta} f={self.f} m={self.m}")
 
@@ -71,7 +79,10 @@ class Rule:
     def parse(cls, text: str) -> Rule:
         name, *params = text.split(":")
         arity = {"fedavg": 0, "median": 0, "trimmed-mean": 1, "krum": 1, "multi-krum": 2}
-        if name not in arity or len(params) != arity[name]:
+        if name not in arity:
+            plugin_rule(name)
+            return cls(name, params=tuple(params))
+        if len(params) != arity[name]:
             raise BadRule(
                 f"bad rule {text!r}: fedavg | median | trimmed-mean:BETA | krum:F | multi-krum:F:M"
             )
@@ -87,6 +98,8 @@ class Rule:
         return cls(name)
 
     def __str__(self) -> str:
+        if self.name not in RULE_NAMES:
+            return ":".join((self.name, *self.params))
         return {
             "trimmed-mean": f"trimmed-mean:{self.beta:g}",
             "krum": f"krum:{self.f}",
@@ -205,7 +218,23 @@ def aggregate(deltas: Sequence[Delta], rule: Rule | str = "fedavg") -> Tensors:
         return trimmed_mean(deltas, rule.beta)
     if rule.name == "krum":
         return krum(deltas, rule.f)
-    return multi_krum(deltas, rule.f, rule.m)
+    if rule.name == "multi-krum":
+        return multi_krum(deltas, rule.f, rule.m)
+    return plugin_rule(rule.name)(canonical_order(deltas), rule.params)
+
+
+def plugin_rule(name: str) -> PluginRule:
+    """The rule registered as ``name`` in the ``flockd.rules`` entry point group."""
+    found = entry_points(group=RULE_ENTRY_POINT_GROUP).select(name=name)
+    if not found:
+        raise BadRule(f"unknown rule {name!r} (built in: {', '.join(RULE_NAMES)})")
+    try:
+        function = next(iter(found)).load()
+    except (ImportError, AttributeError) as exc:
+        raise BadRule(f"rule {name!r} does not load: {exc}") from None
+    if not callable(function):
+        raise BadRule(f"rule {name!r} is not a function")
+    return function  # type: ignore[no-any-return]
 
 
 def apply(global_state: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray]) -> Tensors:
@@ -220,13 +249,19 @@ def usable_deltas(
     global_state: Mapping[str, np.ndarray],
     deltas: Sequence[bytes | None],
     on_refused: Callable[[bytes, str], None] | None = None,
+    *,
+    delta_layout: Mapping[str, tuple[int, ...]] | None = None,
+    expand: Callable[[Delta], Delta] | None = None,
 ) -> list[Delta | None]:
     """Each delta decoded, or None where it is missing or unusable for ``global_state``
     (protocol/spec/delta.md §3): the strict decoder refuses it for the model's layout (not
     a delta, another layout, NaN/Inf, a value out of bounds), or its update is more than
     MAX_UPDATE_RATIO times the model's norm. ``on_refused(bytes, reason)`` hears of each
-    unusable one. Decided from the bytes and the model alone: the same on every node."""
-    layout = shapes(global_state)
+    unusable one. Decided from the bytes and the model alone: the same on every node.
+    A recipe whose deltas are not the model's own tensors (a LoRA adapter) passes their
+    ``delta_layout`` and ``expand`` (a delta to its change of the model's tensors): the norm
+    bound then holds for that change, which is what is returned."""
+    layout = shapes(global_state) if delta_layout is None else dict(delta_layout)
     limits = delta_limits(layout)  # longer bytes are refused before they are hashed
     max_norm_sq = squared_update_limit(global_state)
 
@@ -236,8 +271,9 @@ def usable_deltas(
         except DeltaError as exc:
             reason = f"{type(exc).__name__}: {exc}"
         else:
-            if squared_norm(delta.tensors) <= max_norm_sq:
-                return delta
+            update = delta if expand is None else expand(delta)
+            if squared_norm(update.tensors) <= max_norm_sq:
+                return update
             reason = f"update norm beyond {MAX_UPDATE_RATIO}x the model's"
         if on_refused is not None:
             on_refused(data, reason)

@@ -12,19 +12,38 @@ Writing one (Flower-like: a model factory, a data loader, a train pass, an evalu
         default_config = {"hidden": 32, "epochs": 1, "lr": 0.1}
 
         def build_model(self, seed): ...            # -> torch.nn.Module, float32 state
-        def load_data(self, spec): ...              # -> (train, val) Splits of one node
-        def load_test(self, spec): ...              # -> the held-out test Split
+        def load_data(self, spec): ...              # -> (train, val) of one node
         def train(self, model, data, *, epochs=None, steps=None, lr=None, seed=0): ...
         def evaluate(self, model, data): ...        # -> {"accuracy": ..., "loss": ...}
 
-and register it under the entry point group ``flockd.recipes`` in the package that
-ships it (``my-recipe = mypkg.recipes:MyRecipe``). Most classifiers should subclass
-``flockd.fl.builtin.TorchClassifier`` instead and only say what the data and the model are.
+A task names it either by a registered name (the entry point group ``flockd.recipes`` of
+the package that ships it: ``my-recipe = mypkg.recipes:MyRecipe``) or, with no packaging
+step, as ``module:attr`` (``mypkg.recipes:MyRecipe``, importable on every node; its
+top-level package must be ``flockd`` or listed in ``$FLOCKD_RECIPE_MODULES``, comma
+separated: a task spec arrives over RPC, and importing a module runs its code). Most
+classifiers should subclass ``flockd.fl.builtin.TorchClassifier`` instead and only say
+what the data and the model are.
+
+Optional hooks, with defaults that fit a model trained whole:
+
+- ``load_test``: the held-out test split, or None when the recipe bundles none (then a
+  node measures the global model on its own validation split).
+- ``build_model`` may load its weights from a local path named in the config (a base
+  model); every node must then hold the same files, which the config's hash pins.
+- Which parameters travel: ``delta_layout`` (the names and shapes a delta holds),
+  ``local_update`` (train from the global state, return that delta) and ``expand_update``
+  (the delta as a change of the model's own tensors). The default sends the whole state's
+  difference; a LoRA recipe sends only its adapter and expands it to ``s * B @ A``.
+  Aggregation rules then combine expanded updates, so their mean is the mean of the
+  updates themselves, not of their factors.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
+import os
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from importlib import import_module
@@ -33,19 +52,23 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
 
 from eth_utils import keccak
 
-from flockd.fl.data import DataSpec, Split
+from flockd.fl.data import DataSpec
 from flockd.fl.errors import FLError
+from flockd.fl.tensors import Shapes, Tensors
 
 if TYPE_CHECKING:  # torch loads with a recipe's model, not with the spec (light daemons)
     import torch
 
 ENTRY_POINT_GROUP = "flockd.recipes"
+RECIPE_MODULES_ENV = "FLOCKD_RECIPE_MODULES"
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 # Built-ins resolve in-tree first, so a plugin cannot take over a built-in name.
 BUILTIN_RECIPES: dict[str, str] = {
     "digits-mlp": "flockd.fl.builtin:DigitsMLP",
     "digits-cnn": "flockd.fl.builtin:DigitsCNN",
     "cancer-logreg": "flockd.fl.builtin:CancerLogReg",
+    "lm-lora": "flockd.lm.hf:LmLora",  # needs a base: config {"base_hash": ...} (docs/lm.md)
 }
 
 
@@ -57,6 +80,11 @@ class UnknownRecipe(RecipeError): ...
 
 
 class BadRecipeConfig(RecipeError): ...
+
+
+# A recipe's local data: a ``flockd.fl.data.Split`` for the built-ins, anything sized for
+# others (an LM recipe's token sequences). Only the recipe reads inside it.
+LocalData = Any
 
 
 class Metrics(TypedDict):
@@ -108,18 +136,19 @@ class Recipe(ABC):
         """A fresh model, initialised deterministically from ``seed``."""
 
     @abstractmethod
-    def load_data(self, spec: DataSpec) -> tuple[Split, Split]:
+    def load_data(self, spec: DataSpec) -> tuple[LocalData, LocalData]:
         """This node's local (train, validation) splits."""
 
-    @abstractmethod
-    def load_test(self, spec: DataSpec) -> Split:
-        """The held-out test split (never trained on) that measures the global model."""
+    def load_test(self, spec: DataSpec) -> LocalData | None:
+        """The held-out test split (never trained on) that measures the global model, or
+        None when the recipe bundles none."""
+        return None
 
     @abstractmethod
     def train(
         self,
         model: torch.nn.Module,
-        data: Split,
+        data: LocalData,
         *,
         epochs: int | None = None,
         steps: int | None = None,
@@ -132,8 +161,33 @@ class Recipe(ABC):
         """
 
     @abstractmethod
-    def evaluate(self, model: torch.nn.Module, data: Split) -> Metrics:
+    def evaluate(self, model: torch.nn.Module, data: LocalData) -> Metrics:
         """Accuracy and mean loss of ``model`` on ``data``; deterministic."""
+
+    # -- which parameters travel (defaults: the whole state) ------------------------------
+
+    def delta_layout(self, model_layout: Shapes) -> Shapes:
+        """The names and shapes of a delta for a model of ``model_layout``; a peer's delta
+        is decoded against exactly this layout."""
+        return dict(model_layout)
+
+    def local_update(
+        self, model: torch.nn.Module, base: Tensors, data: LocalData, *, seed: int
+    ) -> tuple[Tensors, TrainStats]:
+        """Train from the global state ``base`` (loaded into ``model`` here) and return
+        the delta to send, in ``delta_layout``, with the training stats."""
+        from flockd.fl.tensors import load_model_state, model_state, subtract
+
+        load_model_state(model, base)
+        stats = self.train(model, data, seed=seed)
+        return subtract(model_state(model), base), stats
+
+    def expand_update(self, base: Tensors, delta: Tensors) -> Tensors:
+        """``delta`` as a change of the model's own tensors: names and shapes of ``base``
+        (a subset of them; the rest do not change). Deterministic element-wise float
+        arithmetic only: every node must get the same bytes. The default: the delta is
+        already one."""
+        return delta
 
 
 def limit_torch_threads(threads: int = 1) -> None:
@@ -151,19 +205,41 @@ def training_seed(task_seed: int, round_index: int, node_index: int) -> int:
 
 
 def recipe_class(name: str) -> type[Recipe]:
+    """The class a task's recipe name denotes: a built-in, an entry point of the
+    ``flockd.recipes`` group, or ``module:attr`` (any importable Recipe subclass)."""
     target = BUILTIN_RECIPES.get(name)
+    if target is None and ":" in name:
+        module_name, _ = _module_attr(name)
+        allowed = {"flockd", *filter(None, os.environ.get(RECIPE_MODULES_ENV, "").split(","))}
+        if module_name.split(".")[0] not in allowed:
+            raise RecipeError(f"recipe {name!r}: its package is not in ${RECIPE_MODULES_ENV} ({', '.join(sorted(allowed))})")
+        return _recipe_at(name)
     if target is None:
         found = entry_points(group=ENTRY_POINT_GROUP).select(name=name)
         if not found:
             raise UnknownRecipe(f"no recipe {name!r} (known: {', '.join(recipe_names())})")
         target = next(iter(found)).value
+    cls = _recipe_at(target)
+    if cls.name != name:
+        raise RecipeError(f"{target} is not a Recipe named {name!r}")
+    return cls
+
+
+def _module_attr(target: str) -> tuple[str, str]:
     module_name, _, attr = target.partition(":")
+    if not (_DOTTED.fullmatch(module_name) and attr.isidentifier()):
+        raise UnknownRecipe(f"recipe {target!r} is not module:attr")
+    return module_name, attr
+
+
+def _recipe_at(target: str) -> type[Recipe]:
+    module_name, attr = _module_attr(target)
     try:
         cls = getattr(import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise RecipeError(f"recipe {name!r} ({target}) does not load: {exc}") from None
-    if not (isinstance(cls, type) and issubclass(cls, Recipe)) or cls.name != name:
-        raise RecipeError(f"{target} is not a Recipe named {name!r}")
+        raise RecipeError(f"recipe {target!r} does not load: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Recipe)) or inspect.isabstract(cls):
+        raise RecipeError(f"{target} is not a concrete Recipe subclass")
     return cls
 
 

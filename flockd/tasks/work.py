@@ -6,12 +6,20 @@ the event loop keeps serving the network while torch works.
 A Worker given a malicious ``behaviour`` (flockd.fl.attacks, a research tool) trains on
 flipped labels, poisons the delta it sends and replaces its honest votes; its random
 draws come from the task seed, round and node index, so a replay repeats them.
+
+What travels is the recipe's choice (``Recipe.delta_layout``, ``local_update``): the
+whole state's difference for the built-ins, an adapter for a LoRA recipe. A usable delta
+is expanded (``Recipe.expand_update``) into a change of the model's own tensors before it
+is scored or aggregated, so every rule combines updates, never their factors.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
 
 from flockd.fl.aggregate import aggregate, apply, usable_deltas
 from flockd.fl.attacks import (
@@ -27,7 +35,7 @@ from flockd.fl.codec import Delta, decode_delta, delta_hash, encode_delta
 from flockd.fl.data import DataSpec
 from flockd.fl.recipe import Metrics, limit_torch_threads, load_recipe, training_seed
 from flockd.fl.score import Scorer, VoteScoring, vote_on_proposals
-from flockd.fl.tensors import Tensors, load_model_state, model_state, shapes, subtract
+from flockd.fl.tensors import Tensors, load_model_state, model_state, require_same_layout, shapes
 from flockd.logs import get_logger
 from flockd.stats import Counters
 from flockd.tasks.spec import TaskSpec
@@ -62,9 +70,11 @@ class Worker:
         )
         train_split, self.val_split = self.recipe.load_data(data)
         self.train_split = training_split(behaviour, train_split, self.recipe)
+        # A recipe with no bundled test split is measured on this node's validation split.
         self.test_split = self.recipe.load_test(data)
         self._model = self.recipe.build_model(spec.seed)
-        self.layout = shapes(model_state(self._model))
+        self.model_layout = shapes(model_state(self._model))
+        self.layout = self.recipe.delta_layout(self.model_layout)  # what a delta holds
         self._lock = threading.Lock()  # one torch model, one user at a time
         self.counters = Counters()
 
@@ -76,10 +86,8 @@ class Worker:
 
     def train(self, base: Tensors, round_number: int) -> bytes:
         with self._lock:
-            load_model_state(self._model, base)
             seed = training_seed(self.spec.seed, round_number, self.node_index)
-            stats = self.recipe.train(self._model, self.train_split, seed=seed)
-            delta = subtract(model_state(self._model), base)
+            delta, stats = self.recipe.local_update(self._model, base, self.train_split, seed=seed)
             rng = attack_rng(self.spec.seed, round_number, self.node_index, "delta")
             wire = encode_delta(poison_delta(self.behaviour, delta, rng), samples=stats["samples"])
             return poison_wire(self.behaviour, wire, rng)
@@ -120,7 +128,20 @@ class Worker:
 
     def usable(self, base: Tensors, deltas: Sequence[bytes | None]) -> list[Delta | None]:
         """Each delta decoded, or None where it is missing or unusable for ``base``."""
-        return usable_deltas(base, deltas, self._refuse)
+        return usable_deltas(
+            base, deltas, self._refuse, delta_layout=self.layout, expand=lambda d: self.expand(base, d)
+        )
+
+    def expand(self, base: Tensors, delta: Delta) -> Delta:
+        """``delta`` as a change of every tensor of ``base`` (zero where the recipe's update
+        leaves one alone), under the same hash: what the rules and the scorer combine."""
+        update = self.recipe.expand_update(base, delta.tensors)
+        if update is delta.tensors:
+            return delta
+        require_same_layout(shapes(base), shapes({**base, **update}), "expanded update")
+        # np.zeros maps untouched pages lazily: the unchanged tensors cost no memory.
+        full = {name: update.get(name, np.zeros(base[name].shape, np.float32)) for name in sorted(base)}
+        return replace(delta, tensors=full)
 
     def _refuse(self, data: bytes, reason: str) -> None:
         self.counters.incr("deltas_unusable")
@@ -138,4 +159,5 @@ class Worker:
     def evaluate_test(self, state: Tensors) -> Metrics:
         with self._lock:
             load_model_state(self._model, state)
-            return self.recipe.evaluate(self._model, self.test_split)
+            held_out = self.val_split if self.test_split is None else self.test_split
+            return self.recipe.evaluate(self._model, held_out)

@@ -59,7 +59,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=300.0,
                    help="seconds to wait for each daemon to answer, and then for the mesh (default 300: a busy machine)")
     p.add_argument("--rounds", type=int, default=8, help="learning rounds to run (0: only form the mesh)")
-    p.add_argument("--recipe", default="digits-mlp", help="recipe (digits-mlp, digits-cnn, cancer-logreg)")
+    p.add_argument("--recipe", default="digits-mlp", help="recipe (digits-mlp, digits-cnn, cancer-logreg, lm-lora)")
     p.add_argument("--partition", default="iid", help="iid or dirichlet:ALPHA")
     p.add_argument("--rule", default="fedavg", help="aggregation: fedavg, median, trimmed-mean:B, krum:F, multi-krum:F:M")
     p.add_argument("--proposers", type=int, default=3, help="expected proposers per round")
@@ -87,10 +87,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     except ValueError as exc:
         p.error(f"--attack: {exc}")
     if args.rounds > 0 and not args.stop:
+        from flockd.lm.testnet import lm_task
         from flockd.tasks.spec import SpecError, TaskSpec
 
+        args.config, args.windows = lm_task(args.recipe)  # lm-lora: builds its base once, cached
         try:
-            TaskSpec(recipe=args.recipe, rule=args.rule, partition=args.partition, num_nodes=args.nodes)
+            TaskSpec(recipe=args.recipe, config=args.config, rule=args.rule, partition=args.partition, num_nodes=args.nodes)
         except SpecError as exc:
             p.error(f"--recipe/--rule/--partition: {str(exc).removeprefix('bad task spec: ')}")
     return args
@@ -242,6 +244,7 @@ def run_task(console: Console, cluster: Cluster, args: argparse.Namespace) -> bo
     plan = TaskPlan(
         recipe=args.recipe, rounds=args.rounds, partition=args.partition, rule=args.rule,
         expected_proposers=args.proposers, vote_mode=args.vote_mode,
+        config=getattr(args, "config", {}), **getattr(args, "windows", {}),
     )
     started = time.monotonic()
     task_id = create_and_join(cluster, plan)
@@ -274,7 +277,9 @@ def run_task(console: Console, cluster: Cluster, args: argparse.Namespace) -> bo
         malicious={node_name(i): spec for i, spec in args.behaviours.items()}, malicious_fraction=args.malicious,
         chaos=chaos_summary,
     )
-    verified = [d.call("model_verify", {"task_id": task_id}) for d in cluster.daemons]
+    # A replay re-aggregates every round (an LM's adapters are expanded to full weights):
+    # seconds on a quiet machine, more than a plain query's 10 s on a loaded one.
+    verified = [d.call("model_verify", {"task_id": task_id}, timeout=300.0) for d in cluster.daemons]
     report["model_verify"] = {f"node{d.index}": v["ok"] and v["complete"] for d, v in zip(cluster.daemons, verified, strict=True)}
     outdir = args.report_dir or cluster.workdir / "report"
     paths = write_report(report, outdir)

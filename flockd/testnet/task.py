@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from flockd.testnet.cluster import Cluster, ClusterError
@@ -27,6 +27,7 @@ class TaskPlan:
     reveal_blocks: int = 8  # the registry's MIN_REVEAL_BLOCKS
     vote_mode: str = "per-proposal"
     seed: int = 0
+    config: dict[str, Any] = field(default_factory=dict)  # the recipe's (lm-lora: its base hash)
 
 
 def create_and_join(cluster: Cluster, plan: TaskPlan) -> int:
@@ -35,7 +36,7 @@ def create_and_join(cluster: Cluster, plan: TaskPlan) -> int:
         "recipe": plan.recipe, "rounds": plan.rounds, "partition": plan.partition, "rule": plan.rule,
         "num_nodes": nodes, "seed": plan.seed, "expected_proposers": min(plan.expected_proposers, nodes),
         "min_participants": nodes, "propose_blocks": plan.propose_blocks, "commit_blocks": plan.commit_blocks,
-        "reveal_blocks": plan.reveal_blocks, "vote_mode": plan.vote_mode,
+        "reveal_blocks": plan.reveal_blocks, "vote_mode": plan.vote_mode, "config": plan.config,
     }, timeout=TX_TIMEOUT)
     task_id: int = created["task_id"]
     # A node that has not imported the creating block yet would answer "no task".

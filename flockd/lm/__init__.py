@@ -1,0 +1,1 @@
+"""Language models in federated learning: LoRA adapters, exact aggregation, bits per character."""

@@ -1,0 +1,218 @@
+"""LoRA adapters on any torch model's linear layers, and their exact aggregation.
+
+A LoRA adapter on a linear layer ``X`` (weight ``W``, out x in) is two tensors,
+``X.lora_A`` (r x in) and ``X.lora_B`` (out x r); the layer computes
+``W x + s * B (A x)`` with ``s = alpha / r``. Only the adapter travels.
+
+The trap: FedAvg on the factors (mean of the As times mean of the Bs, as FlowerTune,
+OpenFedLLM and FLock's SDK do) is not the mean of the updates ``s * B_i A_i``. flockd
+expands every adapter to its update of ``W`` (``expand``) before any rule sees it, so
+FedAvg is the exact mean of the updates (and the median, trimmed mean and Krum judge
+updates, not factors). The round's aggregate is folded into the weights, and next round
+starts from a fresh adapter: the global model is full weights, which the chain's model
+hash covers. ``factor_mean`` is the naive way, kept to measure its error.
+
+Determinism: ``expand`` sums the r outer products in a fixed order in float64 (each
+product of two float32 values is exact in float64), never through BLAS, so every node
+gets the same bytes. A fresh adapter's A is drawn from a numpy PCG64 stream (the same on
+every platform); B starts at zero, so a fresh adapter changes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from flockd.fl.errors import FLError
+from flockd.fl.recipe import BadRecipeConfig, LocalData, Recipe, TrainStats
+from flockd.fl.tensors import Shapes, Tensors, load_model_state, shapes
+
+if TYPE_CHECKING:
+    import torch
+
+A_SUFFIX, B_SUFFIX = ".lora_A", ".lora_B"
+_INIT_STREAM = 7  # the PCG64 stream of a fresh adapter's A, beside the data's streams
+# The adapter's parameters sit on the root module while attached (model.parameters() lists
+# them), never as a submodule: a container such as nn.Sequential would call it.
+_SLOT = "flockd_lora__"
+
+
+class LoraError(FLError):
+    """A LoRA configuration or adapter does not fit the model."""
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """``targets``: linear layers whose dotted name ends with one of these (``q_proj``
+    matches ``model.layers.0.self_attn.q_proj``)."""
+
+    rank: int
+    alpha: float
+    targets: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.rank, int) and 1 <= self.rank <= 1024):
+            raise LoraError(f"LoRA rank must be an integer in [1, 1024], got {self.rank!r}")
+        if not (math.isfinite(self.alpha) and self.alpha > 0):
+            raise LoraError(f"LoRA alpha must be > 0, got {self.alpha!r}")
+        if not self.targets or not all(isinstance(t, str) and t for t in self.targets):
+            raise LoraError("LoRA needs at least one target module name")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def targeted(self, model_layout: Shapes) -> list[str]:
+        """The targeted layers (names without ``.weight``), sorted; each a 2-D weight."""
+        found = sorted(
+            name.removesuffix(".weight")
+            for name, shape in model_layout.items()
+            if name.endswith(".weight") and len(shape) == 2
+            and any(name.removesuffix(".weight").split(".")[-1] == t for t in self.targets)
+        )
+        if not found:
+            raise LoraError(f"no linear layer of the model is named {list(self.targets)}")
+        return found
+
+    def adapter_layout(self, model_layout: Shapes) -> Shapes:
+        """The names and shapes of an adapter for a model of ``model_layout``."""
+        out: Shapes = {}
+        for layer in self.targeted(model_layout):
+            rows, cols = model_layout[layer + ".weight"]
+            out[layer + A_SUFFIX] = (self.rank, cols)
+            out[layer + B_SUFFIX] = (rows, self.rank)
+        return dict(sorted(out.items()))
+
+
+def fresh_adapter(config: LoraConfig, model_layout: Shapes, seed: int) -> Tensors:
+    """A zero-effect adapter: A uniform in ±1/sqrt(in) (peft's default), B zero."""
+    rng = np.random.Generator(np.random.PCG64([seed, _INIT_STREAM]))
+    out: Tensors = {}
+    for name, shape in config.adapter_layout(model_layout).items():
+        if name.endswith(A_SUFFIX):
+            bound = 1.0 / math.sqrt(shape[1])
+            out[name] = rng.uniform(-bound, bound, shape).astype(np.float32)
+        else:
+            out[name] = np.zeros(shape, np.float32)
+    return out
+
+
+def expand(adapter: Mapping[str, np.ndarray], scale: float) -> Tensors:
+    """Each adapted layer's weight update ``scale * B @ A`` (float32), by weight name."""
+    out: Tensors = {}
+    for name in sorted(adapter):
+        if not name.endswith(A_SUFFIX):
+            continue
+        layer = name.removesuffix(A_SUFFIX)
+        a = adapter[name].astype(np.float64)
+        b = adapter[layer + B_SUFFIX].astype(np.float64)
+        product = np.zeros((b.shape[0], a.shape[1]), np.float64)
+        for k in range(a.shape[0]):  # fixed order, element-wise: the same bytes on every node
+            product += np.multiply.outer(b[:, k], a[k, :])
+        with np.errstate(over="ignore", invalid="ignore"):  # a hostile adapter: the norm bound refuses inf
+            out[layer + ".weight"] = (product * scale).astype(np.float32)
+    return out
+
+
+def factor_mean(adapters: Sequence[Mapping[str, np.ndarray]]) -> Tensors:
+    """The naive aggregate: every factor averaged on its own (not the mean of updates)."""
+    return {
+        name: (np.sum([a[name].astype(np.float64) for a in adapters], axis=0) / len(adapters)).astype(np.float32)
+        for name in sorted(adapters[0])
+    }
+
+
+@contextmanager
+def attached(model: torch.nn.Module, config: LoraConfig, adapter: Tensors) -> Iterator[dict[str, torch.nn.Parameter]]:
+    """``model`` with ``adapter`` trainable on its targeted layers and every other
+    parameter frozen; yields the adapter's parameters by name. While attached they are
+    the model's only trainable parameters, so any training loop over
+    ``model.parameters()`` trains the adapter alone. On exit the model is exactly as
+    before (hooks and parameters removed, ``requires_grad`` restored)."""
+    import torch
+    from torch.nn import functional as F
+
+    modules = dict(model.named_modules())
+    frozen = [(p, p.requires_grad) for p in model.parameters()]
+    params: dict[str, torch.nn.Parameter] = {
+        name: torch.nn.Parameter(torch.from_numpy(np.array(value, np.float32))) for name, value in adapter.items()
+    }
+    scale = config.scale
+    handles = []
+    try:
+        for p, _ in frozen:
+            p.requires_grad_(False)
+        for name, param in params.items():
+            model.register_parameter(_SLOT + name.replace(".", "__"), param)
+        for name in sorted(params):
+            if not name.endswith(A_SUFFIX):
+                continue
+            layer = name.removesuffix(A_SUFFIX)
+            module = modules.get(layer)
+            if not isinstance(module, torch.nn.Linear):
+                raise LoraError(f"{layer} is not a linear layer of the model")
+            a, b = params[name], params[layer + B_SUFFIX]
+
+            def hook(m: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor,
+                     a: torch.nn.Parameter = a, b: torch.nn.Parameter = b) -> torch.Tensor:
+                return output + scale * F.linear(F.linear(inputs[0], a), b)
+
+            handles.append(module.register_forward_hook(hook))
+        yield params
+    finally:
+        for handle in handles:
+            handle.remove()
+        for name in params:
+            model._parameters.pop(_SLOT + name.replace(".", "__"), None)
+        for p, wanted in frozen:
+            p.requires_grad_(wanted)
+
+
+def adapter_values(params: Mapping[str, torch.nn.Parameter]) -> Tensors:
+    return {name: p.detach().cpu().numpy().astype(np.float32, copy=True) for name, p in sorted(params.items())}
+
+
+class LoraRecipe(Recipe):
+    """A recipe whose deltas are LoRA adapters (config keys ``lora_rank``, ``lora_alpha``,
+    ``lora_targets``): each round a node trains a fresh adapter on the global weights and
+    sends it; the rules combine the expanded updates, folded into the weights. Put it
+    before the model's recipe among the bases: ``class X(LoraRecipe, SomeRecipe)``."""
+
+    def lora(self) -> LoraConfig:
+        c = self.config
+        targets = c["lora_targets"]
+        if not isinstance(targets, list):
+            raise LoraError("lora_targets must be a list of module names")
+        return LoraConfig(rank=c["lora_rank"], alpha=float(c["lora_alpha"]), targets=tuple(targets))
+
+    def validate_config(self) -> None:
+        super().validate_config()
+        try:
+            self.lora()
+        except (LoraError, TypeError, ValueError) as exc:
+            raise BadRecipeConfig(f"{self.name}: {exc}") from None
+
+    def delta_layout(self, model_layout: Shapes) -> Shapes:
+        return self.lora().adapter_layout(model_layout)
+
+    def local_update(
+        self, model: torch.nn.Module, base: Tensors, data: LocalData, *, seed: int
+    ) -> tuple[Tensors, TrainStats]:
+        config = self.lora()
+        load_model_state(model, base)
+        with attached(model, config, fresh_adapter(config, shapes(base), seed)) as params:
+            stats = self.train(model, data, seed=seed)
+            return adapter_values(params), stats
+
+    def expand_update(self, base: Tensors, delta: Tensors) -> Tensors:
+        return expand(delta, self.lora().scale)
+
+
+def lora_keys(rank: int, alpha: float, targets: Sequence[str]) -> dict[str, Any]:
+    """The config keys of ``LoraRecipe`` with these defaults."""
+    return {"lora_rank": rank, "lora_alpha": alpha, "lora_targets": list(targets)}

@@ -1,0 +1,149 @@
+"""Federated LoRA fine-tuning of a causal language model: the recipe, less the loader.
+
+``CausalLoraRecipe`` does everything but read a base directory into a model and a
+tokenizer (``load_base``, a subclass's): the base is found by the hash in the config
+(``flockd.lm.base``: refused when missing, carrying code or pickles, or hashing to
+another value), a node's text is read and carved (``flockd.lm.text``), every round trains
+a fresh LoRA adapter for ``steps`` Adam steps on the node's train split (``flockd.lm.lora``,
+``flockd.lm.causal``), and a model is measured in bits per character on target text
+(``Metrics``: ``loss`` = bits per character, ``accuracy`` = top-1 next-token accuracy on
+target tokens). A voter's ``accepts`` therefore bounds the rise in bits per character.
+
+Data: a node's own ``.jsonl`` / ``.txt`` file (``--data``), carved into train and
+validation (no test split: the node measures on validation), or, with no file, the demo
+corpus: domain ``domains[node_index % len(domains)]`` (``flockd.lm.corpus``), carved into
+train / validation / test; the test split of the task is every domain's test part.
+Everything runs on CPU in float32 with one torch thread, so scores and trained adapters
+repeat exactly on a node; the bytes every node must agree on (the aggregate) are
+computed by ``flockd.fl.aggregate`` from the adapters, independent of torch.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+from abc import abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from flockd.fl.data import DataSpec
+from flockd.fl.recipe import BadRecipeConfig, Metrics, TrainStats
+from flockd.lm.base import BaseModelError, parse_hash, resolve_base
+from flockd.lm.causal import TokenizedText, Tokenizer, score_text, tokenize, train_steps
+from flockd.lm.corpus import DOMAINS, domain_examples
+from flockd.lm.lora import LoraRecipe, lora_keys
+from flockd.lm.text import Example, carve, read_examples
+
+if TYPE_CHECKING:
+    import torch
+
+CAUSAL_LORA_DEFAULTS: dict[str, Any] = {
+    "base_hash": None,  # 0x + 64 hex: flockd.lm.base.base_hash of the base directory
+    "seq_len": 128,
+    "batch_size": 16,
+    "steps": 20,  # Adam steps per round
+    "lr": 2e-3,
+    "max_chars": 512,  # longer paragraphs are cut at whitespace
+    "score_batch": 32,
+    "domains": list(DOMAINS),
+    "domain_chars": 250_000,  # each domain's text is cut to its first paragraphs within this many characters
+    **lora_keys(8, 16.0, ["q_proj", "v_proj"]),
+}
+
+
+class CausalLoraRecipe(LoraRecipe):
+    default_config: ClassVar[dict[str, Any]] = CAUSAL_LORA_DEFAULTS
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        super().__init__(config)
+        self._loaded: tuple[torch.nn.Module, Tokenizer] | None = None
+        self._loading = threading.Lock()
+
+    @abstractmethod
+    def load_base(self, path: Path) -> tuple[torch.nn.Module, Tokenizer]:
+        """The model (float32, CPU) and tokenizer of a checked base directory."""
+
+    def validate_config(self) -> None:
+        super().validate_config()
+        c = self.config
+        try:
+            parse_hash(c["base_hash"])
+        except BaseModelError as exc:
+            raise BadRecipeConfig(f"{self.name}: base_hash: {exc}") from None
+        for key in ("seq_len", "batch_size", "steps", "max_chars", "score_batch", "domain_chars"):
+            if not (isinstance(c[key], int) and c[key] >= (2 if key == "seq_len" else 1)):
+                raise BadRecipeConfig(f"{self.name}: {key} must be a positive integer")
+        if not (isinstance(c["lr"], int | float) and math.isfinite(c["lr"]) and c["lr"] > 0):
+            raise BadRecipeConfig(f"{self.name}: lr must be > 0")
+        domains = c["domains"]
+        if not (isinstance(domains, list) and domains and all(isinstance(d, str) and d for d in domains)):
+            raise BadRecipeConfig(f"{self.name}: domains must be a non-empty list of module names")
+
+    def _base(self) -> tuple[torch.nn.Module, Tokenizer]:
+        with self._loading:  # the worker's threads share a recipe: load once
+            if self._loaded is None:
+                self._loaded = self.load_base(resolve_base(parse_hash(self.config["base_hash"])))
+            return self._loaded
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self._base()[1]
+
+    def build_model(self, seed: int) -> torch.nn.Module:
+        """The base model (the seed plays no part: the base is fixed by its hash)."""
+        return copy.deepcopy(self._base()[0])
+
+    def _tokenized(self, examples: list[Example]) -> TokenizedText:
+        return tokenize(examples, self.tokenizer, self.config["seq_len"])
+
+    def _carved(self, examples: list[Example], spec: DataSpec, with_test: bool) -> tuple[list[Example], ...]:
+        return carve(examples, spec.seed, spec.val_fraction, spec.test_fraction if with_test else 0.0)
+
+    def _domain(self, index: int) -> list[Example]:
+        domains = self.config["domains"]
+        examples = domain_examples(domains[index % len(domains)], self.config["max_chars"])
+        kept: list[Example] = []
+        total = 0
+        for example in examples:
+            total += len(example.text)
+            if total > self.config["domain_chars"] and kept:
+                break
+            kept.append(example)
+        return kept
+
+    def load_data(self, spec: DataSpec) -> tuple[TokenizedText, TokenizedText]:
+        if spec.path is not None:
+            train, val, _ = self._carved(read_examples(spec.path, self.config["max_chars"]), spec, False)
+        else:
+            train, val, _ = self._carved(self._domain(spec.node_index), spec, True)
+        return self._tokenized(train), self._tokenized(val)
+
+    def load_test(self, spec: DataSpec) -> TokenizedText | None:
+        if spec.path is not None:
+            return None  # the node's own text has no task-wide test split
+        test: list[Example] = []
+        for index in range(len(self.config["domains"])):
+            test += self._carved(self._domain(index), spec, True)[2]
+        return self._tokenized(test)
+
+    def train(
+        self,
+        model: torch.nn.Module,
+        data: TokenizedText,
+        *,
+        epochs: int | None = None,
+        steps: int | None = None,
+        lr: float | None = None,
+        seed: int = 0,
+    ) -> TrainStats:
+        c = self.config
+        taken, loss = train_steps(
+            model, data, self.tokenizer.pad_id, steps=steps or c["steps"], lr=lr or c["lr"],
+            batch_size=c["batch_size"], seed=seed,
+        )
+        return TrainStats(samples=len(data), steps=taken, loss=loss)
+
+    def evaluate(self, model: torch.nn.Module, data: TokenizedText) -> Metrics:
+        score = score_text(model, data, self.tokenizer.pad_id, self.config["score_batch"])
+        return Metrics(accuracy=score.token_accuracy, loss=score.bits_per_character)
