@@ -480,6 +480,23 @@ def test_a_proposers_own_vote_is_one_vote_of_its_stake(reg: Registry) -> None:
     assert slashed == {reg.hx(4), reg.hx(5)}  # rejected proposals; no voter slashed
 
 
+def test_a_proposer_that_commits_and_does_not_reveal_is_slashed_and_others_are_paid(reg: Registry) -> None:
+    """The new voters are settled by the old rules: a proposer's unopened commitment is
+    slashed (reason 3); a proposer whose ballot agreed with the
+    verdict is paid as a voter too."""
+    task = reg.started([1, 2, 3, 4, 5])
+    reg.propose(task, 0, 1)
+    reg.propose(task, 0, 2)
+    ballots = {1: [1, 1], 2: [1, 1], 3: [1, 1], 4: [1, 1], 5: [1, 1]}
+    reg.vote_round(task, 0, ballots, reveal={1, 3, 4, 5})  # proposer 2 never opens its vote
+    events = reg.events(reg.tx(0, "finalise", task, 0))
+    assert dict(events)["RoundFinalised"]["accepted_mask"] == 0b11  # 4 of 5 revealed, all +1
+    slashed = {ev["participant"]: ev["reason"] for n, ev in events if n == "Slashed"}
+    assert slashed == {reg.hx(2): 3}
+    voters_paid = {ev["participant"] for n, ev in events if n == "Rewarded" and ev["kind"] == 2}
+    assert reg.hx(1) in voters_paid and reg.hx(2) not in voters_paid
+
+
 def test_vote_count_must_match_proposals(reg: Registry) -> None:
     task = reg.started([1, 2, 3])
     reg.propose(task, 0, 1)
