@@ -703,18 +703,21 @@ def decline(task_id: uint256, r: uint256, vrf_proof: Bytes[VRF_PROOF_LEN]):
 
 @external
 def commit_vote(task_id: uint256, r: uint256, digest: bytes32):
-    """@notice a voter (joined, not a proposer this round) commits its vote digest once"""
+    """
+    @notice a participant commits its vote digest once. Every participant votes, the
+            round's proposers included (on every proposal, their own among them), so
+            each round's verdict is a majority of all the stake that revealed and never
+            of a random committee a minority may happen to dominate.
+    """
     self._require_phase(task_id, r, PHASE_COMMIT)
     assert self._pools[task_id][msg.sender].active, "not a participant"
-    assert self._proposal_slot[task_id][r][msg.sender] == 0, "proposers do not vote"
     assert self._ballots[task_id][r][msg.sender].digest == empty(bytes32), "already committed"
     assert digest != empty(bytes32), "empty digest"
     self._ballots[task_id][r][msg.sender].digest = digest
     log VoteCommitted(task_id=task_id, round=r, voter=msg.sender, digest=digest)
     committed: uint256 = self._windows[task_id][r].n_committed + 1
     self._windows[task_id][r].n_committed = committed
-    # every participant that did not propose is a voter
-    if committed + self._rounds[task_id][r].n_proposals >= len(self._participants[task_id]):
+    if committed >= len(self._participants[task_id]):
         self._close_from(task_id, r, PHASE_COMMIT)
 
 
@@ -826,7 +829,7 @@ def _settle_voters(task_id: uint256, r: uint256, mask: uint256, n: uint256, whol
         who: address = addrs[i]
         ballot: Ballot = self._ballots[task_id][r][who]
         if ballot.digest == empty(bytes32):
-            continue  # did not vote (or proposed): neither rewarded nor slashed
+            continue  # did not commit: neither rewarded nor slashed
         if not ballot.revealed:
             slashed += self._slash(task_id, r, who, slash_bps, BPS, SLASH_UNREVEALED_VOTE)
             continue

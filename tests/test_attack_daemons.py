@@ -74,11 +74,9 @@ def test_sign_flipping_proposer_is_voted_down_and_the_model_still_learns(short_t
         assert attacker not in lowered(r["accepted_proposers"]), r
     honest_accepted = sum(len(lowered(r["accepted_proposers"]) - {attacker}) for r in rounds)
     assert honest_accepted >= 1
-    # A round in which all four proposed has nobody left to vote: every proposal in it is
-    # rejected by rule, so only rounds with voters say anything about honest work.
-    voted = [r for r in rounds if len(lowered(r["proposers"])) < len(cluster.daemons)]
-    honest_proposals = sum(len(lowered(r["proposers"]) - {attacker}) for r in voted)
-    honest_accepted = sum(len(lowered(r["accepted_proposers"]) - {attacker}) for r in voted)
+    # Every participant votes, proposers too, so every round judges its honest work.
+    honest_proposals = sum(len(lowered(r["proposers"]) - {attacker}) for r in rounds)
+    honest_accepted = sum(len(lowered(r["accepted_proposers"]) - {attacker}) for r in rounds)
     assert honest_accepted >= honest_proposals // 2  # IID honest work passes the voters
     assert rounds[-1]["test_accuracy"] > 0.6  # a random digits model scores ~0.1
     log = cluster.daemons[ATTACKER].log_path.read_text()

@@ -422,7 +422,6 @@ def test_commit_and_reveal_reverts(reg: Registry) -> None:
     d3 = reg.digest(3, votes, s3)
     assert reg.reverts(3, "commit_vote", task, 0, d3) == "wrong phase"
     reg.advance_to(task, 0, PHASE_COMMIT)
-    assert reg.reverts(1, "commit_vote", task, 0, d3) == "proposers do not vote"
     assert reg.reverts(5, "commit_vote", task, 0, d3) == "not a participant"
     assert reg.reverts(3, "commit_vote", task, 0, bytes(32)) == "empty digest"
     assert reg.reverts(3, "commit_vote", task, 1, d3) == "wrong round"
@@ -431,19 +430,71 @@ def test_commit_and_reveal_reverts(reg: Registry) -> None:
     assert reg.reverts(3, "commit_vote", task, 0, d3) == "already committed"
     # voter 4 commits a malformed ballot, to show reveal rejects it despite a matching digest
     reg.tx(4, "commit_vote", task, 0, reg.digest(4, [1, 2], s3))
-    # both voters are in: the commit window closed at that block, the reveal one is open
+    assert reg.view("phase", task) == PHASE_COMMIT  # the proposers vote too: not all in yet
+    reg.tx(1, "commit_vote", task, 0, reg.digest(1, votes, salt(1, 0)))
+    reg.tx(2, "commit_vote", task, 0, reg.digest(2, votes, salt(2, 0)))
+    # every participant is in: the commit window closed at that block, the reveal one is open
     assert reg.view("phase", task) == PHASE_REVEAL
     assert reg.reverts(3, "commit_vote", task, 0, d3) == "wrong phase"
     assert reg.reverts(3, "reveal_vote", task, 0, votes, salt(9, 9)) == "reveal does not match commitment"
     assert reg.reverts(3, "reveal_vote", task, 0, [1, 1], s3) == "reveal does not match commitment"
     # a copied commitment does not open for the copier: the digest binds the sender
-    assert reg.reverts(2, "reveal_vote", task, 0, votes, s3) == "no commitment"
+    assert reg.reverts(2, "reveal_vote", task, 0, votes, s3) == "reveal does not match commitment"
+    assert reg.reverts(5, "reveal_vote", task, 0, votes, s3) == "no commitment"
     assert reg.reverts(4, "reveal_vote", task, 0, [1, 2], s3) == "vote must be -1, 0 or +1"
     (name, ev), = reg.events(reg.tx(3, "reveal_vote", task, 0, votes, s3))
     assert (name, ev["votes"], ev["salt"]) == ("VoteRevealed", (1, -1), s3)
     assert reg.view("get_ballot", task, 0, reg.addr(3)) == (d3, True, 0b01, 0b10)
     assert reg.reverts(3, "reveal_vote", task, 0, votes, s3) == "already revealed"
     assert reg.reverts(0, "finalise", task, 0) == "wrong phase"
+
+
+def test_a_minority_never_holds_the_majority_of_a_round(reg: Registry) -> None:
+    """Three honest participants of five, two of them this round's proposers: the
+    cartel (4, 5) holds two of the three non-proposers' votes, but every participant
+    votes, so its two of five cannot reject the honest proposals nor pass its own."""
+    task = reg.started([1, 2, 3, 4, 5])
+    reg.propose(task, 0, 1)
+    reg.propose(task, 0, 2)
+    reg.propose(task, 0, 4)  # the cartel's poison
+    honest, cartel = [1, 1, -1], [-1, -1, 1]
+    reg.vote_round(task, 0, {1: honest, 2: honest, 3: honest, 4: cartel, 5: cartel})
+    events = dict(reg.events(reg.tx(0, "finalise", task, 0)))
+    assert events["RoundFinalised"]["accepted_mask"] == 0b011
+    # proposers' ballots are settled as anyone's: paid by agreement, never slashed for it
+    assert reg.view("get_ballot", task, 0, reg.addr(1))[1:] == (True, 0b011, 0b100)
+
+
+def test_a_proposers_own_vote_is_one_vote_of_its_stake(reg: Registry) -> None:
+    """A proposer voting +1 on its own proposal adds its stake once, like any voter's:
+    two cartel proposers of five (40%) backing themselves stay below half."""
+    task = reg.started([1, 2, 3, 4, 5])
+    reg.propose(task, 0, 4)
+    reg.propose(task, 0, 5)
+    cartel, honest = [1, 1], [-1, -1]
+    reg.vote_round(task, 0, {1: honest, 2: honest, 3: honest, 4: cartel, 5: cartel})
+    events = reg.events(reg.tx(0, "finalise", task, 0))
+    assert dict(events)["RoundFinalised"]["accepted_mask"] == 0
+    assert reg.view("get_round", task, 0)[3] == 500 * E18  # revealed_stake: all five, once each
+    slashed = {ev["participant"] for name, ev in events if name == "Slashed"}
+    assert slashed == {reg.hx(4), reg.hx(5)}  # rejected proposals; no voter slashed
+
+
+def test_a_proposer_that_commits_and_does_not_reveal_is_slashed_and_others_are_paid(reg: Registry) -> None:
+    """The new voters are settled by the old rules: a proposer's unopened commitment is
+    slashed (reason 3); a proposer whose ballot agreed with the
+    verdict is paid as a voter too."""
+    task = reg.started([1, 2, 3, 4, 5])
+    reg.propose(task, 0, 1)
+    reg.propose(task, 0, 2)
+    ballots = {1: [1, 1], 2: [1, 1], 3: [1, 1], 4: [1, 1], 5: [1, 1]}
+    reg.vote_round(task, 0, ballots, reveal={1, 3, 4, 5})  # proposer 2 never opens its vote
+    events = reg.events(reg.tx(0, "finalise", task, 0))
+    assert dict(events)["RoundFinalised"]["accepted_mask"] == 0b11  # 4 of 5 revealed, all +1
+    slashed = {ev["participant"]: ev["reason"] for n, ev in events if n == "Slashed"}
+    assert slashed == {reg.hx(2): 3}
+    voters_paid = {ev["participant"] for n, ev in events if n == "Rewarded" and ev["kind"] == 2}
+    assert reg.hx(1) in voters_paid and reg.hx(2) not in voters_paid
 
 
 def test_vote_count_must_match_proposals(reg: Registry) -> None:

@@ -219,3 +219,25 @@ def test_plugins_come_from_the_entry_point_group(monkeypatch):
     with pytest.raises(RecipeError):
         load_recipe("liar")  # the class's name must be the registered name
     assert type(load_recipe("digits-mlp")).__name__ == "DigitsMLP"  # built-ins win
+
+
+def test_the_voting_bounds_widen_to_what_a_small_split_can_resolve():
+    """Two rows of a 14-row split are 0.14 accuracy: noise there, so an honest voter that
+    loses two rows (and the loss a couple of rows moving costs) still accepts, while a
+    poisoned delta's drop, tens of rows' worth, is still rejected. From ~25 rows on the
+    fixed bounds hold unchanged."""
+    from flockd.fl.recipe import Metrics
+    from flockd.fl.score import Score
+
+    def score(acc_gain: float, loss_rise: float) -> Score:
+        return Score(Metrics(accuracy=0.9, loss=0.3), Metrics(accuracy=0.9 + acc_gain, loss=0.3 + loss_rise))
+
+    two_rows = score(-2 / 14, 0.40)
+    assert not accepts(two_rows)  # the fixed bounds: 0.10 accuracy, 0.25 loss
+    assert accepts(two_rows, rows=14)
+    assert not accepts(score(-3 / 14, 0.1), rows=14)
+    assert not accepts(score(0.0, 0.5), rows=14)
+    assert not accepts(score(-0.6, 1.5), rows=14)  # a label flip's typical score
+    large = score(-0.12, 0.1)
+    assert not accepts(large, rows=100) and not accepts(large)
+    assert accepts(score(-0.09, 0.24), rows=100)

@@ -9,7 +9,7 @@ garbage, the voters abstained, and the whole round (honest proposals too) was re
 Who proposes is a VRF draw on the block hash (see test_attack_daemons.py): the test runs
 a long task with a high expected proposer count and stops as soon as a finalised round
 held the attacker's garbage and an honest proposal, asserting on what the chain recorded
-and on the ballots each honest voter committed.
+and on the ballots each honest node committed (proposers vote too).
 """
 
 import pytest
@@ -55,10 +55,10 @@ def test_garbage_is_rejected_and_honest_proposals_of_its_rounds_pass(short_tmp):
     observer = cluster.daemons[0]
 
     def mixed(r: dict) -> bool:
-        # the attacker and at least one honest node proposed, and someone was left to vote
-        # (with all four proposing nobody judges the round: nothing is accepted)
+        # the attacker and at least one honest node proposed (every participant votes,
+        # the proposers too, so even a round in which all four proposed is judged)
         proposers = lowered(r["proposers"])
-        return attacker in proposers and 1 < len(proposers) < len(cluster.daemons)
+        return attacker in proposers and len(proposers) > 1
 
     try:
         cluster.start(timeout=180)  # a shared, busy machine starts four daemons slowly
@@ -82,9 +82,7 @@ def test_garbage_is_rejected_and_honest_proposals_of_its_rounds_pass(short_tmp):
         accepted = set(lowered(r["accepted_proposers"]))
         assert attacker not in accepted, r
         assert accepted == set(proposers) - {attacker}, r  # every honest proposal passed
-        for d in honest:
-            if d.address.lower() in proposers:
-                continue
+        for d in honest:  # an honest proposer's ballot too: +1 on its own, like the others
             votes = committed[d.index].get(r["round"])
             assert votes is not None, f"node {d.index} abstained in round {r['round']}"
             assert len(votes) == len(proposers), (d.index, r["round"], votes)

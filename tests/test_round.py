@@ -19,6 +19,7 @@ from flockd.round import (
     ChainPhase,
     ConflictingEvent,
     DeclinedOnChain,
+    DeltaFetchFailed,
     DeltaReceived,
     DeltaRejected,
     ElectionDone,
@@ -209,16 +210,47 @@ def test_proposer_trains_proposes_pushes_and_applies() -> None:
     assert node.machine.step is Step.PROPOSING
     assert node.feed(ProposalOnChain(0, 0, ME, keccak(own))) == []  # pushed once
     assert node.machine.step is Step.PROPOSED
-    # Proposers never commit or reveal.
+    # A proposer votes too, on every proposal of the round, its own included.
+    node.feed(ProposalOnChain(0, 1, P1, H1), DeltaReceived(0, P1, D1, P1))
+    assert node.to(PROPOSE_END) == [ScoreProposals(0, BASE, (own, D1), VoteMode.PER_PROPOSAL)]
+    # its own entry is +1 whatever its scorer says
+    (commit,) = node.feed(ScoresReady(0, (-1, -1)))
+    assert isinstance(commit, SubmitCommit) and commit.votes == (1, -1)
+    node.feed(VoteCommittedOnChain(0, ME, commit.digest))
+    assert node.machine.step is Step.COMMITTED
+    assert node.to(COMMIT_END) == [SubmitReveal(0, (1, -1), commit.salt)]
+    node.feed(VoteRevealedOnChain(0, ME, (1, -1)))
+    assert node.machine.step is Step.REVEALED and node.machine.role is Role.PROPOSER
     assert node.to(REVEAL_END - 1) == []
     assert node.to(REVEAL_END) == [SubmitFinalise(0)]
-    assert node.feed(RoundFinalisedOnChain(0, 1, 1)) == [Aggregate(0, BASE, (own,))]
+    assert node.feed(RoundFinalisedOnChain(0, 1, 2)) == [Aggregate(0, BASE, (own,))]
     assert node.machine.phase is Phase.APPLYING
     model = keccak(b"model 0")
     assert node.feed(ModelReady(0, model)) == []  # attest on the next block, after the
     assert node.to(REVEAL_END + 1) == [SubmitRecordModel(0, model)]  # finalise block's logs
     assert node.feed(ModelRecordedOnChain(0, model)) == [RoundComplete(0, model)]
     assert node.machine.phase is Phase.DONE and node.machine.model_hash == model
+
+
+def test_a_proposer_votes_in_whole_round_mode_by_its_score_of_the_aggregate() -> None:
+    node = Node(vote_mode=VoteMode.WHOLE_ROUND)
+    node.open()
+    node.feed(election(1), TrainingDone(0, b"mine"), ProposalOnChain(0, 0, ME, keccak(b"mine")))
+    node.feed(ProposalOnChain(0, 1, P1, H1), DeltaReceived(0, P1, D1, P1))
+    (score,) = of(ScoreProposals, node.to(PROPOSE_END))
+    assert score == ScoreProposals(0, BASE, (b"mine", D1), VoteMode.WHOLE_ROUND)
+    (commit,) = node.feed(ScoresReady(0, (-3,)))
+    assert commit.votes == (-1,)  # one vote on the round: no own entry to set
+
+
+def test_a_proposer_that_cannot_score_in_time_abstains_and_still_finalises() -> None:
+    node = Node()
+    node.open()
+    node.feed(election(1), TrainingDone(0, b"mine"), ProposalOnChain(0, 0, ME, keccak(b"mine")))
+    node.to(COMMIT_END)  # the scorer never answered
+    assert node.machine.step is Step.ABSTAINED and node.machine.role is Role.PROPOSER
+    assert of(SubmitCommit, node.actions) == []
+    assert node.to(REVEAL_END) == [SubmitFinalise(0)]
 
 
 def test_proposer_that_trains_too_long_gives_up_and_votes() -> None:
@@ -605,6 +637,9 @@ def test_missing_accepted_delta_is_fetched_before_aggregating() -> None:
     node.feed(election(1), TrainingDone(0, b"mine"), ProposalOnChain(0, 0, ME, keccak(b"mine")))
     node.feed(ProposalOnChain(0, 1, P1, H1))
     node.to(REVEAL_END + 10)
+    # chased once already, to vote on it; that fetch failed
+    assert of(FetchDelta, node.actions) == [FetchDelta(0, P1, H1, ())]
+    node.feed(DeltaFetchFailed(0, H1))
     assert node.feed(RoundFinalisedOnChain(0, 0b10, 2)) == [FetchDelta(0, P1, H1, ())]
     assert node.feed(DeltaReceived(0, P1, D1, V2)) == [Aggregate(0, BASE, (D1,))]
 
@@ -657,8 +692,9 @@ def test_restarted_proposer_pushes_its_stored_delta_again() -> None:
         DeltaReceived(0, ME, own, ME),
     ]
     machine, actions = RoundMachine.replay(config(), 0, events, salts())
-    assert actions == [PushDelta(0, keccak(own), own)]
-    assert machine.role is Role.PROPOSER and machine.step is Step.PROPOSED
+    # and, the proposals being closed, scores them (its own is the only one) to vote
+    assert actions == [PushDelta(0, keccak(own), own), ScoreProposals(0, BASE, (own,), VoteMode.PER_PROPOSAL)]
+    assert machine.role is Role.PROPOSER and machine.step is Step.SCORING
 
 
 def test_replay_rebuilds_the_same_picture_as_living_through_it() -> None:

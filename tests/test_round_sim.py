@@ -185,11 +185,10 @@ class FakeChain:
             return events
         if isinstance(action, SubmitCommit):
             self._require(self.phase(b) == "commit", "wrong phase")
-            self._require(all(p != sender for p, _ in self.proposals), "proposers do not vote")
             self._require(sender not in self.commits, "already committed")
             self.commits[sender] = action.digest
             events = [VoteCommittedOnChain(r, sender, action.digest)]
-            if len(self.commits) + len(self.proposals) >= len(NODES):
+            if len(self.commits) >= len(NODES):  # everyone votes, the proposers too
                 events += self._close(ChainPhase.COMMIT)
             return events
         if isinstance(action, SubmitReveal):
@@ -458,6 +457,8 @@ def test_three_nodes_run_two_rounds_per_proposal() -> None:
     assert sim.chain.finalised == {0: 0b1, 1: 0b01}
     assert all(n.completed == sim.chain.recorded for n in sim.nodes.values())
     assert not any(n.rejected for n in sim.nodes.values())
+    # every node voted in every round, the proposers (A, C) too: C's own +1 alone of 3 lost
+    assert all(on_chain(sim, VoteRevealedOnChain, who, r) for who in NODES for r in range(ROUNDS))
 
 
 def test_three_nodes_run_two_rounds_whole_round() -> None:

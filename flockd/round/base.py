@@ -60,7 +60,7 @@ class Phase(enum.Enum):
 class Role(enum.Enum):
     UNDECIDED = "undecided"
     PROPOSER = "proposer"
-    VOTER = "voter"  # includes an elected proposer that gave up before proposing
+    VOTER = "voter"  # not elected, or elected but gave up (a proposer votes as well)
 
 
 class Step(enum.Enum):
@@ -70,8 +70,8 @@ class Step(enum.Enum):
     ELECTING = "electing"
     TRAINING = "training"
     PROPOSING = "proposing"  # propose tx sent
-    PROPOSED = "proposed"
-    COLLECTING = "collecting"  # voter: waiting for proposals and their deltas
+    PROPOSED = "proposed"  # its proposal is on chain; it votes next, on every proposal
+    COLLECTING = "collecting"  # waiting for proposals and their deltas
     SCORING = "scoring"
     VOTES_READY = "votes_ready"  # waiting for the commit window
     COMMITTING = "committing"

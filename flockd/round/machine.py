@@ -287,8 +287,15 @@ class RoundMachine:
             if len(votes) != len(self._scored) or any(v not in (1, -1) for v in votes):
                 raise InvalidScores(f"expected {len(self._scored)} votes of +1 or -1")
             # A delta never received is voted 0, "not received", whatever the scorer put in
-            # its place: never a reject, and never slashed.
-            votes = tuple(0 if gap else v for v, gap in zip(votes, self._gaps, strict=True))
+            # its place: never a reject, and never slashed. A proposer votes +1 on its own
+            # proposal (it knows what it trained; the registry does not check, and a
+            # self-vote is one vote of its own stake like any other).
+            own = self._book.of(self.config.me)
+            mine = None if own is None else own.delta_hash
+            votes = tuple(
+                0 if gap else 1 if digest == mine else v
+                for v, gap, digest in zip(votes, self._gaps, self._scored, strict=True)
+            )
         self._set_ballot(votes, self._salt_source())
 
     def _set_ballot(self, votes: tuple[int, ...], salt: bytes) -> None:
@@ -351,7 +358,8 @@ class RoundMachine:
             out.append(PushDelta(self.round, digest, self._own_delta))
 
     def _advance_voter(self, out: list[Action]) -> None:
-        if self.role is not Role.VOTER or self._abstained or not self._closed():
+        # Every participant votes: a voter, and a proposer once its proposal is on chain.
+        if not self._votes or self._abstained or not self._closed():
             return
         head, (propose_end, commit_end, reveal_end) = self._now()
         proposals = self._book.ordered()
@@ -470,6 +478,11 @@ class RoundMachine:
         return propose_end, commit_end, reveal_end
 
     @property
+    def _votes(self) -> bool:
+        """This node takes the voter path: not elected (or gave up), or proposed."""
+        return self.role is Role.VOTER or self._book.of(self.config.me) is not None
+
+    @property
     def gave_up(self) -> bool:
         """Elected, but the proposal did not land before the propose window closed."""
         elected = self._election is not None and (self._election.weight > 0 or self.is_fallback_proposer)
@@ -521,9 +534,8 @@ class RoundMachine:
         if not self.config.is_participant:
             return Step.OBSERVING
         role = self.role
-        if role is Role.PROPOSER:
-            if self._book.of(me) is not None:
-                return Step.PROPOSED
+        proposed = self._book.of(me) is not None
+        if role is Role.PROPOSER and not proposed:
             if self._tx[TxKind.PROPOSE].in_flight:
                 return Step.PROPOSING
             return Step.TRAINING if "train" in self._asked else Step.WAITING
@@ -540,7 +552,7 @@ class RoundMachine:
         ):
             if done:
                 return step
-        return Step.COLLECTING
+        return Step.PROPOSED if proposed else Step.COLLECTING
 
     @property
     def head(self) -> int | None:
