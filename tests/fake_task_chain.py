@@ -138,28 +138,14 @@ class ScriptedChain(TaskChain):
         return 21_000
 
 
-class ScriptedPeers(P2PNetwork):
-    """Peers by address, each answering fetches from its own Store (or withholding)."""
+class BlobOnlyPeers(P2PNetwork):
+    """A P2PNetwork for adapter tests: blobs and penalties only (no gossip, no dialing)."""
 
     def __init__(self) -> None:
-        self.stores: dict[bytes, Store] = {}
-        self.online: list[bytes] = []
-        self.pushes: list[tuple[bytes, bytes]] = []  # (to address, delta)
         self.penalties: list[tuple[str, str]] = []  # (peer or address, reason)
-
-    def add(self, address: bytes, store: Store) -> None:
-        self.stores[address] = store
-        self.online.append(address)
-
-    @property
-    def peer_id(self) -> str:
-        return "me"
 
     def listen_addrs(self) -> list[str]:
         return []
-
-    def peers(self) -> list[PeerInfo]:
-        return [PeerInfo(_peer_id(a), "0x" + a.hex(), [], "outbound", None) for a in self.online]
 
     async def connect(self, multiaddr: str) -> str:
         raise NotImplementedError
@@ -178,6 +164,27 @@ class ScriptedPeers(P2PNetwork):
 
     def penalize_sender(self, address: str, points: float, reason: str) -> None:
         self.penalties.append((address, reason))
+
+
+class ScriptedPeers(BlobOnlyPeers):
+    """Peers by address, each answering fetches from its own Store (or withholding)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stores: dict[bytes, Store] = {}
+        self.online: list[bytes] = []
+        self.pushes: list[tuple[bytes, bytes]] = []  # (to address, delta)
+
+    def add(self, address: bytes, store: Store) -> None:
+        self.stores[address] = store
+        self.online.append(address)
+
+    @property
+    def peer_id(self) -> str:
+        return "me"
+
+    def peers(self) -> list[PeerInfo]:
+        return [PeerInfo(_peer_id(a), "0x" + a.hex(), [], "outbound", None) for a in self.online]
 
     async def send_blob(self, peer_id: str, kind: str, data: bytes) -> bytes | None:
         address = bytes.fromhex(peer_id[5:])

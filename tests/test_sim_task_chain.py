@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 import trio
+from fake_task_chain import BlobOnlyPeers
 
 from flockd import round as rnd
 from flockd import vrf
-from flockd.p2p.abc import GossipHandler, P2PNetwork, PeerInfo
+from flockd.p2p.abc import PeerInfo
 from flockd.sim import SimConfig
 from flockd.sim.run import Simulation
 from flockd.sim.task_chain import SimBlocks, SimTaskChain
@@ -24,40 +25,19 @@ from flockd.tasks.exchange import DELTA_KIND, FETCH_KIND, decode_fetch, decode_p
 from flockd.tasks.runner import NodeContext, TaskRunner
 
 
-class InProcessPeers(P2PNetwork):
+class InProcessPeers(BlobOnlyPeers):
     """Every other runner is a peer; a push goes to its inbox, a fetch to its store."""
 
     def __init__(self, me: bytes, hub: dict[bytes, TaskRunner]) -> None:
+        super().__init__()
         self.me, self.hub = me, hub
-        self.penalties: list[tuple[str, str]] = []  # (peer or address, reason)
 
     @property
     def peer_id(self) -> str:
         return self.me.hex()
 
-    def listen_addrs(self) -> list[str]:
-        return []
-
     def peers(self) -> list[PeerInfo]:
         return [PeerInfo(a.hex(), "0x" + a.hex(), [], "outbound", None) for a in self.hub if a != self.me]
-
-    async def connect(self, multiaddr: str) -> str:
-        raise NotImplementedError
-
-    async def publish(self, topic: str, kind: str, payload: object) -> None:
-        raise NotImplementedError
-
-    def subscribe(self, topic: str, handler: GossipHandler) -> None:
-        raise NotImplementedError
-
-    def handle_blobs(self, kind: str, handler: object, *, max_size: int) -> None:
-        raise NotImplementedError
-
-    def penalize_peer(self, peer_id: str, points: float, reason: str) -> None:
-        self.penalties.append((peer_id, reason))
-
-    def penalize_sender(self, address: str, points: float, reason: str) -> None:
-        self.penalties.append((address, reason))
 
     async def send_blob(self, peer_id: str, kind: str, data: bytes) -> bytes | None:
         await trio.lowlevel.checkpoint()
