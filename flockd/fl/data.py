@@ -187,15 +187,21 @@ def node_splits(data: Split, spec: DataSpec) -> tuple[Split, Split]:
     return data.take(train_idx), data.take(val_idx)
 
 
-def load_user_data(path: str | Path, label_column: str = "label") -> Split:
-    """A node's own data: ``.npz`` with arrays ``X`` and ``y``, or ``.csv`` with a header."""
-    path = Path(path)
+def check_file_size(path: Path, limit: int) -> None:
+    """DataError unless ``path`` can be stat'ed and holds at most ``limit`` bytes (checked
+    before anything is read, so a huge file costs nothing)."""
     try:
         size = path.stat().st_size
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc}") from None
-    if size > MAX_USER_FILE_BYTES:
-        raise DataError(f"{path} is larger than {MAX_USER_FILE_BYTES} bytes")
+    if size > limit:
+        raise DataError(f"{path} is larger than {limit} bytes")
+
+
+def load_user_data(path: str | Path, label_column: str = "label") -> Split:
+    """A node's own data: ``.npz`` with arrays ``X`` and ``y``, or ``.csv`` with a header."""
+    path = Path(path)
+    check_file_size(path, MAX_USER_FILE_BYTES)
     if path.suffix == ".npz":
         x, y = _read_npz(path)
     elif path.suffix == ".csv":

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flockd.fl.data import DataError
+from flockd.fl.data import DataError, check_file_size
 from flockd.safejson import TooDeep, check_depth
 
 MAX_TEXT_FILE_BYTES = 256 << 20
@@ -110,12 +110,7 @@ def paragraphs(text: str, max_chars: int) -> list[Example]:
 def read_examples(path: str | Path, max_chars: int) -> list[Example]:
     """A node's own text file (``.jsonl`` or ``.txt``) as Examples."""
     path = Path(path)
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
-    if size > MAX_TEXT_FILE_BYTES:
-        raise DataError(f"{path} is larger than {MAX_TEXT_FILE_BYTES} bytes")
+    check_file_size(path, MAX_TEXT_FILE_BYTES)
     try:
         text = path.read_bytes().decode()
     except UnicodeDecodeError:
