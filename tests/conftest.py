@@ -20,3 +20,14 @@ def _quiet_torch_threads():
     # Tests share 2 cores with the daemons they start.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     yield
+
+
+@pytest.fixture(scope="module")
+def recipes_from_this_module(request):
+    """Lets `module:attr` recipe names load from the test module that asks for it (the
+    allow-list a node reads from $FLOCKD_RECIPE_MODULES)."""
+    from flockd.fl.recipe import RECIPE_MODULES_ENV
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(RECIPE_MODULES_ENV, request.module.__name__)
+        yield

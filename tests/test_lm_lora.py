@@ -11,7 +11,7 @@ from flockd.fl.aggregate import MAX_UPDATE_RATIO, aggregate
 from flockd.fl.builtin import DigitsMLP
 from flockd.fl.checkpoint import model_hash
 from flockd.fl.codec import MAX_DELTA_VALUE, decode_delta, encode_delta
-from flockd.fl.recipe import RECIPE_MODULES_ENV, BadRecipeConfig, load_recipe
+from flockd.fl.recipe import BadRecipeConfig, load_recipe
 from flockd.fl.tensors import model_state, shapes
 from flockd.lm.lora import (
     LoraConfig,
@@ -26,12 +26,7 @@ from flockd.lm.lora import (
 from flockd.tasks.spec import TaskSpec
 from flockd.tasks.work import Worker
 
-
-@pytest.fixture(scope="module", autouse=True)
-def allow_this_module():
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(RECIPE_MODULES_ENV, __name__)
-        yield
+pytestmark = pytest.mark.usefixtures("recipes_from_this_module")
 
 
 class LoraDigits(LoraRecipe, DigitsMLP):

@@ -13,7 +13,7 @@ from torch import nn
 
 from flockd.fl.checkpoint import model_hash
 from flockd.fl.data import DataError, DataSpec
-from flockd.fl.recipe import RECIPE_MODULES_ENV, BadRecipeConfig
+from flockd.fl.recipe import BadRecipeConfig
 from flockd.lm.base import (
     BASES_ENV,
     BaseHashMismatch,
@@ -30,12 +30,7 @@ from flockd.lm.text import Example, carve, chat, paragraphs, pieces, read_exampl
 from flockd.tasks.spec import TaskSpec
 from flockd.tasks.work import Worker
 
-
-@pytest.fixture(scope="module", autouse=True)
-def allow_this_module():
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(RECIPE_MODULES_ENV, __name__)
-        yield
+pytestmark = pytest.mark.usefixtures("recipes_from_this_module")
 
 
 class ByteTokenizer:
