@@ -40,3 +40,19 @@ ensure_anvil() {
         export FLOCKD_ANVIL="$bin"
     fi
 }
+
+# Debian's chromium and its driver, for the browser test of the web page; selenium is
+# pointed at /usr/bin/chromedriver, so it never tries to download a browser of its own.
+ensure_chromium() {
+    if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+        return
+    fi
+    if command -v apt-get >/dev/null 2>&1 && [[ "$(id -u)" == 0 ]]; then
+        echo "installing Debian's chromium and chromium-driver (first run)" >&2
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -qq chromium chromium-driver; } >&2 \
+            || echo "apt-get could not install chromium: browser tests will be skipped" >&2
+    else
+        echo "chromium not found: browser tests will be skipped" >&2
+    fi
+}
