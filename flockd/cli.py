@@ -94,6 +94,10 @@ def _parser() -> argparse.ArgumentParser:
 
     add_lm_parser(sub)
 
+    from flockd.serve.cli import add_serve_parser
+
+    add_serve_parser(sub)
+
     testnet = sub.add_parser("testnet", help="run a local multi-node network (see scripts/testnet)", add_help=False)
     testnet.add_argument("rest", nargs=argparse.REMAINDER)
     testnet.set_defaults(func=_cmd_testnet)

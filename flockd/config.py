@@ -78,6 +78,17 @@ max_slash_bps = 1000
 # rounds x (2 x propose_blocks + commit_blocks + reveal_blocks): the longest the stake is locked.
 max_task_blocks = 50000
 
+# Serve models over the OpenAI-compatible HTTP API, with retrieval and a web page
+# (docs/serving.md). Off unless enabled:
+# [serve]
+# enabled = true
+# host = "127.0.0.1"               # any other address needs an API key
+# port = 8000
+# api_key_file = ""                # else $FLOCKD_SERVE_API_KEY
+# model_dir = "/path/to/hf-model"  # a Hugging Face-format causal LM directory
+# knowledge = "/path/to/docs"      # .txt/.md files to retrieve from
+# retrieval_top_k = 0              # chats retrieve this many chunks unless they say otherwise
+
 # A research tool for measuring the defence: make this node MALICIOUS (docs/learning.md,
 # "Attackers"). Off unless the section is added:
 # [attack]
@@ -156,6 +167,24 @@ class AttackSection:
 
 
 @dataclass(frozen=True)
+class ServeSection:
+    """`flockd serve` as a daemon service (flockd.serve.service.ServeSettings)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key_file: str = ""
+    vhosts: list[str] = field(default_factory=lambda: ["localhost"])
+    model_dir: str = ""
+    model_name: str = ""
+    classifier_recipe: str = ""
+    classifier_checkpoint: str = ""
+    knowledge: str = ""
+    retrieval_top_k: int = 0
+    max_queue: int = 8
+
+
+@dataclass(frozen=True)
 class Config:
     node: NodeSection = field(default_factory=NodeSection)
     p2p: P2PSection = field(default_factory=P2PSection)
@@ -164,6 +193,7 @@ class Config:
     metrics: MetricsSection = field(default_factory=MetricsSection)
     policy: PolicySection = field(default_factory=PolicySection)
     attack: AttackSection = field(default_factory=AttackSection)
+    serve: ServeSection = field(default_factory=ServeSection)
 
     def with_overrides(self, **sections: dict[str, Any]) -> Config:
         """Apply flag values, e.g. with_overrides(p2p={"bootstrap": [...]}); None means unset."""
@@ -213,6 +243,13 @@ class Config:
         if url and not (self.chain.registry and self.chain.token):
             raise ConfigError("chain.rpc_url is set: chain.registry and chain.token must name its contracts (flockd deploy)")
         self.attack.parsed()
+        if self.serve.enabled:
+            from flockd.serve.service import ServeConfigError, settings_from_section
+
+            try:
+                settings_from_section(self.serve).check()
+            except ServeConfigError as exc:
+                raise ConfigError(f"serve: {exc}") from None
         for value in self.attack.colluders:
             if not _is_address(value):
                 raise ConfigError(f"attack.colluders: {value!r} is not a 0x-prefixed 20-byte address")

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from flockd.chain.service import ChainService
     from flockd.identity.keystore import Identity
     from flockd.p2p.host import P2PService
+    from flockd.serve.app import ServeApp
     from flockd.tasks.service import TaskService
 
 from flockd import __version__
@@ -122,6 +123,8 @@ class Node:
         self.rpc_dispatcher.add_namespace(RPCNamespace(self.rpc_dispatcher))
         self.rpc_dispatcher.restrict("the node is starting", ALWAYS_ANSWERED)
         self.metrics_bound: int | None = None  # the metrics port, once served
+        self.serve_app: ServeApp | None = None  # [serve], once served: its port and counters
+        self.serve_bound: int | None = None
 
     def _open_services(self) -> None:
         """Unlock the keys and build the services: imports and file work only, no event
@@ -150,6 +153,18 @@ class Node:
         except (IdentityError, P2PError, GenesisError, GenesisMismatch) as exc:
             raise NodeStartError(str(exc)) from None
         self._open_tasks()
+        if config.serve.enabled:
+            self._open_serve()
+
+    def _open_serve(self) -> None:
+        """Load the served models and index the knowledge folder (seconds: in this thread)."""
+        from flockd.serve import service
+
+        try:
+            settings = service.settings_from_section(self.config.serve)
+            self.serve_app = service.build_app(settings, self.datadir / "serve", service.task_view(self.tasks))
+        except service.ServeConfigError as exc:
+            raise NodeStartError(f"serve: {exc}") from None
 
     def _open_tasks(self) -> None:
         from eth_account import Account
@@ -269,6 +284,8 @@ class Node:
         if self.chain_service is not None:
             await self._start(services, "chain", self.chain_service.run)
         await self._start(services, "tasks", self.tasks.run)
+        if self.config.serve.enabled:
+            await self._start(services, "serve", self._serve_models)
         if self.config.metrics.port:
             await self._start(services, "metrics", self._serve_metrics)
         self.state = "running"
@@ -311,6 +328,15 @@ class Node:
             self.metrics_bound = await nursery.start(
                 partial(serve_metrics, self.config.metrics.port, self, confirmations=self.config.chain.confirmations)
             )
+            task_status.started()
+
+    async def _serve_models(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        from flockd.asgi import serve_asgi
+
+        assert self.serve_app is not None  # built by _open_serve
+        serve = self.config.serve
+        async with trio.open_nursery() as nursery:
+            self.serve_bound = await nursery.start(partial(serve_asgi, self.serve_app, serve.port, host=serve.host))
             task_status.started()
 
     def rpc_error_counts(self) -> dict[tuple[str, int], int]:

@@ -22,6 +22,7 @@ from flockd.logs import get_logger
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
+    from flockd.config import ServeSection
     from flockd.serve.app import ServeApp, ServedModel, TaskView
     from flockd.tasks.service import TaskService
 
@@ -61,6 +62,16 @@ class ServeSettings:
             raise ServeConfigError("port, max_queue or retrieval_top_k out of range")
         if self.retrieval_top_k and not self.knowledge:
             raise ServeConfigError("retrieval_top_k needs a knowledge folder")
+
+
+def settings_from_section(section: ServeSection, index_path: str = "") -> ServeSettings:
+    """The daemon's ``[serve]`` section as settings (the API key read from its file or env)."""
+    return ServeSettings(
+        model_dir=section.model_dir, model_name=section.model_name, classifier_recipe=section.classifier_recipe,
+        classifier_checkpoint=section.classifier_checkpoint, knowledge=section.knowledge, index_path=index_path,
+        host=section.host, port=section.port, api_key=read_api_key(section.api_key_file), vhosts=tuple(section.vhosts),
+        max_queue=section.max_queue, retrieval_top_k=section.retrieval_top_k,
+    )
 
 
 def read_api_key(key_file: str) -> str:
