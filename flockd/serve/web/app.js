@@ -54,7 +54,7 @@ function showSources(sources, parent) {
   if (!sources || !sources.length) return;
   const list = el("ol", {className: "sources"});
   for (const s of sources) {
-    list.append(el("li", {}, el("b", {}, s.file + " #" + s.chunk), " (score " + s.score.toFixed(3) + "): ",
+    list.append(el("li", {}, el("b", {}, s.file + " #" + s.chunk), " (score " + s.score.toPrecision(3) + "): ",
                    s.text.slice(0, 160) + (s.text.length > 160 ? "…" : "")));
   }
   parent.append(el("div", {className: "sources"}, "Sources:"), list);
