@@ -117,6 +117,11 @@ class KnowledgeIndex:
         with self._lock:
             return int(self._db.execute("SELECT count(*) FROM chunks").fetchone()[0])
 
+    def texts(self) -> list[str]:
+        """Every chunk's text, in index order (for comparisons; the search never needs it)."""
+        with self._lock:
+            return [row[0] for row in self._db.execute("SELECT text FROM chunks ORDER BY rowid")]
+
     def refresh(self) -> IndexReport:
         """Bring the index up to date with the folder; reads only what changed."""
         added = changed = unchanged = 0
