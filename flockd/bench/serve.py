@@ -9,7 +9,7 @@
    client and server share one interpreter: the API figures include that contention.
 2. Retrieval: an FTS5 index of CHUNKS chunks of real text (the standard library's pydoc
    topics and the docstrings of numpy, torch.nn, asyncio and collections, cut into
-   ~250-character chunks), searched with queries of three words drawn from the chunks;
+   ~160-character chunks), searched with queries of three words drawn from the chunks;
    p50/p99 per query against a plain linear scan that scores every chunk by the same BM25
    formula in Python (chunks tokenized beforehand, untimed). Also how often both put the
    same chunk first.
@@ -145,7 +145,7 @@ def _retrieval(chunks: int, queries: int) -> None:
         per_file = 100
         for i in range(0, len(texts), per_file):
             (folder / f"doc{i // per_file:04}.txt").write_text("\n\n".join(texts[i:i + per_file]))
-        index = KnowledgeIndex(folder, Path(work) / "index.sqlite", chunk_chars=300)
+        index = KnowledgeIndex(folder, Path(work) / "index.sqlite", chunk_chars=200)
         start = time.perf_counter()
         report = index.refresh()
         built = time.perf_counter() - start
@@ -182,7 +182,7 @@ def _chunk_texts(count: int) -> list[str]:
     for word in words:
         piece.append(word)
         size += len(word) + 1
-        if size >= 250:
+        if size >= 160:
             texts.append(" ".join(piece))
             piece, size = [], 0
             if len(texts) == count:

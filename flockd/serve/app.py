@@ -14,6 +14,7 @@ between two tokens (``GenerationResponse``).
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import math
@@ -285,8 +286,12 @@ class GenerationResponse(Response):
         pieces_in, pieces_out = trio.open_memory_channel[str](math.inf)  # bounded by the token budget
         token = trio.lowlevel.current_trio_token()
 
-        def on_text(piece: str) -> None:
-            trio.from_thread.run_sync(pieces_in.send_nowait, piece, trio_token=token)
+        def deliver(piece: str) -> None:
+            with contextlib.suppress(trio.ClosedResourceError):  # the stream has ended: nobody reads it
+                pieces_in.send_nowait(piece)
+
+        def on_text(piece: str) -> None:  # in the worker thread: queue it, never wait for the loop
+            token.run_sync_soon(deliver, piece)
 
         async def forward() -> None:
             async for piece in pieces_out:
