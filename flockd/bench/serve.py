@@ -29,6 +29,7 @@ import subprocess
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from flockd.serve.retrieval import KnowledgeIndex
@@ -42,7 +43,7 @@ def main(argv: list[str]) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="", help="an HF-format model dir (default: the testnet base, built once)")
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per generation (default 64)")
-    parser.add_argument("--passes", type=int, default=5, help="generations per path (default 5)")
+    parser.add_argument("--passes", type=int, default=9, help="generations per path (default 9)")
     parser.add_argument("--chunks", type=int, default=10_000, help="chunks in the retrieval index (default 10,000)")
     parser.add_argument("--queries", type=int, default=300, help="retrieval queries (default 300)")
     args = parser.parse_args(argv)
@@ -75,7 +76,7 @@ def _generation(model_dir: Path, tokens: int, passes: int) -> None:
     lm = ServedLM("bench", model_dir)
     ids = lm.encode_prompt(PROMPT)
     print(f"\ngeneration: {model_dir.name[:16]}… ({lm.parameters:,} parameters), prompt {len(ids)} tokens, "
-          f"{tokens} new tokens, greedy, median of {passes}, 1 torch thread")
+          f"{tokens} new tokens, greedy, median of {passes} passes taking turns, 1 torch thread")
 
     def hf_generate() -> int:
         with torch.no_grad():
@@ -88,12 +89,9 @@ def _generation(model_dir: Path, tokens: int, passes: int) -> None:
     def own_loop() -> int:
         return lm.generate(ids, tokens, Sampling(tokens, 0.0, 1.0, (), None, True)).completion_tokens
 
-    rows: list[tuple[str, float, str]] = [
-        ("model.generate (transformers, direct)", _tokens_per_second(hf_generate, passes), ""),
-        ("server's token loop (direct)", _tokens_per_second(own_loop, passes), ""),
-    ]
     with ServerThread(ServeApp([lm])) as running:
         client = openai.OpenAI(base_url=running.url + "/v1", api_key="unused", max_retries=0)
+
         def api_whole() -> int:
             usage = client.completions.create(model="bench", prompt=PROMPT, max_tokens=tokens, temperature=0,
                                               extra_body={"ignore_eos": True}).usage
@@ -116,24 +114,32 @@ def _generation(model_dir: Path, tokens: int, passes: int) -> None:
             firsts.append(first if first is not None else math.nan)
             return count
 
-        rows.append(("API, whole response (openai client)", _tokens_per_second(api_whole, passes), ""))
-        rows.append(("API, streamed (openai client)", _tokens_per_second(api_stream, passes),
-                     f"first token {statistics.median(firsts) * 1000:.1f} ms (median)"))
-    base = rows[0][1]
+        paths = {
+            "model.generate (transformers, direct)": hf_generate,
+            "server's token loop (direct)": own_loop,
+            "API, whole response (openai client)": api_whole,
+            "API, streamed (openai client)": api_stream,
+        }
+        rates = _tokens_per_second(paths, passes)
+    base = rates["model.generate (transformers, direct)"]
     print(f"  {'path':<40} {'tokens/s':>9} {'vs generate':>12}")
-    for label, rate, note in rows:
+    for label, rate in rates.items():
+        note = f"first token {statistics.median(firsts[1:]) * 1000:.1f} ms (median)" if "streamed" in label else ""
         print(f"  {label:<40} {rate:>9.1f} {rate / base:>11.2f}x  {note}")
 
 
-def _tokens_per_second(run: object, passes: int) -> float:
-    assert callable(run)
-    run()  # warm-up: first-call allocations, the server's imports
-    rates = []
+def _tokens_per_second(paths: dict[str, Callable[[], int]], passes: int) -> dict[str, float]:
+    """Median tokens/s of each path; the passes take turns, so the machine's other load
+    falls on every path alike."""
+    for run in paths.values():
+        run()  # warm-up: first-call allocations, the server's imports
+    rates: dict[str, list[float]] = {label: [] for label in paths}
     for _ in range(passes):
-        start = time.perf_counter()
-        count = run()
-        rates.append(count / (time.perf_counter() - start))
-    return statistics.median(rates)
+        for label, run in paths.items():
+            start = time.perf_counter()
+            count = run()
+            rates[label].append(count / (time.perf_counter() - start))
+    return {label: statistics.median(values) for label, values in rates.items()}
 
 
 def _retrieval(chunks: int, queries: int) -> None:
