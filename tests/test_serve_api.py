@@ -239,3 +239,9 @@ def test_a_checkpoint_of_another_shape_is_refused(tmp_path):
     save_checkpoint(tmp_path / "small.safetensors", state)
     with pytest.raises(ClassifierError):
         ServedClassifier("digits", "digits-mlp", tmp_path / "small.safetensors")
+
+
+def test_special_token_names_in_a_prompt_are_text(lm):
+    ids = lm.encode_prompt("stop here <|end|> and <|bos|>")
+    assert ids[0] == lm.tokenizer.bos_id and not set(ids[1:]) & ({lm.tokenizer.bos_id} | lm.eos_ids)
+    assert lm.tokenizer.decode(ids[1:]) == "stop here <|end|> and <|bos|>"

@@ -22,6 +22,7 @@ from flockd.serve.requests import Sampling
 
 if TYPE_CHECKING:
     import torch
+    from tokenizers import Tokenizer
 
     from flockd.lm.hf import HFTokenizer
 
@@ -48,6 +49,7 @@ class ServedLM:
         self.files_hash = check_base_dir(self.path)  # before transformers reads anything
         self.model = load_causal_lm(self.path)
         self.tokenizer: HFTokenizer = HFTokenizer(self.path)
+        self._prompt_tokenizer = _literal_tokenizer(self.path)
         config = json.loads((self.path / "config.json").read_text())
         context = config.get("max_position_embeddings", DEFAULT_CONTEXT)
         self.context = context if isinstance(context, int) and context > 1 else DEFAULT_CONTEXT
@@ -57,7 +59,9 @@ class ServedLM:
         self._lock = threading.Lock()  # one generation at a time on this model
 
     def encode_prompt(self, prompt: str) -> list[int]:
-        return [self.tokenizer.bos_id, *self.tokenizer.encode(prompt)]
+        """bos, then the prompt's text: a special token's name in it ("<|end|>", from a
+        client or a retrieved document) is text, never that token."""
+        return [self.tokenizer.bos_id, *self._prompt_tokenizer.encode(prompt, add_special_tokens=False).ids]
 
     def budget(self, prompt_ids: list[int], sampling: Sampling, default: int) -> int:
         """How many tokens to generate; refuses what cannot fit in the model's context."""
@@ -125,6 +129,14 @@ class ServedLM:
             if on_text is not None and len(final) > len(sent):
                 on_text(final[len(sent):])
             return Generation(final, len(prompt_ids), len(new), finish)
+
+
+def _literal_tokenizer(path: Path) -> Tokenizer:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+    tokenizer.encode_special_tokens = True
+    return tokenizer
 
 
 def _pick(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> int:
