@@ -9,10 +9,10 @@ import socket
 
 import httpx
 import pytest
+from serve_tiny import tiny_model_dir
 
 from flockd.config import CONFIG_FILE
 from flockd.testnet.cluster import Cluster
-from serve_tiny import tiny_model_dir
 
 
 def free_port() -> int:
