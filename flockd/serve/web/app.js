@@ -142,10 +142,10 @@ async function loadTasks() {
     const view = await getJSON("/api/tasks");
     if (!view.available) { box.textContent = view.why; plot([]); return; }
     if (!view.tasks.length) { box.textContent = "This node runs no task now."; plot([]); return; }
-    const table = el("table", {}, el("tr", {}, ...["task", "recipe", "state", "round", "model"].map(h => el("th", {}, h))));
+    const table = el("table", {}, el("tr", {}, ...["task", "recipe", "state", "rounds done", "model"].map(h => el("th", {}, h))));
     for (const t of view.tasks) {
       table.append(el("tr", {}, el("td", {}, String(t.task_id)), el("td", {}, t.recipe), el("td", {}, t.state),
-        el("td", {}, t.round + " / " + t.rounds), el("td", {}, el("code", {}, t.model_hash || "—"))));
+        el("td", {}, t.history.length + " / " + t.rounds), el("td", {}, el("code", {}, t.model_hash || "—"))));
     }
     box.replaceChildren(table);
     plot(view.tasks);
