@@ -361,6 +361,10 @@ class Node:
             AccountNamespace(self.tasks.token),
         ):
             self.rpc_dispatcher.add_namespace(namespace)
+        if self.serve_app is not None:
+            from flockd.serve.rpc import ServeNamespace
+
+            self.rpc_dispatcher.add_namespace(ServeNamespace(self.serve_app, lambda: self.serve_bound))
         if self.chain_service is not None:  # votes exist on the embedded chain only
             from flockd.rpc.authority import AuthorityNamespace
 

@@ -1,5 +1,6 @@
 """The daemon's ``serve`` service ([serve] in config.toml): a real daemon process serves
-the model and its knowledge folder, and the page's task view reads the daemon's tasks.
+the model and its knowledge folder, the page's task view reads the daemon's tasks, and
+the control socket's serve_status / serve_reindex work.
 A model that cannot load stops the node with one line naming it."""
 
 from __future__ import annotations
@@ -51,6 +52,15 @@ def test_a_daemon_serves_its_model_knowledge_and_tasks(short_tmp, tmp_path_facto
         assert [s["file"] for s in reply["sources"]] == ["fact.md"]  # the server's default top_k = 1
         assert httpx.get(url + "/api/tasks").json() == {"available": True, "tasks": []}
         assert "serve" in d.call("node_status")["services"]
+        status = d.call("serve_status")
+        assert status["port"] == port and status["chunks"] == 2 and status["counters"]["retrievals"] == 1
+        # A new document is found after serve_reindex, without a restart:
+        (knowledge / "new.md").write_text("The ferry to the node's island leaves at dawn.")
+        assert d.call("serve_reindex") == {"added": 1, "changed": 0, "removed": 0, "unchanged": 2, "chunks": 3}
+        reply = httpx.post(url + "/v1/chat/completions", timeout=60, json={
+            "model": "tiny", "messages": [{"role": "user", "content": "When does the ferry leave?"}], "max_tokens": 2,
+        }).json()
+        assert [s["file"] for s in reply["sources"]] == ["new.md"]
     finally:
         cluster.stop()
 

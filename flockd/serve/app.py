@@ -157,7 +157,7 @@ class ServeApp:
 
     # -- the page's JSON ------------------------------------------------------
     async def _catalogue(self, request: Request) -> Response:
-        return JSONResponse({"models": [_describe(m) for m in self.models.values()],
+        return JSONResponse({"models": [describe_model(m) for m in self.models.values()],
                              "knowledge": await self._knowledge()})
 
     async def _task_view(self, request: Request) -> Response:
@@ -333,7 +333,7 @@ async def _body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def _describe(model: ServedModel) -> dict[str, Any]:
+def describe_model(model: ServedModel) -> dict[str, Any]:
     common = {"id": model.name, "kind": model.kind, "parameters": model.parameters, "path": str(model.path),
               "lineage": None,
               "lineage_note": "not listed on chain: the market listing (market_* RPC) is not built yet, so this "
