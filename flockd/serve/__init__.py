@@ -10,6 +10,11 @@ documents, and a web page, in one ASGI app on hypercorn's trio worker (docs/serv
 | `classifier.py` | `ServedClassifier`: a recipe's checkpoint for `/v1/predict` |
 | `admission.py` | the bounded queue in front of the models |
 | `retrieval.py` | `KnowledgeIndex`: chunks of txt/md files in SQLite FTS5, bm25 search |
-| `app.py` | the Starlette app: routes, auth, Host/Origin checks, SSE |
-| `service.py` | `ServeSettings`, the daemon service and `flockd serve` |
+| `replies.py` | the OpenAI response objects and stream chunks, with `sources` |
+| `app.py` | the Starlette app: routes, the gate (API key, Host, Origin), SSE, disconnects |
+| `service.py` | `ServeSettings`, loading, `run_serve`, the daemon's task view |
+| `rpc.py` | `serve_status`, `serve_reindex` on the control socket |
+| `cli.py` | `flockd serve` |
+| `thread.py` | an app served from a thread (tests, the benchmark) |
+| `web/` | the page: index.html, app.js, style.css |
 """
