@@ -4,11 +4,12 @@ Unknown fields are ignored, as OpenAI's clients send many optional ones."""
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
+from flockd import safejson
+from flockd.safejson import TooDeep
 from flockd.serve.errors import bad_request
 
 MAX_BODY_BYTES = 1 << 20  # checked while reading, before any parsing
@@ -66,8 +67,10 @@ class PredictRequest:
 
 def decode_json(body: bytes) -> dict[str, Any]:
     try:
-        value = json.loads(body)
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        value = safejson.loads(body)  # the nesting is bounded before the C decoder sees it
+    except TooDeep as exc:
+        raise bad_request(f"the request body is {exc}", code="invalid_json") from None
+    except (ValueError, RecursionError):
         raise bad_request("the request body is not valid JSON", code="invalid_json") from None
     if not isinstance(value, dict):
         raise bad_request("the request body must be a JSON object", code="invalid_json")
