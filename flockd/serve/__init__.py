@@ -12,7 +12,7 @@ documents, and a web page, in one ASGI app on hypercorn's trio worker (docs/serv
 | `retrieval.py` | `KnowledgeIndex`: chunks of txt/md files in SQLite FTS5, bm25 search |
 | `replies.py` | the OpenAI response objects and stream chunks, with `sources` |
 | `app.py` | the Starlette app: routes, the gate (API key, Host, Origin), SSE, disconnects |
-| `service.py` | `ServeSettings`, loading, `run_serve`, the daemon's task view |
+| `service.py` | `ServeSettings`, loading, `serve_until_signal` (`flockd serve`), the daemon's task view |
 | `rpc.py` | `serve_status`, `serve_reindex` on the control socket |
 | `cli.py` | `flockd serve` |
 | `thread.py` | an app served from a thread (tests, the benchmark) |

@@ -24,13 +24,16 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from functools import partial
-
     import trio
 
     from flockd.cli import CLIError
     from flockd.logs import configure_logging
-    from flockd.serve.service import ServeConfigError, ServeSettings, read_api_key, run_serve
+    from flockd.serve.service import (
+        ServeConfigError,
+        ServeSettings,
+        read_api_key,
+        serve_until_signal,
+    )
 
     recipe, _, checkpoint = args.classifier.partition(":")
     if args.classifier and not checkpoint:
@@ -43,7 +46,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         )
         settings.check()
         configure_logging("info")
-        trio.run(partial(run_serve, settings, Path("flockd-serve")))
+        trio.run(serve_until_signal, settings, Path("flockd-serve"))
     except ServeConfigError as exc:
         raise CLIError(str(exc)) from None
     return 0

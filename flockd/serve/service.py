@@ -20,8 +20,6 @@ import trio
 from flockd.logs import get_logger
 
 if TYPE_CHECKING:
-    from trio_typing import TaskStatus
-
     from flockd.config import ServeSection
     from flockd.serve.app import ServeApp, ServedModel, TaskView
     from flockd.tasks.service import TaskService
@@ -116,18 +114,22 @@ def build_app(settings: ServeSettings, state_dir: Path, tasks: TaskView | None =
     )
 
 
-async def run_serve(
-    settings: ServeSettings, state_dir: Path, *, tasks: TaskView | None = None,
-    task_status: TaskStatus[tuple[ServeApp, int]] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Load, then serve until cancelled; reports the app and the bound port."""
+async def serve_until_signal(settings: ServeSettings, state_dir: Path) -> None:
+    """`flockd serve`: load, serve, and stop cleanly on SIGINT or SIGTERM. A model that
+    cannot load raises ServeConfigError before anything is served."""
+    import signal
+
     from flockd.asgi import serve_asgi
 
-    app = await trio.to_thread.run_sync(build_app, settings, state_dir, tasks)
-    async with trio.open_nursery() as nursery:
-        port: int = await nursery.start(partial(serve_asgi, app, settings.port, host=settings.host))
-        log.info("serving", url=f"http://{settings.host}:{port}/", models=list(app.models))
-        task_status.started((app, port))
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        app = await trio.to_thread.run_sync(build_app, settings, state_dir)
+        async with trio.open_nursery() as nursery:
+            port: int = await nursery.start(partial(serve_asgi, app, settings.port, host=settings.host))
+            log.info("serving", url=f"http://{settings.host}:{port}/", models=list(app.models))
+            async for signum in signals:
+                log.info("signal received: stopping", signal=signal.Signals(signum).name)
+                break
+            nursery.cancel_scope.cancel()
 
 
 def task_view(tasks: TaskService) -> TaskView:
