@@ -73,13 +73,23 @@ from flockd.round.events import (
     VoteCommittedOnChain,
     VoteRevealedOnChain,
 )
+from flockd.round.facts import RoundFacts
 from flockd.round.machine import RoundMachine, SaltSource
 from flockd.round.task import TaskMachine
+from flockd.round.tracks import (
+    AbstainReason,
+    ModelStep,
+    ProposerStep,
+    TxState,
+    VoterState,
+    VoterStep,
+)
 
 __all__ = [
     "FINALISE_STAGGER",
     "MAX_TX_ATTEMPTS",
     "SCORE_BOUND",
+    "AbstainReason",
     "Action",
     "Address",
     "Aggregate",
@@ -102,16 +112,19 @@ __all__ = [
     "ModelFetchFailed",
     "ModelReady",
     "ModelRecordedOnChain",
+    "ModelStep",
     "Phase",
     "PhaseClosedOnChain",
     "FallbackOnChain",
     "Proposal",
+    "ProposerStep",
     "ProposalOnChain",
     "PushDelta",
     "RejectReason",
     "Role",
     "RoundComplete",
     "RoundError",
+    "RoundFacts",
     "RoundEvent",
     "RoundFinalisedOnChain",
     "RoundMachine",
@@ -135,8 +148,11 @@ __all__ = [
     "TrainingFailed",
     "TxFailed",
     "TxKind",
+    "TxState",
     "VoteCommittedOnChain",
     "VoteMode",
+    "VoterState",
+    "VoterStep",
     "VoteRevealedOnChain",
     "WrongRound",
     "delta_hash",
