@@ -61,6 +61,7 @@ from flockd.round import (
     VoteCommittedOnChain,
     VoteMode,
     VoteRevealedOnChain,
+    VoterStep,
     WrongRound,
     vote_digest,
 )
@@ -775,11 +776,14 @@ def test_a_timed_out_empty_round_revives_for_voters_when_the_fallback_opens() ->
     node.open()
     node.feed(election(0), DeclinedOnChain(0, ME))
     node.to(PROPOSE_END)
-    assert node.machine.abstain_reason is AbstainReason.NO_PROPOSALS
+    assert node.machine.voter_state is AbstainReason.NO_PROPOSALS
+    status = round_view(node.machine)
+    assert status["step"] == "abstained" and status["abstained"] == "no proposals"
     (finalise,) = of(SubmitFinalise, node.to(REVEAL_END))
     # that finalise opened the fallback window instead of ending the round
     node.feed(FallbackOnChain(0, P1, REVEAL_END + 1 + 4))
-    assert node.machine.abstain_reason is None and node.machine.role is Role.VOTER
+    assert node.machine.voter_state is VoterStep.COLLECTING and node.machine.role is Role.VOTER
+    assert round_view(node.machine)["abstained"] is None
     assert node.machine.phase is Phase.PROPOSING
     node.feed(ProposalOnChain(0, 0, P1, H1), DeltaReceived(0, P1, D1, P1))
     out = node.feed(PhaseClosedOnChain(0, ChainPhase.PROPOSE, REVEAL_END + 3), BlockSealed(REVEAL_END + 3))

@@ -60,12 +60,17 @@ from flockd.round.events import (
 )
 from flockd.round.facts import RoundFacts
 from flockd.round.tracks import (
+    MODEL_MOVES,
+    PROPOSER_MOVES,
+    VOTER_MOVES,
     AbstainReason,
     Ballot,
     ModelStep,
     ProposerStep,
     TxTrack,
+    VoterState,
     VoterStep,
+    moved,
 )
 from flockd.round.views import RoundViews
 
@@ -82,7 +87,7 @@ class RoundMachine(RoundViews):
         self._salt_source = salt_source
         self.facts = RoundFacts.new(config, round_number)
         self._proposer_step = ProposerStep.IDLE
-        self._voter_state = VoterStep.COLLECTING
+        self._voter_state: VoterState = VoterStep.COLLECTING
         self._model_step = ModelStep.WAITING
         self._fetching_model: bytes | None = None  # the recorded hash a FetchModel is out for
         self._tx = {kind: TxTrack() for kind in TxKind}
@@ -146,15 +151,15 @@ class RoundMachine(RoundViews):
             case FallbackOnChain() if fresh_fallback:
                 self._tx[TxKind.FINALISE] = TxTrack()  # a finalise may have opened it
                 if self._voter_state is AbstainReason.NO_PROPOSALS:
-                    self._voter_state = VoterStep.COLLECTING if self._ballot is None else VoterStep.VOTES_READY
+                    self._voter_to(VoterStep.COLLECTING if self._ballot is None else VoterStep.VOTES_READY)
             case ScoresReady() if self._voter_state is VoterStep.SCORING:  # else late or unasked
                 self._on_scores(event.votes)
             case BallotRestored() if self._ballot is None:
                 self._set_ballot(event.votes, event.salt)
             case TrainingFailed() if self._proposer_step is ProposerStep.TRAINING:
-                self._proposer_step = ProposerStep.TRAINING_FAILED
+                self._proposer_to(ProposerStep.TRAINING_FAILED)
             case AggregateFailed() if self._model_step is ModelStep.AGGREGATING:
-                self._model_step = ModelStep.AGGREGATE_FAILED
+                self._model_to(ModelStep.AGGREGATE_FAILED)
             case ModelFetchFailed() if event.model_hash == self._fetching_model:
                 self._fetching_model = None  # asked again while still wanted
             case TxFailed() if event.kind is TxKind.FINALISE and self._finalise_predates_fallback():
@@ -196,7 +201,18 @@ class RoundMachine(RoundViews):
             raise InvalidConfig("the salt source must return 32 bytes")
         self._ballot = Ballot(votes, salt, vote_digest(votes, salt, self.config.me))
         if isinstance(self._voter_state, VoterStep):  # an abstained voter keeps its reason
-            self._voter_state = VoterStep.VOTES_READY
+            self._voter_to(VoterStep.VOTES_READY)
+
+    # ------------------------------------------------------------------ moves (tracks.py)
+
+    def _proposer_to(self, step: ProposerStep) -> None:
+        self._proposer_step = moved(PROPOSER_MOVES, self._proposer_step, step)
+
+    def _voter_to(self, state: VoterState) -> None:
+        self._voter_state = moved(VOTER_MOVES, self._voter_state, state)
+
+    def _model_to(self, step: ModelStep) -> None:
+        self._model_step = moved(MODEL_MOVES, self._model_step, step)
 
     # ------------------------------------------------------------------ decisions
 
@@ -208,7 +224,7 @@ class RoundMachine(RoundViews):
 
     def _push(self, digest: bytes, data: bytes, out: list[Action]) -> None:
         if self._proposer_step is not ProposerStep.PUSHED:
-            self._proposer_step = ProposerStep.PUSHED
+            self._proposer_to(ProposerStep.PUSHED)
             out.append(PushDelta(self.round, digest, data))
 
     def _advance_proposer(self, out: list[Action]) -> None:
@@ -225,7 +241,7 @@ class RoundMachine(RoundViews):
         election = facts.election
         if election is None:
             if head < propose_end and self._proposer_step is ProposerStep.IDLE:
-                self._proposer_step = ProposerStep.ELECTING
+                self._proposer_to(ProposerStep.ELECTING)
                 out.append(RunElection(self.round, seed))
             return
         if self.role is not Role.PROPOSER:
@@ -235,7 +251,7 @@ class RoundMachine(RoundViews):
             return
         if facts.own_delta is None:
             if facts.base is not None and self._proposer_step in (ProposerStep.IDLE, ProposerStep.ELECTING):
-                self._proposer_step = ProposerStep.TRAINING
+                self._proposer_to(ProposerStep.TRAINING)
                 out.append(StartTraining(self.round, facts.base, seed))
             return
         digest = delta_hash(facts.own_delta)
@@ -252,7 +268,7 @@ class RoundMachine(RoundViews):
         head, (propose_end, commit_end, reveal_end) = facts.now()
         proposals = facts.book.ordered()
         if not proposals:
-            self._voter_state = AbstainReason.NO_PROPOSALS
+            self._voter_to(AbstainReason.NO_PROPOSALS)
             return
         if head >= propose_end and head < commit_end:
             out.extend(facts.book.fetch_missing(proposals))
@@ -262,22 +278,22 @@ class RoundMachine(RoundViews):
         ballot = self._ballot
         if self._voter_state is not VoterStep.VOTES_READY or ballot is None:
             if not in_time and isinstance(self._voter_state, VoterStep):
-                self._voter_state = AbstainReason.TOO_LATE if facts.base is not None else AbstainReason.NO_BASE_MODEL
+                self._voter_to(AbstainReason.TOO_LATE if facts.base is not None else AbstainReason.NO_BASE_MODEL)
             return
         mine = facts.committed.get(self.config.me)
         commit = self._tx[TxKind.COMMIT]
         if mine is None:
             # Logs come before the clock: at head >= commit_end a commit not seen never landed.
             if head >= commit_end or commit.dead or (not in_time and not commit.in_flight):
-                self._voter_state = AbstainReason.COMMIT_FAILED if commit.dead else AbstainReason.TOO_LATE
+                self._voter_to(AbstainReason.COMMIT_FAILED if commit.dead else AbstainReason.TOO_LATE)
             elif self._scored is not None and len(self._scored) != len(proposals):
-                self._voter_state = AbstainReason.PROPOSALS_CHANGED
+                self._voter_to(AbstainReason.PROPOSALS_CHANGED)
             elif head >= propose_end and in_time:
                 action = SubmitCommit(self.round, ballot.digest, ballot.votes, ballot.salt)
                 self._send(TxKind.COMMIT, action, out)
             return
         if mine != ballot.digest:
-            self._voter_state = AbstainReason.BALLOT_LOST
+            self._voter_to(AbstainReason.BALLOT_LOST)
         elif self.config.me not in facts.revealed and head >= commit_end and facts.lands_by(reveal_end):
             self._send(TxKind.REVEAL, SubmitReveal(self.round, ballot.votes, ballot.salt), out)
 
@@ -293,11 +309,11 @@ class RoundMachine(RoundViews):
         self._scored, self._gaps = tuple(p.delta_hash for p in proposals), gaps
         whole = self.config.vote_mode is VoteMode.WHOLE_ROUND
         if whole and any(gaps):
-            self._voter_state = AbstainReason.MISSING_DELTA
+            self._voter_to(AbstainReason.MISSING_DELTA)
         elif all(gaps):
-            self._voter_state = AbstainReason.NOTHING_RECEIVED  # an all-0 ballot would judge nothing
+            self._voter_to(AbstainReason.NOTHING_RECEIVED)  # an all-0 ballot would judge nothing
         else:
-            self._voter_state = VoterStep.SCORING
+            self._voter_to(VoterStep.SCORING)
             out.append(ScoreProposals(self.round, facts.base, deltas, self.config.vote_mode))
 
     def _advance_finalise(self, out: list[Action]) -> None:
@@ -320,7 +336,7 @@ class RoundMachine(RoundViews):
             held = [facts.book.data(h) for h in sorted(p.delta_hash for p in known)]
             ready = [d for d in held if d is not None]
             if facts.base is not None and len(ready) == len(held) and self._model_step is ModelStep.WAITING:
-                self._model_step = ModelStep.AGGREGATING
+                self._model_to(ModelStep.AGGREGATING)
                 out.append(Aggregate(self.round, facts.base, tuple(ready)))
         model, recorded = self.model_hash, facts.recorded
         if recorded is None:
@@ -329,7 +345,7 @@ class RoundMachine(RoundViews):
             return
         if model == recorded:
             if self._model_step is not ModelStep.DONE:
-                self._model_step = ModelStep.DONE
+                self._model_to(ModelStep.DONE)
                 out.append(RoundComplete(self.round, recorded))
             return
         if self._model_step is ModelStep.AGGREGATING and facts.model is None:

@@ -1,31 +1,23 @@
 """The round machine's own state: what this node has asked for, track by track.
 
 What the chain and the adapters said lives in ``RoundFacts`` (facts.py); what the node
-itself has done so far lives here, as one explicit value per track. Each track only
-moves forward, and only ``RoundMachine`` moves it (its ``_advance_<track>`` methods and
-the answers to its own requests in ``_answer``):
-
-    proposer  IDLE -> ELECTING -> TRAINING -> PUSHED           (RunElection, StartTraining,
-                                  TRAINING -> TRAINING_FAILED    PushDelta; TrainingFailed)
-              IDLE | ELECTING | TRAINING -> PUSHED (its proposal landed, or a delta came
-                                                    back untrained: push what it holds)
-    voter     COLLECTING -> SCORING -> VOTES_READY               (ScoreProposals, ScoresReady)
-              COLLECTING | SCORING -> VOTES_READY                (BallotRestored)
-              any -> an AbstainReason; NO_PROPOSALS -> COLLECTING (FallbackOpened)
-    model     WAITING -> AGGREGATING -> AGGREGATE_FAILED         (Aggregate, AggregateFailed)
-              any -> DONE                                        (RoundComplete)
-    each tx   READY -> IN_FLIGHT -> LANDED | READY (transient failure) | DEAD
-
-Commit and reveal have no voter values of their own: their progress is the commit and
-reveal transactions' state and the chain's logs, which ``RoundMachine.step`` reads.
+itself has done so far lives here, as one explicit value per track. The tables below are
+every move a track can make, and ``moved`` refuses any other. The tracks move forward
+only (one exception: a voter that abstained for want of proposals collects again when
+the registry reopens the round), where ``RoundMachine`` emits the action that moves them
+(its ``_advance_<track>`` methods) or takes the answer to one (``_answer``). Commit and
+reveal have no voter values of their own: their progress is the commit and reveal
+transactions' ``TxTrack`` and the chain's logs, which ``RoundMachine.step`` reads.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
-from flockd.round.base import MAX_TX_ATTEMPTS
+from flockd.round.base import MAX_TX_ATTEMPTS, IllegalMove
 
 
 class ProposerStep(enum.Enum):
@@ -70,6 +62,41 @@ class ModelStep(enum.Enum):
     AGGREGATING = "aggregating"  # Aggregate sent (ModelReady or AggregateFailed answers)
     AGGREGATE_FAILED = "aggregate_failed"  # it cannot: take the recorded model instead
     DONE = "done"  # holds the recorded model_r: RoundComplete sent
+
+
+State = TypeVar("State", ProposerStep, VoterState, ModelStep)
+
+_P, _V, _A, _M = ProposerStep, VoterStep, AbstainReason, ModelStep
+
+PROPOSER_MOVES: Mapping[ProposerStep, frozenset[ProposerStep]] = {
+    _P.IDLE: frozenset({_P.ELECTING, _P.TRAINING, _P.PUSHED}),  # PUSHED: its proposal landed
+    _P.ELECTING: frozenset({_P.TRAINING, _P.PUSHED}),
+    _P.TRAINING: frozenset({_P.TRAINING_FAILED, _P.PUSHED}),
+    _P.TRAINING_FAILED: frozenset({_P.PUSHED}),  # its proposal landed all the same
+    _P.PUSHED: frozenset(),
+}
+VOTER_MOVES: Mapping[VoterState, frozenset[VoterState]] = {
+    _V.COLLECTING: frozenset(
+        {_V.SCORING, _V.VOTES_READY, _A.NO_PROPOSALS, _A.MISSING_DELTA, _A.NOTHING_RECEIVED, _A.NO_BASE_MODEL, _A.TOO_LATE}
+    ),
+    _V.SCORING: frozenset({_V.VOTES_READY, _A.TOO_LATE}),  # it scores with proposals and a base model
+    _V.VOTES_READY: frozenset({_A.NO_PROPOSALS, _A.TOO_LATE, _A.COMMIT_FAILED, _A.PROPOSALS_CHANGED, _A.BALLOT_LOST}),
+    _A.NO_PROPOSALS: frozenset({_V.COLLECTING, _V.VOTES_READY}),  # FallbackOpened: proposals may come
+    **{reason: frozenset() for reason in AbstainReason if reason is not _A.NO_PROPOSALS},
+}
+MODEL_MOVES: Mapping[ModelStep, frozenset[ModelStep]] = {
+    _M.WAITING: frozenset({_M.AGGREGATING, _M.DONE}),  # DONE: nothing accepted, or fetched
+    _M.AGGREGATING: frozenset({_M.AGGREGATE_FAILED, _M.DONE}),
+    _M.AGGREGATE_FAILED: frozenset({_M.DONE}),  # the recorded model fetched
+    _M.DONE: frozenset(),
+}
+
+
+def moved(moves: Mapping[State, frozenset[State]], old: State, new: State) -> State:
+    """``new``, if the table has the move from ``old``."""
+    if new not in moves[old]:
+        raise IllegalMove(f"no move from {old} to {new}")
+    return new
 
 
 class TxState(enum.Enum):
