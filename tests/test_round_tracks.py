@@ -3,6 +3,9 @@ tables, and that no order of a round's events moves a track off its table."""
 
 from __future__ import annotations
 
+import contextlib
+
+import pytest
 from eth_utils import keccak
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -82,12 +85,9 @@ def test_every_track_value_has_a_row_and_every_move_stays_in_its_track() -> None
 
 def test_a_move_off_the_table_is_refused() -> None:
     assert moved(MODEL_MOVES, ModelStep.WAITING, ModelStep.AGGREGATING) is ModelStep.AGGREGATING
-    try:
+    with pytest.raises(IllegalMove, match="DONE"):
         moved(MODEL_MOVES, ModelStep.DONE, ModelStep.AGGREGATING)
-    except IllegalMove as exc:
-        assert "done" in str(exc).lower()
-    else:
-        raise AssertionError("a finished model track moved back")
+    assert not issubclass(IllegalMove, RoundError)  # a bug, never taken for a refused event
 
 
 def test_a_proposer_moves_along_its_track_and_its_transaction_lands() -> None:
@@ -198,11 +198,9 @@ def test_no_order_of_a_rounds_events_moves_a_track_off_its_table(
         for event in (BlockSealed(tick), events[i]):
             if event is events[i] and i in dropped:
                 continue
-            try:
+            # refused input (scores of the wrong length, say) moves nothing; IllegalMove is no
+            # RoundError and fails the test
+            with contextlib.suppress(RoundError):
                 machine.handle(event)
-            except IllegalMove:
-                raise
-            except RoundError:
-                pass  # refused input (scores of the wrong length, say): nothing moved
         # every view can be read in every state
         assert machine.phase in Phase and machine.role in Role and machine.step in Step

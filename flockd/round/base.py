@@ -40,9 +40,10 @@ class InvalidScores(RoundError):
     """ScoresReady whose votes do not fit the vote mode or the proposals scored."""
 
 
-class IllegalMove(RoundError):
+class IllegalMove(Exception):
     """A track of the machine was moved along no transition of its table (round/tracks.py):
-    a bug in the machine, never the fault of an event."""
+    a bug in the machine, never the fault of an event. Not a RoundError, so no adapter
+    takes it for a refused event: it stops the task visibly."""
 
 
 class VoteMode(enum.IntEnum):
