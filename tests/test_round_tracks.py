@@ -66,9 +66,12 @@ from flockd.round import (
     VoteMode,
     VoteRevealedOnChain,
     VoterStep,
+    vote_digest,
 )
 from flockd.round.tracks import MODEL_MOVES, PROPOSER_MOVES, VOTER_MOVES, moved
 from flockd.rpc.round_view import round_view
+
+MINE = b"mine"
 
 
 def test_every_track_value_has_a_row_and_every_move_stays_in_its_track() -> None:
@@ -97,10 +100,10 @@ def test_a_proposer_moves_along_its_track_and_its_transaction_lands() -> None:
     assert node.machine.proposer_step is ProposerStep.ELECTING
     node.feed(election(1))
     assert node.machine.proposer_step is ProposerStep.TRAINING
-    node.feed(TrainingDone(0, b"mine"))
+    node.feed(TrainingDone(0, MINE))
     assert node.machine.proposer_step is ProposerStep.PUSHED
     assert node.machine.tx_state(TxKind.PROPOSE) is TxState.IN_FLIGHT
-    node.feed(ProposalOnChain(0, 0, ME, keccak(b"mine")))
+    node.feed(ProposalOnChain(0, 0, ME, keccak(MINE)))
     assert node.machine.tx_state(TxKind.PROPOSE) is TxState.LANDED
     assert node.machine.voter_state is VoterStep.COLLECTING and node.machine.step is Step.PROPOSED
 
@@ -131,6 +134,27 @@ def test_a_failed_aggregate_moves_the_model_track_to_fetching_the_recorded_model
     assert node.machine.model_step is ModelStep.DONE and node.machine.phase is Phase.DONE
 
 
+def test_a_replayed_round_resumes_its_tracks_from_the_chain_and_the_saved_ballot() -> None:
+    salt = keccak(b"saved salt")
+    digest = vote_digest((1, 1), salt, ME)
+    events: list[Event] = [
+        BlockSealed(COMMIT_END + 1),
+        RoundOpened(0, OPEN, OPEN_HASH),
+        ProposalOnChain(0, 0, ME, keccak(MINE)),
+        ProposalOnChain(0, 1, P1, H1),
+        VoteCommittedOnChain(0, ME, digest),
+        ModelReady(-1, BASE),
+        BallotRestored(0, (1, 1), salt),
+        DeltaReceived(0, ME, MINE, ME),
+    ]
+    machine, _ = RoundMachine.replay(config(), 0, events, salts())
+    # no election was asked; its delta is not pushed again so late (past the commit window)
+    assert machine.proposer_step is ProposerStep.IDLE and machine.role is Role.PROPOSER
+    assert machine.voter_state is VoterStep.VOTES_READY
+    assert machine.tx_state(TxKind.COMMIT) is TxState.LANDED  # its commit's log, replayed
+    assert machine.tx_state(TxKind.REVEAL) is TxState.IN_FLIGHT and machine.step is Step.REVEALING
+
+
 def test_an_unasked_answer_moves_no_track() -> None:
     node = voter_with_deltas()
     assert node.feed(AggregateFailed(0, "nothing was asked"), ScoresReady(0, (1, 1))) == []
@@ -148,7 +172,6 @@ def test_a_late_ballot_abstains_with_its_reason() -> None:
 # --- no order of a round's events moves a track off its table --------------------------------
 
 SALT = b"\x05" * 32
-MINE = b"mine"
 MODEL = keccak(b"model 0")
 
 ROUND_EVENTS: list[Event] = [
