@@ -78,6 +78,10 @@ SaltSource = Callable[[], bytes]  # 32 unpredictable bytes per call (os.urandom 
 
 
 class RoundMachine(RoundViews):
+    """One node's part in one round: ``handle`` (or ``record`` then ``decide``), ``replay``.
+    ``facts`` is what it was told (read it, never write it); its own state is one value
+    per track (``proposer_step``, ``voter_state``, ``model_step``, ``tx_state(kind)``)."""
+
     def __init__(self, config: TaskConfig, round_number: int, salt_source: SaltSource) -> None:
         check_round(round_number, InvalidConfig)
         if round_number >= config.rounds:

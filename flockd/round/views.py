@@ -20,6 +20,8 @@ from flockd.round.tracks import (
 
 
 class RoundViews:
+    """RoundMachine's read side (its base class): it reads facts and tracks, moves nothing."""
+
     config: TaskConfig
     round: int
     facts: RoundFacts
