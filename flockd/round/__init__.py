@@ -1,7 +1,8 @@
 """The round protocol as a pure state machine (no I/O): events in, actions out.
 
 ``TaskMachine`` runs a task's rounds one after another; ``RoundMachine`` is one node's
-part in one round. Adapters feed chain logs, the block clock, peers' deltas and the
+part in one round: its ``RoundFacts`` (what it was told) and one value per track of its
+own (tracks.py, every legal move in a table). Adapters feed chain logs, the block clock, peers' deltas and the
 results of the work the machine asked for; they carry out the actions. The rules are in
 protocol/spec/round.md.
 """
