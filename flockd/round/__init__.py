@@ -2,9 +2,9 @@
 
 ``TaskMachine`` runs a task's rounds one after another; ``RoundMachine`` is one node's
 part in one round: its ``RoundFacts`` (what it was told) and one value per track of its
-own (tracks.py, every legal move in a table). Adapters feed chain logs, the block clock, peers' deltas and the
-results of the work the machine asked for; they carry out the actions. The rules are in
-protocol/spec/round.md.
+own (tracks.py, every legal move in a table). Adapters feed chain logs, the block clock,
+peers' deltas and the results of the work the machine asked for; they carry out the
+actions. The rules are in protocol/spec/round.md.
 """
 
 from flockd.round.actions import (
