@@ -16,7 +16,7 @@
 from ethereum.ercs import IERC20
 
 # Bounds that keep every loop and array finite.
-MAX_TRAINERS: constant(uint256) = 32  # and so at most 32 submissions
+MAX_TRAINERS: constant(uint256) = 24  # and so at most 24 submissions: finalise must fit 8M gas
 MAX_VALIDATORS: constant(uint256) = 32
 MAX_ELECTED: constant(uint256) = 16
 MAX_PHASE_BLOCKS: constant(uint256) = 1024
@@ -89,9 +89,8 @@ struct Submission:
     model_hash: bytes32
     revealed: bool
     duplicate: bool  # another submission with this model hash was committed earlier
-    median: uint256
+    median: uint256  # set when ranked
     rank: uint256  # 1 = best; 0 = unranked
-    reward: uint256
 
 
 event CompetitionCreated:
@@ -217,21 +216,20 @@ def _pull(sender: address, amount: uint256):
 @internal
 @view
 def _ends(cid: uint256) -> (uint256, uint256, uint256, uint256, uint256):
-    p: Params = self._params[cid]
-    join_end: uint256 = self._comps[cid].start_block + p.join_blocks
-    submit_end: uint256 = join_end + p.submit_blocks
-    reveal_end: uint256 = submit_end + p.reveal_blocks
-    score_commit_end: uint256 = reveal_end + p.score_commit_blocks
-    return join_end, submit_end, reveal_end, score_commit_end, score_commit_end + p.score_reveal_blocks
+    # field by field: loading the whole Params struct costs 18 storage reads
+    join_end: uint256 = self._comps[cid].start_block + self._params[cid].join_blocks
+    submit_end: uint256 = join_end + self._params[cid].submit_blocks
+    reveal_end: uint256 = submit_end + self._params[cid].reveal_blocks
+    score_commit_end: uint256 = reveal_end + self._params[cid].score_commit_blocks
+    return join_end, submit_end, reveal_end, score_commit_end, score_commit_end + self._params[cid].score_reveal_blocks
 
 
 @internal
 @view
 def _phase(cid: uint256) -> uint8:
-    c: Competition = self._comps[cid]
-    if c.creator == empty(address):
+    if self._comps[cid].creator == empty(address):
         return PHASE_NONE
-    if c.finalised:
+    if self._comps[cid].finalised:
         return PHASE_FINALISED
     join_end: uint256 = 0
     submit_end: uint256 = 0
@@ -274,12 +272,11 @@ def _computed_seed(cid: uint256) -> bytes32:
 @view
 def _threshold(cid: uint256, who: address) -> uint256:
     """Elected iff draw < threshold: probability min(1, expected * capped stake / total)"""
-    m: Member = self._members[cid][who]
     total: uint256 = self._comps[cid].validator_weight
-    if m.role != ROLE_VALIDATOR or total == 0:
+    if self._members[cid][who].role != ROLE_VALIDATOR or total == 0:
         return 0
-    p: Params = self._params[cid]
-    return min(ONE, min(m.stake, p.validator_cap) * p.expected_validators * ONE // total)
+    weight: uint256 = min(self._members[cid][who].stake, self._params[cid].validator_cap)
+    return min(ONE, weight * self._params[cid].expected_validators * ONE // total)
 
 
 @internal
@@ -302,31 +299,20 @@ def _draw(pk: bytes32, proof: Bytes[VRF_PROOF_LEN], seed: bytes32) -> uint256:
 @pure
 def _weighted_median(values: DynArray[uint256, MAX_ELECTED], weights: DynArray[uint256, MAX_ELECTED], total: uint256) -> uint256:
     """The least value whose cumulative weight (values sorted ascending) reaches half the total"""
-    v: DynArray[uint256, MAX_ELECTED] = values
-    w: DynArray[uint256, MAX_ELECTED] = weights
-    n: uint256 = len(v)
-    for i: uint256 in range(1, MAX_ELECTED):
-        if i >= n:
-            break
-        j: uint256 = i
+    # no sort: each candidate smaller than the best so far sums the weight at or below it
+    best: uint256 = max_value(uint256)
+    for candidate: uint256 in values:
+        if candidate >= best:
+            continue
+        below: uint256 = 0
         for k: uint256 in range(MAX_ELECTED):
-            if j == 0 or v[j - 1] <= v[j]:
+            if k >= len(values):
                 break
-            swap: uint256 = v[j]
-            v[j] = v[j - 1]
-            v[j - 1] = swap
-            swap = w[j]
-            w[j] = w[j - 1]
-            w[j - 1] = swap
-            j -= 1
-    cumulative: uint256 = 0
-    for i: uint256 in range(MAX_ELECTED):
-        if i >= n:
-            break
-        cumulative += w[i]
-        if 2 * cumulative >= total:
-            return v[i]
-    return 0
+            if values[k] <= candidate:
+                below += weights[k]
+        if 2 * below >= total:
+            best = candidate
+    return best
 
 
 @internal
@@ -397,18 +383,17 @@ def join(cid: uint256, role: uint8, stake: uint256, vrf_pk: bytes32):
     self._require_phase(cid, PHASE_JOIN)
     assert msg.sender != self._comps[cid].creator, "the creator cannot join"
     assert self._members[cid][msg.sender].role == ROLE_NONE, "already joined"
-    p: Params = self._params[cid]
     if role == ROLE_TRAINER:
-        assert stake >= p.trainer_stake, "stake below the minimum"
+        assert stake >= self._params[cid].trainer_stake, "stake below the minimum"
         assert len(self._trainers[cid]) < MAX_TRAINERS, "trainer seats full"
         self._trainers[cid].append(msg.sender)
     else:
         assert role == ROLE_VALIDATOR, "unknown role"
-        assert stake >= p.validator_stake, "stake below the minimum"
+        assert stake >= self._params[cid].validator_stake, "stake below the minimum"
         assert vrf_pk != empty(bytes32), "empty vrf key"
         assert len(self._validators[cid]) < MAX_VALIDATORS, "validator seats full"
         self._validators[cid].append(msg.sender)
-        self._comps[cid].validator_weight += min(stake, p.validator_cap)
+        self._comps[cid].validator_weight += min(stake, self._params[cid].validator_cap)
         self._members[cid][msg.sender].vrf_pk = vrf_pk
     self._members[cid][msg.sender].role = role
     self._members[cid][msg.sender].stake = stake
@@ -431,7 +416,7 @@ def commit_submission(cid: uint256, digest: bytes32) -> uint256:
     index: uint256 = len(self._subs[cid])
     self._subs[cid].append(Submission(
         trainer=msg.sender, digest=digest, model_hash=empty(bytes32), revealed=False,
-        duplicate=False, median=0, rank=0, reward=0,
+        duplicate=False, median=0, rank=0,
     ))
     self._sub_slot[cid][msg.sender] = index + 1
     log SubmissionCommitted(competition_id=cid, trainer=msg.sender, index=index, digest=digest)
@@ -520,46 +505,41 @@ def reveal_scores(cid: uint256, scores: DynArray[uint256, MAX_TRAINERS], salt: b
 # ---------------------------------------------------------------- settlement
 
 @internal
-def _rank(cid: uint256, revealed_weight: uint256) -> DynArray[uint256, MAX_TRAINERS]:
-    """Medians of the counted submissions, and their indices best first (ties: earlier commit)"""
-    elected: DynArray[address, MAX_ELECTED] = self._elected[cid]
+@view
+def _rank(cid: uint256, voters: DynArray[address, MAX_ELECTED], weights: DynArray[uint256, MAX_ELECTED], total: uint256) -> (DynArray[uint256, MAX_TRAINERS], DynArray[uint256, MAX_TRAINERS]):
+    """
+    The median of every submission (by index; 0 for those that do not count) and the
+    indices of those that count, best first (ties: the earlier commit)
+    """
+    n: uint256 = len(self._subs[cid])
+    medians: DynArray[uint256, MAX_TRAINERS] = []
     order: DynArray[uint256, MAX_TRAINERS] = []
-    if revealed_weight == 0:
-        return order
-    p: Params = self._params[cid]
-    subs: DynArray[Submission, MAX_TRAINERS] = self._subs[cid]
     for i: uint256 in range(MAX_TRAINERS):
-        if i >= len(subs):
+        if i >= n:
             break
-        if not subs[i].revealed or subs[i].duplicate:
+        medians.append(0)
+        if total == 0 or not self._subs[cid][i].revealed or self._subs[cid][i].duplicate:
             continue
         values: DynArray[uint256, MAX_ELECTED] = []
-        weights: DynArray[uint256, MAX_ELECTED] = []
-        for v: address in elected:
-            m: Member = self._members[cid][v]
-            if m.revealed:
-                values.append(self._scores[cid][v][i])
-                weights.append(min(m.stake, p.validator_cap))
-        median: uint256 = self._weighted_median(values, weights, revealed_weight)
-        self._subs[cid][i].median = median
+        for v: address in voters:
+            values.append(self._scores[cid][v][i])
+        median: uint256 = self._weighted_median(values, weights, total)
+        medians[i] = median
         # insertion by (median desc, index asc): i grows, so equal medians stay in commit order
         order.append(i)
         j: uint256 = len(order) - 1
         for k: uint256 in range(MAX_TRAINERS):
-            if j == 0 or subs[order[j - 1]].median >= median:
+            if j == 0 or medians[order[j - 1]] >= median:
                 break
             order[j] = order[j - 1]
             order[j - 1] = i
             j -= 1
-        subs[i].median = median
-    return order
+    return medians, order
 
 
 @internal
-def _pay_trainers(cid: uint256, order: DynArray[uint256, MAX_TRAINERS], pool: uint256) -> uint256:
+def _pay_trainers(cid: uint256, order: DynArray[uint256, MAX_TRAINERS], medians: DynArray[uint256, MAX_TRAINERS], pool: uint256) -> uint256:
     """Rank k's share is decay^k of rank 0's; returns what was paid"""
-    if len(order) == 0:
-        return 0
     decay: uint256 = self._params[cid].rank_decay_bps
     weights: DynArray[uint256, MAX_TRAINERS] = []
     w: uint256 = ONE
@@ -575,35 +555,33 @@ def _pay_trainers(cid: uint256, order: DynArray[uint256, MAX_TRAINERS], pool: ui
         i: uint256 = order[k]
         reward: uint256 = pool * weights[k] // total
         trainer: address = self._subs[cid][i].trainer
+        self._subs[cid][i].median = medians[i]
         self._subs[cid][i].rank = k + 1
-        self._subs[cid][i].reward = reward
         self.claimable[trainer] += reward
         paid += reward
-        log Ranked(
-            competition_id=cid, trainer=trainer, index=i, rank=k + 1,
-            median=self._subs[cid][i].median, reward=reward,
-        )
+        log Ranked(competition_id=cid, trainer=trainer, index=i, rank=k + 1, median=medians[i], reward=reward)
     return paid
 
 
 @internal
-def _pay_validators(cid: uint256, order: DynArray[uint256, MAX_TRAINERS], pool: uint256, slashes: DynArray[uint256, MAX_ELECTED]) -> uint256:
+def _pay_validators(cid: uint256, order: DynArray[uint256, MAX_TRAINERS], medians: DynArray[uint256, MAX_TRAINERS], pool: uint256, slashes: DynArray[uint256, MAX_ELECTED]) -> uint256:
     """Shares by capped stake times closeness to the medians; returns what was paid"""
     p: Params = self._params[cid]
     elected: DynArray[address, MAX_ELECTED] = self._elected[cid]
     closeness: DynArray[uint256, MAX_ELECTED] = []
+    revealed: DynArray[bool, MAX_ELECTED] = []
     shares: DynArray[uint256, MAX_ELECTED] = []
     total: uint256 = 0
     for v: address in elected:
-        m: Member = self._members[cid][v]
         c: uint256 = 0
-        if m.revealed:
+        revealed.append(self._members[cid][v].revealed)
+        if revealed[len(revealed) - 1]:
             if len(order) == 0:
                 c = BPS  # nothing to score: revealing is all there was to do
             for i: uint256 in order:
-                c += self._closeness(self._scores[cid][v][i], self._subs[cid][i].median, p.tolerance_bps)
+                c += self._closeness(self._scores[cid][v][i], medians[i], p.tolerance_bps)
         closeness.append(c)
-        share: uint256 = min(m.stake, p.validator_cap) * c
+        share: uint256 = min(self._members[cid][v].stake, p.validator_cap) * c
         shares.append(share)
         total += share
     paid: uint256 = 0
@@ -616,7 +594,7 @@ def _pay_validators(cid: uint256, order: DynArray[uint256, MAX_TRAINERS], pool: 
         self.claimable[elected[k]] += reward
         paid += reward
         log ValidatorSettled(
-            competition_id=cid, validator=elected[k], revealed=self._members[cid][elected[k]].revealed,
+            competition_id=cid, validator=elected[k], revealed=revealed[k],
             closeness=closeness[k], reward=reward, slashed=slashes[k],
         )
     return paid
@@ -634,16 +612,19 @@ def finalise(cid: uint256):
     for t: address in self._trainers[cid]:
         self.claimable[t] += self._members[cid][t].stake
     for v: address in self._validators[cid]:
-        m: Member = self._members[cid][v]
-        if not m.elected:
-            self.claimable[v] += m.stake
+        if not self._members[cid][v].elected:
+            self.claimable[v] += self._members[cid][v].stake
     slashed: uint256 = 0
-    revealed_weight: uint256 = 0
     slashes: DynArray[uint256, MAX_ELECTED] = []
+    voters: DynArray[address, MAX_ELECTED] = []
+    weights: DynArray[uint256, MAX_ELECTED] = []
+    revealed_weight: uint256 = 0
     for v: address in self._elected[cid]:
         m: Member = self._members[cid][v]
         cut: uint256 = 0
         if m.revealed:
+            voters.append(v)
+            weights.append(min(m.stake, p.validator_cap))
             revealed_weight += min(m.stake, p.validator_cap)
         else:
             cut = m.stake * p.slash_bps // BPS
@@ -651,16 +632,20 @@ def finalise(cid: uint256):
         slashed += cut
         self.claimable[v] += m.stake - cut
 
-    order: DynArray[uint256, MAX_TRAINERS] = self._rank(cid, revealed_weight)
+    medians: DynArray[uint256, MAX_TRAINERS] = []
+    order: DynArray[uint256, MAX_TRAINERS] = []
+    medians, order = self._rank(cid, voters, weights, revealed_weight)
     trainer_pool: uint256 = p.reward_pool * p.trainer_share_bps // BPS
-    validator_pool: uint256 = p.reward_pool - trainer_pool
+    validator_pool: uint256 = 0
     burned: uint256 = 0
     if revealed_weight == 0:
         burned = slashed  # nobody revealed: no one to hand the slashes to
     else:
-        validator_pool += slashed
-    paid: uint256 = self._pay_trainers(cid, order, trainer_pool)
-    paid += self._pay_validators(cid, order, validator_pool if revealed_weight > 0 else 0, slashes)
+        validator_pool = p.reward_pool - trainer_pool + slashed
+    paid: uint256 = 0
+    if len(order) > 0:
+        paid = self._pay_trainers(cid, order, medians, trainer_pool)
+    paid += self._pay_validators(cid, order, medians, validator_pool, slashes)
     refund: uint256 = p.reward_pool + slashed - burned - paid
     if c.eval_set_hash == empty(bytes32):
         burned += p.creator_bond

@@ -129,7 +129,8 @@ async def test_a_competition_through_the_client(backend: str, anvil: object) -> 
             (MEMBERS[1].address, 700, 2), (MEMBERS[2].address, 900, 1)
         ]
         # 70% of the pool to trainers by rank (halving), 30% to the one validator
-        assert [s.reward for s in subs] == [700 * E18 // 3, 1400 * E18 // 3]
+        ranked = await arena[0].events(first_block, await env.client(0).block_number(), ["Ranked"])
+        assert [(e.args["index"], e.args["reward"]) for e in ranked] == [(1, 1400 * E18 // 3), (0, 700 * E18 // 3)]
         competition = await arena[0].get_competition(cid)
         assert competition.finalised and competition.eval_set_hash == EVAL_SET_HASH
 

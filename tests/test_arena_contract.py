@@ -30,7 +30,7 @@ from arena_chain import (
 )
 from eth_utils import keccak
 
-from flockd.chain.client.arena import scores_digest, submission_digest
+from flockd.chain.client.arena import MAX_TRAINERS, MAX_VALIDATORS, scores_digest, submission_digest
 
 CREATOR = 0
 TRAINERS = [1, 2, 3, 4]
@@ -376,16 +376,17 @@ def test_join_reverts(arena: ArenaChain) -> None:
 
 
 def test_trainer_and_validator_seats_fill_up() -> None:
-    arena = ArenaChain(n_accounts=67)
+    arena = ArenaChain(n_accounts=59)
     cid = arena.create(CREATOR, join_blocks=20)
-    for t in range(1, 33):
+    for t in range(1, 1 + MAX_TRAINERS):
         arena.join(cid, t, TRAINER, 10 * E18)
-    for v in range(33, 65):
+    for v in range(25, 25 + MAX_VALIDATORS):
         arena.join(cid, v, VALIDATOR, 100 * E18)
     arena.mine()
-    assert len(arena.view("get_trainers", cid)) == 32
-    assert arena.reverts(65, "join", cid, TRAINER, 10 * E18, bytes(32)) == "trainer seats full"
-    assert arena.reverts(66, "join", cid, VALIDATOR, 100 * E18, arena.vrf_pk(66)) == "validator seats full"
+    assert len(arena.view("get_trainers", cid)) == MAX_TRAINERS
+    assert len(arena.view("get_validators", cid)) == MAX_VALIDATORS
+    assert arena.reverts(57, "join", cid, TRAINER, 10 * E18, bytes(32)) == "trainer seats full"
+    assert arena.reverts(58, "join", cid, VALIDATOR, 100 * E18, arena.vrf_pk(58)) == "validator seats full"
 
 
 def test_commit_submission_reverts(arena: ArenaChain) -> None:
@@ -527,3 +528,22 @@ def test_phases_follow_the_block_windows(arena: ArenaChain) -> None:
     assert arena.view("seed", cid) == arena.seed(cid)  # readable, not yet fixed
     arena.chain.mine_empty(join_end + 257 - arena.chain.block_number)
     assert arena.view("seed", cid) == bytes(32)  # never fixed, and no longer readable
+
+
+def test_a_validator_far_from_every_median_is_paid_nothing_and_not_slashed(arena: ArenaChain) -> None:
+    cid = submitted(arena, {1: model("a")})
+    vectors = {5: [2**128], 6: [10], 7: [10], 8: [10]}
+    arena.advance_to(cid, PHASE_SCORE_COMMIT)
+    for v, s in vectors.items():
+        arena.commit_scores(cid, v, s)
+    arena.mine()
+    arena.advance_to(cid, PHASE_SCORE_REVEAL)
+    for v, s in vectors.items():
+        arena.reveal_scores(cid, v, s)
+    arena.mine()
+    arena.advance_to(cid, PHASE_CLOSED)
+    settled = {e["validator"]: e for name, e in arena.events(arena.tx(1, "finalise", cid)) if name == "ValidatorSettled"}
+    assert settled[arena.hx(5)] | {"competition_id": 0} == {
+        "competition_id": 0, "validator": arena.hx(5), "revealed": True, "closeness": 0, "reward": 0, "slashed": 0
+    }
+    assert arena.view("claimable", arena.addr(5)) == STAKES[5]  # its whole stake back

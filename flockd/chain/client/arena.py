@@ -30,6 +30,7 @@ ROLE_TRAINER, ROLE_VALIDATOR = 1, 2
     ARENA_PHASE_FINALISED,
 ) = range(8)
 MAX_SCORE = 2**128
+MAX_TRAINERS, MAX_VALIDATORS, MAX_ELECTED = 24, 32, 16
 
 
 @dataclass(frozen=True)
@@ -81,9 +82,8 @@ class Submission:
     model_hash: bytes
     revealed: bool
     duplicate: bool
-    median: int
-    rank: int  # 1 = best, 0 = unranked
-    reward: int
+    median: int  # set when ranked
+    rank: int  # 1 = best, 0 = unranked (its reward: the Ranked event)
 
 
 @dataclass(frozen=True)
