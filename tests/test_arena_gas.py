@@ -23,6 +23,7 @@ from arena_chain import (
     model,
     params,
 )
+from test_contracts_gas import main as print_table
 
 from flockd.chain.client.contract import TxPolicy
 from flockd.chain.node.embedded import MAX_TX_GAS
@@ -103,12 +104,5 @@ def test_gas_table_and_worst_case_fits_a_transaction() -> None:
     assert len(ARENA_ARTIFACT.bytecode_runtime) <= 24_576  # EIP-170
 
 
-def main() -> None:
-    print("| function | gas | case |")
-    print("| --- | ---: | --- |")
-    for name, gas, note in gas_table():
-        print(f"| `{name}` | {gas:,} | {note} |")
-
-
 if __name__ == "__main__":
-    main()
+    print_table(gas_table)
