@@ -109,6 +109,11 @@ event Joined:
     stake: uint256
     vrf_pk: bytes32
 
+event Evicted:
+    competition_id: indexed(uint256)
+    validator: indexed(address)
+    stake: uint256  # released: claimable at once
+
 event SubmissionCommitted:
     competition_id: indexed(uint256)
     trainer: indexed(address)
@@ -324,6 +329,32 @@ def _closeness(score: uint256, median: uint256, tolerance_bps: uint256) -> uint2
     return BPS * tolerance_bps // (tolerance_bps + error_bps)
 
 
+@internal
+def _evict_smallest_validator(cid: uint256, newcomer_stake: uint256):
+    """
+    Full validator seats go to stake, not to whoever came first: a newcomer with more
+    stake takes the seat of the smallest validator (the earliest of equals), whose stake
+    is released at once. Otherwise cheap sybils joining early would hold every seat.
+    """
+    seats: DynArray[address, MAX_VALIDATORS] = self._validators[cid]
+    smallest: uint256 = 0
+    for i: uint256 in range(1, MAX_VALIDATORS):
+        if self._members[cid][seats[i]].stake < self._members[cid][seats[smallest]].stake:
+            smallest = i
+    evicted: address = seats[smallest]
+    stake: uint256 = self._members[cid][evicted].stake
+    assert newcomer_stake > stake, "validator seats full"
+    kept: DynArray[address, MAX_VALIDATORS] = []
+    for i: uint256 in range(MAX_VALIDATORS):
+        if i != smallest:
+            kept.append(seats[i])
+    self._validators[cid] = kept  # in join order: the earliest of equals goes first
+    self._comps[cid].validator_weight -= min(stake, self._params[cid].validator_cap)
+    self._members[cid][evicted] = empty(Member)
+    self.claimable[evicted] += stake
+    log Evicted(competition_id=cid, validator=evicted, stake=stake)
+
+
 # ---------------------------------------------------------------- creator
 
 @external
@@ -391,7 +422,8 @@ def join(cid: uint256, role: uint8, stake: uint256, vrf_pk: bytes32):
         assert role == ROLE_VALIDATOR, "unknown role"
         assert stake >= self._params[cid].validator_stake, "stake below the minimum"
         assert vrf_pk != empty(bytes32), "empty vrf key"
-        assert len(self._validators[cid]) < MAX_VALIDATORS, "validator seats full"
+        if len(self._validators[cid]) == MAX_VALIDATORS:
+            self._evict_smallest_validator(cid, stake)
         self._validators[cid].append(msg.sender)
         self._comps[cid].validator_weight += min(stake, self._params[cid].validator_cap)
         self._members[cid][msg.sender].vrf_pk = vrf_pk

@@ -389,6 +389,28 @@ def test_trainer_and_validator_seats_fill_up() -> None:
     assert arena.reverts(58, "join", cid, VALIDATOR, 100 * E18, arena.vrf_pk(58)) == "validator seats full"
 
 
+def test_full_validator_seats_go_to_more_stake() -> None:
+    """Cheap sybils that join first do not keep the seats: more stake takes the seat of
+    the smallest validator (the earliest of equals), whose stake is released at once."""
+    arena = ArenaChain(n_accounts=35)
+    cid = arena.create(CREATOR, join_blocks=20)
+    for v in range(1, 1 + MAX_VALIDATORS):
+        arena.join(cid, v, VALIDATOR, (100 if v != 1 else 150) * E18)
+    arena.mine()
+    weight = arena.view("get_competition", cid)[4]
+    assert arena.reverts(33, "join", cid, VALIDATOR, 100 * E18, arena.vrf_pk(33)) == "validator seats full"
+    result = arena.tx(33, "join", cid, VALIDATOR, 101 * E18, arena.vrf_pk(33))
+    assert arena.events(result)[0] == ("Evicted", {"competition_id": cid, "validator": arena.hx(2), "stake": 100 * E18})
+    seats = list(arena.view("get_validators", cid))
+    assert len(seats) == MAX_VALIDATORS and arena.hx(33) in seats and arena.hx(2) not in seats
+    assert arena.view("get_competition", cid)[4] == weight + E18
+    assert arena.view("get_member", cid, arena.addr(2))[0] == 0  # no role: it may join again
+    assert arena.view("claimable", arena.addr(2)) == 100 * E18
+    arena.tx(2, "claim")
+    arena.tx(2, "join", cid, VALIDATOR, 102 * E18, arena.vrf_pk(2))  # and takes the next smallest seat
+    assert arena.hx(3) not in list(arena.view("get_validators", cid))
+
+
 def test_commit_submission_reverts(arena: ArenaChain) -> None:
     cid = joined(arena)
     digest = submission_digest(cid, arena.addr(1), model("a"), salt(1))

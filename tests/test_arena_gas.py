@@ -25,11 +25,11 @@ from arena_chain import (
 )
 from test_contracts_gas import main as print_table
 
+from flockd.chain.client.arena import MAX_ELECTED, MAX_TRAINERS, MAX_VALIDATORS
 from flockd.chain.client.contract import TxPolicy
 from flockd.chain.node.embedded import MAX_TX_GAS
 
 Row = tuple[str, int, str]
-MAX_TRAINERS, MAX_ELECTED = 24, 16
 
 
 def run_competition(n_trainers: int, n_validators: int, constructor: bool = False) -> list[Row]:
@@ -89,8 +89,19 @@ def run_competition(n_trainers: int, n_validators: int, constructor: bool = Fals
     return out
 
 
+def eviction_row() -> Row:
+    arena = ArenaChain(n_accounts=1 + MAX_VALIDATORS + 1)
+    cid = arena.create(0)
+    for v in range(1, 1 + MAX_VALIDATORS):
+        arena.join(cid, v, VALIDATOR, 100 * E18)
+    arena.mine()
+    newcomer = 1 + MAX_VALIDATORS
+    res = arena.tx(newcomer, "join", cid, VALIDATOR, 101 * E18, arena.vrf_pk(newcomer))
+    return ("join", res.gas_used, f"validator, {MAX_VALIDATORS} seats full: takes the smallest one's seat")
+
+
 def gas_table() -> list[Row]:
-    small = run_competition(4, 3, constructor=True)
+    small = run_competition(4, 3, constructor=True) + [eviction_row()]
     worst = [row for row in run_competition(MAX_TRAINERS, MAX_ELECTED) if row[0] in ("reveal_scores", "finalise")]
     return small + [(name, gas, f"worst case: {note}") for name, gas, note in worst if "first" not in note]
 
