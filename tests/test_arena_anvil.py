@@ -104,6 +104,12 @@ async def test_a_competition_through_the_client(backend: str, anvil: object) -> 
             digest = submission_digest(cid, MEMBERS[t].address, MODELS[t], salts[t])
             assert await arena[t].commit_submission(cid, digest) == TRAINERS.index(t)
 
+        assert await arena[0].competition_count() == cid
+        assert await arena[0].get_trainers(cid) == [MEMBERS[t].address for t in TRAINERS]
+        assert await arena[0].get_validators(cid) == [MEMBERS[VALIDATOR].address]
+        member = await arena[0].get_member(cid, MEMBERS[VALIDATOR].address)
+        assert (member.role, member.stake, member.elected) == (ROLE_VALIDATOR, 100 * E18, False)
+        assert await arena[0].election_threshold(cid, MEMBERS[VALIDATOR].address) == 2**64  # the only one
         await advance_to(env, arena[0], cid, ARENA_PHASE_SUBMIT)
         ends = await arena[0].deadlines(cid)
         seed = await arena[0].seed(cid)
@@ -119,6 +125,7 @@ async def test_a_competition_through_the_client(backend: str, anvil: object) -> 
         await arena[VALIDATOR].commit_scores(cid, scores_digest(cid, MEMBERS[VALIDATOR].address, SCORES, score_salt))
         await advance_to(env, arena[0], cid, ARENA_PHASE_SCORE_REVEAL)
         await arena[VALIDATOR].reveal_scores(cid, SCORES, score_salt)
+        assert await arena[0].get_scores(cid, MEMBERS[VALIDATOR].address) == SCORES
         await arena[CREATOR].publish_eval(cid, EVAL_SET_HASH, EVAL_SALT)
 
         await advance_to(env, arena[0], cid, ARENA_PHASE_CLOSED)
@@ -134,6 +141,8 @@ async def test_a_competition_through_the_client(backend: str, anvil: object) -> 
         competition = await arena[0].get_competition(cid)
         assert competition.finalised and competition.eval_set_hash == EVAL_SET_HASH
 
+        assert await arena[0].claimable(MEMBERS[VALIDATOR].address) == 400 * E18
+        assert await arena[0].burned() == 0
         before = {who: await env.token(0).balance_of(MEMBERS[who].address) for who in range(4)}
         for who in range(4):
             await arena[who].claim()
