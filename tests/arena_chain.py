@@ -1,5 +1,5 @@
-"""The Arena contract on a scratch py-evm chain with the real ECVRF precompile, and the
-reference settlement the contract must match (weighted medians, ranks, payouts)."""
+"""The Arena contract on a scratch py-evm chain with the real ECVRF precompile; the
+settlement it must match is flockd.chain.client.arena_settlement."""
 
 from __future__ import annotations
 
@@ -11,7 +11,12 @@ from eth_keys.datatypes import PrivateKey
 from eth_utils import keccak
 
 from flockd import sortition, vrf
-from flockd.chain.client.arena import eval_commitment, scores_digest, submission_digest
+from flockd.chain.client.arena import (
+    CompetitionParams,
+    eval_commitment,
+    scores_digest,
+    submission_digest,
+)
 from flockd.chain.client.artifacts import ARENA, STAKE_TOKEN, load
 from flockd.chain.node.deploy import ScratchChain, TxFailed, TxResult
 from flockd.chain.node.precompile import VRF_PRECOMPILE_ADDRESS
@@ -185,62 +190,5 @@ class ArenaChain:
         self.send(who, "reveal_scores", cid, scores, salt(who, b"scores"))
 
 
-# --- the reference settlement ---------------------------------------------------------------
-
-
-def weighted_median(values: list[int], weights: list[int]) -> int:
-    """The least value whose cumulative weight reaches half the total."""
-    total = sum(weights)
-    cumulative = 0
-    for value, weight in sorted(zip(values, weights, strict=True), key=lambda vw: vw[0]):
-        cumulative += weight
-        if 2 * cumulative >= total:
-            return value
-    return 0
-
-
-def closeness(score: int, median: int, tolerance_bps: int) -> int:
-    error_bps = abs(score - median) * BPS // max(median, 1)
-    return BPS * tolerance_bps // (tolerance_bps + error_bps)
-
-
-def rank_rewards(n: int, pool: int, decay_bps: int) -> list[int]:
-    weights = []
-    w = ONE
-    for _ in range(n):
-        weights.append(w)
-        w = w * decay_bps // BPS
-    return [pool * w // sum(weights) for w in weights]
-
-
-@dataclass
-class Settlement:
-    medians: dict[int, int]  # submission index -> median
-    order: list[int]  # submission indices, best first
-    trainer_rewards: list[int]  # by rank
-    validator_rewards: dict[int, int]  # by position among the elected
-    closeness: dict[int, int]
-
-
-def settle(
-    scores: dict[int, list[int]], weights: dict[int, int], counted: list[int], p: dict[str, Any], slashed: int
-) -> Settlement:
-    """`scores` and `weights` of the validators that revealed, by their position among the
-    elected; `counted` the submissions that count (revealed, not duplicates)."""
-    medians = {i: weighted_median([s[i] for s in scores.values()], list(weights.values())) for i in counted}
-    order = sorted(counted, key=lambda i: (-medians[i], i))
-    trainer_pool = p["reward_pool"] * p["trainer_share_bps"] // BPS
-    validator_pool = p["reward_pool"] - trainer_pool + slashed
-    close = {
-        v: sum(closeness(s[i], medians[i], p["tolerance_bps"]) for i in order) if order else BPS
-        for v, s in scores.items()
-    }
-    shares = {v: weights[v] * close[v] for v in scores}
-    total = sum(shares.values())
-    return Settlement(
-        medians,
-        order,
-        rank_rewards(len(order), trainer_pool, p["rank_decay_bps"]),
-        {v: validator_pool * shares[v] // total if total else 0 for v in scores},
-        close,
-    )
+def competition_params(**over: Any) -> CompetitionParams:
+    return CompetitionParams(**params(**over))

@@ -23,14 +23,15 @@ from arena_chain import (
     VALIDATOR,
     ArenaChain,
     as_tuple,
+    competition_params,
     model,
     params,
     salt,
-    settle,
 )
 from eth_utils import keccak
 
 from flockd.chain.client.arena import MAX_TRAINERS, MAX_VALIDATORS, scores_digest, submission_digest
+from flockd.chain.client.arena_settlement import settle
 
 CREATOR = 0
 TRAINERS = [1, 2, 3, 4]
@@ -119,7 +120,7 @@ def test_a_whole_competition_settles_by_the_reference_rules(arena: ArenaChain) -
     assert list(arena.view("get_elected", cid)) == ["0x" + a.hex() for a in elected_order]
     weights = {v: min(STAKES[v], p["validator_cap"]) for v in (5, 6, 7)}
     slash = STAKES[8] * p["slash_bps"] // BPS
-    expected = settle({v: vectors[v] for v in (5, 6, 7)}, weights, [0, 1, 2], p, slash)
+    expected = settle({v: vectors[v] for v in (5, 6, 7)}, weights, [0, 1, 2], competition_params(), slash)
     assert expected.medians == {0: 900, 1: 690, 2: 800}  # 5's random vector moved none of them
     assert expected.order == [0, 2, 1]
 

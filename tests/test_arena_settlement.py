@@ -17,12 +17,14 @@ from arena_chain import (
     TRAINER,
     VALIDATOR,
     ArenaChain,
+    competition_params,
     model,
     params,
-    settle,
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from flockd.chain.client.arena_settlement import settle
 
 competitions = st.integers(1, 5).flatmap(
     lambda n_subs: st.fixed_dictionaries(
@@ -96,7 +98,7 @@ def test_settlement_matches_the_reference(case: dict) -> None:
         assert final["burned"] == sum(slashes.values())
         assert final["creator_refund"] == p["reward_pool"] + p["creator_bond"]
         return
-    expected = settle(revealers, weights, list(range(n_subs)), p, sum(slashes.values()))
+    expected = settle(revealers, weights, list(range(n_subs)), competition_params(**over), sum(slashes.values()))
     assert [(e["index"], e["rank"], e["median"], e["reward"]) for e in ranked] == [
         (i, k + 1, expected.medians[i], expected.trainer_rewards[k]) for k, i in enumerate(expected.order)
     ]
