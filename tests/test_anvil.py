@@ -116,9 +116,9 @@ class Env:
 
 
 @functools.cache
-def genesis() -> Genesis:
+def genesis(arena: bool = False) -> Genesis:
     alloc: dict[bytes, dict[str, object]] = {m.address: {"balance": 10**22} for m in MEMBERS}
-    alloc.update({a: dict(acct) for a, acct in genesis_contracts(HOLDINGS).items()})
+    alloc.update({a: dict(acct) for a, acct in genesis_contracts(HOLDINGS, arena=arena).items()})
     return Genesis.create(chain_id=4343, authorities=[SEALER.public_key.to_canonical_address()],
                           timestamp=1_700_000_000, alloc=alloc)
 
@@ -131,9 +131,9 @@ def seal(chain: EmbeddedChain, n: int = 1) -> None:
 
 
 @asynccontextmanager
-async def embedded_env() -> AsyncIterator[Env]:
+async def embedded_env(chain_genesis: Genesis | None = None) -> AsyncIterator[Env]:
     """The daemon's own chain: contracts at genesis, a sealer that seals whenever txs wait."""
-    chain = EmbeddedChain(genesis(), None, SEALER)
+    chain = EmbeddedChain(chain_genesis or genesis(), None, SEALER)
     sealing = trio.Lock()
 
     async def mine(n: int) -> None:

@@ -16,6 +16,8 @@ PY_EVM_PACKAGES = ("eth", "evm")
 CLIENT_MODULES = (
     "flockd.chain.client.abc",
     "flockd.chain.client.addresses",
+    "flockd.chain.client.arena",
+    "flockd.chain.client.arena_settlement",
     "flockd.chain.client.artifacts",
     "flockd.chain.client.backends",
     "flockd.chain.client.contract",

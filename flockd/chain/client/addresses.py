@@ -22,3 +22,4 @@ def contract_address(sender: bytes, nonce: int) -> bytes:
 
 STAKE_TOKEN_ADDRESS = contract_address(DEPLOYER, 0)
 TASK_REGISTRY_ADDRESS = contract_address(DEPLOYER, 1)
+ARENA_ADDRESS = contract_address(DEPLOYER, 2)  # only in a genesis that asks for the Arena

@@ -28,7 +28,8 @@ COMPILER = "vyper 0.4.3"
 STAKE_TOKEN = "StakeToken"
 TASK_REGISTRY = "TaskRegistry"
 ECVRF_VERIFIER = "EcvrfVerifier"  # for chains without the VRF precompile
-CONTRACT_NAMES = (STAKE_TOKEN, TASK_REGISTRY, ECVRF_VERIFIER)
+ARENA = "Arena"  # not at genesis: deployed on demand
+CONTRACT_NAMES = (STAKE_TOKEN, TASK_REGISTRY, ECVRF_VERIFIER, ARENA)
 
 
 class ArtifactError(Exception):

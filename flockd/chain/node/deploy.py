@@ -30,13 +30,14 @@ from eth_keys.datatypes import PrivateKey
 from eth_utils import to_canonical_address
 
 from flockd.chain.client.addresses import (
+    ARENA_ADDRESS,
     DEPLOYER,
     DEPLOYER_KEY,
     STAKE_TOKEN_ADDRESS,
     TASK_REGISTRY_ADDRESS,
     contract_address,
 )
-from flockd.chain.client.artifacts import STAKE_TOKEN, TASK_REGISTRY, Artifact, load
+from flockd.chain.client.artifacts import ARENA, STAKE_TOKEN, TASK_REGISTRY, Artifact, load
 from flockd.chain.node.precompile import VRF_PRECOMPILE_ADDRESS, with_vrf_precompile
 
 TOKEN_NAME = "flockd stake"
@@ -240,10 +241,14 @@ def genesis_contracts(
     token_name: str = TOKEN_NAME,
     token_symbol: str = TOKEN_SYMBOL,
     verifier: bytes = VRF_PRECOMPILE_ADDRESS,
+    arena: bool = False,
 ) -> dict[bytes, GenesisAccount]:
     """Genesis accounts {address: {code, storage, balance, nonce}} of the stake token
     (at STAKE_TOKEN_ADDRESS, supply minted to `token_holders`) and the task registry
-    (at TASK_REGISTRY_ADDRESS, verifying VRF proofs at `verifier`)."""
+    (at TASK_REGISTRY_ADDRESS, verifying VRF proofs at `verifier`), and with `arena` the
+    Arena too (at ARENA_ADDRESS). The embedded chain runs no contract created later, and
+    the default genesis stays without the Arena: its accounts are part of every block
+    hash, and so of every VRF draw of the existing networks."""
     if len(token_holders) > MAX_TOKEN_HOLDERS:
         raise ValueError(f"at most {MAX_TOKEN_HOLDERS} token holders at genesis")
     holders = sorted(to_canonical_address(a) for a in token_holders)
@@ -252,4 +257,9 @@ def genesis_contracts(
     token = scratch.deploy(DEPLOYER_KEY, load(STAKE_TOKEN), token_name, token_symbol, holders, amounts)
     registry = scratch.deploy(DEPLOYER_KEY, load(TASK_REGISTRY), token, verifier)
     assert (token, registry) == (STAKE_TOKEN_ADDRESS, TASK_REGISTRY_ADDRESS)
-    return {token: scratch.dump(token), registry: scratch.dump(registry)}
+    accounts = {token: scratch.dump(token), registry: scratch.dump(registry)}
+    if arena:
+        address = scratch.deploy(DEPLOYER_KEY, load(ARENA), token, verifier)
+        assert address == ARENA_ADDRESS
+        accounts[address] = scratch.dump(address)
+    return accounts
