@@ -493,3 +493,29 @@ async def test_a_node_back_after_rounds_without_a_recorded_model_computes_and_at
     assert attested(chain) == expected
     assert all(node.store.has_model(digest) for _, digest in expected)
     assert runner.error is None
+
+
+async def test_a_missed_round_whose_delta_is_gone_is_not_attested_and_takes_the_recorded_model(
+    tmp_path: Path,
+) -> None:
+    """As above, but no peer holds round 1's accepted delta any more: the node cannot
+    compute model_1, so it attests nothing (it keeps asking for the delta); once the
+    others record model_1, it fetches that and completes the round."""
+    node = Node(tmp_path)
+    chain = node.chain
+    model_0, model_1 = (node.peer_store(V2).put_model(model_of(v)) for v in (1.0, 5.0))
+    chain.open_round(0)
+    finish_round(chain, 0, model_0, accepted=1)
+    finish_round(chain, 1, None, accepted=1)
+    runner = node.runner(params=FIVE_ROUNDS)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        nursery.start_soon(keep_sealing, chain)
+        await until(lambda: runner.counters.get("action_failures") >= 3, "the delta fetches to fail")
+        assert 1 not in dict(attested(chain))
+        chain.pending.append(chain.log("ModelRecorded", 1, model_hash=model_1))  # the others' majority
+        await until(lambda: rounds_written(node.store) == [0, 1], "round 1's line")
+        nursery.cancel_scope.cancel()
+    assert round_history(node.store.history(TASK))[1]["model_hash"] == "0x" + model_1.hex()
+    assert 1 not in dict(attested(chain))
+    assert runner.error is None
