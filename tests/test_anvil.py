@@ -24,13 +24,10 @@ from eth_keys.datatypes import PrivateKey
 from eth_utils import keccak, to_checksum_address
 
 from flockd import sortition, vrf
-from flockd.chain.backends import ChainBackend, HttpBackend, InProcessBackend
-from flockd.chain.client import ContractClient, ContractRevert, TxPolicy
-from flockd.chain.deploy import STAKE_TOKEN_ADDRESS, TASK_REGISTRY_ADDRESS, genesis_contracts
-from flockd.chain.embedded import EmbeddedChain
-from flockd.chain.genesis import Genesis
-from flockd.chain.precompile import VRF_PRECOMPILE_ADDRESS
-from flockd.chain.registry import (
+from flockd.chain.client.addresses import STAKE_TOKEN_ADDRESS, TASK_REGISTRY_ADDRESS
+from flockd.chain.client.backends import ChainBackend, HttpBackend, InProcessBackend
+from flockd.chain.client.contract import ContractClient, ContractRevert, TxPolicy
+from flockd.chain.client.registry import (
     PHASE_CLOSED,
     PHASE_COMMIT,
     PHASE_PROPOSE,
@@ -45,6 +42,10 @@ from flockd.chain.registry import (
     deploy,
     verifier_available,
 )
+from flockd.chain.node.deploy import genesis_contracts
+from flockd.chain.node.embedded import EmbeddedChain
+from flockd.chain.node.genesis import Genesis
+from flockd.chain.node.precompile import VRF_PRECOMPILE_ADDRESS
 from flockd.round import vote_digest
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,9 +16,9 @@ import trio
 from eth_keys import keys
 from test_runner import Node, until
 
-from flockd.chain.embedded import EmbeddedChain
-from flockd.chain.genesis import Genesis
-from flockd.chain.service import ChainService
+from flockd.chain.node.embedded import EmbeddedChain
+from flockd.chain.node.genesis import Genesis
+from flockd.chain.node.service import ChainService
 from flockd.p2p.host import P2PService
 from flockd.p2p.limits import P2PLimits
 from flockd.tasks import runner as runner_module

@@ -17,9 +17,9 @@ import trio
 from eth_keys import keys
 from test_chain_rejoin import seal_alone, start_services
 
-from flockd.chain.embedded import EmbeddedChain
-from flockd.chain.genesis import Genesis
-from flockd.chain.records import ImportResult
+from flockd.chain.node.embedded import EmbeddedChain
+from flockd.chain.node.genesis import Genesis
+from flockd.chain.node.records import ImportResult
 
 
 class SealSpy:

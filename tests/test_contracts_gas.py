@@ -22,9 +22,9 @@ from test_contracts import (
 )
 
 from flockd import sortition
-from flockd.chain.client import TxPolicy
-from flockd.chain.deploy import SCRATCH_GAS_LIMIT, TxResult
-from flockd.chain.embedded import MAX_TX_GAS
+from flockd.chain.client.contract import TxPolicy
+from flockd.chain.node.deploy import SCRATCH_GAS_LIMIT, TxResult
+from flockd.chain.node.embedded import MAX_TX_GAS
 
 Row = tuple[str, int, str]
 

@@ -22,7 +22,7 @@ from fake_task_chain import INIT_HASH, ArithmeticWork, ScriptedChain, ScriptedPe
 
 from flockd import round as rnd
 from flockd import sortition
-from flockd.chain.registry import TaskParams
+from flockd.chain.client.registry import TaskParams
 from flockd.fl.checkpoint import model_hash
 from flockd.round import vote_digest
 from flockd.store import Store

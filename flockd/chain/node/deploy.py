@@ -27,16 +27,18 @@ from eth.db.atomic import AtomicDB
 from eth.vm.forks.prague import PragueVM
 from eth_abi import decode as abi_decode
 from eth_keys.datatypes import PrivateKey
-from eth_utils import keccak, to_canonical_address
-from rlp import encode as rlp_encode
+from eth_utils import to_canonical_address
 
-from flockd.chain.artifacts import STAKE_TOKEN, TASK_REGISTRY, Artifact, load
-from flockd.chain.precompile import VRF_PRECOMPILE_ADDRESS, with_vrf_precompile
+from flockd.chain.client.addresses import (
+    DEPLOYER,
+    DEPLOYER_KEY,
+    STAKE_TOKEN_ADDRESS,
+    TASK_REGISTRY_ADDRESS,
+    contract_address,
+)
+from flockd.chain.client.artifacts import STAKE_TOKEN, TASK_REGISTRY, Artifact, load
+from flockd.chain.node.precompile import VRF_PRECOMPILE_ADDRESS, with_vrf_precompile
 
-# Fixed so that every node derives byte-identical genesis accounts. The key signs
-# nothing on a live chain: it only names the creator of the genesis contracts.
-DEPLOYER_KEY = PrivateKey(keccak(b"flockd genesis deployer"))
-DEPLOYER = DEPLOYER_KEY.public_key.to_canonical_address()
 TOKEN_NAME = "flockd stake"
 TOKEN_SYMBOL = "FLOCK"
 MAX_TOKEN_HOLDERS = 64
@@ -45,14 +47,6 @@ SCRATCH_CHAIN_ID = 1337
 SCRATCH_GAS_LIMIT = 30_000_000
 GAS_PRICE = 10**9
 ERROR_SELECTOR = bytes.fromhex("08c379a0")  # Error(string)
-
-
-def contract_address(sender: bytes, nonce: int) -> bytes:
-    return keccak(rlp_encode([sender, nonce]))[12:]
-
-
-STAKE_TOKEN_ADDRESS = contract_address(DEPLOYER, 0)
-TASK_REGISTRY_ADDRESS = contract_address(DEPLOYER, 1)
 
 
 class GenesisAccount(TypedDict):

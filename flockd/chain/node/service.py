@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 import rlp
 import trio
 
-from flockd.chain.embedded import EmbeddedChain, NotOurTurn
-from flockd.chain.eth_api import CALL_TIMEOUT, EthAPI
-from flockd.chain.eth_http import HTTPAccess, serve_http
-from flockd.chain.mempool import (
+from flockd.chain.ethrpc.eth_api import CALL_TIMEOUT, EthAPI
+from flockd.chain.ethrpc.eth_http import HTTPAccess, serve_http
+from flockd.chain.node.embedded import EmbeddedChain, NotOurTurn
+from flockd.chain.node.mempool import (
     AlreadyKnown,
     BadTxSignature,
     ForbiddenTarget,
@@ -34,9 +34,9 @@ from flockd.chain.mempool import (
     TxTooLarge,
     WrongChainId,
 )
-from flockd.chain.poa import BlockRejected, FutureBlock
-from flockd.chain.records import ImportResult
-from flockd.chain.sync import (
+from flockd.chain.node.poa import BlockRejected, FutureBlock
+from flockd.chain.node.records import ImportResult
+from flockd.chain.node.sync import (
     BLOCK_TOPIC,
     BLOCKS_KIND,
     MAX_REQUEST_BYTES,

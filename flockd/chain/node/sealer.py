@@ -16,9 +16,9 @@ from eth.abc import BlockAPI, BlockHeaderAPI, ReceiptAPI, SignedTransactionAPI
 from eth_typing import Address
 from eth_utils import ValidationError
 
-from flockd.chain.authority import VOTE_ADDRESS, Snapshot, decode_vote
-from flockd.chain.mempool import Mempool
-from flockd.chain.poa import SEAL_LENGTH, FlockChainBase
+from flockd.chain.node.authority import VOTE_ADDRESS, Snapshot, decode_vote
+from flockd.chain.node.mempool import Mempool
+from flockd.chain.node.poa import SEAL_LENGTH, FlockChainBase
 
 
 def build_block(
