@@ -4,7 +4,7 @@ Mirrors `VM.import_block` step for step — preprocessing system calls, transact
 postprocessing (Prague requests), finalisation — because `mine_all`/`mine_block` skip the
 pre/postprocessing (trap 5) and `apply_transaction` + `mine_block` per tx is O(n²) (trap 3).
 A tx that is no longer executable is dropped from the mempool rather than failing the block,
-and so is a vote the authority rule would refuse (flockd.chain.authority): a block must
+and so is a vote the authority rule would refuse (flockd.chain.node.authority): a block must
 never carry one.
 """
 
