@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from flockd import __version__
 
 if TYPE_CHECKING:
-    from flockd.chain.genesis import Genesis
+    from flockd.chain.node.genesis import Genesis
 
 DEFAULT_DATADIR = Path(os.environ.get("FLOCKD_DATADIR", "~/.flockd")).expanduser()
 
@@ -126,7 +126,7 @@ def _read_password(args: argparse.Namespace, *, confirm: bool) -> str:
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
-    from flockd.chain.genesis import Genesis, GenesisError
+    from flockd.chain.node.genesis import Genesis, GenesisError
     from flockd.config import ConfigError
     from flockd.datadir import init_datadir, initial_config
     from flockd.identity.keystore import NODE_KEYSTORE, IdentityError
@@ -155,9 +155,9 @@ def _cmd_init(args: argparse.Namespace) -> int:
 def _cmd_genesis(args: argparse.Namespace) -> int:
     import time
 
-    from flockd.chain.genesis import GenesisError
-    from flockd.chain.network import LOCAL_CHAIN_ID, parties_genesis, read_parties
-    from flockd.chain.poa import genesis_hash
+    from flockd.chain.node.genesis import GenesisError
+    from flockd.chain.node.network import LOCAL_CHAIN_ID, parties_genesis, read_parties
+    from flockd.chain.node.poa import genesis_hash
 
     def pairs(flag: str, specs: list[str]) -> list[tuple[object, object]]:
         out: list[tuple[object, object]] = []
@@ -198,8 +198,8 @@ def _first(*values: Any) -> Any:
 def _join_network(args: argparse.Namespace, genesis: Genesis) -> int:
     """`flockd init --genesis` on a datadir that has its keys already (they went into the
     network's genesis): only the chain side changes; keys and config stay."""
-    from flockd.chain.network import install_genesis
-    from flockd.chain.poa import genesis_hash
+    from flockd.chain.node.network import install_genesis
+    from flockd.chain.node.poa import genesis_hash
 
     if args.listen or args.bootstrap or args.network:
         raise CLIError("config.toml exists: edit it, or pass --listen/--bootstrap to flockd run")
@@ -256,9 +256,9 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     from eth_account import Account
     from eth_utils import is_address, to_canonical_address, to_checksum_address
 
-    from flockd.chain.backends import ChainError, HttpBackend
-    from flockd.chain.client import ContractClient
-    from flockd.chain.registry import deploy
+    from flockd.chain.client.backends import ChainError, HttpBackend
+    from flockd.chain.client.contract import ContractClient
+    from flockd.chain.client.registry import deploy
     from flockd.config import ConfigError, load_config
     from flockd.datadir import record_deployment
     from flockd.identity.keystore import IdentityError, load_identity

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from flockd.chain.genesis import Genesis
+    from flockd.chain.node.genesis import Genesis
     from flockd.identity.keystore import Identity
 
 IPC_SOCKET = "flockd.ipc"
@@ -85,7 +85,7 @@ def init_datadir(
     """`flockd init`: keys, config.toml and genesis.json. Without a network's genesis the
     node gets a chain of its own, sealed by itself alone. An existing key is never
     overwritten (IdentityError)."""
-    from flockd.chain.network import GENESIS_FILE, install_genesis, network_genesis
+    from flockd.chain.node.network import GENESIS_FILE, install_genesis, network_genesis
     from flockd.config import CONFIG_FILE
     from flockd.files import write_new_file
     from flockd.identity.keystore import create_identity

@@ -42,8 +42,8 @@ from flockd.logs import get_logger
 if TYPE_CHECKING:
     from trio_typing import TaskStatus  # trio's own TaskStatus is hidden by trio-stubs
 
-    from flockd.chain.backends import ChainBackend
-    from flockd.chain.service import ChainService
+    from flockd.chain.client.backends import ChainBackend
+    from flockd.chain.node.service import ChainService
     from flockd.tasks.service import TaskService
 
 log = get_logger("flockd.metrics")

@@ -36,8 +36,8 @@ import trio
 if TYPE_CHECKING:
     from trio_typing import TaskStatus  # trio's own TaskStatus is hidden by trio-stubs
 
-    from flockd.chain.backends import ChainBackend
-    from flockd.chain.service import ChainService
+    from flockd.chain.client.backends import ChainBackend
+    from flockd.chain.node.service import ChainService
     from flockd.identity.keystore import Identity
     from flockd.p2p.host import P2PService
     from flockd.serve.app import ServeApp
@@ -129,8 +129,7 @@ class Node:
     def _open_services(self) -> None:
         """Unlock the keys and build the services: imports and file work only, no event
         loop, so it runs in a worker thread while the control socket answers."""
-        from flockd.chain.embedded import GenesisMismatch
-        from flockd.chain.genesis import GenesisError
+        from flockd.chain.node.genesis import GenesisError, GenesisMismatch
         from flockd.identity.keystore import IdentityError, load_identity
         from flockd.p2p.abc import P2PError
         from flockd.p2p.host import P2PService
@@ -169,9 +168,9 @@ class Node:
     def _open_tasks(self) -> None:
         from eth_account import Account
 
-        from flockd.chain.client import ContractClient, TxPolicy
-        from flockd.chain.deploy import STAKE_TOKEN_ADDRESS, TASK_REGISTRY_ADDRESS
-        from flockd.chain.registry import Registry, Token
+        from flockd.chain.client.addresses import STAKE_TOKEN_ADDRESS, TASK_REGISTRY_ADDRESS
+        from flockd.chain.client.contract import ContractClient, TxPolicy
+        from flockd.chain.client.registry import Registry, Token
         from flockd.fl.attacks import describe
         from flockd.store import Store
         from flockd.tasks.runner import NodeContext
@@ -209,17 +208,17 @@ class Node:
         )
 
     def _open_chain(self) -> None:
-        from flockd.chain.backends import HttpBackend, InProcessBackend
+        from flockd.chain.client.backends import HttpBackend, InProcessBackend
 
         self.chain_service: ChainService | None = None
         if self.config.chain.rpc_url:
             self.chain_backend: ChainBackend = HttpBackend(self.config.chain.rpc_url)
             return
-        from flockd.chain.embedded import EmbeddedChain
-        from flockd.chain.eth_http import HTTPAccess
-        from flockd.chain.genesis import Genesis
-        from flockd.chain.network import GENESIS_FILE
-        from flockd.chain.service import ChainService
+        from flockd.chain.ethrpc.eth_http import HTTPAccess
+        from flockd.chain.node.embedded import EmbeddedChain
+        from flockd.chain.node.genesis import Genesis
+        from flockd.chain.node.network import GENESIS_FILE
+        from flockd.chain.node.service import ChainService
 
         genesis = Genesis.load(self.datadir / GENESIS_FILE)
         (self.datadir / "chain").mkdir(exist_ok=True)

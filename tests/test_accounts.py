@@ -11,11 +11,11 @@ from eth_account import Account
 from eth_utils import keccak, to_checksum_address
 from test_client import ALICE, BOB, FAST, SEALER, Sealer, genesis
 
-from flockd.chain.backends import InProcessBackend
-from flockd.chain.client import ContractClient
-from flockd.chain.deploy import STAKE_TOKEN_ADDRESS, TASK_REGISTRY_ADDRESS
-from flockd.chain.embedded import EmbeddedChain
-from flockd.chain.registry import Token
+from flockd.chain.client.addresses import STAKE_TOKEN_ADDRESS, TASK_REGISTRY_ADDRESS
+from flockd.chain.client.backends import InProcessBackend
+from flockd.chain.client.contract import ContractClient
+from flockd.chain.client.registry import Token
+from flockd.chain.node.embedded import EmbeddedChain
 from flockd.ctl import parse_params, with_whole_units
 from flockd.rpc.account import ACCOUNT_ERROR, AccountNamespace
 from flockd.rpc.dispatch import Dispatcher

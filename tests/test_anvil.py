@@ -24,13 +24,10 @@ from eth_keys.datatypes import PrivateKey
 from eth_utils import keccak, to_checksum_address
 
 from flockd import sortition, vrf
-from flockd.chain.backends import ChainBackend, HttpBackend, InProcessBackend
-from flockd.chain.client import ContractClient, ContractRevert, TxPolicy
-from flockd.chain.deploy import STAKE_TOKEN_ADDRESS, TASK_REGISTRY_ADDRESS, genesis_contracts
-from flockd.chain.embedded import EmbeddedChain
-from flockd.chain.genesis import Genesis
-from flockd.chain.precompile import VRF_PRECOMPILE_ADDRESS
-from flockd.chain.registry import (
+from flockd.chain.client.addresses import STAKE_TOKEN_ADDRESS, TASK_REGISTRY_ADDRESS
+from flockd.chain.client.backends import ChainBackend, HttpBackend, InProcessBackend
+from flockd.chain.client.contract import ContractClient, ContractRevert, TxPolicy
+from flockd.chain.client.registry import (
     PHASE_CLOSED,
     PHASE_COMMIT,
     PHASE_PROPOSE,
@@ -45,6 +42,10 @@ from flockd.chain.registry import (
     deploy,
     verifier_available,
 )
+from flockd.chain.node.deploy import genesis_contracts
+from flockd.chain.node.embedded import EmbeddedChain
+from flockd.chain.node.genesis import Genesis
+from flockd.chain.node.precompile import VRF_PRECOMPILE_ADDRESS
 from flockd.round import vote_digest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,9 +116,9 @@ class Env:
 
 
 @functools.cache
-def genesis() -> Genesis:
+def genesis(arena: bool = False) -> Genesis:
     alloc: dict[bytes, dict[str, object]] = {m.address: {"balance": 10**22} for m in MEMBERS}
-    alloc.update({a: dict(acct) for a, acct in genesis_contracts(HOLDINGS).items()})
+    alloc.update({a: dict(acct) for a, acct in genesis_contracts(HOLDINGS, arena=arena).items()})
     return Genesis.create(chain_id=4343, authorities=[SEALER.public_key.to_canonical_address()],
                           timestamp=1_700_000_000, alloc=alloc)
 
@@ -130,9 +131,9 @@ def seal(chain: EmbeddedChain, n: int = 1) -> None:
 
 
 @asynccontextmanager
-async def embedded_env() -> AsyncIterator[Env]:
+async def embedded_env(chain_genesis: Genesis | None = None) -> AsyncIterator[Env]:
     """The daemon's own chain: contracts at genesis, a sealer that seals whenever txs wait."""
-    chain = EmbeddedChain(genesis(), None, SEALER)
+    chain = EmbeddedChain(chain_genesis or genesis(), None, SEALER)
     sealing = trio.Lock()
 
     async def mine(n: int) -> None:

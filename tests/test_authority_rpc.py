@@ -12,10 +12,10 @@ from eth_account import Account
 from eth_utils import keccak
 from test_client import FAST, Sealer
 
-from flockd.chain.backends import InProcessBackend
-from flockd.chain.client import ContractClient
-from flockd.chain.embedded import EmbeddedChain
-from flockd.chain.genesis import Genesis
+from flockd.chain.client.backends import InProcessBackend
+from flockd.chain.client.contract import ContractClient
+from flockd.chain.node.embedded import EmbeddedChain
+from flockd.chain.node.genesis import Genesis
 from flockd.rpc.authority import AUTHORITY_ERROR, AuthorityNamespace
 from flockd.rpc.dispatch import Dispatcher
 from flockd.rpc.errors import INVALID_PARAMS, RPCError

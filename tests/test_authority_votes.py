@@ -15,8 +15,8 @@ from eth_keys import keys
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flockd.chain import authority
-from flockd.chain.authority import (
+from flockd.chain.node import authority
+from flockd.chain.node.authority import (
     VOTE_ADDRESS,
     VOTE_GAS,
     BadVote,
@@ -25,11 +25,11 @@ from flockd.chain.authority import (
     decode_vote,
     encode_vote,
 )
-from flockd.chain.embedded import EmbeddedChain, InvalidExecution, NotOurTurn
-from flockd.chain.genesis import Genesis
-from flockd.chain.mempool import AlreadyKnown, NonceTooLow, WrongChainId
-from flockd.chain.poa import FutureBlock, UnauthorizedSigner, UnknownSigner, sign_header
-from flockd.chain.sealer import build_block
+from flockd.chain.node.embedded import EmbeddedChain, InvalidExecution, NotOurTurn
+from flockd.chain.node.genesis import Genesis
+from flockd.chain.node.mempool import AlreadyKnown, NonceTooLow, WrongChainId
+from flockd.chain.node.poa import FutureBlock, UnauthorizedSigner, UnknownSigner, sign_header
+from flockd.chain.node.sealer import build_block
 
 A, B, C, D, X = (bytes([i]) * 20 for i in (0xA, 0xB, 0xC, 0xD, 0xE))
 

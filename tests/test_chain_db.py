@@ -14,10 +14,10 @@ from eth_account import Account
 from eth_keys import keys
 from eth_utils import to_canonical_address, to_checksum_address
 
-from flockd.chain.db import SqliteDB
-from flockd.chain.embedded import EmbeddedChain, GenesisMismatch
-from flockd.chain.genesis import Genesis, GenesisError
-from flockd.chain.poa import genesis_hash
+from flockd.chain.node.db import SqliteDB
+from flockd.chain.node.embedded import EmbeddedChain
+from flockd.chain.node.genesis import Genesis, GenesisError, GenesisMismatch
+from flockd.chain.node.poa import genesis_hash
 
 T0 = 1_600_000_000
 SEALER = keys.PrivateKey(b"\x01" * 32)
@@ -72,7 +72,7 @@ def _run_until(code: str, ready_line: int) -> list[str]:
 def test_kill_9_leaves_each_batch_whole_or_absent(tmp_path):
     path = tmp_path / "kv.db"
     code = textwrap.dedent(f"""
-        from flockd.chain.db import SqliteDB
+        from flockd.chain.node.db import SqliteDB
         db = SqliteDB({str(path)!r})
         i = 0
         while True:
@@ -100,8 +100,8 @@ def test_chain_killed_mid_sealing_reopens_consistent(tmp_path):
     code = textwrap.dedent(f"""
         from eth_account import Account
         from eth_keys import keys
-        from flockd.chain.embedded import EmbeddedChain
-        from flockd.chain.genesis import Genesis
+        from flockd.chain.node.embedded import EmbeddedChain
+        from flockd.chain.node.genesis import Genesis
         chain = EmbeddedChain(Genesis.load({str(genesis_path)!r}), {str(db_path)!r}, keys.PrivateKey(b"\\x01" * 32))
         alice = Account.from_key(b"\\x0a" * 32)
         nonce = 0

@@ -12,10 +12,10 @@ import trio
 from eth_account import Account
 from eth_keys import keys
 
-from flockd.chain.embedded import EmbeddedChain
-from flockd.chain.genesis import Genesis
-from flockd.chain.service import ChainService
-from flockd.chain.sync import (
+from flockd.chain.node.embedded import EmbeddedChain
+from flockd.chain.node.genesis import Genesis
+from flockd.chain.node.service import ChainService
+from flockd.chain.node.sync import (
     BLOCK_TOPIC,
     BLOCKS_KIND,
     MAX_GOSSIP_BLOCK,

@@ -8,7 +8,7 @@ from eth.abc import BlockAPI
 from eth_hash.auto import keccak
 from eth_keys import keys
 
-from flockd.chain.embedded import (
+from flockd.chain.node.embedded import (
     MAX_BLOCK_BYTES,
     BlockTooLarge,
     EmbeddedChain,
@@ -16,8 +16,8 @@ from flockd.chain.embedded import (
     MalformedBlock,
     NotOurTurn,
 )
-from flockd.chain.genesis import Genesis
-from flockd.chain.poa import (
+from flockd.chain.node.genesis import Genesis
+from flockd.chain.node.poa import (
     BadHeaderField,
     BadSeal,
     BadTimestamp,

@@ -16,9 +16,9 @@ import trio
 from eth_keys import keys
 from test_runner import Node, until
 
-from flockd.chain.embedded import EmbeddedChain
-from flockd.chain.genesis import Genesis
-from flockd.chain.service import ChainService
+from flockd.chain.node.embedded import EmbeddedChain
+from flockd.chain.node.genesis import Genesis
+from flockd.chain.node.service import ChainService
 from flockd.p2p.host import P2PService
 from flockd.p2p.limits import P2PLimits
 from flockd.tasks import runner as runner_module
@@ -33,28 +33,47 @@ def seal_alone(chain: EmbeddedChain, blocks: int) -> None:
         chain.seal_block(chain.next_seal_time(0))
 
 
+async def start_services(
+    nursery: trio.Nursery, chains: list[EmbeddedChain], first_secret: int, bootstrap_to: str | None = None,
+) -> tuple[list[P2PService], list[ChainService]]:
+    """One host and chain service per chain, in this order, each bootstrapped to the first
+    (or all to ``bootstrap_to``)."""
+    nets: list[P2PService] = []
+    services: list[ChainService] = []
+    for i, chain in enumerate(chains):
+        first = bootstrap_to or (nets[0].listen_addrs()[0] if nets else None)
+        bootstrap = [first] if first else []
+        net = P2PService(bytes([first_secret + i]) * 32, network_id=NET, bootstrap=bootstrap, limits=LIMITS)
+        service = ChainService(chain, net)
+        await nursery.start(net.run)
+        await nursery.start(service.run)
+        nets.append(net)
+        services.append(service)
+    return nets, services
 
 
-async def test_a_rejoining_authority_trusts_its_head_only_once_it_holds_its_peers_chain() -> None:
+
+
+def split_pair(chain_id: int) -> list[EmbeddedChain]:
+    """Two authorities' chains after a split: the first sealed 40 blocks (its peers' branch,
+    longer), the second 25 alone (cut off, or before a restart)."""
     genesis = Genesis.create(
-        chain_id=4245, authorities=[k.public_key.to_canonical_address() for k in PAIR],
+        chain_id=chain_id, authorities=[k.public_key.to_canonical_address() for k in PAIR],
         timestamp=int(time.time()) - 600,
     )
     chains = [EmbeddedChain(genesis, None, key) for key in PAIR]
-    seal_alone(chains[0], 40)  # the peers' branch, longer
-    seal_alone(chains[1], 25)  # what the rejoining node sealed alone
+    seal_alone(chains[0], 40)
+    seal_alone(chains[1], 25)
+    return chains
+
+
+async def test_a_rejoining_authority_trusts_its_head_only_once_it_holds_its_peers_chain() -> None:
+    chains = split_pair(4245)
     own_tip = chains[1].head.hash
     samples: list[tuple[bool, bool, bool]] = []  # (has peers, head trusted, still on its own branch)
     with trio.fail_after(120):
         async with trio.open_nursery() as nursery:
-            net_a = P2PService(b"\x61" * 32, network_id=NET, limits=LIMITS)
-            service_a = ChainService(chains[0], net_a)
-            await nursery.start(net_a.run)
-            await nursery.start(service_a.run)
-            net_b = P2PService(b"\x62" * 32, network_id=NET, bootstrap=[net_a.listen_addrs()[0]], limits=LIMITS)
-            service_b = ChainService(chains[1], net_b)
-            await nursery.start(net_b.run)
-            await nursery.start(service_b.run)
+            (_, net_b), (_, service_b) = await start_services(nursery, chains, 0x61)
             while True:
                 # In this order: its own branch, once replaced by the longer one, never
                 # comes back, so "trusted, then still on its own branch" is a real overlap.
@@ -87,7 +106,7 @@ async def test_a_node_without_peers_does_not_trust_its_head() -> None:
             nursery.cancel_scope.cancel()
 
 
-async def test_the_sole_authority_trusts_its_head_alone() -> None:
+async def test_the_sole_authority_trusts_its_head_and_seals_alone() -> None:
     genesis = Genesis.create(chain_id=4247, authorities=[PAIR[0].public_key.to_canonical_address()],
                              timestamp=int(time.time()) - 5)
     with trio.fail_after(60):
@@ -97,6 +116,8 @@ async def test_the_sole_authority_trusts_its_head_alone() -> None:
             await nursery.start(net.run)
             await nursery.start(sole.run)
             assert await sole.head_synced()
+            while sole.chain.head.block_number < 2:  # no peers, nobody to wait for
+                await trio.sleep(0.05)
             nursery.cancel_scope.cancel()
 
 
@@ -135,16 +156,8 @@ async def test_a_node_cut_off_by_net_isolate_trusts_its_head_only_once_caught_up
     samples: list[tuple[bool, bool, int]] = []  # (has peers, head trusted, head)
     with trio.fail_after(120):
         async with trio.open_nursery() as nursery:
-            nets: list[P2PService] = []
-            services: list[ChainService] = []
-            for i, key in enumerate(trio_keys):
-                bootstrap = [nets[0].listen_addrs()[0]] if nets else []
-                net = P2PService(bytes([0x81 + i]) * 32, network_id=NET, bootstrap=bootstrap, limits=LIMITS)
-                service = ChainService(EmbeddedChain(genesis, None, key), net)
-                await nursery.start(net.run)
-                await nursery.start(service.run)
-                nets.append(net)
-                services.append(service)
+            chains = [EmbeddedChain(genesis, None, key) for key in trio_keys]
+            nets, services = await start_services(nursery, chains, 0x81)
             cut, cut_net = services[2], nets[2]
             while not await cut.head_synced() or cut.chain.head.block_number < 3:
                 await trio.sleep(0.1)

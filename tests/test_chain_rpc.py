@@ -17,10 +17,10 @@ from web3.exceptions import ContractLogicError, Web3RPCError
 from web3.middleware import ExtraDataToPOAMiddleware
 
 from flockd.asgi import serve_asgi
-from flockd.chain.embedded import EmbeddedChain
-from flockd.chain.eth_api import EthAPI
-from flockd.chain.eth_http import MAX_BODY, EthHTTPApp, HTTPAccess, serve_http
-from flockd.chain.genesis import Genesis
+from flockd.chain.ethrpc.eth_api import EthAPI
+from flockd.chain.ethrpc.eth_http import MAX_BODY, EthHTTPApp, HTTPAccess, serve_http
+from flockd.chain.node.embedded import EmbeddedChain
+from flockd.chain.node.genesis import Genesis
 
 T0 = 1_700_000_000
 SEALER = keys.PrivateKey(b"\x01" * 32)
@@ -276,7 +276,7 @@ async def test_the_daemons_own_calls_are_not_held_to_the_http_budget():
     # A loop sent over HTTP is stopped at 5 s; the node's own estimate of its finalise must
     # not be (on a loaded machine it took longer, three attempts failed and the round stuck).
     # Both still reach the same chain and gossip what they send.
-    from flockd.chain.service import OWN_CALL_TIMEOUT, ChainService
+    from flockd.chain.node.service import OWN_CALL_TIMEOUT, ChainService
     from flockd.p2p.host import P2PService
 
     service = ChainService(make_chain(), P2PService(b"\x07" * 32, network_id="budget"))

@@ -11,10 +11,10 @@ from eth_keys import keys
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flockd.chain.embedded import EmbeddedChain, MalformedBlock
-from flockd.chain.genesis import Genesis
-from flockd.chain.poa import BadTimestamp, BlockRejected, UnauthorizedSigner, sign_header
-from flockd.chain.sync import (
+from flockd.chain.node.embedded import EmbeddedChain, MalformedBlock
+from flockd.chain.node.genesis import Genesis
+from flockd.chain.node.poa import BadTimestamp, BlockRejected, UnauthorizedSigner, sign_header
+from flockd.chain.node.sync import (
     MAX_BATCH_BLOCKS,
     BlockRequest,
     Catchup,

@@ -11,9 +11,9 @@ from eth_keys import keys
 from eth_utils import keccak, to_canonical_address
 from store_contract import STORE_SOURCE
 
-from flockd.chain.embedded import EmbeddedChain, InvalidBlockTx
-from flockd.chain.genesis import Genesis
-from flockd.chain.mempool import (
+from flockd.chain.node.embedded import EmbeddedChain, InvalidBlockTx
+from flockd.chain.node.genesis import Genesis
+from flockd.chain.node.mempool import (
     AlreadyKnown,
     BadTxSignature,
     ForbiddenTarget,
@@ -30,7 +30,7 @@ from flockd.chain.mempool import (
     TxTooLarge,
     WrongChainId,
 )
-from flockd.chain.records import CallRequest, CallReverted, LogFilter
+from flockd.chain.node.records import CallRequest, CallReverted, LogFilter
 
 T0 = 1_700_000_000
 CHAIN_ID = 4242

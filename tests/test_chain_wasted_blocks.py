@@ -16,17 +16,17 @@ from eth_account import Account
 from eth_keys import keys
 from eth_utils import to_checksum_address
 
-from flockd.chain.embedded import (
+from flockd.chain.ethrpc.eth_api import EthAPI
+from flockd.chain.node.embedded import (
     MAX_BLOCK_TXS,
     MAX_TX_GAS,
     EmbeddedChain,
     InvalidBlockTx,
     TooManyTxs,
 )
-from flockd.chain.eth_api import EthAPI
-from flockd.chain.genesis import Genesis, GenesisError
-from flockd.chain.mempool import ForbiddenTarget, GasTooHigh, PendingTx
-from flockd.chain.precompile import VRF_PRECOMPILE_ADDRESS
+from flockd.chain.node.genesis import Genesis, GenesisError
+from flockd.chain.node.mempool import ForbiddenTarget, GasTooHigh, PendingTx
+from flockd.chain.node.precompile import VRF_PRECOMPILE_ADDRESS
 
 T0 = 1_700_000_000
 CHAIN_ID = 4242

@@ -16,8 +16,9 @@ from eth_account import Account
 from eth_keys.datatypes import PrivateKey
 from eth_utils import keccak
 
-from flockd.chain.artifacts import event_topic, load
-from flockd.chain.backends import (
+from flockd.chain.client.addresses import STAKE_TOKEN_ADDRESS, TASK_REGISTRY_ADDRESS
+from flockd.chain.client.artifacts import event_topic, load
+from flockd.chain.client.backends import (
     ChainTimeout,
     ChainUnavailable,
     HttpBackend,
@@ -27,7 +28,7 @@ from flockd.chain.backends import (
     RPCError,
     open_backend,
 )
-from flockd.chain.client import (
+from flockd.chain.client.contract import (
     ContractClient,
     ContractRevert,
     Log,
@@ -37,10 +38,10 @@ from flockd.chain.client import (
     TxTimeout,
     revert_reason,
 )
-from flockd.chain.deploy import STAKE_TOKEN_ADDRESS, TASK_REGISTRY_ADDRESS, genesis_contracts
-from flockd.chain.embedded import EmbeddedChain
-from flockd.chain.genesis import Genesis
-from flockd.chain.registry import MalformedEvent, Registry, TaskParams, Token
+from flockd.chain.client.registry import MalformedEvent, Registry, TaskParams, Token
+from flockd.chain.node.deploy import genesis_contracts
+from flockd.chain.node.embedded import EmbeddedChain
+from flockd.chain.node.genesis import Genesis
 from flockd.config import Config
 
 SEALER = PrivateKey(keccak(b"client sealer"))

@@ -11,9 +11,9 @@ from eth_keys.datatypes import PrivateKey
 from eth_utils import keccak
 
 from flockd import sortition, vrf
-from flockd.chain.artifacts import STAKE_TOKEN, TASK_REGISTRY, load
-from flockd.chain.deploy import ScratchChain, TxFailed, TxResult
-from flockd.chain.precompile import VRF_PRECOMPILE_ADDRESS
+from flockd.chain.client.artifacts import STAKE_TOKEN, TASK_REGISTRY, load
+from flockd.chain.node.deploy import ScratchChain, TxFailed, TxResult
+from flockd.chain.node.precompile import VRF_PRECOMPILE_ADDRESS
 from flockd.round import vote_digest
 
 TOKEN = load(STAKE_TOKEN)

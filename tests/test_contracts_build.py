@@ -12,8 +12,9 @@ import pytest
 from eth_keys.datatypes import PrivateKey
 from eth_utils import keccak
 
-from flockd.chain import artifacts, build_contracts
-from flockd.chain.artifacts import (
+from flockd.chain.client import artifacts, build_contracts
+from flockd.chain.client.addresses import STAKE_TOKEN_ADDRESS, TASK_REGISTRY_ADDRESS
+from flockd.chain.client.artifacts import (
     CONTRACT_NAMES,
     STAKE_TOKEN,
     TASK_REGISTRY,
@@ -21,14 +22,8 @@ from flockd.chain.artifacts import (
     load,
     parse_artifact,
 )
-from flockd.chain.deploy import (
-    STAKE_TOKEN_ADDRESS,
-    TASK_REGISTRY_ADDRESS,
-    ScratchChain,
-    TxFailed,
-    genesis_contracts,
-)
-from flockd.chain.precompile import VRF_PRECOMPILE_ADDRESS
+from flockd.chain.node.deploy import ScratchChain, TxFailed, genesis_contracts
+from flockd.chain.node.precompile import VRF_PRECOMPILE_ADDRESS
 
 TOKEN = load(STAKE_TOKEN)
 REGISTRY = load(TASK_REGISTRY)

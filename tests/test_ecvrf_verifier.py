@@ -19,9 +19,9 @@ from eth_utils import keccak
 from nacl import exceptions as nacl_exceptions
 
 from flockd import sortition, vrf
-from flockd.chain.artifacts import ECVRF_VERIFIER, STAKE_TOKEN, TASK_REGISTRY, load
-from flockd.chain.deploy import ScratchChain, TxFailed, TxResult
-from flockd.chain.precompile import VRF_PRECOMPILE_ADDRESS
+from flockd.chain.client.artifacts import ECVRF_VERIFIER, STAKE_TOKEN, TASK_REGISTRY, load
+from flockd.chain.node.deploy import ScratchChain, TxFailed, TxResult
+from flockd.chain.node.precompile import VRF_PRECOMPILE_ADDRESS
 
 VERIFIER = load(ECVRF_VERIFIER)
 TOKEN = load(STAKE_TOKEN)

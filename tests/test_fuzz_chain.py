@@ -12,7 +12,7 @@ import pytest
 
 from flockd.bench import _fuzz_chain
 from flockd.bench._fuzz_base import Target, run_target
-from flockd.chain.genesis import Genesis, GenesisError
+from flockd.chain.node.genesis import Genesis, GenesisError
 
 TARGETS = _fuzz_chain.targets()
 GENESIS = next(t for t in TARGETS if t.name == "chain.genesis")

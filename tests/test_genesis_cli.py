@@ -11,10 +11,10 @@ from eth_utils import to_checksum_address
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flockd.chain.deploy import STAKE_TOKEN_ADDRESS
-from flockd.chain.genesis import Genesis, GenesisError
-from flockd.chain.network import parse_amount, parties_genesis, read_parties
-from flockd.chain.poa import genesis_hash
+from flockd.chain.client.addresses import STAKE_TOKEN_ADDRESS
+from flockd.chain.node.genesis import Genesis, GenesisError, parse_amount
+from flockd.chain.node.network import parties_genesis, read_parties
+from flockd.chain.node.poa import genesis_hash
 
 A = to_checksum_address("0x" + "11" * 20)
 B = to_checksum_address("0x" + "2a" * 20)

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from flockd.chain.artifacts import STAKE_TOKEN, load
+from flockd.chain.client.artifacts import STAKE_TOKEN, load
 from flockd.rpc.client import IPCClient
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import trio
 
-from flockd.chain.registry import TaskParams
+from flockd.chain.client.registry import TaskParams
 from flockd.config import ConfigError, PolicySection, config_from_dict
 from flockd.rpc.errors import RPCError
 from flockd.rpc.task import TASK_ERROR, TaskNamespace

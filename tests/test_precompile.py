@@ -9,8 +9,8 @@ from eth_keys.datatypes import PrivateKey
 from eth_utils import keccak
 
 from flockd import vrf
-from flockd.chain.deploy import ScratchChain, TxFailed
-from flockd.chain.precompile import (
+from flockd.chain.node.deploy import ScratchChain, TxFailed
+from flockd.chain.node.precompile import (
     VRF_GAS,
     VRF_PRECOMPILE_ADDRESS,
     VRFPrecompileError,

@@ -12,11 +12,11 @@ from eth_utils import keccak
 from test_client import ALICE, BOB, FAST, SEALER, Sealer, genesis
 
 from flockd import vrf
-from flockd.chain.backends import InProcessBackend
-from flockd.chain.client import ContractClient
-from flockd.chain.deploy import STAKE_TOKEN_ADDRESS, TASK_REGISTRY_ADDRESS
-from flockd.chain.embedded import EmbeddedChain
-from flockd.chain.registry import Registry, TaskParams, Token
+from flockd.chain.client.addresses import STAKE_TOKEN_ADDRESS, TASK_REGISTRY_ADDRESS
+from flockd.chain.client.backends import InProcessBackend
+from flockd.chain.client.contract import ContractClient
+from flockd.chain.client.registry import Registry, TaskParams, Token
+from flockd.chain.node.embedded import EmbeddedChain
 from flockd.sortition import round_seed
 from flockd.tasks.abc import TxReverted
 from flockd.tasks.registry_chain import RegistryChain

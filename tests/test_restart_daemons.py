@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from flockd.chain.backends import HttpBackend
-from flockd.chain.client import ContractClient
-from flockd.chain.deploy import TASK_REGISTRY_ADDRESS
-from flockd.chain.registry import Registry
+from flockd.chain.client.addresses import TASK_REGISTRY_ADDRESS
+from flockd.chain.client.backends import HttpBackend
+from flockd.chain.client.contract import ContractClient
+from flockd.chain.client.registry import Registry
 from flockd.testnet.cluster import Cluster, Daemon
 from flockd.testnet.task import TaskPlan, create_and_join
 

@@ -12,6 +12,7 @@ from eth_utils import keccak
 
 from flockd import sortition
 from flockd.round import (
+    AbstainReason,
     Aggregate,
     AggregateFailed,
     BallotRestored,
@@ -60,6 +61,7 @@ from flockd.round import (
     VoteCommittedOnChain,
     VoteMode,
     VoteRevealedOnChain,
+    VoterStep,
     WrongRound,
     vote_digest,
 )
@@ -356,7 +358,7 @@ def test_voter_without_proposals_abstains_and_keeps_the_model() -> None:
     node.open()
     node.feed(election(0))
     node.to(PROPOSE_END)
-    assert node.machine.abstain_reason == "no proposals"
+    assert node.machine.abstain_reason is AbstainReason.NO_PROPOSALS
     node.to(REVEAL_END)
     out = node.feed(RoundFinalisedOnChain(0, 0, 0), ModelRecordedOnChain(0, BASE))
     assert out == [RoundComplete(0, BASE)]  # the contract recorded model_{-1} again
@@ -369,7 +371,7 @@ def test_all_deltas_missing_abstains_without_scoring() -> None:
     node.feed(election(0), *two_proposals())
     node.to(PROPOSE_END + config().grace_blocks)
     assert of(SubmitCommit, node.actions) == [] and of(ScoreProposals, node.actions) == []
-    assert node.machine.abstain_reason == "no delta received"
+    assert node.machine.abstain_reason is AbstainReason.NOTHING_RECEIVED
 
 
 def test_finalise_takes_turns_by_rank() -> None:
@@ -508,7 +510,7 @@ def test_base_model_that_never_arrives_means_abstaining() -> None:
     node.open(base=False)
     node.feed(election(0), ProposalOnChain(0, 0, P1, H1), DeltaReceived(0, P1, D1, P1))
     node.to(COMMIT_END)
-    assert node.machine.abstain_reason == "base model not held in time"
+    assert node.machine.abstain_reason is AbstainReason.NO_BASE_MODEL
 
 
 def test_contradicting_chain_events_raise() -> None:
@@ -774,11 +776,14 @@ def test_a_timed_out_empty_round_revives_for_voters_when_the_fallback_opens() ->
     node.open()
     node.feed(election(0), DeclinedOnChain(0, ME))
     node.to(PROPOSE_END)
-    assert node.machine.abstain_reason == "no proposals"
+    assert node.machine.voter_state is AbstainReason.NO_PROPOSALS
+    status = round_view(node.machine)
+    assert status["step"] == "abstained" and status["abstained"] == "no proposals"
     (finalise,) = of(SubmitFinalise, node.to(REVEAL_END))
     # that finalise opened the fallback window instead of ending the round
     node.feed(FallbackOnChain(0, P1, REVEAL_END + 1 + 4))
-    assert node.machine.abstain_reason is None and node.machine.role is Role.VOTER
+    assert node.machine.voter_state is VoterStep.COLLECTING and node.machine.role is Role.VOTER
+    assert round_view(node.machine)["abstained"] is None
     assert node.machine.phase is Phase.PROPOSING
     node.feed(ProposalOnChain(0, 0, P1, H1), DeltaReceived(0, P1, D1, P1))
     out = node.feed(PhaseClosedOnChain(0, ChainPhase.PROPOSE, REVEAL_END + 3), BlockSealed(REVEAL_END + 3))
@@ -847,7 +852,7 @@ def test_with_a_lagging_clock_a_voter_commits_only_while_the_commit_can_land() -
     late = voter_with_deltas(lag_blocks=2)
     late.to(COMMIT_END - 2)  # 16 + 2 = 18: a commit sent now lands after the window
     assert of(SubmitCommit, late.feed(ScoresReady(0, (1, 1)))) == []
-    assert late.machine.abstain_reason == "votes not ready before the commit window closed"
+    assert late.machine.abstain_reason is AbstainReason.TOO_LATE
 
 
 def test_a_commit_in_flight_is_not_given_up_before_the_deadline() -> None:

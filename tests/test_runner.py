@@ -22,7 +22,8 @@ from fake_task_chain import INIT_HASH, ArithmeticWork, ScriptedChain, ScriptedPe
 
 from flockd import round as rnd
 from flockd import sortition
-from flockd.chain.registry import TaskParams
+from flockd.chain.client.registry import TaskParams
+from flockd.fl.checkpoint import model_hash
 from flockd.round import vote_digest
 from flockd.store import Store
 from flockd.tasks import runner as runner_module
@@ -304,21 +305,24 @@ def model_of(value: float) -> dict[str, np.ndarray]:
     return {"w": np.full(4, value, dtype=np.float32)}
 
 
-def finish_round(chain: ScriptedChain, r: int, recorded: bytes, *, accepted: int = 0) -> None:
-    """Round r's windows pass on chain, it is finalised with ``accepted`` proposals and its
-    model recorded; round r+1 opens in the finalising block."""
+def finish_round(chain: ScriptedChain, r: int, recorded: bytes | None, *, accepted: int = 0) -> None:
+    """Round r's windows pass on chain, it is finalised with ``accepted`` proposals (P1's
+    deltas ``round_delta(r, i)``) and its model recorded (not yet: ``recorded`` None);
+    round r+1 opens in the finalising block."""
     opened = next(args["open_block"] for _, logs in chain.blocks for name, args in logs
                   if name == "RoundOpened" and args["round"] == r)
     chain.seal_until(opened + 3 * WINDOW)
-    also = [proposal(chain, r, i, P1, keccak(b"delta %d %d" % (r, i))) for i in range(accepted)]
+    also = [proposal(chain, r, i, P1, keccak(round_delta(r, i))) for i in range(accepted)]
     if also:
         chain.seal(*also)
     number = chain.height + 1
-    chain.seal(
-        chain.log("RoundFinalised", r, accepted_mask=(1 << accepted) - 1, n_proposals=accepted),
-        chain.log("ModelRecorded", r, model_hash=recorded),
-        chain.log("RoundOpened", r + 1, open_block=number),
-    )
+    finalised = chain.log("RoundFinalised", r, accepted_mask=(1 << accepted) - 1, n_proposals=accepted)
+    model = [] if recorded is None else [chain.log("ModelRecorded", r, model_hash=recorded)]
+    chain.seal(finalised, *model, chain.log("RoundOpened", r + 1, open_block=number))
+
+
+def round_delta(r: int, index: int) -> bytes:
+    return b"delta %d %d" % (r, index)
 
 
 def rounds_written(store: Store) -> list[int]:
@@ -442,3 +446,76 @@ async def test_a_round_finalised_otherwise_before_the_replayed_rounds_gets_the_c
         nursery.cancel_scope.cancel()
     lines = round_history(node.store.history(TASK))
     assert [(line["round"], line["accepted"]) for line in lines] == [(0, 1), (1, 1)]
+
+
+# -- finalised rounds whose models are not recorded yet --------------------------------------
+
+FIVE_ROUNDS = dataclasses.replace(PARAMS, rounds=5)
+
+
+async def keep_sealing(chain: ScriptedChain) -> None:
+    """The other nodes go on sealing while this one catches up."""
+    while True:
+        chain.seal()
+        await trio.sleep(0.01)
+
+
+def attested(chain: ScriptedChain) -> list[tuple[int, bytes]]:
+    return [(s.round, s.args[0]) for s in chain.sent if s.fn == "record_model"]
+
+
+async def test_a_node_back_after_rounds_without_a_recorded_model_computes_and_attests_each(
+    tmp_path: Path,
+) -> None:
+    """Rounds 1 to 3 were finalised while the node was down, each accepting one of P1's
+    deltas, but too few nodes attested their models for one to be recorded: the chain
+    waits for nodes like this one. Restarted in round 4, the node replays those rounds
+    from the chain, fetches their deltas (V2 scored them and serves them; P1 is gone),
+    computes model_1, model_2 and model_3 each on the one before, and attests them in
+    round order."""
+    node = Node(tmp_path)
+    chain = node.chain
+    node.peers.online.remove(P1)
+    model_0 = node.peer_store(V2).put_model(model_of(1.0))
+    chain.open_round(0)
+    finish_round(chain, 0, model_0, accepted=1)
+    for r in (1, 2, 3):
+        finish_round(chain, r, None, accepted=1)
+        node.peer_store(V2).put_delta(round_delta(r, 0))
+    expected = [(r, model_hash(model_of(1.0 + r))) for r in (1, 2, 3)]  # ArithmeticWork: +1 per delta
+    runner = node.runner(params=FIVE_ROUNDS)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        nursery.start_soon(keep_sealing, chain)
+        await until(lambda: len(attested(chain)) >= 3, "models 1 to 3 to be attested")
+        await until(lambda: rounds_written(node.store) == [0, 1, 2, 3], "rounds 0 to 3 to be written")
+        nursery.cancel_scope.cancel()
+    assert attested(chain) == expected
+    assert all(node.store.has_model(digest) for _, digest in expected)
+    assert runner.error is None
+
+
+async def test_a_missed_round_whose_delta_is_gone_is_not_attested_and_takes_the_recorded_model(
+    tmp_path: Path,
+) -> None:
+    """As above, but no peer holds round 1's accepted delta any more: the node cannot
+    compute model_1, so it attests nothing (it keeps asking for the delta); once the
+    others record model_1, it fetches that and completes the round."""
+    node = Node(tmp_path)
+    chain = node.chain
+    model_0, model_1 = (node.peer_store(V2).put_model(model_of(v)) for v in (1.0, 5.0))
+    chain.open_round(0)
+    finish_round(chain, 0, model_0, accepted=1)
+    finish_round(chain, 1, None, accepted=1)
+    runner = node.runner(params=FIVE_ROUNDS)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        nursery.start_soon(keep_sealing, chain)
+        await until(lambda: runner.counters.get("action_failures") >= 3, "the delta fetches to fail")
+        assert 1 not in dict(attested(chain))
+        chain.pending.append(chain.log("ModelRecorded", 1, model_hash=model_1))  # the others' majority
+        await until(lambda: rounds_written(node.store) == [0, 1], "round 1's line")
+        nursery.cancel_scope.cancel()
+    assert round_history(node.store.history(TASK))[1]["model_hash"] == "0x" + model_1.hex()
+    assert 1 not in dict(attested(chain))
+    assert runner.error is None

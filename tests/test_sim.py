@@ -15,7 +15,7 @@ from eth_keys.datatypes import PrivateKey
 from eth_utils import keccak
 
 from flockd import sortition, vrf
-from flockd.chain.registry import TaskParams
+from flockd.chain.client.registry import TaskParams
 from flockd.fl.aggregate import aggregate, apply
 from flockd.fl.attacks import parse_behaviour
 from flockd.fl.checkpoint import model_hash

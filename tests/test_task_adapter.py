@@ -171,3 +171,29 @@ def test_a_replaced_machine_goes_on_and_its_replay_actions_are_carried_out() -> 
     node.replace(machine, actions)
     assert node.machine is machine and node.machine.current_round == 0
     assert host.methods() == ["elect"]
+
+
+def test_a_node_behind_keeps_unrecorded_rounds_and_attests_them_in_order() -> None:
+    """Rounds 0 to 2 were finalised, each accepting P1's delta, while no delta reached this
+    node and no model was recorded; round 3 is open. When the deltas come (its fetches
+    answered), the node computes model_0, model_1 and model_2 each on the one before and
+    attests each: a round stays followed until its model is recorded."""
+    node, host = adapter(rounds=5)
+    deltas = [b"delta of round %d" % r for r in range(3)]
+    feed(node, rnd.ModelReady(-1, INIT), rnd.BlockSealed(1), opened(0, 1), not_elected(0))
+    block = 1
+    for r, delta in enumerate(deltas):
+        feed(node, rnd.ProposalOnChain(r, 0, P1, keccak(delta)))
+        block += 3 * WINDOW + 1
+        feed(node, rnd.BlockSealed(block), rnd.RoundFinalisedOnChain(r, 1, 1), opened(r + 1, block))
+    assert {a.round for m, a, _ in host.asked if m == "fetch_delta"} == {0, 1, 2}
+    models = [keccak(b"model %d" % r) for r in range(3)]
+    for r, delta in enumerate(deltas):
+        feed(node, rnd.DeltaReceived(r, P1, delta, P2))
+    for r, model in enumerate(models):
+        aggregates = [a for m, a, _ in host.asked if m == "aggregate"]
+        assert [(a.round, a.base_model_hash) for a in aggregates] == [(i, ([INIT, *models])[i]) for i in range(r + 1)]
+        block += 1
+        feed(node, rnd.ModelReady(r, model), rnd.BlockSealed(block))
+    attested = [a for m, a, _ in host.asked if m == "transact" and isinstance(a, rnd.SubmitRecordModel)]
+    assert [(a.round, a.model_hash) for a in attested] == list(enumerate(models))

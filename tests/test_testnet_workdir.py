@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from flockd.chain.network import GENESIS_FILE, network_genesis
+from flockd.chain.node.network import GENESIS_FILE, network_genesis
 from flockd.config import CONFIG_FILE
 from flockd.identity.keystore import NODE_KEYSTORE, VRF_KEYFILE
 from flockd.testnet.deps import missing_modules

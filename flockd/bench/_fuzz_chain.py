@@ -27,12 +27,12 @@ from flockd.bench._fuzz_base import (
     mutate,
     mutate_bytes,
 )
-from flockd.chain import sync
-from flockd.chain.embedded import EmbeddedChain
-from flockd.chain.genesis import Genesis, GenesisError
-from flockd.chain.mempool import Mempool, TxRejected
-from flockd.chain.poa import BlockRejected, sign_header
-from flockd.chain.precompile import VRFPrecompileError, verify_input
+from flockd.chain.node import sync
+from flockd.chain.node.embedded import EmbeddedChain
+from flockd.chain.node.genesis import Genesis, GenesisError
+from flockd.chain.node.mempool import Mempool, TxRejected
+from flockd.chain.node.poa import BlockRejected, sign_header
+from flockd.chain.node.precompile import VRFPrecompileError, verify_input
 
 T0 = 1_700_000_000
 CHAIN_ID = 4242

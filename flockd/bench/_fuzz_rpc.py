@@ -28,9 +28,9 @@ from flockd.bench._fuzz_base import (
     mutate_bytes,
 )
 from flockd.bench._fuzz_chain import ALICE, BOB, world
-from flockd.chain.backends import InProcessBackend
-from flockd.chain.eth_api import EthAPI
-from flockd.chain.eth_http import serve_http
+from flockd.chain.client.backends import InProcessBackend
+from flockd.chain.ethrpc.eth_api import EthAPI
+from flockd.chain.ethrpc.eth_http import serve_http
 from flockd.rpc.chain import CHAIN_ERROR, ChainNamespace
 from flockd.rpc.dispatch import Dispatcher
 from flockd.rpc.meta import RPCNamespace

@@ -32,8 +32,8 @@ from eth_account import Account
 from eth_keys import keys
 from eth_utils import keccak, to_checksum_address
 
-from flockd.chain.embedded import MAX_BLOCK_TXS, EmbeddedChain
-from flockd.chain.genesis import Genesis
+from flockd.chain.node.embedded import MAX_BLOCK_TXS, EmbeddedChain
+from flockd.chain.node.genesis import Genesis
 
 COMMIT_SOURCE = """# pragma version ^0.4.0
 event Committed:

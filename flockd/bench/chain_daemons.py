@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 
 from flockd.bench.chain import bench_accounts, sign_commits, time_mine_all
-from flockd.chain.network import install_genesis, network_genesis
+from flockd.chain.node.network import install_genesis, network_genesis
 from flockd.testnet.cluster import Cluster
 
 

@@ -1,9 +1,10 @@
 """The round protocol as a pure state machine (no I/O): events in, actions out.
 
 ``TaskMachine`` runs a task's rounds one after another; ``RoundMachine`` is one node's
-part in one round. Adapters feed chain logs, the block clock, peers' deltas and the
-results of the work the machine asked for; they carry out the actions. The rules are in
-protocol/spec/round.md.
+part in one round: its ``RoundFacts`` (what it was told) and one value per track of its
+own (tracks.py, every legal move in a table). Adapters feed chain logs, the block clock,
+peers' deltas and the results of the work the machine asked for; they carry out the
+actions. The rules are in protocol/spec/round.md.
 """
 
 from flockd.round.actions import (
@@ -32,6 +33,7 @@ from flockd.round.base import (
     Address,
     ChainPhase,
     ConflictingEvent,
+    IllegalMove,
     InvalidConfig,
     InvalidEvent,
     InvalidScores,
@@ -73,13 +75,23 @@ from flockd.round.events import (
     VoteCommittedOnChain,
     VoteRevealedOnChain,
 )
+from flockd.round.facts import RoundFacts
 from flockd.round.machine import RoundMachine, SaltSource
 from flockd.round.task import TaskMachine
+from flockd.round.tracks import (
+    AbstainReason,
+    ModelStep,
+    ProposerStep,
+    TxState,
+    VoterState,
+    VoterStep,
+)
 
 __all__ = [
     "FINALISE_STAGGER",
     "MAX_TX_ATTEMPTS",
     "SCORE_BOUND",
+    "AbstainReason",
     "Action",
     "Address",
     "Aggregate",
@@ -96,22 +108,26 @@ __all__ = [
     "Event",
     "FetchDelta",
     "FetchModel",
+    "IllegalMove",
     "InvalidConfig",
     "InvalidEvent",
     "InvalidScores",
     "ModelFetchFailed",
     "ModelReady",
     "ModelRecordedOnChain",
+    "ModelStep",
     "Phase",
     "PhaseClosedOnChain",
     "FallbackOnChain",
     "Proposal",
+    "ProposerStep",
     "ProposalOnChain",
     "PushDelta",
     "RejectReason",
     "Role",
     "RoundComplete",
     "RoundError",
+    "RoundFacts",
     "RoundEvent",
     "RoundFinalisedOnChain",
     "RoundMachine",
@@ -135,8 +151,11 @@ __all__ = [
     "TrainingFailed",
     "TxFailed",
     "TxKind",
+    "TxState",
     "VoteCommittedOnChain",
     "VoteMode",
+    "VoterState",
+    "VoterStep",
     "VoteRevealedOnChain",
     "WrongRound",
     "delta_hash",

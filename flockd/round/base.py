@@ -40,6 +40,12 @@ class InvalidScores(RoundError):
     """ScoresReady whose votes do not fit the vote mode or the proposals scored."""
 
 
+class IllegalMove(Exception):
+    """A track of the machine was moved along no transition of its table (round/tracks.py):
+    a bug in the machine, never the fault of an event. Not a RoundError, so no adapter
+    takes it for a refused event: it stops the task visibly."""
+
+
 class VoteMode(enum.IntEnum):
     PER_PROPOSAL = 0  # one +1/0/-1 per proposal, in on-chain order (0: not received)
     WHOLE_ROUND = 1  # one +1/-1 for the aggregate of all (the sign of the scorer's gain)

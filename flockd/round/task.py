@@ -5,6 +5,15 @@ may still be aggregating model_r. The base model of round r+1 is model_r as soon
 node holds it (ModelReady(r)); if the chain later records another hash, the node fetches
 that one and round r+1 carries on from it. A node that missed rounds (late join, restart)
 fetches the newest recorded model it needs instead of replaying what it never saw.
+
+A finalised round whose model is not recorded yet is the exception: the chain waits for
+a stake majority to attest model_r, and a node that missed the round (down, cut off,
+rebuilt from a later round) may be part of that majority. So its machine is kept, and a
+rebuild replays it, until the model is recorded: the node fetches the accepted deltas,
+aggregates them on model_{r-1} and attests model_r, round after round in order. It never
+attests a model it has not computed: while a delta cannot be had, it asks again, and once
+another majority records the model it fetches that. Such rounds are followed up to
+MAX_UNRECORDED_ROUNDS back from the current one; older ones are left to the others.
 """
 
 from __future__ import annotations
@@ -23,6 +32,10 @@ from flockd.round.events import (
     RoundOpened,
 )
 from flockd.round.machine import RoundMachine, SaltSource
+
+# Finalised rounds without a recorded model that a node still computes and attests,
+# counted back from the current round: each holds its round's accepted deltas in memory.
+MAX_UNRECORDED_ROUNDS = 8
 
 
 class TaskMachine:
@@ -119,6 +132,8 @@ class TaskMachine:
         return machine
 
     def _advance(self, out: list[Action]) -> None:
+        # A replay feeds rounds whose models turn out recorded: dropped before they act.
+        self._forget_old_rounds()
         # In round order, so that model_r reaches round r+1 before r+1 decides.
         for r in sorted(self._machines):
             machine = self._machines[r]
@@ -169,13 +184,14 @@ class TaskMachine:
                 out.append(FetchModel(r, recorded))
 
     def _forget_old_rounds(self) -> None:
-        # Keep the current round and the one before it (still applying); older ones can
-        # no longer change anything this node does.
+        # Keep the current round, the one before it (still applying), and older ones whose
+        # model is not recorded yet (this node's attestation may be the one missing).
         if self._current is None:
             return
         for r in list(self._machines):
             done = self._machines[r].phase is Phase.DONE
-            if r < self._current - 1 or (r < self._current and done):
+            settled = r in self._recorded or r < self._current - MAX_UNRECORDED_ROUNDS
+            if (r < self._current - 1 and settled) or (r < self._current and done):
                 del self._machines[r]
 
     # ------------------------------------------------------------------ inspection

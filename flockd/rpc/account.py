@@ -11,11 +11,10 @@ from typing import Any, Literal
 
 from eth_utils import to_checksum_address
 
-from flockd.chain.backends import ChainError
-from flockd.chain.client import ContractRevert
-from flockd.chain.genesis import GenesisError
-from flockd.chain.network import parse_address, parse_amount
-from flockd.chain.registry import Token
+from flockd.chain.client.backends import ChainError
+from flockd.chain.client.contract import ContractRevert
+from flockd.chain.client.registry import Token
+from flockd.chain.node.genesis import GenesisError, parse_address, parse_amount
 from flockd.rpc.errors import INVALID_PARAMS, RPCError
 
 ACCOUNT_ERROR = -32030

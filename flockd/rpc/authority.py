@@ -13,10 +13,10 @@ from typing import Any, Literal
 import trio
 from eth_utils import to_checksum_address
 
-from flockd.chain.authority import VOTE_ADDRESS, VOTE_GAS, BadVote, Snapshot, Vote, encode_vote
-from flockd.chain.backends import ChainError
-from flockd.chain.client import ContractClient
-from flockd.chain.embedded import EmbeddedChain
+from flockd.chain.client.backends import ChainError
+from flockd.chain.client.contract import ContractClient
+from flockd.chain.node.authority import VOTE_ADDRESS, VOTE_GAS, BadVote, Snapshot, Vote, encode_vote
+from flockd.chain.node.embedded import EmbeddedChain
 from flockd.rpc.account import _address
 from flockd.rpc.errors import INVALID_PARAMS, RPCError
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from flockd.chain.backends import ChainBackend, ChainError
+from flockd.chain.client.backends import ChainBackend, ChainError
 from flockd.rpc.errors import RPCError
 
 if TYPE_CHECKING:
-    from flockd.chain.service import ChainService
+    from flockd.chain.node.service import ChainService
 
 CHAIN_ERROR = -32010
 TX_HASH_HEX_LEN = 66

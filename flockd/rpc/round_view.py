@@ -11,6 +11,7 @@ from flockd.round import RoundMachine, TaskMachine
 def round_view(machine: RoundMachine) -> dict[str, Any]:
     """One round as this node sees it: phase, role, step, windows, proposals, votes."""
     deadlines, votes, accepted = machine.deadlines, machine.my_votes, machine.accepted
+    abstained = machine.abstain_reason
     return {
         "round": machine.round,
         "phase": machine.phase.value,
@@ -31,7 +32,7 @@ def round_view(machine: RoundMachine) -> dict[str, Any]:
         "votes_committed": sorted(_hex(v) for v in machine.votes_committed),
         "votes_revealed": {_hex(v): list(ballot) for v, ballot in sorted(machine.votes_revealed.items())},
         "my_votes": list(votes) if votes is not None else None,
-        "abstained": machine.abstain_reason,
+        "abstained": abstained.value if abstained is not None else None,
         "accepted": list(accepted) if accepted is not None else None,
         "model_hash": _hex_or_none(machine.model_hash),
         "recorded_model_hash": _hex_or_none(machine.recorded_model_hash),

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from flockd.chain.backends import ChainError
-from flockd.chain.client import ContractRevert
+from flockd.chain.client.backends import ChainError
+from flockd.chain.client.contract import ContractRevert
 from flockd.config import PolicySection
 from flockd.rpc.errors import RPCError
 from flockd.rpc.round_view import current_round_view

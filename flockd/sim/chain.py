@@ -1,7 +1,7 @@
 """The simulation's one chain: a real py-evm PragueVM chain in memory, with the VRF
 precompile and the real compiled StakeToken and TaskRegistry, fed real signed transactions.
 
-`flockd.chain.deploy.ScratchChain` is that chain (the contract tests use it too): blocks
+`flockd.chain.node.deploy.ScratchChain` is that chain (the contract tests use it too): blocks
 are built with `mine_all`, one per call, with a timestamp of parent + 1 s, so a run is
 reproducible to the block hash. There is no mempool, PoA seal or gossip: the simulation
 is the only block producer, and each slot's transactions go into one block in the order
@@ -19,10 +19,10 @@ from typing import Any
 from eth_keys.datatypes import PrivateKey
 from eth_utils import keccak
 
-from flockd.chain.artifacts import STAKE_TOKEN, TASK_REGISTRY, load
-from flockd.chain.deploy import ScratchChain, TxResult, revert_reason
-from flockd.chain.precompile import VRF_PRECOMPILE_ADDRESS
-from flockd.chain.registry import TaskParams
+from flockd.chain.client.artifacts import STAKE_TOKEN, TASK_REGISTRY, load
+from flockd.chain.client.registry import TaskParams
+from flockd.chain.node.deploy import ScratchChain, TxResult, revert_reason
+from flockd.chain.node.precompile import VRF_PRECOMPILE_ADDRESS
 
 TOKEN = load(STAKE_TOKEN)
 REGISTRY = load(TASK_REGISTRY)

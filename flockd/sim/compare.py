@@ -21,10 +21,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from flockd.chain.deploy import TASK_REGISTRY_ADDRESS
-from flockd.chain.embedded import EmbeddedChain
-from flockd.chain.genesis import Genesis
-from flockd.chain.records import CallRequest
+from flockd.chain.client.addresses import TASK_REGISTRY_ADDRESS
+from flockd.chain.node.embedded import EmbeddedChain
+from flockd.chain.node.genesis import Genesis
+from flockd.chain.node.records import CallRequest
 from flockd.fl.attacks import HONEST
 from flockd.sim.chain import REGISTRY
 from flockd.sim.learn import Learner

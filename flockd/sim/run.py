@@ -22,8 +22,8 @@ from eth_utils import keccak
 
 from flockd import round as rnd
 from flockd import vrf
-from flockd.chain.deploy import revert_reason
-from flockd.chain.registry import TaskParams
+from flockd.chain.client.registry import TaskParams
+from flockd.chain.node.deploy import revert_reason
 from flockd.fl.attacks import HONEST, Behaviour
 from flockd.sim.actions import SimActions
 from flockd.sim.chain import Sealed, SimChain, SimError

@@ -14,7 +14,7 @@ from typing import Any
 import trio
 from eth_keys.datatypes import PrivateKey
 
-from flockd.chain.deploy import TxResult, revert_reason
+from flockd.chain.node.deploy import TxResult, revert_reason
 from flockd.sim.chain import Sealed, SimChain
 from flockd.tasks.abc import RoundStart, TaskChain, TaskLog, TxReverted
 

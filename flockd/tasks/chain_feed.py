@@ -6,9 +6,11 @@ deep), translated to round events (`bridge.round_events`), then BlockSealed(conf
 Every log is checked to be in the canonical block of its height, and the hash of the
 newest block fed is kept: when that block is no longer canonical (a reorg), or the
 machine meets a ConflictingEvent, the feed reads what a new machine is replayed from
-(`Rebuild`): the logs from the open block of the round before the current one (not block
-0), plus what the node saved (models, ballots, deltas). A node with no peers feeds no new
-blocks (it may be sealing alone, on a fork that will be reorganised away).
+(`Rebuild`): the logs from the open block of the round MAX_UNRECORDED_ROUNDS before the
+current one (not block 0: the machine follows the current round, the one before it, and
+older ones only while their model is not recorded), plus what the node saved (models,
+ballots, deltas). A node with no peers feeds no new blocks (it may be sealing alone, on a
+fork that will be reorganised away).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import trio
 
 from flockd import round as rnd
 from flockd.logs import get_logger
+from flockd.round.task import MAX_UNRECORDED_ROUNDS
 from flockd.stats import Counters
 from flockd.store import StoreError
 from flockd.tasks.abc import TaskChain, TaskLog
@@ -138,15 +141,16 @@ class ChainFeed:
 
     async def _read_for_rebuild(self, confirmed: int) -> None:
         """Read what the machine must be rebuilt from, and hand it on: the logs from the
-        open block of the round before the current one (as of the confirmed head), then
+        open block of the oldest round it may still follow (as of the confirmed head), then
         what this node saved."""
         reason = self.rebuild_wanted
         start = await self.chain.round_start(self.task_id, None, confirmed)
         first = confirmed + 1  # nothing to replay while no round is open
         if start.open_block is not None:
             first = start.open_block
-            if start.current_round > 0:
-                before = await self.chain.round_start(self.task_id, start.current_round - 1, confirmed)
+            oldest = max(0, start.current_round - MAX_UNRECORDED_ROUNDS)
+            if oldest < start.current_round:
+                before = await self.chain.round_start(self.task_id, oldest, confirmed)
                 first = before.open_block or first
         self.records.clear()
         unwritten = await self._read_unwritten_rounds(start.current_round, min(first, confirmed + 1), confirmed)
@@ -158,7 +162,7 @@ class ChainFeed:
             if tip is None:
                 raise ChainMoved(f"block {confirmed} is gone")
             self._fed = (confirmed, tip)
-        saved_models, saved_votes = await trio.to_thread.run_sync(self._saved, logged)
+        saved_models, saved_votes = await trio.to_thread.run_sync(self._saved, logged, start.current_round)
         events = (rnd.BlockSealed(confirmed), *saved_models, *logged, *saved_votes)
         self._next_block = confirmed + 1
         self.rebuild_wanted = None
@@ -193,10 +197,10 @@ class ChainFeed:
         found = await self.chain.block_hash(number)
         return found is not None and hex0x(found) == digest
 
-    def _saved(self, logged: list[rnd.Event]) -> tuple[list[rnd.Event], list[rnd.Event]]:
+    def _saved(self, logged: list[rnd.Event], current: int) -> tuple[list[rnd.Event], list[rnd.Event]]:
         """What this node kept on disk, as replay events: the models it holds (initial and
         per finished round), then its ballots and the stored deltas of the replayed
-        proposals."""
+        proposals (of the rounds the machine follows: not of older recorded ones)."""
         store = self.ctx.store
         models: list[rnd.Event] = [rnd.ModelReady(-1, self.init_hash)]
         for line in round_history(store.history(self.task_id)):
@@ -211,9 +215,10 @@ class ChainFeed:
                 )
             except (KeyError, TypeError, ValueError, rnd.InvalidEvent) as exc:
                 log.warning("unreadable saved ballot skipped", task=self.task_id, error=str(exc))
+        recorded = {e.round for e in logged if isinstance(e, rnd.ModelRecordedOnChain) and e.round < current - 1}
         deltas: list[rnd.Event] = []
         for event in logged:
-            if isinstance(event, rnd.ProposalOnChain):
+            if isinstance(event, rnd.ProposalOnChain) and event.round not in recorded:
                 try:
                     data = store.get_delta(event.delta_hash)
                 except StoreError as exc:

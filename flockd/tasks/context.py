@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from flockd.chain.registry import Registry
+from flockd.chain.client.registry import Registry
 from flockd.p2p.abc import P2PNetwork
 from flockd.store import Store
 

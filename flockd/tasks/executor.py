@@ -20,7 +20,7 @@ from typing import Any
 import trio
 
 from flockd import round as rnd
-from flockd.chain.registry import TaskParams
+from flockd.chain.client.registry import TaskParams
 from flockd.fl.errors import FLError
 from flockd.fl.tensors import Tensors
 from flockd.logs import get_logger

@@ -8,7 +8,7 @@ enforces looser caps of its own for everyone (protocol/spec/contracts.md).
 
 from __future__ import annotations
 
-from flockd.chain.registry import TaskParams
+from flockd.chain.client.registry import TaskParams
 from flockd.config import PolicySection
 
 # Blocks a reveal needs beyond the confirmation lag: the one it lands in, plus room for

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flockd.chain.backends import ChainError, data
-from flockd.chain.client import ContractRevert
-from flockd.chain.registry import Registry
+from flockd.chain.client.backends import ChainError, data
+from flockd.chain.client.contract import ContractRevert
+from flockd.chain.client.registry import Registry
 from flockd.tasks.abc import (
     ChainReadFailed,
     RoundStart,

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from flockd import round as rnd
-from flockd.chain.registry import TaskParams
+from flockd.chain.client.registry import TaskParams
 from flockd.logs import get_logger
 from flockd.stats import Counters
 from flockd.tasks.abc import ChainReadFailed, TaskChain

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from flockd.chain.registry import Registry, TaskParams, Token
+from flockd.chain.client.registry import Registry, TaskParams, Token
 from flockd.files import write_new_file
 from flockd.fl.attacks import HONEST, Behaviour
 from flockd.fl.checkpoint import model_hash

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from flockd.chain.registry import Registry
+from flockd.chain.client.registry import Registry
 from flockd.fl.checkpoint import model_hash
 from flockd.store import Store
 from flockd.tasks.work import Worker

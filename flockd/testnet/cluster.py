@@ -66,7 +66,7 @@ class Cluster:
     def init(self) -> None:
         """Keys and config for every datadir that has none yet (in this process: a
         `flockd init` subprocess per node would pay the imports N times over)."""
-        from flockd.chain.network import install_genesis, network_genesis
+        from flockd.chain.node.network import install_genesis, network_genesis
         from flockd.datadir import init_datadir, initial_config
         from flockd.identity.keystore import NODE_KEYSTORE
 

@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from flockd.chain.genesis import Genesis, GenesisError
-from flockd.chain.network import GENESIS_FILE
+from flockd.chain.node.genesis import Genesis, GenesisError
+from flockd.chain.node.network import GENESIS_FILE
 from flockd.config import CONFIG_FILE
 from flockd.datadir import IPC_SOCKET, LOCK_FILE
 from flockd.identity.keystore import NODE_KEYSTORE, VRF_KEYFILE

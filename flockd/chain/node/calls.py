@@ -24,7 +24,7 @@ from eth.abc import BlockHeaderAPI, OpcodeAPI, SignedTransactionAPI
 from eth.vm import opcode_values
 from eth.vm.chain_context import ChainContext
 
-from flockd.chain.poa import FlockChainBase
+from flockd.chain.node.poa import FlockChainBase
 
 # The opcodes that make a call run long: loops need a jump, and every frame starts at a call.
 CHECKED_OPCODES = frozenset({

@@ -1,6 +1,6 @@
 """How the contract client reaches a chain: Ethereum JSON-RPC, in process or over HTTP.
 
-Both implement flockd.chain.abc.ChainBackend — one JSON-RPC 2.0 request in, its `result`
+Both implement flockd.chain.client.abc.ChainBackend — one JSON-RPC 2.0 request in, its `result`
 out, or a specific ChainError — so the client above them has one code path (DESIGN: "One
 path for both chains"):
 
@@ -28,18 +28,18 @@ import httpx
 import trio
 
 from flockd import safejson
-from flockd.chain.abc import ChainBackend, ChainBackendError, ChainRPCError, ChainUnavailable
-from flockd.chain.eth_api import EthAPI
+from flockd.chain.client.abc import ChainBackend, ChainBackendError, ChainRPCError, ChainUnavailable
 
 if TYPE_CHECKING:
-    from flockd.chain.embedded import EmbeddedChain
+    from flockd.chain.ethrpc.eth_api import EthAPI
+    from flockd.chain.node.embedded import EmbeddedChain
     from flockd.config import Config
 
 DEFAULT_TIMEOUT = 15.0  # seconds for one whole request/reply exchange
 MAX_REPLY_BYTES = 16 * 1024 * 1024  # a getLogs page or a full block stays far below
 
 
-# The seam (flockd.chain.abc) names the base errors; these are the specific ones.
+# The seam (flockd.chain.client.abc) names the base errors; these are the specific ones.
 ChainError = ChainBackendError  # base of every error a chain backend raises
 RPCError = ChainRPCError  # the node answered with a JSON-RPC error object
 
@@ -102,6 +102,8 @@ class InProcessBackend(ChainBackend):
 
     @classmethod
     def for_chain(cls, chain: EmbeddedChain) -> InProcessBackend:
+        from flockd.chain.ethrpc.eth_api import EthAPI  # late: only the embedded chain needs py-evm
+
         return cls(EthAPI(chain))
 
     async def request(self, method: str, params: Sequence[Any]) -> Any:

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 import rlp
 import trio
 
-from flockd.chain.embedded import EmbeddedChain, NotOurTurn
-from flockd.chain.eth_api import CALL_TIMEOUT, EthAPI
-from flockd.chain.eth_http import HTTPAccess, serve_http
-from flockd.chain.mempool import (
+from flockd.chain.ethrpc.eth_api import CALL_TIMEOUT, EthAPI
+from flockd.chain.ethrpc.eth_http import HTTPAccess, serve_http
+from flockd.chain.node.embedded import EmbeddedChain, NotOurTurn
+from flockd.chain.node.mempool import (
     AlreadyKnown,
     BadTxSignature,
     ForbiddenTarget,
@@ -34,9 +34,9 @@ from flockd.chain.mempool import (
     TxTooLarge,
     WrongChainId,
 )
-from flockd.chain.poa import BlockRejected, FutureBlock
-from flockd.chain.records import ImportResult
-from flockd.chain.sync import (
+from flockd.chain.node.poa import BlockRejected, FutureBlock
+from flockd.chain.node.records import ImportResult
+from flockd.chain.node.sync import (
     BLOCK_TOPIC,
     BLOCKS_KIND,
     MAX_REQUEST_BYTES,
@@ -67,6 +67,7 @@ log = get_logger("flockd.chain")
 LOCAL_TX_BUFFER = 4096
 MAX_CATCHUPS = 3  # attempts at once, each with a different peer
 CATCHUP_REQUEST_TIMEOUT = 20.0  # one request's round trip (a full 16 MiB batch fits; a loaded peer too)
+QUIET_PERIODS = 3  # block periods without a peer's block after which an authority seals unsynced
 OWN_CALL_TIMEOUT = 120.0  # seconds for the daemon's own eth_call / eth_estimateGas
 CATCHUP_ATTEMPT_TIMEOUT = 60.0  # one attempt with one peer, before another peer's turn
 BAD_DATA_POINTS = 25.0  # misbehaviour points for an invalid block or reply (ban at 100)
@@ -125,6 +126,7 @@ class ChainService:
         self.http_access = http_access
         self.http_bound: int | None = None
         self.peer_heads: dict[str, int] = {}
+        self._last_heard = time.monotonic()  # a peer's last block announcement (or our start)
         # reorgs, reorged_blocks, blocks_imported, blocks_rejected, catchups, catchups_failed
         self.counters = Counters()
         self.targets = SyncTargets()
@@ -186,9 +188,8 @@ class ChainService:
     async def _seal_loop(self) -> None:
         if self.chain.sealer_key is None:
             return  # no key: we only follow
-        await self._wait_for_peers_head()
         while True:
-            if not self._may_seal():
+            if not await self.may_seal():
                 await trio.sleep(0.2)
                 continue
             slot = await trio.to_thread.run_sync(self.chain.next_seal_time)
@@ -200,7 +201,7 @@ class ChainService:
             with trio.move_on_after(max(0.0, slot - time.time())):
                 await self._new_head.wait()
                 continue  # someone else's block arrived first: our turn moved
-            if not self._may_seal():
+            if not await self.may_seal():
                 continue
             try:
                 block = await trio.to_thread.run_sync(self.chain.seal_block, slot)
@@ -208,20 +209,23 @@ class ChainService:
                 continue
             await self._announce(block)
 
-    def _may_seal(self) -> bool:
-        # One authority of several, cut off from every peer, would only seal a branch the
-        # others reorganise away when it comes back (and act on it meanwhile): it waits.
-        return len(self.chain.head_authorities) == 1 or bool(self.network.peers())
-
-    async def _wait_for_peers_head(self) -> None:
-        # A node that restarts behind its peers should sync before it seals, or it forks
-        # off a stale head (harmless, longest chain wins, but wasted). A lone authority
-        # has nobody to wait for.
-        if len(self.chain.head_authorities) == 1:
-            return
-        with trio.move_on_after(3 * self.chain.genesis.block_period):
-            while not self.peer_heads:
-                await trio.sleep(0.1)
+    async def may_seal(self) -> bool:
+        """Whether this authority may seal on its head now (protocol/spec/chain.md, fork
+        choice). The sole authority always may. One of several seals only among peers
+        (cut off, it would seal a branch the others reorganise away) and only on a head
+        it can trust (`head_synced`): restarted on a stale head, or back from a partition,
+        it first catches up, or every block it sealed would fork the chain once more.
+        Unless no connected peer has announced a block for QUIET_PERIODS block periods
+        (a network's first blocks, every other authority restarting): then nobody else
+        seals, and waiting for a head to sync to would wait for ever."""
+        if tuple(self.chain.head_authorities) == (self.chain.sealer_address,):
+            return True
+        if not self.network.peers():
+            return False
+        if await self.head_synced():
+            return True
+        quiet = time.monotonic() - self._last_heard > QUIET_PERIODS * self.chain.genesis.block_period
+        return quiet and not self.syncing
 
     async def _announce(self, block: BlockAPI) -> None:
         payload = encode_announcement(rlp.encode(block.header), rlp.encode(block))
@@ -244,7 +248,7 @@ class ChainService:
             return
         # Chain calls wait for its lock, held by imports for seconds: never on the event loop.
         if await trio.to_thread.run_sync(self.chain.has_block, header.hash):
-            self.peer_heads[msg.peer_id] = header.block_number
+            self._heard(msg.peer_id, header.block_number)
             return
         importer = _Importer(self.chain)
         try:
@@ -260,11 +264,15 @@ class ChainService:
             return
         finally:
             self._count(importer.results)
-        self.peer_heads[msg.peer_id] = header.block_number  # vouched for by an authority's seal
+        self._heard(msg.peer_id, header.block_number)  # vouched for by an authority's seal
         if result.status == "missing_parent":
             self._want(header.block_number, header.hash, msg.peer_id)
         elif result.new_head:
             self._new_head.set()
+
+    def _heard(self, peer_id: str, number: int) -> None:
+        self.peer_heads[peer_id] = number
+        self._last_heard = time.monotonic()
 
     def _blame_sender(self, msg: GossipMessage, exc: Exception) -> None:
         log.warning("bad block announcement", sender=msg.sender, peer=msg.peer_id, error=f"{type(exc).__name__}: {exc}")

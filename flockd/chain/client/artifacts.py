@@ -1,6 +1,6 @@
 """Load the checked-in contract artifacts (ABI + bytecode) without the Vyper compiler.
 
-An artifact is contracts/build/<Name>.json, written by `python -m flockd.chain.build_contracts`:
+An artifact is contracts/build/<Name>.json, written by `python -m flockd.chain.client.build_contracts`:
     {"contract_name", "source_path", "source_sha256", "compiler", "abi", "bytecode",
      "bytecode_runtime"}
 bytecode fields are 0x-prefixed hex; bytecode is the creation code (constructor
@@ -20,7 +20,7 @@ from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
 from eth_utils import keccak
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 CONTRACTS_DIR = REPO_ROOT / "contracts"
 BUILD_DIR = CONTRACTS_DIR / "build"
 COMPILER = "vyper 0.4.3"
@@ -28,7 +28,8 @@ COMPILER = "vyper 0.4.3"
 STAKE_TOKEN = "StakeToken"
 TASK_REGISTRY = "TaskRegistry"
 ECVRF_VERIFIER = "EcvrfVerifier"  # for chains without the VRF precompile
-CONTRACT_NAMES = (STAKE_TOKEN, TASK_REGISTRY, ECVRF_VERIFIER)
+ARENA = "Arena"  # not at genesis: deployed on demand
+CONTRACT_NAMES = (STAKE_TOKEN, TASK_REGISTRY, ECVRF_VERIFIER, ARENA)
 
 
 class ArtifactError(Exception):
@@ -162,7 +163,7 @@ def read_artifact(name: str) -> Artifact:
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError as exc:
-        raise ArtifactError(f"{path} missing: run python -m flockd.chain.build_contracts") from exc
+        raise ArtifactError(f"{path} missing: run python -m flockd.chain.client.build_contracts") from exc
     except json.JSONDecodeError as exc:
         raise ArtifactError(f"{path}: invalid JSON") from exc
     return parse_artifact(name, doc)

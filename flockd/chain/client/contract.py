@@ -35,7 +35,14 @@ from eth_abi import decode as abi_decode
 from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
 
-from flockd.chain.backends import ChainBackend, ChainError, MalformedReply, RPCError, data, quantity
+from flockd.chain.client.backends import (
+    ChainBackend,
+    ChainError,
+    MalformedReply,
+    RPCError,
+    data,
+    quantity,
+)
 
 ERROR_SELECTOR = bytes.fromhex("08c379a0")  # Error(string)
 PANIC_SELECTOR = bytes.fromhex("4e487b71")  # Panic(uint256)

@@ -1,7 +1,7 @@
 """Compile contracts/*.vy into the checked-in artifacts contracts/build/*.json.
 
-    python -m flockd.chain.build_contracts           # rebuild every artifact
-    python -m flockd.chain.build_contracts --check   # exit 1 if any artifact is stale
+    python -m flockd.chain.client.build_contracts           # rebuild every artifact
+    python -m flockd.chain.client.build_contracts --check   # exit 1 if any artifact is stale
 
 Needs the vyper compiler (a test dependency); the daemon itself only reads artifacts.
 """
@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-from flockd.chain.artifacts import (
+from flockd.chain.client.artifacts import (
     COMPILER,
     CONTRACT_NAMES,
     REPO_ROOT,
@@ -54,7 +54,7 @@ def write_artifact(name: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flockd.chain.build_contracts")
+    parser = argparse.ArgumentParser(prog="python -m flockd.chain.client.build_contracts")
     parser.add_argument("--check", action="store_true", help="only report stale artifacts")
     args = parser.parse_args(argv)
     if args.check:

@@ -16,7 +16,7 @@ from typing import Any
 from eth_abi.exceptions import DecodingError
 from eth_utils import to_canonical_address
 
-from flockd.chain.artifacts import (
+from flockd.chain.client.artifacts import (
     STAKE_TOKEN,
     TASK_REGISTRY,
     Artifact,
@@ -25,8 +25,8 @@ from flockd.chain.artifacts import (
     event_topic,
     load,
 )
-from flockd.chain.backends import ChainError
-from flockd.chain.client import BlockTag, ContractClient, Log, TxReceipt
+from flockd.chain.client.backends import ChainError
+from flockd.chain.client.contract import BlockTag, ContractClient, Log, TxReceipt
 
 VERIFIER = "EcvrfVerifier"
 VOTE_ACCEPT, VOTE_REJECT = 1, -1

@@ -27,16 +27,19 @@ from eth.db.atomic import AtomicDB
 from eth.vm.forks.prague import PragueVM
 from eth_abi import decode as abi_decode
 from eth_keys.datatypes import PrivateKey
-from eth_utils import keccak, to_canonical_address
-from rlp import encode as rlp_encode
+from eth_utils import to_canonical_address
 
-from flockd.chain.artifacts import STAKE_TOKEN, TASK_REGISTRY, Artifact, load
-from flockd.chain.precompile import VRF_PRECOMPILE_ADDRESS, with_vrf_precompile
+from flockd.chain.client.addresses import (
+    ARENA_ADDRESS,
+    DEPLOYER,
+    DEPLOYER_KEY,
+    STAKE_TOKEN_ADDRESS,
+    TASK_REGISTRY_ADDRESS,
+    contract_address,
+)
+from flockd.chain.client.artifacts import ARENA, STAKE_TOKEN, TASK_REGISTRY, Artifact, load
+from flockd.chain.node.precompile import VRF_PRECOMPILE_ADDRESS, with_vrf_precompile
 
-# Fixed so that every node derives byte-identical genesis accounts. The key signs
-# nothing on a live chain: it only names the creator of the genesis contracts.
-DEPLOYER_KEY = PrivateKey(keccak(b"flockd genesis deployer"))
-DEPLOYER = DEPLOYER_KEY.public_key.to_canonical_address()
 TOKEN_NAME = "flockd stake"
 TOKEN_SYMBOL = "FLOCK"
 MAX_TOKEN_HOLDERS = 64
@@ -45,14 +48,6 @@ SCRATCH_CHAIN_ID = 1337
 SCRATCH_GAS_LIMIT = 30_000_000
 GAS_PRICE = 10**9
 ERROR_SELECTOR = bytes.fromhex("08c379a0")  # Error(string)
-
-
-def contract_address(sender: bytes, nonce: int) -> bytes:
-    return keccak(rlp_encode([sender, nonce]))[12:]
-
-
-STAKE_TOKEN_ADDRESS = contract_address(DEPLOYER, 0)
-TASK_REGISTRY_ADDRESS = contract_address(DEPLOYER, 1)
 
 
 class GenesisAccount(TypedDict):
@@ -246,10 +241,14 @@ def genesis_contracts(
     token_name: str = TOKEN_NAME,
     token_symbol: str = TOKEN_SYMBOL,
     verifier: bytes = VRF_PRECOMPILE_ADDRESS,
+    arena: bool = False,
 ) -> dict[bytes, GenesisAccount]:
     """Genesis accounts {address: {code, storage, balance, nonce}} of the stake token
     (at STAKE_TOKEN_ADDRESS, supply minted to `token_holders`) and the task registry
-    (at TASK_REGISTRY_ADDRESS, verifying VRF proofs at `verifier`)."""
+    (at TASK_REGISTRY_ADDRESS, verifying VRF proofs at `verifier`), and with `arena` the
+    Arena too (at ARENA_ADDRESS). The embedded chain runs no contract created later, and
+    the default genesis stays without the Arena: its accounts are part of every block
+    hash, and so of every VRF draw of the existing networks."""
     if len(token_holders) > MAX_TOKEN_HOLDERS:
         raise ValueError(f"at most {MAX_TOKEN_HOLDERS} token holders at genesis")
     holders = sorted(to_canonical_address(a) for a in token_holders)
@@ -258,4 +257,9 @@ def genesis_contracts(
     token = scratch.deploy(DEPLOYER_KEY, load(STAKE_TOKEN), token_name, token_symbol, holders, amounts)
     registry = scratch.deploy(DEPLOYER_KEY, load(TASK_REGISTRY), token, verifier)
     assert (token, registry) == (STAKE_TOKEN_ADDRESS, TASK_REGISTRY_ADDRESS)
-    return {token: scratch.dump(token), registry: scratch.dump(registry)}
+    accounts = {token: scratch.dump(token), registry: scratch.dump(registry)}
+    if arena:
+        address = scratch.deploy(DEPLOYER_KEY, load(ARENA), token, verifier)
+        assert address == ARENA_ADDRESS
+        accounts[address] = scratch.dump(address)
+    return accounts

@@ -4,7 +4,7 @@ Mirrors `VM.import_block` step for step — preprocessing system calls, transact
 postprocessing (Prague requests), finalisation — because `mine_all`/`mine_block` skip the
 pre/postprocessing (trap 5) and `apply_transaction` + `mine_block` per tx is O(n²) (trap 3).
 A tx that is no longer executable is dropped from the mempool rather than failing the block,
-and so is a vote the authority rule would refuse (flockd.chain.authority): a block must
+and so is a vote the authority rule would refuse (flockd.chain.node.authority): a block must
 never carry one.
 """
 
@@ -16,9 +16,9 @@ from eth.abc import BlockAPI, BlockHeaderAPI, ReceiptAPI, SignedTransactionAPI
 from eth_typing import Address
 from eth_utils import ValidationError
 
-from flockd.chain.authority import VOTE_ADDRESS, Snapshot, decode_vote
-from flockd.chain.mempool import Mempool
-from flockd.chain.poa import SEAL_LENGTH, FlockChainBase
+from flockd.chain.node.authority import VOTE_ADDRESS, Snapshot, decode_vote
+from flockd.chain.node.mempool import Mempool
+from flockd.chain.node.poa import SEAL_LENGTH, FlockChainBase
 
 
 def build_block(

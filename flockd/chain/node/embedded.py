@@ -31,11 +31,11 @@ from eth_typing import Address, BlockNumber, Hash32
 from eth_utils import ValidationError, to_checksum_address
 from rlp.codec import consume_length_prefix
 
-from flockd.chain.authority import Snapshot
-from flockd.chain.calls import CallBudget, estimate_call_gas, execute_call
-from flockd.chain.db import SqliteDB
-from flockd.chain.genesis import Genesis
-from flockd.chain.mempool import (
+from flockd.chain.node.authority import Snapshot
+from flockd.chain.node.calls import CallBudget, estimate_call_gas, execute_call
+from flockd.chain.node.db import SqliteDB
+from flockd.chain.node.genesis import Genesis, GenesisMismatch
+from flockd.chain.node.mempool import (
     BadTxSignature,
     ForbiddenTarget,
     GasTooHigh,
@@ -49,7 +49,7 @@ from flockd.chain.mempool import (
     TxTooLarge,
     WrongChainId,
 )
-from flockd.chain.poa import (
+from flockd.chain.node.poa import (
     BadHeaderField,
     BadTimestamp,
     BlockRejected,
@@ -63,7 +63,7 @@ from flockd.chain.poa import (
     recover_signer,
     sign_header,
 )
-from flockd.chain.records import (
+from flockd.chain.node.records import (
     BlockRef,
     CallRequest,
     CallReverted,
@@ -76,7 +76,7 @@ from flockd.chain.records import (
     max_fee_per_gas,
     tip_per_gas,
 )
-from flockd.chain.sealer import build_block
+from flockd.chain.node.sealer import build_block
 
 MAX_BLOCK_BYTES = 4 * 1024 * 1024
 MAX_HEADER_BYTES = 1024  # a Prague header with a 97-byte extra_data is ~650 bytes
@@ -92,10 +92,6 @@ MAX_TX_GAS = 8_000_000
 # cheap txs: a 30M-gas block held 1428 transfers. 256 = MAX_PARTICIPANTS: one message from
 # every participant of a task still fits one block.
 MAX_BLOCK_TXS = 256
-
-
-class GenesisMismatch(Exception):
-    """The database on disk was created from a different genesis."""
 
 
 class NotOurTurn(Exception):
@@ -569,7 +565,7 @@ class EmbeddedChain:
 
     def call(self, request: CallRequest, ref: BlockRef = "latest", budget: CallBudget | None = None) -> bytes:
         """Execute without a transaction (eth_call) on the state after block `ref`; raises
-        CallAborted past `budget` (flockd.chain.calls)."""
+        CallAborted past `budget` (flockd.chain.node.calls)."""
         with self._lock:
             header = self.header_at(ref)
             tx = self._spoof(request, header)

@@ -33,8 +33,8 @@ from typing import Any, Literal, Protocol
 import msgpack
 import rlp
 
-from flockd.chain.embedded import MAX_BLOCK_BYTES, EmbeddedChain
-from flockd.chain.records import ImportResult
+from flockd.chain.node.embedded import MAX_BLOCK_BYTES, EmbeddedChain
+from flockd.chain.node.records import ImportResult
 
 BLOCKS_KIND = "chain.blocks.1"
 BLOCK_TOPIC = "chain.block.1"

@@ -7,22 +7,17 @@ to every participant (`flockd init --genesis`).
 
 from __future__ import annotations
 
-import re
 import time
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from eth_utils import is_checksum_address, to_canonical_address, to_checksum_address
+from eth_utils import to_canonical_address, to_checksum_address
 
-from flockd.chain.deploy import (
-    MAX_TOKEN_HOLDERS,
-    STAKE_TOKEN_ADDRESS,
-    TASK_REGISTRY_ADDRESS,
-    genesis_contracts,
-)
-from flockd.chain.genesis import Genesis, GenesisError
+from flockd.chain.client.addresses import STAKE_TOKEN_ADDRESS, TASK_REGISTRY_ADDRESS
+from flockd.chain.node.deploy import MAX_TOKEN_HOLDERS, genesis_contracts
+from flockd.chain.node.genesis import Genesis, GenesisError, parse_address, parse_amount
 
 GENESIS_FILE = "genesis.json"
 LOCAL_CHAIN_ID = 7357
@@ -65,37 +60,8 @@ def _funded_alloc(gas: Mapping[bytes, int], stake: Mapping[bytes, int]) -> dict[
 
 # -- a federation's genesis from its parties' addresses (`flockd genesis`) ------------------
 
-_AMOUNT = re.compile(r"([0-9]{1,40})(?:e([0-9]{1,2}))?")
-_HEX_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 _CONTRACTS = {STAKE_TOKEN_ADDRESS: "the stake token", TASK_REGISTRY_ADDRESS: "the task registry"}
 PARTIES_KEYS = frozenset({"chain_id", "block_period", "timestamp", "authorities", "gas", "stake"})
-
-
-def parse_amount(where: str, value: object) -> int:
-    """A positive whole amount of base units (wei, or the token's 10^-18): an integer, or a
-    decimal string with an optional power of ten ("25e18"); exact, never a float."""
-    if type(value) is int:
-        amount = value
-    elif isinstance(value, str) and (m := _AMOUNT.fullmatch(value.strip())):
-        amount = int(m.group(1)) * 10 ** int(m.group(2) or 0)
-    else:
-        raise GenesisError(f"{where}: {value!r} is not a whole number of base units (e.g. 1000 or 25e18)")
-    if amount <= 0:
-        raise GenesisError(f"{where}: amount must be > 0, got {amount}")
-    if amount >= 2**256:
-        raise GenesisError(f"{where}: amount {value!r} does not fit in 256 bits")
-    return amount
-
-
-def parse_address(where: str, value: object) -> bytes:
-    """0x + 40 hex digits; mixed case must be a valid EIP-55 checksum (a typo caught)."""
-    if not (isinstance(value, str) and _HEX_ADDRESS.fullmatch(value)):
-        raise GenesisError(f"{where} {value!r:.60} is not an address (0x + 40 hex digits)")
-    digits = value[2:]
-    if digits != digits.lower() and digits != digits.upper() and not is_checksum_address(value):
-        # no "did you mean": the right checksum of a mistyped address is another address
-        raise GenesisError(f"{where} {value}: bad EIP-55 checksum (a typo?); ask its owner for it again")
-    return bytes(to_canonical_address(value))
 
 
 def _distinct(role: str, values: Sequence[object]) -> list[bytes]:

@@ -17,13 +17,14 @@ the canonical JSON put in the genesis block's extra_data (see `consensus_digest`
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from eth_hash.auto import keccak
-from eth_utils import to_checksum_address
+from eth_utils import is_checksum_address, to_canonical_address, to_checksum_address
 
 from flockd import safejson
 
@@ -43,6 +44,10 @@ _ACCOUNT_FIELDS = frozenset({"balance", "nonce", "code", "storage"})
 
 class GenesisError(ValueError):
     """The genesis file (or the arguments to build one) is invalid; the message names the field."""
+
+
+class GenesisMismatch(Exception):
+    """The database on disk was created from a different genesis."""
 
 
 @dataclass(frozen=True)
@@ -105,7 +110,7 @@ class Genesis:
         backup_after_periods: int = 2,
         max_future_seconds: int = 2,
     ) -> Genesis:
-        """Build from Python values. `alloc` accepts flockd.chain.deploy's shape
+        """Build from Python values. `alloc` accepts flockd.chain.node.deploy's shape
         ({address: {"code": bytes, "storage": {int: int}, "balance": int, "nonce": int}}) and
         the JSON shape (hex strings) alike."""
         accounts = {
@@ -278,3 +283,36 @@ def _account(address: bytes, spec: Mapping[str, Any]) -> Account:
             for k, v in storage.items()
         },
     )
+
+
+# -- amounts and addresses as a person types them (parties files, account_transfer) ------
+
+_AMOUNT = re.compile(r"([0-9]{1,40})(?:e([0-9]{1,2}))?")
+_HEX_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+
+
+def parse_amount(where: str, value: object) -> int:
+    """A positive whole amount of base units (wei, or the token's 10^-18): an integer, or a
+    decimal string with an optional power of ten ("25e18"); exact, never a float."""
+    if type(value) is int:
+        amount = value
+    elif isinstance(value, str) and (m := _AMOUNT.fullmatch(value.strip())):
+        amount = int(m.group(1)) * 10 ** int(m.group(2) or 0)
+    else:
+        raise GenesisError(f"{where}: {value!r} is not a whole number of base units (e.g. 1000 or 25e18)")
+    if amount <= 0:
+        raise GenesisError(f"{where}: amount must be > 0, got {amount}")
+    if amount >= 2**256:
+        raise GenesisError(f"{where}: amount {value!r} does not fit in 256 bits")
+    return amount
+
+
+def parse_address(where: str, value: object) -> bytes:
+    """0x + 40 hex digits; mixed case must be a valid EIP-55 checksum (a typo caught)."""
+    if not (isinstance(value, str) and _HEX_ADDRESS.fullmatch(value)):
+        raise GenesisError(f"{where} {value!r:.60} is not an address (0x + 40 hex digits)")
+    digits = value[2:]
+    if digits != digits.lower() and digits != digits.upper() and not is_checksum_address(value):
+        # no "did you mean": the right checksum of a mistyped address is another address
+        raise GenesisError(f"{where} {value}: bad EIP-55 checksum (a typo?); ask its owner for it again")
+    return bytes(to_canonical_address(value))

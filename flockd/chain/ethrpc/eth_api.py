@@ -5,11 +5,11 @@ zeros, data as 0x hex, null for unknown blocks/txs), so web3.py and other tools 
 
 `EthAPI` is sans-I/O: `handle_body(bytes) -> bytes | None` takes one HTTP body (a request
 or a batch) and returns the reply body. Its methods are synchronous and CPU-bound: a
-server calls handle_body in a worker thread (see flockd.chain.eth_http).
+server calls handle_body in a worker thread (see flockd.chain.ethrpc.eth_http).
 
 eth_call and eth_estimateGas are capped at the block gas limit and at `call_timeout`
 seconds (geth's --rpc.gascap and --rpc.evmtimeout), enforced inside the EVM
-(flockd.chain.calls); they do not hold the chain's lock while they run.
+(flockd.chain.node.calls); they do not hold the chain's lock while they run.
 
 Method names are Ethereum's camelCase (`eth_getBlockByNumber`), which flockd.rpc's
 Dispatcher (lower_snake_case only) does not accept, so EthAPI keeps its own method table.
@@ -31,10 +31,10 @@ from eth_abi.exceptions import DecodingError
 from eth_utils import ValidationError, to_checksum_address
 
 from flockd import safejson
-from flockd.chain.calls import CallAborted, CallBudget
-from flockd.chain.embedded import EmbeddedChain
-from flockd.chain.mempool import TxRejected
-from flockd.chain.records import (
+from flockd.chain.node.calls import CallAborted, CallBudget
+from flockd.chain.node.embedded import EmbeddedChain
+from flockd.chain.node.mempool import TxRejected
+from flockd.chain.node.records import (
     BlockRef,
     CallRequest,
     CallReverted,
@@ -49,7 +49,7 @@ from flockd.chain.records import (
 from flockd.logs import get_logger
 from flockd.rpc.errors import RPCError
 
-log = get_logger("flockd.chain.eth_api")
+log = get_logger("flockd.chain.ethrpc.eth_api")
 
 MAX_BATCH = 100
 CALL_TIMEOUT = 5.0  # seconds one eth_call or eth_estimateGas may run (geth's default too)

@@ -13,7 +13,7 @@ ChainRPCError with the node's code/message/data (code 3 + data = a revert); a no
 cannot be reached raises ChainUnavailable. Block tags: "latest", "safe"/"finalized"
 (on the embedded chain: head - confirmations), numbers as hex.
 
-Adapters: flockd.chain.backends (the contract client's part) holds InProcessBackend
+Adapters: flockd.chain.client.backends (the contract client's part) holds InProcessBackend
 (EthAPI.handle on an EmbeddedChain, in a worker thread) and HttpBackend (external node).
 """
 

@@ -31,7 +31,7 @@ from flockd.asgi import (
     respond,
     serve_asgi,
 )
-from flockd.chain.eth_api import EthAPI
+from flockd.chain.ethrpc.eth_api import EthAPI
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus  # trio's own TaskStatus is hidden by trio-stubs

@@ -4,7 +4,7 @@ Slots. Time is cut into slots of `block_period` seconds from the genesis timesta
 timestamp is its slot (genesis.timestamp + k * period) and is strictly after its parent's.
 
 Authorities. The set that may seal block n is the set after block n-1: the genesis's,
-changed by the authorities' own votes (flockd.chain.authority). Every rule below takes
+changed by the authorities' own votes (flockd.chain.node.authority). Every rule below takes
 that set; it defaults to the genesis set for callers that know no votes were cast.
 
 Turns. For block n whose parent has timestamp tp and a candidate slot ts, let
@@ -53,13 +53,13 @@ from eth_keys.exceptions import ValidationError as KeysValidationError
 from eth_typing import BlockNumber
 from eth_utils import ValidationError, to_checksum_address
 
-from flockd.chain.genesis import Genesis
-from flockd.chain.precompile import with_vrf_precompile
+from flockd.chain.node.genesis import Genesis
+from flockd.chain.node.precompile import with_vrf_precompile
 
 if TYPE_CHECKING:
     from eth.abc import SignedTransactionAPI, TransactionBuilderAPI
 
-    from flockd.chain.authority import AuthorityLedger
+    from flockd.chain.node.authority import AuthorityLedger
 
 SEAL_LENGTH = 65
 EXTRA_DATA_MAX_BYTES = SEAL_LENGTH  # the seal only (trap 8 of the py-evm note)
@@ -281,7 +281,7 @@ class FlockChainBase(Chain):
 
 def build_chain_class(genesis: Genesis) -> type[FlockChainBase]:
     """A chain class with its own authority ledger (a cache of sets by block hash)."""
-    from flockd.chain.authority import AuthorityLedger  # it builds on this module's errors
+    from flockd.chain.node.authority import AuthorityLedger  # it builds on this module's errors
 
     ledger = AuthorityLedger(genesis.authorities, empty_tx_root=BLANK_ROOT_HASH)
     vm_class = build_vm_class(PoARules.from_genesis(genesis), ledger)

@@ -40,7 +40,7 @@ from eth.abc import BlockHeaderAPI
 from eth_hash.auto import keccak
 from eth_utils import to_checksum_address
 
-from flockd.chain.poa import ConsensusError
+from flockd.chain.node.poa import ConsensusError
 
 VOTE_ADDRESS = keccak(b"flockd authority votes")[12:]
 VOTE_GAS = 30_000  # 21,000 + calldata, with room

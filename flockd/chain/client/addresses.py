@@ -1,0 +1,25 @@
+"""Where the embedded chain's genesis contracts live: the client's default addresses.
+
+`flockd.chain.node.deploy` runs their constructors at genesis from DEPLOYER; the addresses
+follow from the deployer and its nonce alone, so a client computes them without py-evm.
+"""
+
+from __future__ import annotations
+
+from eth_keys.datatypes import PrivateKey
+from eth_utils import keccak
+from rlp import encode as rlp_encode
+
+# Fixed so that every node derives byte-identical genesis accounts. The key signs
+# nothing on a live chain: it only names the creator of the genesis contracts.
+DEPLOYER_KEY = PrivateKey(keccak(b"flockd genesis deployer"))
+DEPLOYER = DEPLOYER_KEY.public_key.to_canonical_address()
+
+
+def contract_address(sender: bytes, nonce: int) -> bytes:
+    return keccak(rlp_encode([sender, nonce]))[12:]
+
+
+STAKE_TOKEN_ADDRESS = contract_address(DEPLOYER, 0)
+TASK_REGISTRY_ADDRESS = contract_address(DEPLOYER, 1)
+ARENA_ADDRESS = contract_address(DEPLOYER, 2)  # only in a genesis that asks for the Arena
