@@ -206,7 +206,12 @@ _OWN_NAMES = frozenset({
 
 def _counting_services(node: MetricsSource) -> Iterable[tuple[str, str, dict[str, int]]]:
     """(service label, task label, counter snapshot) for every service that keeps counters."""
-    for label, service in (("p2p", node.p2p), ("chain", node.chain_service), ("tasks", node.tasks)):
+    # [serve] is optional: a node without it has no serve_app (None).
+    services: tuple[tuple[str, object], ...] = (
+        ("p2p", node.p2p), ("chain", node.chain_service), ("tasks", node.tasks),
+        ("serve", getattr(node, "serve_app", None)),
+    )
+    for label, service in services:
         counters = getattr(service, "counters", None)
         if counters is not None:
             yield label, "", counters.snapshot()

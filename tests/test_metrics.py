@@ -80,6 +80,16 @@ def test_every_service_counter_is_exported_with_its_service_and_task():
     assert all(s.labels.get("service") != "p2p" for s in again["flockd_rpc_errors"])
 
 
+def test_the_serving_api_counters_are_exported_when_it_runs():
+    node = StandInNode()
+    collector = NodeCollector(node, confirmations=2)  # type: ignore[arg-type]
+    assert "flockd_generations_cancelled" not in scrape(collector)  # no [serve]: no serve_app
+    node.serve_app = SimpleNamespace(counters=counted("serve", generations_cancelled=2, queue_full=1))  # type: ignore[attr-defined]
+    found = scrape(collector)
+    assert [(s.labels["service"], s.value) for s in found["flockd_generations_cancelled"]] == [("serve", 2)]
+    assert [(s.labels["service"], s.value) for s in found["flockd_queue_full"]] == [("serve", 1)]
+
+
 def test_task_events_are_tallied():
     tally = TaskTally()
     tally.count("RoundFinalised", {"accepted_mask": 0b101, "n_proposals": 4})
