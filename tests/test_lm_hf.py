@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from flockd.fl.attacks import parse_behaviour
-from flockd.fl.checkpoint import model_hash
+from flockd.fl.checkpoint import checkpoint_bytes, model_hash
 from flockd.fl.codec import decode_delta, encode_delta
 from flockd.lm.base import BASES_ENV, RemoteCodeRefused, base_hash, check_base_dir, export_model_dir
 from flockd.lm.build import BaseBuild, build_base
 from flockd.lm.corpus import garbage_text
 from flockd.lm.hf import greedy_text
+from flockd.lm.testnet import lm_markdown, lm_report
 from flockd.tasks.spec import TaskSpec
 from flockd.tasks.work import Worker
 
@@ -117,3 +118,20 @@ def test_the_vote_rejects_poisoned_adapters_and_a_proposer_trained_on_garbage_te
     deltas = [wire[1], *attacks.values()]
     votes = workers[0].score(base, deltas, [bytes([i]) * 20 for i in range(len(deltas))], False, 0)
     assert votes == (1,) + (-1,) * len(attacks), dict(zip(["honest", *attacks], votes, strict=True))
+
+
+def test_the_testnet_report_shows_bits_per_character_adapter_bytes_and_samples(federated, tmp_path):
+    workers, base, wire, new = federated
+    final = tmp_path / "final.safetensors"
+    final.write_bytes(checkpoint_bytes(new))
+    spec = workers[0].spec
+    lm = lm_report(spec.config, spec.num_nodes, spec.seed, final, tmp_path / "report")
+    assert set(lm["base"]["bpc_by_domain"]) == set(FAST["domains"])
+    assert lm["final"]["bpc_pooled"] == pytest.approx(workers[0].evaluate_test(new)["loss"])  # the rounds' measure
+    assert lm["base"]["bpc_pooled"] == pytest.approx(workers[0].evaluate_test(base)["loss"])
+    assert lm["final"]["bpc_mean"] < lm["base"]["bpc_mean"]
+    assert abs(lm["adapter_bytes"] - len(wire[0])) <= 8  # only the samples count's encoding differs
+    assert all(isinstance(lm[k]["sample"], str) for k in ("base", "final"))
+    check_base_dir(lm["exported_model_dir"])
+    text = lm_markdown(lm)
+    assert "| base |" in text and "| final |" in text and f"{lm['adapter_bytes']:,} bytes" in text
