@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import math
 import threading
+import time
 from abc import abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -34,9 +35,12 @@ from flockd.lm.causal import TokenizedText, Tokenizer, score_text, tokenize, tra
 from flockd.lm.corpus import DOMAINS, domain_examples
 from flockd.lm.lora import LoraRecipe, lora_keys
 from flockd.lm.text import Example, carve, read_examples
+from flockd.logs import get_logger
 
 if TYPE_CHECKING:
     import torch
+
+log = get_logger("flockd.lm")
 
 CAUSAL_LORA_DEFAULTS: dict[str, Any] = {
     "base_hash": None,  # 0x + 64 hex: flockd.lm.base.base_hash of the base directory
@@ -157,10 +161,15 @@ class CausalLoraRecipe(LoraRecipe):
         seed: int = 0,
     ) -> TrainStats:
         c = self.config
-        taken, loss = train_steps(
+        started = time.perf_counter()
+        taken, loss, tokens = train_steps(
             model, data, self.tokenizer.pad_id, steps=steps or c["steps"], lr=lr or c["lr"],
             batch_size=c["batch_size"], seed=seed,
         )
+        seconds = time.perf_counter() - started
+        # Training speed in the log, so the daemon's can be set against a bare script's (docs/lm.md).
+        log.info("lm trained", steps=taken, tokens=tokens, seconds=round(seconds, 3),
+                 tokens_per_s=round(tokens / seconds, 1) if seconds > 0 else None)
         return TrainStats(samples=len(data), steps=taken, loss=loss)
 
     def evaluate(self, model: torch.nn.Module, data: TokenizedText) -> Metrics:
