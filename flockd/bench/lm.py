@@ -259,7 +259,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--train-speed", type=int, default=0, metavar="N",
                         help="only time N trainings of the testnet task's node 0 (a bare script, set against a daemon's log)")
     args = parser.parse_args(argv)
-    if not (2 <= args.nodes <= len(DOMAINS) and 0 <= args.attackers < args.nodes and args.rounds >= 1):
+    if not (2 <= args.nodes <= len(DOMAINS) and (args.train_speed or 0 <= args.attackers < args.nodes) and args.rounds >= 1):
         parser.error(f"need 2 <= nodes <= {len(DOMAINS)}, 0 <= attackers < nodes, rounds >= 1")
 
     from flockd.lm.build import BaseBuild, build_base
