@@ -9,10 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from flockd.fl.checkpoint import model_hash
+from flockd.fl.attacks import parse_behaviour
+from flockd.fl.checkpoint import checkpoint_bytes, model_hash
+from flockd.fl.codec import decode_delta, encode_delta
 from flockd.lm.base import BASES_ENV, RemoteCodeRefused, base_hash, check_base_dir, export_model_dir
 from flockd.lm.build import BaseBuild, build_base
+from flockd.lm.corpus import garbage_text
 from flockd.lm.hf import greedy_text
+from flockd.lm.testnet import lm_markdown, lm_report
 from flockd.tasks.spec import TaskSpec
 from flockd.tasks.work import Worker
 
@@ -95,3 +99,39 @@ def test_the_federated_model_exports_and_loads_with_transformers(federated, stor
         torch.testing.assert_close(loaded(ids).logits, reference(ids).logits)
     text = greedy_text(loaded, workers[0].recipe.tokenizer, "Return the", 8)
     assert isinstance(text, str) and text
+
+
+def test_the_vote_rejects_poisoned_adapters_and_a_proposer_trained_on_garbage_text(federated, store, tmp_path):
+    workers, base, wire, _ = federated
+    spec = workers[0].spec
+    attacks = {
+        spec_text: Worker(spec, 1, behaviour=parse_behaviour(spec_text)).train(base, 0)
+        for spec_text in ("sign-flip:4", "noise", "garbage")
+    }
+    (tmp_path / "garbage.txt").write_text(garbage_text(seed=5, chars=6000))
+    attacks["trained on garbage text"] = Worker(spec, 1, str(tmp_path / "garbage.txt")).train(base, 0)
+    honest = decode_delta(wire[1]).tensors
+    last = next(reversed(honest.values())).size  # the body's last tensor, in name order
+    attacks["NaN"] = wire[1][: -4 * last] + b"\x00\x00\xc0\x7f" * last
+    attacks["another rank"] = encode_delta({n: v[:2] if n.endswith("lora_A") else v[:, :2] for n, v in honest.items()})
+    attacks["a whole-state delta"] = encode_delta({n: np.zeros_like(v) for n, v in base.items()})
+    deltas = [wire[1], *attacks.values()]
+    votes = workers[0].score(base, deltas, [bytes([i]) * 20 for i in range(len(deltas))], False, 0)
+    assert votes == (1,) + (-1,) * len(attacks), dict(zip(["honest", *attacks], votes, strict=True))
+
+
+def test_the_testnet_report_shows_bits_per_character_adapter_bytes_and_samples(federated, tmp_path):
+    workers, base, wire, new = federated
+    final = tmp_path / "final.safetensors"
+    final.write_bytes(checkpoint_bytes(new))
+    spec = workers[0].spec
+    lm = lm_report(spec.config, spec.num_nodes, spec.seed, final, tmp_path / "report")
+    assert set(lm["base"]["bpc_by_domain"]) == set(FAST["domains"])
+    assert lm["final"]["bpc_pooled"] == pytest.approx(workers[0].evaluate_test(new)["loss"])  # the rounds' measure
+    assert lm["base"]["bpc_pooled"] == pytest.approx(workers[0].evaluate_test(base)["loss"])
+    assert lm["final"]["bpc_mean"] < lm["base"]["bpc_mean"]
+    assert abs(lm["adapter_bytes"] - len(wire[0])) <= 8  # only the samples count's encoding differs
+    assert all(isinstance(lm[k]["sample"], str) for k in ("base", "final"))
+    check_base_dir(lm["exported_model_dir"])
+    text = lm_markdown(lm)
+    assert "| base |" in text and "| final |" in text and f"{lm['adapter_bytes']:,} bytes" in text

@@ -6,6 +6,8 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 import torch
+from peft import PeftModel
+from peft.tuners import lora as peft_lora
 
 from flockd.fl.aggregate import MAX_UPDATE_RATIO, aggregate
 from flockd.fl.builtin import DigitsMLP
@@ -17,6 +19,7 @@ from flockd.lm.lora import (
     LoraConfig,
     LoraError,
     LoraRecipe,
+    adapter_values,
     attached,
     expand,
     factor_mean,
@@ -101,26 +104,42 @@ def test_expanded_fedavg_is_the_exact_mean_of_the_updates_and_factor_means_are_n
     assert relative_error(naive_same_a["layers.0.q_proj.weight"], want) < 1e-6
 
 
-def test_attached_trains_only_the_adapter_and_leaves_the_model_as_it_was():
+def test_attached_trains_only_the_adapter_on_peft_and_leaves_the_model_as_it_was():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
     before = model_state(model)
     config = LoraConfig(rank=2, alpha=2.0, targets=("0", "2"))
     adapter = fresh_adapter(config, shapes(before), seed=1)
     x = torch.randn(5, 4)
-    with attached(model, config, adapter) as params:
-        assert {id(p) for p in model.parameters() if p.requires_grad} == {id(p) for p in params.values()}
-        assert torch.equal(model(x), torch.nn.Sequential(*model)(x))  # B = 0: no effect yet
-        params["2.lora_B"].data.fill_(0.5)
+    rng_before = torch.random.get_rng_state()
+    with attached(model, config, adapter) as wrapped:
+        assert torch.equal(torch.random.get_rng_state(), rng_before)  # peft drew nothing
+        assert isinstance(wrapped, PeftModel) and isinstance(model[0], peft_lora.Linear)
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        assert trainable == {f"{i}.lora_{ab}.default.weight" for i in (0, 2) for ab in "AB"}
+        assert all(np.array_equal(v, adapter[n]) for n, v in adapter_values(wrapped).items())
+        assert torch.equal(model(x), torch.nn.Sequential(model[0].base_layer, model[1], model[2].base_layer)(x))  # B = 0
+        model[2].lora_B["default"].weight.data.fill_(0.5)
+        trained = adapter_values(wrapped)
         with torch.no_grad():
             changed = model(x)
+    assert type(model[0]) is torch.nn.Linear and type(model[2]) is torch.nn.Linear  # peft unloaded
     after = model_state(model)
     assert after.keys() == before.keys() and all(np.array_equal(after[n], before[n]) for n in before)
     assert all(p.requires_grad for p in model.parameters())
-    folded = {**before, **{n: before[n] + u for n, u in expand({k: p.detach().numpy() for k, p in params.items()}, 1.0).items()}}
+    assert set(trained) == set(adapter) and (trained["2.lora_B"] == 0.5).all()
+    folded = {**before, **{n: before[n] + u for n, u in expand(trained, 1.0).items()}}
     model.load_state_dict({n: torch.from_numpy(v) for n, v in folded.items()})
     with torch.no_grad():
         torch.testing.assert_close(model(x), changed)  # the expanded update is what the adapter did
+
+
+def test_an_adapter_for_a_layer_that_is_not_linear_is_refused():
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 2))
+    config = LoraConfig(rank=2, alpha=2.0, targets=("0", "1"))
+    with pytest.raises(LoraError, match="not a linear layer"), attached(model, config, fresh_adapter(config, shapes(model_state(model)), seed=1)):
+        pass
+    assert type(model[1]) is torch.nn.Linear
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,7 @@ from flockd.lm.recipe import CAUSAL_LORA_DEFAULTS, CausalLoraRecipe
 from flockd.lm.text import Example, carve, chat, paragraphs, pieces, read_examples
 from flockd.tasks.spec import TaskSpec
 from flockd.tasks.work import Worker
+from flockd.testnet.progress import summary_line
 
 pytestmark = pytest.mark.usefixtures("recipes_from_this_module")
 
@@ -277,3 +278,10 @@ def test_the_federated_model_exports_as_a_base_directory(workers, store, tmp_pat
         torch.testing.assert_close(model(ids), reference(ids))
     with pytest.raises(FileExistsError):
         export_model_dir(root / digest.hex(), new, out)
+
+
+def test_the_testnet_live_view_shows_bits_per_character_for_an_lm_task():
+    entry = {"accepted": 2, "rejected": 1, "test_accuracy": 0.0423, "test_loss": 3.5764}
+    status = {"recipe": "lm-lora", "round": 1, "rounds": 3, "state": "running", "history": [entry]}
+    assert summary_line([status]) == "round 1/3 · accepted 2 rejected 1 · accuracy 0.042 · bits per character 3.5764"
+    assert "bits per character" not in summary_line([{**status, "recipe": "digits-mlp"}])

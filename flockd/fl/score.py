@@ -84,6 +84,12 @@ class Scorer:
         return Score(self.baseline, self.evaluate(delta))
 
     @property
+    def max_loss_rise(self) -> float | None:
+        """The recipe's own bound on a loss rise (``max_loss_rise``: a language model's, in
+        bits per character), in place of the row-scaled default; None: the default."""
+        return getattr(self._recipe, "max_loss_rise", None)
+
+    @property
     def rows(self) -> int:
         """Rows of the validation split (what the voting bounds scale with)."""
         return len(self._validation)
@@ -140,8 +146,9 @@ def vote_on_proposals(
     else:
         present = [d for d in deltas if d is not None]
         scores = leave_one_out(scorer, present, rule) if present else {}
-    rows = scorer.rows
+    rows, own_rise = scorer.rows, scorer.max_loss_rise
+    bounds = {"rows": rows} if own_rise is None else {"max_loss_rise": own_rise}
     return tuple(
-        1 if d is not None and accepts(scores[d.hash], max_accuracy_drop=max_accuracy_drop, rows=rows) else -1
+        1 if d is not None and accepts(scores[d.hash], max_accuracy_drop=max_accuracy_drop, **bounds) else -1
         for d in deltas
     )

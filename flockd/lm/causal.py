@@ -188,10 +188,11 @@ class Adam:
 
 def train_steps(
     model: torch.nn.Module, text: TokenizedText, pad_id: int, *, steps: int, lr: float, batch_size: int, seed: int
-) -> tuple[int, float]:
+) -> tuple[int, float, int]:
     """``steps`` Adam steps on the trainable parameters, batches drawn by a seeded
     permutation of the windows; the loss of a batch is the mean over its target tokens.
-    Returns (steps taken, mean training loss in nats per target token)."""
+    Returns (steps taken, mean training loss in nats per target token, token positions
+    the model ran on, padding included)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise DataError("the model has no trainable parameters")
@@ -199,12 +200,14 @@ def train_steps(
     rng = np.random.Generator(np.random.PCG64([seed, 13]))
     order: list[int] = []
     losses: list[float] = []
+    positions = 0
     model.train()
     for _ in range(steps):
         while len(order) < min(batch_size, len(text)):
             order += rng.permutation(len(text)).tolist()
         chosen, order = order[:batch_size], order[batch_size:]
         ids, mask = batch_tensors([text.windows[i] for i in chosen], pad_id)
+        positions += ids.numel()
         batch_losses, _ = target_losses(model, ids, mask)
         loss = batch_losses.mean()
         model.zero_grad(set_to_none=True)
@@ -212,4 +215,4 @@ def train_steps(
         optimiser.step()
         losses.append(float(loss.detach()))
     model.eval()
-    return steps, (math.fsum(losses) / len(losses)) if losses else 0.0
+    return steps, (math.fsum(losses) / len(losses)) if losses else 0.0, positions

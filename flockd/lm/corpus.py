@@ -68,3 +68,16 @@ def domain_examples(module_name: str, max_chars: int) -> list[Example]:
     if not examples:
         raise DataError(f"domain {module_name!r} has no docstrings")
     return examples
+
+
+GARBAGE_ALPHABET = "QWXZJK#@$%"  # rare in docstrings: training on it pulls a model away from real text
+
+
+def garbage_text(seed: int, chars: int, line: int = 300) -> str:
+    """Random symbols in blank-line separated paragraphs of ``line`` characters: the text a
+    garbage-text attacker trains on (benchmarks and tests; deterministic per seed)."""
+    import numpy as np
+
+    rng = np.random.Generator(np.random.PCG64([seed, 99]))
+    letters = np.array(list(GARBAGE_ALPHABET))
+    return "\n\n".join("".join(rng.choice(letters, line)) for _ in range(max(1, chars // line)))

@@ -1,8 +1,11 @@
-"""LoRA adapters on any torch model's linear layers, and their exact aggregation.
+"""LoRA adapters on any torch model's linear layers (through peft), and their exact aggregation.
 
 A LoRA adapter on a linear layer ``X`` (weight ``W``, out x in) is two tensors,
 ``X.lora_A`` (r x in) and ``X.lora_B`` (out x r); the layer computes
-``W x + s * B (A x)`` with ``s = alpha / r``. Only the adapter travels.
+``W x + s * B (A x)`` with ``s = alpha / r``. Only the adapter travels. Training runs on
+peft's LoRA layers (``attached``: ``peft.LoraConfig``, ``get_peft_model``, its adapter
+state dict); the wire layout above is peft's ``lora_A.weight`` / ``lora_B.weight`` under
+flockd's names, so the codec and the delta layout do not depend on peft.
 
 The trap: FedAvg on the factors (mean of the As times mean of the Bs, as FlowerTune,
 OpenFedLLM and FLock's SDK do) is not the mean of the updates ``s * B_i A_i``. flockd
@@ -21,6 +24,8 @@ every platform); B starts at zero, so a fresh adapter changes nothing.
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,12 +39,12 @@ from flockd.fl.tensors import Shapes, Tensors, load_model_state, shapes
 
 if TYPE_CHECKING:
     import torch
+    from peft import PeftModel
 
 A_SUFFIX, B_SUFFIX = ".lora_A", ".lora_B"
 _INIT_STREAM = 7  # the PCG64 stream of a fresh adapter's A, beside the data's streams
-# The adapter's parameters sit on the root module while attached (model.parameters() lists
-# them), never as a submodule: a container such as nn.Sequential would call it.
-_SLOT = "flockd_lora__"
+# peft's adapter state dict names ``layer.lora_A`` as ``base_model.model.layer.lora_A.weight``.
+_PEFT_PREFIX = "base_model.model."
 
 
 class LoraError(FLError):
@@ -128,53 +133,61 @@ def factor_mean(adapters: Sequence[Mapping[str, np.ndarray]]) -> Tensors:
 
 
 @contextmanager
-def attached(model: torch.nn.Module, config: LoraConfig, adapter: Tensors) -> Iterator[dict[str, torch.nn.Parameter]]:
-    """``model`` with ``adapter`` trainable on its targeted layers and every other
-    parameter frozen; yields the adapter's parameters by name. While attached they are
-    the model's only trainable parameters, so any training loop over
-    ``model.parameters()`` trains the adapter alone. On exit the model is exactly as
-    before (hooks and parameters removed, ``requires_grad`` restored)."""
+def attached(model: torch.nn.Module, config: LoraConfig, adapter: Tensors) -> Iterator[PeftModel]:
+    """``model`` wrapped by peft (``get_peft_model``) with ``adapter`` loaded into LoRA
+    layers on exactly the adapter's layers, every other parameter frozen; yields the
+    ``PeftModel``. peft replaces the targeted linear layers in place, so ``model`` itself
+    runs the adapter, and its trainable parameters are the adapter's alone: any training
+    loop over ``model.parameters()`` trains the adapter. On exit peft's ``unload``
+    puts the original layers back and ``requires_grad`` is restored: the model is exactly
+    as before."""
+    import peft
     import torch
-    from torch.nn import functional as F
 
+    layers = sorted(name.removesuffix(A_SUFFIX) for name in adapter if name.endswith(A_SUFFIX))
     modules = dict(model.named_modules())
+    for layer in layers:  # peft would adapt an embedding or a conv too, in another layout
+        if not isinstance(modules.get(layer), torch.nn.Linear):
+            raise LoraError(f"{layer} is not a linear layer of the model")
+    # A regular expression peft full-matches: exactly the layers of our layout (a list would
+    # also match any module whose name ends with one of them). No dropout. The LoRA layers
+    # are created empty (low_cpu_mem_usage) and filled from ``adapter``, so peft's own
+    # initialisation draws nothing from torch's global generator.
+    peft_config = peft.LoraConfig(
+        r=config.rank, lora_alpha=config.alpha,  # type: ignore[arg-type]  # peft divides it by r: a float is fine
+        target_modules="|".join(re.escape(layer) for layer in layers),
+        lora_dropout=0.0, bias="none",
+    )
     frozen = [(p, p.requires_grad) for p in model.parameters()]
-    params: dict[str, torch.nn.Parameter] = {
-        name: torch.nn.Parameter(torch.from_numpy(np.array(value, np.float32))) for name, value in adapter.items()
-    }
-    scale = config.scale
-    handles = []
+    # peft asks a transformers model the deprecated is_gradient_checkpointing: noise in every log.
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    wrapped = peft.get_peft_model(model, peft_config, low_cpu_mem_usage=True)
     try:
-        for p, _ in frozen:
-            p.requires_grad_(False)
-        for name, param in params.items():
-            model.register_parameter(_SLOT + name.replace(".", "__"), param)
-        for name in sorted(params):
-            if not name.endswith(A_SUFFIX):
-                continue
-            layer = name.removesuffix(A_SUFFIX)
-            module = modules.get(layer)
-            if not isinstance(module, torch.nn.Linear):
-                raise LoraError(f"{layer} is not a linear layer of the model")
-            a, b = params[name], params[layer + B_SUFFIX]
-
-            def hook(m: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor,
-                     a: torch.nn.Parameter = a, b: torch.nn.Parameter = b) -> torch.Tensor:
-                return output + scale * F.linear(F.linear(inputs[0], a), b)
-
-            handles.append(module.register_forward_hook(hook))
-        yield params
+        missing, unexpected = peft.set_peft_model_state_dict(  # type: ignore[attr-defined]  # torch's _IncompatibleKeys
+            wrapped,
+            {_PEFT_PREFIX + name + ".weight": torch.from_numpy(np.array(value, np.float32)) for name, value in adapter.items()},
+            low_cpu_mem_usage=True,
+        )
+        if unexpected or any(".lora_" in key for key in missing):
+            raise LoraError(f"the adapter does not fit the model: {unexpected or missing}")
+        yield wrapped
     finally:
-        for handle in handles:
-            handle.remove()
-        for name in params:
-            model._parameters.pop(_SLOT + name.replace(".", "__"), None)
+        wrapped.unload()
         for p, wanted in frozen:
             p.requires_grad_(wanted)
 
 
-def adapter_values(params: Mapping[str, torch.nn.Parameter]) -> Tensors:
-    return {name: p.detach().cpu().numpy().astype(np.float32, copy=True) for name, p in sorted(params.items())}
+def adapter_values(wrapped: PeftModel) -> Tensors:
+    """The trained adapter in the delta layout (``layer.lora_A``, ``layer.lora_B``), from
+    peft's adapter state dict."""
+    import peft
+
+    out: Tensors = {}
+    for key, value in peft.get_peft_model_state_dict(wrapped).items():
+        if not (key.startswith(_PEFT_PREFIX) and key.endswith(".weight")):
+            raise LoraError(f"peft's adapter state has an unexpected key {key!r}")
+        out[key.removeprefix(_PEFT_PREFIX).removesuffix(".weight")] = value.detach().cpu().numpy().astype(np.float32, copy=True)
+    return dict(sorted(out.items()))
 
 
 class LoraRecipe(Recipe):
@@ -205,9 +218,9 @@ class LoraRecipe(Recipe):
     ) -> tuple[Tensors, TrainStats]:
         config = self.lora()
         load_model_state(model, base)
-        with attached(model, config, fresh_adapter(config, shapes(base), seed)) as params:
+        with attached(model, config, fresh_adapter(config, shapes(base), seed)) as wrapped:
             stats = self.train(model, data, seed=seed)
-            return adapter_values(params), stats
+            return adapter_values(wrapped), stats
 
     def expand_update(self, base: Tensors, delta: Tensors) -> Tensors:
         return expand(delta, self.lora().scale)

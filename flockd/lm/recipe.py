@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import math
 import threading
+import time
 from abc import abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -34,9 +35,12 @@ from flockd.lm.causal import TokenizedText, Tokenizer, score_text, tokenize, tra
 from flockd.lm.corpus import DOMAINS, domain_examples
 from flockd.lm.lora import LoraRecipe, lora_keys
 from flockd.lm.text import Example, carve, read_examples
+from flockd.logs import get_logger
 
 if TYPE_CHECKING:
     import torch
+
+log = get_logger("flockd.lm")
 
 CAUSAL_LORA_DEFAULTS: dict[str, Any] = {
     "base_hash": None,  # 0x + 64 hex: flockd.lm.base.base_hash of the base directory
@@ -48,6 +52,12 @@ CAUSAL_LORA_DEFAULTS: dict[str, Any] = {
     "score_batch": 32,
     "domains": list(DOMAINS),
     "domain_chars": 250_000,  # each domain's text is cut to its first paragraphs within this many characters
+    # A voter rejects a proposal that raises its validation bits per character by more than
+    # this. Measured on the testnet's base (docs/lm.md): honest adapters from other domains
+    # move a voter's bpc by -0.04 to +0.001, an adapter trained on garbage text by +0.06 to
+    # +0.15, noise:1 by ~+0.9; the classifier's default (0.25, wider on small splits) passes
+    # the garbage.
+    "max_bpc_rise": 0.02,
     **lora_keys(8, 16.0, ["q_proj", "v_proj"]),
 }
 
@@ -74,8 +84,9 @@ class CausalLoraRecipe(LoraRecipe):
         for key in ("seq_len", "batch_size", "steps", "max_chars", "score_batch", "domain_chars"):
             if not (isinstance(c[key], int) and c[key] >= (2 if key == "seq_len" else 1)):
                 raise BadRecipeConfig(f"{self.name}: {key} must be a positive integer")
-        if not (isinstance(c["lr"], int | float) and math.isfinite(c["lr"]) and c["lr"] > 0):
-            raise BadRecipeConfig(f"{self.name}: lr must be > 0")
+        for key in ("lr", "max_bpc_rise"):
+            if not (isinstance(c[key], int | float) and math.isfinite(c[key]) and c[key] > 0):
+                raise BadRecipeConfig(f"{self.name}: {key} must be > 0")
         domains = c["domains"]
         if not (isinstance(domains, list) and domains and all(isinstance(d, str) and d for d in domains)):
             raise BadRecipeConfig(f"{self.name}: domains must be a non-empty list of module names")
@@ -85,6 +96,11 @@ class CausalLoraRecipe(LoraRecipe):
             if self._loaded is None:
                 self._loaded = self.load_base(resolve_base(parse_hash(self.config["base_hash"])))
             return self._loaded
+
+    @property
+    def max_loss_rise(self) -> float:
+        """What the vote tolerates (``flockd.fl.score.Scorer.max_loss_rise``), in bits per character."""
+        return float(self.config["max_bpc_rise"])
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -124,8 +140,15 @@ class CausalLoraRecipe(LoraRecipe):
             return None  # the node's own text has no task-wide test split
         test: list[Example] = []
         for index in range(len(self.config["domains"])):
-            test += self._carved(self._domain(index), spec, True)[2]
+            test += self._domain_test_examples(spec, index)
         return self._tokenized(test)
+
+    def domain_test(self, spec: DataSpec, index: int) -> TokenizedText:
+        """The test split of the demo corpus's domain ``index`` alone (per-domain figures)."""
+        return self._tokenized(self._domain_test_examples(spec, index))
+
+    def _domain_test_examples(self, spec: DataSpec, index: int) -> list[Example]:
+        return self._carved(self._domain(index), spec, True)[2]
 
     def train(
         self,
@@ -138,10 +161,15 @@ class CausalLoraRecipe(LoraRecipe):
         seed: int = 0,
     ) -> TrainStats:
         c = self.config
-        taken, loss = train_steps(
+        started = time.perf_counter()
+        taken, loss, tokens = train_steps(
             model, data, self.tokenizer.pad_id, steps=steps or c["steps"], lr=lr or c["lr"],
             batch_size=c["batch_size"], seed=seed,
         )
+        seconds = time.perf_counter() - started
+        # Training speed in the log, so the daemon's can be set against a bare script's (docs/lm.md).
+        log.info("lm trained", steps=taken, tokens=tokens, seconds=round(seconds, 3),
+                 tokens_per_s=round(tokens / seconds, 1) if seconds > 0 else None)
         return TrainStats(samples=len(data), steps=taken, loss=loss)
 
     def evaluate(self, model: torch.nn.Module, data: TokenizedText) -> Metrics:

@@ -13,6 +13,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from flockd.lm.testnet import LM_RECIPES
 from flockd.testnet.report import node_name, short_hex
 
 Status = Mapping[str, Any] | None
@@ -82,6 +83,8 @@ def summary_line(statuses: Sequence[Status], malicious: frozenset[str] | None = 
         f"{head} · accepted {last.get('accepted', '?')} rejected {last.get('rejected', '?')}"
         f" · accuracy {_accuracy(last)}"
     )
+    if status.get("recipe") in LM_RECIPES and isinstance(last.get("test_loss"), int | float):
+        line += f" · bits per character {last['test_loss']:.4f}"  # an LM recipe's loss
     if malicious is not None:
         line += f" · malicious accepted {_count_in(last.get('accepted_proposers'), malicious)}"
         line += f" of {_count_in(last.get('proposers'), malicious)} proposed"

@@ -1,0 +1,311 @@
+"""`scripts/bench lm`: federated LoRA four ways on the same base, data and steps.
+
+In one process (the simulation's style: every node's work runs one after another), on the
+testnet's base (``flockd.lm.testnet.TESTNET_BASE_BUILD``, built once and cached) and its
+task config, with ``--nodes`` nodes each holding one docstring domain (non-IID):
+
+1. **flockd**: every node trains a fresh adapter on the global weights and proposes it;
+   every other node votes on it (``Worker.score``: bits per character on the voter's own
+   validation text); a proposal with a strict majority of +1 is accepted; the exact mean
+   of the accepted updates s·B·A is folded into the weights (``Worker.aggregate``).
+2. **A and B averaged separately** (Flower's FlowerTune and OpenFedLLM): one global
+   adapter, every node trains it from the global A and B, the server averages A and B
+   tensor by tensor; the model is base + s·mean(B)·mean(A).
+3. **centralized**: one trainer on every node's training text pooled, ``nodes`` times the
+   steps a round (the same compute), a fresh adapter folded each round (upper bound).
+4. **local-only**: each node alone on its own domain, a fresh adapter folded each round;
+   per-domain figures are the mean over the nodes' models (lower bound).
+
+Then the attack rows: ``--attackers`` of the nodes (40% by default) train on garbage text
+(random symbols, ``flockd.lm.corpus.garbage_text``) and vote to accept everything, under 1. and 2.
+
+Reported per method: bits per character on each domain's test split, their mean, wall
+seconds (all nodes' training, voting and aggregation, one after another; not the test
+evaluation) and bytes sent (flockd: each proposal to every other node; Flower's way:
+every adapter up and the global adapter down; centralized: the training text, UTF-8).
+``--write`` replaces the "Language models" section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+import numpy as np
+
+from flockd.fl.attacks import Behaviour
+from flockd.fl.codec import encode_delta
+from flockd.fl.data import DataSpec
+from flockd.fl.recipe import training_seed
+from flockd.fl.tensors import Tensors, load_model_state, shapes
+from flockd.lm.causal import TokenizedText
+from flockd.lm.corpus import garbage_text
+from flockd.lm.lora import adapter_values, attached, expand, factor_mean, fresh_adapter
+from flockd.lm.recipe import CausalLoraRecipe
+from flockd.tasks.spec import TaskSpec
+from flockd.tasks.work import Worker
+
+DOMAINS = ("numpy", "torch.nn", "asyncio", "collections", "trio")  # one per node, non-IID
+SECTION = "## Language models"
+ACCEPT_ALL = Behaviour(vote="accept-all")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    method: str
+    domain_bpc: tuple[float, ...]
+    seconds: float
+    bytes_sent: int
+    note: str = ""
+
+    @property
+    def mean_bpc(self) -> float:
+        return math.fsum(self.domain_bpc) / len(self.domain_bpc)
+
+
+@dataclass
+class Bench:
+    """The shared ground: one task spec, the nodes' workers, every domain's test text."""
+
+    spec: TaskSpec
+    rounds: int
+    workers: list[Worker]
+    tests: list[TokenizedText]
+
+    @property
+    def recipe(self) -> CausalLoraRecipe:
+        recipe = self.workers[0].recipe
+        assert isinstance(recipe, CausalLoraRecipe)
+        return recipe
+
+    def bpc(self, state: Tensors) -> tuple[float, ...]:
+        model = self.recipe.build_model(0)
+        load_model_state(model, state)
+        return tuple(self.recipe.evaluate(model, text)["loss"] for text in self.tests)
+
+
+def train_text(worker: Worker) -> TokenizedText:
+    text = worker.train_split
+    if not isinstance(text, TokenizedText):
+        raise TypeError(f"{worker.recipe.name} is not a causal LM recipe")
+    return text
+
+
+def garbage_file(directory: Path, index: int, chars: int) -> Path:
+    path = directory / f"garbage-{index}.txt"
+    path.write_text(garbage_text(index, chars))
+    return path
+
+
+def make_bench(config: dict[str, Any], nodes: int, rounds: int, attackers: int, garbage_dir: Path) -> Bench:
+    """Honest workers first, then ``attackers`` garbage-text ones voting accept-all."""
+    spec = TaskSpec("lm-lora", config=config, num_nodes=nodes, seed=1)
+    workers = []
+    for i in range(nodes):
+        if i < nodes - attackers:
+            workers.append(Worker(spec, i))
+        else:
+            path = garbage_file(garbage_dir, i, config["domain_chars"])
+            workers.append(Worker(spec, i, str(path), behaviour=ACCEPT_ALL))
+    recipe = workers[0].recipe
+    assert isinstance(recipe, CausalLoraRecipe)
+    data = DataSpec(node_index=0, num_nodes=nodes, seed=spec.seed)
+    tests = [recipe.domain_test(data, i) for i in range(len(config["domains"]))]
+    return Bench(spec, rounds, workers, tests)
+
+
+def fold(state: Tensors, adapter: Tensors, scale: float) -> Tensors:
+    update = expand(adapter, scale)
+    return {n: (v.astype(np.float64) + update[n]).astype(np.float32) if n in update else v for n, v in state.items()}
+
+
+def run_flockd(bench: Bench, label: str) -> Outcome:
+    """Per-proposal votes (every node proposes; the others vote), exact aggregation."""
+    workers, n = bench.workers, len(bench.workers)
+    state = workers[0].initial_model()
+    sent, accepted = 0, [0] * n
+    start = time.perf_counter()
+    for r in range(bench.rounds):
+        wires = [w.train(state, r) for w in workers]
+        sent += sum(len(w) for w in wires) * (n - 1)
+        yes = [0] * n
+        for v, voter in enumerate(workers):
+            others = [p for p in range(n) if p != v]
+            votes = voter.score(state, [wires[p] for p in others], [bytes([p]) * 20 for p in others], False, r)
+            for p, ballot in zip(others, votes, strict=True):
+                yes[p] += ballot > 0
+        chosen = [p for p in range(n) if 2 * yes[p] > n - 1]
+        for p in chosen:
+            accepted[p] += 1
+        state = workers[0].aggregate(state, [wires[p] for p in chosen])
+    seconds = time.perf_counter() - start
+    honest = [i for i, w in enumerate(workers) if w.behaviour.is_honest]
+    note = f"accepted {sum(accepted[i] for i in honest)}/{len(honest) * bench.rounds} honest proposals"
+    if len(honest) < n:
+        note += f", {sum(accepted) - sum(accepted[i] for i in honest)}/{(n - len(honest)) * bench.rounds} attackers'"
+    return Outcome(label, bench.bpc(state), seconds, sent, note)
+
+
+def train_adapter(bench: Bench, state: Tensors, start_adapter: Tensors, data: TokenizedText, steps: int, seed: int) -> Tensors:
+    """``start_adapter`` trained for ``steps`` on ``data`` on the weights ``state``."""
+    recipe = bench.recipe
+    model = recipe.build_model(0)
+    load_model_state(model, state)
+    with attached(model, recipe.lora(), start_adapter) as wrapped:
+        recipe.train(model, data, steps=steps, seed=seed)
+        return adapter_values(wrapped)
+
+
+def run_factor_mean(bench: Bench, label: str) -> Outcome:
+    """Flower's FedAvg over the adapter's tensors: one global adapter, A and B averaged apart."""
+    recipe, workers = bench.recipe, bench.workers
+    base = workers[0].initial_model()
+    lora = recipe.lora()
+    adapter = fresh_adapter(lora, shapes(base), seed=training_seed(bench.spec.seed, 0, 0))
+    wire_size = len(encode_delta(adapter))
+    start = time.perf_counter()
+    for r in range(bench.rounds):
+        trained = [
+            train_adapter(bench, base, adapter, train_text(w), recipe.config["steps"], training_seed(bench.spec.seed, r, i))
+            for i, w in enumerate(workers)
+        ]
+        adapter = factor_mean(trained)
+    seconds = time.perf_counter() - start
+    sent = 2 * wire_size * len(workers) * bench.rounds
+    return Outcome(label, bench.bpc(fold(base, adapter, lora.scale)), seconds, sent)
+
+
+def fresh_rounds(bench: Bench, worker: Worker, data: TokenizedText, steps: int, node: int) -> Tensors:
+    """``bench.rounds`` rounds of a fresh adapter trained ``steps`` on ``data``, each folded."""
+    lora = bench.recipe.lora()
+    state = worker.initial_model()
+    for r in range(bench.rounds):
+        seed = training_seed(bench.spec.seed, r, node)
+        adapter = train_adapter(bench, state, fresh_adapter(lora, shapes(state), seed), data, steps, seed)
+        state = fold(state, adapter, lora.scale)
+    return state
+
+
+def run_centralized(bench: Bench, label: str) -> Outcome:
+    honest = [w for w in bench.workers if w.behaviour.is_honest]
+    windows = tuple(win for w in honest for win in train_text(w).windows)
+    pooled = TokenizedText(windows, sum(train_text(w).target_bytes for w in honest))
+    start = time.perf_counter()
+    state = fresh_rounds(bench, honest[0], pooled, bench.recipe.config["steps"] * len(honest), 0)
+    seconds = time.perf_counter() - start
+    return Outcome(label, bench.bpc(state), seconds, pooled.target_bytes, "the training text is what travels")
+
+
+def run_local_only(bench: Bench, label: str) -> Outcome:
+    honest = [w for w in bench.workers if w.behaviour.is_honest]
+    start = time.perf_counter()
+    states = [fresh_rounds(bench, w, train_text(w), bench.recipe.config["steps"], i) for i, w in enumerate(honest)]
+    seconds = time.perf_counter() - start
+    per_node = [bench.bpc(s) for s in states]
+    mean = tuple(math.fsum(col) / len(col) for col in zip(*per_node, strict=True))
+    own = math.fsum(per_node[i][i] for i in range(len(honest))) / len(honest)
+    return Outcome(label, mean, seconds, 0, f"mean of the {len(honest)} nodes' models; on its own domain {own:.4f}")
+
+
+def table(outcomes: Sequence[Outcome], domains: Sequence[str], base_bpc: Sequence[float]) -> str:
+    head = "| method | " + " | ".join(domains) + " | mean | wall s | bytes sent | note |"
+    rule = "|---|" + "---:|" * (len(domains) + 3) + "---|"
+    rows = [head, rule, "| base | " + " | ".join(f"{b:.4f}" for b in base_bpc) + f" | {math.fsum(base_bpc) / len(base_bpc):.4f} | | | |"]
+    for o in outcomes:
+        cells = " | ".join(f"{b:.4f}" for b in o.domain_bpc)
+        rows.append(f"| {o.method} | {cells} | {o.mean_bpc:.4f} | {o.seconds:.0f} | {o.bytes_sent:,} | {o.note} |")
+    return "\n".join(rows)
+
+
+def write_section(path: Path, text: str) -> None:
+    """Replace (or append) the ``SECTION`` at the end of ``path``: only that section."""
+    old = path.read_text()
+    kept = old[: old.index(SECTION)].rstrip() if SECTION in old else old.rstrip()
+    path.write_text(kept + "\n\n" + text.rstrip() + "\n")
+
+
+def commit() -> str:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
+    return done.stdout.strip() or "unknown"
+
+
+def train_speed(config: dict[str, Any], nodes: int, repeats: int) -> None:
+    """A bare script's training speed: node 0's round-0 training as a daemon runs it (one
+    torch thread, ``Worker.train``), ``repeats`` times; tokens/s from the recipe's log."""
+    from flockd.fl.recipe import limit_torch_threads
+
+    limit_torch_threads(1)
+    worker = Worker(TaskSpec("lm-lora", config=config, num_nodes=nodes, seed=0), 0)
+    state = worker.initial_model()
+    for _ in range(repeats):
+        worker.train(state, 0)  # logs "lm trained ... tokens_per_s=..."
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/bench lm", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", type=int, default=len(DOMAINS))
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--attackers", type=int, default=2, help="garbage-text proposers in the attack rows (0: none)")
+    parser.add_argument("--write", action="store_true", help="replace the Language models section of docs/benchmarks.md")
+    parser.add_argument("--train-speed", type=int, default=0, metavar="N",
+                        help="only time N trainings of the testnet task's node 0 (a bare script, set against a daemon's log)")
+    args = parser.parse_args(argv)
+    if not (2 <= args.nodes <= len(DOMAINS) and (args.train_speed or 0 <= args.attackers < args.nodes) and args.rounds >= 1):
+        parser.error(f"need 2 <= nodes <= {len(DOMAINS)}, 0 <= attackers < nodes, rounds >= 1")
+
+    from flockd.lm.build import BaseBuild, build_base
+    from flockd.lm.testnet import TESTNET_BASE_BUILD, TESTNET_CONFIG
+
+    built = build_base(BaseBuild(**TESTNET_BASE_BUILD))
+    if args.train_speed:
+        train_speed({"base_hash": "0x" + built.base_hash.hex(), **TESTNET_CONFIG}, args.nodes, args.train_speed)
+        return 0
+    domains = list(DOMAINS[: args.nodes])
+    config = {"base_hash": "0x" + built.base_hash.hex(), **TESTNET_CONFIG, "domains": domains}
+    started = datetime.now(UTC)
+    outcomes: list[Outcome] = []
+    with TemporaryDirectory() as tmp:
+        clean = make_bench(config, args.nodes, args.rounds, 0, Path(tmp))
+        base_bpc = clean.bpc(clean.workers[0].initial_model())
+        runs: list[tuple[Bench, Callable[[Bench, str], Outcome], str]] = [
+            (clean, run_flockd, "flockd: per-proposal vote, exact mean of s·B·A folded"),
+            (clean, run_factor_mean, "A and B averaged separately (FlowerTune / OpenFedLLM)"),
+            (clean, run_centralized, "centralized (upper bound)"),
+            (clean, run_local_only, "local-only (lower bound)"),
+        ]
+        if args.attackers:
+            attacked = make_bench(config, args.nodes, args.rounds, args.attackers, Path(tmp))
+            share = f"{args.attackers}/{args.nodes} garbage-text proposers"
+            runs += [
+                (attacked, run_flockd, f"flockd, {share} voting accept-all"),
+                (attacked, run_factor_mean, f"A and B averaged separately, {share}"),
+            ]
+        for bench, run, label in runs:
+            outcome = run(bench, label)
+            print(f"{label}: mean {outcome.mean_bpc:.4f} bpc, {outcome.seconds:.0f} s", file=sys.stderr)
+            outcomes.append(outcome)
+    c = clean.recipe.config
+    text = "\n".join([
+        SECTION, "",
+        f"`scripts/bench lm --nodes {args.nodes} --rounds {args.rounds} --attackers {args.attackers}` "
+        f"on {started:%Y-%m-%d %H:%M} UTC, commit {commit()}: the testnet's base ({built.parameters:,} parameters), "
+        f"{args.nodes} nodes with one docstring domain each ({c['domain_chars']:,} characters), {args.rounds} rounds of "
+        f"{c['steps']} Adam steps of {c['batch_size']} × {c['seq_len']} tokens, LoRA r={c['lora_rank']} α={c['lora_alpha']} "
+        f"on {', '.join(c['lora_targets'])}, lr {c['lr']}. Held-out bits per character on each domain's test split "
+        "(lower is better); wall seconds of all nodes' work one after another in one process on 2 shared cores.",
+        "",
+        table(outcomes, domains, base_bpc),
+    ])
+    print(text)
+    if args.write:
+        write_section(Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md", text)
+    return 0
