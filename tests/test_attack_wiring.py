@@ -228,6 +228,29 @@ def test_simulation_without_behaviours_is_the_honest_run():
     assert honest.behaviours == {}
 
 
+def test_simulation_oracle_accepts_exactly_the_honest_proposals():
+    """The ceiling a vote is measured against (flockd.bench.ceiling): a perfect oracle
+    aggregates every honest proposal and no malicious one; refilled, the cartel holds no
+    proposer slot at all."""
+    cartel = {i: parse_behaviour("collude") for i in (1, 3, 4)}
+    perfect = simulate(
+        "cancer-logreg", nodes=8, rounds=4, seed=1, behaviours=cartel, oracle="perfect",
+        elect_probability=0.5,
+    )  # fmt: skip
+    assert any(set(r.proposers) & set(cartel) for r in perfect.rounds)  # they did propose
+    for r in perfect.rounds:
+        assert r.accepted == [i for i in r.proposers if i not in cartel]
+    refilled = simulate(
+        "cancer-logreg", nodes=8, rounds=4, seed=1, behaviours=cartel,
+        oracle="perfect-refilled", elect_probability=0.5,
+    )  # fmt: skip
+    assert sum(len(r.proposers) for r in refilled.rounds) > 0
+    for r in refilled.rounds:
+        assert not set(r.proposers) & set(cartel) and r.accepted == r.proposers
+    with pytest.raises(ValueError, match="not both"):
+        simulate("cancer-logreg", nodes=3, rounds=1, vote=True, oracle="perfect")
+
+
 def test_simulate_cli_takes_malicious_fraction_and_attack(capsys):
     assert (
         simulate_main(

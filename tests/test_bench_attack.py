@@ -232,3 +232,13 @@ def test_stake_share_preset_on_a_tiny_grid_with_two_partitions(tmp_path: Path) -
     assert (tmp_path / "out" / "accuracy-dirichlet-0.5.png").exists()
     assert (tmp_path / "out" / "stake-share-dirichlet-0.5.png").exists()
     assert "](out/stake-share.png)" in section
+
+
+def test_ceiling_prints_the_oracle_setups_against_the_clean_run(capsys):
+    from flockd.bench import ceiling
+
+    args = ["--fractions", "0.25", "--seeds", "0,1", "--nodes", "4", "--rounds", "1"]
+    assert ceiling.main(args) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 25%")]
+    assert [row.split("|")[2].strip() for row in rows] == ["clean", "perfect", "refilled"]
+    assert rows[0].split("|")[5].strip() == "–" and "±" in rows[1].split("|")[5]

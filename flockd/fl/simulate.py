@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -46,6 +46,11 @@ from flockd.fl.tensors import Tensors, load_model_state, model_state, subtract
 
 # (node index, round index, honest delta) -> the delta the node actually sends.
 DeltaTransform = Callable[[int, int, Tensors], Tensors]
+# What decides which proposals are aggregated: every proposal (no defence), the honest
+# nodes' vote (``vote=True``), or an oracle that accepts exactly the honest proposals, the
+# best any vote can do (``perfect``), optionally with the cartel's proposer slots given to
+# honest nodes too (``perfect-refilled``): the ceilings a defence is measured against.
+Oracle = Literal["perfect", "perfect-refilled"]
 
 
 @dataclass(frozen=True)
@@ -101,10 +106,18 @@ def simulate(
     transform: DeltaTransform | None = None,
     behaviours: Mapping[int, Behaviour] | None = None,
     on_round: Callable[[RoundFigures], None] | None = None,
+    elect_probability: float | None = None,
+    oracle: Oracle | None = None,
 ) -> Simulation:
     """Run ``rounds`` rounds over ``nodes`` nodes; ``proposers`` per round (all if None),
     the rest vote when ``vote`` is set (otherwise every proposal is accepted). Nodes
-    missing from ``behaviours`` are honest."""
+    missing from ``behaviours`` are honest. ``elect_probability``: instead of a fixed
+    number, each node proposes with this probability on its own, as sortition elects
+    (a round may then have no proposer). ``oracle``: see ``Oracle``; with
+    ``perfect-refilled`` only honest nodes are drawn, each with the probability scaled by
+    nodes / honest nodes, so a round expects as many proposals as without attackers."""
+    if oracle is not None and vote:
+        raise ValueError("an oracle decides instead of the vote: not both")
     if isinstance(recipe, str):
         recipe = load_recipe(recipe)
     behaviours = behaviours or {}
@@ -127,9 +140,17 @@ def simulate(
         {m.index: str(m.behaviour) for m in members if not m.behaviour.is_honest},
     )
     draw = np.random.Generator(np.random.PCG64([seed, 4]))
+    honest_nodes = [m.index for m in members if m.behaviour.is_honest]
     for r in range(rounds):
         started = time.perf_counter()
-        chosen = sorted(draw.permutation(nodes)[: proposers or nodes].tolist())
+        if elect_probability is not None:
+            pool = honest_nodes if oracle == "perfect-refilled" else list(range(nodes))
+            chance = min(1.0, elect_probability * nodes / len(pool))
+            chosen = [i for i, u in zip(pool, draw.random(len(pool)), strict=True) if u < chance]
+        elif oracle == "perfect-refilled":
+            chosen = sorted(draw.permutation(honest_nodes)[: proposers or nodes].tolist())
+        else:
+            chosen = sorted(draw.permutation(nodes)[: proposers or nodes].tolist())
         wires: dict[int, bytes] = {}
         for i in chosen:
             load_model_state(model, state)
@@ -144,7 +165,10 @@ def simulate(
         # Decoded as a peer would (None: unusable, protocol/spec/delta.md §3).
         offered = dict(zip(wires, usable_deltas(state, list(wires.values())), strict=True))
         voters = [m for m in members if m.index not in offered] if vote else []
-        accepted = _tally(recipe, state, offered, voters, members, seed, r)
+        if oracle is None:
+            accepted = _tally(recipe, state, offered, voters, members, seed, r)
+        else:
+            accepted = [i for i in sorted(offered) if members[i].behaviour.is_honest]
         usable = [d for d in (offered[i] for i in accepted) if d is not None]
         if usable:
             state = apply(state, aggregate(usable, rule))
