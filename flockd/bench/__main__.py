@@ -9,7 +9,7 @@ import sys
 import flockd.bench
 
 # Long runs that install extra packages (flwr): named explicitly, never part of `all`.
-NOT_IN_ALL = frozenset({"attack", "flower"})
+NOT_IN_ALL = frozenset({"attack", "ceiling", "flower", "lm"})  # each runs for many minutes
 
 
 def available() -> list[str]:
