@@ -284,7 +284,9 @@ class BulkListener:
         size_cap: SizeCap,
         blob_slots: TransferSlots,
         banned: Callable[[str], bool],
+        counters: Counters | None = None,
     ) -> None:
+        """`counters`: where bulk_sessions_keyed and bulk_sessions_failed are counted."""
         self._host = host
         self._limits = limits
         self._serve_blob = serve_blob
@@ -297,7 +299,7 @@ class BulkListener:
         self._unclaimed = trio.Semaphore(2 * limits.max_inbound_blobs)  # connections without a ticket yet
         self._keyed: dict[bytes, _Keyed] = {}
         self._nursery: trio.Nursery | None = None
-        self.counters = Counters()
+        self.counters = counters or Counters()
         self.port = 0
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -427,12 +429,13 @@ class BulkSessions:
     share; more blobs to that peer wait), reused blob after blob, dropped after an error or
     once idle for half the receiver's idle limit."""
 
-    def __init__(self, limits: P2PLimits, key_session: SessionKeyer) -> None:
+    def __init__(self, limits: P2PLimits, key_session: SessionKeyer, counters: Counters | None = None) -> None:
+        """`counters`: where bulk_sessions_opened is counted."""
         self._limits = limits
         self._key_session = key_session
         self._shares: dict[str, trio.Semaphore] = {}
         self._idle: dict[str, list[_Idle]] = {}
-        self.counters = Counters()
+        self.counters = counters or Counters()
 
     async def request(self, peer_id: str, kind: str, data: bytes, reply_cap: SizeCap) -> Frame:
         """Send `data` and return the receiver's reply frame (`!error` when it refused)."""

@@ -77,7 +77,8 @@ class P2PService(P2PNetwork):
         assert isinstance(swarm, Swarm)  # new_host builds a Swarm
         swarm.auto_connector = _NoAutoDials(swarm, swarm.connection_config.auto_connect_interval)
         self._id = self._host.get_id()
-        # gossip_dropped, gossip_rejected, peers_banned, inbound_refused (metrics).
+        # gossip_dropped, gossip_rejected, peers_banned, inbound_refused, bulk_sessions_opened,
+        # bulk_sessions_keyed, bulk_sessions_failed (metrics).
         self.counters = Counters()
         self._scores = PeerScores(
             threshold=limits.ban_threshold, decay=limits.score_decay, ban_seconds=limits.ban_seconds
@@ -110,8 +111,9 @@ class P2PService(P2PNetwork):
             size_cap=self._inbound_cap,
             blob_slots=self._blob_slots,
             banned=self.is_banned,
+            counters=self.counters,
         )
-        self._bulk_sessions = bulk.BulkSessions(limits, self._key_bulk_session)
+        self._bulk_sessions = bulk.BulkSessions(limits, self._key_bulk_session, self.counters)
         self._running = False
         self._host.set_stream_handler(blobs.PROTOCOL, self._serve_blob)  # type: ignore[arg-type]
 
