@@ -65,11 +65,6 @@ def reply_cap(kind: str) -> int | None:
     return {REPLY_DATA: 8, REPLY_ERROR: 1024, "!none": 0}.get(kind)
 
 
-def answer_cap(kind: str) -> int | None:
-    """What a raw dialer accepts from the receiver: a go, a refusal or a reply."""
-    return 0 if kind == bulk.GO else reply_cap(kind)
-
-
 async def open_raw(listener: BulkListener, peer_id: str = PEER) -> tuple[trio.SocketStream, SealedChannel, Answer]:
     """A dialer's session by hand: the attacker's tool."""
     answer = listener.key_session(peer_id)
@@ -89,6 +84,15 @@ async def raw_session(receiver: Receiver) -> AsyncIterator[tuple[trio.SocketStre
             yield sock, channel
         await sock.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def receive_raw(sock: trio.SocketStream, size: int) -> bytes:
+    raw = b""
+    while len(raw) < size:
+        got = await sock.receive_some(size - len(raw))
+        assert got
+        raw += got
+    return raw
 
 
 async def assert_closed(sock: trio.SocketStream) -> None:
@@ -115,21 +119,16 @@ async def test_blob_after_blob_on_one_session_with_their_replies() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_a_declared_size_over_the_cap_is_refused_before_any_body_and_the_session_goes_on() -> None:
+@pytest.mark.parametrize(("kind", "size"), [(KIND, CAP + 1), (KIND, 2**64 - 1), ("unknown.kind", 1)])
+async def test_a_header_over_the_cap_or_of_an_unknown_kind_is_refused_before_any_body(kind: str, size: int) -> None:
     receiver = Receiver()
     async with raw_session(receiver) as (sock, channel):
-        for size in (CAP + 1, 2**64 - 1):
-            await channel.send_header(KIND, size)
-            refusal = await channel.receive_message(answer_cap, 5.0, LIMITS.blob_min_rate)
-            assert refusal.kind == REPLY_ERROR and b"cap" in refusal.data
-        await channel.send_header("unknown.kind", 1)
-        assert (await channel.receive_message(answer_cap, 5.0, LIMITS.blob_min_rate)).kind == REPLY_ERROR
-        # The same session still carries a blob within the cap.
-        await channel.send_header(KIND, 10)
-        assert (await channel.receive_message(answer_cap, 5.0, LIMITS.blob_min_rate)).kind == bulk.GO
-        await channel.send_body(b"0123456789")
-        assert (await channel.receive_message(answer_cap, 5.0, LIMITS.blob_min_rate)).data == (10).to_bytes(8, "big")
-    assert receiver.served == [(PEER, KIND, b"0123456789")]
+        await channel.send_header(kind, size)
+        await channel.send_body(os.urandom(CHUNK))  # the body follows at once; it is never read
+        refusal = await channel.receive_message(reply_cap, 5.0, LIMITS.blob_min_rate)
+        assert refusal.kind == REPLY_ERROR and (b"cap" in refusal.data or b"not accepted" in refusal.data)
+        await assert_closed(sock)  # the refusal ends the session
+    assert receiver.served == []
 
 
 async def test_a_replayed_record_fails_authentication_and_ends_the_session() -> None:
@@ -142,10 +141,8 @@ async def test_a_replayed_record_fails_authentication_and_ends_the_session() -> 
         body = aead.encrypt(bulk._NONCE.pack(bulk.TO_RECEIVER, 1), b"abcd", None)
         sock = await trio.open_tcp_stream("127.0.0.1", answer.port)
         with trio.fail_after(30):
-            await sock.send_all(answer.ticket + header)
-            await sock.receive_some(bulk.SEALED_HEADER)  # the go
-            await sock.send_all(body)
-            await sock.receive_some(1 << 16)  # the reply
+            await sock.send_all(answer.ticket + header + body)
+            await receive_raw(sock, bulk.SEALED_HEADER + 8 + bulk.TAG)  # the reply
             await sock.send_all(header + body)  # the first blob again, as recorded
             await assert_closed(sock)
         assert len(receiver.served) == 1  # the replay reached no handler
@@ -155,13 +152,12 @@ async def test_a_replayed_record_fails_authentication_and_ends_the_session() -> 
 async def test_a_receiver_record_reflected_back_fails_authentication() -> None:
     receiver = Receiver()
     async with raw_session(receiver) as (sock, channel):
-        await channel.send_header(KIND, 2 * CAP)  # refused: the receiver seals a reply
-        raw = b""
-        while len(raw) < bulk.SEALED_HEADER:
-            raw += await sock.receive_some(bulk.SEALED_HEADER - len(raw))
-        await sock.send_all(raw)  # its own sealed header, sent back as ours
+        await channel.send_message(KIND, b"abcd")
+        reply_header = await receive_raw(sock, bulk.SEALED_HEADER)  # sealed by the receiver
+        await receive_raw(sock, 8 + bulk.TAG)
+        await sock.send_all(reply_header)  # sent back as our next header
         await assert_closed(sock)
-    assert receiver.served == []
+    assert len(receiver.served) == 1
 
 
 async def test_another_header_instead_of_the_body_ends_the_session() -> None:
@@ -169,7 +165,6 @@ async def test_another_header_instead_of_the_body_ends_the_session() -> None:
     receiver = Receiver()
     async with raw_session(receiver) as (sock, channel):
         await channel.send_header(KIND, 4)
-        assert (await channel.receive_message(answer_cap, 5.0, LIMITS.blob_min_rate)).kind == bulk.GO
         await channel.send_header(KIND, 4)  # a second blob's header where the body belongs
         await assert_closed(sock)
     assert receiver.served == []
@@ -255,7 +250,6 @@ async def test_a_dialer_resetting_mid_blob_fails_that_session_only() -> None:
     data = os.urandom(3 * CHUNK)
     async with raw_session(receiver) as (sock, channel):
         await channel.send_header(KIND, 3 * CHUNK)
-        assert (await channel.receive_message(answer_cap, 5.0, LIMITS.blob_min_rate)).kind == bulk.GO
         await channel.send_body(os.urandom(CHUNK))
         sock.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         await sock.aclose()  # with linger 0: an RST, not a FIN
@@ -291,7 +285,7 @@ async def test_a_refusal_comes_back_as_an_error_reply() -> None:
             reply = await sessions.request(PEER, KIND, os.urandom(CAP + 1), reply_cap)
             assert reply.kind == REPLY_ERROR and b"cap" in reply.data
             assert (await sessions.request(PEER, KIND, b"x", reply_cap)).kind == REPLY_DATA
-        assert sessions.counters.get("bulk_sessions_opened") == 1
+        assert sessions.counters.get("bulk_sessions_opened") == 2  # a refusal ends its session
         await sessions.close_idle()
         nursery.cancel_scope.cancel()
 

@@ -61,7 +61,6 @@ from flockd.stats import Counters
 logger = logging.getLogger("flockd.p2p")
 
 BULK = "!bulk"  # the keying request and its answer, on the blob stream
-GO = "!go"  # the receiver's answer to a header it accepts: send the body
 KEY = 32
 TICKET = 16
 TAG = 16
@@ -184,6 +183,18 @@ class SealedChannel:
 
     async def aclose(self) -> None:
         await self._sock.aclose()
+
+    async def drain(self) -> None:
+        """Before closing with the peer's records still coming: stop sending, and read and
+        drop what comes for up to 2 s (until the peer closes), so that closing does not
+        reset the connection before the peer has read what we sent."""
+        with trio.move_on_after(2.0):
+            try:
+                await self._sock.send_eof()
+                while await self._sock.receive_some(len(self._buffer)):
+                    pass
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
 
     async def _send_record(self, plain: memoryview) -> None:
         sealed = memoryview(self._buffer)[: len(plain) + TAG]
@@ -371,12 +382,13 @@ class BulkListener:
                 raise MalformedFrame(f"bulk header of kind {kind!r} from the dialer")
             try:
                 check_size(self._size_cap, kind, size)
+                if not self._blob_slots.try_acquire(peer_id):
+                    raise BlobError("busy: too many concurrent blob transfers")
             except BlobError as exc:
+                # The body is on its way: say why, and end the session rather than read it.
                 await channel.send_message(REPLY_ERROR, str(exc).encode()[:MAX_ERROR_REPLY])
-                continue
-            if not self._blob_slots.try_acquire(peer_id):
-                await channel.send_message(REPLY_ERROR, b"busy: too many concurrent blob transfers")
-                continue
+                await channel.drain()
+                return
             try:
                 await self._serve_one(channel, peer_id, kind, size)
             finally:
@@ -386,7 +398,6 @@ class BulkListener:
         allowed = _deadline(size, self._limits)
         try:
             with trio.fail_after(allowed):
-                await channel.send_header(GO, 0)
                 data = await channel.receive_body(size)
         except trio.TooSlowError as exc:
             raise BlobTimeout(f"the bulk transfer exceeded its deadline of {allowed:.0f}s") from exc
@@ -504,27 +515,58 @@ class BulkSessions:
     async def _exchange(
         self, peer_id: str, channel: SealedChannel, kind: str, data: bytes, reply_cap: SizeCap, *, reused: bool
     ) -> Frame:
+        # The body follows the header at once (a round trip for a go costs more than the
+        # socket time of a 4 MiB blob on a loaded machine); a receiver that refuses the
+        # header answers with its reason and ends the session, so the reply is read while
+        # the body is still going out, and a refusal stops it.
         limits = self._limits
-        answer_cap = {GO: 0, REPLY_ERROR: MAX_ERROR_REPLY}.get
+        allowed = _deadline(len(data), limits)
+        upload_error: list[BlobError] = []
+        reply: Frame | None = None
+
+        async def upload(reading: trio.CancelScope) -> None:
+            try:
+                with trio.fail_after(allowed):
+                    await channel.send_body(data)
+            except trio.TooSlowError:
+                upload_error.append(BlobTimeout(f"the bulk transfer exceeded its deadline of {allowed:.0f}s"))
+                reading.cancel()
+            except BlobError as exc:  # e.g. the receiver refused and closed: its reply says why
+                upload_error.append(exc)
+
         try:
             try:
                 await channel.send_header(kind, len(data))
-                answer = await channel.receive_message(answer_cap, limits.blob_read_timeout, limits.blob_min_rate)
+                read_error: list[BlobError] = []
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(upload, nursery.cancel_scope)
+                    try:
+                        reply = await channel.receive_message(
+                            reply_cap, limits.blob_read_timeout, limits.blob_min_rate,
+                            first_timeout=allowed + limits.blob_reply_timeout,
+                        )
+                    except BlobError as exc:  # raised below, not as an exception group
+                        read_error.append(exc)
+                    nursery.cancel_scope.cancel()  # a refusal can come before the body is out
+                if read_error:
+                    raise read_error[0]
             except (BulkError, TruncatedFrame) as exc:
                 raise (_Stale(str(exc)) if reused else exc) from exc
-            if answer.kind == GO:
-                allowed = _deadline(len(data), limits)
-                try:
-                    with trio.fail_after(allowed):
-                        await channel.send_body(data)
-                except trio.TooSlowError as exc:
-                    raise BlobTimeout(f"the bulk transfer exceeded its deadline of {allowed:.0f}s") from exc
-                answer = await channel.receive_message(
-                    reply_cap, limits.blob_read_timeout, limits.blob_min_rate, first_timeout=limits.blob_reply_timeout
-                )
+            if reply is None:
+                raise upload_error[0]
+            if reply.kind == REPLY_ERROR or upload_error:
+                raise _Refused(reply)  # the receiver ended the session
+        except _Refused as refused:
+            await channel.aclose()
+            return refused.reply
         except BaseException:
             with trio.CancelScope(shield=True):
                 await channel.aclose()
             raise
         self._idle.setdefault(peer_id, []).append(_Idle(channel, trio.current_time()))
-        return answer
+        return reply
+
+
+class _Refused(Exception):
+    def __init__(self, reply: Frame) -> None:
+        self.reply = reply
