@@ -333,3 +333,20 @@ def test_round_trips() -> None:
     assert bulk.decode_answer(bulk.encode_answer(answer)) == answer
     assert bulk.decode_header(bulk.encode_header("fl.delta.1", 5 << 20)) == ("fl.delta.1", 5 << 20)
     assert bulk.decode_header(bulk.encode_header("", 0)) == ("", 0)
+
+
+async def test_a_header_trickled_byte_by_byte_is_cut_at_the_idle_limit() -> None:
+    limits = P2PLimits(bulk_chunk=CHUNK, blob_read_timeout=5.0, bulk_idle=0.5, bulk_sessions=4, max_inbound_blobs=4)
+    receiver = Receiver(limits=limits)
+    async with raw_session(receiver) as (sock, _):
+
+        async def trickle() -> None:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                for _ in range(bulk.SEALED_HEADER):
+                    await sock.send_all(b"\0")
+                    await trio.sleep(0.2)  # each byte well within the read timeout
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trickle)
+            await assert_closed(sock)  # within the idle limit, not after 89 × 0.2 s
+            nursery.cancel_scope.cancel()

@@ -371,9 +371,11 @@ class BulkListener:
     async def _run_session(self, channel: SealedChannel, peer_id: str) -> None:
         limits = self._limits
         while True:
-            try:
-                header = await channel.receive_header(first_timeout=limits.bulk_idle)
-            except BlobTimeout:
+            # The whole header within the idle limit: trickling it byte by byte (each read
+            # within the read timeout) holds the session no longer than silence does.
+            with trio.move_on_after(limits.bulk_idle) as idle:
+                header = await channel.receive_header(first_timeout=math.inf)
+            if idle.cancelled_caught:
                 return  # idle for too long: the dialer opens a new session when it needs one
             if header is None or self._banned(peer_id):
                 return
