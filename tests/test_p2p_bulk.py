@@ -350,3 +350,26 @@ async def test_a_header_trickled_byte_by_byte_is_cut_at_the_idle_limit() -> None
             nursery.start_soon(trickle)
             await assert_closed(sock)  # within the idle limit, not after 89 × 0.2 s
             nursery.cancel_scope.cancel()
+
+
+async def test_a_receiver_trickling_its_reply_header_is_cut_at_the_dialers_deadline() -> None:
+    limits = P2PLimits(bulk_chunk=CHUNK, blob_read_timeout=0.5, blob_reply_timeout=0.5)
+    key, ticket = os.urandom(32), os.urandom(bulk.TICKET)
+
+    async def trickling_receiver(sock: trio.SocketStream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await receive_raw(sock, bulk.TICKET + bulk.SEALED_HEADER + 1 + bulk.TAG)
+            for _ in range(bulk.SEALED_HEADER):
+                await sock.send_all(b"\0")
+                await trio.sleep(0.3)  # each byte within the dialer's read timeout
+
+    async def keyer(peer_id: str) -> tuple[str, Answer]:
+        return "127.0.0.1", Answer(port, key, ticket)
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(trio.serve_tcp, trickling_receiver, 0)
+        port = listeners[0].socket.getsockname()[1]
+        sessions = BulkSessions(limits, keyer)
+        with trio.fail_after(10), pytest.raises(BlobError, match="header"):
+            await sessions.request(PEER, KIND, b"x", reply_cap)
+        nursery.cancel_scope.cancel()

@@ -169,7 +169,14 @@ class SealedChannel:
     async def receive_message(self, size_cap: SizeCap, grace: float, min_rate: float, *, first_timeout: float | None = None) -> Frame:
         """A header and its body: the size checked against `size_cap(kind)` first, the
         body within `transfer_deadline(size, grace, min_rate)`."""
-        header = await self.receive_header(first_timeout=first_timeout)
+        # The whole header within one read timeout of its first byte's: a peer trickling it
+        # byte by byte (each read in time) holds us no longer than one that is silent.
+        whole = (self._timeout if first_timeout is None else first_timeout) + self._timeout
+        try:
+            with trio.fail_after(whole):
+                header = await self.receive_header(first_timeout=first_timeout)
+        except trio.TooSlowError as exc:
+            raise BlobTimeout(f"the bulk peer's header took more than {whole:.0f}s") from exc
         if header is None:
             raise TruncatedFrame("the bulk session ended before a message")
         kind, size = header
