@@ -184,6 +184,10 @@ async def test_transfer_between_two_hosts_with_reply() -> None:
 
             assert await sender.send_blob(receiver.peer_id, "delta", payload) == digest(payload)
             assert received == [(sender.peer_id, "delta", payload)]
+            # Large blobs travel on one bulk session, keyed once.
+            assert await sender.send_blob(receiver.peer_id, "delta", payload[::-1]) == digest(payload[::-1])
+            assert sender.counters.get("bulk_sessions_opened") == 1
+            assert receiver.counters.get("bulk_sessions_keyed") == 1
             assert await sender.send_blob(receiver.peer_id, "note", b"hi") is None
 
             # Refusals come back as BlobRejected with the receiver's reason, and the

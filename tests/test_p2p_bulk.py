@@ -1,5 +1,6 @@
-"""The bulk channel: only the holder of a live one-time key and ticket gets bytes in, and
-every chunk, the order and the end are authenticated (AES-GCM under the one-time key)."""
+"""Bulk sessions: only the peer that keyed a session gets bytes in, every record is bound to
+its session, direction and place, a session carries blob after blob, and what a peer can
+hold open (sessions, slots, idle time) is bounded."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import contextlib
 import os
 import socket
 import struct
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 import pytest
 import trio
@@ -14,188 +17,359 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flockd.p2p import bulk
-from flockd.p2p.blobs import BlobError, MalformedFrame, TruncatedFrame
-from flockd.p2p.bulk import Answer, BulkError, BulkListener, Offer
+from flockd.p2p.blobs import REPLY_DATA, REPLY_ERROR, BlobError, BlobRejected, Frame, MalformedFrame
+from flockd.p2p.bulk import Answer, BulkListener, BulkSessions, SealedChannel
+from flockd.p2p.limits import P2PLimits
+from flockd.p2p.streams import TransferSlots
 
 CHUNK = 64 * 1024
+PEER = "peer-a"
+KIND = "blob.test"
+CAP = 8 * CHUNK
+LIMITS = P2PLimits(bulk_chunk=CHUNK, blob_read_timeout=5.0, bulk_idle=5.0, bulk_sessions=4, max_inbound_blobs=4)
 
 
-async def listening(nursery: trio.Nursery) -> BulkListener:
-    listener = BulkListener("127.0.0.1", chunk=CHUNK, timeout=5.0, max_unclaimed=4)
-    await nursery.start(listener.run)
-    return listener
+@dataclass
+class Receiver:
+    """A bulk listener whose blob service answers with the blob's length, and records what
+    it was handed."""
+
+    limits: P2PLimits = LIMITS
+    served: list[tuple[str, str, bytes]] = field(default_factory=list)
+    banned: set[str] = field(default_factory=set)
+    listener: BulkListener | None = None
+
+    async def serve_blob(self, peer_id: str, kind: str, data: bytes) -> Frame:
+        self.served.append((peer_id, kind, data))
+        return Frame(REPLY_DATA, len(data).to_bytes(8, "big"))
+
+    async def start(self, nursery: trio.Nursery) -> BulkListener:
+        self.listener = BulkListener(
+            "127.0.0.1",
+            self.limits,
+            serve_blob=self.serve_blob,
+            size_cap={KIND: CAP}.get,
+            blob_slots=TransferSlots(self.limits.max_inbound_blobs, self.limits.max_inbound_blobs_per_peer),
+            banned=self.banned.__contains__,
+        )
+        await nursery.start(self.listener.run)
+        return self.listener
+
+    async def keyer(self, peer_id: str) -> tuple[str, Answer]:
+        """What the blob stream does for a dialer: key a session for this peer."""
+        assert self.listener is not None
+        return "127.0.0.1", self.listener.key_session(PEER)
 
 
-async def send(port: int, answer: Answer, data: bytes) -> None:
-    await bulk.send_bulk(("127.0.0.1", port), answer, data, chunk=CHUNK, timeout=5.0)
+def reply_cap(kind: str) -> int | None:
+    return {REPLY_DATA: 8, REPLY_ERROR: 1024, "!none": 0}.get(kind)
 
 
-async def raw_send(port: int, ticket: bytes, key: bytes, chunks: list[bytes], end: bytes | None) -> None:
-    """The chunks, then `end` sealed as the end chunk (None: no end chunk)."""
-    aead = bulk.AESGCM(key)
-    sock = await trio.open_tcp_stream("127.0.0.1", port)
-    async with sock:
-        await sock.send_all(ticket)
-        for index, chunk in enumerate(chunks):
-            await sock.send_all(aead.encrypt(bulk._NONCE.pack(index), chunk, None))
-        if end is not None:
-            await sock.send_all(aead.encrypt(bulk._NONCE.pack(len(chunks)), end, None))
+async def open_raw(listener: BulkListener, peer_id: str = PEER) -> tuple[trio.SocketStream, SealedChannel, Answer]:
+    """A dialer's session by hand: the attacker's tool."""
+    answer = listener.key_session(peer_id)
+    sock = await trio.open_tcp_stream("127.0.0.1", answer.port)
+    await sock.send_all(answer.ticket)
+    channel = SealedChannel(sock, answer.key, outgoing=bulk.TO_RECEIVER, chunk=CHUNK, timeout=5.0)
+    return sock, channel, answer
 
 
-async def test_a_blob_crosses_and_a_used_ticket_is_void() -> None:
-    data = os.urandom(3 * CHUNK + 123)
+@contextlib.asynccontextmanager
+async def raw_session(receiver: Receiver) -> AsyncIterator[tuple[trio.SocketStream, SealedChannel]]:
+    """A running receiver and a session opened by hand to it, within 30 s."""
     async with trio.open_nursery() as nursery:
-        listener = await listening(nursery)
-        answer, expected = listener.expect(len(data))
-        with trio.fail_after(20):
-            nursery.start_soon(send, listener.port, answer, data)
-            assert await listener.receive(answer, expected) == data
-            # The same ticket again: nobody waits for it, the connection is dropped.
-            with pytest.raises(BlobError):
-                await bulk.send_bulk(("127.0.0.1", listener.port), answer, data, chunk=CHUNK, timeout=2.0)
-        nursery.cancel_scope.cancel()
-
-
-async def test_a_wrong_key_fails_authentication() -> None:
-    data = os.urandom(CHUNK)
-    async with trio.open_nursery() as nursery:
-        listener = await listening(nursery)
-        answer, expected = listener.expect(len(data))
-        forged = Answer(answer.port, os.urandom(32), answer.ticket)
-        with trio.fail_after(20):
-            nursery.start_soon(raw_send, listener.port, answer.ticket, forged.key, [data], b"")
-            with pytest.raises(BulkError, match="authentication"):
-                await listener.receive(answer, expected)
-        nursery.cancel_scope.cancel()
-
-
-async def test_the_blob_as_sent_by_a_raw_sender_with_its_end_chunk_arrives() -> None:
-    data = os.urandom(2 * CHUNK + 5)
-    async with trio.open_nursery() as nursery:
-        listener = await listening(nursery)
-        answer, expected = listener.expect(len(data))
-        chunks = [data[:CHUNK], data[CHUNK : 2 * CHUNK], data[2 * CHUNK :]]
-        with trio.fail_after(20):
-            nursery.start_soon(raw_send, listener.port, answer.ticket, answer.key, chunks, b"")
-            assert await listener.receive(answer, expected) == data
-        nursery.cancel_scope.cancel()
-
-
-@pytest.mark.parametrize(
-    ("end", "error"),
-    [
-        (bytes(32), BulkError),  # the end chunk is empty: anything else is not what the key's holder sent
-        (None, TruncatedFrame),  # no end chunk: the connection ends inside the blob
-    ],
-)
-async def test_a_blob_must_end_with_the_empty_end_chunk(end: bytes | None, error: type[BlobError]) -> None:
-    data = os.urandom(2 * CHUNK)
-    async with trio.open_nursery() as nursery:
-        listener = await listening(nursery)
-        answer, expected = listener.expect(len(data))
-        chunks = [data[:CHUNK], data[CHUNK:]]
-        with trio.fail_after(20):
-            nursery.start_soon(raw_send, listener.port, answer.ticket, answer.key, chunks, end)
-            with pytest.raises(error):
-                await listener.receive(answer, expected)
-        nursery.cancel_scope.cancel()
-
-
-async def test_reordered_chunks_fail_authentication() -> None:
-    data = os.urandom(2 * CHUNK)
-    async with trio.open_nursery() as nursery:
-        listener = await listening(nursery)
-        answer, expected = listener.expect(len(data))
-        aead = bulk.AESGCM(answer.key)
-        sealed = [aead.encrypt(bulk._NONCE.pack(i), data[i * CHUNK : (i + 1) * CHUNK], None) for i in (0, 1)]
-
-        async def swapped() -> None:
-            sock = await trio.open_tcp_stream("127.0.0.1", listener.port)
-            async with sock:
-                await sock.send_all(answer.ticket + sealed[1] + sealed[0])
-
-        with trio.fail_after(20):
-            nursery.start_soon(swapped)
-            with pytest.raises(BulkError, match="authentication"):
-                await listener.receive(answer, expected)
-        nursery.cancel_scope.cancel()
-
-
-async def test_a_connection_ending_early_is_truncated() -> None:
-    data = os.urandom(2 * CHUNK)
-    async with trio.open_nursery() as nursery:
-        listener = await listening(nursery)
-        answer, expected = listener.expect(len(data))
-        with trio.fail_after(20):
-            nursery.start_soon(raw_send, listener.port, answer.ticket, answer.key, [data[:CHUNK]], None)
-            with pytest.raises(TruncatedFrame):
-                await listener.receive(answer, expected)
-        nursery.cancel_scope.cancel()
-
-
-async def test_strangers_without_a_ticket_are_dropped_and_cannot_block_a_transfer() -> None:
-    data = os.urandom(CHUNK)
-    async with trio.open_nursery() as nursery:
-        listener = await listening(nursery)
-        answer, expected = listener.expect(len(data))
+        listener = await receiver.start(nursery)
+        sock, channel, _ = await open_raw(listener)
         with trio.fail_after(30):
-            strangers = [await trio.open_tcp_stream("127.0.0.1", listener.port) for _ in range(6)]
-            await strangers[0].send_all(os.urandom(16))  # a guessed ticket
-            nursery.start_soon(send, listener.port, answer, data)
-            # Beyond max_unclaimed, strangers are dropped at once; the rest time out. The
-            # real transfer gets through once a place frees up.
-            assert await listener.receive(answer, expected) == data
-            for sock in strangers:
-                await sock.aclose()
+            yield sock, channel
+        await sock.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def receive_raw(sock: trio.SocketStream, size: int) -> bytes:
+    raw = b""
+    while len(raw) < size:
+        got = await sock.receive_some(size - len(raw))
+        assert got
+        raw += got
+    return raw
+
+
+async def assert_closed(sock: trio.SocketStream) -> None:
+    """The receiver ends the session: what is left to read, then EOF (or a reset)."""
+    with trio.fail_after(10):
+        with contextlib.suppress(trio.BrokenResourceError):
+            while await sock.receive_some(1 << 16):
+                pass
+
+
+async def test_blob_after_blob_on_one_session_with_their_replies() -> None:
+    receiver = Receiver()
+    async with trio.open_nursery() as nursery:
+        await receiver.start(nursery)
+        sessions = BulkSessions(LIMITS, receiver.keyer)
+        blobs = [os.urandom(3 * CHUNK + 5), os.urandom(CHUNK), b"", os.urandom(CAP)]
+        with trio.fail_after(30):
+            for data in blobs:
+                reply = await sessions.request(PEER, KIND, data, reply_cap)
+                assert reply == Frame(REPLY_DATA, len(data).to_bytes(8, "big"))
+        assert [served[2] for served in receiver.served] == blobs
+        assert sessions.counters.get("bulk_sessions_opened") == 1
+        await sessions.close_idle()
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(("kind", "size"), [(KIND, CAP + 1), (KIND, 2**64 - 1), ("unknown.kind", 1)])
+async def test_a_header_over_the_cap_or_of_an_unknown_kind_is_refused_before_any_body(kind: str, size: int) -> None:
+    receiver = Receiver()
+    async with raw_session(receiver) as (sock, channel):
+        await channel.send_header(kind, size)
+        await channel.send_body(os.urandom(CHUNK))  # the body follows at once; it is never read
+        refusal = await channel.receive_message(reply_cap, 5.0, LIMITS.blob_min_rate)
+        assert refusal.kind == REPLY_ERROR and (b"cap" in refusal.data or b"not accepted" in refusal.data)
+        await assert_closed(sock)  # the refusal ends the session
+    assert receiver.served == []
+
+
+async def test_a_replayed_record_fails_authentication_and_ends_the_session() -> None:
+    receiver = Receiver()
+    async with trio.open_nursery() as nursery:
+        listener = await receiver.start(nursery)
+        answer = listener.key_session(PEER)
+        aead = bulk.AESGCM(answer.key)
+        header = aead.encrypt(bulk._NONCE.pack(bulk.TO_RECEIVER, 0), bulk.encode_header(KIND, 4), None)
+        body = aead.encrypt(bulk._NONCE.pack(bulk.TO_RECEIVER, 1), b"abcd", None)
+        sock = await trio.open_tcp_stream("127.0.0.1", answer.port)
+        with trio.fail_after(30):
+            await sock.send_all(answer.ticket + header + body)
+            await receive_raw(sock, bulk.SEALED_HEADER + 8 + bulk.TAG)  # the reply
+            await sock.send_all(header + body)  # the first blob again, as recorded
+            await assert_closed(sock)
+        assert len(receiver.served) == 1  # the replay reached no handler
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_receiver_record_reflected_back_fails_authentication() -> None:
+    receiver = Receiver()
+    async with raw_session(receiver) as (sock, channel):
+        await channel.send_message(KIND, b"abcd")
+        reply_header = await receive_raw(sock, bulk.SEALED_HEADER)  # sealed by the receiver
+        await receive_raw(sock, 8 + bulk.TAG)
+        await sock.send_all(reply_header)  # sent back as our next header
+        await assert_closed(sock)
+    assert len(receiver.served) == 1
+
+
+async def test_another_header_instead_of_the_body_ends_the_session() -> None:
+    # Interleaving: after its go, the receiver reads the body and nothing else.
+    receiver = Receiver()
+    async with raw_session(receiver) as (sock, channel):
+        await channel.send_header(KIND, 4)
+        await channel.send_header(KIND, 4)  # a second blob's header where the body belongs
+        await assert_closed(sock)
+    assert receiver.served == []
+
+
+async def test_a_reserved_kind_from_the_dialer_ends_the_session() -> None:
+    receiver = Receiver()
+    async with raw_session(receiver) as (sock, channel):
+        await channel.send_header(REPLY_ERROR, 0)
+        await assert_closed(sock)
+    assert receiver.served == []
+
+
+async def test_a_wrong_key_a_void_ticket_and_a_used_ticket_get_nothing_in() -> None:
+    receiver = Receiver()
+    async with trio.open_nursery() as nursery:
+        listener = await receiver.start(nursery)
+        with trio.fail_after(30):
+            answer = listener.key_session(PEER)
+            sock = await trio.open_tcp_stream("127.0.0.1", answer.port)
+            await sock.send_all(answer.ticket)
+            forged = SealedChannel(sock, os.urandom(32), outgoing=bulk.TO_RECEIVER, chunk=CHUNK, timeout=5.0)
+            await forged.send_header(KIND, 4)
+            await assert_closed(sock)
+            # The ticket was used: presenting it again gets the connection dropped.
+            again = await trio.open_tcp_stream("127.0.0.1", answer.port)
+            await again.send_all(answer.ticket)
+            await assert_closed(again)
+            # A guessed ticket too.
+            guess = await trio.open_tcp_stream("127.0.0.1", answer.port)
+            await guess.send_all(os.urandom(bulk.TICKET))
+            await assert_closed(guess)
+        assert receiver.served == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_holds_at_most_its_share_of_sessions_and_an_idle_one_is_closed() -> None:
+    limits = P2PLimits(bulk_chunk=CHUNK, blob_read_timeout=5.0, bulk_idle=0.5, bulk_sessions=4, max_inbound_blobs=4)
+    receiver = Receiver(limits=limits)
+    async with trio.open_nursery() as nursery:
+        listener = await receiver.start(nursery)
+        with trio.fail_after(30):
+            held = [await open_raw(listener) for _ in range(limits.max_inbound_blobs_per_peer)]
+            with pytest.raises(BlobError, match="busy"):
+                listener.key_session(PEER)
+            assert listener.key_session("peer-b").ticket  # another peer's share is untouched
+            for sock, _, _ in held:
+                await assert_closed(sock)  # silent past bulk_idle
+            await trio.sleep(0.1)  # their shares are free again once the sessions ended
+            sock, _, _ = await open_raw(listener)
+            await sock.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_unclaimed_ticket_expires_and_frees_the_peers_share() -> None:
+    limits = P2PLimits(bulk_chunk=CHUNK, blob_read_timeout=0.5, bulk_sessions=4, max_inbound_blobs=4)
+    receiver = Receiver(limits=limits)
+    async with trio.open_nursery() as nursery:
+        listener = await receiver.start(nursery)
+        tickets = [listener.key_session(PEER) for _ in range(limits.max_inbound_blobs_per_peer)]
+        with pytest.raises(BlobError, match="busy"):
+            listener.key_session(PEER)
+        await trio.sleep(1.0)
+        listener.key_session(PEER)
+        with trio.fail_after(10):
+            late = await trio.open_tcp_stream("127.0.0.1", tickets[0].port)
+            await late.send_all(tickets[0].ticket)
+            await assert_closed(late)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_session_of_a_banned_peer_ends_at_its_next_blob() -> None:
+    receiver = Receiver()
+    async with raw_session(receiver) as (sock, channel):
+        receiver.banned.add(PEER)
+        await channel.send_header(KIND, 4)
+        await assert_closed(sock)
+    assert receiver.served == []
+
+
+async def test_a_dialer_resetting_mid_blob_fails_that_session_only() -> None:
+    receiver = Receiver()
+    data = os.urandom(3 * CHUNK)
+    async with raw_session(receiver) as (sock, channel):
+        await channel.send_header(KIND, 3 * CHUNK)
+        await channel.send_body(os.urandom(CHUNK))
+        sock.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await sock.aclose()  # with linger 0: an RST, not a FIN
+        sessions = BulkSessions(LIMITS, receiver.keyer)
+        assert (await sessions.request(PEER, KIND, data, reply_cap)).kind == REPLY_DATA
+        await sessions.close_idle()
+    assert [served[2] for served in receiver.served] == [data]
+
+
+async def test_a_dialer_replaces_a_session_the_receiver_closed_while_idle() -> None:
+    limits = P2PLimits(bulk_chunk=CHUNK, blob_read_timeout=5.0, bulk_idle=0.5, bulk_sessions=4, max_inbound_blobs=4)
+    receiver = Receiver(limits=limits)
+    # The dialer trusts an idle session for longer than the receiver keeps it.
+    dialer_limits = P2PLimits(bulk_chunk=CHUNK, blob_read_timeout=5.0, bulk_idle=60.0)
+    async with trio.open_nursery() as nursery:
+        await receiver.start(nursery)
+        sessions = BulkSessions(dialer_limits, receiver.keyer)
+        with trio.fail_after(30):
+            assert (await sessions.request(PEER, KIND, b"one", reply_cap)).kind == REPLY_DATA
+            await trio.sleep(1.0)  # the receiver closes it
+            assert (await sessions.request(PEER, KIND, b"two", reply_cap)).kind == REPLY_DATA
+        assert sessions.counters.get("bulk_sessions_opened") == 2
+        await sessions.close_idle()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_refusal_comes_back_as_an_error_reply() -> None:
+    receiver = Receiver()
+    async with trio.open_nursery() as nursery:
+        await receiver.start(nursery)
+        sessions = BulkSessions(LIMITS, receiver.keyer)
+        with trio.fail_after(30):
+            reply = await sessions.request(PEER, KIND, os.urandom(CAP + 1), reply_cap)
+            assert reply.kind == REPLY_ERROR and b"cap" in reply.data
+            assert (await sessions.request(PEER, KIND, b"x", reply_cap)).kind == REPLY_DATA
+        assert sessions.counters.get("bulk_sessions_opened") == 2  # a refusal ends its session
+        await sessions.close_idle()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_reply_over_the_dialers_cap_fails_the_request() -> None:
+    receiver = Receiver()
+
+    async def oversized(peer_id: str, kind: str, data: bytes) -> Frame:
+        return Frame(REPLY_DATA, bytes(64))  # reply_cap allows 8
+
+    receiver.serve_blob = oversized  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        await receiver.start(nursery)
+        sessions = BulkSessions(LIMITS, receiver.keyer)
+        with trio.fail_after(30), pytest.raises(BlobError, match="cap"):
+            await sessions.request(PEER, KIND, b"x", reply_cap)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_refused_keying_is_a_rejection() -> None:
+    async def refusing(peer_id: str) -> tuple[str, Answer]:
+        raise BlobRejected("busy")
+
+    sessions = BulkSessions(LIMITS, refusing)
+    with pytest.raises(BlobRejected):
+        await sessions.request(PEER, KIND, b"x", reply_cap)
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=200))
-def test_negotiation_decoders_only_raise_malformed_frame(data: bytes) -> None:
-    for decode in (bulk.decode_offer, bulk.decode_answer):
-        with contextlib.suppress(MalformedFrame):
-            decode(data)
+def test_the_answer_decoder_only_raises_malformed_frame(data: bytes) -> None:
+    with contextlib.suppress(MalformedFrame):
+        bulk.decode_answer(data)
 
 
-def test_negotiation_round_trips() -> None:
-    assert bulk.decode_offer(bulk.encode_offer(Offer("fl.delta.1", 5 << 20))) == Offer("fl.delta.1", 5 << 20)
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=bulk._HEADER.size, max_size=bulk._HEADER.size))
+def test_the_header_decoder_only_raises_malformed_frame(data: bytes) -> None:
+    with contextlib.suppress(MalformedFrame):
+        bulk.decode_header(data)
+
+
+def test_round_trips() -> None:
     answer = Answer(4242, os.urandom(32), os.urandom(16))
     assert bulk.decode_answer(bulk.encode_answer(answer)) == answer
+    assert bulk.decode_header(bulk.encode_header("fl.delta.1", 5 << 20)) == ("fl.delta.1", 5 << 20)
+    assert bulk.decode_header(bulk.encode_header("", 0)) == ("", 0)
 
 
-async def test_a_silent_stranger_times_out_and_the_port_keeps_serving() -> None:
-    data = os.urandom(CHUNK)
+async def test_a_header_trickled_byte_by_byte_is_cut_at_the_idle_limit() -> None:
+    limits = P2PLimits(bulk_chunk=CHUNK, blob_read_timeout=5.0, bulk_idle=0.5, bulk_sessions=4, max_inbound_blobs=4)
+    receiver = Receiver(limits=limits)
+    async with raw_session(receiver) as (sock, _):
+
+        async def trickle() -> None:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                for _ in range(bulk.SEALED_HEADER):
+                    await sock.send_all(b"\0")
+                    await trio.sleep(0.2)  # each byte well within the read timeout
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trickle)
+            await assert_closed(sock)  # within the idle limit, not after 89 × 0.2 s
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_receiver_trickling_its_reply_header_is_cut_at_the_dialers_deadline() -> None:
+    limits = P2PLimits(bulk_chunk=CHUNK, blob_read_timeout=0.5, blob_reply_timeout=0.5)
+    key, ticket = os.urandom(32), os.urandom(bulk.TICKET)
+
+    async def trickling_receiver(sock: trio.SocketStream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await receive_raw(sock, bulk.TICKET + bulk.SEALED_HEADER + 1 + bulk.TAG)
+            for _ in range(bulk.SEALED_HEADER):
+                await sock.send_all(b"\0")
+                await trio.sleep(0.3)  # each byte within the dialer's read timeout
+
+    async def keyer(peer_id: str) -> tuple[str, Answer]:
+        return "127.0.0.1", Answer(port, key, ticket)
+
     async with trio.open_nursery() as nursery:
-        listener = BulkListener("127.0.0.1", chunk=CHUNK, timeout=0.5, max_unclaimed=4)
-        await nursery.start(listener.run)
-        with trio.fail_after(30):
-            silent = await trio.open_tcp_stream("127.0.0.1", listener.port)
-            reset = await trio.open_tcp_stream("127.0.0.1", listener.port)
-            await reset.send_all(b"abc")
-            await reset.aclose()
-            assert await silent.receive_some(10) == b""  # closed by the listener
-            answer, expected = listener.expect(len(data))
-            nursery.start_soon(send, listener.port, answer, data)
-            assert await listener.receive(answer, expected) == data
-            await silent.aclose()
-        nursery.cancel_scope.cancel()
-
-
-async def test_a_sender_resetting_mid_blob_fails_that_transfer_only() -> None:
-    data = os.urandom(3 * CHUNK)
-    async with trio.open_nursery() as nursery:
-        listener = await listening(nursery)
-        answer, expected = listener.expect(len(data))
-        aead = bulk.AESGCM(answer.key)
-        with trio.fail_after(30):
-            sock = await trio.open_tcp_stream("127.0.0.1", listener.port)
-            await sock.send_all(answer.ticket + aead.encrypt(bulk._NONCE.pack(0), data[:CHUNK], None) + b"x" * 100)
-            sock.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            await sock.aclose()  # with linger 0: an RST, not a FIN
-            with pytest.raises(BlobError):
-                await listener.receive(answer, expected)
-            answer, expected = listener.expect(len(data))
-            nursery.start_soon(send, listener.port, answer, data)
-            assert await listener.receive(answer, expected) == data
+        listeners = await nursery.start(trio.serve_tcp, trickling_receiver, 0)
+        port = listeners[0].socket.getsockname()[1]
+        sessions = BulkSessions(limits, keyer)
+        with trio.fail_after(10), pytest.raises(BlobError, match="header"):
+            await sessions.request(PEER, KIND, b"x", reply_cap)
         nursery.cancel_scope.cancel()

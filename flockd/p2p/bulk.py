@@ -1,37 +1,40 @@
-"""The bulk channel: large blobs over a plain TCP socket, keyed over the libp2p stream.
+"""The bulk channel: large blobs over long-lived TCP sessions, keyed over the libp2p stream.
 
-py-libp2p's Noise and Yamux frame and encrypt every 64 KiB in Python, which caps a stream
-far below what the socket can carry. So a blob of `bulk_min` bytes or more is negotiated
-on its `/flock/blob/1` stream and carried elsewhere (protocol/spec/transfer.md §4):
+py-libp2p's Noise and Yamux frame and encrypt every 64 KiB in Python, and each message on a
+stream (opening it, an offer, a reply) costs milliseconds of that work and of wake-ups: on
+a loaded 2-core machine about 50 ms per blob. So a blob of `bulk_min` bytes or more goes
+over a *bulk session* (protocol/spec/transfer.md §4): one plain TCP connection per
+(dialer, receiver) pair that carries blob after blob, each with its header, its body and
+its reply, and is keyed once over a `/flock/blob/1` stream:
 
-1. the dialer sends a `!bulk` request frame: msgpack [kind, size];
-2. the receiver checks kind and size against its caps (before allocating anything), and
-   answers `!bulk`: msgpack [port, key(32), ticket(16)], a fresh one-time AES-256-GCM key
-   and ticket. The libp2p stream is Noise-encrypted and bound to the peer's identity, so
-   only that peer learns them;
-3. the dialer connects to that port on the peer's address, sends the ticket, then the
-   blob in AEAD chunks (chunk i under nonce i) and, last, an empty AEAD chunk that marks
-   the end;
-4. the receiver decrypts each chunk straight into a buffer of the announced size;
-5. the reply (`!reply`, `!none` or `!error`) comes back on the libp2p stream, as for any
-   blob.
+1. the dialer sends a `!bulk` frame (empty) on a blob stream;
+2. the receiver, if the peer holds less than its share of sessions, answers `!bulk`:
+   msgpack [port, key(32), ticket(16)], a fresh AES-256-GCM key and ticket. The stream is
+   Noise-encrypted and bound to the peer's identity, so only that peer learns them, and
+   the session belongs to that peer;
+3. the dialer connects to that port on the peer's address and sends the ticket;
+4. from then on every record either side sends is sealed under the key, with the sender's
+   direction and the record's index in that direction as the nonce: a record replayed,
+   reordered, reflected back, or from another session fails authentication, and the
+   session ends.
 
-A connection to the bulk port that does not present a live ticket within the read
-timeout is closed; a ticket works once, and only while its transfer's deadline lasts.
+Per blob: the dialer's header [kind, size]; the receiver's answer, `!go` once the size is
+within the kind's cap and a transfer slot is free (before it allocates anything), else a
+refusal (`!error`, the session goes on); the body in chunks; the reply message.
 
-No keccak256 on this path: under a one-time key, AES-GCM's tags already bind every byte,
-its place and the end to the peer that learnt the key over its Noise stream; a hash the
-sender computes adds nothing against that sender. What a blob must match is the hash the
-chain recorded for it (a delta's `delta_hash`), and its consumer checks that
-(flockd/round/deltas.py). Hashing here too cost both sides a keccak pass per byte,
-which is slower than the socket (docs/benchmarks.md, "Blob streams").
+No keccak256 on this path: the tags under the session key bind every byte, its place and
+the size to the peer that learnt the key over its Noise stream; what a blob must match is
+the hash the chain recorded for it, which its consumer checks (flockd/round/deltas.py).
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import secrets
 import struct
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -52,25 +55,24 @@ from flockd.p2p.blobs import (
     UnknownBlobKind,
 )
 from flockd.p2p.limits import P2PLimits
-from flockd.p2p.streams import read_frame, transfer_deadline, write_frame
+from flockd.p2p.streams import TransferSlots, transfer_deadline
+from flockd.stats import Counters
 
-BULK = "!bulk"  # the offer (request) and the answer (reply) kind
+logger = logging.getLogger("flockd.p2p")
+
+BULK = "!bulk"  # the keying request and its answer, on the blob stream
 KEY = 32
 TICKET = 16
 TAG = 16
-_NONCE = struct.Struct(">4xQ")  # 96-bit nonce: the chunk index
-MAX_OFFER = 128  # msgpack [kind (<= 64 chars), size]
 MAX_ANSWER = 128  # msgpack [port, key, ticket]
+TO_RECEIVER, TO_DIALER = 0, 1  # the direction a record travels: the nonce's first word
+_NONCE = struct.Struct(">IQ")  # 96 bits: direction, the record's index in that direction
+_HEADER = struct.Struct(">QB64s")  # size, len(kind), kind zero-padded: one fixed-size record
+SEALED_HEADER = _HEADER.size + TAG
 
 
 class BulkError(BlobError):
-    """A bulk transfer failed: bad offer or answer, a forged or broken chunk."""
-
-
-@dataclass(frozen=True)
-class Offer:
-    kind: str
-    size: int
+    """A bulk session failed: a bad answer, a record that fails authentication."""
 
 
 @dataclass(frozen=True)
@@ -80,24 +82,20 @@ class Answer:
     ticket: bytes
 
 
-def encode_offer(offer: Offer) -> bytes:
-    return msgpack.packb([offer.kind, offer.size], use_bin_type=True)
-
-
-def decode_offer(data: bytes) -> Offer:
-    fields = _unpack(data, MAX_OFFER)
-    if not (len(fields) == 2 and isinstance(fields[0], str) and type(fields[1]) is int and fields[1] >= 0):
-        raise MalformedFrame("a bulk offer is [kind, size]")
-    return Offer(fields[0], fields[1])
-
-
 def encode_answer(answer: Answer) -> bytes:
     return msgpack.packb([answer.port, answer.key, answer.ticket], use_bin_type=True)
 
 
 def decode_answer(data: bytes) -> Answer:
-    fields = _unpack(data, MAX_ANSWER)
-    if not (len(fields) == 3 and type(fields[0]) is int and 0 < fields[0] < 65536):
+    if len(data) > MAX_ANSWER:
+        raise MalformedFrame("bulk answer too large")
+    try:
+        fields = msgpack.unpackb(
+            data, raw=False, max_str_len=0, max_bin_len=KEY, max_array_len=3, max_map_len=0, max_ext_len=0
+        )
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise MalformedFrame(f"bulk answer is not valid msgpack: {exc}") from exc
+    if not (isinstance(fields, list) and len(fields) == 3 and type(fields[0]) is int and 0 < fields[0] < 65536):
         raise MalformedFrame("a bulk answer is [port, key, ticket]")
     port, key, ticket = fields
     if not (isinstance(key, bytes) and len(key) == KEY and isinstance(ticket, bytes) and len(ticket) == TICKET):
@@ -105,112 +103,249 @@ def decode_answer(data: bytes) -> Answer:
     return Answer(port, key, ticket)
 
 
-def _unpack(data: bytes, cap: int) -> list[Any]:
-    if len(data) > cap:
-        raise MalformedFrame("bulk negotiation message too large")
+def encode_header(kind: str, size: int) -> bytes:
+    name = kind.encode()
+    return _HEADER.pack(size, len(name), name)
+
+
+def decode_header(plain: bytes | bytearray | memoryview) -> tuple[str, int]:
+    size, length, padded = _HEADER.unpack(plain)
+    if length > len(padded) or any(padded[length:]):
+        raise MalformedFrame("a bulk header's kind is 0..64 bytes, zero-padded")
     try:
-        fields = msgpack.unpackb(
-            data, raw=False, max_str_len=64, max_bin_len=KEY, max_array_len=3, max_map_len=0, max_ext_len=0
-        )
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise MalformedFrame(f"bulk negotiation message is not valid msgpack: {exc}") from exc
-    if not isinstance(fields, list):
-        raise MalformedFrame("bulk negotiation message must be an array")
-    return fields
+        return padded[:length].decode(), size
+    except UnicodeDecodeError:
+        raise MalformedFrame("a bulk header's kind is not UTF-8") from None
 
 
-def chunk_sizes(size: int, chunk: int) -> list[int]:
-    """Plaintext lengths of the body's chunks (none for an empty body)."""
-    return [min(chunk, size - start) for start in range(0, size, chunk)]
+def chunk_sizes(size: int, chunk: int) -> range:
+    """Start offsets of a body's chunks (none for an empty body)."""
+    return range(0, size, chunk)
 
 
-# --- sender ---
+class SealedChannel:
+    """One end of an established session: records sealed under the session key, each with
+    its direction and its index in that direction as the nonce. Any failure leaves the
+    channel unusable (the caller closes it)."""
 
+    def __init__(self, sock: trio.SocketStream, key: bytes, *, outgoing: int, chunk: int, timeout: float) -> None:
+        self._sock = sock
+        self._aead = AESGCM(key)
+        self._out, self._in = outgoing, 1 - outgoing
+        self._sent = 0
+        self._opened = 0
+        self._chunk = chunk
+        self._timeout = timeout
+        self._buffer = bytearray(max(chunk, _HEADER.size) + TAG)  # sealed into / read into, reused
 
-async def send_bulk(address: tuple[str, int], answer: Answer, data: bytes, *, chunk: int, timeout: float) -> None:
-    """Connect, present the ticket, send `data` in AEAD chunks and the empty end chunk.
-    Every socket operation must progress within `timeout` (the caller bounds the whole)."""
-    aead = AESGCM(answer.key)
-    view = memoryview(data)
-    sealed = bytearray(chunk + TAG)  # one buffer, sealed into chunk after chunk
-    try:
-        with trio.fail_after(timeout):
-            sock = await trio.open_tcp_stream(*address)
-    except (OSError, trio.TooSlowError) as exc:
-        raise BulkError(f"cannot connect to the bulk port {address}: {exc!r}") from exc
-    async with sock:
+    async def send_header(self, kind: str, size: int) -> None:
+        await self._send_record(memoryview(encode_header(kind, size)))
+
+    async def receive_header(self, *, first_timeout: float | None = None) -> tuple[str, int] | None:
+        """The next header, None if the peer closed the session cleanly before it.
+        `first_timeout`: how long to wait for its first byte."""
+        plain = bytearray(_HEADER.size)
+        if not await self._receive_record(memoryview(plain), first_timeout=first_timeout, end_ok=True):
+            return None
+        return decode_header(plain)
+
+    async def send_body(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        for start in chunk_sizes(len(view), self._chunk):
+            await self._send_record(view[start : start + self._chunk])
+
+    async def receive_body(self, size: int) -> bytes:
+        """`size` bytes (already checked against a cap), opened straight into one buffer."""
+        blob = bytearray(size)
+        out = memoryview(blob)
+        for start in chunk_sizes(size, self._chunk):
+            await self._receive_record(out[start : start + self._chunk])
+        return bytes(blob)
+
+    async def send_message(self, kind: str, data: bytes) -> None:
+        await self.send_header(kind, len(data))
+        await self.send_body(data)
+
+    async def receive_message(self, size_cap: SizeCap, grace: float, min_rate: float, *, first_timeout: float | None = None) -> Frame:
+        """A header and its body: the size checked against `size_cap(kind)` first, the
+        body within `transfer_deadline(size, grace, min_rate)`."""
+        # The whole header within one read timeout of its first byte's: a peer trickling it
+        # byte by byte (each read in time) holds us no longer than one that is silent.
+        whole = (self._timeout if first_timeout is None else first_timeout) + self._timeout
         try:
-            await _send(sock, answer.ticket, timeout)
-            for index, start in enumerate(range(0, len(view), chunk)):
-                plain = view[start : start + chunk]
-                out = memoryview(sealed)[: len(plain) + TAG]
-                aead.encrypt_into(_NONCE.pack(index), plain, None, out)
-                await _send(sock, out, timeout)
-            end = len(chunk_sizes(len(view), chunk))
-            await _send(sock, aead.encrypt(_NONCE.pack(end), b"", None), timeout)
+            with trio.fail_after(whole):
+                header = await self.receive_header(first_timeout=first_timeout)
+        except trio.TooSlowError as exc:
+            raise BlobTimeout(f"the bulk peer's header took more than {whole:.0f}s") from exc
+        if header is None:
+            raise TruncatedFrame("the bulk session ended before a message")
+        kind, size = header
+        check_size(size_cap, kind, size)
+        allowed = transfer_deadline(size, grace, min_rate)
+        try:
+            with trio.fail_after(allowed):
+                return Frame(kind, await self.receive_body(size))
+        except trio.TooSlowError as exc:
+            raise BlobTimeout(f"the bulk message exceeded its deadline of {allowed:.0f}s") from exc
+
+    async def aclose(self) -> None:
+        await self._sock.aclose()
+
+    async def drain(self) -> None:
+        """Before closing with the peer's records still coming: stop sending, and read and
+        drop what comes for up to 2 s (until the peer closes), so that closing does not
+        reset the connection before the peer has read what we sent."""
+        with trio.move_on_after(2.0):
+            try:
+                await self._sock.send_eof()
+                while await self._sock.receive_some(len(self._buffer)):
+                    pass
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    async def _send_record(self, plain: memoryview) -> None:
+        sealed = memoryview(self._buffer)[: len(plain) + TAG]
+        self._aead.encrypt_into(_NONCE.pack(self._out, self._sent), plain, None, sealed)
+        self._sent += 1
+        try:
+            with trio.fail_after(self._timeout):
+                await self._sock.send_all(sealed)
+        except trio.TooSlowError as exc:
+            raise BlobTimeout(f"the bulk peer accepted nothing for {self._timeout:.0f}s") from exc
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise BulkError(f"bulk connection failed while sending: {exc!r}") from exc
 
+    async def _receive_record(
+        self, into: memoryview, *, first_timeout: float | None = None, end_ok: bool = False
+    ) -> bool:
+        """Open the next record into `into`; False at a clean end if `end_ok`."""
+        sealed = memoryview(self._buffer)[: len(into) + TAG]
+        if not await read_exactly(self._sock, sealed, self._timeout, first_timeout=first_timeout):
+            if end_ok:
+                return False
+            raise TruncatedFrame("the bulk connection ended before a record")
+        try:
+            self._aead.decrypt_into(_NONCE.pack(self._in, self._opened), sealed, None, into)
+        except InvalidTag:
+            raise BulkError(f"bulk record {self._opened} failed authentication") from None
+        self._opened += 1
+        return True
 
-async def _send(sock: trio.SocketStream, data: bytes | memoryview, timeout: float) -> None:
+
+async def read_exactly(
+    sock: trio.SocketStream, into: memoryview, timeout: float, *, first_timeout: float | None = None
+) -> bool:
+    """Fill `into`; False if the peer closed before its first byte (a clean end between
+    records), TruncatedFrame if inside it. Each read must progress within `timeout`
+    (`first_timeout` for the first)."""
+    filled = 0
+    wait = timeout if first_timeout is None else first_timeout
+    while filled < len(into):
+        try:
+            with trio.fail_after(wait):
+                got = await sock.socket.recv_into(into[filled:])
+        except trio.TooSlowError as exc:
+            raise BlobTimeout(f"the bulk peer sent nothing for {wait:.0f}s") from exc
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise BulkError(f"bulk connection failed while reading: {exc!r}") from exc
+        if not got:
+            if filled:
+                raise TruncatedFrame("the bulk connection ended inside a record")
+            return False
+        filled += got
+        wait = timeout
+    return True
+
+
+def check_size(size_cap: SizeCap, kind: str, size: int) -> None:
+    cap = size_cap(kind)
+    if cap is None:
+        raise UnknownBlobKind(f"blob kind {kind!r} is not accepted here")
+    if size > cap:
+        raise BlobTooLarge(f"blob kind {kind!r} declares {size} bytes; the cap is {cap}")
+
+
+def _deadline(size: int, limits: P2PLimits) -> float:
+    return transfer_deadline(size, limits.blob_read_timeout, limits.blob_min_rate)
+
+
+async def _connect(address: tuple[str, int], timeout: float) -> trio.SocketStream:
     try:
         with trio.fail_after(timeout):
-            await sock.send_all(data)
-    except trio.TooSlowError as exc:
-        raise BlobTimeout(f"the bulk peer accepted nothing for {timeout:.0f}s") from exc
+            return await trio.open_tcp_stream(*address)
+    except (OSError, trio.TooSlowError) as exc:
+        raise BulkError(f"cannot connect to the bulk port {address}: {exc!r}") from exc
 
 
-# --- receiver ---
+# --- the receiver ---
+
+# (peer id, kind, blob) -> the reply frame (REPLY_*), as the blob service answers a stream
+BlobServer = Callable[[str, str, bytes], Awaitable[Frame]]
 
 
 @dataclass
-class _Expected:
+class _Keyed:
+    peer_id: str
     key: bytes
-    size: int
-    done: trio.Event = field(default_factory=trio.Event)
-    data: bytes | None = None
-    error: BlobError | None = None
-    claimed: bool = False
-    reading: trio.CancelScope = field(default_factory=trio.CancelScope)
 
 
 class BulkListener:
-    """Accepts the bulk connections this node's blob streams negotiated (one TCP port)."""
+    """Accepts the bulk sessions this node's blob streams keyed (one TCP port), and serves
+    blob after blob on each for the peer that keyed it."""
 
-    def __init__(self, host: str, *, chunk: int, timeout: float, max_unclaimed: int) -> None:
+    def __init__(
+        self,
+        host: str,
+        limits: P2PLimits,
+        *,
+        serve_blob: BlobServer,
+        size_cap: SizeCap,
+        blob_slots: TransferSlots,
+        banned: Callable[[str], bool],
+        counters: Counters | None = None,
+    ) -> None:
+        """`counters`: where bulk_sessions_keyed and bulk_sessions_failed are counted."""
         self._host = host
-        self._chunk = chunk
-        self._timeout = timeout
-        self._unclaimed = trio.Semaphore(max_unclaimed)  # connections still without a ticket
-        self._expected: dict[bytes, _Expected] = {}
+        self._limits = limits
+        self._serve_blob = serve_blob
+        self._size_cap = size_cap
+        self._blob_slots = blob_slots
+        self._banned = banned
+        # A keyed session holds one of these from its keying until it ends: each peer its
+        # share, and all peers together a bounded number of sockets.
+        self._session_slots = TransferSlots(limits.bulk_sessions, limits.max_inbound_blobs_per_peer)
+        self._unclaimed = trio.Semaphore(2 * limits.max_inbound_blobs)  # connections without a ticket yet
+        self._keyed: dict[bytes, _Keyed] = {}
+        self._nursery: trio.Nursery | None = None
+        self.counters = counters or Counters()
         self.port = 0
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host=self._host)
         self.port = listeners[0].socket.getsockname()[1]
-        await trio.serve_listeners(self._serve, listeners, task_status=task_status)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(trio.serve_listeners, self._serve, listeners)
+            task_status.started()
 
-    def expect(self, size: int) -> tuple[Answer, _Expected]:
-        """A one-time key and ticket for a transfer of `size` bytes (already checked
-        against the kind's cap): the caller sends the answer and awaits `receive`."""
+    def key_session(self, peer_id: str) -> Answer:
+        """A one-time ticket and a fresh key for a session of `peer_id`. Raises BlobError
+        when the peer already holds its share of sessions (or all are taken)."""
+        if self._nursery is None:
+            raise BulkError("the bulk listener is not running")
+        if not self._session_slots.try_acquire(peer_id):
+            raise BlobError("busy: too many bulk sessions")
         ticket = secrets.token_bytes(TICKET)
-        expected = _Expected(key=AESGCM.generate_key(bit_length=256), size=size)
-        self._expected[ticket] = expected
-        return Answer(self.port, expected.key, ticket), expected
+        keyed = _Keyed(peer_id, AESGCM.generate_key(bit_length=256))
+        self._keyed[ticket] = keyed
+        self._nursery.start_soon(self._expire, ticket, keyed)
+        self.counters.incr("bulk_sessions_keyed")
+        return Answer(self.port, keyed.key, ticket)
 
-    async def receive(self, answer: Answer, expected: _Expected) -> bytes:
-        """The verified blob; raises BlobError. The caller bounds the wait (its transfer
-        deadline); leaving, for any reason, voids the ticket."""
-        try:
-            await expected.done.wait()
-        finally:
-            self._expected.pop(answer.ticket, None)
-            expected.reading.cancel()  # a transfer still running past our deadline stops
-        if expected.error is not None:
-            raise expected.error
-        if expected.data is None:
-            raise BulkError("the bulk transfer ended without a blob")
-        return expected.data
+    async def _expire(self, ticket: bytes, keyed: _Keyed) -> None:
+        await trio.sleep(self._limits.blob_read_timeout)
+        if self._keyed.pop(ticket, None) is not None:  # never claimed
+            self._session_slots.release(keyed.peer_id)
 
     async def _serve(self, sock: trio.SocketStream) -> None:
         async with sock:
@@ -218,78 +353,70 @@ class BulkListener:
                 self._unclaimed.acquire_nowait()
             except trio.WouldBlock:
                 return  # too many connections without a ticket: drop this one
-            ticket: bytearray | None = None
+            ticket = bytearray(TICKET)
             try:
-                with trio.move_on_after(self._timeout):
-                    ticket = await _receive_exactly(sock, TICKET)
-            except (OSError, trio.BrokenResourceError):
-                return  # reset before it said anything
+                with trio.fail_after(self._limits.blob_read_timeout):  # the whole ticket, however sent
+                    presented = await read_exactly(sock, memoryview(ticket), math.inf)
+            except (BlobError, trio.TooSlowError):
+                return  # silent, closed or reset before it said anything
             finally:
                 self._unclaimed.release()
-            expected = self._expected.get(bytes(ticket)) if ticket else None
-            if expected is None or expected.claimed:
+            keyed = self._keyed.pop(bytes(ticket), None) if presented else None
+            if keyed is None:
                 return
-            expected.claimed = True
+            channel = SealedChannel(
+                sock, keyed.key, outgoing=TO_DIALER, chunk=self._limits.bulk_chunk, timeout=self._limits.blob_read_timeout
+            )
             try:
-                with expected.reading:
-                    expected.data = await self._receive_body(sock, expected)
+                await self._run_session(channel, keyed.peer_id)
             except BlobError as exc:
-                expected.error = exc
-            except (OSError, trio.BrokenResourceError) as exc:
-                expected.error = BulkError(f"bulk connection failed while reading: {exc!r}")
+                self.counters.incr("bulk_sessions_failed")
+                logger.info("bulk session of %s ended: %s", keyed.peer_id, exc)
             finally:
-                expected.done.set()
+                self._session_slots.release(keyed.peer_id)
 
-    async def _receive_body(self, sock: trio.SocketStream, expected: _Expected) -> bytes:
-        aead = AESGCM(expected.key)
-        blob = bytearray(expected.size)  # the size was checked against the kind's cap
-        out = memoryview(blob)
-        sealed = bytearray(self._chunk + TAG)  # each chunk is read into this, then opened into blob
-        start = 0
-        try:
-            for index, length in enumerate(chunk_sizes(expected.size, self._chunk)):
-                chunk = memoryview(sealed)[: length + TAG]
-                await self._read_into(sock, chunk)
-                _open_into(aead, index, chunk, out[start : start + length])
-                start += length
-            end = memoryview(sealed)[:TAG]
-            await self._read_into(sock, end)
-            _open_into(aead, len(chunk_sizes(expected.size, self._chunk)), end, out[:0])
-        except OSError as exc:  # a reset connection, from recv_into
-            raise BulkError(f"bulk connection failed while reading: {exc!r}") from exc
-        return bytes(blob)
+    async def _run_session(self, channel: SealedChannel, peer_id: str) -> None:
+        limits = self._limits
+        while True:
+            # The whole header within the idle limit: trickling it byte by byte (each read
+            # within the read timeout) holds the session no longer than silence does.
+            with trio.move_on_after(limits.bulk_idle) as idle:
+                header = await channel.receive_header(first_timeout=math.inf)
+            if idle.cancelled_caught:
+                return  # idle for too long: the dialer opens a new session when it needs one
+            if header is None or self._banned(peer_id):
+                return
+            kind, size = header
+            if kind.startswith("!"):  # only application kinds travel to a receiver
+                raise MalformedFrame(f"bulk header of kind {kind!r} from the dialer")
+            try:
+                check_size(self._size_cap, kind, size)
+                if not self._blob_slots.try_acquire(peer_id):
+                    raise BlobError("busy: too many concurrent blob transfers")
+            except BlobError as exc:
+                # The body is on its way: say why, and end the session rather than read it.
+                await channel.send_message(REPLY_ERROR, str(exc).encode()[:MAX_ERROR_REPLY])
+                await channel.drain()
+                return
+            try:
+                await self._serve_one(channel, peer_id, kind, size)
+            finally:
+                self._blob_slots.release(peer_id)
 
-    async def _read_into(self, sock: trio.SocketStream, into: memoryview) -> None:
+    async def _serve_one(self, channel: SealedChannel, peer_id: str, kind: str, size: int) -> None:
+        allowed = _deadline(size, self._limits)
         try:
-            with trio.fail_after(self._timeout):
-                complete = await _receive_into(sock, into)
+            with trio.fail_after(allowed):
+                data = await channel.receive_body(size)
         except trio.TooSlowError as exc:
-            raise BlobTimeout(f"the bulk peer sent nothing for {self._timeout:.0f}s") from exc
-        if not complete:
-            raise TruncatedFrame("the bulk connection ended inside the blob")
-
-def _open_into(aead: AESGCM, index: int, sealed: memoryview, into: memoryview) -> None:
-    try:
-        aead.decrypt_into(_NONCE.pack(index), sealed, None, into)
-    except InvalidTag:
-        raise BulkError(f"bulk chunk {index} failed authentication") from None
-
-
-async def _receive_exactly(sock: trio.SocketStream, size: int) -> bytearray | None:
-    """`size` bytes, or None if the peer closed first."""
-    buffer = bytearray(size)
-    return buffer if await _receive_into(sock, memoryview(buffer)) else None
-
-
-async def _receive_into(sock: trio.SocketStream, into: memoryview) -> bool:
-    """Fill `into` from the socket; False if the peer closed first."""
-    filled = 0
-    while filled < len(into):
-        got = await sock.socket.recv_into(into[filled:])
-        if not got:
-            return False
-        filled += got
-    return True
+            raise BlobTimeout(f"the bulk transfer exceeded its deadline of {allowed:.0f}s") from exc
+        reply = await self._serve_blob(peer_id, kind, data)
+        allowed = _deadline(len(reply.data), self._limits)
+        try:
+            with trio.fail_after(allowed):
+                await channel.send_message(reply.kind, reply.data)
+        except trio.TooSlowError as exc:
+            raise BlobTimeout(f"the bulk reply exceeded its deadline of {allowed:.0f}s") from exc
 
 
 def listen_host(listen_addrs: list[str]) -> str:
@@ -301,51 +428,154 @@ def listen_host(listen_addrs: list[str]) -> str:
     return "127.0.0.1"
 
 
+# --- the dialer ---
 
-# --- the two ends of a negotiated transfer, as the blob service runs them ---
-
-
-async def request(stream: Any, kind: str, data: bytes, limits: P2PLimits, reply_cap: SizeCap) -> Frame:
-    """Offer `data` on the blob stream, send it over the bulk channel, and return the
-    receiver's reply frame (an `!error` one if it refused the offer)."""
-    chunk, timeout = limits.blob_chunk, limits.blob_read_timeout
-    await write_frame(stream, BULK, encode_offer(Offer(kind, len(data))), chunk=chunk, timeout=timeout)
-    answer_cap = {BULK: MAX_ANSWER, REPLY_ERROR: MAX_ERROR_REPLY}.get
-    answered = await read_frame(stream, answer_cap, chunk=chunk, timeout=timeout)
-    if answered.kind == REPLY_ERROR:
-        return answered
-    answer = decode_answer(answered.data)
-    remote = stream.get_remote_address()
-    if remote is None:
-        raise BulkError("the blob stream has no remote address to reach the bulk port at")
-    allowed = transfer_deadline(len(data), timeout, limits.blob_min_rate)
-    try:
-        with trio.fail_after(allowed):
-            await send_bulk((remote[0], answer.port), answer, data, chunk=limits.bulk_chunk, timeout=timeout)
-    except trio.TooSlowError as exc:
-        raise BlobTimeout(f"the bulk transfer exceeded its deadline of {allowed:.0f}s") from exc
-    return await read_frame(stream, reply_cap, chunk=chunk, timeout=timeout, first_timeout=limits.blob_reply_timeout)
+# peer id -> (the receiver's IP as the keying stream saw it, the answer to our `!bulk`)
+SessionKeyer = Callable[[str], Awaitable[tuple[str, Answer]]]
 
 
-async def serve(
-    stream: Any, offer_frame: Frame, listener: BulkListener, size_cap: SizeCap, limits: P2PLimits
-) -> Frame:
-    """Answer a `!bulk` offer and return the blob it carried, verified, as if it had come
-    on the stream itself. Raises BlobError (the caller refuses the stream with it)."""
-    offer = decode_offer(offer_frame.data)
-    cap = None if offer.kind == BULK else size_cap(offer.kind)
-    if cap is None:
-        raise UnknownBlobKind(f"blob kind {offer.kind!r} is not accepted here")
-    if offer.size > cap:
-        raise BlobTooLarge(f"blob kind {offer.kind!r} declares {offer.size} bytes; the cap is {cap}")
-    answer, expected = listener.expect(offer.size)
-    allowed = transfer_deadline(offer.size, limits.blob_read_timeout, limits.blob_min_rate)
-    try:
-        with trio.fail_after(allowed):
-            await write_frame(
-                stream, BULK, encode_answer(answer), chunk=limits.blob_chunk, timeout=limits.blob_read_timeout
-            )
-            data = await listener.receive(answer, expected)
-    except trio.TooSlowError as exc:
-        raise BlobTimeout(f"the bulk transfer exceeded its deadline of {allowed:.0f}s") from exc
-    return Frame(offer.kind, data)
+class _Stale(BulkError):
+    """A reused idle session failed before the receiver accepted anything: it had closed."""
+
+
+@dataclass
+class _Idle:
+    channel: SealedChannel
+    since: float
+
+
+class BulkSessions:
+    """The dialer's sessions: at most `max_inbound_blobs_per_peer` per peer (the receiver's
+    share; more blobs to that peer wait), reused blob after blob, dropped after an error or
+    once idle for half the receiver's idle limit."""
+
+    def __init__(self, limits: P2PLimits, key_session: SessionKeyer, counters: Counters | None = None) -> None:
+        """`counters`: where bulk_sessions_opened is counted."""
+        self._limits = limits
+        self._key_session = key_session
+        self._shares: dict[str, trio.Semaphore] = {}
+        self._idle: dict[str, list[_Idle]] = {}
+        self.counters = counters or Counters()
+
+    async def request(self, peer_id: str, kind: str, data: bytes, reply_cap: SizeCap) -> Frame:
+        """Send `data` and return the receiver's reply frame (`!error` when it refused)."""
+        share = self._shares.setdefault(peer_id, trio.Semaphore(self._limits.max_inbound_blobs_per_peer))
+        async with share:
+            idle = self._take_idle(peer_id)
+            if idle is not None:
+                try:
+                    return await self._exchange(peer_id, idle, kind, data, reply_cap, reused=True)
+                except _Stale:
+                    pass  # the receiver closed it while idle: key a new one
+            return await self._exchange(peer_id, await self._open(peer_id), kind, data, reply_cap, reused=False)
+
+    async def close_idle(self, *, older_than: float = 0.0) -> None:
+        now = trio.current_time()
+        for peer_id in list(self._idle):
+            keep = []
+            for idle in self._idle[peer_id]:
+                if now - idle.since >= older_than:
+                    await idle.channel.aclose()
+                else:
+                    keep.append(idle)
+            self._idle[peer_id] = keep
+            self._forget_if_unused(peer_id)
+
+    async def run(self) -> None:
+        """Close sessions idle for half the receiver's limit, until cancelled; then all."""
+        try:
+            while True:
+                await trio.sleep(self._limits.bulk_idle / 4)
+                await self.close_idle(older_than=self._limits.bulk_idle / 2)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.close_idle()
+
+    def _take_idle(self, peer_id: str) -> SealedChannel | None:
+        idle = self._idle.get(peer_id)
+        now = trio.current_time()
+        while idle:
+            entry = idle.pop()
+            if now - entry.since < self._limits.bulk_idle / 2:
+                return entry.channel
+            # too old to trust: the receiver may be closing it right now (closed by run())
+        return None
+
+    def _forget_if_unused(self, peer_id: str) -> None:
+        share = self._shares.get(peer_id)
+        if not self._idle.get(peer_id) and share is not None and share.value == self._limits.max_inbound_blobs_per_peer:
+            self._idle.pop(peer_id, None)
+            del self._shares[peer_id]
+
+    async def _open(self, peer_id: str) -> SealedChannel:
+        limits = self._limits
+        host, answer = await self._key_session(peer_id)
+        sock = await _connect((host, answer.port), limits.blob_read_timeout)
+        channel = SealedChannel(sock, answer.key, outgoing=TO_RECEIVER, chunk=limits.bulk_chunk, timeout=limits.blob_read_timeout)
+        try:
+            with trio.fail_after(limits.blob_read_timeout):
+                await sock.send_all(answer.ticket)
+        except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+            await channel.aclose()
+            raise BulkError(f"bulk connection failed while sending the ticket: {exc!r}") from exc
+        self.counters.incr("bulk_sessions_opened")
+        return channel
+
+    async def _exchange(
+        self, peer_id: str, channel: SealedChannel, kind: str, data: bytes, reply_cap: SizeCap, *, reused: bool
+    ) -> Frame:
+        # The body follows the header at once (a round trip for a go costs more than the
+        # socket time of a 4 MiB blob on a loaded machine); a receiver that refuses the
+        # header answers with its reason and ends the session, so the reply is read while
+        # the body is still going out, and a refusal stops it.
+        limits = self._limits
+        allowed = _deadline(len(data), limits)
+        upload_error: list[BlobError] = []
+        reply: Frame | None = None
+
+        async def upload(reading: trio.CancelScope) -> None:
+            try:
+                with trio.fail_after(allowed):
+                    await channel.send_body(data)
+            except trio.TooSlowError:
+                upload_error.append(BlobTimeout(f"the bulk transfer exceeded its deadline of {allowed:.0f}s"))
+                reading.cancel()
+            except BlobError as exc:  # e.g. the receiver refused and closed: its reply says why
+                upload_error.append(exc)
+
+        try:
+            try:
+                await channel.send_header(kind, len(data))
+                read_error: list[BlobError] = []
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(upload, nursery.cancel_scope)
+                    try:
+                        reply = await channel.receive_message(
+                            reply_cap, limits.blob_read_timeout, limits.blob_min_rate,
+                            first_timeout=allowed + limits.blob_reply_timeout,
+                        )
+                    except BlobError as exc:  # raised below, not as an exception group
+                        read_error.append(exc)
+                    nursery.cancel_scope.cancel()  # a refusal can come before the body is out
+                if read_error:
+                    raise read_error[0]
+            except (BulkError, TruncatedFrame) as exc:
+                raise (_Stale(str(exc)) if reused else exc) from exc
+            if reply is None:
+                raise upload_error[0]
+            if reply.kind == REPLY_ERROR or upload_error:
+                raise _Refused(reply)  # the receiver ended the session
+        except _Refused as refused:
+            await channel.aclose()
+            return refused.reply
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await channel.aclose()
+            raise
+        self._idle.setdefault(peer_id, []).append(_Idle(channel, trio.current_time()))
+        return reply
+
+
+class _Refused(Exception):
+    def __init__(self, reply: Frame) -> None:
+        self.reply = reply

@@ -12,7 +12,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING
 
 import trio
@@ -77,7 +77,8 @@ class P2PService(P2PNetwork):
         assert isinstance(swarm, Swarm)  # new_host builds a Swarm
         swarm.auto_connector = _NoAutoDials(swarm, swarm.connection_config.auto_connect_interval)
         self._id = self._host.get_id()
-        # gossip_dropped, gossip_rejected, peers_banned, inbound_refused (metrics).
+        # gossip_dropped, gossip_rejected, peers_banned, inbound_refused, bulk_sessions_opened,
+        # bulk_sessions_keyed, bulk_sessions_failed (metrics).
         self.counters = Counters()
         self._scores = PeerScores(
             threshold=limits.ban_threshold, decay=limits.score_decay, ban_seconds=limits.ban_seconds
@@ -105,10 +106,14 @@ class P2PService(P2PNetwork):
         self._blob_slots = TransferSlots(limits.max_inbound_blobs, limits.max_inbound_blobs_per_peer)
         self._bulk = bulk.BulkListener(
             bulk.listen_host(list(listen)),
-            chunk=limits.bulk_chunk,
-            timeout=limits.blob_read_timeout,
-            max_unclaimed=2 * limits.max_inbound_blobs,
+            limits,
+            serve_blob=self._answer_blob,
+            size_cap=self._inbound_cap,
+            blob_slots=self._blob_slots,
+            banned=self.is_banned,
+            counters=self.counters,
         )
+        self._bulk_sessions = bulk.BulkSessions(limits, self._key_bulk_session, self.counters)
         self._running = False
         self._host.set_stream_handler(blobs.PROTOCOL, self._serve_blob)  # type: ignore[arg-type]
 
@@ -155,6 +160,7 @@ class P2PService(P2PNetwork):
                             self._nursery = ours
                             await self._gossip.start(pubsub, ours)
                             await ours.start(self._bulk.run)
+                            ours.start_soon(self._bulk_sessions.run)
                             ours.start_soon(self._peering.run)
                             self._running = True
                             logger.info("p2p listening on %s", " ".join(self.listen_addrs()))
@@ -270,29 +276,52 @@ class P2PService(P2PNetwork):
         peerx.check_peer_id(peer_id)
         if self.is_banned(peer_id):
             raise P2PError(f"{peer_id} is banned")
-        try:
-            with trio.fail_after(self._limits.dial_timeout):
-                stream = await self._host.new_stream(ID.from_base58(peer_id), [blobs.PROTOCOL])  # type: ignore[list-item]
-        except Exception as exc:  # timeouts and libp2p's assorted dial/negotiation errors
-            raise P2PError(f"cannot open a blob stream to {peer_id}: {exc!r}") from exc
-        try:
-            reply = await self._request(stream, kind, data)
-        except BaseException:
-            await close_stream(stream, reset=True)
-            raise
-        await close_stream(stream)
+        if len(data) >= self._limits.bulk_min:
+            reply = await self._bulk_sessions.request(peer_id, kind, data, self._reply_cap)
+        else:
+            async with self._blob_stream(peer_id) as stream:
+                reply = await self._request(stream, kind, data)
         if reply.kind == blobs.REPLY_ERROR:
             raise blobs.BlobRejected(
                 f"{peer_id} refused the {kind!r} blob: {reply.data.decode(errors='replace')}"
             )
         return reply.data if reply.kind == blobs.REPLY_DATA else None
 
+    @contextlib.asynccontextmanager
+    async def _blob_stream(self, peer_id: str) -> AsyncIterator[INetStream]:
+        """A new blob stream to `peer_id`: closed after use, reset after an error."""
+        try:
+            with trio.fail_after(self._limits.dial_timeout):
+                stream = await self._host.new_stream(ID.from_base58(peer_id), [blobs.PROTOCOL])  # type: ignore[list-item]
+        except Exception as exc:  # timeouts and libp2p's assorted dial/negotiation errors
+            raise P2PError(f"cannot open a blob stream to {peer_id}: {exc!r}") from exc
+        try:
+            yield stream
+        except BaseException:
+            await close_stream(stream, reset=True)
+            raise
+        await close_stream(stream)
+
+    async def _key_bulk_session(self, peer_id: str) -> tuple[str, bulk.Answer]:
+        """Ask `peer_id`, on a blob stream, for a bulk session's port, key and ticket."""
+        limits = self._limits
+        async with self._blob_stream(peer_id) as stream:
+            await write_frame(stream, bulk.BULK, b"", chunk=limits.blob_chunk, timeout=limits.blob_read_timeout)
+            answer_cap = {bulk.BULK: bulk.MAX_ANSWER, blobs.REPLY_ERROR: blobs.MAX_ERROR_REPLY}.get
+            answered = await read_frame(stream, answer_cap, chunk=limits.blob_chunk, timeout=limits.blob_read_timeout)
+            remote = stream.get_remote_address()
+        if answered.kind == blobs.REPLY_ERROR:
+            raise blobs.BlobRejected(
+                f"{peer_id} refused a bulk session: {answered.data.decode(errors='replace')}"
+            )
+        if remote is None:
+            raise bulk.BulkError("the blob stream has no remote address to reach the bulk port at")
+        return remote[0], bulk.decode_answer(answered.data)
+
     async def _request(self, stream: INetStream, kind: str, data: bytes) -> blobs.Frame:
         # Upload and wait for the reply at the same time: a peer that refuses the blob
         # (too large, unknown kind, busy) answers at once, and we stop uploading.
         limits = self._limits
-        if len(data) >= limits.bulk_min:
-            return await bulk.request(stream, kind, data, limits, self._reply_cap)
         reply_wait = trio.CancelScope()
         upload_error: list[blobs.BlobError] = []
         uploading = True
@@ -348,8 +377,8 @@ class P2PService(P2PNetwork):
         }.get(kind)
 
     def _inbound_cap(self, kind: str) -> int | None:
-        if kind == bulk.BULK:  # an offer to send a blob over the bulk channel
-            return bulk.MAX_OFFER
+        if kind == bulk.BULK:  # a request for a bulk session (empty)
+            return 0
         entry = self._blob_handlers.get(kind)
         return entry[1] if entry else None
 
@@ -377,24 +406,21 @@ class P2PService(P2PNetwork):
                 min_rate=limits.blob_min_rate,
             )
             if frame.kind == bulk.BULK:
-                frame = await bulk.serve(stream, frame, self._bulk, self._inbound_cap, limits)
+                await self._answer_bulk_keying(stream, peer_id)
+                return
         except blobs.BlobError as exc:
             logger.info("blob from %s rejected: %s", peer_id, exc)
             await self._refuse(stream, str(exc))
             return
-        handler = self._blob_handlers[frame.kind][0]
-        try:
-            reply = await handler(peer_id, frame.kind, frame.data)
-        except Exception:  # a handler bug must cost one transfer, not the service
-            logger.exception("blob handler for %r failed", frame.kind)
-            await self._refuse(stream, "the handler failed")
+        reply = await self._answer_blob(peer_id, frame.kind, frame.data)
+        if reply.kind == blobs.REPLY_ERROR:
+            await self._refuse(stream, reply.data.decode(errors="replace"))
             return
-        reply_kind = blobs.REPLY_NONE if reply is None else blobs.REPLY_DATA
         try:
             await write_frame(
                 stream,
-                reply_kind,
-                reply or b"",
+                reply.kind,
+                reply.data,
                 chunk=limits.blob_chunk,
                 timeout=limits.blob_read_timeout,
                 min_rate=limits.blob_min_rate,
@@ -404,6 +430,28 @@ class P2PService(P2PNetwork):
             await close_stream(stream, reset=True)
             return
         await close_stream(stream)
+
+    async def _answer_bulk_keying(self, stream: INetStream, peer_id: str) -> None:
+        """A bulk session for the stream's peer: its one-time port, key and ticket."""
+        try:
+            answer = self._bulk.key_session(peer_id)
+            await write_frame(
+                stream, bulk.BULK, bulk.encode_answer(answer), chunk=bulk.MAX_ANSWER, timeout=self._limits.blob_read_timeout
+            )
+        except blobs.BlobError as exc:
+            await self._refuse(stream, str(exc))
+            return
+        await close_stream(stream)
+
+    async def _answer_blob(self, peer_id: str, kind: str, data: bytes) -> blobs.Frame:
+        """The reply frame to a blob that arrived whole (on a stream or a bulk session)."""
+        handler = self._blob_handlers[kind][0]
+        try:
+            reply = await handler(peer_id, kind, data)
+        except Exception:  # a handler bug must cost one transfer, not the service
+            logger.exception("blob handler for %r failed", kind)
+            return blobs.Frame(blobs.REPLY_ERROR, b"the handler failed")
+        return blobs.Frame(blobs.REPLY_NONE, b"") if reply is None else blobs.Frame(blobs.REPLY_DATA, reply)
 
     async def _refuse(self, stream: INetStream, reason: str) -> None:
         message = reason.encode()[: blobs.MAX_ERROR_REPLY]

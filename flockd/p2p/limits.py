@@ -46,7 +46,9 @@ class P2PLimits:
     max_inbound_blobs: int = 8  # concurrent inbound transfers (each may hold max_size bytes)
     max_inbound_blobs_per_peer: int = 2  # one peer's share of them
     max_reply: int = 64 * MiB  # largest reply send_blob accepts
-    # Blobs of bulk_min bytes or more go over the bulk channel (p2p/bulk.py): a plain TCP
-    # socket with AES-GCM chunks of bulk_chunk bytes, keyed over the blob stream.
+    # Blobs of bulk_min bytes or more go over bulk sessions (p2p/bulk.py): long-lived plain
+    # TCP connections, keyed over the blob stream, carrying AES-GCM records of bulk_chunk.
     bulk_min: int = 1 * MiB
     bulk_chunk: int = 1 * MiB
+    bulk_sessions: int = 64  # sessions open at once, all peers together (each peer: max_inbound_blobs_per_peer)
+    bulk_idle: float = 60.0  # a session with no blob for this long is closed (dialers drop theirs at half)
