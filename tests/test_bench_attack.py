@@ -191,6 +191,29 @@ def test_stake_share_table_on_known_numbers() -> None:
     assert stake_share_table(meta, records, "dirichlet:0.5") == ""
 
 
+def test_paired_table_subtracts_the_clean_run_of_the_same_seed() -> None:
+    from flockd.bench._attack_paired import paired_table
+
+    def run(fraction: float, seed: int, accuracies: list[float]) -> dict[str, object]:
+        return {
+            "system": "flockd-per-proposal", "attack": "collude", "fraction": fraction,
+            "partition": "iid", "seed": seed, "rounds": [{"accuracy": a} for a in accuracies],
+        }  # fmt: skip
+
+    meta = {"systems": ["flockd-per-proposal"], "fractions": [0.0, 0.4], "seeds": [0, 1, 2], "attack": "collude"}
+    records = [
+        run(0.0, 0, [0.5] * 4 + [0.90, 0.90, 0.90, 0.90, 0.96]),
+        run(0.4, 0, [0.5] * 4 + [0.89, 0.89, 0.89, 0.89, 0.94]),  # -2 final, -1.2 over the last 5
+        run(0.0, 1, [0.5] * 9),
+        run(0.4, 1, [0.5] * 9),  # 0 and 0
+        run(0.4, 2, [0.9] * 9),  # no clean run of seed 2: left out
+    ]
+    rows = paired_table(meta, records, "iid").splitlines()
+    # final: -2 and 0 -> mean -1.00, half-width 12.706 * sd(1.414) / sqrt(2) = 12.71
+    assert rows[2] == "| flockd, per-proposal vote | 40% | 2 | -1.00 ± 12.71 | -0.60 ± 7.62 |"
+    assert paired_table({**meta, "fractions": [0.4]}, records, "iid") == ""
+
+
 def test_stake_share_preset_on_a_tiny_grid_with_two_partitions(tmp_path: Path) -> None:
     """`--stake-share` (here shrunk to 6 nodes, 2 rounds) records the malicious nodes' stake
     share from the chain at the start and after every round, per partition, into its own

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from flockd.bench._attack_breakdown import breakdown_table
+from flockd.bench._attack_paired import paired_table
 from flockd.bench._attack_stats import CI_METHOD, Spread, spread
 from flockd.bench._attack_systems import FLOCKD_SYSTEMS, PER_ATTACK_SYSTEMS, SYSTEMS, TARGET
 
@@ -360,6 +361,18 @@ def _partition_section(
         f"{CI_METHOD}:",
         "",
         accuracy_table(meta, records, partition),
+    ]
+    paired = paired_table(meta, records, partition)
+    if paired:
+        parts += [
+            "",
+            f"**What the attack cost, paired by seed** ({partition} split): each attacked run "
+            "minus the clean run of the same seed (same data split, initial model, training "
+            f"seeds and keys), in points; {CI_METHOD}:",
+            "",
+            paired,
+        ]
+    parts += [
         "",
         f"**Speed**, at {', '.join(map(_pct, timing_marks(meta)))} malicious "
         f"(`{meta['attack']}`), {partition} split. Final accuracy as above, with min–max; s/round: wall time between "
