@@ -268,7 +268,7 @@ def main(argv: list[str]) -> int:
         clean = make_bench(config, args.nodes, args.rounds, 0, Path(tmp))
         base_bpc = clean.bpc(clean.workers[0].initial_model())
         runs: list[tuple[Bench, Callable[[Bench, str], Outcome], str]] = [
-            (clean, run_flockd, "flockd: per-proposal vote, exact mean of s·B·A folded"),
+            (clean, run_flockd, "flockd: per-proposal vote, exact mean of the updates, carried adapter"),
             (clean, run_factor_mean, "A and B averaged separately (FlowerTune / OpenFedLLM)"),
             (clean, run_centralized, "centralized (upper bound)"),
             (clean, run_local_only, "local-only (lower bound)"),
