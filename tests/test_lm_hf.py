@@ -77,8 +77,11 @@ def test_a_federated_lm_round_sends_adapters_and_agrees_on_bytes(federated):
     assert layout and all(name.split(".")[-2] in ("q_proj", "v_proj") for name in layout)
     assert sum(np.prod(s) for s in layout.values()) * 4 < sum(v.nbytes for v in base.values()) / 5
     assert model_hash(workers[1].aggregate(base, wire[::-1])) == model_hash(new)
-    changed = {n for n in base if not np.array_equal(base[n], new[n])}
+    recipe = workers[0].recipe
+    before, after = recipe.model_weights(base), recipe.model_weights(new)
+    changed = {n for n in before if not np.array_equal(before[n], after[n])}
     assert changed and all(n.endswith(("q_proj.weight", "v_proj.weight")) for n in changed)
+    assert set(new) == set(before) | set(layout)  # the residual weights and the carried adapter
     votes = workers[0].score(base, [*wire, b"garbage"], [bytes(20), bytes([1]) * 20, bytes([2]) * 20], False, 0)
     assert votes[2] == -1
     before, after = workers[0].evaluate_test(base), workers[0].evaluate_test(new)
@@ -90,10 +93,11 @@ def test_the_federated_model_exports_and_loads_with_transformers(federated, stor
 
     workers, _, _, new = federated
     _, built = store
-    out = export_model_dir(built.path, new, tmp_path / "export")
+    weights = workers[0].recipe.model_weights(new)  # the carried adapter folded in
+    out = export_model_dir(built.path, weights, tmp_path / "export")
     loaded = AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True, dtype=torch.float32)
     reference = workers[0].recipe.build_model(0)
-    reference.load_state_dict({n: torch.from_numpy(v) for n, v in new.items()})
+    reference.load_state_dict({n: torch.from_numpy(v) for n, v in weights.items()})
     ids = torch.tensor([[0, *workers[0].recipe.tokenizer.encode("Return the value")]])
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, reference(ids).logits)

@@ -12,7 +12,7 @@ from peft.tuners import lora as peft_lora
 from flockd.fl.aggregate import MAX_UPDATE_RATIO, aggregate
 from flockd.fl.builtin import DigitsMLP
 from flockd.fl.checkpoint import model_hash
-from flockd.fl.codec import MAX_DELTA_VALUE, decode_delta, encode_delta
+from flockd.fl.codec import MAX_DELTA_VALUE, decode_delta, delta_hash, encode_delta
 from flockd.fl.recipe import BadRecipeConfig, load_recipe
 from flockd.fl.tensors import model_state, shapes
 from flockd.lm.lora import (
@@ -25,6 +25,7 @@ from flockd.lm.lora import (
     factor_mean,
     fresh_adapter,
     lora_keys,
+    split_state,
 )
 from flockd.tasks.spec import TaskSpec
 from flockd.tasks.work import Worker
@@ -36,7 +37,9 @@ class LoraDigits(LoraRecipe, DigitsMLP):
     """digits-mlp fine-tuned through rank-4 adapters on both of its linear layers."""
 
     name = "lora-digits"
-    default_config: ClassVar[dict[str, Any]] = {**DigitsMLP.default_config, "epochs": 2, **lora_keys(4, 8.0, ["0", "2"])}
+    default_config: ClassVar[dict[str, Any]] = {
+        **DigitsMLP.default_config, "epochs": 2, "lr": 0.05, **lora_keys(4, 8.0, ["0", "2"])
+    }
 
 
 CONFIG = LoraConfig(rank=8, alpha=16.0, targets=("q_proj", "v_proj"))
@@ -154,21 +157,39 @@ def round0(workers):
     return base, [w.train(base, 0) for w in workers]
 
 
+def updates_from(state, wire) -> list[dict[str, np.ndarray]]:
+    """Each proposer's change of the model: s·B_i·A_i less the carried s·B·A it started from."""
+    carried = expand(split_state(state)[1], 2.0)
+    return [
+        {n: u.astype(np.float64) - carried[n].astype(np.float64) for n, u in expand(decode_delta(d).tensors, 2.0).items()}
+        for d in wire
+    ]
+
+
 def test_workers_send_adapters_and_fold_their_exact_mean(workers, round0):
     base, wire = round0
+    recipe = workers[0].recipe
     layout = workers[0].layout
     assert set(layout) == {"0.lora_A", "0.lora_B", "2.lora_A", "2.lora_B"}
     assert all(set(decode_delta(d, expected_shapes=layout).tensors) == set(layout) for d in wire)
-    new = workers[1].aggregate(base, wire)
-    updates = [expand(decode_delta(d).tensors, 2.0) for d in wire]
-    for name in ("0.weight", "2.weight"):
-        want = np.mean([u[name].astype(np.float64) for u in updates], axis=0)
-        np.testing.assert_allclose(new[name] - base[name], want, atol=1e-6)
-    for name in ("0.bias", "2.bias"):
-        assert np.array_equal(new[name], base[name])
-    assert model_hash(workers[2].aggregate(base, wire[::-1])) == model_hash(new)
-    # The federated model learned: better held-out accuracy than the initial one.
-    assert workers[0].evaluate_test(new)["accuracy"] > workers[0].evaluate_test(base)["accuracy"]
+    assert set(base) == {"0.weight", "0.bias", "2.weight", "2.bias", *layout}  # the state carries an adapter
+    state = base
+    for round_number in range(2):  # round 1 trains from round 0's carried adapter
+        wire = wire if round_number == 0 else [w.train(state, 1) for w in workers]
+        new = workers[1].aggregate(state, wire)
+        before, after = recipe.model_weights(state), recipe.model_weights(new)
+        for name in ("0.weight", "2.weight"):
+            want = np.mean([u[name] for u in updates_from(state, wire)], axis=0)
+            np.testing.assert_allclose(after[name] - before[name], want, atol=1e-6)
+        for name in ("0.bias", "2.bias"):
+            assert np.array_equal(after[name], before[name])
+        # The carried adapter is the mean of the factors; the residual weights make up the rest.
+        want_adapter = factor_mean([decode_delta(d).tensors for d in sorted(wire, key=delta_hash)])
+        assert all(np.array_equal(new[n], v) for n, v in want_adapter.items())
+        assert model_hash(workers[2].aggregate(state, wire[::-1])) == model_hash(new)
+        # The federated model learned: better held-out accuracy than the one before.
+        assert workers[0].evaluate_test(new)["accuracy"] > workers[0].evaluate_test(state)["accuracy"]
+        state = new
 
 
 def malformed(good: bytes, base) -> dict[str, bytes]:
@@ -202,7 +223,7 @@ def test_robust_rules_judge_the_expanded_updates(workers, round0, rule):
     base, wire = round0
     judge = Worker(TaskSpec(f"{__name__}:LoraDigits", num_nodes=3, seed=4, rule=rule), 0)
     new = judge.aggregate(base, wire)
-    updates = [expand(decode_delta(d).tensors, 2.0) for d in wire]
+    before, after = judge.recipe.model_weights(base), judge.recipe.model_weights(new)
     for name in ("0.weight", "2.weight"):
-        want = np.median([u[name].astype(np.float64) for u in updates], axis=0)  # 3 deltas: trimming 1 each side is the median
-        np.testing.assert_allclose(new[name] - base[name], want, atol=1e-6)
+        want = np.median([u[name] for u in updates_from(base, wire)], axis=0)  # 3 deltas: trimming 1 each side is the median
+        np.testing.assert_allclose(after[name] - before[name], want, atol=1e-6)

@@ -265,7 +265,7 @@ def test_flockd_lm_imports_checks_and_lists_bases(tmp_path, monkeypatch, capsys)
 def test_the_federated_model_exports_as_a_base_directory(workers, store, tmp_path):
     root, digest = store
     base = workers[0].initial_model()
-    new = workers[0].aggregate(base, [workers[0].train(base, 1)])
+    new = workers[0].recipe.model_weights(workers[0].aggregate(base, [workers[0].train(base, 1)]))
     out = export_model_dir(root / digest.hex(), new, tmp_path / "export")
     check_base_dir(out)  # loadable by the same rules as any base
     loaded = load_file(out / "model.safetensors")

@@ -4,17 +4,18 @@ In one process (the simulation's style: every node's work runs one after another
 testnet's base (``flockd.lm.testnet.TESTNET_BASE_BUILD``, built once and cached) and its
 task config, with ``--nodes`` nodes each holding one docstring domain (non-IID):
 
-1. **flockd**: every node trains a fresh adapter on the global weights and proposes it;
+1. **flockd**: every node trains the global state's carried adapter and proposes it;
    every other node votes on it (``Worker.score``: bits per character on the voter's own
-   validation text); a proposal with a strict majority of +1 is accepted; the exact mean
-   of the accepted updates s·B·A is folded into the weights (``Worker.aggregate``).
+   validation text); a proposal with a strict majority of +1 is accepted; the model moves
+   by the exact mean of the accepted updates (``Worker.aggregate``, ``flockd.lm.lora``).
 2. **A and B averaged separately** (Flower's FlowerTune and OpenFedLLM): one global
    adapter, every node trains it from the global A and B, the server averages A and B
    tensor by tensor; the model is base + s·mean(B)·mean(A).
 3. **centralized**: one trainer on every node's training text pooled, ``nodes`` times the
-   steps a round (the same compute), a fresh adapter folded each round (upper bound).
-4. **local-only**: each node alone on its own domain, a fresh adapter folded each round;
-   per-domain figures are the mean over the nodes' models (lower bound).
+   steps a round (the same compute), one adapter trained on through the rounds (upper
+   bound).
+4. **local-only**: each node alone on its own domain, its adapter trained on through the
+   rounds; per-domain figures are the mean over the nodes' models (lower bound).
 
 Then the attack rows: ``--attackers`` of the nodes (40% by default) train on garbage text
 (random symbols, ``flockd.lm.corpus.garbage_text``) and vote to accept everything, under 1. and 2.
@@ -40,16 +41,14 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
-import numpy as np
-
 from flockd.fl.attacks import Behaviour
 from flockd.fl.codec import encode_delta
 from flockd.fl.data import DataSpec
 from flockd.fl.recipe import training_seed
-from flockd.fl.tensors import Tensors, load_model_state, shapes
+from flockd.fl.tensors import Tensors, load_model_state
 from flockd.lm.causal import TokenizedText
 from flockd.lm.corpus import garbage_text
-from flockd.lm.lora import adapter_values, attached, expand, factor_mean, fresh_adapter
+from flockd.lm.lora import adapter_values, attached, factor_mean, split_state
 from flockd.lm.recipe import CausalLoraRecipe
 from flockd.tasks.spec import TaskSpec
 from flockd.tasks.work import Worker
@@ -89,7 +88,7 @@ class Bench:
 
     def bpc(self, state: Tensors) -> tuple[float, ...]:
         model = self.recipe.build_model(0)
-        load_model_state(model, state)
+        load_model_state(model, self.recipe.model_weights(state))
         return tuple(self.recipe.evaluate(model, text)["loss"] for text in self.tests)
 
 
@@ -121,11 +120,6 @@ def make_bench(config: dict[str, Any], nodes: int, rounds: int, attackers: int, 
     data = DataSpec(node_index=0, num_nodes=nodes, seed=spec.seed)
     tests = [recipe.domain_test(data, i) for i in range(len(config["domains"]))]
     return Bench(spec, rounds, workers, tests)
-
-
-def fold(state: Tensors, adapter: Tensors, scale: float) -> Tensors:
-    update = expand(adapter, scale)
-    return {n: (v.astype(np.float64) + update[n]).astype(np.float32) if n in update else v for n, v in state.items()}
 
 
 def run_flockd(bench: Bench, label: str) -> Outcome:
@@ -168,9 +162,7 @@ def train_adapter(bench: Bench, state: Tensors, start_adapter: Tensors, data: To
 def run_factor_mean(bench: Bench, label: str) -> Outcome:
     """Flower's FedAvg over the adapter's tensors: one global adapter, A and B averaged apart."""
     recipe, workers = bench.recipe, bench.workers
-    base = workers[0].initial_model()
-    lora = recipe.lora()
-    adapter = fresh_adapter(lora, shapes(base), seed=training_seed(bench.spec.seed, 0, 0))
+    base, adapter = split_state(workers[0].initial_model())  # flockd's starting adapter too
     wire_size = len(encode_delta(adapter))
     start = time.perf_counter()
     for r in range(bench.rounds):
@@ -181,18 +173,17 @@ def run_factor_mean(bench: Bench, label: str) -> Outcome:
         adapter = factor_mean(trained)
     seconds = time.perf_counter() - start
     sent = 2 * wire_size * len(workers) * bench.rounds
-    return Outcome(label, bench.bpc(fold(base, adapter, lora.scale)), seconds, sent)
+    return Outcome(label, bench.bpc({**base, **adapter}), seconds, sent)
 
 
-def fresh_rounds(bench: Bench, worker: Worker, data: TokenizedText, steps: int, node: int) -> Tensors:
-    """``bench.rounds`` rounds of a fresh adapter trained ``steps`` on ``data``, each folded."""
-    lora = bench.recipe.lora()
-    state = worker.initial_model()
+def solo_rounds(bench: Bench, worker: Worker, data: TokenizedText, steps: int, node: int) -> Tensors:
+    """``bench.rounds`` rounds of one node's adapter trained ``steps`` on ``data``, carried
+    from round to round as the federation carries its own (one update: the exact mean is it)."""
+    weights, adapter = split_state(worker.initial_model())
     for r in range(bench.rounds):
         seed = training_seed(bench.spec.seed, r, node)
-        adapter = train_adapter(bench, state, fresh_adapter(lora, shapes(state), seed), data, steps, seed)
-        state = fold(state, adapter, lora.scale)
-    return state
+        adapter = train_adapter(bench, weights, adapter, data, steps, seed)
+    return {**weights, **adapter}
 
 
 def run_centralized(bench: Bench, label: str) -> Outcome:
@@ -200,7 +191,7 @@ def run_centralized(bench: Bench, label: str) -> Outcome:
     windows = tuple(win for w in honest for win in train_text(w).windows)
     pooled = TokenizedText(windows, sum(train_text(w).target_bytes for w in honest))
     start = time.perf_counter()
-    state = fresh_rounds(bench, honest[0], pooled, bench.recipe.config["steps"] * len(honest), 0)
+    state = solo_rounds(bench, honest[0], pooled, bench.recipe.config["steps"] * len(honest), 0)
     seconds = time.perf_counter() - start
     return Outcome(label, bench.bpc(state), seconds, pooled.target_bytes, "the training text is what travels")
 
@@ -208,7 +199,7 @@ def run_centralized(bench: Bench, label: str) -> Outcome:
 def run_local_only(bench: Bench, label: str) -> Outcome:
     honest = [w for w in bench.workers if w.behaviour.is_honest]
     start = time.perf_counter()
-    states = [fresh_rounds(bench, w, train_text(w), bench.recipe.config["steps"], i) for i, w in enumerate(honest)]
+    states = [solo_rounds(bench, w, train_text(w), bench.recipe.config["steps"], i) for i, w in enumerate(honest)]
     seconds = time.perf_counter() - start
     per_node = [bench.bpc(s) for s in states]
     mean = tuple(math.fsum(col) / len(col) for col in zip(*per_node, strict=True))
@@ -277,7 +268,7 @@ def main(argv: list[str]) -> int:
         clean = make_bench(config, args.nodes, args.rounds, 0, Path(tmp))
         base_bpc = clean.bpc(clean.workers[0].initial_model())
         runs: list[tuple[Bench, Callable[[Bench, str], Outcome], str]] = [
-            (clean, run_flockd, "flockd: per-proposal vote, exact mean of s·B·A folded"),
+            (clean, run_flockd, "flockd: per-proposal vote, exact mean of the updates, carried adapter"),
             (clean, run_factor_mean, "A and B averaged separately (FlowerTune / OpenFedLLM)"),
             (clean, run_centralized, "centralized (upper bound)"),
             (clean, run_local_only, "local-only (lower bound)"),

@@ -36,6 +36,10 @@ Optional hooks, with defaults that fit a model trained whole:
   difference; a LoRA recipe sends only its adapter and expands it to ``s * B @ A``.
   Aggregation rules then combine expanded updates, so their mean is the mean of the
   updates themselves, not of their factors.
+- What the global state holds between rounds: ``initial_state``, ``model_weights`` and
+  ``next_state``. The default holds the model's own tensors; a LoRA recipe also carries
+  the round's adapter, so nodes keep training one adapter across rounds while the
+  weights take the exact mean of the updates.
 """
 
 from __future__ import annotations
@@ -45,13 +49,14 @@ import json
 import os
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import import_module
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
 
 from eth_utils import keccak
 
+from flockd.fl.codec import Delta
 from flockd.fl.data import DataSpec
 from flockd.fl.errors import FLError
 from flockd.fl.tensors import Shapes, Tensors
@@ -183,11 +188,31 @@ class Recipe(ABC):
         return subtract(model_state(model), base), stats
 
     def expand_update(self, base: Tensors, delta: Tensors) -> Tensors:
-        """``delta`` as a change of the model's own tensors: names and shapes of ``base``
-        (a subset of them; the rest do not change). Deterministic element-wise float
+        """``delta`` as a change of the model's own tensors: names and shapes of
+        ``model_weights(base)`` (a subset of them; the rest do not change). Deterministic element-wise float
         arithmetic only: every node must get the same bytes. The default: the delta is
         already one."""
         return delta
+
+    # -- what the global state holds (defaults: the model's own tensors) ------------------
+
+    def initial_state(self, weights: Tensors, seed: int) -> Tensors:
+        """The task's global state before round 0, from the built model's tensors (the
+        model hash on chain covers it). Deterministic from ``seed``."""
+        return weights
+
+    def model_weights(self, state: Tensors) -> Tensors:
+        """The model's own tensors (what ``load_model_state`` takes) of a global state."""
+        return state
+
+    def next_state(self, state: Tensors, update: Tensors, deltas: Sequence[Delta], rule: str) -> Tensors:
+        """The global state after a round: ``state``'s model moved by ``update`` (the
+        task's ``rule`` over the expanded deltas, in ``model_weights``' layout), given the
+        accepted usable ``deltas`` as sent (not expanded). Element-wise float arithmetic
+        only, like ``expand_update``. The default: ``state + update``."""
+        from flockd.fl.aggregate import apply
+
+        return apply(state, update)
 
 
 def limit_torch_threads(threads: int = 1) -> None:

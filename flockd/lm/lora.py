@@ -8,17 +8,24 @@ state dict); the wire layout above is peft's ``lora_A.weight`` / ``lora_B.weight
 flockd's names, so the codec and the delta layout do not depend on peft.
 
 The trap: FedAvg on the factors (mean of the As times mean of the Bs, as FlowerTune,
-OpenFedLLM and FLock's SDK do) is not the mean of the updates ``s * B_i A_i``. flockd
-expands every adapter to its update of ``W`` (``expand``) before any rule sees it, so
-FedAvg is the exact mean of the updates (and the median, trimmed mean and Krum judge
-updates, not factors). The round's aggregate is folded into the weights, and next round
-starts from a fresh adapter: the global model is full weights, which the chain's model
-hash covers. ``factor_mean`` is the naive way, kept to measure its error.
+OpenFedLLM and FLock's SDK do) is not the mean of the updates. flockd expands every
+adapter to its update of ``W`` (``expand_update``) before any rule sees it, so FedAvg is
+the exact mean of the updates (and the median, trimmed mean and Krum judge updates, not
+factors). ``factor_mean`` is the naive way, kept to measure its error.
 
-Determinism: ``expand`` sums the r outer products in a fixed order in float64 (each
-product of two float32 values is exact in float64), never through BLAS, so every node
-gets the same bytes. A fresh adapter's A is drawn from a numpy PCG64 stream (the same on
-every platform); B starts at zero, so a fresh adapter changes nothing.
+The global state carries one adapter across rounds (as FedEx-LoRA does), because a fresh
+adapter each round restarts its random A and learns less at the same budget
+(docs/lm.md): the state is the residual weights ``W`` plus the carried ``A``, ``B``, and
+the model is ``W + s * B A`` (``model_weights``). Every node trains from the carried
+adapter; its update is ``s * (B_i A_i - B A)``. After a round the carried adapter becomes
+the task's rule applied to the accepted adapters' factors, and ``W`` takes the residual,
+so the model moves by exactly the rule's aggregate of the updates (``next_state``).
+
+Determinism: products sum the r outer products in a fixed order in float64 (each
+product of two float32 values is exact in float64), never through BLAS, and every
+addition is element-wise in float64 rounded once to float32, so every node gets the same
+bytes. A fresh adapter's A is drawn from a numpy PCG64 stream (the same on every
+platform); B starts at zero, so a fresh adapter changes nothing.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from flockd.fl.aggregate import aggregate
+from flockd.fl.codec import Delta
 from flockd.fl.errors import FLError
 from flockd.fl.recipe import BadRecipeConfig, LocalData, Recipe, TrainStats
 from flockd.fl.tensors import Shapes, Tensors, load_model_state, shapes
@@ -107,9 +116,9 @@ def fresh_adapter(config: LoraConfig, model_layout: Shapes, seed: int) -> Tensor
     return out
 
 
-def expand(adapter: Mapping[str, np.ndarray], scale: float) -> Tensors:
-    """Each adapted layer's weight update ``scale * B @ A`` (float32), by weight name."""
-    out: Tensors = {}
+def products(adapter: Mapping[str, np.ndarray], scale: float) -> dict[str, np.ndarray]:
+    """Each adapted layer's ``scale * B @ A`` in float64, by weight name."""
+    out: dict[str, np.ndarray] = {}
     for name in sorted(adapter):
         if not name.endswith(A_SUFFIX):
             continue
@@ -117,11 +126,27 @@ def expand(adapter: Mapping[str, np.ndarray], scale: float) -> Tensors:
         a = adapter[name].astype(np.float64)
         b = adapter[layer + B_SUFFIX].astype(np.float64)
         product = np.zeros((b.shape[0], a.shape[1]), np.float64)
-        for k in range(a.shape[0]):  # fixed order, element-wise: the same bytes on every node
-            product += np.multiply.outer(b[:, k], a[k, :])
         with np.errstate(over="ignore", invalid="ignore"):  # a hostile adapter: the norm bound refuses inf
-            out[layer + ".weight"] = (product * scale).astype(np.float32)
+            for k in range(a.shape[0]):  # fixed order, element-wise: the same bytes on every node
+                product += np.multiply.outer(b[:, k], a[k, :])
+            out[layer + ".weight"] = product * scale
     return out
+
+
+def expand(adapter: Mapping[str, np.ndarray], scale: float) -> Tensors:
+    """Each adapted layer's weight update ``scale * B @ A`` (float32), by weight name."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return {name: value.astype(np.float32) for name, value in products(adapter, scale).items()}
+
+
+def split_state(state: Mapping[str, np.ndarray]) -> tuple[Tensors, Tensors]:
+    """A LoRA global state's residual weights and its carried adapter (empty when the
+    state carries none, e.g. a base model's own weights)."""
+    weights: Tensors = {}
+    adapter: Tensors = {}
+    for name, value in state.items():
+        (adapter if name.endswith((A_SUFFIX, B_SUFFIX)) else weights)[name] = value
+    return weights, adapter
 
 
 def factor_mean(adapters: Sequence[Mapping[str, np.ndarray]]) -> Tensors:
@@ -192,9 +217,10 @@ def adapter_values(wrapped: PeftModel) -> Tensors:
 
 class LoraRecipe(Recipe):
     """A recipe whose deltas are LoRA adapters (config keys ``lora_rank``, ``lora_alpha``,
-    ``lora_targets``): each round a node trains a fresh adapter on the global weights and
-    sends it; the rules combine the expanded updates, folded into the weights. Put it
-    before the model's recipe among the bases: ``class X(LoraRecipe, SomeRecipe)``."""
+    ``lora_targets``): each round a node trains the global state's carried adapter on its
+    residual weights and sends it; the rules combine the expanded updates (see the module
+    docstring). Put it before the model's recipe among the bases:
+    ``class X(LoraRecipe, SomeRecipe)``."""
 
     def lora(self) -> LoraConfig:
         c = self.config
@@ -217,13 +243,48 @@ class LoraRecipe(Recipe):
         self, model: torch.nn.Module, base: Tensors, data: LocalData, *, seed: int
     ) -> tuple[Tensors, TrainStats]:
         config = self.lora()
-        load_model_state(model, base)
-        with attached(model, config, fresh_adapter(config, shapes(base), seed)) as wrapped:
+        weights, adapter = split_state(base)
+        load_model_state(model, weights)
+        with attached(model, config, adapter or fresh_adapter(config, shapes(weights), seed)) as wrapped:
             stats = self.train(model, data, seed=seed)
             return adapter_values(wrapped), stats
 
     def expand_update(self, base: Tensors, delta: Tensors) -> Tensors:
-        return expand(delta, self.lora().scale)
+        """``s * (B_i A_i - B A)``: the change from the model ``base`` stands for to the
+        proposer's, ``B A`` being ``base``'s carried adapter."""
+        scale = self.lora().scale
+        carried = products(split_state(base)[1], scale)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return {
+                name: (value - carried[name] if name in carried else value).astype(np.float32)
+                for name, value in products(delta, scale).items()
+            }
+
+    def initial_state(self, weights: Tensors, seed: int) -> Tensors:
+        return {**weights, **fresh_adapter(self.lora(), shapes(weights), seed)}
+
+    def model_weights(self, state: Tensors) -> Tensors:
+        weights, adapter = split_state(state)
+        carried = products(adapter, self.lora().scale)
+        return {
+            name: (value.astype(np.float64) + carried[name]).astype(np.float32) if name in carried else value
+            for name, value in weights.items()
+        }
+
+    def next_state(self, state: Tensors, update: Tensors, deltas: Sequence[Delta], rule: str) -> Tensors:
+        """The carried adapter becomes ``rule`` over the accepted adapters' factors; the
+        residual weights take ``update`` plus the old product less the new one."""
+        scale = self.lora().scale
+        weights, adapter = split_state(state)
+        adapter = aggregate(list(deltas), rule) if deltas else adapter
+        before, after = products(split_state(state)[1], scale), products(adapter, scale)
+        out: Tensors = dict(adapter)
+        for name, value in weights.items():
+            moved = value.astype(np.float64) + update[name]
+            if name in after:
+                moved += before.get(name, 0.0) - after[name]
+            out[name] = moved.astype(np.float32)
+        return out
 
 
 def lora_keys(rank: int, alpha: float, targets: Sequence[str]) -> dict[str, Any]:

@@ -56,7 +56,8 @@ def lm_report(config: dict[str, Any], nodes: int, seed: int, final_model: Path, 
     tokenizer = recipe.tokenizer
     model = recipe.build_model(0)
     base = model_state(model)
-    final = load_checkpoint(final_model, expected_shapes=shapes(base))
+    recorded = load_checkpoint(final_model, expected_shapes=shapes(recipe.initial_state(base, 0)))
+    final = recipe.model_weights(recorded)  # the residual weights with the carried adapter folded in
     data = DataSpec(num_nodes=nodes, seed=seed)
     domains = recipe.config["domains"]
     tests = {name: recipe.domain_test(data, i) for i, name in enumerate(domains)}

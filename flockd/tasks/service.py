@@ -274,7 +274,8 @@ class TaskService:
 
 
 def _initial_model_hash(spec: TaskSpec) -> bytes:
-    return model_hash(model_state(load_recipe(spec.recipe, spec.config).build_model(spec.seed)))
+    recipe = load_recipe(spec.recipe, spec.config)
+    return model_hash(recipe.initial_state(model_state(recipe.build_model(spec.seed)), spec.seed))
 
 
 def _hex(value: bytes) -> str:

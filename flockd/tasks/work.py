@@ -21,7 +21,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from flockd.fl.aggregate import aggregate, apply, usable_deltas
+from flockd.fl.aggregate import aggregate, usable_deltas
 from flockd.fl.attacks import (
     HONEST,
     Behaviour,
@@ -79,7 +79,7 @@ class Worker:
         self.counters = Counters()
 
     def initial_model(self) -> Tensors:
-        return model_state(self.recipe.build_model(self.spec.seed))
+        return self.recipe.initial_state(model_state(self.recipe.build_model(self.spec.seed)), self.spec.seed)
 
     def decode(self, data: bytes, expected_hash: bytes | None = None) -> Delta:
         return decode_delta(data, expected_shapes=self.layout, expected_hash=expected_hash)
@@ -111,7 +111,7 @@ class Worker:
     def honest_score(self, base: Tensors, deltas: Sequence[bytes | None], whole_round: bool) -> tuple[int, ...]:
         with self._lock:
             usable = self.usable(base, deltas)  # cheap checks before any evaluation
-            scorer = Scorer(self.recipe, base, self.val_split)
+            scorer = Scorer(self.recipe, self.recipe.model_weights(base), self.val_split)
             if whole_round:
                 kept = [d for d in usable if d is not None]
                 if not kept:
@@ -126,21 +126,30 @@ class Worker:
                 max_accuracy_drop=self.spec.max_accuracy_drop,
             )
 
-    def usable(self, base: Tensors, deltas: Sequence[bytes | None]) -> list[Delta | None]:
-        """Each delta decoded, or None where it is missing or unusable for ``base``."""
-        return usable_deltas(
-            base, deltas, self._refuse, delta_layout=self.layout, expand=lambda d: self.expand(base, d)
-        )
+    def usable(
+        self, base: Tensors, deltas: Sequence[bytes | None], sent: dict[bytes, Delta] | None = None
+    ) -> list[Delta | None]:
+        """Each delta decoded and expanded, or None where it is missing or unusable for
+        ``base``. ``sent``, when given, also receives each usable delta as sent, by hash."""
+        weights = self.recipe.model_weights(base)
 
-    def expand(self, base: Tensors, delta: Delta) -> Delta:
-        """``delta`` as a change of every tensor of ``base`` (zero where the recipe's update
-        leaves one alone), under the same hash: what the rules and the scorer combine."""
+        def expand(delta: Delta) -> Delta:
+            if sent is not None:
+                sent[delta.hash] = delta
+            return self.expand(base, weights, delta)
+
+        return usable_deltas(weights, deltas, self._refuse, delta_layout=self.layout, expand=expand)
+
+    def expand(self, base: Tensors, weights: Tensors, delta: Delta) -> Delta:
+        """``delta`` as a change of every tensor of ``weights`` (the model of the global
+        state ``base``; zero where the recipe's update leaves one alone), under the same
+        hash: what the rules and the scorer combine."""
         update = self.recipe.expand_update(base, delta.tensors)
         if update is delta.tensors:
             return delta
-        require_same_layout(shapes(base), shapes({**base, **update}), "expanded update")
+        require_same_layout(shapes(weights), shapes({**weights, **update}), "expanded update")
         # np.zeros maps untouched pages lazily: the unchanged tensors cost no memory.
-        full = {name: update.get(name, np.zeros(base[name].shape, np.float32)) for name in sorted(base)}
+        full = {name: update.get(name, np.zeros(weights[name].shape, np.float32)) for name in sorted(weights)}
         return replace(delta, tensors=full)
 
     def _refuse(self, data: bytes, reason: str) -> None:
@@ -151,13 +160,15 @@ class Worker:
         """``base`` plus the task's aggregate of the usable deltas (unusable ones are left
         out, as every node leaves them out; none usable: ``base`` unchanged). Raises only
         AggregationError, never on a peer's bytes alone."""
-        usable = [d for d in self.usable(base, deltas) if d is not None]
+        sent: dict[bytes, Delta] = {}
+        usable = [d for d in self.usable(base, deltas, sent) if d is not None]
         if not usable:
             return dict(base)
-        return apply(base, aggregate(usable, self.spec.rule))
+        update = aggregate(usable, self.spec.rule)
+        return self.recipe.next_state(base, update, [sent[d.hash] for d in usable], self.spec.rule)
 
     def evaluate_test(self, state: Tensors) -> Metrics:
         with self._lock:
-            load_model_state(self._model, state)
+            load_model_state(self._model, self.recipe.model_weights(state))
             held_out = self.val_split if self.test_split is None else self.test_split
             return self.recipe.evaluate(self._model, held_out)
