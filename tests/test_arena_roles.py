@@ -101,9 +101,9 @@ class Nodes:
             if held is not None:
                 self.services[t].records.put_eval_set(cid, *held)
 
-def node(env: Env, who: int, root: Path) -> ArenaService:
+def node(env: Env, who: int, root: Path, network: P2PNetwork | None = None) -> ArenaService:
     client = env.client(who)
-    ctx = NodeContext(NoPeers(), Registry(client, TASK_REGISTRY_ADDRESS), Store(root / str(who)), MEMBERS[who].address,
+    ctx = NodeContext(network or NoPeers(), Registry(client, TASK_REGISTRY_ADDRESS), Store(root / str(who)), MEMBERS[who].address,
                       MEMBERS[who].vrf_sk, confirmations=0)
     return ArenaService(ctx, Arena(client, ARENA_ADDRESS), Token(client, env.deployment.token))
 

@@ -67,7 +67,7 @@ class ArenaService:
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self.ctx.network.handle_blobs(EVAL_KIND, self._on_eval_request, max_size=MAX_EVAL_REQUEST)
+        self.ctx.network.handle_blobs(EVAL_KIND, self.answer_eval_request, max_size=MAX_EVAL_REQUEST)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for cid in self.members:
@@ -172,7 +172,8 @@ class ArenaService:
 
     # -- the evaluation set to peers -----------------------------------------------------
 
-    async def _on_eval_request(self, peer_id: str, kind: str, data: bytes) -> bytes | None:
+    async def answer_eval_request(self, peer_id: str, kind: str, data: bytes) -> bytes | None:
+        """The blob handler of arena.eval.1 (registered by run)."""
         try:
             cid = decode_eval_request(data)
         except EvalExchangeError:

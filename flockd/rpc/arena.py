@@ -117,7 +117,8 @@ class ArenaNamespace:
     ) -> dict[str, Any]:
         """Stake on a competition (spec: as arena_create returned it)."""
         with _ArenaErrors():
-            return await self._arena.join(_cid(competition_id), ArenaSpec.from_json(spec), role, parse_amount("stake", stake))
+            cid, amount = _cid(competition_id), parse_amount("stake", stake)
+            return await self._arena.join(cid, ArenaSpec.from_json(spec), role, amount)
 
     async def arena_submit(
         self,
@@ -132,6 +133,7 @@ class ArenaNamespace:
         """Train a model from the base on this node's data (data_path, else part node_index
         of num_nodes of the bundled data) and commit it; the node reveals it in time."""
         with _ArenaErrors():
+            cid = _cid(competition_id)
             settings = TrainerSettings(
                 data_path=data_path,
                 node_index=_in("node_index", node_index, 0, num_nodes - 1),
@@ -140,7 +142,7 @@ class ArenaNamespace:
                 lr=None if lr is None else _positive_lr(lr),
                 seed=_in("seed", seed, 0, 2**63 - 1),
             )
-            return await self._arena.submit(_cid(competition_id), settings)
+            return await self._arena.submit(cid, settings)
 
     async def arena_status(self, competition_id: int) -> dict[str, Any]:
         """The phase and its deadlines, members, submissions, and this node's part."""
