@@ -7,9 +7,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from flockd.ctl import main
 from flockd.testnet.cluster import Cluster
 
 pytestmark = pytest.mark.slow
+E18 = 10**18
 
 CREATE = {
     "recipe": "digits-mlp", "reward_pool": "1000e18", "creator_bond": "100e18",
@@ -22,7 +24,7 @@ TRAINING = [  # each trainer's own part of the data and hyperparameters
 ]
 
 
-def test_a_competition_runs_to_the_end_and_verifies_on_every_node(short_tmp):
+def test_a_competition_runs_to_the_end_and_verifies_on_every_node(short_tmp, capsys):
     cluster = Cluster(short_tmp, 4)
     cluster.init()
     try:
@@ -51,6 +53,16 @@ def test_a_competition_runs_to_the_end_and_verifies_on_every_node(short_tmp):
             assert verified["ok"], (d.index, verified)
             counted = [s for s in verified["submissions"] if s["counted"]]
             assert len(counted) == 2 and all(s["recomputed_score"] == s["median"] for s in counted)
+        # flockctl shows the leaderboard as a table
+        assert main(["--datadir", str(creator.datadir), "arena_results", f"competition_id={cid}"]) == 0
+        assert "leaderboard" in capsys.readouterr().out
+        # every member pulls its stake and its reward; the creator what was not paid out, and its bond
+        rewards = {row["trainer"]: row["reward"] for row in results["leaderboard"]}
+        for d, stake in [(trainers[0], 10 * E18), (trainers[1], 10 * E18), (validator, 100 * E18)]:
+            expected = stake + rewards.get(d.address, settled["reward"] if d is validator else 0)
+            assert d.call("arena_claim")["claimed"] == expected
+        paid = sum(rewards.values()) + settled["reward"]
+        assert creator.call("arena_claim")["claimed"] == 1000 * E18 - paid + 100 * E18
     finally:
         codes = cluster.stop()
     assert codes == [0, 0, 0, 0]

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from flockd.arena.service import ArenaService
 
 POLL_SECONDS = 0.5
+FINALISE_GRACE_BLOCKS = 6
 
 
 class NotYet(Exception):
@@ -94,6 +95,14 @@ async def finalise(svc: ArenaService, m: Membership, snap: Snapshot) -> None:
     await svc.arena.finalise(m.competition_id)
 
 
+async def finalise_late(svc: ArenaService, m: Membership, snap: Snapshot) -> None:
+    """A member finalises when the creator has not, a few blocks on: the payouts must not
+    hang on one node."""
+    if await svc.arena.client.block_number() < snap.ends.score_reveal + FINALISE_GRACE_BLOCKS:
+        raise NotYet("the creator may still finalise")
+    await svc.arena.finalise(m.competition_id)
+
+
 # -- trainer ------------------------------------------------------------------------------
 
 async def reveal_submission(svc: ArenaService, m: Membership, snap: Snapshot) -> None:
@@ -123,7 +132,11 @@ async def score_and_commit(svc: ArenaService, m: Membership, snap: Snapshot) -> 
     if me is None or me.score_digest != bytes(32):
         return  # not elected, or committed already
     if m.scores is None:
-        scores = await score_submissions(svc, ArenaSpec.from_json(m.spec), snap)
+        found = await score_submissions(svc, ArenaSpec.from_json(m.spec), snap)
+        midpoint = (snap.ends.reveal + snap.ends.score_commit) // 2
+        if None in found and await svc.arena.client.block_number() < midpoint:
+            raise NotYet("a submission no peer gave yet")  # its trainer may be back soon
+        scores = [0 if s is None else s for s in found]  # past the midpoint: unscorable ones get 0
         m = replace(m, scores=scores, scores_salt=secrets.token_hex(32))
         svc.remember(m)  # before the commit: its reveal needs both
     assert m.scores is not None and m.scores_salt is not None
@@ -162,12 +175,13 @@ async def obtain_eval_set(svc: ArenaService, spec: ArenaSpec, snap: Snapshot) ->
     return await trio.to_thread.run_sync(check, *held)
 
 
-async def score_submissions(svc: ArenaService, spec: ArenaSpec, snap: Snapshot) -> list[int]:
-    """One score per submission in commit order: 0 for one that does not count or that no
-    peer could give in the right shape; its accuracy in millionths otherwise."""
+async def score_submissions(svc: ArenaService, spec: ArenaSpec, snap: Snapshot) -> list[int | None]:
+    """One score per submission in commit order: 0 for one that does not count, None for
+    one that no peer could give (in the committed hash and the base layout), else its
+    accuracy in millionths."""
     eval_set = await obtain_eval_set(svc, spec, snap)
     layout = await trio.to_thread.run_sync(base_layout, spec)
-    scores = []
+    scores: list[int | None] = []
     for i, sub in enumerate(snap.submissions):
         if i not in snap.counted():
             scores.append(0)
@@ -176,7 +190,7 @@ async def score_submissions(svc: ArenaService, spec: ArenaSpec, snap: Snapshot) 
         if data is None:
             data = await fetch_model(svc.ctx.network, sub.model_hash, sub.trainer, partial(_check_submission, sub.model_hash, layout))
         if data is None:
-            scores.append(0)  # nobody has it: it cannot be scored
+            scores.append(None)
             continue
         state = await trio.to_thread.run_sync(load_submission, data, sub.model_hash, layout)
         await trio.to_thread.run_sync(svc.ctx.store.put_model_bytes, data, sub.model_hash)
@@ -192,6 +206,8 @@ STEPS: dict[tuple[str, int], Step] = {
     ("creator", ARENA_PHASE_SCORE_REVEAL): publish_eval,
     ("creator", ARENA_PHASE_CLOSED): finalise,
     ("trainer", ARENA_PHASE_REVEAL): reveal_submission,
+    ("trainer", ARENA_PHASE_CLOSED): finalise_late,
+    ("validator", ARENA_PHASE_CLOSED): finalise_late,
     ("validator", ARENA_PHASE_SUBMIT): elect,
     ("validator", ARENA_PHASE_SCORE_COMMIT): score_and_commit,
     ("validator", ARENA_PHASE_SCORE_REVEAL): reveal_scores,

@@ -39,6 +39,7 @@ from flockd.chain.client.arena import (
     eval_commitment,
     submission_digest,
 )
+from flockd.chain.client.contract import ContractRevert
 from flockd.chain.client.registry import Token
 from flockd.fl.checkpoint import model_hash
 from flockd.logs import get_logger
@@ -147,8 +148,20 @@ class ArenaService:
         salt = secrets.token_bytes(32)
         # the salt first: a commit whose salt is lost can never be revealed
         self.remember(replace(m, model_hash=digest.hex(), submission_salt=salt.hex()))
-        index = await self.arena.commit_submission(cid, submission_digest(cid, self.ctx.address, digest, salt))
+        try:
+            index = await self.arena.commit_submission(cid, submission_digest(cid, self.ctx.address, digest, salt))
+        except ContractRevert:
+            self.remember(m)  # refused (the phase ended meanwhile?): nothing is committed
+            raise
         return {"competition_id": cid, "index": index, "model_hash": hex0x(digest)}
+
+    async def claim(self) -> dict[str, Any]:
+        """Pull every stake and reward the Arena released to this node."""
+        amount = await self.arena.claimable(self.ctx.address)
+        if amount == 0:
+            raise ArenaError("nothing to claim")
+        receipt = await self.arena.claim()
+        return {"claimed": amount, "tx_hash": hex0x(receipt.tx_hash), "block": receipt.block_number}
 
     # -- the phases ----------------------------------------------------------------------
 

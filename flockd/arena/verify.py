@@ -55,7 +55,9 @@ async def verify_competition(svc: ArenaService, snap: Snapshot, spec: ArenaSpec)
     medians, order, trainer_rewards, validator_rewards = expected_settlement(snap)
 
     for i in snap.counted():
-        if medians and medians[i] != recomputed[i]:
+        if recomputed[i] is None:
+            problems.append(f"submission {i}: no peer gave its model {snap.submissions[i].model_hash.hex()}")
+        elif medians and medians[i] != recomputed[i]:
             problems.append(f"submission {i}: the median {medians[i]} is not its recomputed score {recomputed[i]}")
         if medians and snap.submissions[i].median != medians[i]:
             problems.append(f"submission {i}: the chain's median {snap.submissions[i].median}, recomputed {medians[i]}")
@@ -78,7 +80,7 @@ async def verify_competition(svc: ArenaService, snap: Snapshot, spec: ArenaSpec)
         ],
         "validators": [
             {"address": to_checksum_address(v), "revealed": v in snap.scores,
-             "largest_deviation": max((abs(snap.scores[v][i] - recomputed[i]) for i in snap.counted()), default=0)
+             "largest_deviation": max((abs(snap.scores[v][i] - r) for i in snap.counted() if (r := recomputed[i]) is not None), default=0)
              if v in snap.scores else None,
              "reward": validator_rewards[v]}
             for v in snap.elected

@@ -6,6 +6,7 @@
     arena_status    the phase, deadlines, members, submissions, and this node's part
     arena_results   the leaderboard and the validators' payouts, once finalised
     arena_verify    recompute every score and payout, and check them against the chain
+    arena_claim     pull the stakes and rewards the Arena released to this node
 
 Amounts are token base units (an int, or text such as "25e18"). Once a competition is
 created or joined, the node's driver acts in every phase by itself.
@@ -29,7 +30,7 @@ from flockd.chain.node.genesis import GenesisError, parse_amount
 from flockd.fl.data import DataError
 from flockd.rpc.errors import INVALID_PARAMS, RPCError
 
-ARENA_ERROR = -32040
+ARENA_ERROR = -32050
 BPS = 10_000
 MAX_PHASE_BLOCKS, MAX_SUBMIT_BLOCKS, MIN_REVEAL_BLOCKS = 1024, 256, 8  # as the contract checks
 E18 = 10**18
@@ -161,6 +162,7 @@ class ArenaNamespace:
                 "elected": [to_checksum_address(v) for v in snap.elected],
                 "eval_published": snap.competition.eval_set_hash != bytes(32),
                 "role": mine.role if mine else None,
+                "claimable": await self._arena.arena.claimable(self._arena.ctx.address),
                 "done": mine.done if mine else [],
                 "errors": self._arena.errors.get(cid, []),
             }
@@ -190,6 +192,11 @@ class ArenaNamespace:
             cid = _cid(competition_id)
             snap = await self._arena.snapshot(cid)
             return await verify_competition(self._arena, snap, self._spec(cid, snap, spec))
+
+    async def arena_claim(self) -> dict[str, Any]:
+        """Pull every stake and reward the Arena released to this node (all competitions)."""
+        with _ArenaErrors():
+            return await self._arena.claim()
 
     def _spec(self, cid: int, snap: Snapshot, given: dict[str, Any] | None) -> ArenaSpec:
         if given is not None:
