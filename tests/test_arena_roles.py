@@ -108,10 +108,12 @@ def node(env: Env, who: int, root: Path, network: P2PNetwork | None = None) -> A
     return ArenaService(ctx, Arena(client, ARENA_ADDRESS), Token(client, env.deployment.token))
 
 
-async def run(tmp_path: Path, validators: dict[int, tuple[int, str]]) -> dict[int, dict[str, Any]]:
+async def run(
+    tmp_path: Path, validators: dict[int, tuple[int, str]], copies: dict[int, int] | None = None
+) -> dict[int, dict[str, Any]]:
     """A competition to the end: trainers are the members that are neither the creator nor
-    a validator; `validators` maps a member to (stake in tokens, "honest" | "random").
-    Returns arena_verify's answer on every member."""
+    a validator; `validators` maps a member to (stake in tokens, "honest" | "random"),
+    `copies` a trainer to the trainer whose model it submits as its own. Returns arena_verify's answer on every member."""
     trainers = [w for w in range(1, 4) if w not in validators]
     async with embedded_env(genesis(arena=True)) as env:
         nodes = Nodes(env, {w: node(env, w, tmp_path) for w in range(4)})
@@ -119,7 +121,13 @@ async def run(tmp_path: Path, validators: dict[int, tuple[int, str]]) -> dict[in
         cid = created["competition_id"]
         for w in trainers:
             await nodes.services[w].join(cid, SPEC, "trainer", 10 * E18)
-            await nodes.services[w].submit(cid, TrainerSettings(node_index=w - 1, num_nodes=3, seed=w))
+            original = (copies or {}).get(w)
+            if original is None:
+                await nodes.services[w].submit(cid, TrainerSettings(node_index=w - 1, num_nodes=3, seed=w))
+            else:  # the original's model file, as the copier got it from a peer
+                stolen = nodes.services[original]
+                digest = bytes.fromhex(stolen.members[cid].model_hash or "")
+                await nodes.services[w].submit(cid, TrainerSettings(model_path=str(stolen.ctx.store.model_path(digest))))
         for w, (stake, _) in validators.items():
             await nodes.services[w].join(cid, SPEC, "validator", stake * E18)
         arena = nodes.services[CREATOR].arena
@@ -174,3 +182,12 @@ async def test_verify_fails_when_a_lazy_majority_moves_the_median(tmp_path: Path
     assert not verified["ok"]
     assert any("is not its recomputed score" in p for p in verified["problems"]), verified["problems"]
 
+
+
+async def test_a_copier_of_another_trainers_model_gains_nothing(tmp_path: Path) -> None:
+    verified = (await run(tmp_path, {3: (100, "honest")}, copies={2: 1}))[0]
+    assert verified["ok"], verified
+    original, copy = verified["submissions"]
+    assert original["model_hash"] == copy["model_hash"]
+    assert (original["counted"], original["rank"]) == (True, 1)
+    assert (copy["counted"], copy["rank"]) == (False, 0)  # a duplicate: unranked, unpaid

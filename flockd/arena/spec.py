@@ -23,6 +23,7 @@ from eth_utils import keccak
 from flockd.fl.checkpoint import (
     CheckpointError,
     checkpoint_bytes,
+    load_checkpoint,
     load_checkpoint_bytes,
     model_hash,
 )
@@ -100,10 +101,17 @@ class TrainerSettings:
     epochs: int | None = None  # None: the recipe's
     lr: float | None = None
     seed: int = 0  # minibatch order
+    model_path: str | None = None  # a model trained elsewhere (safetensors): submitted as is
 
 
 def train_submission(spec: ArenaSpec, settings: TrainerSettings) -> Tensors:
-    """A full model trained from the base model on the trainer's data."""
+    """A full model trained from the base model on the trainer's data, or the trainer's
+    own checkpoint when it names one (in the base model's layout)."""
+    if settings.model_path is not None:
+        try:
+            return load_checkpoint(settings.model_path, expected_shapes=base_layout(spec))
+        except (CheckpointError, OSError) as exc:
+            raise ArenaSpecError(f"model_path: {exc}") from None
     recipe = spec.classifier()
     limit_torch_threads(1)
     model = recipe.build_model(spec.seed)

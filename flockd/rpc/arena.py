@@ -130,9 +130,11 @@ class ArenaNamespace:
         epochs: int | None = None,
         lr: float | None = None,
         seed: int = 0,
+        model_path: str | None = None,
     ) -> dict[str, Any]:
         """Train a model from the base on this node's data (data_path, else part node_index
-        of num_nodes of the bundled data) and commit it; the node reveals it in time."""
+        of num_nodes of the bundled data) and commit it, or commit the model at model_path
+        (safetensors, trained elsewhere); the node reveals it in time."""
         with _ArenaErrors():
             cid = _cid(competition_id)
             settings = TrainerSettings(
@@ -142,6 +144,7 @@ class ArenaNamespace:
                 epochs=None if epochs is None else _in("epochs", epochs, 1, 1000),
                 lr=None if lr is None else _positive_lr(lr),
                 seed=_in("seed", seed, 0, 2**63 - 1),
+                model_path=model_path,
             )
             return await self._arena.submit(cid, settings)
 
