@@ -1,7 +1,8 @@
 """The daemon's Arena roles (flockd.arena.roles) and arena_verify on the embedded chain,
 step by step: real models trained and scored, the real contract settling. A lazy
 validator that reveals random scores is paid less while the honest stake holds the
-majority, and arena_verify catches a median it moved once it holds the majority."""
+majority, and arena_verify catches a median it moved once it holds the majority; a copier
+gains nothing. Every node restarts from its datadir before each reveal phase."""
 
 from __future__ import annotations
 
@@ -91,6 +92,10 @@ class Nodes:
         snap = await svc.snapshot(cid)
         await STEPS[(m.role, snap.phase)](svc, m, snap)
 
+    def restart(self, root: Path) -> None:
+        """Every node anew from its datadir: what it must still reveal is on its disk."""
+        self.services = {w: node(self.env, w, root) for w in self.services}
+
     def hand_over(self, cid: int, source: int, targets: list[int]) -> None:
         """What the p2p fetches would carry: its models, and the evaluation set it holds."""
         src = self.services[source]
@@ -130,11 +135,12 @@ async def run(
                 await nodes.services[w].submit(cid, TrainerSettings(model_path=str(stolen.ctx.store.model_path(digest))))
         for w, (stake, _) in validators.items():
             await nodes.services[w].join(cid, SPEC, "validator", stake * E18)
-        arena = nodes.services[CREATOR].arena
+        arena = nodes.services[CREATOR].arena  # a view: survives the restarts
         await advance_to(env, arena, cid, ARENA_PHASE_SUBMIT)
         for w in validators:
             await nodes.step(w, cid)
         await advance_to(env, arena, cid, ARENA_PHASE_REVEAL)
+        nodes.restart(tmp_path)
         for w in trainers:
             await nodes.step(w, cid)
         await advance_to(env, arena, cid, ARENA_PHASE_SCORE_COMMIT)
@@ -150,6 +156,7 @@ async def run(
                 svc.remember(Membership(cid, "validator", SPEC.to_json(), scores=scores, scores_salt=salt.hex()))
                 await svc.arena.commit_scores(cid, scores_digest(cid, MEMBERS[w].address, scores, salt))
         await advance_to(env, arena, cid, ARENA_PHASE_SCORE_REVEAL)
+        nodes.restart(tmp_path)
         for w in [*validators, CREATOR]:
             await nodes.step(w, cid)
         await advance_to(env, arena, cid, ARENA_PHASE_CLOSED)

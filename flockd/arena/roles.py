@@ -52,8 +52,9 @@ FINALISE_GRACE_BLOCKS = 6
 
 
 class NotYet(Exception):
-    """The step cannot act yet in this phase (a value it needs is not on chain yet): try
-    again at the next poll, quietly."""
+    """The step cannot act yet in this phase (a value it needs is not on chain, or no peer
+    has given it, yet): try again at the next poll, quietly."""
+
 
 Step = Callable[["ArenaService", Membership, Snapshot], Awaitable[None]]
 
