@@ -62,6 +62,17 @@ class Records:
             out[m.competition_id] = m
         return out
 
+    def put_pending_eval_set(self, commitment: bytes, salt: bytes, data: bytes) -> Path:
+        """A creator's set and salt, kept before its competition exists: a crash between
+        the create transaction and `adopt_eval_set` must not lose what opens the commitment."""
+        path = self.root / f"pending-{commitment.hex()}.eval"
+        path.unlink(missing_ok=True)
+        write_new_file(path, salt + data, mode=0o600)
+        return path
+
+    def adopt_eval_set(self, pending: Path, competition_id: int) -> None:
+        pending.replace(self._path(competition_id, "eval"))
+
     def put_eval_set(self, competition_id: int, salt: bytes, data: bytes) -> None:
         path = self._path(competition_id, "eval")
         with contextlib.suppress(FileExistsError):  # the same set, checked by the caller

@@ -80,6 +80,7 @@ async def drive(svc: ArenaService, cid: int) -> None:
                 pass
             except (ChainError, ArenaSpecError) as exc:
                 svc.record_error(cid, name, f"{type(exc).__name__}: {exc}")
+                await trio.sleep(POLL_SECONDS * 3)  # a failed step asks peers and the chain: not at full pace
         await trio.sleep(POLL_SECONDS)
 
 

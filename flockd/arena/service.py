@@ -104,9 +104,10 @@ class ArenaService:
         params = replace(
             params, recipe_hash=spec.spec_hash, base_model_hash=base_hash, eval_commitment=eval_commitment(set_hash, salt)
         )
+        pending = self.records.put_pending_eval_set(params.eval_commitment, salt, data)
         await self.token.approve(self.arena.address, params.reward_pool + params.creator_bond)
         cid = await self.arena.create(params)
-        self.records.put_eval_set(cid, salt, data)
+        self.records.adopt_eval_set(pending, cid)
         self.remember(Membership(cid, "creator", spec.to_json(), eval_salt=salt.hex(), eval_set_hash=set_hash.hex()))
         self._start_driver(cid)
         log.info("competition created", competition=cid, recipe=spec.recipe)
