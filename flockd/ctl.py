@@ -63,7 +63,11 @@ def main(argv: list[str]) -> int:
     else:
         if args.method.startswith("account_") and isinstance(result, dict):
             result = with_whole_units(result)
-        render(result, Console(soft_wrap=True, highlight=False))
+        console = Console(soft_wrap=True, highlight=False)
+        if args.method.startswith("arena_") and isinstance(result, dict):
+            render_sections(result, console)
+        else:
+            render(result, console)
     return EXIT_OK
 
 
@@ -126,6 +130,16 @@ def render(result: Any, console: Console) -> None:
             console.print(_cell(item), markup=False)
     else:
         console.print(_cell(result), markup=False)
+
+
+def render_sections(result: dict[str, Any], console: Console) -> None:
+    """Plain fields as `key: value` lines, then each list of objects (a leaderboard, the
+    validators) as a table under its name."""
+    tables = {k: v for k, v in result.items() if isinstance(v, list) and v and all(isinstance(r, dict) for r in v)}
+    render({k: v for k, v in result.items() if k not in tables}, console)
+    for name, rows in tables.items():
+        console.print(f"\n{name}", markup=False)
+        render(rows, console)
 
 
 def _cell(value: Any) -> str:

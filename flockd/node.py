@@ -36,11 +36,14 @@ import trio
 if TYPE_CHECKING:
     from trio_typing import TaskStatus  # trio's own TaskStatus is hidden by trio-stubs
 
+    from flockd.arena.service import ArenaService
     from flockd.chain.client.backends import ChainBackend
+    from flockd.chain.client.registry import Token
     from flockd.chain.node.service import ChainService
     from flockd.identity.keystore import Identity
     from flockd.p2p.host import P2PService
     from flockd.serve.app import ServeApp
+    from flockd.tasks.context import NodeContext
     from flockd.tasks.service import TaskService
 
 from flockd import __version__
@@ -103,6 +106,7 @@ class Node:
     chain_service: ChainService | None
     chain_backend: ChainBackend
     tasks: TaskService
+    arena: ArenaService
 
     def __init__(self, config: Config, datadir: Path, password: str) -> None:
         """Cheap: no key is unlocked and no heavy module imported before `run`."""
@@ -206,6 +210,15 @@ class Node:
         self.tasks = TaskService(
             context, Token(client, token), behaviour=behaviour, colluders=self.config.attack.colluder_addresses()
         )
+        self._open_arena(context, Token(client, token))
+
+    def _open_arena(self, context: NodeContext, token: Token) -> None:
+        from flockd.arena.service import ArenaService
+        from flockd.chain.client.addresses import ARENA_ADDRESS
+        from flockd.chain.client.arena import Arena
+
+        # the genesis Arena (an external chain needs its address in the config: not yet)
+        self.arena = ArenaService(context, Arena(token.client, ARENA_ADDRESS), token)
 
     def _open_chain(self) -> None:
         from flockd.chain.client.backends import HttpBackend, InProcessBackend
@@ -283,6 +296,7 @@ class Node:
         if self.chain_service is not None:
             await self._start(services, "chain", self.chain_service.run)
         await self._start(services, "tasks", self.tasks.run)
+        await self._start(services, "arena", self.arena.run)
         if self.config.serve.enabled:
             await self._start(services, "serve", self._serve_models)
         if self.config.metrics.port:
@@ -347,6 +361,7 @@ class Node:
 
     def _add_service_namespaces(self) -> None:
         from flockd.rpc.account import AccountNamespace
+        from flockd.rpc.arena import ArenaNamespace
         from flockd.rpc.chain import ChainNamespace
         from flockd.rpc.net import NetNamespace
         from flockd.rpc.task import ModelNamespace, RoundNamespace, TaskNamespace
@@ -358,6 +373,7 @@ class Node:
             RoundNamespace(self.tasks),
             ModelNamespace(self.tasks, self.datadir / "exports"),
             AccountNamespace(self.tasks.token),
+            ArenaNamespace(self.arena),
         ):
             self.rpc_dispatcher.add_namespace(namespace)
         if self.serve_app is not None:

@@ -105,5 +105,5 @@ def test_the_control_socket_answers_node_status_before_the_services_are_up(clust
         time.sleep(0.02)
     # the keys, libp2p and py-evm take seconds to load behind the socket: it is seen starting
     assert states[0] == "starting" and states[-1] == "running" and set(states) == {"starting", "running"}
-    assert d.call("node_status")["services"] == ["rpc", "p2p", "chain", "tasks"]
+    assert d.call("node_status")["services"] == ["rpc", "p2p", "chain", "tasks", "arena"]
     assert d.call("node_info")["address"] == d.address

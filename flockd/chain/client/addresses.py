@@ -22,4 +22,4 @@ def contract_address(sender: bytes, nonce: int) -> bytes:
 
 STAKE_TOKEN_ADDRESS = contract_address(DEPLOYER, 0)
 TASK_REGISTRY_ADDRESS = contract_address(DEPLOYER, 1)
-ARENA_ADDRESS = contract_address(DEPLOYER, 2)  # only in a genesis that asks for the Arena
+ARENA_ADDRESS = contract_address(DEPLOYER, 2)  # in the daemon's genesis (network.py), not in flockd.sim's chain

@@ -246,9 +246,11 @@ def genesis_contracts(
     """Genesis accounts {address: {code, storage, balance, nonce}} of the stake token
     (at STAKE_TOKEN_ADDRESS, supply minted to `token_holders`) and the task registry
     (at TASK_REGISTRY_ADDRESS, verifying VRF proofs at `verifier`), and with `arena` the
-    Arena too (at ARENA_ADDRESS). The embedded chain runs no contract created later, and
-    the default genesis stays without the Arena: its accounts are part of every block
-    hash, and so of every VRF draw of the existing networks."""
+    Arena too (at ARENA_ADDRESS, deployed last so the other two are the same bytes with
+    or without it). The embedded chain runs no contract created later: the daemon's
+    network genesis asks for the Arena (flockd.chain.node.network); flockd.sim's chain
+    and the contract tests' scratch chains do not, so their block hashes and VRF draws
+    stay as they were."""
     if len(token_holders) > MAX_TOKEN_HOLDERS:
         raise ValueError(f"at most {MAX_TOKEN_HOLDERS} token holders at genesis")
     holders = sorted(to_canonical_address(a) for a in token_holders)

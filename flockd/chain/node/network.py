@@ -15,7 +15,7 @@ from typing import Any
 
 from eth_utils import to_canonical_address, to_checksum_address
 
-from flockd.chain.client.addresses import STAKE_TOKEN_ADDRESS, TASK_REGISTRY_ADDRESS
+from flockd.chain.client.addresses import ARENA_ADDRESS, STAKE_TOKEN_ADDRESS, TASK_REGISTRY_ADDRESS
 from flockd.chain.node.deploy import MAX_TOKEN_HOLDERS, genesis_contracts
 from flockd.chain.node.genesis import Genesis, GenesisError, parse_address, parse_amount
 
@@ -35,7 +35,7 @@ def network_genesis(
     extra_alloc: dict[str, Any] | None = None,
 ) -> Genesis:
     """Authorities seal in turn; every funded account (default: the authorities) gets gas
-    money and stake tokens; the token and task registry contracts are there from block 0."""
+    money and stake tokens; the token, task registry and Arena contracts are there from block 0."""
     holders = [bytes(to_canonical_address(a)) for a in (funded if funded is not None else authorities)]
     alloc = _funded_alloc({h: GAS_FUNDS for h in holders}, {h: STAKE_FUNDS for h in holders})
     for address, account in (extra_alloc or {}).items():
@@ -50,9 +50,11 @@ def network_genesis(
 
 
 def _funded_alloc(gas: Mapping[bytes, int], stake: Mapping[bytes, int]) -> dict[bytes, Any]:
-    """The token and registry contracts, stake minted to `stake`'s holders by the token's
-    constructor (as `flockd deploy` does on an external chain), and gas money as balances."""
-    alloc: dict[bytes, Any] = dict(genesis_contracts(dict(stake)))
+    """The token, registry and Arena contracts, stake minted to `stake`'s holders by the
+    token's constructor (as `flockd deploy` does on an external chain), and gas money as
+    balances. The Arena comes last (deployer nonce 2), so the token's and the registry's
+    accounts are the same bytes as in a genesis without it (flockd.sim has none)."""
+    alloc: dict[bytes, Any] = dict(genesis_contracts(dict(stake), arena=True))
     for holder, wei in gas.items():
         alloc[holder] = {"balance": wei, "nonce": 0, "code": b"", "storage": {}}
     return alloc
@@ -60,7 +62,11 @@ def _funded_alloc(gas: Mapping[bytes, int], stake: Mapping[bytes, int]) -> dict[
 
 # -- a federation's genesis from its parties' addresses (`flockd genesis`) ------------------
 
-_CONTRACTS = {STAKE_TOKEN_ADDRESS: "the stake token", TASK_REGISTRY_ADDRESS: "the task registry"}
+_CONTRACTS = {
+    STAKE_TOKEN_ADDRESS: "the stake token",
+    TASK_REGISTRY_ADDRESS: "the task registry",
+    ARENA_ADDRESS: "the arena",
+}
 PARTIES_KEYS = frozenset({"chain_id", "block_period", "timestamp", "authorities", "gas", "stake"})
 
 
