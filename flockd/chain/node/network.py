@@ -15,9 +15,10 @@ from typing import Any
 
 from eth_utils import to_canonical_address, to_checksum_address
 
-from flockd.chain.client.addresses import STAKE_TOKEN_ADDRESS, TASK_REGISTRY_ADDRESS
+from flockd.chain.client.addresses import MARKET_ADDRESS, STAKE_TOKEN_ADDRESS, TASK_REGISTRY_ADDRESS
 from flockd.chain.node.deploy import MAX_TOKEN_HOLDERS, genesis_contracts
 from flockd.chain.node.genesis import Genesis, GenesisError, parse_address, parse_amount
+from flockd.chain.node.market_genesis import market_genesis
 
 GENESIS_FILE = "genesis.json"
 LOCAL_CHAIN_ID = 7357
@@ -53,6 +54,7 @@ def _funded_alloc(gas: Mapping[bytes, int], stake: Mapping[bytes, int]) -> dict[
     """The token and registry contracts, stake minted to `stake`'s holders by the token's
     constructor (as `flockd deploy` does on an external chain), and gas money as balances."""
     alloc: dict[bytes, Any] = dict(genesis_contracts(dict(stake)))
+    alloc.update({address: dict(account) for address, account in market_genesis().items()})  # the Market
     for holder, wei in gas.items():
         alloc[holder] = {"balance": wei, "nonce": 0, "code": b"", "storage": {}}
     return alloc
@@ -61,6 +63,7 @@ def _funded_alloc(gas: Mapping[bytes, int], stake: Mapping[bytes, int]) -> dict[
 # -- a federation's genesis from its parties' addresses (`flockd genesis`) ------------------
 
 _CONTRACTS = {STAKE_TOKEN_ADDRESS: "the stake token", TASK_REGISTRY_ADDRESS: "the task registry"}
+_CONTRACTS[MARKET_ADDRESS] = "the market"
 PARTIES_KEYS = frozenset({"chain_id", "block_period", "timestamp", "authorities", "gas", "stake"})
 
 
