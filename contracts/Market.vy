@@ -8,7 +8,7 @@
         round, the spec hashes to the task's recipe hash, and the lister is the task's
         creator or one of its (not withdrawn) participants. The lineage root is the
         task's initial model hash, copied from the registry. A lister unlists its own
-        listings. Spec: protocol/spec/contracts.md ("Market").
+        listings. Spec: protocol/spec/market.md.
 """
 
 # Bounds on every string a listing stores (a longer one does not ABI-decode: revert).

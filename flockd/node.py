@@ -39,8 +39,11 @@ if TYPE_CHECKING:
     from flockd.chain.client.backends import ChainBackend
     from flockd.chain.node.service import ChainService
     from flockd.identity.keystore import Identity
+    from flockd.market.service import MarketService
     from flockd.p2p.host import P2PService
+    from flockd.rpc.market import MarketNamespace
     from flockd.serve.app import ServeApp
+    from flockd.serve.classifier import ServedClassifier
     from flockd.tasks.service import TaskService
 
 from flockd import __version__
@@ -51,6 +54,7 @@ from flockd.rpc.dispatch import Dispatcher
 
 log = get_logger("flockd.node")
 
+MARKET_DIR = "market"  # the listed models this node fetched (flockd.market.held)
 STOP_GRACE = 10.0  # seconds an orderly stop may take before the process exits anyway
 EXIT_STOP_TIMEOUT = 3  # the exit status when the watchdog had to end the process
 
@@ -103,6 +107,7 @@ class Node:
     chain_service: ChainService | None
     chain_backend: ChainBackend
     tasks: TaskService
+    market: MarketService
 
     def __init__(self, config: Config, datadir: Path, password: str) -> None:
         """Cheap: no key is unlocked and no heavy module imported before `run`."""
@@ -161,9 +166,15 @@ class Node:
 
         try:
             settings = service.settings_from_section(self.config.serve)
-            self.serve_app = service.build_app(settings, self.datadir / "serve", service.task_view(self.tasks))
+            listed = self._held_market_models() if settings.market else []
+            self.serve_app = service.build_app(settings, self.datadir / "serve", service.task_view(self.tasks), listed)
         except service.ServeConfigError as exc:
             raise NodeStartError(f"serve: {exc}") from None
+
+    def _held_market_models(self) -> list[ServedClassifier]:
+        from flockd.market.held import HeldModels, served_classifiers
+
+        return served_classifiers(HeldModels(self.datadir / MARKET_DIR), self.tasks.ctx.store.model_path)
 
     def _open_tasks(self) -> None:
         from eth_account import Account
@@ -360,6 +371,7 @@ class Node:
             AccountNamespace(self.tasks.token),
         ):
             self.rpc_dispatcher.add_namespace(namespace)
+        self.rpc_dispatcher.add_namespace(self._market_namespace())
         if self.serve_app is not None:
             from flockd.serve.rpc import ServeNamespace
 
@@ -368,6 +380,17 @@ class Node:
             from flockd.rpc.authority import AuthorityNamespace
 
             self.rpc_dispatcher.add_namespace(AuthorityNamespace(self.chain_service.chain, self.tasks.token.client))
+
+    def _market_namespace(self) -> MarketNamespace:
+        from flockd.chain.client.addresses import MARKET_ADDRESS
+        from flockd.chain.client.market import Market
+        from flockd.market.held import HeldModels
+        from flockd.market.service import MarketService
+        from flockd.rpc.market import MarketNamespace
+
+        market = Market(self.tasks.registry.client, MARKET_ADDRESS)
+        self.market = MarketService(market, self.tasks, HeldModels(self.datadir / MARKET_DIR), lambda: self.serve_app)
+        return MarketNamespace(self.market)
 
     @contextlib.contextmanager
     def _stop_on_signals(self) -> Iterator[None]:

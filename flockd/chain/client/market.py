@@ -3,7 +3,7 @@
 Like `registry.py`: each method is one ABI call through a ContractClient, results are
 frozen dataclasses with addresses as 20-byte `bytes`. What a listing must satisfy (a
 finished task, its final model hash, the spec hashing to the recipe hash, the lister one
-of the task's members) is checked by the contract; protocol/spec/contracts.md ("Market").
+of the task's members) is checked by the contract; protocol/spec/market.md.
 """
 
 from __future__ import annotations
