@@ -374,8 +374,10 @@ class Node:
         self.rpc_dispatcher.add_namespace(self._market_namespace())
         if self.serve_app is not None:
             from flockd.serve.rpc import ServeNamespace
+            from flockd.serve.service import INDEX_FILE
 
-            self.rpc_dispatcher.add_namespace(ServeNamespace(self.serve_app, lambda: self.serve_bound))
+            index_path = self.datadir / "serve" / INDEX_FILE
+            self.rpc_dispatcher.add_namespace(ServeNamespace(self.serve_app, lambda: self.serve_bound, index_path))
         if self.chain_service is not None:  # votes exist on the embedded chain only
             from flockd.rpc.authority import AuthorityNamespace
 

@@ -109,6 +109,17 @@ def test_a_listed_model_is_fetched_verified_and_served_by_another_node(short_tmp
         reply = httpx.post(url + "/v1/predict", json={"model": NAME, "input": [[0.0] * 64, [8.0] * 64]}).json()
         assert [row["index"] for row in reply["data"]] == [0, 1]
         assert all(len(row["probabilities"]) == 10 for row in reply["data"])
+        (described,) = httpx.get(url + "/api/catalogue").json()["models"]
+        assert described["lineage"]["listing_id"] == listing_id and described["lineage"]["rounds"] == 1
+        assert described["lineage_note"].startswith(f"listing {listing_id} of task {task_id}: 1 round(s)")
+
+        # The knowledge folder named by RPC, searched at once.
+        knowledge = short_tmp / "knowledge"
+        knowledge.mkdir()
+        (knowledge / "fact.md").write_text("The digits model was listed by node zero.")
+        assert b.call("serve_knowledge", {"folder": str(knowledge)})["added"] == 1
+        hits = httpx.post(url + "/api/search", json={"query": "who listed the digits model"}).json()["sources"]
+        assert [h["file"] for h in hits] == ["fact.md"]
 
         # Unlisted by its lister: no longer fetchable; only the lister may unlist.
         with pytest.raises(RPCError, match="only the lister"):

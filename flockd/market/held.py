@@ -58,7 +58,18 @@ def served_classifier(record: dict[str, Any], checkpoint: Path) -> ServedClassif
     model = ServedClassifier(record["name"], spec["recipe"], checkpoint, spec.get("config") or {})
     if "0x" + model.model_hash.hex() != record["model_hash"]:
         raise ClassifierError(f"{checkpoint} is no longer the listed model {record['model_hash']}")
+    model.listing = {key: record[key] for key in ("listing_id", "task_id", "lineage_root", "lister", "licence")}
+    model.listing["rounds"] = record["lineage"]["rounds_checked"]
     return model
+
+
+def served_if_classifier(record: dict[str, Any], checkpoint: Path) -> ServedClassifier | None:
+    """The record's model if its recipe is a classifier (else None: not served yet).
+    Blocking: run it in a worker thread."""
+    spec = record["spec"]
+    if not is_classifier(spec["recipe"], spec.get("config") or {}):
+        return None
+    return served_classifier(record, checkpoint)
 
 
 def served_classifiers(held: HeldModels, model_path: Callable[[bytes], Path]) -> list[ServedClassifier]:
@@ -67,9 +78,10 @@ def served_classifiers(held: HeldModels, model_path: Callable[[bytes], Path]) ->
     out = []
     for record in held.records():
         try:
-            if not is_classifier(record["spec"]["recipe"], record["spec"].get("config") or {}):
-                continue
-            out.append(served_classifier(record, model_path(bytes.fromhex(record["model_hash"][2:]))))
+            model = served_if_classifier(record, model_path(bytes.fromhex(record["model_hash"][2:])))
         except (ClassifierError, KeyError, TypeError, ValueError) as exc:
             log.warning("a held market model is not served", listing=record.get("listing_id"), error=str(exc))
+            continue
+        if model is not None:
+            out.append(model)
     return out

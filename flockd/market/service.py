@@ -33,7 +33,7 @@ from flockd.market.checks import (
     max_model_bytes,
     spec_text,
 )
-from flockd.market.held import HeldModels, is_classifier, served_classifier
+from flockd.market.held import HeldModels, served_if_classifier
 from flockd.p2p.abc import P2PError
 from flockd.p2p.blobs import BlobError
 from flockd.stats import Counters
@@ -178,10 +178,11 @@ class MarketService:
         from pathlib import Path
 
         app = self._serve_app()
-        spec = record["spec"]
-        if app is None or not is_classifier(spec["recipe"], spec.get("config") or {}):
+        if app is None:
             return False
-        model = await trio.to_thread.run_sync(served_classifier, record, Path(record["path"]))
+        model = await trio.to_thread.run_sync(served_if_classifier, record, Path(record["path"]))
+        if model is None:
+            return False
         current = app.models.get(model.name)
         if current is not None and getattr(current, "model_hash", None) != model.model_hash:
             raise ListingError(f"this node already serves another model named {model.name!r}")
