@@ -92,3 +92,10 @@ def test_other_bytes_are_refused_each_for_its_reason() -> None:
 def test_arbitrary_bytes_are_refused_with_a_checkpoint_error(data: bytes) -> None:
     with pytest.raises(FLError):
         check_model_bytes(data, LAYOUT, model_hash(STATE))
+
+
+def test_a_spec_asking_for_a_model_no_checkpoint_carries_is_refused_before_it_is_built() -> None:
+    assert checks.check_model_size(SPEC) == 64 * 128 + 128 + 128 * 10 + 10
+    huge = TaskSpec(recipe="digits-mlp", config={"hidden": 10**9})  # 75e9 parameters: 300 GB if built
+    with pytest.raises(ListingError, match="more than a checkpoint may carry"):
+        checks.check_model_size(huge)

@@ -57,3 +57,29 @@ def test_a_model_from_a_file_says_it_has_no_on_chain_lineage(tmp_path) -> None:
     described = describe_model(model)
     assert described["lineage"]["task_id"] == 5
     assert described["lineage_note"].startswith("listing 2 of task 5: 3 round(s) from 0xabababab")
+
+
+def test_held_models_are_served_again_only_while_they_are_the_listed_model(tmp_path) -> None:
+    from flockd.fl.checkpoint import save_checkpoint
+    from flockd.fl.recipe import load_recipe
+    from flockd.fl.tensors import model_state
+    from flockd.market.held import HeldModels, served_classifiers
+
+    def path_of(digest: bytes):
+        return tmp_path / "models" / f"{digest.hex()}.safetensors"
+
+    (tmp_path / "models").mkdir()
+    recipe = load_recipe("digits-mlp")
+    scratch = tmp_path / "scratch.safetensors"
+    digest = save_checkpoint(scratch, model_state(recipe.build_model(0)))
+    scratch.rename(path_of(digest))
+    held = HeldModels(tmp_path / "market")
+    record = {"listing_id": 7, "name": "digits", "task_id": 3, "model_hash": "0x" + digest.hex(),
+              "lineage_root": "0x" + "cd" * 32, "lister": "0x" + "02" * 20, "licence": "MIT",
+              "spec": {"recipe": "digits-mlp", "config": {}}, "lineage": {"rounds_checked": 2}}
+    held.save(record)
+    held.save({**record, "listing_id": 8, "name": "lm", "spec": {"recipe": "no-such-recipe"}})
+    (model,) = served_classifiers(held, path_of)  # the unknown recipe is left out, not fatal
+    assert (model.name, model.model_hash, model.listing["rounds"]) == ("digits", digest, 2)
+    save_checkpoint(path_of(digest), model_state(recipe.build_model(1)))  # the file changed since
+    assert served_classifiers(held, path_of) == []

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 
 from flockd.chain.client.market import MAX_DESCRIPTION_LEN, MAX_LICENCE_LEN, MAX_NAME_LEN, Listing
-from flockd.fl.checkpoint import load_checkpoint_bytes
+from flockd.fl.checkpoint import MAX_CHECKPOINT_BYTES, load_checkpoint_bytes
 from flockd.fl.recipe import canonical_json
 from flockd.fl.tensors import Tensors
 from flockd.tasks.spec import SpecError, TaskSpec
@@ -64,6 +64,27 @@ def _usable_name(name: str) -> bool:
 def check_listed_name(listing: Listing) -> None:
     if not _usable_name(listing.name):
         raise ListingError(f"listing {listing.listing_id}: its name is not a usable model id")
+
+
+def check_model_size(spec: TaskSpec) -> int:
+    """The model's parameter count, from the recipe's model built on torch's meta device
+    (shapes only, no memory): a listed spec may ask for any size (digits-mlp with a hidden
+    layer of 10^9), and a model no checkpoint can carry is refused before anything is
+    allocated. Blocking (imports torch): run it in a worker thread."""
+    import torch
+
+    from flockd.fl.recipe import load_recipe
+
+    try:
+        with torch.device("meta"):
+            model = load_recipe(spec.recipe, spec.config).build_model(spec.seed)
+        parameters = sum(p.numel() for p in model.parameters())
+    except Exception as exc:  # a recipe's own code: whatever it raises, the listing is unusable here
+        raise ListingError(f"cannot size the model of this spec: {type(exc).__name__}: {exc}") from None
+    if 4 * parameters > MAX_CHECKPOINT_BYTES:
+        raise ListingError(f"the spec's model has {parameters:,} parameters: more than a checkpoint may carry "
+                           f"({MAX_CHECKPOINT_BYTES // 4:,})")
+    return parameters
 
 
 def max_model_bytes(layout: Mapping[str, Sequence[int]]) -> int:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from flockd.fl.errors import FLError
 from flockd.logs import get_logger
 from flockd.serve.classifier import ClassifierError, ServedClassifier
 
@@ -79,7 +80,7 @@ def served_classifiers(held: HeldModels, model_path: Callable[[bytes], Path]) ->
     for record in held.records():
         try:
             model = served_if_classifier(record, model_path(bytes.fromhex(record["model_hash"][2:])))
-        except (ClassifierError, KeyError, TypeError, ValueError) as exc:
+        except (ClassifierError, FLError, KeyError, TypeError, ValueError) as exc:
             log.warning("a held market model is not served", listing=record.get("listing_id"), error=str(exc))
             continue
         if model is not None:

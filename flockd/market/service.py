@@ -3,7 +3,8 @@ model from peers, checked against the chain before this node keeps or serves it.
 
 A fetch, cheapest check first: the listing is active, its name is a usable id, its spec
 hashes to its recipe hash, and the registry still says what the listing claims (task
-finished, final model hash, initial model hash, recipe hash). Then the model's bytes from
+finished, final model hash, initial model hash, recipe hash), and the spec's model is no
+larger than a checkpoint may be (counted on torch's meta device). Then the model's bytes from
 one peer after another over the p2p fetch (`fl.fetch.1`, kind "model"): size against the
 recipe's layout, then safetensors parsed, layout and hash checked in a worker thread; a
 peer whose bytes fail is skipped and counted. Then the lineage is replayed from the
@@ -29,6 +30,7 @@ from flockd.market.checks import (
     check_listed_name,
     check_listing_fields,
     check_model_bytes,
+    check_model_size,
     listed_spec,
     max_model_bytes,
     spec_text,
@@ -117,6 +119,7 @@ class MarketService:
             check_listed_name(listing)
             spec = listed_spec(listing)
             await self._check_against_registry(listing)
+            await trio.to_thread.run_sync(check_model_size, spec)
             worker = await trio.to_thread.run_sync(Worker, spec, 0, None)
             fetched = await self._model_bytes(listing, worker.model_layout)
             store = self.tasks.ctx.store
