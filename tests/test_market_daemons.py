@@ -3,7 +3,8 @@ final model on chain; node2, which took no part, fetches it from its peers over 
 checks it against the listing, replays its lineage from the chain and the deltas, and
 serves it on /v1/predict (and after a restart too). Peers serving other bytes (garbage
 from one, a valid checkpoint of another model from the other) are refused, and the
-fetch fails until one peer serves the listed bytes."""
+fetch fails until one peer serves the listed bytes; it fails too, keeping nothing, while
+no peer serves the deltas its lineage replays."""
 
 from __future__ import annotations
 
@@ -100,6 +101,16 @@ def test_a_listed_model_is_fetched_verified_and_served_by_another_node(short_tmp
         assert httpx.get(url + "/v1/models").json()["data"] == []
 
         model_file(a, final).write_bytes(originals[a.index])
+        # The listed bytes, but no peer serves the deltas the lineage replays: refused, not kept.
+        deltas = {p: p.read_bytes() for d in (a, c) for p in (d.datadir / "store" / "deltas").iterdir()}
+        if deltas:  # a round that accepted nothing replays from the initial model alone
+            for p in deltas:
+                p.write_bytes(b"not the delta")
+            with pytest.raises(RPCError, match="the lineage does not replay to the listed model"):
+                b.call("market_fetch", {"listing_id": listing_id}, timeout=TX_TIMEOUT)
+            assert not model_file(b, final).exists()
+            for p, data in deltas.items():
+                p.write_bytes(data)
         fetched = b.call("market_fetch", {"listing_id": listing_id}, timeout=TX_TIMEOUT)
         assert fetched["fetched_from"] == a.peer_id and fetched["served"] is True
         assert fetched["lineage"]["ok"] and fetched["lineage"]["complete"]

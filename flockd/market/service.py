@@ -123,13 +123,13 @@ class MarketService:
             worker = await trio.to_thread.run_sync(Worker, spec, 0, None)
             fetched = await self._model_bytes(listing, worker.model_layout)
             store = self.tasks.ctx.store
-            if fetched.peer_id is not None:
-                await trio.to_thread.run_sync(store.put_model_bytes, fetched.data, listing.model_hash)
             lineage = await verify_lineage(self.tasks.registry, store, worker, listing.task_id, self.tasks.fetch_delta)
             if not (lineage["ok"] and lineage["complete"] and lineage["final_model_hash"] == _hex(listing.model_hash)):
                 self.counters.incr("market_lineage_failures")
                 raise ListingError(f"listing {listing_id}: the lineage does not replay to the listed model: "
                                    f"{'; '.join(lineage['problems']) or lineage['final_model_hash']}")
+            if fetched.peer_id is not None:  # kept only now: a model whose lineage fails is not
+                await trio.to_thread.run_sync(store.put_model_bytes, fetched.data, listing.model_hash)
             record = _record(listing, spec, fetched.peer_id, lineage)
             record["path"] = str(store.model_path(listing.model_hash))
             self.held.save(record)
