@@ -47,6 +47,8 @@ def run_task(cluster: Cluster, members: list[Daemon]) -> tuple[int, dict]:
     created = members[0].call("task_create", {
         "recipe": "digits-mlp", "rounds": 1, "num_nodes": 2, "min_participants": 2, "expected_proposers": 2,
         "propose_blocks": 6, "commit_blocks": 5, "reveal_blocks": 8,
+        # one stake unit each (task_join stakes 100): both are elected, both propose
+        "stake_unit": 100 * 10**18, "min_stake": 100 * 10**18,
     }, timeout=TX_TIMEOUT)
     task_id: int = created["task_id"]
     cluster.wait_for(lambda: all(d.call("task_status", {"task_id": task_id}) for d in members), TX_TIMEOUT,
@@ -103,18 +105,19 @@ def test_a_listed_model_is_fetched_verified_and_served_by_another_node(short_tmp
         model_file(a, final).write_bytes(originals[a.index])
         # The listed bytes, but no peer serves the deltas the lineage replays: refused, not kept.
         deltas = {p: p.read_bytes() for d in (a, c) for p in (d.datadir / "store" / "deltas").iterdir()}
-        if deltas:  # a round that accepted nothing replays from the initial model alone
-            for p in deltas:
-                p.write_bytes(b"not the delta")
-            with pytest.raises(RPCError, match="the lineage does not replay to the listed model"):
-                b.call("market_fetch", {"listing_id": listing_id}, timeout=TX_TIMEOUT)
-            assert not model_file(b, final).exists()
-            for p, data in deltas.items():
-                p.write_bytes(data)
+        assert deltas
+        for p in deltas:
+            p.write_bytes(b"not the delta")
+        with pytest.raises(RPCError, match="the lineage does not replay to the listed model"):
+            b.call("market_fetch", {"listing_id": listing_id}, timeout=TX_TIMEOUT)
+        assert not model_file(b, final).exists()
+        for p, data in deltas.items():
+            p.write_bytes(data)
         fetched = b.call("market_fetch", {"listing_id": listing_id}, timeout=TX_TIMEOUT)
         assert fetched["fetched_from"] == a.peer_id and fetched["served"] is True
         assert fetched["lineage"]["ok"] and fetched["lineage"]["complete"]
         assert fetched["lineage"]["final_model_hash"] == final and fetched["model_hash"] == final
+        assert fetched["lineage"]["rounds"][0]["accepted"] >= 1
         assert model_file(b, final).read_bytes() == originals[a.index]
         assert [m["id"] for m in httpx.get(url + "/v1/models").json()["data"]] == [NAME]
         reply = httpx.post(url + "/v1/predict", json={"model": NAME, "input": [[0.0] * 64, [8.0] * 64]}).json()
