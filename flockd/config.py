@@ -182,6 +182,7 @@ class ServeSection:
     knowledge: str = ""
     retrieval_top_k: int = 0
     max_queue: int = 8
+    market: bool = False  # serve the listed models this node fetched (market_fetch); may start with none
 
 
 @dataclass(frozen=True)

@@ -41,8 +41,11 @@ if TYPE_CHECKING:
     from flockd.chain.client.registry import Token
     from flockd.chain.node.service import ChainService
     from flockd.identity.keystore import Identity
+    from flockd.market.service import MarketService
     from flockd.p2p.host import P2PService
+    from flockd.rpc.market import MarketNamespace
     from flockd.serve.app import ServeApp
+    from flockd.serve.classifier import ServedClassifier
     from flockd.tasks.context import NodeContext
     from flockd.tasks.service import TaskService
 
@@ -54,6 +57,7 @@ from flockd.rpc.dispatch import Dispatcher
 
 log = get_logger("flockd.node")
 
+MARKET_DIR = "market"  # the listed models this node fetched (flockd.market.held)
 STOP_GRACE = 10.0  # seconds an orderly stop may take before the process exits anyway
 EXIT_STOP_TIMEOUT = 3  # the exit status when the watchdog had to end the process
 
@@ -107,6 +111,7 @@ class Node:
     chain_backend: ChainBackend
     tasks: TaskService
     arena: ArenaService
+    market: MarketService
 
     def __init__(self, config: Config, datadir: Path, password: str) -> None:
         """Cheap: no key is unlocked and no heavy module imported before `run`."""
@@ -165,9 +170,15 @@ class Node:
 
         try:
             settings = service.settings_from_section(self.config.serve)
-            self.serve_app = service.build_app(settings, self.datadir / "serve", service.task_view(self.tasks))
+            listed = self._held_market_models() if settings.market else []
+            self.serve_app = service.build_app(settings, self.datadir / "serve", service.task_view(self.tasks), listed)
         except service.ServeConfigError as exc:
             raise NodeStartError(f"serve: {exc}") from None
+
+    def _held_market_models(self) -> list[ServedClassifier]:
+        from flockd.market.held import HeldModels, served_classifiers
+
+        return served_classifiers(HeldModels(self.datadir / MARKET_DIR), self.tasks.ctx.store.model_path)
 
     def _open_tasks(self) -> None:
         from eth_account import Account
@@ -376,14 +387,28 @@ class Node:
             ArenaNamespace(self.arena),
         ):
             self.rpc_dispatcher.add_namespace(namespace)
+        self.rpc_dispatcher.add_namespace(self._market_namespace())
         if self.serve_app is not None:
             from flockd.serve.rpc import ServeNamespace
+            from flockd.serve.service import INDEX_FILE
 
-            self.rpc_dispatcher.add_namespace(ServeNamespace(self.serve_app, lambda: self.serve_bound))
+            index_path = self.datadir / "serve" / INDEX_FILE
+            self.rpc_dispatcher.add_namespace(ServeNamespace(self.serve_app, lambda: self.serve_bound, index_path))
         if self.chain_service is not None:  # votes exist on the embedded chain only
             from flockd.rpc.authority import AuthorityNamespace
 
             self.rpc_dispatcher.add_namespace(AuthorityNamespace(self.chain_service.chain, self.tasks.token.client))
+
+    def _market_namespace(self) -> MarketNamespace:
+        from flockd.chain.client.addresses import MARKET_ADDRESS
+        from flockd.chain.client.market import Market
+        from flockd.market.held import HeldModels
+        from flockd.market.service import MarketService
+        from flockd.rpc.market import MarketNamespace
+
+        market = Market(self.tasks.registry.client, MARKET_ADDRESS)
+        self.market = MarketService(market, self.tasks, HeldModels(self.datadir / MARKET_DIR), lambda: self.serve_app)
+        return MarketNamespace(self.market)
 
     @contextlib.contextmanager
     def _stop_on_signals(self) -> Iterator[None]:

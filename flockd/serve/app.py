@@ -334,11 +334,17 @@ async def _body(request: Request) -> bytes:
 
 
 def describe_model(model: ServedModel) -> dict[str, Any]:
+    listing = model.listing if isinstance(model, ServedClassifier) else None
     common = {"id": model.name, "kind": model.kind, "parameters": model.parameters, "path": str(model.path),
-              "lineage": None,
-              "lineage_note": "not listed on chain: the market listing (market_* RPC) is not built yet, so this "
-                              "model has no on-chain lineage to show"}
+              "lineage": listing, "lineage_note": _lineage_note(listing)}
     if isinstance(model, ServedLM):
         return {**common, "context": model.context, "files_hash": "0x" + model.files_hash.hex()}
     return {**common, "recipe": model.recipe.name, "model_hash": "0x" + model.model_hash.hex(),
             "features": model.num_features, "classes": model.num_classes}
+
+
+def _lineage_note(listing: dict[str, Any] | None) -> str:
+    if listing is None:
+        return "not listed on chain: served from a file this node was given, so no on-chain lineage"
+    return (f"listing {listing['listing_id']} of task {listing['task_id']}: {listing['rounds']} round(s) from "
+            f"{listing['lineage_root'][:10]}…, replayed from the chain and verified")

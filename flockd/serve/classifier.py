@@ -46,6 +46,7 @@ class ServedClassifier:
         self.num_features = recipe.num_features
         self.num_classes = recipe.num_classes
         self.parameters = sum(p.numel() for p in model.parameters())
+        self.listing: dict[str, Any] | None = None  # a market model's listing and verified lineage
         self._lock = threading.Lock()
 
     def predict(self, rows: tuple[tuple[float, ...], ...]) -> list[dict[str, Any]]:

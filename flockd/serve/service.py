@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -48,9 +49,10 @@ class ServeSettings:
     vhosts: tuple[str, ...] = ("localhost",)
     max_queue: int = 8  # requests waiting beyond the one running
     retrieval_top_k: int = 0  # chats retrieve this many chunks unless they say otherwise
+    market: bool = False  # a daemon serving the listed models it fetched: it may start with none
 
     def check(self) -> None:
-        if not self.model_dir and not self.classifier_checkpoint:
+        if not self.model_dir and not self.classifier_checkpoint and not self.market:
             raise ServeConfigError("nothing to serve: give a model directory or a classifier checkpoint")
         if bool(self.classifier_recipe) != bool(self.classifier_checkpoint):
             raise ServeConfigError("a classifier needs both its recipe and its checkpoint")
@@ -68,7 +70,7 @@ def settings_from_section(section: ServeSection, index_path: str = "") -> ServeS
         model_dir=section.model_dir, model_name=section.model_name, classifier_recipe=section.classifier_recipe,
         classifier_checkpoint=section.classifier_checkpoint, knowledge=section.knowledge, index_path=index_path,
         host=section.host, port=section.port, api_key=read_api_key(section.api_key_file), vhosts=tuple(section.vhosts),
-        max_queue=section.max_queue, retrieval_top_k=section.retrieval_top_k,
+        max_queue=section.max_queue, retrieval_top_k=section.retrieval_top_k, market=section.market,
     )
 
 
@@ -82,8 +84,10 @@ def read_api_key(key_file: str) -> str:
     return os.environ.get(API_KEY_ENV, "")
 
 
-def build_app(settings: ServeSettings, state_dir: Path, tasks: TaskView | None = None) -> ServeApp:
-    """Blocking (loads models, indexes the folder): run it in a worker thread."""
+def build_app(settings: ServeSettings, state_dir: Path, tasks: TaskView | None = None,
+              listed: Sequence[ServedModel] = ()) -> ServeApp:
+    """Blocking (loads models, indexes the folder): run it in a worker thread. `listed`:
+    models already loaded and checked (the market's, flockd.market.held)."""
     from flockd.fl.recipe import RecipeError
     from flockd.serve.admission import Admission
     from flockd.serve.app import Gate, ServeApp
@@ -92,7 +96,7 @@ def build_app(settings: ServeSettings, state_dir: Path, tasks: TaskView | None =
     from flockd.serve.retrieval import KnowledgeIndex, RetrievalError
 
     settings.check()
-    models: list[ServedModel] = []
+    models: list[ServedModel] = list(listed)
     try:
         if settings.model_dir:
             path = Path(settings.model_dir)

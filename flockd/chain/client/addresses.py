@@ -23,3 +23,9 @@ def contract_address(sender: bytes, nonce: int) -> bytes:
 STAKE_TOKEN_ADDRESS = contract_address(DEPLOYER, 0)
 TASK_REGISTRY_ADDRESS = contract_address(DEPLOYER, 1)
 ARENA_ADDRESS = contract_address(DEPLOYER, 2)  # in the daemon's genesis (network.py), not in flockd.sim's chain
+
+# The Market has a deployer of its own, so that its address does not depend on which other
+# genesis contracts (the Arena) the deployer above created before it.
+MARKET_DEPLOYER_KEY = PrivateKey(keccak(b"flockd genesis market deployer"))
+MARKET_DEPLOYER = MARKET_DEPLOYER_KEY.public_key.to_canonical_address()
+MARKET_ADDRESS = contract_address(MARKET_DEPLOYER, 0)

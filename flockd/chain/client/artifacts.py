@@ -29,7 +29,8 @@ STAKE_TOKEN = "StakeToken"
 TASK_REGISTRY = "TaskRegistry"
 ECVRF_VERIFIER = "EcvrfVerifier"  # for chains without the VRF precompile
 ARENA = "Arena"  # not at genesis: deployed on demand
-CONTRACT_NAMES = (STAKE_TOKEN, TASK_REGISTRY, ECVRF_VERIFIER, ARENA)
+MARKET = "Market"  # model listings; at genesis from its own deployer (addresses.py)
+CONTRACT_NAMES = (STAKE_TOKEN, TASK_REGISTRY, ECVRF_VERIFIER, ARENA, MARKET)
 
 
 class ArtifactError(Exception):

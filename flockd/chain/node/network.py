@@ -15,9 +15,15 @@ from typing import Any
 
 from eth_utils import to_canonical_address, to_checksum_address
 
-from flockd.chain.client.addresses import ARENA_ADDRESS, STAKE_TOKEN_ADDRESS, TASK_REGISTRY_ADDRESS
+from flockd.chain.client.addresses import (
+    ARENA_ADDRESS,
+    MARKET_ADDRESS,
+    STAKE_TOKEN_ADDRESS,
+    TASK_REGISTRY_ADDRESS,
+)
 from flockd.chain.node.deploy import MAX_TOKEN_HOLDERS, genesis_contracts
 from flockd.chain.node.genesis import Genesis, GenesisError, parse_address, parse_amount
+from flockd.chain.node.market_genesis import market_genesis
 
 GENESIS_FILE = "genesis.json"
 LOCAL_CHAIN_ID = 7357
@@ -51,10 +57,12 @@ def network_genesis(
 
 def _funded_alloc(gas: Mapping[bytes, int], stake: Mapping[bytes, int]) -> dict[bytes, Any]:
     """The token, registry and Arena contracts, stake minted to `stake`'s holders by the
-    token's constructor (as `flockd deploy` does on an external chain), and gas money as
-    balances. The Arena comes last (deployer nonce 2), so the token's and the registry's
-    accounts are the same bytes as in a genesis without it (flockd.sim has none)."""
+    token's constructor (as `flockd deploy` does on an external chain), the Market (from a
+    deployer of its own), and gas money as balances. The Arena comes last (deployer nonce
+    2), so the token's and the registry's accounts are the same bytes as in a genesis
+    without it (flockd.sim has none)."""
     alloc: dict[bytes, Any] = dict(genesis_contracts(dict(stake), arena=True))
+    alloc.update({address: dict(account) for address, account in market_genesis().items()})  # the Market
     for holder, wei in gas.items():
         alloc[holder] = {"balance": wei, "nonce": 0, "code": b"", "storage": {}}
     return alloc
@@ -66,6 +74,7 @@ _CONTRACTS = {
     STAKE_TOKEN_ADDRESS: "the stake token",
     TASK_REGISTRY_ADDRESS: "the task registry",
     ARENA_ADDRESS: "the arena",
+    MARKET_ADDRESS: "the market",
 }
 PARTIES_KEYS = frozenset({"chain_id", "block_period", "timestamp", "authorities", "gas", "stake"})
 

@@ -37,7 +37,7 @@ async function loadCatalogue() {
       const hash = m.files_hash || m.model_hash;
       table.append(el("tr", {}, el("td", {}, m.id), el("td", {}, m.kind + (m.recipe ? " (" + m.recipe + ")" : "")),
         el("td", {}, m.parameters.toLocaleString()), el("td", {}, el("code", {}, hash)),
-        el("td", {className: "note"}, m.lineage ? JSON.stringify(m.lineage) : m.lineage_note)));
+        el("td", {className: "note"}, m.lineage_note)));
       if (m.kind === "causal-lm") select.append(el("option", {value: m.id}, m.id));
     }
     box.replaceChildren(table);

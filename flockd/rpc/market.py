@@ -1,0 +1,84 @@
+"""market_*: list a finished task's model on chain, read the listings, fetch a listed
+model from peers (checked against the chain and its lineage replayed) and serve it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from eth_utils import to_checksum_address
+
+from flockd.chain.client.backends import ChainError
+from flockd.chain.client.contract import ContractRevert
+from flockd.chain.client.market import Listing
+from flockd.market.checks import ListingError
+from flockd.market.service import MarketService
+from flockd.rpc.errors import RPCError
+from flockd.tasks.service import TaskError
+from flockd.tasks.spec import SpecError, TaskSpec
+
+MARKET_ERROR = -32050
+
+
+class _MarketErrors:
+    """The market layer's errors as JSON-RPC errors whose message says why."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if isinstance(exc, SpecError):
+            raise RPCError(-32602, str(exc)) from None
+        if isinstance(exc, ContractRevert):
+            raise RPCError(MARKET_ERROR, f"the market refused: {exc.reason}") from None
+        if isinstance(exc, ListingError | TaskError | ChainError):
+            raise RPCError(MARKET_ERROR, str(exc)) from None
+
+
+class MarketNamespace:
+    namespace = "market"
+
+    def __init__(self, market: MarketService) -> None:
+        self._market = market
+
+    async def market_list(self, task_id: int, name: str, description: str = "", licence: str = "",
+                          spec: dict[str, Any] | None = None) -> dict[str, Any]:
+        """List a finished task's final model (this node its creator or a participant);
+        spec: the task's, as task_create returned it (default: the one this node joined with)."""
+        with _MarketErrors():
+            parsed = TaskSpec.from_json(spec) if spec is not None else None
+            listing_id, model_hash = await self._market.list_model(task_id, name, description, licence, parsed)
+            return {"listing_id": listing_id, "task_id": task_id, "name": name, "model_hash": "0x" + model_hash.hex()}
+
+    async def market_unlist(self, listing_id: int) -> dict[str, Any]:
+        """Withdraw a listing this node made."""
+        with _MarketErrors():
+            receipt = await self._market.market.unlist(listing_id)
+            return {"listing_id": listing_id, "tx_hash": "0x" + receipt.tx_hash.hex(), "block": receipt.block_number}
+
+    async def market_listings(self, start: int = 1, limit: int = 50, inactive: bool = False) -> list[dict[str, Any]]:
+        """The listings from id `start` on (at most `limit`), unlisted ones only with `inactive`."""
+        with _MarketErrors():
+            found = await self._market.listings(start, limit)
+            return [describe_listing(x) for x in found if x.active or inactive]
+
+    async def market_fetch(self, listing_id: int) -> dict[str, Any]:
+        """Fetch a listed model from peers, check it against the chain, replay its lineage,
+        keep it, and serve it when this node serves ([serve] market = true)."""
+        with _MarketErrors():
+            return await self._market.fetch(listing_id)
+
+
+def describe_listing(listing: Listing) -> dict[str, Any]:
+    return {
+        "listing_id": listing.listing_id,
+        "name": listing.name,
+        "task_id": listing.task_id,
+        "model_hash": "0x" + listing.model_hash.hex(),
+        "lineage_root": "0x" + listing.lineage_root.hex(),
+        "recipe_hash": "0x" + listing.recipe_hash.hex(),
+        "lister": to_checksum_address(listing.lister),
+        "licence": listing.licence,
+        "description": listing.description,
+        "listed_block": listing.listed_block,
+        "active": listing.active,
+    }
