@@ -44,8 +44,7 @@ if TYPE_CHECKING:
     from flockd.market.service import MarketService
     from flockd.p2p.host import P2PService
     from flockd.rpc.market import MarketNamespace
-    from flockd.serve.app import ServeApp
-    from flockd.serve.classifier import ServedClassifier
+    from flockd.serve.app import ServeApp, ServedModel
     from flockd.tasks.context import NodeContext
     from flockd.tasks.service import TaskService
 
@@ -175,10 +174,10 @@ class Node:
         except service.ServeConfigError as exc:
             raise NodeStartError(f"serve: {exc}") from None
 
-    def _held_market_models(self) -> list[ServedClassifier]:
-        from flockd.market.held import HeldModels, served_classifiers
+    def _held_market_models(self) -> list[ServedModel]:
+        from flockd.market.held import HeldModels, served_models
 
-        return served_classifiers(HeldModels(self.datadir / MARKET_DIR), self.tasks.ctx.store.model_path)
+        return served_models(HeldModels(self.datadir / MARKET_DIR), self.tasks.ctx.store.model_path)
 
     def _open_tasks(self) -> None:
         from eth_account import Account

@@ -63,7 +63,7 @@ def test_held_models_are_served_again_only_while_they_are_the_listed_model(tmp_p
     from flockd.fl.checkpoint import save_checkpoint
     from flockd.fl.recipe import load_recipe
     from flockd.fl.tensors import model_state
-    from flockd.market.held import HeldModels, served_classifiers
+    from flockd.market.held import HeldModels, served_models
 
     def path_of(digest: bytes):
         return tmp_path / "models" / f"{digest.hex()}.safetensors"
@@ -79,7 +79,7 @@ def test_held_models_are_served_again_only_while_they_are_the_listed_model(tmp_p
               "spec": {"recipe": "digits-mlp", "config": {}}, "lineage": {"rounds_checked": 2}}
     held.save(record)
     held.save({**record, "listing_id": 8, "name": "lm", "spec": {"recipe": "no-such-recipe"}})
-    (model,) = served_classifiers(held, path_of)  # the unknown recipe is left out, not fatal
+    (model,) = served_models(held, path_of)  # the unknown recipe is left out, not fatal
     assert (model.name, model.model_hash, model.listing["rounds"]) == ("digits", digest, 2)
     save_checkpoint(path_of(digest), model_state(recipe.build_model(1)))  # the file changed since
-    assert served_classifiers(held, path_of) == []
+    assert served_models(held, path_of) == []

@@ -12,11 +12,15 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flockd.fl.errors import FLError
 from flockd.logs import get_logger
+from flockd.market.checks import ListingError
 from flockd.serve.classifier import ClassifierError, ServedClassifier
+
+if TYPE_CHECKING:
+    from flockd.serve.app import ServedModel
 
 log = get_logger("flockd.market")
 
@@ -24,6 +28,7 @@ log = get_logger("flockd.market")
 class HeldModels:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.exports = root / "lm"  # the language models as Hugging Face directories (lm_serve.py)
 
     def save(self, record: dict[str, Any]) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -59,28 +64,40 @@ def served_classifier(record: dict[str, Any], checkpoint: Path) -> ServedClassif
     model = ServedClassifier(record["name"], spec["recipe"], checkpoint, spec.get("config") or {})
     if "0x" + model.model_hash.hex() != record["model_hash"]:
         raise ClassifierError(f"{checkpoint} is no longer the listed model {record['model_hash']}")
-    model.listing = {key: record[key] for key in ("listing_id", "task_id", "lineage_root", "lister", "licence")}
-    model.listing["rounds"] = record["lineage"]["rounds_checked"]
+    model.listing = listing_of(record)
     return model
 
 
-def served_if_classifier(record: dict[str, Any], checkpoint: Path) -> ServedClassifier | None:
-    """The record's model if its recipe is a classifier (else None: not served yet).
-    Blocking: run it in a worker thread."""
+def listing_of(record: dict[str, Any]) -> dict[str, Any]:
+    """What a served model's catalogue entry says of its listing and verified lineage."""
+    listing = {key: record[key] for key in ("listing_id", "task_id", "lineage_root", "lister", "licence")}
+    listing["rounds"] = record["lineage"]["rounds_checked"]
+    return listing
+
+
+def served_model(record: dict[str, Any], checkpoint: Path, exports: Path) -> ServedModel | None:
+    """The record's model for the serving API: a classifier as it is, a language model as a
+    Hugging Face directory under `exports`; None for a recipe that is neither. Blocking:
+    run it in a worker thread."""
+    from flockd.market.lm_serve import is_language_model, served_listed_lm
+
     spec = record["spec"]
-    if not is_classifier(spec["recipe"], spec.get("config") or {}):
-        return None
-    return served_classifier(record, checkpoint)
+    config = spec.get("config") or {}
+    if is_classifier(spec["recipe"], config):
+        return served_classifier(record, checkpoint)
+    if is_language_model(spec["recipe"], config):
+        return served_listed_lm(record, checkpoint, exports)
+    return None
 
 
-def served_classifiers(held: HeldModels, model_path: Callable[[bytes], Path]) -> list[ServedClassifier]:
-    """Every held classifier that still loads and checks (a node serves what it verified
-    before a restart); one that does not is logged and left out."""
+def served_models(held: HeldModels, model_path: Callable[[bytes], Path]) -> list[ServedModel]:
+    """Every held model that still loads and checks (a node serves what it verified before
+    a restart); one that does not is logged and left out."""
     out = []
     for record in held.records():
         try:
-            model = served_if_classifier(record, model_path(bytes.fromhex(record["model_hash"][2:])))
-        except (ClassifierError, FLError, KeyError, TypeError, ValueError) as exc:
+            model = served_model(record, model_path(bytes.fromhex(record["model_hash"][2:])), held.exports)
+        except (ClassifierError, FLError, ListingError, OSError, KeyError, TypeError, ValueError) as exc:
             log.warning("a held market model is not served", listing=record.get("listing_id"), error=str(exc))
             continue
         if model is not None:

@@ -24,6 +24,7 @@ import trio
 from flockd.chain.client.market import Listing, Market
 from flockd.chain.client.registry import STATUS_FINISHED
 from flockd.fl.errors import FLError
+from flockd.fl.tensors import shapes
 from flockd.logs import get_logger
 from flockd.market.checks import (
     ListingError,
@@ -35,7 +36,8 @@ from flockd.market.checks import (
     max_model_bytes,
     spec_text,
 )
-from flockd.market.held import HeldModels, served_if_classifier
+from flockd.market.held import HeldModels, served_model
+from flockd.market.lm_serve import held_base
 from flockd.p2p.abc import P2PError
 from flockd.p2p.blobs import BlobError
 from flockd.stats import Counters
@@ -119,9 +121,12 @@ class MarketService:
             check_listed_name(listing)
             spec = listed_spec(listing)
             await self._check_against_registry(listing)
+            await trio.to_thread.run_sync(held_base, spec)
             await trio.to_thread.run_sync(check_model_size, spec)
             worker = await trio.to_thread.run_sync(Worker, spec, 0, None)
-            fetched = await self._model_bytes(listing, worker.model_layout)
+            # The global state's layout: for lm-lora the model's weights and the carried adapter.
+            layout = shapes(await trio.to_thread.run_sync(worker.initial_model))
+            fetched = await self._model_bytes(listing, layout)
             store = self.tasks.ctx.store
             lineage = await verify_lineage(self.tasks.registry, store, worker, listing.task_id, self.tasks.fetch_delta)
             if not (lineage["ok"] and lineage["complete"] and lineage["final_model_hash"] == _hex(listing.model_hash)):
@@ -176,18 +181,19 @@ class MarketService:
         raise ListingError(f"none of {len(peers)} peers served listed model {_hex(listing.model_hash)}")
 
     async def _serve(self, record: dict[str, Any]) -> bool:
-        """Add a held classifier to the running serving API (replacing an older fetch of the
-        same listing); False when this node serves nothing or the model is no classifier."""
+        """Add a held model to the running serving API (replacing an older fetch of the same
+        listing); False when this node serves nothing or the recipe is neither a classifier
+        nor a language model."""
         from pathlib import Path
 
         app = self._serve_app()
         if app is None:
             return False
-        model = await trio.to_thread.run_sync(served_if_classifier, record, Path(record["path"]))
+        model = await trio.to_thread.run_sync(served_model, record, Path(record["path"]), self.held.exports)
         if model is None:
             return False
         current = app.models.get(model.name)
-        if current is not None and getattr(current, "model_hash", None) != model.model_hash:
+        if current is not None and (current.listing or {}).get("listing_id") != record["listing_id"]:
             raise ListingError(f"this node already serves another model named {model.name!r}")
         app.models[model.name] = model
         return True

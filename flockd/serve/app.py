@@ -334,7 +334,7 @@ async def _body(request: Request) -> bytes:
 
 
 def describe_model(model: ServedModel) -> dict[str, Any]:
-    listing = model.listing if isinstance(model, ServedClassifier) else None
+    listing = model.listing
     common = {"id": model.name, "kind": model.kind, "parameters": model.parameters, "path": str(model.path),
               "lineage": listing, "lineage_note": _lineage_note(listing)}
     if isinstance(model, ServedLM):

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flockd.serve.errors import bad_request
 from flockd.serve.requests import Sampling
@@ -56,6 +56,7 @@ class ServedLM:
         eos = config.get("eos_token_id")
         self.eos_ids = frozenset(eos if isinstance(eos, list) else [eos] if isinstance(eos, int) else [])
         self.parameters = sum(p.numel() for p in self.model.parameters())
+        self.listing: dict[str, Any] | None = None  # a market model's listing and verified lineage
         self._lock = threading.Lock()  # one generation at a time on this model
 
     def encode_prompt(self, prompt: str) -> list[int]:
