@@ -206,10 +206,12 @@ _OWN_NAMES = frozenset({
 
 def _counting_services(node: MetricsSource) -> Iterable[tuple[str, str, dict[str, int]]]:
     """(service label, task label, counter snapshot) for every service that keeps counters."""
-    # [serve] is optional: a node without it has no serve_app (None).
+    # [serve] is optional: a node without it has no serve_app (None); the market and the
+    # arena exist once the chain client is open.
     services: tuple[tuple[str, object], ...] = (
         ("p2p", node.p2p), ("chain", node.chain_service), ("tasks", node.tasks),
-        ("serve", getattr(node, "serve_app", None)),
+        ("serve", getattr(node, "serve_app", None)), ("market", getattr(node, "market", None)),
+        ("arena", getattr(node, "arena", None)),
     )
     for label, service in services:
         counters = getattr(service, "counters", None)

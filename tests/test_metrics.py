@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
@@ -88,6 +89,27 @@ def test_the_serving_api_counters_are_exported_when_it_runs():
     found = scrape(collector)
     assert [(s.labels["service"], s.value) for s in found["flockd_generations_cancelled"]] == [("serve", 2)]
     assert [(s.labels["service"], s.value) for s in found["flockd_queue_full"]] == [("serve", 1)]
+
+
+def test_the_market_and_arena_counters_are_exported():
+    from flockd.market.held import HeldModels
+    from flockd.market.service import MarketService
+
+    node = StandInNode()
+    collector = NodeCollector(node, confirmations=2)  # type: ignore[arg-type]
+    market = MarketService(None, None, HeldModels(Path("unused")))  # type: ignore[arg-type]  # counters only
+    for name, times in (("market_listed", 1), ("market_fetched", 2), ("market_models_refused", 3),
+                        ("market_lineage_failures", 4)):
+        market.counters.incr(name, times)
+    node.market = market  # type: ignore[attr-defined]
+    node.arena = SimpleNamespace(counters=counted("arena", action_failures=5, eval_sets_served=6,  # type: ignore[attr-defined]
+                                                  eval_requests_refused=7))
+    found = scrape(collector)
+    for name, value in (("market_listed", 1), ("market_fetched", 2), ("market_models_refused", 3),
+                        ("market_lineage_failures", 4), ("eval_sets_served", 6), ("eval_requests_refused", 7)):
+        assert [(s.name, s.labels["service"], s.value) for s in found[f"flockd_{name}"]] == [
+            (f"flockd_{name}_total", "arena" if name.startswith("eval") else "market", value)]
+    assert ("arena", "", 5) in {(s.labels["service"], s.labels["task"], s.value) for s in found["flockd_action_failures"]}
 
 
 def test_task_events_are_tallied():
