@@ -13,11 +13,9 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 
 from flockd.chain.client.market import MAX_DESCRIPTION_LEN, MAX_LICENCE_LEN, MAX_NAME_LEN, Listing
 from flockd.fl.checkpoint import MAX_CHECKPOINT_BYTES, load_checkpoint_bytes
-from flockd.fl.recipe import canonical_json
 from flockd.fl.tensors import Tensors
 from flockd.tasks.spec import SpecError, TaskSpec
 
@@ -43,7 +41,7 @@ def check_listing_fields(name: str, description: str, licence: str) -> None:
 
 def spec_text(spec: TaskSpec) -> str:
     """The spec as listed: the canonical JSON whose keccak256 is the task's recipe hash."""
-    return canonical_json(asdict(spec)).decode()
+    return spec.canonical().decode()
 
 
 def listed_spec(listing: Listing) -> TaskSpec:

@@ -3,7 +3,7 @@ model from peers (checked against the chain and its lineage replayed) and serve 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from eth_utils import to_checksum_address
 
@@ -12,11 +12,13 @@ from flockd.chain.client.contract import ContractRevert
 from flockd.chain.client.market import Listing
 from flockd.market.checks import ListingError
 from flockd.market.service import MarketService
+from flockd.market.start import create_from_listing, lineage
 from flockd.rpc.errors import RPCError
 from flockd.tasks.service import TaskError
 from flockd.tasks.spec import SpecError, TaskSpec
 
 MARKET_ERROR = -32050
+E18 = 10**18
 
 
 class _MarketErrors:
@@ -60,6 +62,32 @@ class MarketNamespace:
         with _MarketErrors():
             found = await self._market.listings(start, limit)
             return [describe_listing(x) for x in found if x.active or inactive]
+
+    async def market_task_create(
+        self, listing_id: int, rounds: int = 10, rule: str = "fedavg", partition: str = "iid", num_nodes: int = 1,
+        seed: int = 0, expected_proposers: int = 3, min_participants: int = 1, stake_unit: int = E18,
+        min_stake: int = E18, propose_blocks: int = 8, commit_blocks: int = 6, reveal_blocks: int = 8,
+        reward_pool: int = 0, vote_mode: Literal["per-proposal", "whole-round"] = "per-proposal",
+        max_proposals: int = 16,
+    ) -> dict[str, Any]:
+        """A new task whose initial model is a listed model (fetched and verified first), with
+        the listing's recipe and config; its lineage continues from the listing. Joiners run
+        market_fetch of the listing, then task_join with the returned spec."""
+        with _MarketErrors():
+            return await create_from_listing(
+                self._market, listing_id, rule=rule, partition=partition, num_nodes=num_nodes, seed=seed,
+                rounds=rounds, expected_proposers=expected_proposers, min_participants=min_participants,
+                min_stake=min_stake, stake_unit=stake_unit, propose_blocks=propose_blocks,
+                commit_blocks=commit_blocks, reveal_blocks=reveal_blocks, reward_pool=reward_pool,
+                vote_mode=0 if vote_mode == "per-proposal" else 1, max_proposals=max_proposals,
+            )
+
+    async def market_lineage(self, task_id: int, spec: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A task started from a listed model: the listed task's lineage replayed, then its
+        own; spec: as market_task_create returned it (default: the one this node joined with)."""
+        with _MarketErrors():
+            parsed = TaskSpec.from_json(spec) if spec is not None else self._market.tasks.joined(task_id).spec
+            return await lineage(self._market, task_id, parsed)
 
     async def market_fetch(self, listing_id: int) -> dict[str, Any]:
         """Fetch a listed model from peers, check it against the chain, replay its lineage,

@@ -38,6 +38,7 @@ from flockd.tasks.executor import ActionTask, DaemonActions
 from flockd.tasks.history import RoundRecords, round_history
 from flockd.tasks.registry_chain import RegistryChain
 from flockd.tasks.spec import TaskSpec
+from flockd.tasks.start import initial_state
 from flockd.tasks.work import Worker
 
 if TYPE_CHECKING:
@@ -149,7 +150,7 @@ class TaskRunner:
             self.done.set()
 
     async def _run(self) -> None:
-        init = await trio.to_thread.run_sync(self.worker.initial_model)
+        init = await trio.to_thread.run_sync(initial_state, self.worker, self.ctx.store, getattr(self.spec, "start", {}))  # start hook
         init_hash = self.ctx.store.put_model(init)
         if init_hash != self.params.model_init_hash:
             raise RuntimeError(

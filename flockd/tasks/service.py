@@ -34,6 +34,7 @@ from flockd.tasks.exchange import (
 from flockd.tasks.pushes import PushInbox, TaskPushes
 from flockd.tasks.runner import NodeContext, TaskRunner, round_history
 from flockd.tasks.spec import SpecError, TaskSpec
+from flockd.tasks.start import start_hash
 from flockd.tasks.work import Worker
 
 if TYPE_CHECKING:
@@ -95,7 +96,9 @@ class TaskService:
         min_stake: int, stake_unit: int, propose_blocks: int, commit_blocks: int, reveal_blocks: int,
         reward_pool: int, vote_mode: int, max_proposals: int,
     ) -> dict[str, Any]:
-        init_hash = await trio.to_thread.run_sync(_initial_model_hash, spec)
+        init_hash = start_hash(spec.start)  # start hook: a task started from another's model
+        if init_hash is None:
+            init_hash = await trio.to_thread.run_sync(_initial_model_hash, spec)
         params = TaskParams(
             recipe=spec.recipe, recipe_hash=spec.spec_hash, model_init_hash=init_hash, rounds=rounds,
             min_participants=min_participants, min_stake=min_stake, stake_unit=stake_unit,

@@ -17,6 +17,7 @@ from eth_utils import keccak
 from flockd.fl.aggregate import Rule
 from flockd.fl.data import Partition
 from flockd.fl.recipe import canonical_json, load_recipe
+from flockd.tasks.start import check_start
 
 
 class SpecError(ValueError):
@@ -32,6 +33,9 @@ class TaskSpec:
     num_nodes: int = 1  # the bundled data is split into this many parts
     seed: int = 0  # data split and initial model
     max_accuracy_drop: float = 0.10  # a voter rejects a delta costing more validation accuracy
+    # Where the initial model comes from when not the recipe's (flockd.tasks.start): {} or
+    # {"model_hash": "0x…", ...where it was listed}. Left out of the hash while empty.
+    start: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         try:
@@ -44,13 +48,21 @@ class TaskSpec:
             raise SpecError("num_nodes must be in [1, 1024]")
         if not 0.0 <= self.max_accuracy_drop <= 1.0:
             raise SpecError("max_accuracy_drop must be in [0, 1]")
+        check_start(self.start)
 
     @property
     def spec_hash(self) -> bytes:
-        return keccak(canonical_json(asdict(self)))
+        return keccak(self.canonical())
+
+    def canonical(self) -> bytes:
+        """The canonical JSON the recipe hash covers (a spec without `start` hashes as before it existed)."""
+        fields = asdict(self)
+        if not self.start:
+            del fields["start"]
+        return canonical_json(fields)
 
     def to_json(self) -> dict[str, Any]:
-        return json.loads(canonical_json(asdict(self)))
+        return json.loads(self.canonical())
 
     @classmethod
     def from_json(cls, data: Any) -> TaskSpec:

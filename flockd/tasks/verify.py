@@ -12,7 +12,8 @@ from typing import Any
 
 from flockd.chain.client.registry import Registry
 from flockd.fl.checkpoint import model_hash
-from flockd.store import Store
+from flockd.store import Store, StoreError
+from flockd.tasks.start import initial_state
 from flockd.tasks.work import Worker
 
 
@@ -29,13 +30,16 @@ async def verify_lineage(
 
     params = await registry.get_params(task_id)
     state = await registry.get_state(task_id)
-    model = await trio.to_thread.run_sync(worker.initial_model)
-    current = model_hash(model)
     problems: list[str] = []
-    if current != params.model_init_hash:
+    try:  # start hook: a task started from another's model (flockd.tasks.start)
+        model = await trio.to_thread.run_sync(initial_state, worker, store, worker.spec.start)
+    except StoreError as exc:  # nothing to replay from
+        model, problems = {}, [str(exc)]
+    current = model_hash(model)
+    if model and current != params.model_init_hash:
         problems.append(f"initial model {current.hex()} != on-chain {params.model_init_hash.hex()}")
     checked = []
-    for r in range(state.current_round + (1 if state.status == 3 else 0)):
+    for r in range(state.current_round + (1 if state.status == 3 else 0) if model else 0):
         info = await registry.get_round(task_id, r)
         if not info.finalised or not any(info.model_hash):
             break  # the newest round is still being voted on or attested: nothing to check yet
@@ -58,6 +62,7 @@ async def verify_lineage(
         break
     return {
         "task_id": task_id,
+        "start": worker.spec.start or None,  # start hook: what the lineage continues from
         "ok": not problems and bool(checked),
         "complete": len(checked) == params.rounds,
         "rounds_checked": len(checked),
