@@ -138,3 +138,14 @@ def test_a_fetch_checks_an_lm_checkpoint_against_the_global_state_layout(base, l
     with pytest.raises(FLError):
         check_model_bytes(data, worker.model_layout, digest)
     assert shapes(check_model_bytes(data, shapes(worker.initial_model()), digest)) == shapes(state)
+
+
+def test_a_listed_lm_is_sized_from_its_base_header(base, listed) -> None:
+    """from_pretrained refuses torch's meta device: an LM spec is sized from the base's
+    safetensors header, this node's own copy."""
+    from flockd.market.checks import check_model_size
+
+    spec, _, _, _ = listed
+    assert check_model_size(spec, held_base(spec)) == base.parameters
+    with pytest.raises(ListingError, match="cannot size"):
+        check_model_size(spec)  # the meta-device build the classifiers use

@@ -13,6 +13,7 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from flockd.chain.client.market import MAX_DESCRIPTION_LEN, MAX_LICENCE_LEN, MAX_NAME_LEN, Listing
 from flockd.fl.checkpoint import MAX_CHECKPOINT_BYTES, load_checkpoint_bytes
@@ -64,25 +65,37 @@ def check_listed_name(listing: Listing) -> None:
         raise ListingError(f"listing {listing.listing_id}: its name is not a usable model id")
 
 
-def check_model_size(spec: TaskSpec) -> int:
-    """The model's parameter count, from the recipe's model built on torch's meta device
-    (shapes only, no memory): a listed spec may ask for any size (digits-mlp with a hidden
-    layer of 10^9), and a model no checkpoint can carry is refused before anything is
-    allocated. Blocking (imports torch): run it in a worker thread."""
+def check_model_size(spec: TaskSpec, base: Path | None = None) -> int:
+    """The model's parameter count: a listed spec may ask for any size (digits-mlp with a
+    hidden layer of 10^9), and a model no checkpoint can carry is refused before anything
+    is allocated. Counted on the recipe's model built on torch's meta device (shapes only,
+    no memory), or for a language model from its base's safetensors header (`base`: this
+    node's own copy; from_pretrained cannot run on the meta device). Blocking (imports
+    torch): run it in a worker thread."""
     import torch
 
     from flockd.fl.recipe import load_recipe
 
     try:
-        with torch.device("meta"):
-            model = load_recipe(spec.recipe, spec.config).build_model(spec.seed)
-        parameters = sum(p.numel() for p in model.parameters())
+        if base is not None:
+            parameters = _stored_parameters(base / "model.safetensors")
+        else:
+            with torch.device("meta"):
+                model = load_recipe(spec.recipe, spec.config).build_model(spec.seed)
+            parameters = sum(p.numel() for p in model.parameters())
     except Exception as exc:  # a recipe's own code: whatever it raises, the listing is unusable here
         raise ListingError(f"cannot size the model of this spec: {type(exc).__name__}: {exc}") from None
     if 4 * parameters > MAX_CHECKPOINT_BYTES:
         raise ListingError(f"the spec's model has {parameters:,} parameters: more than a checkpoint may carry "
                            f"({MAX_CHECKPOINT_BYTES // 4:,})")
     return parameters
+
+
+def _stored_parameters(path: Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as stored:  # reads the header only
+        return sum(math.prod(stored.get_slice(name).get_shape()) for name in stored.keys())  # noqa: SIM118
 
 
 def max_model_bytes(layout: Mapping[str, Sequence[int]]) -> int:

@@ -121,8 +121,8 @@ class MarketService:
             check_listed_name(listing)
             spec = listed_spec(listing)
             await self._check_against_registry(listing)
-            await trio.to_thread.run_sync(held_base, spec)
-            await trio.to_thread.run_sync(check_model_size, spec)
+            base = await trio.to_thread.run_sync(held_base, spec)
+            await trio.to_thread.run_sync(check_model_size, spec, base)
             worker = await trio.to_thread.run_sync(Worker, spec, 0, None)
             # The global state's layout: for lm-lora the model's weights and the carried adapter.
             layout = shapes(await trio.to_thread.run_sync(worker.initial_model))
