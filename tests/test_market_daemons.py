@@ -30,6 +30,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def cluster_serving_market(short_tmp) -> tuple[Cluster, int]:
+    """Three daemons, initialised; the third serves the models it fetches from the market
+    ([serve] market = true) on the port returned."""
+    cluster = Cluster(short_tmp, 3)
+    cluster.init()
+    port = free_port()
+    path = cluster.daemons[2].datadir / CONFIG_FILE
+    path.write_text(path.read_text() + f"\n[serve]\nenabled = true\nmarket = true\nport = {port}\n")
+    return cluster, port
+
+
 def model_file(d: Daemon, model_hash: str):
     return d.datadir / "store" / "models" / f"{model_hash[2:]}.safetensors"
 
@@ -67,12 +78,8 @@ def run_task(cluster: Cluster, members: list[Daemon]) -> tuple[int, dict]:
 
 
 def test_a_listed_model_is_fetched_verified_and_served_by_another_node(short_tmp):
-    cluster = Cluster(short_tmp, 3)
-    cluster.init()
+    cluster, port = cluster_serving_market(short_tmp)
     a, c, b = cluster.daemons  # a lists, c took part too, b only fetches
-    port = free_port()
-    path = b.datadir / CONFIG_FILE
-    path.write_text(path.read_text() + f"\n[serve]\nenabled = true\nmarket = true\nport = {port}\n")
     try:
         cluster.start()
         cluster.wait_full_mesh(timeout=90)

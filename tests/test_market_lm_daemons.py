@@ -7,16 +7,13 @@ carried adapter), replays its lineage, and serves it: /v1/models lists it and
 
 from __future__ import annotations
 
-import socket
-
 import httpx
 import pytest
 from serve_tiny import TINY
+from test_market_daemons import cluster_serving_market
 
-from flockd.config import CONFIG_FILE
 from flockd.lm.base import BASES_ENV
 from flockd.lm.build import build_base
-from flockd.testnet.cluster import Cluster
 from flockd.testnet.task import TX_TIMEOUT
 
 pytestmark = pytest.mark.slow
@@ -26,21 +23,11 @@ FAST = {"domains": ["json", "textwrap"], "seq_len": 64, "batch_size": 8, "steps"
         "lora_alpha": 8.0}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_a_listed_language_model_is_fetched_and_served_by_another_node(short_tmp, monkeypatch):
     monkeypatch.setenv(BASES_ENV, str(short_tmp / "bases"))  # the daemons inherit it
     base = build_base(TINY)
-    cluster = Cluster(short_tmp, 3)
-    cluster.init()
+    cluster, port = cluster_serving_market(short_tmp)
     a, c, b = cluster.daemons
-    port = free_port()
-    path = b.datadir / CONFIG_FILE
-    path.write_text(path.read_text() + f"\n[serve]\nenabled = true\nmarket = true\nport = {port}\n")
     try:
         cluster.start()
         cluster.wait_full_mesh(timeout=90)
