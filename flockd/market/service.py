@@ -128,7 +128,8 @@ class MarketService:
             layout = shapes(await trio.to_thread.run_sync(worker.initial_model))
             fetched = await self._model_bytes(listing, layout)
             store = self.tasks.ctx.store
-            lineage = await verify_lineage(self.tasks.registry, store, worker, listing.task_id, self.tasks.fetch_delta)
+            lineage = await verify_lineage(self.tasks.registry, store, worker, listing.task_id, self.tasks.fetch_delta,
+                                           start=spec.start)
             if not (lineage["ok"] and lineage["complete"] and lineage["final_model_hash"] == _hex(listing.model_hash)):
                 self.counters.incr("market_lineage_failures")
                 raise ListingError(f"listing {listing_id}: the lineage does not replay to the listed model: "

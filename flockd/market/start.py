@@ -57,8 +57,9 @@ async def lineage(market: MarketService, task_id: int, spec: TaskSpec) -> dict[s
     tasks = market.tasks
     parent_worker = await trio.to_thread.run_sync(Worker, listed_spec(listing), 0, None)
     worker = await trio.to_thread.run_sync(Worker, spec, 0, None)
-    parent = await verify_lineage(tasks.registry, tasks.ctx.store, parent_worker, listing.task_id, tasks.fetch_delta)
-    own = await verify_lineage(tasks.registry, tasks.ctx.store, worker, task_id, tasks.fetch_delta)
+    parent = await verify_lineage(tasks.registry, tasks.ctx.store, parent_worker, listing.task_id, tasks.fetch_delta,
+                                  start=parent_worker.spec.start)
+    own = await verify_lineage(tasks.registry, tasks.ctx.store, worker, task_id, tasks.fetch_delta, start=spec.start)
     joined = parent["final_model_hash"] == spec.start["model_hash"] == "0x" + listing.model_hash.hex()
     return {
         "task_id": task_id,

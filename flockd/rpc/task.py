@@ -132,9 +132,11 @@ class ModelNamespace:
         with _TaskErrors():
             tasks = self._tasks
             runner = tasks.runners.get(task_id)
+            spec = runner.spec if runner is not None else tasks.joined(task_id).spec
             if runner is not None:
                 worker = runner.worker
             else:
                 joined = tasks.joined(task_id)
                 worker = Worker(joined.spec, 0, joined.data_path)
-            return await verify_lineage(tasks.registry, tasks.ctx.store, worker, task_id, tasks.fetch_delta)
+            return await verify_lineage(tasks.registry, tasks.ctx.store, worker, task_id, tasks.fetch_delta,
+                                        start=spec.start)  # start hook

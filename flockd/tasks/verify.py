@@ -7,7 +7,7 @@ hash the chain recorded for round r. Every delta must hash to its on-chain commi
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from flockd.chain.client.registry import Registry
@@ -23,16 +23,18 @@ async def verify_lineage(
     worker: Worker,
     task_id: int,
     fetch_delta: Callable[[bytes], Awaitable[bytes | None]],
+    start: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """`fetch_delta(hash)` asks peers for a delta this node does not hold (a node that took
-    a round's model from a peer never saw its deltas); it must return hash-checked bytes."""
+    a round's model from a peer never saw its deltas); it must return hash-checked bytes.
+    `start`: the spec's (flockd.tasks.start), when the task starts from another's model."""
     import trio
 
     params = await registry.get_params(task_id)
     state = await registry.get_state(task_id)
     problems: list[str] = []
     try:  # start hook: a task started from another's model (flockd.tasks.start)
-        model = await trio.to_thread.run_sync(initial_state, worker, store, worker.spec.start)
+        model = await trio.to_thread.run_sync(initial_state, worker, store, start or {})
     except StoreError as exc:  # nothing to replay from
         model, problems = {}, [str(exc)]
     current = model_hash(model)
@@ -62,7 +64,7 @@ async def verify_lineage(
         break
     return {
         "task_id": task_id,
-        "start": worker.spec.start or None,  # start hook: what the lineage continues from
+        "start": dict(start) if start else None,  # start hook: what the lineage continues from
         "ok": not problems and bool(checked),
         "complete": len(checked) == params.rounds,
         "rounds_checked": len(checked),
