@@ -64,6 +64,7 @@ CAUSAL_LORA_DEFAULTS: dict[str, Any] = {
 
 class CausalLoraRecipe(LoraRecipe):
     default_config: ClassVar[dict[str, Any]] = CAUSAL_LORA_DEFAULTS
+    train_in_child = True  # many small torch calls a step: the daemon's GIL slowed it ~30% (docs/lm.md)
 
     def __init__(self, config: dict[str, Any] | None = None) -> None:
         super().__init__(config)

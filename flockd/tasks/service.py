@@ -23,6 +23,7 @@ from flockd.p2p.abc import P2PError
 from flockd.p2p.blobs import BlobError
 from flockd.round import TaskMachine
 from flockd.stats import Counters
+from flockd.tasks.abc import TaskWork
 from flockd.tasks.exchange import (
     FETCH_KIND,
     MAX_FETCH_REQUEST,
@@ -34,6 +35,7 @@ from flockd.tasks.exchange import (
 from flockd.tasks.pushes import PushInbox, TaskPushes
 from flockd.tasks.runner import NodeContext, TaskRunner, round_history
 from flockd.tasks.spec import SpecError, TaskSpec
+from flockd.tasks.trainer import ChildTrainedWork
 from flockd.tasks.work import Worker
 
 if TYPE_CHECKING:
@@ -198,7 +200,21 @@ class TaskService:
         node_index = participants.index(self.ctx.address)
         make_worker = partial(Worker, behaviour=self.behaviour, colluders=self.colluders)
         worker = await trio.to_thread.run_sync(make_worker, joined.spec, node_index, joined.data_path)
-        runner = TaskRunner(self.ctx, task_id, joined.spec, params, participants, worker)
+        work: TaskWork = worker
+        if worker.recipe.train_in_child:
+            work = ChildTrainedWork(worker, self.behaviour)
+        try:
+            await self._run(joined, params, participants, worker, work)
+        finally:
+            if isinstance(work, ChildTrainedWork):
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(work.close)
+
+    async def _run(
+        self, joined: Joined, params: TaskParams, participants: list[bytes], worker: Worker, work: TaskWork
+    ) -> None:
+        task_id = joined.task_id
+        runner = TaskRunner(self.ctx, task_id, joined.spec, params, participants, work)
         self.runners[task_id] = runner
         self.pushes.open_task(task_id, TaskPushes(
             participants=frozenset(participants),

@@ -13,13 +13,13 @@ from typing import Any
 from flockd.chain.client.registry import Registry
 from flockd.fl.checkpoint import model_hash
 from flockd.store import Store
-from flockd.tasks.work import Worker
+from flockd.tasks.abc import TaskWork
 
 
 async def verify_lineage(
     registry: Registry,
     store: Store,
-    worker: Worker,
+    worker: TaskWork,
     task_id: int,
     fetch_delta: Callable[[bytes], Awaitable[bytes | None]],
 ) -> dict[str, Any]:

@@ -58,6 +58,7 @@ class Worker:
         self.spec = spec
         self.recipe = load_recipe(spec.recipe, spec.config)
         self.node_index = node_index
+        self.data_path = data_path
         self.behaviour = behaviour
         self.colluders = colluders
         self.scoring = scoring  # how this node judges proposals (flockd.fl.score.VoteScoring)
