@@ -283,13 +283,14 @@ def run_task(console: Console, cluster: Cluster, args: argparse.Namespace) -> bo
     verified = [d.call("model_verify", {"task_id": task_id}, timeout=300.0) for d in cluster.daemons]
     report["model_verify"] = {f"node{d.index}": v["ok"] and v["complete"] for d, v in zip(cluster.daemons, verified, strict=True)}
     outdir = args.report_dir or cluster.workdir / "report"
-    lm = lm_section(cluster.daemons[0], task_id, plan.recipe, plan.config, len(cluster.daemons), plan.seed, outdir)
+    lm = lm_section(cluster.daemons[0], task_id, plan.recipe, plan.config, len(cluster.daemons), plan.seed, outdir, plan.rounds)
     if lm is not None:  # an LM task: bits per character by domain, adapter bytes, samples, HF export
         report["lm"] = lm
     paths = write_report(report, outdir)
     if lm is not None:
         append_lm_markdown(outdir / "report.md", lm)
-        console.print(f"bits per character (mean of the domains): base {lm['base']['bpc_mean']:.4f} → final {lm['final']['bpc_mean']:.4f}")
+        console.print(f"bits per character (mean of the domains): base {lm['base']['bpc_mean']:.4f} → final "
+                      f"{lm['final']['bpc_mean']:.4f}; local-only {lm['local_only']['bpc_mean']:.4f}")
     console.print(f"final accuracy {report['final_accuracy']:.4f}; nodes agree with the chain: {report['all_nodes_agree']}; "
                   f"model_verify: {report['model_verify']}")
     if args.behaviours:
