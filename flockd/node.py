@@ -224,12 +224,14 @@ class Node:
         self._open_arena(context, Token(client, token))
 
     def _open_arena(self, context: NodeContext, token: Token) -> None:
+        from flockd.arena.handoff import Handoff
         from flockd.arena.service import ArenaService
         from flockd.chain.client.addresses import ARENA_ADDRESS
         from flockd.chain.client.arena import Arena
 
         # the genesis Arena (an external chain needs its address in the config: not yet)
         self.arena = ArenaService(context, Arena(token.client, ARENA_ADDRESS), token)
+        self.tasks.handoff = Handoff(self.arena)  # tasks seeded by a competition's winner
 
     def _open_chain(self) -> None:
         from flockd.chain.client.backends import HttpBackend, InProcessBackend

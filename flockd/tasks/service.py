@@ -4,6 +4,7 @@ each joined task (and resume it after a restart), and serve deltas and models to
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -39,6 +40,8 @@ from flockd.tasks.work import Worker
 if TYPE_CHECKING:
     from trio_typing import TaskStatus  # trio's own TaskStatus is hidden by trio-stubs
 
+    from flockd.arena.handoff import Handoff
+
 log = get_logger("flockd.tasks")
 STATUS_NAMES = {0: "none", 1: "joining", 2: "running", 3: "finished"}
 JOINED_FILE = "joined.json"
@@ -73,6 +76,7 @@ class TaskService:
         self.pushes = PushInbox(ctx.network, self.counters)
         self._joined: dict[int, Joined] = self._load_joined()
         self._nursery: trio.Nursery | None = None
+        self.handoff: Handoff | None = None  # the node's Arena, for specs naming a competition
 
     @property
     def registry(self) -> Registry:
@@ -95,7 +99,12 @@ class TaskService:
         min_stake: int, stake_unit: int, propose_blocks: int, commit_blocks: int, reveal_blocks: int,
         reward_pool: int, vote_mode: int, max_proposals: int,
     ) -> dict[str, Any]:
-        init_hash = await trio.to_thread.run_sync(_initial_model_hash, spec)
+        if spec.competition is None:
+            init_hash = await trio.to_thread.run_sync(_initial_model_hash, spec)
+        else:
+            from flockd.arena.handoff import initial_model_hash
+
+            init_hash = await trio.to_thread.run_sync(initial_model_hash, spec, await self._handoff().base_model(spec))
         params = TaskParams(
             recipe=spec.recipe, recipe_hash=spec.spec_hash, model_init_hash=init_hash, rounds=rounds,
             min_participants=min_participants, min_stake=min_stake, stake_unit=stake_unit,
@@ -196,8 +205,7 @@ class TaskService:
         params = await self._params(task_id)
         participants = await self.registry.get_participants(task_id)
         node_index = participants.index(self.ctx.address)
-        make_worker = partial(Worker, behaviour=self.behaviour, colluders=self.colluders)
-        worker = await trio.to_thread.run_sync(make_worker, joined.spec, node_index, joined.data_path)
+        worker = await self.worker_for(joined.spec, node_index, joined.data_path)
         runner = TaskRunner(self.ctx, task_id, joined.spec, params, participants, worker)
         self.runners[task_id] = runner
         self.pushes.open_task(task_id, TaskPushes(
@@ -212,6 +220,22 @@ class TaskService:
             await runner.run()
         finally:
             self.pushes.close_task(task_id)
+
+    async def worker_for(self, spec: TaskSpec, node_index: int, data_path: str | None) -> Worker:
+        """This node's worker for a task; its initial model the competition winner's when
+        the spec names a competition (fetched and checked against the chain)."""
+        make_worker: Callable[..., Worker] = partial(Worker, behaviour=self.behaviour, colluders=self.colluders)
+        if spec.competition is not None:
+            from flockd.arena.handoff import SeededWorker
+
+            make_worker = partial(SeededWorker, base=await self._handoff().base_model(spec),
+                                  behaviour=self.behaviour, colluders=self.colluders)
+        return await trio.to_thread.run_sync(make_worker, spec, node_index, data_path)
+
+    def _handoff(self) -> Handoff:
+        if self.handoff is None:
+            raise TaskError("this node has no Arena to read a competition from")
+        return self.handoff
 
     async def _params(self, task_id: int) -> TaskParams:
         params = await self.registry.get_params(task_id)

@@ -1,6 +1,7 @@
 """model_verify: rebuild a task's model lineage from the chain and the deltas, hash by hash.
 
-model_-1 is the recipe's initial model (its hash is on chain); model_r is model_{r-1} plus
+model_-1 is the recipe's initial model (its hash is on chain; the worker's, so for a task
+seeded by an Arena competition the winner's, flockd.arena.handoff); model_r is model_{r-1} plus
 the aggregate of round r's accepted deltas in canonical order, and must hash to the model
 hash the chain recorded for round r. Every delta must hash to its on-chain commitment.
 """
