@@ -31,7 +31,7 @@ async def verify_lineage(
     params = await registry.get_params(task_id)
     state = await registry.get_state(task_id)
     model = await trio.to_thread.run_sync(worker.initial_model)
-    current = model_hash(model)
+    current = initial = model_hash(model)
     problems: list[str] = []
     if current != params.model_init_hash:
         problems.append(f"initial model {current.hex()} != on-chain {params.model_init_hash.hex()}")
@@ -62,6 +62,7 @@ async def verify_lineage(
         "ok": not problems and bool(checked),
         "complete": len(checked) == params.rounds,
         "rounds_checked": len(checked),
+        "initial_model_hash": "0x" + initial.hex(),
         "final_model_hash": "0x" + current.hex(),
         "rounds": checked,
         "problems": problems,

@@ -28,6 +28,7 @@ class TaskPlan:
     vote_mode: str = "per-proposal"
     seed: int = 0
     config: dict[str, Any] = field(default_factory=dict)  # the recipe's (lm-lora: its base hash)
+    competition: int | None = None  # an Arena competition whose winner is round 0's base
 
 
 def create_and_join(cluster: Cluster, plan: TaskPlan) -> int:
@@ -37,6 +38,7 @@ def create_and_join(cluster: Cluster, plan: TaskPlan) -> int:
         "num_nodes": nodes, "seed": plan.seed, "expected_proposers": min(plan.expected_proposers, nodes),
         "min_participants": nodes, "propose_blocks": plan.propose_blocks, "commit_blocks": plan.commit_blocks,
         "reveal_blocks": plan.reveal_blocks, "vote_mode": plan.vote_mode, "config": plan.config,
+        **({} if plan.competition is None else {"competition": plan.competition}),
     }, timeout=TX_TIMEOUT)
     task_id: int = created["task_id"]
     # A node that has not imported the creating block yet would answer "no task".
