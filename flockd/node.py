@@ -377,6 +377,7 @@ class Node:
         from flockd.rpc.arena import ArenaNamespace
         from flockd.rpc.chain import ChainNamespace
         from flockd.rpc.net import NetNamespace
+        from flockd.rpc.stake import StakeNamespace
         from flockd.rpc.task import ModelNamespace, RoundNamespace, TaskNamespace
 
         for namespace in (
@@ -387,6 +388,7 @@ class Node:
             ModelNamespace(self.tasks, self.datadir / "exports"),
             AccountNamespace(self.tasks.token),
             ArenaNamespace(self.arena),
+            StakeNamespace(self.tasks.registry, self.tasks.token),
         ):
             self.rpc_dispatcher.add_namespace(namespace)
         self.rpc_dispatcher.add_namespace(self._market_namespace())
