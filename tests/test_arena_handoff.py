@@ -14,7 +14,7 @@ from test_arena_roles import CREATOR, SPEC, Nodes, run
 import flockd.arena.handoff as handoff_module
 from flockd.arena.handoff import Handoff, HandoffError
 from flockd.fl.checkpoint import model_hash
-from flockd.tasks.service import TaskService
+from flockd.tasks.service import TaskError, TaskService
 from flockd.tasks.spec import SpecError, TaskSpec
 from flockd.tasks.verify import verify_lineage
 
@@ -51,6 +51,15 @@ async def test_a_task_starts_from_the_competitions_winner(tmp_path: Path, monkey
         assert model_hash(worker.initial_model()) == winner.model_hash
         lineage = await verify_lineage(tasks.registry, tasks.ctx.store, worker, created["task_id"], tasks.fetch_delta)
         assert lineage["problems"] == [] and lineage["rounds_checked"] == 0  # not started: nothing else to check
+
+        # a creator naming the competition but posting another initial model: nobody stakes on it
+        forged = await tasks.registry.create_task(replace(params, model_init_hash=bytes(32)))
+        joiner = TaskService(nodes.services[2].ctx, nodes.services[2].token)
+        joiner.handoff = Handoff(nodes.services[2])
+        held = await joiner.token.balance_of(joiner.ctx.address)
+        with pytest.raises(TaskError, match="does not start from competition"):
+            await joiner.join(forged, spec, 10**18, None)
+        assert await joiner.token.balance_of(joiner.ctx.address) == held
 
         checked = await tasks.handoff.verify(spec)
         assert checked["ok"], checked

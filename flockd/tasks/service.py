@@ -124,6 +124,12 @@ class TaskService:
             raise TaskError(f"task {task_id}: this spec hashes to {_hex(spec.spec_hash)}, the task's is {_hex(params.recipe_hash)}")
         if task_id in self._joined:
             raise TaskError(f"already joined task {task_id}")
+        if spec.competition is not None:  # the creator's claim of the winner, checked before we stake
+            from flockd.arena.handoff import initial_model_hash
+
+            seeded = await trio.to_thread.run_sync(initial_model_hash, spec, await self._handoff().base_model(spec))
+            if seeded != params.model_init_hash:
+                raise TaskError(f"task {task_id} does not start from competition {spec.competition}'s winner")
         await self.token.approve(self.registry.address, stake)
         await self.registry.join(task_id, stake, self._vrf_public_key())
         joined = Joined(task_id, spec, data_path)
