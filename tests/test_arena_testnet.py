@@ -39,6 +39,8 @@ def test_the_report_section_shows_leaderboard_scores_claims_and_the_hand_off() -
         "arena_verify": {"node0": {"ok": True, "problems": []}},
         "claims": {"node0": 100 * E18},
         "handoff": handoff_report(verified, 7, "0x" + "cd" * 32),
+        "delegation": {"delegator": "node0", "participant": "node1", "task_id": 7, "amount": 50 * E18, "shares": 50 * E18,
+                       "withdrawn": 50 * E18},
     }
     text = arena_markdown(arena)
     assert "| 1 | node1 |" in text and "epochs=5" in text and "466.00" in text
@@ -46,3 +48,4 @@ def test_the_report_section_shows_leaderboard_scores_claims_and_the_hand_off() -
     assert "node0: ok" in text and "| node0 | 100.00 |" in text
     assert "Task 7 started from competition 1's winner: submission 1" in text
     assert "| node0 | True | True | True | 2 |" in text
+    assert "node0 delegated 50.00 tokens to node1's stake pool in task 7" in text and "withdrew 50.00 tokens" in text

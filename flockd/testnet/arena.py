@@ -123,6 +123,27 @@ def _claim(d: Daemon) -> int:
         return 0
 
 
+DELEGATION = 50 * E18
+
+
+def delegate_to_winner(cluster: Cluster, arena: dict[str, Any], task_id: int) -> None:
+    """node0 backs the winning trainer in the task: delegates to its stake pool (kept in
+    `arena["delegation"]`; withdraw_delegation redeems it after the task)."""
+    winner = arena["leaderboard"][0]
+    done = cluster.daemons[0].call("stake_delegate", {"task_id": task_id, "participant": winner["trainer"],
+                                                       "amount": str(DELEGATION)}, timeout=TX_TIMEOUT)
+    arena["delegation"] = {"delegator": node_name(0), "participant": winner["node"], "task_id": task_id,
+                           "amount": DELEGATION, "shares": done["shares"]}
+
+
+def withdraw_delegation(cluster: Cluster, arena: dict[str, Any]) -> None:
+    delegation = arena["delegation"]
+    winner = arena["leaderboard"][0]
+    done = cluster.daemons[0].call("stake_withdraw", {"task_id": delegation["task_id"], "participant": winner["trainer"]},
+                                   timeout=TX_TIMEOUT)
+    delegation["withdrawn"] = done["withdrawn"]
+
+
 def handoff_report(verified: dict[str, dict[str, Any]], task_id: int, model_init_hash: str | None) -> dict[str, Any]:
     """What model_verify said about the competition part of the task's lineage, by node."""
     first = next(iter(verified.values()))
@@ -169,4 +190,11 @@ def arena_markdown(arena: dict[str, Any]) -> str:
                   "", "| node | model_verify ok | complete | competition ok | rounds checked |", "| --- | --- | --- | --- | --- |"]
         lines += [f"| {n} | {v['ok']} | {v['complete']} | {v['competition_ok']} | {v['rounds_checked']} |"
                   for n, v in handoff["model_verify"].items()]
+    delegation = arena.get("delegation")
+    if delegation:
+        withdrawn = delegation.get("withdrawn")
+        lines += ["", "### Delegation", "",
+                  f"{delegation['delegator']} delegated {delegation['amount'] * tokens:.2f} tokens to {delegation['participant']}'s "
+                  f"stake pool in task {delegation['task_id']} before it started ({delegation['shares'] * tokens:.2f} shares) and "
+                  + ("withdrew " + f"{withdrawn * tokens:.2f} tokens after it ended." if withdrawn is not None else "has not withdrawn.")]
     return "\n".join(lines) + "\n"

@@ -257,7 +257,12 @@ def run_task(console: Console, cluster: Cluster, args: argparse.Namespace) -> bo
         competition=None if arena is None else arena["competition_id"],
     )
     started = time.monotonic()
-    task_id = create_and_join(cluster, plan)
+    if arena is not None:
+        from flockd.testnet.arena import delegate_to_winner
+
+        task_id = create_and_join(cluster, plan, before_start=lambda tid: delegate_to_winner(cluster, arena, tid))
+    else:
+        task_id = create_and_join(cluster, plan)
     console.print(f"task {task_id}: {plan.recipe}, {plan.rounds} rounds, {plan.partition}, {plan.rule}; all nodes joined")
     chaos = ChaosDriver(
         cluster, ChaosScheduler(plan_chaos(len(cluster.daemons), plan.rounds, args.chaos_seed)),
@@ -292,8 +297,9 @@ def run_task(console: Console, cluster: Cluster, args: argparse.Namespace) -> bo
     verified = [d.call("model_verify", {"task_id": task_id}, timeout=300.0) for d in cluster.daemons]
     report["model_verify"] = {f"node{d.index}": v["ok"] and v["complete"] for d, v in zip(cluster.daemons, verified, strict=True)}
     if arena is not None:
-        from flockd.testnet.arena import handoff_report
+        from flockd.testnet.arena import handoff_report, withdraw_delegation
 
+        withdraw_delegation(cluster, arena)
         verified_by = {f"node{d.index}": v for d, v in zip(cluster.daemons, verified, strict=True)}
         arena["handoff"] = handoff_report(verified_by, task_id, verified[0]["initial_model_hash"])
         report["arena"] = arena

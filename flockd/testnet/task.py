@@ -31,7 +31,8 @@ class TaskPlan:
     competition: int | None = None  # an Arena competition whose winner is round 0's base
 
 
-def create_and_join(cluster: Cluster, plan: TaskPlan) -> int:
+def create_and_join(cluster: Cluster, plan: TaskPlan, before_start: Callable[[int], object] | None = None) -> int:
+    """`before_start(task_id)` runs once every node joined (a delegation must come then)."""
     nodes = len(cluster.daemons)
     created = cluster.daemons[0].call("task_create", {
         "recipe": plan.recipe, "rounds": plan.rounds, "partition": plan.partition, "rule": plan.rule,
@@ -51,6 +52,8 @@ def create_and_join(cluster: Cluster, plan: TaskPlan) -> int:
         ]
         for future in joins:
             future.result()
+    if before_start is not None:
+        before_start(task_id)
     cluster.daemons[0].call("task_start", {"task_id": task_id}, timeout=TX_TIMEOUT)
     return task_id
 
