@@ -7,6 +7,7 @@ gains nothing. Every node restarts from its datadir before each reveal phase."""
 from __future__ import annotations
 
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,11 +115,13 @@ def node(env: Env, who: int, root: Path, network: P2PNetwork | None = None) -> A
 
 
 async def run(
-    tmp_path: Path, validators: dict[int, tuple[int, str]], copies: dict[int, int] | None = None
+    tmp_path: Path, validators: dict[int, tuple[int, str]], copies: dict[int, int] | None = None,
+    then: Callable[[Nodes, int], Awaitable[None]] | None = None,
 ) -> dict[int, dict[str, Any]]:
     """A competition to the end: trainers are the members that are neither the creator nor
     a validator; `validators` maps a member to (stake in tokens, "honest" | "random"),
-    `copies` a trainer to the trainer whose model it submits as its own. Returns arena_verify's answer on every member."""
+    `copies` a trainer to the trainer whose model it submits as its own; `then` runs on the
+    finalised competition before the chain stops. Returns arena_verify's answer on every member."""
     trainers = [w for w in range(1, 4) if w not in validators]
     async with embedded_env(genesis(arena=True)) as env:
         nodes = Nodes(env, {w: node(env, w, tmp_path) for w in range(4)})
@@ -163,7 +166,10 @@ async def run(
         await nodes.step(CREATOR, cid)
         for w in [*trainers, CREATOR]:  # after publication: to everyone
             nodes.hand_over(cid, w, [o for o in range(4) if o != w])
-        return {w: await verify_competition(nodes.services[w], await nodes.services[w].snapshot(cid), SPEC) for w in range(4)}
+        verified = {w: await verify_competition(nodes.services[w], await nodes.services[w].snapshot(cid), SPEC) for w in range(4)}
+        if then is not None:
+            await then(nodes, cid)
+        return verified
 
 
 async def test_honest_competition_verifies_on_every_member(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ each joined task (and resume it after a restart), and serve deltas and models to
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -41,6 +42,8 @@ from flockd.tasks.work import Worker
 if TYPE_CHECKING:
     from trio_typing import TaskStatus  # trio's own TaskStatus is hidden by trio-stubs
 
+    from flockd.arena.handoff import Handoff
+
 log = get_logger("flockd.tasks")
 STATUS_NAMES = {0: "none", 1: "joining", 2: "running", 3: "finished"}
 JOINED_FILE = "joined.json"
@@ -75,6 +78,7 @@ class TaskService:
         self.pushes = PushInbox(ctx.network, self.counters)
         self._joined: dict[int, Joined] = self._load_joined()
         self._nursery: trio.Nursery | None = None
+        self.handoff: Handoff | None = None  # the node's Arena, for specs naming a competition
 
     @property
     def registry(self) -> Registry:
@@ -97,7 +101,12 @@ class TaskService:
         min_stake: int, stake_unit: int, propose_blocks: int, commit_blocks: int, reveal_blocks: int,
         reward_pool: int, vote_mode: int, max_proposals: int,
     ) -> dict[str, Any]:
-        init_hash = await trio.to_thread.run_sync(_initial_model_hash, spec)
+        if spec.competition is None:
+            init_hash = await trio.to_thread.run_sync(_initial_model_hash, spec)
+        else:
+            from flockd.arena.handoff import initial_model_hash
+
+            init_hash = await trio.to_thread.run_sync(initial_model_hash, spec, await self._handoff().base_model(spec))
         params = TaskParams(
             recipe=spec.recipe, recipe_hash=spec.spec_hash, model_init_hash=init_hash, rounds=rounds,
             min_participants=min_participants, min_stake=min_stake, stake_unit=stake_unit,
@@ -117,6 +126,12 @@ class TaskService:
             raise TaskError(f"task {task_id}: this spec hashes to {_hex(spec.spec_hash)}, the task's is {_hex(params.recipe_hash)}")
         if task_id in self._joined:
             raise TaskError(f"already joined task {task_id}")
+        if spec.competition is not None:  # the creator's claim of the winner, checked before we stake
+            from flockd.arena.handoff import initial_model_hash
+
+            seeded = await trio.to_thread.run_sync(initial_model_hash, spec, await self._handoff().base_model(spec))
+            if seeded != params.model_init_hash:
+                raise TaskError(f"task {task_id} does not start from competition {spec.competition}'s winner")
         await self.token.approve(self.registry.address, stake)
         await self.registry.join(task_id, stake, self._vrf_public_key())
         joined = Joined(task_id, spec, data_path)
@@ -198,8 +213,7 @@ class TaskService:
         params = await self._params(task_id)
         participants = await self.registry.get_participants(task_id)
         node_index = participants.index(self.ctx.address)
-        make_worker = partial(Worker, behaviour=self.behaviour, colluders=self.colluders)
-        worker = await trio.to_thread.run_sync(make_worker, joined.spec, node_index, joined.data_path)
+        worker = await self.worker_for(joined.spec, node_index, joined.data_path)
         work: TaskWork = worker
         if worker.recipe.train_in_child:
             work = ChildTrainedWork(worker, self.behaviour)
@@ -228,6 +242,22 @@ class TaskService:
             await runner.run()
         finally:
             self.pushes.close_task(task_id)
+
+    async def worker_for(self, spec: TaskSpec, node_index: int, data_path: str | None) -> Worker:
+        """This node's worker for a task; its initial model the competition winner's when
+        the spec names a competition (fetched and checked against the chain)."""
+        make_worker: Callable[..., Worker] = partial(Worker, behaviour=self.behaviour, colluders=self.colluders)
+        if spec.competition is not None:
+            from flockd.arena.handoff import SeededWorker
+
+            make_worker = partial(SeededWorker, base=await self._handoff().base_model(spec),
+                                  behaviour=self.behaviour, colluders=self.colluders)
+        return await trio.to_thread.run_sync(make_worker, spec, node_index, data_path)
+
+    def _handoff(self) -> Handoff:
+        if self.handoff is None:
+            raise TaskError("this node has no Arena to read a competition from")
+        return self.handoff
 
     async def _params(self, task_id: int) -> TaskParams:
         params = await self.registry.get_params(task_id)

@@ -1,6 +1,7 @@
 """model_verify: rebuild a task's model lineage from the chain and the deltas, hash by hash.
 
-model_-1 is the recipe's initial model (its hash is on chain); model_r is model_{r-1} plus
+model_-1 is the recipe's initial model (its hash is on chain; the worker's, so for a task
+seeded by an Arena competition the winner's, flockd.arena.handoff); model_r is model_{r-1} plus
 the aggregate of round r's accepted deltas in canonical order, and must hash to the model
 hash the chain recorded for round r. Every delta must hash to its on-chain commitment.
 """
@@ -30,7 +31,7 @@ async def verify_lineage(
     params = await registry.get_params(task_id)
     state = await registry.get_state(task_id)
     model = await trio.to_thread.run_sync(worker.initial_model)
-    current = model_hash(model)
+    current = initial = model_hash(model)
     problems: list[str] = []
     if current != params.model_init_hash:
         problems.append(f"initial model {current.hex()} != on-chain {params.model_init_hash.hex()}")
@@ -61,6 +62,7 @@ async def verify_lineage(
         "ok": not problems and bool(checked),
         "complete": len(checked) == params.rounds,
         "rounds_checked": len(checked),
+        "initial_model_hash": "0x" + initial.hex(),
         "final_model_hash": "0x" + current.hex(),
         "rounds": checked,
         "problems": problems,

@@ -78,6 +78,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="kill -9 and restart random daemons (never node0, at most a third at once) during "
                         "the rounds, and cut one off the mesh for longer than a round (docs/testnet.md)")
     p.add_argument("--chaos-seed", type=int, default=1, metavar="SEED", help="what --chaos does, and when (default 1)")
+    p.add_argument("--arena", action="store_true",
+                   help="first an Arena competition among the nodes (node0 creates, the last two validate, the "
+                        "rest train), then the task from its winner (docs/arena.md)")
     args = p.parse_args(argv)
     for problem in _flag_problems(args):
         p.error(problem)
@@ -110,6 +113,9 @@ def _flag_problems(args: argparse.Namespace) -> list[str]:
         (not args.chaos or (args.nodes >= 3 and args.rounds >= 2),
          "--chaos needs --nodes 3 or more and --rounds 2 or more (a third of the nodes is at least one)"),
         (not (args.chaos and args.keep_running), "--chaos and --keep-running do not go together"),
+        (not args.arena or (args.nodes >= 5 and args.rounds >= 1 and args.recipe == "digits-mlp" and not args.chaos),
+         "--arena needs --nodes 5 or more (a creator, two trainers, two validators), --rounds 1 or more, "
+         "the digits-mlp recipe and no --chaos"),
         (args.port_base is None or 1024 <= args.port_base <= 65536 - args.nodes,
          f"--port-base must leave room for {args.nodes} ports between 1024 and 65535"),
     ]
@@ -241,14 +247,22 @@ def serve_chain_http(cluster: Cluster) -> None:
 
 
 def run_task(console: Console, cluster: Cluster, args: argparse.Namespace) -> bool:
-    """Create, join and run one task to its end with a live view; write the report."""
+    """Create, join and run one task to its end with a live view; write the report.
+    With --arena, a competition first, and the task from its winner."""
+    arena = run_arena(console, cluster, args) if args.arena else None
     plan = TaskPlan(
         recipe=args.recipe, rounds=args.rounds, partition=args.partition, rule=args.rule,
         expected_proposers=args.proposers, vote_mode=args.vote_mode,
         config=getattr(args, "config", {}), **getattr(args, "windows", {}),
+        competition=None if arena is None else arena["competition_id"],
     )
     started = time.monotonic()
-    task_id = create_and_join(cluster, plan)
+    if arena is not None:
+        from flockd.testnet.arena import delegate_to_winner
+
+        task_id = create_and_join(cluster, plan, before_start=lambda tid: delegate_to_winner(cluster, arena, tid))
+    else:
+        task_id = create_and_join(cluster, plan)
     console.print(f"task {task_id}: {plan.recipe}, {plan.rounds} rounds, {plan.partition}, {plan.rule}; all nodes joined")
     chaos = ChaosDriver(
         cluster, ChaosScheduler(plan_chaos(len(cluster.daemons), plan.rounds, args.chaos_seed)),
@@ -282,11 +296,24 @@ def run_task(console: Console, cluster: Cluster, args: argparse.Namespace) -> bo
     # seconds on a quiet machine, more than a plain query's 10 s on a loaded one.
     verified = [d.call("model_verify", {"task_id": task_id}, timeout=300.0) for d in cluster.daemons]
     report["model_verify"] = {f"node{d.index}": v["ok"] and v["complete"] for d, v in zip(cluster.daemons, verified, strict=True)}
+    if arena is not None:
+        from flockd.testnet.arena import handoff_report, withdraw_delegation
+
+        withdraw_delegation(cluster, arena)
+        verified_by = {f"node{d.index}": v for d, v in zip(cluster.daemons, verified, strict=True)}
+        arena["handoff"] = handoff_report(verified_by, task_id, verified[0]["initial_model_hash"])
+        report["arena"] = arena
+        report["command"] += " --arena"
     outdir = args.report_dir or cluster.workdir / "report"
     lm = lm_section(cluster.daemons[0], task_id, plan.recipe, plan.config, len(cluster.daemons), plan.seed, outdir, plan.rounds)
     if lm is not None:  # an LM task: bits per character by domain, adapter bytes, samples, HF export
         report["lm"] = lm
     paths = write_report(report, outdir)
+    if arena is not None:
+        from flockd.testnet.arena import arena_markdown
+
+        with (outdir / "report.md").open("a") as out:
+            out.write("\n" + arena_markdown(arena))
     if lm is not None:
         append_lm_markdown(outdir / "report.md", lm)
         console.print(f"bits per character (mean of the domains): base {lm['base']['bpc_mean']:.4f} → final "
@@ -304,6 +331,20 @@ def run_task(console: Console, cluster: Cluster, args: argparse.Namespace) -> bo
                       f"every node on one chain")
     console.print("report: " + ", ".join(str(p) for p in paths))
     return bool(report["all_nodes_agree"]) and all(report["model_verify"].values())
+
+
+def run_arena(console: Console, cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
+    """The competition to its end; its report section (leaderboard, validators, verify, claims)."""
+    from flockd.testnet.arena import ArenaPlan, arena_markdown, competition_report, run_competition
+
+    plan = ArenaPlan(recipe=args.recipe)
+    console.print(f"arena: a {plan.recipe} competition, node0 creating, {plan.validators} validators")
+    cid, spec, settings = run_competition(cluster, plan, args.task_timeout)
+    arena = competition_report(cluster, plan, cid, spec, settings)
+    console.print(arena_markdown(arena), markup=False, highlight=False)
+    if not all(v["ok"] for v in arena["arena_verify"].values()):
+        raise ClusterError(f"arena_verify failed: {arena['arena_verify']}")
+    return arena
 
 
 def wait_chain_agreement(console: Console, cluster: Cluster, height: int) -> None:
