@@ -856,9 +856,9 @@ def delegate(operator: address, amount: uint256) -> uint256:
     pool: Pool = self._pools[operator]
     shares: uint256 = amount
     if pool.total_shares > 0:
-        assert pool.stake > 0, "pool wiped out"
+        # a share is worth at most one token (slashes lower it, rewards are kept apart)
+        # and a pool with shares keeps some stake: never zero shares, never a zero division
         shares = amount * pool.total_shares // pool.stake
-    assert shares > 0, "deposit too small"
     self._settle_rewards(operator, msg.sender)
     self._shares[operator][msg.sender] += shares
     self._pools[operator].total_shares = pool.total_shares + shares
