@@ -114,7 +114,7 @@ struct Pool:
     stake: uint256  # delegated tokens (rewards are kept apart, in reward_per_share)
     total_shares: uint256
     locked: uint256  # backing of competitions not yet finalised: cannot be undelegated
-    reward_per_share: uint256  # delegators' rewards so far per share, fixed point ONE
+    reward_per_share: uint256  # delegators' rewards so far per share, fixed point ONE, from 1
     commission_bps: uint256
     next_commission_bps: uint256
     commission_from: uint256  # the block from which next_commission_bps applies
@@ -854,6 +854,10 @@ def delegate(operator: address, amount: uint256) -> uint256:
     assert amount > 0, "zero amount"
     assert operator != empty(address) and operator != msg.sender, "not an operator"
     pool: Pool = self._pools[operator]
+    if pool.reward_per_share == 0:
+        # never zero again: finalise then rewrites a used slot instead of filling one
+        # (which costs 17k gas more a pool, at the caps too much for one transaction)
+        self._pools[operator].reward_per_share = 1
     shares: uint256 = amount
     if pool.total_shares > 0:
         # a share is worth at most one token (slashes lower it, rewards are kept apart)

@@ -74,7 +74,7 @@ async def test_a_delegated_validator_through_the_client(backend: str, anvil: obj
         ]
         assert await arena[0].claimable(validator) == 100 * E18 + 75 * E18
         pool = await pools[0].get_pool(validator)
-        assert pool == Pool(300 * E18, 300 * E18, 0, 225 * E18 * 2**64 // (300 * E18), 0, 2000, pool.commission_from)
+        assert pool == Pool(300 * E18, 300 * E18, 0, 1 + 225 * E18 * 2**64 // (300 * E18), 0, 2000, pool.commission_from)
         assert await pools[0].pending_rewards(validator, MEMBERS[DELEGATOR].address) == 225 * E18
         await pools[DELEGATOR].collect(validator)
         assert await pools[0].pending_rewards(validator, MEMBERS[DELEGATOR].address) == 0

@@ -27,7 +27,7 @@ class Pool:
     stake: int  # delegated tokens, rewards kept apart
     total_shares: int
     locked: int  # backing of unfinalised competitions: cannot be undelegated
-    reward_per_share: int
+    reward_per_share: int  # fixed point REWARD_PER_SHARE_ONE; 1 (not 0) from the first delegation on
     commission_bps: int
     next_commission_bps: int
     commission_from: int  # the block from which next_commission_bps applies
