@@ -466,7 +466,9 @@ def _lock(cid: uint256, operator: address) -> uint256:
 
 @internal
 def _unlock(cid: uint256, operator: address):
-    self._pools[operator].locked -= self.backing[cid][operator]
+    backing: uint256 = self.backing[cid][operator]
+    if backing > 0:  # most seats have none: spare finalise a cold read each
+        self._pools[operator].locked -= backing
 
 
 @internal
