@@ -266,9 +266,14 @@ def test_the_backing_of_a_validator_that_does_not_reveal_is_slashed_like_its_own
     own_cut = 100 * E18 * params()["slash_bps"] // BPS
     assert paid == 1000 * E18 * 3000 // BPS + own_cut + cut
     assert finalised["burned"] == 0
+    # a newcomer pays the lowered share price: more shares per token
+    minted = delegate(arena, 10, 7, 9 * E18)
+    assert minted == 9 * E18 * (200 * E18) // (200 * E18 - cut)
     # every share lost the same fraction
     arena.tx(9, "undelegate", arena.addr(7), 200 * E18)
-    assert arena.view("get_unbonding", arena.addr(9))[0] == 200 * E18 - cut
+    unbonding = arena.view("get_unbonding", arena.addr(9))[0]
+    assert unbonding == 200 * E18 * (200 * E18 - cut + 9 * E18) // (200 * E18 + minted)
+    assert 200 * E18 - cut - unbonding <= 1  # rounding, in the pool's favour
 
 
 def test_a_newcomer_backed_by_its_pool_takes_the_seat_of_the_smallest_validator(arena: ArenaChain) -> None:
