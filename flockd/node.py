@@ -204,7 +204,8 @@ class Node:
                 colluders=len(self.config.attack.colluders),
             )
         self.tasks = TaskService(
-            context, Token(client, token), behaviour=behaviour, colluders=self.config.attack.colluder_addresses()
+            context, Token(client, token), behaviour=behaviour, colluders=self.config.attack.colluder_addresses(),
+            scoring=self.config.vote.parsed(),
         )
 
     def _open_chain(self) -> None:

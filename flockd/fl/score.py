@@ -50,6 +50,15 @@ LOSS_PER_ROW = 2.5
 VoteScoring = Literal["local-model", "contribution", "guarded-contribution"]
 VOTE_SCORINGS: tuple[VoteScoring, ...] = ("local-model", "contribution", "guarded-contribution")
 
+
+def parse_vote_scoring(text: str) -> VoteScoring:
+    """``text`` as a VoteScoring; ValueError naming the known ones otherwise."""
+    for known in VOTE_SCORINGS:
+        if text == known:
+            return known
+    raise ValueError(f"vote scoring must be one of {', '.join(VOTE_SCORINGS)}, not {text!r}")
+
+
 # ``guarded-contribution``, measured on digits-mlp, 20 nodes, 8 proposals a round
 # (docs/learning.md, "Voter scoring"). A delta's leave-one-out change is about 1/n of its
 # own departure from the others' mean, so a sign flip among several honest deltas moves
@@ -213,8 +222,7 @@ def vote_on_proposals(
     the usable ones, so a node with other labels than the voter's is judged by what it adds
     to the round, not by how its own model does on a split it never saw;
     ``guarded-contribution`` does so after two coarse guards (``guarded_votes``)."""
-    if scoring not in VOTE_SCORINGS:
-        raise ValueError(f"vote scoring must be one of {', '.join(VOTE_SCORINGS)}, not {scoring!r}")
+    parse_vote_scoring(scoring)
     present = [d for d in deltas if d is not None]
     rows, own_rise = scorer.rows, scorer.max_loss_rise
     # A recipe's own loss bound replaces the row-scaled default.

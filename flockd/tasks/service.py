@@ -17,6 +17,7 @@ from flockd.fl.attacks import HONEST, Behaviour
 from flockd.fl.checkpoint import model_hash
 from flockd.fl.codec import delta_hash
 from flockd.fl.recipe import load_recipe
+from flockd.fl.score import VoteScoring
 from flockd.fl.tensors import model_state
 from flockd.logs import get_logger
 from flockd.p2p.abc import P2PError
@@ -63,11 +64,13 @@ class TaskService:
         *,
         behaviour: Behaviour = HONEST,
         colluders: frozenset[bytes] = frozenset(),
+        scoring: VoteScoring = "local-model",
     ) -> None:
         self.ctx = ctx
         self.token = token
         self.behaviour = behaviour  # malicious only in attack experiments ([attack] config)
         self.colluders = colluders
+        self.scoring = scoring  # how this node votes on proposals ([vote] scoring)
         self.runners: dict[int, TaskRunner] = {}
         self.counters = Counters()
         self.pushes = PushInbox(ctx.network, self.counters)
@@ -196,7 +199,7 @@ class TaskService:
         params = await self._params(task_id)
         participants = await self.registry.get_participants(task_id)
         node_index = participants.index(self.ctx.address)
-        make_worker = partial(Worker, behaviour=self.behaviour, colluders=self.colluders)
+        make_worker = partial(Worker, behaviour=self.behaviour, colluders=self.colluders, scoring=self.scoring)
         worker = await trio.to_thread.run_sync(make_worker, joined.spec, node_index, joined.data_path)
         runner = TaskRunner(self.ctx, task_id, joined.spec, params, participants, worker)
         self.runners[task_id] = runner
