@@ -65,10 +65,10 @@ def parse_vote_scoring(text: str) -> VoteScoring:
 # it little; the guards catch what dilution hides, far from where honest work lands:
 # - norm: an honest delta's L2 norm was at most 2.8x the round's median on Dirichlet 0.5
 #   (once 5.9x); sign-flip:4 is ~4x, noise:0.2 ~10x, noise:1 ~50x;
-# - own model: honest work on a foreign Dirichlet-0.5 split raised the loss by at most
-#   +2.3 at the 95th percentile (+6.4 worst, at a 4-row split whose bound is 1.6, so 15.6
-#   here); a label flipper +2.7 at the median and noise:1 +47. Only a rise beyond
-#   GUARD_LOSS_FACTOR x the voter's own loss bound is a reject.
+# - own model: honest work on a foreign Dirichlet-0.5 split raised the loss by +2.3 at
+#   the 95th percentile (+6.4 worst), a label flipper by +2.7 at the median and noise:1 by
+#   +47. Only a rise beyond GUARD_LOSS_FACTOR x the voter's own loss bound is a reject
+#   (2.5 nats from 25 rows up): 1-1.4% of the honest votes measured went beyond it.
 # The contribution of each delta that passes both is then judged with its loss change
 # scaled by CONTRIBUTION_WEIGHT x n (half its departure, n the deltas that passed).
 GUARD_NORM_FACTOR = 3.0
