@@ -207,3 +207,15 @@ def test_guarded_contribution_gives_hostile_deltas_minus_one(base, good):
     for what, bad in hostile(good, base).items():
         votes = voter.score(base, [good, bad, good, None], [A, B, C, A], False, 1)
         assert votes == (1, -1, 1, -1), what
+
+
+def test_guarded_contribution_cannot_be_steered_by_tiny_deltas(digits_round):
+    """Proposers choose the norms the guard compares: three near-zero deltas make the
+    median tiny, so every honest delta is a norm outlier. An outlier is judged as the
+    default vote judges it, so honest work still passes."""
+    spec, base, honest, _ = digits_round
+    voter = Worker(spec, 0, scoring=GUARDED)
+    tensors = decode_delta(honest[0]).tensors
+    tiny = [encode_delta({k: v * s for k, v in tensors.items()}, samples=1) for s in (1e-3, 2e-3, 3e-3)]
+    votes = voter.score(base, [*honest[:2], *tiny], [A, B, C, A, B], False, 5)
+    assert votes[:2] == (1, 1)

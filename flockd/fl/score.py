@@ -64,7 +64,8 @@ def parse_vote_scoring(text: str) -> VoteScoring:
 # own departure from the others' mean, so a sign flip among several honest deltas moves
 # it little; the guards catch what dilution hides, far from where honest work lands:
 # - norm: an honest delta's L2 norm was at most 2.8x the round's median on Dirichlet 0.5
-#   (once 5.9x); sign-flip:4 is ~4x, noise:0.2 ~10x, noise:1 ~50x;
+#   (once 5.9x); sign-flip:4 is ~4x, noise:0.2 ~10x, noise:1 ~50x. An outlier is judged
+#   by the default (own-model) vote, which rejects those attacks;
 # - own model: honest work on a foreign Dirichlet-0.5 split raised the loss by +2.3 at
 #   the 95th percentile (+6.4 worst), a label flipper by +2.7 at the median and noise:1 by
 #   +47. Only a rise beyond GUARD_LOSS_FACTOR x the voter's own loss bound is a reject
@@ -179,34 +180,43 @@ def guarded_votes(
     max_loss_rise: float,
     rows: int | None,
 ) -> dict[bytes, bool]:
-    """``guarded-contribution``, by delta hash. A delta is rejected when its L2 norm is
-    more than GUARD_NORM_FACTOR x the median norm of ``deltas`` (a boosted or noise
-    delta), or when its own model (global + delta) raises the voter's loss by more than
-    GUARD_LOSS_FACTOR x the loss bound (a departure no honest non-IID work made). Each
-    other delta is judged by its leave-one-out contribution among those others, under the
-    usual bounds, with its loss change scaled by CONTRIBUTION_WEIGHT x their number."""
+    """``guarded-contribution``, by delta hash. A delta whose L2 norm is more than
+    GUARD_NORM_FACTOR x the median norm of ``deltas`` (a boosted or noise delta) is judged
+    by its own model (global + delta), as the default vote judges it; a delta whose own
+    model raises the voter's loss by more than GUARD_LOSS_FACTOR x the loss bound (a
+    departure no honest non-IID work made) is rejected. Each other delta is judged by its
+    leave-one-out contribution among those others, under the usual bounds, with its loss
+    change scaled by CONTRIBUTION_WEIGHT x their number."""
     norms = {d.hash: math.sqrt(squared_norm(d.tensors)) for d in deltas}
     median_norm = float(np.median(list(norms.values()))) if norms else 0.0
     _, loss_bound = widened(max_accuracy_drop, max_loss_rise, rows)
-    guarded = [
-        d
-        for d in deltas
-        if norms[d.hash] <= GUARD_NORM_FACTOR * median_norm
-        and -scorer.score(d.tensors).loss_gain <= GUARD_LOSS_FACTOR * loss_bound
-    ]
-    scores = leave_one_out(scorer, guarded, rule) if guarded else {}
-    weight = max(1.0, CONTRIBUTION_WEIGHT * len(guarded))
-    return {
-        d.hash: d.hash in scores
-        and accepts(
-            scores[d.hash],
+
+    def fits(score: Score, loss_weight: float = 1.0) -> bool:
+        return accepts(
+            score,
             max_accuracy_drop=max_accuracy_drop,
             max_loss_rise=max_loss_rise,
             rows=rows,
-            loss_weight=weight,
+            loss_weight=loss_weight,
         )
-        for d in deltas
-    }
+
+    verdicts: dict[bytes, bool] = {}
+    guarded: list[Delta] = []
+    for d in deltas:
+        own = scorer.score(d.tensors)
+        if norms[d.hash] > GUARD_NORM_FACTOR * median_norm:
+            # Proposers choose the norms, so the median is theirs to pull down: an outlier
+            # falls back to the default vote, never to a plain reject.
+            verdicts[d.hash] = fits(own)
+        elif -own.loss_gain > GUARD_LOSS_FACTOR * loss_bound:
+            verdicts[d.hash] = False
+        else:
+            guarded.append(d)
+    weight = max(1.0, CONTRIBUTION_WEIGHT * len(guarded))
+    if guarded:
+        for digest, score in leave_one_out(scorer, guarded, rule).items():
+            verdicts[digest] = fits(score, weight)
+    return verdicts
 
 
 def vote_on_proposals(
