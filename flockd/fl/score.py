@@ -200,22 +200,28 @@ def guarded_votes(
             loss_weight=loss_weight,
         )
 
-    verdicts: dict[bytes, bool] = {}
+    verdicts: dict[bytes, bool] = {}  # first what the default vote says
     guarded: list[Delta] = []
     for d in deltas:
         own = scorer.score(d.tensors)
-        if norms[d.hash] > GUARD_NORM_FACTOR * median_norm:
-            # Proposers choose the norms, so the median is theirs to pull down: an outlier
-            # falls back to the default vote, never to a plain reject.
-            verdicts[d.hash] = fits(own)
-        elif -own.loss_gain > GUARD_LOSS_FACTOR * loss_bound:
-            verdicts[d.hash] = False
-        else:
+        verdicts[d.hash] = fits(own)
+        # Proposers choose the norms, so the median is theirs to pull down: an outlier
+        # keeps the default's verdict, never a plain reject.
+        if (
+            norms[d.hash] <= GUARD_NORM_FACTOR * median_norm
+            and -own.loss_gain <= GUARD_LOSS_FACTOR * loss_bound
+        ):
             guarded.append(d)
+    if not guarded:
+        return verdicts
+    contributions = leave_one_out(scorer, guarded, rule)
+    # The round's guarded aggregate must not hurt the voter's split either: when
+    # attackers are most of a round's proposals they are each other's reference, and
+    # each one's contribution looks small.
+    round_ok = fits(Score(scorer.baseline, contributions[guarded[0].hash].candidate))
     weight = max(1.0, CONTRIBUTION_WEIGHT * len(guarded))
-    if guarded:
-        for digest, score in leave_one_out(scorer, guarded, rule).items():
-            verdicts[digest] = fits(score, weight)
+    for d in guarded:
+        verdicts[d.hash] = verdicts[d.hash] or (round_ok and fits(contributions[d.hash], weight))
     return verdicts
 
 
