@@ -64,14 +64,16 @@ def parse_vote_scoring(text: str) -> VoteScoring:
 # own departure from the others' mean, so a sign flip among several honest deltas moves
 # it little; the guards catch what dilution hides, far from where honest work lands:
 # - norm: an honest delta's L2 norm was at most 2.8x the round's median on Dirichlet 0.5
-#   (once 5.9x); sign-flip:4 is ~4x, noise:0.2 ~10x, noise:1 ~50x. An outlier is judged
-#   by the default (own-model) vote, which rejects those attacks;
+#   (once 5.9x); sign-flip:4 is ~4x, noise:0.2 ~10x, noise:1 ~50x. An outlier keeps the
+#   default (own-model) verdict, which rejects those attacks;
 # - own model: honest work on a foreign Dirichlet-0.5 split raised the loss by +2.3 at
 #   the 95th percentile (+6.4 worst), a label flipper by +2.7 at the median and noise:1 by
 #   +47. Only a rise beyond GUARD_LOSS_FACTOR x the voter's own loss bound is a reject
 #   (2.5 nats from 25 rows up): 1-1.4% of the honest votes measured went beyond it.
 # The contribution of each delta that passes both is then judged with its loss change
-# scaled by CONTRIBUTION_WEIGHT x n (half its departure, n the deltas that passed).
+# scaled by CONTRIBUTION_WEIGHT x n (half its departure, n the deltas that passed), and
+# counts only when their aggregate does not hurt the voter's split; whatever the default
+# vote accepts stays accepted.
 GUARD_NORM_FACTOR = 3.0
 GUARD_LOSS_FACTOR = 10.0
 CONTRIBUTION_WEIGHT = 0.5
@@ -180,13 +182,14 @@ def guarded_votes(
     max_loss_rise: float,
     rows: int | None,
 ) -> dict[bytes, bool]:
-    """``guarded-contribution``, by delta hash. A delta whose L2 norm is more than
-    GUARD_NORM_FACTOR x the median norm of ``deltas`` (a boosted or noise delta) is judged
-    by its own model (global + delta), as the default vote judges it; a delta whose own
-    model raises the voter's loss by more than GUARD_LOSS_FACTOR x the loss bound (a
-    departure no honest non-IID work made) is rejected. Each other delta is judged by its
-    leave-one-out contribution among those others, under the usual bounds, with its loss
-    change scaled by CONTRIBUTION_WEIGHT x their number."""
+    """``guarded-contribution``, by delta hash. A delta the default vote accepts (its own
+    model, global + delta) is accepted. A delta whose L2 norm is more than
+    GUARD_NORM_FACTOR x the median norm of ``deltas`` (a boosted or noise delta), or whose
+    own model raises the voter's loss by more than GUARD_LOSS_FACTOR x the loss bound (a
+    departure no honest non-IID work made), keeps the default's verdict. Each other delta
+    is also accepted on its leave-one-out contribution among those others (under the usual
+    bounds, its loss change scaled by CONTRIBUTION_WEIGHT x their number) when their
+    aggregate does not hurt the voter's split."""
     norms = {d.hash: math.sqrt(squared_norm(d.tensors)) for d in deltas}
     median_norm = float(np.median(list(norms.values()))) if norms else 0.0
     _, loss_bound = widened(max_accuracy_drop, max_loss_rise, rows)
