@@ -218,17 +218,20 @@ class Node:
                 colluders=len(self.config.attack.colluders),
             )
         self.tasks = TaskService(
-            context, Token(client, token), behaviour=behaviour, colluders=self.config.attack.colluder_addresses()
+            context, Token(client, token), behaviour=behaviour, colluders=self.config.attack.colluder_addresses(),
+            scoring=self.config.vote.parsed(),
         )
         self._open_arena(context, Token(client, token))
 
     def _open_arena(self, context: NodeContext, token: Token) -> None:
+        from flockd.arena.handoff import Handoff
         from flockd.arena.service import ArenaService
         from flockd.chain.client.addresses import ARENA_ADDRESS
         from flockd.chain.client.arena import Arena
 
         # the genesis Arena (an external chain needs its address in the config: not yet)
         self.arena = ArenaService(context, Arena(token.client, ARENA_ADDRESS), token)
+        self.tasks.handoff = Handoff(self.arena)  # tasks seeded by a competition's winner
 
     def _open_chain(self) -> None:
         from flockd.chain.client.backends import HttpBackend, InProcessBackend
@@ -374,6 +377,7 @@ class Node:
         from flockd.rpc.arena import ArenaNamespace
         from flockd.rpc.chain import ChainNamespace
         from flockd.rpc.net import NetNamespace
+        from flockd.rpc.stake import StakeNamespace
         from flockd.rpc.task import ModelNamespace, RoundNamespace, TaskNamespace
 
         for namespace in (
@@ -384,6 +388,7 @@ class Node:
             ModelNamespace(self.tasks, self.datadir / "exports"),
             AccountNamespace(self.tasks.token),
             ArenaNamespace(self.arena),
+            StakeNamespace(self.tasks.registry, self.tasks.token),
         ):
             self.rpc_dispatcher.add_namespace(namespace)
         self.rpc_dispatcher.add_namespace(self._market_namespace())

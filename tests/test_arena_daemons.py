@@ -1,7 +1,9 @@
 """A whole Arena competition across real daemons (one process each, the genesis Arena):
 a creator, two trainers with different data and hyperparameters, one validator. The
 daemons' drivers reveal, elect, fetch the submissions and the evaluation set over p2p,
-score, publish and finalise by themselves; arena_verify then passes on every node."""
+score, publish and finalise by themselves; arena_verify then passes on every node. Then
+the hand-off: a two-round Alliance task among all four starts from the winner's model,
+and model_verify passes on every node with the competition in the lineage."""
 
 from concurrent.futures import ThreadPoolExecutor
 
@@ -9,6 +11,7 @@ import pytest
 
 from flockd.ctl import main
 from flockd.testnet.cluster import Cluster
+from flockd.testnet.task import TaskPlan, create_and_join, wait_finished
 
 pytestmark = pytest.mark.slow
 E18 = 10**18
@@ -63,6 +66,17 @@ def test_a_competition_runs_to_the_end_and_verifies_on_every_node(short_tmp, cap
             assert d.call("arena_claim")["claimed"] == expected
         paid = sum(rewards.values()) + settled["reward"]
         assert creator.call("arena_claim")["claimed"] == 1000 * E18 - paid + 100 * E18
+
+        # the hand-off: the winner's model is round 0's base; every node fetches and checks it
+        plan = TaskPlan(rounds=2, expected_proposers=2, propose_blocks=6, commit_blocks=5, competition=cid)
+        task_id = create_and_join(cluster, plan)
+        wait_finished(cluster, task_id, plan, 400, lambda statuses, rounds: None)
+        winner = results["leaderboard"][0]
+        for d in cluster.daemons:
+            verified = d.call("model_verify", {"task_id": task_id}, timeout=300)
+            assert verified["ok"] and verified["complete"], (d.index, verified)
+            assert verified["initial_model_hash"] == winner["model_hash"]
+            assert verified["competition"]["ok"] and verified["competition"]["winner"]["model_hash"] == winner["model_hash"]
     finally:
         codes = cluster.stop()
     assert codes == [0, 0, 0, 0]

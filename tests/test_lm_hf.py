@@ -12,6 +12,8 @@ import torch
 from flockd.fl.attacks import parse_behaviour
 from flockd.fl.checkpoint import checkpoint_bytes, model_hash
 from flockd.fl.codec import decode_delta, encode_delta
+from flockd.fl.data import DataSpec
+from flockd.fl.tensors import load_model_state
 from flockd.lm.base import BASES_ENV, RemoteCodeRefused, base_hash, check_base_dir, export_model_dir
 from flockd.lm.build import BaseBuild, build_base
 from flockd.lm.corpus import garbage_text
@@ -129,11 +131,25 @@ def test_the_testnet_report_shows_bits_per_character_adapter_bytes_and_samples(f
     final = tmp_path / "final.safetensors"
     final.write_bytes(checkpoint_bytes(new))
     spec = workers[0].spec
-    lm = lm_report(spec.config, spec.num_nodes, spec.seed, final, tmp_path / "report")
+    lm = lm_report(spec.config, spec.num_nodes, spec.seed, final, tmp_path / "report", rounds=1)
     assert set(lm["base"]["bpc_by_domain"]) == set(FAST["domains"])
     assert lm["final"]["bpc_pooled"] == pytest.approx(workers[0].evaluate_test(new)["loss"])  # the rounds' measure
     assert lm["base"]["bpc_pooled"] == pytest.approx(workers[0].evaluate_test(base)["loss"])
     assert lm["final"]["bpc_mean"] < lm["base"]["bpc_mean"]
+    # local-only: each node alone for the task's one round, exactly the node's own round-0
+    # update (a federation of one), measured on every domain
+    lone = lm["local_only"]
+    assert lone["nodes"] == 2 and set(lone["bpc_by_domain"]) == set(FAST["domains"])
+    recipe = workers[0].recipe
+    data = DataSpec(num_nodes=spec.num_nodes, seed=spec.seed)
+    for d, domain in enumerate(FAST["domains"]):
+        bpc = []
+        for i, worker in enumerate(workers):
+            model = recipe.build_model(0)
+            load_model_state(model, recipe.model_weights(worker.aggregate(base, [wire[i]])))
+            bpc.append(recipe.evaluate(model, recipe.domain_test(data, d))["loss"])
+        assert lone["bpc_by_domain"][domain] == pytest.approx(sum(bpc) / 2)
+    assert "| local-only |" in lm_markdown(lm)
     assert abs(lm["adapter_bytes"] - len(wire[0])) <= 8  # only the samples count's encoding differs
     assert all(isinstance(lm[k]["sample"], str) for k in ("base", "final"))
     check_base_dir(lm["exported_model_dir"])

@@ -14,6 +14,7 @@ from torch import nn
 from flockd.fl.checkpoint import model_hash
 from flockd.fl.data import DataError, DataSpec
 from flockd.fl.recipe import BadRecipeConfig
+from flockd.lm.accel import DEVICE_ENV, DTYPE_ENV, Accelerator, BadAcceleratorSetting
 from flockd.lm.base import (
     BASES_ENV,
     BaseHashMismatch,
@@ -228,6 +229,33 @@ def test_a_federated_round_lowers_bits_per_character_and_agrees_on_bytes(workers
     assert after["loss"] < before["loss"], (before, after)
     assert votes == [(1, 1), (1, 1)]
     assert workers[0].test_split.target_bytes > 0 and isinstance(workers[0].test_split.target_bytes, int)
+
+
+def test_training_in_bfloat16_sends_another_adapter_that_every_node_aggregates_alike(workers, monkeypatch):
+    base = workers[0].initial_model()
+    plain = workers[0].train(base, 0)
+    monkeypatch.setenv(DTYPE_ENV, "bfloat16")
+    half = workers[0].train(base, 0)
+    assert half != plain  # the node's own training changed ...
+    assert workers[0].decode(half).tensors.keys() == workers[0].decode(plain).tensors.keys()  # ... float32 on the wire
+    monkeypatch.delenv(DTYPE_ENV)
+    # ... and the state every node computes from the bytes does not depend on who trained them
+    assert model_hash(workers[0].aggregate(base, [half, plain])) == model_hash(workers[1].aggregate(base, [plain, half]))
+    assert workers[0].train(base, 0) == plain
+
+
+def test_cuda_asked_for_without_a_gpu_trains_on_the_cpu_and_bad_settings_are_refused(workers, monkeypatch):
+    base = workers[0].initial_model()
+    plain = workers[0].train(base, 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv(DEVICE_ENV, "cuda")
+    assert Accelerator.from_env() == Accelerator("cpu", "float32")
+    assert workers[0].train(base, 0) == plain
+    for env, value in ((DEVICE_ENV, "tpu"), (DTYPE_ENV, "float16")):
+        monkeypatch.setenv(env, value)
+        with pytest.raises(BadAcceleratorSetting, match=env):
+            workers[0].train(base, 0)  # an FLError: a daemon declines the round and says why
+        monkeypatch.delenv(env)
 
 
 def test_a_node_with_its_own_text_has_no_test_split(store, tmp_path):

@@ -24,7 +24,7 @@ HASH = "0x" + "ab" * 32
 
 def test_a_spec_without_start_hashes_as_before_start_existed() -> None:
     spec = TaskSpec("digits-mlp", num_nodes=2, seed=3)
-    before = {k: v for k, v in asdict(spec).items() if k != "start"}
+    before = {k: v for k, v in asdict(spec).items() if k not in ("start", "competition")}
     assert spec.spec_hash == keccak(canonical_json(before)) and "start" not in spec.to_json()
     started = TaskSpec("digits-mlp", num_nodes=2, seed=3, start={"listing_id": 1, "task_id": 2, "model_hash": HASH})
     assert started.spec_hash != spec.spec_hash
@@ -74,3 +74,8 @@ def test_the_new_task_takes_the_listing_recipe_and_names_the_listing() -> None:
     assert spec.start == {"listing_id": 3, "task_id": 5, "model_hash": HASH} and listing_started(spec) == 3
     with pytest.raises(SpecError, match="does not start from a listed model"):
         listing_started(listed)
+
+
+def test_a_task_starts_from_a_competition_or_a_listing_not_both() -> None:
+    with pytest.raises(SpecError, match="not both"):
+        TaskSpec("digits-mlp", competition=1, start={"listing_id": 1, "model_hash": HASH})

@@ -118,6 +118,9 @@ class Recipe(ABC):
 
     name: ClassVar[str]
     default_config: ClassVar[Mapping[str, Any]]
+    # Train in a child process of the daemon's (flockd.tasks.trainer): for recipes whose
+    # training loop is Python-heavy enough to suffer from sharing the daemon's GIL.
+    train_in_child: ClassVar[bool] = False
 
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
         overrides = dict(config or {})

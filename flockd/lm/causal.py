@@ -187,7 +187,8 @@ class Adam:
 
 
 def train_steps(
-    model: torch.nn.Module, text: TokenizedText, pad_id: int, *, steps: int, lr: float, batch_size: int, seed: int
+    model: torch.nn.Module, text: TokenizedText, pad_id: int, *, steps: int, lr: float, batch_size: int, seed: int,
+    device: str = "cpu",
 ) -> tuple[int, float, int]:
     """``steps`` Adam steps on the trainable parameters, batches drawn by a seeded
     permutation of the windows; the loss of a batch is the mean over its target tokens.
@@ -208,6 +209,8 @@ def train_steps(
         chosen, order = order[:batch_size], order[batch_size:]
         ids, mask = batch_tensors([text.windows[i] for i in chosen], pad_id)
         positions += ids.numel()
+        if device != "cpu":
+            ids, mask = ids.to(device), mask.to(device)
         batch_losses, _ = target_losses(model, ids, mask)
         loss = batch_losses.mean()
         model.zero_grad(set_to_none=True)

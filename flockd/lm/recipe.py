@@ -14,7 +14,8 @@ validation (no test split: the node measures on validation), or, with no file, t
 corpus: domain ``domains[node_index % len(domains)]`` (``flockd.lm.corpus``), carved into
 train / validation / test; the test split of the task is every domain's test part.
 Everything runs on CPU in float32 with one torch thread, so scores and trained adapters
-repeat exactly on a node; the bytes every node must agree on (the aggregate) are
+repeat exactly on a node (training may use CUDA and bfloat16 where a node asks:
+``flockd.lm.accel``); the bytes every node must agree on (the aggregate) are
 computed by ``flockd.fl.aggregate`` from the adapters, independent of torch.
 """
 
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from flockd.fl.data import DataSpec
 from flockd.fl.recipe import BadRecipeConfig, Metrics, TrainStats
+from flockd.lm.accel import Accelerator
 from flockd.lm.base import BaseModelError, parse_hash, resolve_base
 from flockd.lm.causal import TokenizedText, Tokenizer, score_text, tokenize, train_steps
 from flockd.lm.corpus import DOMAINS, domain_examples
@@ -64,6 +66,7 @@ CAUSAL_LORA_DEFAULTS: dict[str, Any] = {
 
 class CausalLoraRecipe(LoraRecipe):
     default_config: ClassVar[dict[str, Any]] = CAUSAL_LORA_DEFAULTS
+    train_in_child = True  # many small torch calls a step: the daemon's GIL slowed it ~30% (docs/lm.md)
 
     def __init__(self, config: dict[str, Any] | None = None) -> None:
         super().__init__(config)
@@ -161,15 +164,18 @@ class CausalLoraRecipe(LoraRecipe):
         seed: int = 0,
     ) -> TrainStats:
         c = self.config
+        accel = Accelerator.from_env()
         started = time.perf_counter()
-        taken, loss, tokens = train_steps(
-            model, data, self.tokenizer.pad_id, steps=steps or c["steps"], lr=lr or c["lr"],
-            batch_size=c["batch_size"], seed=seed,
-        )
+        with accel.training(model):
+            taken, loss, tokens = train_steps(
+                model, data, self.tokenizer.pad_id, steps=steps or c["steps"], lr=lr or c["lr"],
+                batch_size=c["batch_size"], seed=seed, device=accel.device,
+            )
         seconds = time.perf_counter() - started
         # Training speed in the log, so the daemon's can be set against a bare script's (docs/lm.md).
         log.info("lm trained", steps=taken, tokens=tokens, seconds=round(seconds, 3),
-                 tokens_per_s=round(tokens / seconds, 1) if seconds > 0 else None)
+                 tokens_per_s=round(tokens / seconds, 1) if seconds > 0 else None,
+                 device=accel.device, dtype=accel.dtype)
         return TrainStats(samples=len(data), steps=taken, loss=loss)
 
     def evaluate(self, model: torch.nn.Module, data: TokenizedText) -> Metrics:

@@ -36,11 +36,15 @@ SAMPLE_PROMPT = "Return a new array of given shape"
 SAMPLE_TOKENS = 24
 
 
-def lm_report(config: dict[str, Any], nodes: int, seed: int, final_model: Path, outdir: Path) -> dict[str, Any]:
+def lm_report(
+    config: dict[str, Any], nodes: int, seed: int, final_model: Path, outdir: Path, rounds: int = 0
+) -> dict[str, Any]:
     """What an LM run's report adds, computed here from the base and node0's exported final
     model (``model_export``): bits per character on every domain's test split before and
     after, the bytes of one adapter on the wire, a greedy text sample before and after, and
-    the final model as a Hugging Face directory (``outdir/model``) transformers loads."""
+    the final model as a Hugging Face directory (``outdir/model``) transformers loads. With
+    ``rounds``, also local-only training for as many rounds (``flockd.lm.local_only``),
+    the lower bound the federation must beat."""
     from flockd.fl.checkpoint import load_checkpoint
     from flockd.fl.codec import encode_delta
     from flockd.fl.data import DataSpec
@@ -73,6 +77,13 @@ def lm_report(config: dict[str, Any], nodes: int, seed: int, final_model: Path, 
         }
         by_domain = figures[label]["bpc_by_domain"].values()
         figures[label]["bpc_mean"] = sum(by_domain) / len(by_domain)
+    if rounds:
+        from flockd.lm.local_only import local_only_bpc
+        from flockd.tasks.spec import TaskSpec
+
+        spec = TaskSpec("lm-lora", config=config, num_nodes=nodes, seed=seed)
+        lone = local_only_bpc(spec, rounds, list(tests.values()))
+        figures["local_only"] = {**lone, "bpc_by_domain": dict(zip(tests, lone["bpc_by_domain"], strict=True))}
     exported = export_model_dir(resolve_base(parse_hash(config["base_hash"])), final, outdir / "model")
     return {
         **figures,
@@ -96,6 +107,15 @@ def lm_markdown(lm: dict[str, Any]) -> str:
     for label in ("base", "final"):
         cells = " | ".join(f"{lm[label]['bpc_by_domain'][d]:.4f}" for d in domains)
         rows.append(f"| {label} | {cells} | {lm[label]['bpc_mean']:.4f} | {lm[label]['bpc_pooled']:.4f} |")
+    lone = lm.get("local_only")
+    if lone:
+        cells = " | ".join(f"{lone['bpc_by_domain'][d]:.4f}" for d in domains)
+        rows += [
+            f"| local-only | {cells} | {lone['bpc_mean']:.4f} | |", "",
+            f"Local-only: {lone['nodes']} nodes, one per domain, each alone on its own text for as "
+            f"many rounds as the task ran (the same steps and training seeds); the mean of their "
+            f"models on each domain. On its own domain a lone model scores {lone['own_domain_mean']:.4f}.",
+        ]
     rows += [
         "", f"Greedy continuation of {lm['sample_prompt']!r} ({SAMPLE_TOKENS} tokens):", "",
         f"- base: `{lm['base']['sample']!r}`",
@@ -105,13 +125,15 @@ def lm_markdown(lm: dict[str, Any]) -> str:
     return "\n".join(rows) + "\n"
 
 
-def lm_section(node: Any, task_id: int, recipe: str, config: dict[str, Any], nodes: int, seed: int, outdir: Path) -> dict[str, Any] | None:
-    """``lm_report`` of a finished task, its final model exported by ``node`` (a testnet
-    daemon: ``.call(method, params, timeout)``); None for a classifier."""
+def lm_section(
+    node: Any, task_id: int, recipe: str, config: dict[str, Any], nodes: int, seed: int, outdir: Path, rounds: int
+) -> dict[str, Any] | None:
+    """``lm_report`` of a finished task of ``rounds`` rounds, its final model exported by
+    ``node`` (a testnet daemon: ``.call(method, params, timeout)``); None for a classifier."""
     if recipe not in LM_RECIPES:
         return None
     exported = node.call("model_export", {"task_id": task_id}, timeout=120.0)
-    return lm_report(config, nodes, seed, Path(exported["path"]), outdir)
+    return lm_report(config, nodes, seed, Path(exported["path"]), outdir, rounds)
 
 
 def append_lm_markdown(report_md: Path, lm: dict[str, Any]) -> None:

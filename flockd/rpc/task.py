@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+from flockd.arena.handoff import HandoffError
 from flockd.chain.client.backends import ChainError
 from flockd.chain.client.contract import ContractRevert
 from flockd.config import PolicySection
@@ -14,7 +15,6 @@ from flockd.tasks.policy import PolicyError, check_join
 from flockd.tasks.service import TaskError, TaskService
 from flockd.tasks.spec import SpecError, TaskSpec
 from flockd.tasks.verify import verify_lineage
-from flockd.tasks.work import Worker
 
 TASK_ERROR = -32020
 E18 = 10**18
@@ -33,7 +33,7 @@ class _TaskErrors:
             raise RPCError(-32602, str(exc)) from None
         if isinstance(exc, ContractRevert):
             raise RPCError(TASK_ERROR, f"the registry refused: {exc.reason}") from None
-        if isinstance(exc, TaskError | ChainError):
+        if isinstance(exc, TaskError | ChainError | HandoffError):
             raise RPCError(TASK_ERROR, f"{type(exc).__name__}: {exc}") from None
 
 
@@ -63,10 +63,14 @@ class TaskNamespace:
         reward_pool: int = 0,
         vote_mode: Literal["per-proposal", "whole-round"] = "per-proposal",
         max_proposals: int = 16,
+        competition: int | None = None,
     ) -> dict[str, Any]:
-        """Create a task on chain; returns its id and the spec every joiner must present."""
+        """Create a task on chain; returns its id and the spec every joiner must present.
+        competition: a finalised Arena competition whose winning model is round 0's base
+        (recipe, config and seed must be the competition's)."""
         with _TaskErrors():
-            spec = TaskSpec(recipe=recipe, config=config or {}, rule=rule, partition=partition, num_nodes=num_nodes, seed=seed)
+            spec = TaskSpec(recipe=recipe, config=config or {}, rule=rule, partition=partition, num_nodes=num_nodes,
+                            seed=seed, competition=competition)
             created = await self._tasks.create(
                 spec, rounds=rounds, expected_proposers=expected_proposers, min_participants=min_participants,
                 min_stake=min_stake, stake_unit=stake_unit, propose_blocks=propose_blocks,
@@ -128,15 +132,19 @@ class ModelNamespace:
             return {"path": str(target.resolve()), "model_hash": status["model_hash"], "rounds": len(status["history"])}
 
     async def model_verify(self, task_id: int) -> dict[str, Any]:
-        """Replay the task's model lineage from the chain and the stored deltas; check every hash."""
+        """Replay the task's model lineage from the chain and the stored deltas; check every
+        hash. A task seeded by a competition: the competition (arena_verify) and its winner first."""
         with _TaskErrors():
             tasks = self._tasks
             runner = tasks.runners.get(task_id)
             spec = runner.spec if runner is not None else tasks.joined(task_id).spec
-            if runner is not None:
-                worker = runner.worker
-            else:
-                joined = tasks.joined(task_id)
-                worker = Worker(joined.spec, 0, joined.data_path)
-            return await verify_lineage(tasks.registry, tasks.ctx.store, worker, task_id, tasks.fetch_delta,
-                                        start=spec.start)  # start hook
+            worker = runner.worker if runner is not None else await tasks.worker_for(spec, 0, tasks.joined(task_id).data_path)
+            lineage = await verify_lineage(tasks.registry, tasks.ctx.store, worker, task_id, tasks.fetch_delta,
+                                           start=spec.start)  # start hook
+            if spec.competition is None:
+                return lineage
+            if tasks.handoff is None:
+                raise TaskError("this node has no Arena to check the task's competition on")
+            competition = await tasks.handoff.verify(spec)
+            problems = [f"competition {spec.competition}: {p}" for p in competition["problems"]] + lineage["problems"]
+            return {**lineage, "ok": lineage["ok"] and competition["ok"], "problems": problems, "competition": competition}

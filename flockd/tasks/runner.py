@@ -30,7 +30,7 @@ from flockd import round as rnd
 from flockd.chain.client.registry import TaskParams
 from flockd.logs import get_logger
 from flockd.stats import Counters
-from flockd.tasks.abc import ChainReadFailed, TaskChain
+from flockd.tasks.abc import ChainReadFailed, TaskChain, TaskWork
 from flockd.tasks.adapter import TaskAdapter
 from flockd.tasks.chain_feed import ChainFeed, ChainMoved, Rebuild
 from flockd.tasks.context import NodeContext, describe, hex0x
@@ -39,7 +39,6 @@ from flockd.tasks.history import RoundRecords, round_history
 from flockd.tasks.registry_chain import RegistryChain
 from flockd.tasks.spec import TaskSpec
 from flockd.tasks.start import initial_state
-from flockd.tasks.work import Worker
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
@@ -57,7 +56,7 @@ InboxItem = tuple[int | None, rnd.Event | Rebuild]  # (generation of the answere
 class TaskRunner:
     def __init__(
         self, ctx: NodeContext, task_id: int, spec: TaskSpec, params: TaskParams, participants: list[bytes],
-        worker: Worker, *, chain: TaskChain | None = None,
+        worker: TaskWork, *, chain: TaskChain | None = None,
     ) -> None:
         self.ctx = ctx
         self.task_id = task_id

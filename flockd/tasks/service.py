@@ -4,6 +4,7 @@ each joined task (and resume it after a restart), and serve deltas and models to
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -17,12 +18,14 @@ from flockd.fl.attacks import HONEST, Behaviour
 from flockd.fl.checkpoint import model_hash
 from flockd.fl.codec import delta_hash
 from flockd.fl.recipe import load_recipe
+from flockd.fl.score import VoteScoring
 from flockd.fl.tensors import model_state
 from flockd.logs import get_logger
 from flockd.p2p.abc import P2PError
 from flockd.p2p.blobs import BlobError
 from flockd.round import TaskMachine
 from flockd.stats import Counters
+from flockd.tasks.abc import TaskWork
 from flockd.tasks.exchange import (
     FETCH_KIND,
     MAX_FETCH_REQUEST,
@@ -35,10 +38,13 @@ from flockd.tasks.pushes import PushInbox, TaskPushes
 from flockd.tasks.runner import NodeContext, TaskRunner, round_history
 from flockd.tasks.spec import SpecError, TaskSpec
 from flockd.tasks.start import start_hash
+from flockd.tasks.trainer import ChildTrainedWork
 from flockd.tasks.work import Worker
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus  # trio's own TaskStatus is hidden by trio-stubs
+
+    from flockd.arena.handoff import Handoff
 
 log = get_logger("flockd.tasks")
 STATUS_NAMES = {0: "none", 1: "joining", 2: "running", 3: "finished"}
@@ -64,16 +70,19 @@ class TaskService:
         *,
         behaviour: Behaviour = HONEST,
         colluders: frozenset[bytes] = frozenset(),
+        scoring: VoteScoring = "local-model",
     ) -> None:
         self.ctx = ctx
         self.token = token
         self.behaviour = behaviour  # malicious only in attack experiments ([attack] config)
         self.colluders = colluders
+        self.scoring = scoring  # how this node votes on proposals ([vote] scoring)
         self.runners: dict[int, TaskRunner] = {}
         self.counters = Counters()
         self.pushes = PushInbox(ctx.network, self.counters)
         self._joined: dict[int, Joined] = self._load_joined()
         self._nursery: trio.Nursery | None = None
+        self.handoff: Handoff | None = None  # the node's Arena, for specs naming a competition
 
     @property
     def registry(self) -> Registry:
@@ -96,9 +105,15 @@ class TaskService:
         min_stake: int, stake_unit: int, propose_blocks: int, commit_blocks: int, reveal_blocks: int,
         reward_pool: int, vote_mode: int, max_proposals: int,
     ) -> dict[str, Any]:
-        init_hash = start_hash(spec.start)  # start hook: a task started from another's model
-        if init_hash is None:
+        start = start_hash(spec.start)  # start hook: a task started from another's model
+        if start is not None:
+            init_hash = start
+        elif spec.competition is None:
             init_hash = await trio.to_thread.run_sync(_initial_model_hash, spec)
+        else:
+            from flockd.arena.handoff import initial_model_hash
+
+            init_hash = await trio.to_thread.run_sync(initial_model_hash, spec, await self._handoff().base_model(spec))
         params = TaskParams(
             recipe=spec.recipe, recipe_hash=spec.spec_hash, model_init_hash=init_hash, rounds=rounds,
             min_participants=min_participants, min_stake=min_stake, stake_unit=stake_unit,
@@ -118,6 +133,12 @@ class TaskService:
             raise TaskError(f"task {task_id}: this spec hashes to {_hex(spec.spec_hash)}, the task's is {_hex(params.recipe_hash)}")
         if task_id in self._joined:
             raise TaskError(f"already joined task {task_id}")
+        if spec.competition is not None:  # the creator's claim of the winner, checked before we stake
+            from flockd.arena.handoff import initial_model_hash
+
+            seeded = await trio.to_thread.run_sync(initial_model_hash, spec, await self._handoff().base_model(spec))
+            if seeded != params.model_init_hash:
+                raise TaskError(f"task {task_id} does not start from competition {spec.competition}'s winner")
         await self.token.approve(self.registry.address, stake)
         await self.registry.join(task_id, stake, self._vrf_public_key())
         joined = Joined(task_id, spec, data_path)
@@ -199,9 +220,22 @@ class TaskService:
         params = await self._params(task_id)
         participants = await self.registry.get_participants(task_id)
         node_index = participants.index(self.ctx.address)
-        make_worker = partial(Worker, behaviour=self.behaviour, colluders=self.colluders)
-        worker = await trio.to_thread.run_sync(make_worker, joined.spec, node_index, joined.data_path)
-        runner = TaskRunner(self.ctx, task_id, joined.spec, params, participants, worker)
+        worker = await self.worker_for(joined.spec, node_index, joined.data_path)
+        work: TaskWork = worker
+        if worker.recipe.train_in_child:
+            work = ChildTrainedWork(worker, self.behaviour)
+        try:
+            await self._run(joined, params, participants, worker, work)
+        finally:
+            if isinstance(work, ChildTrainedWork):
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(work.close)
+
+    async def _run(
+        self, joined: Joined, params: TaskParams, participants: list[bytes], worker: Worker, work: TaskWork
+    ) -> None:
+        task_id = joined.task_id
+        runner = TaskRunner(self.ctx, task_id, joined.spec, params, participants, work)
         self.runners[task_id] = runner
         self.pushes.open_task(task_id, TaskPushes(
             participants=frozenset(participants),
@@ -215,6 +249,24 @@ class TaskService:
             await runner.run()
         finally:
             self.pushes.close_task(task_id)
+
+    async def worker_for(self, spec: TaskSpec, node_index: int, data_path: str | None) -> Worker:
+        """This node's worker for a task; its initial model the competition winner's when
+        the spec names a competition (fetched and checked against the chain)."""
+        make_worker: Callable[..., Worker] = partial(
+            Worker, behaviour=self.behaviour, colluders=self.colluders, scoring=self.scoring
+        )
+        if spec.competition is not None:
+            from flockd.arena.handoff import SeededWorker
+
+            make_worker = partial(SeededWorker, base=await self._handoff().base_model(spec),
+                                  behaviour=self.behaviour, colluders=self.colluders, scoring=self.scoring)
+        return await trio.to_thread.run_sync(make_worker, spec, node_index, data_path)
+
+    def _handoff(self) -> Handoff:
+        if self.handoff is None:
+            raise TaskError("this node has no Arena to read a competition from")
+        return self.handoff
 
     async def _params(self, task_id: int) -> TaskParams:
         params = await self.registry.get_params(task_id)

@@ -33,6 +33,10 @@ class TaskSpec:
     num_nodes: int = 1  # the bundled data is split into this many parts
     seed: int = 0  # data split and initial model
     max_accuracy_drop: float = 0.10  # a voter rejects a delta costing more validation accuracy
+    # An Arena competition whose winning model is round 0's base (docs/arena.md "Hand-off");
+    # None: the recipe's model built from `seed`. Left out of the canonical JSON when None,
+    # so the hash of every spec without one stays what it was.
+    competition: int | None = None
     # Where the initial model comes from when not the recipe's (flockd.tasks.start): {} or
     # {"model_hash": "0x…", ...where it was listed}. Left out of the hash while empty.
     start: dict[str, Any] = field(default_factory=dict)
@@ -48,18 +52,28 @@ class TaskSpec:
             raise SpecError("num_nodes must be in [1, 1024]")
         if not 0.0 <= self.max_accuracy_drop <= 1.0:
             raise SpecError("max_accuracy_drop must be in [0, 1]")
+        if self.competition is not None and not (type(self.competition) is int and 1 <= self.competition < 2**64):
+            raise SpecError("competition must be an Arena competition id in [1, 2**64)")
         check_start(self.start)
+        if self.start and self.competition is not None:
+            raise SpecError("a task starts from a competition's winner or from `start`, not both")
+
+    def _fields(self) -> dict[str, Any]:
+        fields = asdict(self)
+        if self.competition is None:
+            del fields["competition"]
+        if not self.start:
+            del fields["start"]
+        return fields
 
     @property
     def spec_hash(self) -> bytes:
         return keccak(self.canonical())
 
     def canonical(self) -> bytes:
-        """The canonical JSON the recipe hash covers (a spec without `start` hashes as before it existed)."""
-        fields = asdict(self)
-        if not self.start:
-            del fields["start"]
-        return canonical_json(fields)
+        """The canonical JSON the recipe hash covers (a spec without `competition` or `start`
+        hashes as before they existed)."""
+        return canonical_json(self._fields())
 
     def to_json(self) -> dict[str, Any]:
         return json.loads(self.canonical())

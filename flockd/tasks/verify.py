@@ -1,6 +1,7 @@
 """model_verify: rebuild a task's model lineage from the chain and the deltas, hash by hash.
 
-model_-1 is the recipe's initial model (its hash is on chain); model_r is model_{r-1} plus
+model_-1 is the recipe's initial model (its hash is on chain; the worker's, so for a task
+seeded by an Arena competition the winner's, flockd.arena.handoff); model_r is model_{r-1} plus
 the aggregate of round r's accepted deltas in canonical order, and must hash to the model
 hash the chain recorded for round r. Every delta must hash to its on-chain commitment.
 """
@@ -13,14 +14,14 @@ from typing import Any
 from flockd.chain.client.registry import Registry
 from flockd.fl.checkpoint import model_hash
 from flockd.store import Store, StoreError
+from flockd.tasks.abc import TaskWork
 from flockd.tasks.start import initial_state
-from flockd.tasks.work import Worker
 
 
 async def verify_lineage(
     registry: Registry,
     store: Store,
-    worker: Worker,
+    worker: TaskWork,
     task_id: int,
     fetch_delta: Callable[[bytes], Awaitable[bytes | None]],
     start: Mapping[str, Any] | None = None,
@@ -37,7 +38,7 @@ async def verify_lineage(
         model = await trio.to_thread.run_sync(initial_state, worker, store, start or {})
     except StoreError as exc:  # nothing to replay from
         model, problems = {}, [str(exc)]
-    current = model_hash(model)
+    current = initial = model_hash(model)
     if model and current != params.model_init_hash:
         problems.append(f"initial model {current.hex()} != on-chain {params.model_init_hash.hex()}")
     checked = []
@@ -68,6 +69,7 @@ async def verify_lineage(
         "ok": not problems and bool(checked),
         "complete": len(checked) == params.rounds,
         "rounds_checked": len(checked),
+        "initial_model_hash": "0x" + initial.hex(),
         "final_model_hash": "0x" + current.hex(),
         "rounds": checked,
         "problems": problems,

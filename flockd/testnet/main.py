@@ -17,6 +17,7 @@ from rich.live import Live
 from rich.table import Table
 
 from flockd.fl.attacks import assign_behaviours, describe, parse_behaviour
+from flockd.fl.score import VOTE_SCORINGS
 from flockd.lm.testnet import append_lm_markdown, lm_section
 from flockd.rpc.errors import RPCError
 from flockd.testnet.chaos import ChaosScheduler, plan_chaos
@@ -65,6 +66,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--rule", default="fedavg", help="aggregation: fedavg, median, trimmed-mean:B, krum:F, multi-krum:F:M")
     p.add_argument("--proposers", type=int, default=3, help="expected proposers per round")
     p.add_argument("--vote-mode", choices=["per-proposal", "whole-round"], default="per-proposal")
+    p.add_argument("--vote-scoring", choices=VOTE_SCORINGS, default="local-model",
+                   help="how every node scores proposals ([vote] scoring; docs/learning.md, Voter scoring)")
     p.add_argument("--task-timeout", type=float, default=1800.0, help="seconds to wait for the task")
     p.add_argument("--report-dir", type=Path, default=None, help="where the report goes (default WORKDIR/report)")
     p.add_argument("--chain-blocks", type=int, default=0,
@@ -78,6 +81,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="kill -9 and restart random daemons (never node0, at most a third at once) during "
                         "the rounds, and cut one off the mesh for longer than a round (docs/testnet.md)")
     p.add_argument("--chaos-seed", type=int, default=1, metavar="SEED", help="what --chaos does, and when (default 1)")
+    p.add_argument("--arena", action="store_true",
+                   help="first an Arena competition among the nodes (node0 creates, the last two validate, the "
+                        "rest train), then the task from its winner (docs/arena.md)")
     args = p.parse_args(argv)
     for problem in _flag_problems(args):
         p.error(problem)
@@ -110,6 +116,9 @@ def _flag_problems(args: argparse.Namespace) -> list[str]:
         (not args.chaos or (args.nodes >= 3 and args.rounds >= 2),
          "--chaos needs --nodes 3 or more and --rounds 2 or more (a third of the nodes is at least one)"),
         (not (args.chaos and args.keep_running), "--chaos and --keep-running do not go together"),
+        (not args.arena or (args.nodes >= 5 and args.rounds >= 1 and args.recipe == "digits-mlp" and not args.chaos),
+         "--arena needs --nodes 5 or more (a creator, two trainers, two validators), --rounds 1 or more, "
+         "the digits-mlp recipe and no --chaos"),
         (args.port_base is None or 1024 <= args.port_base <= 65536 - args.nodes,
          f"--port-base must leave room for {args.nodes} ports between 1024 and 65535"),
     ]
@@ -137,6 +146,7 @@ def main(argv: list[str]) -> int:
     try:
         console.print(f"[bold]initialising {args.nodes} nodes[/] under {cluster.workdir}")
         cluster.init()
+        cluster.configure_votes(args.vote_scoring)
         cluster.configure_attacks(args.behaviours)
         if args.behaviours:
             console.print("[bold red]malicious:[/] " + ", ".join(
@@ -241,14 +251,22 @@ def serve_chain_http(cluster: Cluster) -> None:
 
 
 def run_task(console: Console, cluster: Cluster, args: argparse.Namespace) -> bool:
-    """Create, join and run one task to its end with a live view; write the report."""
+    """Create, join and run one task to its end with a live view; write the report.
+    With --arena, a competition first, and the task from its winner."""
+    arena = run_arena(console, cluster, args) if args.arena else None
     plan = TaskPlan(
         recipe=args.recipe, rounds=args.rounds, partition=args.partition, rule=args.rule,
         expected_proposers=args.proposers, vote_mode=args.vote_mode,
         config=getattr(args, "config", {}), **getattr(args, "windows", {}),
+        competition=None if arena is None else arena["competition_id"],
     )
     started = time.monotonic()
-    task_id = create_and_join(cluster, plan)
+    if arena is not None:
+        from flockd.testnet.arena import delegate_to_winner
+
+        task_id = create_and_join(cluster, plan, before_start=lambda tid: delegate_to_winner(cluster, arena, tid))
+    else:
+        task_id = create_and_join(cluster, plan)
     console.print(f"task {task_id}: {plan.recipe}, {plan.rounds} rounds, {plan.partition}, {plan.rule}; all nodes joined")
     chaos = ChaosDriver(
         cluster, ChaosScheduler(plan_chaos(len(cluster.daemons), plan.rounds, args.chaos_seed)),
@@ -276,20 +294,34 @@ def run_task(console: Console, cluster: Cluster, args: argparse.Namespace) -> bo
         statuses, nodes=len(cluster.daemons), rounds=plan.rounds, recipe=plan.recipe,
         partition=plan.partition, wall_seconds=wall,
         malicious={node_name(i): spec for i, spec in args.behaviours.items()}, malicious_fraction=args.malicious,
-        chaos=chaos_summary,
+        chaos=chaos_summary, vote_scoring=args.vote_scoring,
     )
     # A replay re-aggregates every round (an LM's adapters are expanded to full weights):
     # seconds on a quiet machine, more than a plain query's 10 s on a loaded one.
     verified = [d.call("model_verify", {"task_id": task_id}, timeout=300.0) for d in cluster.daemons]
     report["model_verify"] = {f"node{d.index}": v["ok"] and v["complete"] for d, v in zip(cluster.daemons, verified, strict=True)}
+    if arena is not None:
+        from flockd.testnet.arena import handoff_report, withdraw_delegation
+
+        withdraw_delegation(cluster, arena)
+        verified_by = {f"node{d.index}": v for d, v in zip(cluster.daemons, verified, strict=True)}
+        arena["handoff"] = handoff_report(verified_by, task_id, verified[0]["initial_model_hash"])
+        report["arena"] = arena
+        report["command"] += " --arena"
     outdir = args.report_dir or cluster.workdir / "report"
-    lm = lm_section(cluster.daemons[0], task_id, plan.recipe, plan.config, len(cluster.daemons), plan.seed, outdir)
+    lm = lm_section(cluster.daemons[0], task_id, plan.recipe, plan.config, len(cluster.daemons), plan.seed, outdir, plan.rounds)
     if lm is not None:  # an LM task: bits per character by domain, adapter bytes, samples, HF export
         report["lm"] = lm
     paths = write_report(report, outdir)
+    if arena is not None:
+        from flockd.testnet.arena import arena_markdown
+
+        with (outdir / "report.md").open("a") as out:
+            out.write("\n" + arena_markdown(arena))
     if lm is not None:
         append_lm_markdown(outdir / "report.md", lm)
-        console.print(f"bits per character (mean of the domains): base {lm['base']['bpc_mean']:.4f} → final {lm['final']['bpc_mean']:.4f}")
+        console.print(f"bits per character (mean of the domains): base {lm['base']['bpc_mean']:.4f} → final "
+                      f"{lm['final']['bpc_mean']:.4f}; local-only {lm['local_only']['bpc_mean']:.4f}")
     console.print(f"final accuracy {report['final_accuracy']:.4f}; nodes agree with the chain: {report['all_nodes_agree']}; "
                   f"model_verify: {report['model_verify']}")
     if args.behaviours:
@@ -303,6 +335,20 @@ def run_task(console: Console, cluster: Cluster, args: argparse.Namespace) -> bo
                       f"every node on one chain")
     console.print("report: " + ", ".join(str(p) for p in paths))
     return bool(report["all_nodes_agree"]) and all(report["model_verify"].values())
+
+
+def run_arena(console: Console, cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
+    """The competition to its end; its report section (leaderboard, validators, verify, claims)."""
+    from flockd.testnet.arena import ArenaPlan, arena_markdown, competition_report, run_competition
+
+    plan = ArenaPlan(recipe=args.recipe)
+    console.print(f"arena: a {plan.recipe} competition, node0 creating, {plan.validators} validators")
+    cid, spec, settings = run_competition(cluster, plan, args.task_timeout)
+    arena = competition_report(cluster, plan, cid, spec, settings)
+    console.print(arena_markdown(arena), markup=False, highlight=False)
+    if not all(v["ok"] for v in arena["arena_verify"].values()):
+        raise ClusterError(f"arena_verify failed: {arena['arena_verify']}")
+    return arena
 
 
 def wait_chain_agreement(console: Console, cluster: Cluster, height: int) -> None:

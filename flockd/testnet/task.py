@@ -28,15 +28,18 @@ class TaskPlan:
     vote_mode: str = "per-proposal"
     seed: int = 0
     config: dict[str, Any] = field(default_factory=dict)  # the recipe's (lm-lora: its base hash)
+    competition: int | None = None  # an Arena competition whose winner is round 0's base
 
 
-def create_and_join(cluster: Cluster, plan: TaskPlan) -> int:
+def create_and_join(cluster: Cluster, plan: TaskPlan, before_start: Callable[[int], object] | None = None) -> int:
+    """`before_start(task_id)` runs once every node joined (a delegation must come then)."""
     nodes = len(cluster.daemons)
     created = cluster.daemons[0].call("task_create", {
         "recipe": plan.recipe, "rounds": plan.rounds, "partition": plan.partition, "rule": plan.rule,
         "num_nodes": nodes, "seed": plan.seed, "expected_proposers": min(plan.expected_proposers, nodes),
         "min_participants": nodes, "propose_blocks": plan.propose_blocks, "commit_blocks": plan.commit_blocks,
         "reveal_blocks": plan.reveal_blocks, "vote_mode": plan.vote_mode, "config": plan.config,
+        **({} if plan.competition is None else {"competition": plan.competition}),
     }, timeout=TX_TIMEOUT)
     task_id: int = created["task_id"]
     # A node that has not imported the creating block yet would answer "no task".
@@ -49,6 +52,8 @@ def create_and_join(cluster: Cluster, plan: TaskPlan) -> int:
         ]
         for future in joins:
             future.result()
+    if before_start is not None:
+        before_start(task_id)
     cluster.daemons[0].call("task_start", {"task_id": task_id}, timeout=TX_TIMEOUT)
     return task_id
 
