@@ -5,13 +5,17 @@ embedded chain, else (an external chain) a client whose every call fails saying 
 
 import pytest
 from eth_account import Account
+from test_anvil import MEMBERS, embedded_env, genesis
+from test_arena_roles import CREATOR, SPEC, node, params
 
-from flockd.chain.client.addresses import ARENA_ADDRESS, MARKET_ADDRESS
+from flockd.arena.service import ArenaError
+from flockd.chain.client.addresses import ARENA_ADDRESS, MARKET_ADDRESS, TASK_REGISTRY_ADDRESS
 from flockd.chain.client.arena import Arena
 from flockd.chain.client.backends import HttpBackend
 from flockd.chain.client.contract import ContractClient
 from flockd.chain.client.market import Market
 from flockd.chain.client.placement import ContractNotConfigured, place_contract
+from flockd.chain.client.registry import Token
 from flockd.config import (
     CONFIG_FILE,
     DEFAULT_CONFIG_TOML,
@@ -77,3 +81,20 @@ async def test_an_unconfigured_contract_on_an_external_chain_fails_every_call_in
         await market.has_code()
     with pytest.raises(ContractNotConfigured, match=r"set \[chain\] market"):
         await market.listing_count()
+
+
+async def test_arena_create_approves_nothing_to_an_arena_it_cannot_use(tmp_path):
+    """No Arena configured, or an Arena on another token: create fails before the approve."""
+    async with embedded_env(genesis(arena=True)) as env:
+        client = env.client(CREATOR)
+        unconfigured = node(env, CREATOR, tmp_path)
+        unconfigured.arena = Arena(*place_contract(client, external=True, configured="", genesis=ARENA_ADDRESS,
+                                                   name="Arena", key="arena"))
+        with pytest.raises(ContractNotConfigured, match=r"set \[chain\] arena"):
+            await unconfigured.create(SPEC, None, params(1))
+        assert await unconfigured.token.allowance(MEMBERS[CREATOR].address, bytes(20)) == 0
+        elsewhere = node(env, CREATOR, tmp_path)
+        elsewhere.token = Token(client, TASK_REGISTRY_ADDRESS)  # the node's token per a wrong [chain] token
+        with pytest.raises(ArenaError, match="takes another token"):
+            await elsewhere.create(SPEC, None, params(1))
+
