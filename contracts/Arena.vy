@@ -12,6 +12,18 @@
         decay, validators by how close their scores are to the medians. Only a
         validator that does not reveal is slashed. The creator publishes the
         evaluation set after scoring, or loses its bond. Spec: protocol/spec/contracts.md.
+
+        Delegation pools per operator (a trainer or a validator, across competitions):
+        anyone backs an operator with stake and holds shares of its pool, shared pro
+        rata (the TaskRegistry design). When the operator joins a competition, the
+        pool's free stake is locked to it as its backing until finalise: a validator's
+        weight (election, median, payout) is min(own stake + backing, validator_cap),
+        capped as own stake is; the backing is slashed at the same rate as own stake
+        when the validator does not reveal. Of each reward the part earned by the
+        backing, reward * backing / (own stake + backing), is split: the operator's
+        commission (capped, changed at most once per COMMISSION_DELAY_BLOCKS and only
+        after that delay) and the rest to the pool's shares, pulled by collect().
+        Undelegated stake is claimable after UNBONDING_BLOCKS.
 """
 from ethereum.ercs import IERC20
 
@@ -27,6 +39,11 @@ MIN_REVEAL_BLOCKS: constant(uint256) = 8
 MAX_SLASH_BPS: constant(uint256) = 5000
 # Scores are fixed point, higher is better; the cap keeps every product in range.
 MAX_SCORE: constant(uint256) = 2**128
+
+# Delegation pools.
+MAX_COMMISSION_BPS: constant(uint256) = 5000
+UNBONDING_BLOCKS: constant(uint256) = 1024  # undelegated stake waits this long
+COMMISSION_DELAY_BLOCKS: constant(uint256) = 2048  # delegators can leave before a raise bites
 
 ONE: constant(uint256) = 2**64  # fixed point of draws, thresholds and rank weights
 BPS: constant(uint256) = 10000
@@ -91,6 +108,20 @@ struct Submission:
     duplicate: bool  # another submission with this model hash was committed earlier
     median: uint256  # set when ranked
     rank: uint256  # 1 = best; 0 = unranked
+
+# An operator's delegation pool: delegated stake shared pro rata by shares.
+struct Pool:
+    stake: uint256  # delegated tokens (rewards are kept apart, in reward_per_share)
+    total_shares: uint256
+    locked: uint256  # backing of competitions not yet finalised: cannot be undelegated
+    reward_per_share: uint256  # delegators' rewards so far per share, fixed point ONE, from 1
+    commission_bps: uint256
+    next_commission_bps: uint256
+    commission_from: uint256  # the block from which next_commission_bps applies
+
+struct Unbonding:
+    amount: uint256
+    release_block: uint256  # claimable from this block on
 
 
 event CompetitionCreated:
@@ -177,6 +208,36 @@ event Finalised:
     creator_refund: uint256
     burned: uint256
 
+event Delegated:
+    operator: indexed(address)
+    delegator: indexed(address)
+    amount: uint256
+    shares: uint256
+
+event Undelegated:
+    operator: indexed(address)
+    delegator: indexed(address)
+    amount: uint256
+    shares: uint256
+    release_block: uint256
+
+event CommissionChanged:
+    operator: indexed(address)
+    commission_bps: uint256
+    from_block: uint256
+
+event PoolRewarded:
+    operator: indexed(address)
+    competition_id: indexed(uint256)
+    reward: uint256  # the operator's whole reward
+    commission: uint256  # of the backing's part, to the operator
+    delegators: uint256  # the rest of that part, to the pool's shares
+
+event PoolSlashed:
+    operator: indexed(address)
+    competition_id: indexed(uint256)
+    amount: uint256
+
 event Claimed:
     account: indexed(address)
     amount: uint256
@@ -198,6 +259,12 @@ _subs: HashMap[uint256, DynArray[Submission, MAX_TRAINERS]]
 _sub_slot: HashMap[uint256, HashMap[address, uint256]]  # index + 1
 _first_of_model: HashMap[uint256, HashMap[bytes32, uint256]]  # index + 1 of the earliest commit
 _scores: HashMap[uint256, HashMap[address, DynArray[uint256, MAX_TRAINERS]]]
+_pools: HashMap[address, Pool]
+# operator -> holder -> shares of that operator's pool
+_shares: HashMap[address, HashMap[address, uint256]]
+_reward_paid: HashMap[address, HashMap[address, uint256]]  # reward_per_share last settled
+_unbonding: HashMap[address, Unbonding]
+backing: public(HashMap[uint256, HashMap[address, uint256]])  # pool stake locked at join
 
 
 @deploy
@@ -280,8 +347,14 @@ def _threshold(cid: uint256, who: address) -> uint256:
     total: uint256 = self._comps[cid].validator_weight
     if self._members[cid][who].role != ROLE_VALIDATOR or total == 0:
         return 0
-    weight: uint256 = min(self._members[cid][who].stake, self._params[cid].validator_cap)
-    return min(ONE, weight * self._params[cid].expected_validators * ONE // total)
+    return min(ONE, self._weight(cid, who) * self._params[cid].expected_validators * ONE // total)
+
+
+@internal
+@view
+def _weight(cid: uint256, who: address) -> uint256:
+    """A validator's weight: own stake and its pool's backing, capped together"""
+    return min(self._members[cid][who].stake + self.backing[cid][who], self._params[cid].validator_cap)
 
 
 @internal
@@ -330,29 +403,91 @@ def _closeness(score: uint256, median: uint256, tolerance_bps: uint256) -> uint2
 
 
 @internal
-def _evict_smallest_validator(cid: uint256, newcomer_stake: uint256):
+def _evict_smallest_validator(cid: uint256, newcomer_weight: uint256):
     """
     Full validator seats go to stake, not to whoever came first: a newcomer with more
-    stake takes the seat of the smallest validator (the earliest of equals), whose stake
-    is released at once. Otherwise cheap sybils joining early would hold every seat.
+    stake (own and backing) takes the seat of the smallest validator (the earliest of
+    equals), whose stake is released at once. Otherwise cheap sybils joining early would
+    hold every seat.
     """
     seats: DynArray[address, MAX_VALIDATORS] = self._validators[cid]
     smallest: uint256 = 0
-    for i: uint256 in range(1, MAX_VALIDATORS):
-        if self._members[cid][seats[i]].stake < self._members[cid][seats[smallest]].stake:
+    least: uint256 = max_value(uint256)
+    for i: uint256 in range(MAX_VALIDATORS):
+        held: uint256 = self._members[cid][seats[i]].stake + self.backing[cid][seats[i]]
+        if held < least:
+            least = held
             smallest = i
     evicted: address = seats[smallest]
-    stake: uint256 = self._members[cid][evicted].stake
-    assert newcomer_stake > stake, "validator seats full"
+    assert newcomer_weight > least, "validator seats full"
     kept: DynArray[address, MAX_VALIDATORS] = []
     for i: uint256 in range(MAX_VALIDATORS):
         if i != smallest:
             kept.append(seats[i])
     self._validators[cid] = kept  # in join order: the earliest of equals goes first
-    self._comps[cid].validator_weight -= min(stake, self._params[cid].validator_cap)
+    self._comps[cid].validator_weight -= self._weight(cid, evicted)
+    stake: uint256 = self._members[cid][evicted].stake
+    self._unlock(cid, evicted)
+    self.backing[cid][evicted] = 0
     self._members[cid][evicted] = empty(Member)
     self.claimable[evicted] += stake
     log Evicted(competition_id=cid, validator=evicted, stake=stake)
+
+
+# ---------------------------------------------------------------- pools
+
+@internal
+def _settle_rewards(operator: address, holder: address):
+    """Credit the holder's share of the pool's rewards since it last settled"""
+    rps: uint256 = self._pools[operator].reward_per_share
+    owed: uint256 = self._shares[operator][holder] * (rps - self._reward_paid[operator][holder]) // ONE
+    self._reward_paid[operator][holder] = rps
+    if owed > 0:
+        self.claimable[holder] += owed
+
+
+@internal
+@view
+def _commission(operator: address) -> uint256:
+    if block.number >= self._pools[operator].commission_from:
+        return self._pools[operator].next_commission_bps
+    return self._pools[operator].commission_bps
+
+
+@internal
+def _lock(cid: uint256, operator: address) -> uint256:
+    """Lock the pool's free stake to the operator's seat in `cid`: its backing"""
+    free: uint256 = self._pools[operator].stake - self._pools[operator].locked
+    if free > 0:
+        self._pools[operator].locked += free
+        self.backing[cid][operator] = free
+    return free
+
+
+@internal
+def _unlock(cid: uint256, operator: address):
+    backing: uint256 = self.backing[cid][operator]
+    if backing > 0:  # most seats have none: spare finalise a cold read each
+        self._pools[operator].locked -= backing
+
+
+@internal
+def _pay(cid: uint256, operator: address, reward: uint256):
+    """
+    The part of a reward earned by the backing, reward * backing / (stake + backing),
+    goes to the pool's shares less the operator's commission; the rest to the operator
+    """
+    backing: uint256 = self.backing[cid][operator]
+    shares: uint256 = self._pools[operator].total_shares
+    to_pool: uint256 = 0
+    commission: uint256 = 0
+    if backing > 0 and reward > 0 and shares > 0:
+        part: uint256 = reward * backing // (self._members[cid][operator].stake + backing)
+        commission = part * self._commission(operator) // BPS
+        to_pool = part - commission
+        self._pools[operator].reward_per_share += to_pool * ONE // shares
+        log PoolRewarded(operator=operator, competition_id=cid, reward=reward, commission=commission, delegators=to_pool)
+    self.claimable[operator] += reward - to_pool
 
 
 # ---------------------------------------------------------------- creator
@@ -423,12 +558,14 @@ def join(cid: uint256, role: uint8, stake: uint256, vrf_pk: bytes32):
         assert stake >= self._params[cid].validator_stake, "stake below the minimum"
         assert vrf_pk != empty(bytes32), "empty vrf key"
         if len(self._validators[cid]) == MAX_VALIDATORS:
-            self._evict_smallest_validator(cid, stake)
+            self._evict_smallest_validator(cid, stake + self._pools[msg.sender].stake - self._pools[msg.sender].locked)
         self._validators[cid].append(msg.sender)
-        self._comps[cid].validator_weight += min(stake, self._params[cid].validator_cap)
         self._members[cid][msg.sender].vrf_pk = vrf_pk
     self._members[cid][msg.sender].role = role
     self._members[cid][msg.sender].stake = stake
+    self._lock(cid, msg.sender)
+    if role == ROLE_VALIDATOR:
+        self._comps[cid].validator_weight += self._weight(cid, msg.sender)
     self._pull(msg.sender, stake)
     log Joined(competition_id=cid, member=msg.sender, role=role, stake=stake, vrf_pk=vrf_pk)
 
@@ -589,7 +726,7 @@ def _pay_trainers(cid: uint256, order: DynArray[uint256, MAX_TRAINERS], medians:
         trainer: address = self._subs[cid][i].trainer
         self._subs[cid][i].median = medians[i]
         self._subs[cid][i].rank = k + 1
-        self.claimable[trainer] += reward
+        self._pay(cid, trainer, reward)
         paid += reward
         log Ranked(competition_id=cid, trainer=trainer, index=i, rank=k + 1, median=medians[i], reward=reward)
     return paid
@@ -613,7 +750,7 @@ def _pay_validators(cid: uint256, order: DynArray[uint256, MAX_TRAINERS], median
             for i: uint256 in order:
                 c += self._closeness(self._scores[cid][v][i], medians[i], p.tolerance_bps)
         closeness.append(c)
-        share: uint256 = min(self._members[cid][v].stake, p.validator_cap) * c
+        share: uint256 = self._weight(cid, v) * c
         shares.append(share)
         total += share
     paid: uint256 = 0
@@ -623,7 +760,7 @@ def _pay_validators(cid: uint256, order: DynArray[uint256, MAX_TRAINERS], median
         reward: uint256 = 0
         if total > 0:
             reward = pool * shares[k] // total
-        self.claimable[elected[k]] += reward
+        self._pay(cid, elected[k], reward)
         paid += reward
         log ValidatorSettled(
             competition_id=cid, validator=elected[k], revealed=revealed[k],
@@ -641,9 +778,12 @@ def finalise(cid: uint256):
     c: Competition = self._comps[cid]
 
     # stakes back, less the slash of each elected validator that did not reveal
+    # and every pool's backing unlocked, less the same slash
     for t: address in self._trainers[cid]:
         self.claimable[t] += self._members[cid][t].stake
+        self._unlock(cid, t)
     for v: address in self._validators[cid]:
+        self._unlock(cid, v)
         if not self._members[cid][v].elected:
             self.claimable[v] += self._members[cid][v].stake
     slashed: uint256 = 0
@@ -656,10 +796,15 @@ def finalise(cid: uint256):
         cut: uint256 = 0
         if m.revealed:
             voters.append(v)
-            weights.append(min(m.stake, p.validator_cap))
-            revealed_weight += min(m.stake, p.validator_cap)
+            weights.append(self._weight(cid, v))
+            revealed_weight += self._weight(cid, v)
         else:
             cut = m.stake * p.slash_bps // BPS
+            pool_cut: uint256 = self.backing[cid][v] * p.slash_bps // BPS
+            if pool_cut > 0:
+                self._pools[v].stake -= pool_cut
+                slashed += pool_cut
+                log PoolSlashed(operator=v, competition_id=cid, amount=pool_cut)
         slashes.append(cut)
         slashed += cut
         self.claimable[v] += m.stake - cut
@@ -697,6 +842,93 @@ def claim() -> uint256:
     assert extcall token.transfer(msg.sender, amount, default_return_value=True), "transfer failed"
     log Claimed(account=msg.sender, amount=amount)
     return amount
+
+
+# ---------------------------------------------------------------- delegation
+
+@external
+def delegate(operator: address, amount: uint256) -> uint256:
+    """
+    @notice add stake (pulled from the caller) to an operator's pool; it backs the
+            operator's next seats and shares their rewards and slashes pro rata.
+            Returns the shares minted.
+    """
+    assert amount > 0, "zero amount"
+    assert operator != empty(address) and operator != msg.sender, "not an operator"
+    pool: Pool = self._pools[operator]
+    if pool.reward_per_share == 0:
+        # never zero again: finalise then rewrites a used slot instead of filling one
+        # (which costs 17k gas more a pool, at the caps too much for one transaction)
+        self._pools[operator].reward_per_share = 1
+    shares: uint256 = amount
+    if pool.total_shares > 0:
+        # a share is worth at most one token (slashes lower it, rewards are kept apart)
+        # and a pool with shares keeps some stake: never zero shares, never a zero division
+        shares = amount * pool.total_shares // pool.stake
+    self._settle_rewards(operator, msg.sender)
+    self._shares[operator][msg.sender] += shares
+    self._pools[operator].total_shares = pool.total_shares + shares
+    self._pools[operator].stake = pool.stake + amount
+    self._pull(msg.sender, amount)
+    log Delegated(operator=operator, delegator=msg.sender, amount=amount, shares=shares)
+    return shares
+
+
+@external
+def undelegate(operator: address, shares: uint256) -> uint256:
+    """
+    @notice redeem shares of an operator's pool for their stake, claimable after
+            UNBONDING_BLOCKS (a later undelegation restarts the wait for the whole
+            amount). Only the pool's free stake can leave, not its locked backing.
+            Returns the amount.
+    """
+    assert shares > 0, "zero shares"
+    assert shares <= self._shares[operator][msg.sender], "not enough shares"
+    pool: Pool = self._pools[operator]
+    amount: uint256 = shares * pool.stake // pool.total_shares
+    assert amount <= pool.stake - pool.locked, "stake locked in a competition"
+    self._settle_rewards(operator, msg.sender)
+    self._shares[operator][msg.sender] -= shares
+    self._pools[operator].total_shares = pool.total_shares - shares
+    self._pools[operator].stake = pool.stake - amount
+    release: uint256 = block.number + UNBONDING_BLOCKS
+    self._unbonding[msg.sender].amount += amount
+    self._unbonding[msg.sender].release_block = release
+    log Undelegated(operator=operator, delegator=msg.sender, amount=amount, shares=shares, release_block=release)
+    return amount
+
+
+@external
+def release_unbonded() -> uint256:
+    """@notice once unbonded, make the caller's undelegated stake claimable"""
+    u: Unbonding = self._unbonding[msg.sender]
+    assert u.amount > 0, "nothing unbonding"
+    assert block.number >= u.release_block, "still unbonding"
+    self._unbonding[msg.sender] = empty(Unbonding)
+    self.claimable[msg.sender] += u.amount
+    return u.amount
+
+
+@external
+def collect(operator: address):
+    """@notice make the caller's share of the pool's rewards so far claimable"""
+    assert self._shares[operator][msg.sender] > 0, "no shares"
+    self._settle_rewards(operator, msg.sender)
+
+
+@external
+def set_commission(commission_bps: uint256):
+    """
+    @notice the caller's commission on its pool's part of its rewards, from
+            COMMISSION_DELAY_BLOCKS on; at most one change per delay
+    """
+    assert commission_bps <= MAX_COMMISSION_BPS, "commission too high"
+    from_block: uint256 = self._pools[msg.sender].commission_from
+    assert from_block == 0 or block.number >= from_block, "commission change pending"
+    self._pools[msg.sender].commission_bps = self._commission(msg.sender)
+    self._pools[msg.sender].next_commission_bps = commission_bps
+    self._pools[msg.sender].commission_from = block.number + COMMISSION_DELAY_BLOCKS
+    log CommissionChanged(operator=msg.sender, commission_bps=commission_bps, from_block=block.number + COMMISSION_DELAY_BLOCKS)
 
 
 # ---------------------------------------------------------------- views
@@ -777,3 +1009,36 @@ def seed(cid: uint256) -> bytes32:
 def election_threshold(cid: uint256, who: address) -> uint256:
     """@notice who is elected iff first8(beta) < this (0 = never, 2**64 = always)"""
     return self._threshold(cid, who)
+
+
+@external
+@view
+def get_pool(operator: address) -> Pool:
+    return self._pools[operator]
+
+
+@external
+@view
+def commission(operator: address) -> uint256:
+    """@notice the commission in force for a reward paid now"""
+    return self._commission(operator)
+
+
+@external
+@view
+def shares_of(operator: address, holder: address) -> uint256:
+    return self._shares[operator][holder]
+
+
+@external
+@view
+def pending_rewards(operator: address, holder: address) -> uint256:
+    """@notice what collect() would make claimable now"""
+    rps: uint256 = self._pools[operator].reward_per_share
+    return self._shares[operator][holder] * (rps - self._reward_paid[operator][holder]) // ONE
+
+
+@external
+@view
+def get_unbonding(holder: address) -> Unbonding:
+    return self._unbonding[holder]

@@ -15,6 +15,7 @@ from multiaddr import Multiaddr
 
 if TYPE_CHECKING:
     from flockd.fl.attacks import Behaviour
+    from flockd.fl.score import VoteScoring
 
 CONFIG_FILE = "config.toml"
 
@@ -81,6 +82,14 @@ min_reveal_blocks = 8
 max_slash_bps = 1000
 # rounds x (2 x propose_blocks + commit_blocks + reveal_blocks): the longest the stake is locked.
 max_task_blocks = 50000
+
+[vote]
+# How this node scores proposals in per-proposal rounds: each voter's own choice, not a
+# consensus rule (docs/learning.md, "Voter scoring"). local-model: the proposer's model
+# on this node's validation split; guarded-contribution: each proposal's contribution to
+# the round's aggregate, behind a norm and a coarse own-model guard (for skewed data);
+# contribution: the unguarded prototype.
+scoring = "local-model"
 
 # Serve models over the OpenAI-compatible HTTP API, with retrieval and a web page
 # (docs/serving.md). Off unless enabled:
@@ -156,6 +165,19 @@ class PolicySection:
 
 
 @dataclass(frozen=True)
+class VoteSection:
+    scoring: str = "local-model"  # flockd.fl.score.VoteScoring
+
+    def parsed(self) -> VoteScoring:
+        from flockd.fl.score import parse_vote_scoring  # numpy: only when a config is checked
+
+        try:
+            return parse_vote_scoring(self.scoring)
+        except ValueError as exc:
+            raise ConfigError(f"vote.scoring: {exc}") from None
+
+
+@dataclass(frozen=True)
 class AttackSection:
     behaviour: str = "honest"  # a spec for flockd.fl.attacks.parse_behaviour
     colluders: list[str] = field(default_factory=list)  # 0x-prefixed addresses
@@ -199,6 +221,7 @@ class Config:
     chain: ChainSection = field(default_factory=ChainSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     policy: PolicySection = field(default_factory=PolicySection)
+    vote: VoteSection = field(default_factory=VoteSection)
     attack: AttackSection = field(default_factory=AttackSection)
     serve: ServeSection = field(default_factory=ServeSection)
 
@@ -249,6 +272,7 @@ class Config:
                 raise ConfigError(f"chain.{key}: {value!r} is not a 0x-prefixed 20-byte address")
         if url and not (self.chain.registry and self.chain.token):
             raise ConfigError("chain.rpc_url is set: chain.registry and chain.token must name its contracts (flockd deploy)")
+        self.vote.parsed()
         self.attack.parsed()
         if self.serve.enabled:
             from flockd.serve.service import ServeConfigError, settings_from_section

@@ -220,7 +220,8 @@ class Node:
                 colluders=len(self.config.attack.colluders),
             )
         self.tasks = TaskService(
-            context, Token(client, token), behaviour=behaviour, colluders=self.config.attack.colluder_addresses()
+            context, Token(client, token), behaviour=behaviour, colluders=self.config.attack.colluder_addresses(),
+            scoring=self.config.vote.parsed(),
         )
         self._open_arena(context, Token(client, token))
 

@@ -26,19 +26,24 @@ from arena_chain import (
 from test_contracts_gas import main as print_table
 
 from flockd.chain.client.arena import MAX_ELECTED, MAX_TRAINERS, MAX_VALIDATORS
+from flockd.chain.client.arena_pools import UNBONDING_BLOCKS
 from flockd.chain.client.contract import TxPolicy
 from flockd.chain.node.embedded import MAX_TX_GAS
 
 Row = tuple[str, int, str]
 
 
-def run_competition(n_trainers: int, n_validators: int, constructor: bool = False) -> list[Row]:
+def run_competition(n_trainers: int, n_validators: int, constructor: bool = False, backed: bool = False) -> list[Row]:
     """A whole competition, every member acting: the first and the last call of each
-    function (they differ where the first one initialises storage)."""
-    arena = ArenaChain(n_accounts=1 + n_trainers + n_validators)
+    function (they differ where the first one initialises storage). `backed`: one
+    delegator backs every member's pool first (each with a commission), and collects,
+    undelegates and releases after."""
+    arena = ArenaChain(n_accounts=1 + n_trainers + n_validators + int(backed))
     out: list[Row] = []
     trainers = list(range(1, 1 + n_trainers))
     validators = list(range(1 + n_trainers, 1 + n_trainers + n_validators))
+    delegator = 1 + n_trainers + n_validators
+    backing_note = "; backed by a pool" if backed else ""
 
     def record(name: str, results: list, note: str) -> None:
         first = "; ".join(part for part in ("first", note) if part)
@@ -49,15 +54,23 @@ def run_competition(n_trainers: int, n_validators: int, constructor: bool = Fals
     if constructor:
         res = arena.chain.transact(arena.accounts[0], b"", ARENA_ARTIFACT.deploy_data(arena.token, bytes(20)))
         out.append(("Arena constructor", res.gas_used, f"deploy, runtime {len(ARENA_ARTIFACT.bytecode_runtime)} B"))
+    if backed:
+        for member in trainers + validators:
+            arena.send(member, "set_commission", 1000)
+        record("set_commission", arena.mine(), "")
+        for member in trainers + validators:
+            arena.send(delegator, "delegate", arena.addr(member), 50 * E18)
+        record("delegate", arena.mine(), "a new pool")
+        out.append(("delegate", arena.tx(delegator, "delegate", arena.addr(trainers[0]), E18).gas_used, "more shares"))
     res = arena.tx(0, "create", as_tuple(params(join_blocks=20, expected_validators=n_validators)))
     out.append(("create", res.gas_used, "pulls the pool and the bond"))
     cid = arena.view("competition_count")
     for t in trainers:
         arena.join(cid, t, TRAINER, 10 * E18)
-    record("join", arena.mine(), "trainer")
+    record("join", arena.mine(), "trainer" + backing_note)
     for v in validators:
         arena.join(cid, v, VALIDATOR, 100 * E18)
-    record("join", arena.mine(), "validator")
+    record("join", arena.mine(), "validator" + backing_note)
     for t in trainers:
         arena.commit_submission(cid, t, model(str(t)))
     record("commit_submission", arena.mine(), "")
@@ -84,8 +97,14 @@ def run_competition(n_trainers: int, n_validators: int, constructor: bool = Fals
     out.append(("publish_eval", arena.tx(0, "publish_eval", cid, EVAL_SET_HASH, EVAL_SALT).gas_used, ""))
     arena.advance_to(cid, PHASE_CLOSED)
     res = arena.tx(0, "finalise", cid)
-    out.append(("finalise", res.gas_used, f"{n_trainers} submissions, {n_validators} validators"))
+    out.append(("finalise", res.gas_used, f"{n_trainers} submissions, {n_validators} validators{backing_note}"))
     out.append(("claim", arena.tx(1, "claim").gas_used, ""))
+    if backed:
+        out.append(("collect", arena.tx(delegator, "collect", arena.addr(trainers[0])).gas_used, ""))
+        shares = arena.view("shares_of", arena.addr(trainers[0]), arena.addr(delegator))
+        out.append(("undelegate", arena.tx(delegator, "undelegate", arena.addr(trainers[0]), shares).gas_used, "all shares"))
+        arena.chain.mine_empty(UNBONDING_BLOCKS)
+        out.append(("release_unbonded", arena.tx(delegator, "release_unbonded").gas_used, ""))
     return out
 
 
@@ -102,8 +121,16 @@ def eviction_row() -> Row:
 
 def gas_table() -> list[Row]:
     small = run_competition(4, 3, constructor=True) + [eviction_row()]
+    pooled = [row for row in run_competition(4, 3, backed=True) if row[0] not in UNCHANGED_BY_POOLS]
     worst = [row for row in run_competition(MAX_TRAINERS, MAX_ELECTED) if row[0] in ("reveal_scores", "finalise")]
-    return small + [(name, gas, f"worst case: {note}") for name, gas, note in worst if "first" not in note]
+    worst += [row for row in run_competition(MAX_TRAINERS, MAX_ELECTED, backed=True) if row[0] == "finalise"]
+    return small + pooled + [(name, gas, f"worst case: {note}") for name, gas, note in worst if "first" not in note]
+
+
+# what a pool does not touch: measured once, without pools
+UNCHANGED_BY_POOLS = frozenset({
+    "create", "commit_submission", "elect", "reveal_submission", "commit_scores", "reveal_scores", "publish_eval", "claim",
+})
 
 
 def test_gas_table_and_worst_case_fits_a_transaction() -> None:

@@ -31,6 +31,7 @@ from flockd.chain.client.arena import (
     CompetitionParams,
     scores_digest,
 )
+from flockd.chain.client.arena_pools import ArenaPools
 from flockd.chain.client.registry import Registry, Token
 from flockd.p2p.abc import BlobHandler, GossipHandler, P2PError, P2PNetwork, PeerInfo
 from flockd.store import Store
@@ -116,12 +117,14 @@ def node(env: Env, who: int, root: Path, network: P2PNetwork | None = None) -> A
 
 async def run(
     tmp_path: Path, validators: dict[int, tuple[int, str]], copies: dict[int, int] | None = None,
-    then: Callable[[Nodes, int], Awaitable[None]] | None = None,
+    then: Callable[[Nodes, int], Awaitable[None]] | None = None, backing: dict[int, int] | None = None,
 ) -> dict[int, dict[str, Any]]:
     """A competition to the end: trainers are the members that are neither the creator nor
     a validator; `validators` maps a member to (stake in tokens, "honest" | "random"),
     `copies` a trainer to the trainer whose model it submits as its own; `then` runs on the
-    finalised competition before the chain stops. Returns arena_verify's answer on every member."""
+    finalised competition before the chain stops; `backing` maps a validator to the tokens
+    the creator delegates to its pool before it joins. Returns arena_verify's answer on
+    every member."""
     trainers = [w for w in range(1, 4) if w not in validators]
     async with embedded_env(genesis(arena=True)) as env:
         nodes = Nodes(env, {w: node(env, w, tmp_path) for w in range(4)})
@@ -136,6 +139,9 @@ async def run(
                 stolen = nodes.services[original]
                 digest = bytes.fromhex(stolen.members[cid].model_hash or "")
                 await nodes.services[w].submit(cid, TrainerSettings(model_path=str(stolen.ctx.store.model_path(digest))))
+        for w, tokens in (backing or {}).items():
+            await env.token(CREATOR).approve(ARENA_ADDRESS, tokens * E18)
+            await ArenaPools(env.client(CREATOR), ARENA_ADDRESS).delegate(MEMBERS[w].address, tokens * E18)
         for w, (stake, _) in validators.items():
             await nodes.services[w].join(cid, SPEC, "validator", stake * E18)
         arena = nodes.services[CREATOR].arena  # a view: survives the restarts
@@ -188,6 +194,16 @@ async def test_a_lazy_minority_validator_is_paid_less_and_moves_no_median(tmp_pa
     assert deviations[1] == 0 and deviations[0] > 0  # elected in join order: lazy first
     # per unit of stake the lazy validator earns less than the honest one
     assert rewards[0] * 300 < rewards[1] * 100
+
+
+async def test_a_backed_validator_weighs_its_stake_and_backing_and_verify_counts_both(tmp_path: Path) -> None:
+    """Equal own stakes, but the honest validator's pool backs it with 200 more: the
+    contract weighs it 300 against 100, and arena_verify recomputes the payouts with the
+    same weights (with own stake alone it would find every validator payout wrong)."""
+    verified = (await run(tmp_path, {2: (100, "random"), 3: (100, "honest")}, backing={3: 200}))[1]
+    assert verified["ok"], verified["problems"]
+    rewards = [v["reward"] for v in verified["validators"]]
+    assert rewards[0] < rewards[1]  # the lazy one, elected first, earns less
 
 
 async def test_verify_fails_when_a_lazy_majority_moves_the_median(tmp_path: Path) -> None:

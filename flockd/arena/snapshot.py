@@ -16,6 +16,7 @@ from flockd.chain.client.arena import (
     PhaseEnds,
     Submission,
 )
+from flockd.chain.client.arena_pools import ArenaPools
 from flockd.chain.client.backends import ChainError
 
 PHASE_NAMES = ("none", "join", "submit", "reveal", "score-commit", "score-reveal", "closed", "finalised")
@@ -36,6 +37,11 @@ class Snapshot:
     elected: list[bytes]
     members: dict[bytes, ArenaMember]  # the elected validators'
     scores: dict[bytes, list[int]]  # of the elected validators that revealed
+    backing: dict[bytes, int]  # the pool stake locked to each elected validator's seat
+
+    def weight(self, validator: bytes) -> int:
+        """What the contract weighs a validator by: own stake plus backing, capped."""
+        return min(self.members[validator].stake + self.backing[validator], self.params.validator_cap)
 
     @property
     def phase_name(self) -> str:
@@ -67,4 +73,10 @@ async def read_competition(arena: Arena, competition_id: int) -> Snapshot | None
             if len(vector) != len(subs) or any(not 0 <= s <= MAX_SCORE for s in vector):
                 raise BadChainData(f"competition {competition_id}: a score vector that does not fit")
             scores[v] = vector
-    return Snapshot(competition_id, params, comp, phase, await arena.deadlines(competition_id), subs, elected, members, scores)
+    pools = ArenaPools(arena.client, arena.address)
+    backing = {v: await pools.backing(competition_id, v) for v in elected}
+    if any(b < 0 for b in backing.values()):
+        raise BadChainData(f"competition {competition_id}: a negative backing")
+    return Snapshot(
+        competition_id, params, comp, phase, await arena.deadlines(competition_id), subs, elected, members, scores, backing
+    )

@@ -28,8 +28,12 @@ def expected_settlement(snap: Snapshot) -> tuple[dict[int, int], list[int], list
     compute them from the chain's revealed score vectors."""
     p = snap.params
     revealers = {k: snap.scores[v] for k, v in enumerate(snap.elected) if v in snap.scores}  # settle's keys: positions
-    weights = {k: min(snap.members[snap.elected[k]].stake, p.validator_cap) for k in revealers}
-    slashed = sum(m.stake * p.slash_bps // BPS for m in snap.members.values() if not m.revealed)
+    weights = {k: snap.weight(snap.elected[k]) for k in revealers}
+    # a validator that did not reveal loses slash_bps of its own stake and of its backing
+    slashed = sum(
+        m.stake * p.slash_bps // BPS + snap.backing[v] * p.slash_bps // BPS
+        for v, m in snap.members.items() if not m.revealed
+    )
     if not revealers:
         return {}, [], [], {v: 0 for v in snap.elected}
     s = settle(revealers, weights, snap.counted(), p, slashed)

@@ -426,6 +426,9 @@ def report(
         f"robust rule `{meta['robust_rule']}`, seeds {', '.join(map(str, meta['seeds']))} "
         f"({len(meta['seeds'])} per cell).",
     ]
+    scoring = meta.get("vote_scoring", "local-model")
+    if scoring != "local-model":  # the default's tables read as they always did
+        parts[-1] = parts[-1][:-1] + f"; honest voters score with `{scoring}`."
     for partition in partitions:
         if len(partitions) > 1:
             parts += ["", f"#### Partition `{partition}`"]

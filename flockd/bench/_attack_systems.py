@@ -39,6 +39,7 @@ class Job:
     proposers: int  # expected proposers per round (flockd systems)
     robust_rule: str
     partition: str = "iid"  # how the data is split across nodes (flockd.fl.data.Partition)
+    vote_scoring: str = "local-model"  # flockd systems: how honest voters score (fl.score.VoteScoring)
 
     @property
     def cost(self) -> float:
@@ -104,6 +105,7 @@ def run_plain_fedavg(
 def run_flockd(
     job: Job, behaviours: dict[int, Behaviour], log: RoundLog
 ) -> tuple[float, dict[str, Any]]:
+    from flockd.fl.score import parse_vote_scoring
     from flockd.sim import RoundFigures as SimRound
     from flockd.sim import SimConfig, run_simulation
 
@@ -132,6 +134,7 @@ def run_flockd(
         rule=job.robust_rule if job.system == "flockd-robust" else "fedavg",
         expected_proposers=job.proposers,
         behaviours=behaviours,
+        vote_scoring=parse_vote_scoring(job.vote_scoring),
     )
     sim = run_simulation(cfg, on_round=on_chain)
     return sim.initial_accuracy, {

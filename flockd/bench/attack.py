@@ -130,6 +130,7 @@ def plan(args: argparse.Namespace) -> list[Job]:
             args.proposers,
             args.robust_rule,
             partition,
+            args.vote_scoring,
         )
 
     jobs = [
@@ -246,6 +247,15 @@ def _partitions(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _vote_scoring(text: str) -> str:
+    from flockd.fl.score import parse_vote_scoring
+
+    try:
+        return parse_vote_scoring(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _names(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip() and x.strip() != "none"]
 
@@ -274,6 +284,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--proposers", type=int, default=8, help="flockd: expected proposers per round"
     )
     parser.add_argument("--robust-rule", default="trimmed-mean:0.2")
+    parser.add_argument(
+        "--vote-scoring",
+        type=_vote_scoring,
+        default="local-model",
+        help="flockd systems: how honest voters score a proposal (flockd.fl.score)",
+    )
     parser.add_argument(
         "--per-attack",
         type=_names,
@@ -412,6 +428,7 @@ def main(argv: list[str]) -> int:
         "systems": args.systems,
         "proposers": args.proposers,
         "robust_rule": args.robust_rule,
+        "vote_scoring": args.vote_scoring,
         "per_attack": args.per_attack,
         "attack_fraction": args.attack_fraction,
         "attack_seeds": args.attack_seeds,

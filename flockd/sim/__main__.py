@@ -7,6 +7,7 @@ import json
 import sys
 
 from flockd.fl.attacks import assign_behaviours
+from flockd.fl.score import VOTE_SCORINGS
 from flockd.sim.chain import SimError
 from flockd.sim.config import RoundFigures, SimConfig
 from flockd.sim.run import run_simulation
@@ -30,6 +31,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--malicious", type=float, default=0.0, help="fraction of malicious nodes (never node 0)")
     p.add_argument("--attack", default="honest", help="their behaviour: label-flip, noise:S, sign-flip:K, "
                    "random-vote, accept-all, collude, joined by + (flockd.fl.attacks)")
+    p.add_argument("--vote-scoring", choices=VOTE_SCORINGS, default="local-model",
+                   help="how honest voters score a proposal (flockd.fl.score; per-proposal mode)")
     p.add_argument("--score-sample", type=int, default=None, help="at most this many validation rows per voter")
     p.add_argument("--config", default="{}", help="recipe config overrides, JSON")
     p.add_argument("--json", action="store_true", help="print the whole result as JSON")
@@ -44,7 +47,7 @@ def config_from(args: argparse.Namespace) -> SimConfig:
         max_proposals=args.max_proposals, propose_blocks=args.propose_blocks,
         commit_blocks=args.commit_blocks, reveal_blocks=args.reveal_blocks,
         behaviours=assign_behaviours(args.nodes, args.malicious, args.attack, args.seed),
-        recipe_config=json.loads(args.config), score_sample=args.score_sample,
+        recipe_config=json.loads(args.config), score_sample=args.score_sample, vote_scoring=args.vote_scoring,
     )
 
 
@@ -62,7 +65,8 @@ def main(argv: list[str]) -> int:
         cfg = config_from(args)
         if not args.json:
             bad = cfg.malicious
-            print(f"{cfg.nodes} nodes, {cfg.rounds} rounds, {cfg.recipe}, {cfg.vote_mode}, {cfg.rule}; "
+            scoring = "" if cfg.vote_scoring == "local-model" else f" ({cfg.vote_scoring})"
+            print(f"{cfg.nodes} nodes, {cfg.rounds} rounds, {cfg.recipe}, {cfg.vote_mode}{scoring}, {cfg.rule}; "
                   f"malicious: {', '.join(map(str, bad)) or 'none'}" + (f" ({args.attack})" if bad else ""), flush=True)
         result = run_simulation(cfg, on_round=None if args.json else show)
     except (SimError, ValueError) as exc:

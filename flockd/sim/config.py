@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from flockd.fl.aggregate import BadRule, Rule
 from flockd.fl.attacks import Behaviour
+from flockd.fl.score import VoteScoring, parse_vote_scoring
 
 E18 = 10**18
 
@@ -31,6 +32,7 @@ class SimConfig:
     stake: int = 100 * E18  # every node's stake (the testnet's default)
     stake_unit: int = E18
     key_seed: int | None = None  # node keys (so VRF draws, block hashes); None: `seed`
+    vote_scoring: VoteScoring = "local-model"  # how every honest voter scores a proposal
 
     def __post_init__(self) -> None:
         if self.nodes < 2:
@@ -46,6 +48,7 @@ class SimConfig:
         for index in self.behaviours:
             if not 0 <= index < self.nodes:
                 raise ValueError(f"behaviour for node {index}, but nodes are 0..{self.nodes - 1}")
+        parse_vote_scoring(self.vote_scoring)
         if self.score_sample is not None and self.score_sample < 1:
             raise ValueError("score_sample must be >= 1")
 

@@ -29,15 +29,18 @@ from flockd.fl.attacks import Behaviour, training_split
 from flockd.fl.checkpoint import model_hash
 from flockd.fl.data import DataSpec
 from flockd.fl.recipe import Metrics
+from flockd.fl.score import VoteScoring
 from flockd.fl.tensors import Tensors
 from flockd.tasks.spec import TaskSpec
 from flockd.tasks.work import Worker
 
 
 class Learner:
-    def __init__(self, spec: TaskSpec, score_sample: int | None = None) -> None:
+    def __init__(
+        self, spec: TaskSpec, score_sample: int | None = None, scoring: VoteScoring = "local-model"
+    ) -> None:
         self.spec = spec
-        self.shared = Worker(spec, 0)  # limits torch to one thread
+        self.shared = Worker(spec, 0, scoring=scoring)  # limits torch to one thread
         self.recipe = self.shared.recipe
         self.score_sample = score_sample
         self.models: dict[bytes, Tensors] = {}

@@ -72,7 +72,7 @@ class Simulation:
             recipe=cfg.recipe, config=dict(cfg.recipe_config), rule=cfg.rule,
             partition=cfg.partition, num_nodes=cfg.nodes, seed=cfg.seed,
         )
-        self.learner = Learner(self.spec, cfg.score_sample)
+        self.learner = Learner(self.spec, cfg.score_sample, cfg.vote_scoring)
         self.key_seed = cfg.seed if cfg.key_seed is None else cfg.key_seed
         keys = [PrivateKey(keccak(b"flockd sim key %d/%d" % (self.key_seed, i))) for i in range(cfg.nodes)]
         # The attackers' cartel: every malicious node (only a colluding voter uses it).

@@ -18,6 +18,7 @@ from flockd.fl.attacks import HONEST, Behaviour
 from flockd.fl.checkpoint import model_hash
 from flockd.fl.codec import delta_hash
 from flockd.fl.recipe import load_recipe
+from flockd.fl.score import VoteScoring
 from flockd.fl.tensors import model_state
 from flockd.logs import get_logger
 from flockd.p2p.abc import P2PError
@@ -68,11 +69,13 @@ class TaskService:
         *,
         behaviour: Behaviour = HONEST,
         colluders: frozenset[bytes] = frozenset(),
+        scoring: VoteScoring = "local-model",
     ) -> None:
         self.ctx = ctx
         self.token = token
         self.behaviour = behaviour  # malicious only in attack experiments ([attack] config)
         self.colluders = colluders
+        self.scoring = scoring  # how this node votes on proposals ([vote] scoring)
         self.runners: dict[int, TaskRunner] = {}
         self.counters = Counters()
         self.pushes = PushInbox(ctx.network, self.counters)
@@ -246,12 +249,14 @@ class TaskService:
     async def worker_for(self, spec: TaskSpec, node_index: int, data_path: str | None) -> Worker:
         """This node's worker for a task; its initial model the competition winner's when
         the spec names a competition (fetched and checked against the chain)."""
-        make_worker: Callable[..., Worker] = partial(Worker, behaviour=self.behaviour, colluders=self.colluders)
+        make_worker: Callable[..., Worker] = partial(
+            Worker, behaviour=self.behaviour, colluders=self.colluders, scoring=self.scoring
+        )
         if spec.competition is not None:
             from flockd.arena.handoff import SeededWorker
 
             make_worker = partial(SeededWorker, base=await self._handoff().base_model(spec),
-                                  behaviour=self.behaviour, colluders=self.colluders)
+                                  behaviour=self.behaviour, colluders=self.colluders, scoring=self.scoring)
         return await trio.to_thread.run_sync(make_worker, spec, node_index, data_path)
 
     def _handoff(self) -> Handoff:

@@ -34,7 +34,7 @@ from flockd.fl.attacks import (
 from flockd.fl.codec import Delta, decode_delta, delta_hash, encode_delta
 from flockd.fl.data import DataSpec
 from flockd.fl.recipe import Metrics, limit_torch_threads, load_recipe, training_seed
-from flockd.fl.score import Scorer, VoteScoring, vote_on_proposals
+from flockd.fl.score import Scorer, VoteScoring, parse_vote_scoring, vote_on_proposals
 from flockd.fl.tensors import Tensors, load_model_state, model_state, require_same_layout, shapes
 from flockd.logs import get_logger
 from flockd.stats import Counters
@@ -54,6 +54,7 @@ class Worker:
         colluders: frozenset[bytes] = frozenset(),
         scoring: VoteScoring = "local-model",
     ) -> None:
+        parse_vote_scoring(scoring)  # a ValueError before any data is loaded
         limit_torch_threads(1)  # several daemons share a few cores
         self.spec = spec
         self.recipe = load_recipe(spec.recipe, spec.config)

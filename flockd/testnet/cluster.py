@@ -23,6 +23,27 @@ START_WAVE = 8  # daemons started at once after node 0 (Cluster.start)
 _ATTACK_HEADER = "\n# set by the testnet (--malicious): this node is MALICIOUS\n[attack]\n"
 
 
+def vote_section(scoring: str) -> str:
+    return f"[vote]\nscoring = {json.dumps(scoring)}\n"
+
+
+def with_vote_scoring(text: str, scoring: str) -> str:
+    """A config file's text with its [vote] section's ``scoring`` set (the section added,
+    before any testnet [attack] section, when there is none); every other line kept."""
+    lines = text.splitlines(keepends=True)
+    headers = [i for i, line in enumerate(lines) if line.strip().startswith("[")]
+    start = next((i for i in headers if lines[i].strip() == "[vote]"), None)
+    if start is None:
+        cut = text.index(_ATTACK_HEADER) if _ATTACK_HEADER in text else len(text)
+        return text[:cut] + "\n" + vote_section(scoring) + text[cut:]
+    end = next((i for i in headers if i > start), len(lines))
+    setting = f"scoring = {json.dumps(scoring)}\n"
+    at = next((i for i in range(start + 1, end) if lines[i].split("=")[0].strip() == "scoring"), None)
+    if at is None:
+        return "".join([*lines[: start + 1], setting, *lines[start + 1 :]])
+    return "".join([*lines[:at], setting, *lines[at + 1 :]])
+
+
 class ClusterError(Exception):
     """A daemon failed to start, died, or did not reach the expected state in time."""
 
@@ -81,6 +102,16 @@ class Cluster:
             genesis = network_genesis([d.address for d in self.daemons])
             for d in self.daemons:
                 install_genesis(d.datadir, genesis, replace=True)
+
+    def configure_votes(self, scoring: str) -> None:
+        """Every node scores proposals with ``scoring`` (its [vote] section; the testnet
+        gives all of them the same). Checked by loading each config."""
+        from flockd.config import CONFIG_FILE, load_config
+
+        for d in self.daemons:
+            path = d.datadir / CONFIG_FILE
+            path.write_text(with_vote_scoring(path.read_text(), scoring))
+            load_config(d.datadir)
 
     def configure_attacks(self, behaviours: Mapping[int, str]) -> None:
         """Make the nodes in ``behaviours`` (index -> spec) malicious, acting together: each

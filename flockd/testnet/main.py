@@ -17,6 +17,7 @@ from rich.live import Live
 from rich.table import Table
 
 from flockd.fl.attacks import assign_behaviours, describe, parse_behaviour
+from flockd.fl.score import VOTE_SCORINGS
 from flockd.lm.testnet import append_lm_markdown, lm_section
 from flockd.rpc.errors import RPCError
 from flockd.testnet.chaos import ChaosScheduler, plan_chaos
@@ -65,6 +66,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--rule", default="fedavg", help="aggregation: fedavg, median, trimmed-mean:B, krum:F, multi-krum:F:M")
     p.add_argument("--proposers", type=int, default=3, help="expected proposers per round")
     p.add_argument("--vote-mode", choices=["per-proposal", "whole-round"], default="per-proposal")
+    p.add_argument("--vote-scoring", choices=VOTE_SCORINGS, default="local-model",
+                   help="how every node scores proposals ([vote] scoring; docs/learning.md, Voter scoring)")
     p.add_argument("--task-timeout", type=float, default=1800.0, help="seconds to wait for the task")
     p.add_argument("--report-dir", type=Path, default=None, help="where the report goes (default WORKDIR/report)")
     p.add_argument("--chain-blocks", type=int, default=0,
@@ -143,6 +146,7 @@ def main(argv: list[str]) -> int:
     try:
         console.print(f"[bold]initialising {args.nodes} nodes[/] under {cluster.workdir}")
         cluster.init()
+        cluster.configure_votes(args.vote_scoring)
         cluster.configure_attacks(args.behaviours)
         if args.behaviours:
             console.print("[bold red]malicious:[/] " + ", ".join(
@@ -290,7 +294,7 @@ def run_task(console: Console, cluster: Cluster, args: argparse.Namespace) -> bo
         statuses, nodes=len(cluster.daemons), rounds=plan.rounds, recipe=plan.recipe,
         partition=plan.partition, wall_seconds=wall,
         malicious={node_name(i): spec for i, spec in args.behaviours.items()}, malicious_fraction=args.malicious,
-        chaos=chaos_summary,
+        chaos=chaos_summary, vote_scoring=args.vote_scoring,
     )
     # A replay re-aggregates every round (an LM's adapters are expanded to full weights):
     # seconds on a quiet machine, more than a plain query's 10 s on a loaded one.

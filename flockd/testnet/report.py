@@ -51,10 +51,12 @@ def build_report(
     malicious: dict[str, Any] | None = None,
     malicious_fraction: float = 0.0,
     chaos: dict[str, Any] | None = None,
+    vote_scoring: str = "local-model",
 ) -> dict[str, Any]:
     """`statuses[i]` is node i's `task_status` reply, taken after the task finished;
     `malicious` maps the malicious nodes' names to their behaviour spec; `chaos` is the
-    chaos run's summary (flockd.testnet.chaos_driver), when there was one."""
+    chaos run's summary (flockd.testnet.chaos_driver), when there was one; `vote_scoring`
+    how every node scored proposals ([vote] scoring)."""
     if not statuses:
         raise ReportError("no task_status replies")
     histories = [_history(s, i) for i, s in enumerate(statuses)]
@@ -84,10 +86,11 @@ def build_report(
         "rounds_completed": len(per_round),
         "wall_seconds": round(wall_seconds, 3),
         "malicious": malicious,
+        "vote_scoring": vote_scoring,
         "command": testnet_command(
             nodes=nodes, rounds=rounds, recipe=recipe, partition=partition,
             malicious_fraction=malicious_fraction, attack=_attack_spec(malicious),
-            chaos_seed=chaos["seed"] if chaos else None,
+            chaos_seed=chaos["seed"] if chaos else None, vote_scoring=vote_scoring,
         ),
         "per_round": per_round,
         "totals": _totals(per_round, _ATTACK_COUNTS if malicious else ()),
@@ -106,9 +109,11 @@ def build_report(
 
 def testnet_command(
     *, nodes: int, rounds: int, recipe: str, partition: str, malicious_fraction: float = 0.0, attack: str | None = None,
-    chaos_seed: int | None = None,
+    chaos_seed: int | None = None, vote_scoring: str = "local-model",
 ) -> str:
     command = f"scripts/testnet --nodes {nodes} --rounds {rounds} --recipe {recipe} --partition {partition}"
+    if vote_scoring != "local-model":
+        command += f" --vote-scoring {vote_scoring}"
     if malicious_fraction and attack:
         command += f" --malicious {malicious_fraction:g} --attack {attack}"
     if chaos_seed is not None:
@@ -256,8 +261,14 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             f"- malicious proposals: {totals['malicious_proposed']}, accepted {totals['malicious_accepted']}, "
             f"rejected {totals['malicious_rejected']}",
             f"- honest proposals: {totals['honest_proposed']}, accepted {totals['honest_accepted']}, "
-            f"rejected {totals['honest_rejected']}",
+            f"rejected {totals['honest_rejected']}{_share(totals['honest_accepted'], totals['honest_proposed'])}",
         ]
+    else:  # every proposer was honest
+        lines.append(
+            f"- honest proposals: {totals['proposals']}, accepted {totals['accepted']}"
+            f"{_share(totals['accepted'], totals['proposals'])}"
+        )
+    lines.append(f"- votes scored with: `{report.get('vote_scoring', 'local-model')}` (each node's [vote] scoring)")
     lines += [
         "",
         "## Rounds",
@@ -333,6 +344,10 @@ def _chaos_lines(chaos: Mapping[str, Any], per_round: Sequence[Mapping[str, Any]
 
 def _by_node(counts: Mapping[str, int]) -> str:
     return ", ".join(f"{n}: {c}" for n, c in counts.items()) or "none"
+
+
+def _share(part: int | None, whole: int | None) -> str:
+    return f" ({100 * part / whole:.0f}%)" if part is not None and whole else ""
 
 
 def _fmt(value: float | int | None, spec: str) -> str:
