@@ -95,6 +95,8 @@ class ArenaService:
     # -- operations ----------------------------------------------------------------------
 
     async def create(self, spec: ArenaSpec, eval_path: str | None, params: CompetitionParams) -> dict[str, Any]:
+        if await self.arena.token() != self.token.address:  # also fails here when no Arena is configured
+            raise ArenaError(f"the Arena at {hex0x(self.arena.address)} takes another token than this node's")
         def prepare() -> tuple[bytes, bytes, bytes]:
             data, set_hash = encode_eval_set(creator_eval_split(spec, eval_path))
             return data, set_hash, model_hash(spec.base_model())
