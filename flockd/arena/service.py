@@ -19,7 +19,7 @@ from flockd.arena.exchange import (
     encode_eval_reply,
 )
 from flockd.arena.records import Membership, Records, Role
-from flockd.arena.snapshot import Snapshot, read_competition
+from flockd.arena.snapshot import CompetitionSnapshot, read_competition
 from flockd.arena.spec import (
     ArenaSpec,
     TrainerSettings,
@@ -86,7 +86,7 @@ class ArenaService:
         del self.errors[cid][:-8]  # the newest few: a status, not a log
         log.warning("arena step failed", competition=cid, step=step, reason=reason)
 
-    async def snapshot(self, cid: int) -> Snapshot:
+    async def snapshot(self, cid: int) -> CompetitionSnapshot:
         snap = await read_competition(self.arena, cid)
         if snap is None:
             raise ArenaError(f"no competition {cid}")
