@@ -256,15 +256,17 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     from eth_account import Account
     from eth_utils import is_address, to_canonical_address, to_checksum_address
 
+    from flockd.chain.client.arena import deploy_arena
     from flockd.chain.client.backends import ChainError, HttpBackend
     from flockd.chain.client.contract import ContractClient
+    from flockd.chain.client.market import deploy_market
     from flockd.chain.client.registry import deploy
     from flockd.config import ConfigError, load_config
     from flockd.datadir import record_deployment
     from flockd.identity.keystore import IdentityError, load_identity
 
     try:
-        load_config(args.datadir).with_overrides(chain={"rpc_url": "", "registry": "", "token": ""})
+        load_config(args.datadir).with_overrides(chain=dict.fromkeys(("rpc_url", "registry", "token", "arena", "market"), ""))
         identity = load_identity(args.datadir, _read_password(args, confirm=False))
     except (ConfigError, IdentityError) as exc:
         raise CLIError(str(exc)) from None
@@ -275,21 +277,24 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
             raise CLIError(f"--holder {spec!r}: expected ADDRESS=WHOLE_TOKENS")
         holders[bytes(to_canonical_address(address))] = int(amount) * 10**18
 
-    async def run() -> tuple[bytes, bytes, bytes]:
+    async def run() -> dict[str, bytes]:
         async with HttpBackend(args.chain_rpc) as backend:
             client = ContractClient(backend, Account.from_key(identity.node_secret))
             done = await deploy(client, holders)
-            return done.token, done.registry, done.verifier
+            arena = await deploy_arena(client, done.token, done.verifier)
+            market = await deploy_market(client, done.registry)
+            return {"token": done.token, "verifier": done.verifier, "registry": done.registry,
+                    "arena": arena, "market": market}
 
     try:
-        token, registry, verifier = trio.run(run)
+        deployed = {name: to_checksum_address(address) for name, address in trio.run(run).items()}
     except (ChainError, ValueError) as exc:
         raise CLIError(f"deploy failed: {exc}") from None
-    record_deployment(args.datadir, args.chain_rpc, to_checksum_address(registry), to_checksum_address(token))
-    print(f"token     {to_checksum_address(token)}")
-    print(f"verifier  {to_checksum_address(verifier)}")
-    print(f"registry  {to_checksum_address(registry)}")
-    print(f"config    {args.datadir / 'config.toml'} now uses them ([chain] rpc_url, registry, token)")
+    record_deployment(args.datadir, args.chain_rpc, deployed["registry"], deployed["token"],
+                      arena=deployed["arena"], market=deployed["market"])
+    for name, address in deployed.items():
+        print(f"{name:<9} {address}")
+    print(f"config    {args.datadir / 'config.toml'} now uses them ([chain] rpc_url, registry, token, arena, market)")
     return 0
 
 

@@ -50,6 +50,10 @@ rpc_url = ""
 # Empty: the contracts the embedded chain holds from genesis.
 registry = ""
 token = ""
+# With rpc_url: the Arena and the Market there (`flockd deploy` fills these in too); empty:
+# their arena_* / market_* calls fail saying so. The embedded chain has both from genesis.
+arena = ""
+market = ""
 # Serve the embedded chain's Ethereum JSON-RPC over HTTP on 127.0.0.1:PORT (0 = off).
 http_port = 0
 # Host names the HTTP endpoint answers to (geth's --http.vhosts); "*" = any. A request
@@ -136,6 +140,8 @@ class ChainSection:
     rpc_url: str = ""
     registry: str = ""
     token: str = ""
+    arena: str = ""
+    market: str = ""
     http_port: int = 0
     http_vhosts: list[str] = field(default_factory=lambda: ["localhost"])
     http_corsdomain: list[str] = field(default_factory=list)
@@ -260,7 +266,7 @@ class Config:
         url = self.chain.rpc_url
         if url and not url.startswith(("http://", "https://")):
             raise ConfigError(f"chain.rpc_url: {url!r} must be an http:// or https:// URL")
-        for key in ("registry", "token"):
+        for key in ("registry", "token", "arena", "market"):
             value = getattr(self.chain, key)
             if value and not _is_address(value):
                 raise ConfigError(f"chain.{key}: {value!r} is not a 0x-prefixed 20-byte address")

@@ -100,25 +100,30 @@ def init_datadir(
     return identity
 
 
-def record_deployment(datadir: Path, rpc_url: str, registry: str, token: str) -> None:
+def record_deployment(datadir: Path, rpc_url: str, registry: str, token: str, arena: str = "", market: str = "") -> None:
     """Point config.toml at contracts on an external chain, keeping its comments; the
-    result is validated before it replaces the old file."""
+    result is validated before it replaces the old file. A config written before the
+    Arena and the Market has no lines for them: they are added under [chain]."""
     import tomllib
 
     from flockd.config import CONFIG_FILE, ConfigError, config_from_dict
 
     path = datadir / CONFIG_FILE
     lines = path.read_text().splitlines(keepends=True)
-    values = {"rpc_url": rpc_url, "registry": registry, "token": token}
-    section, seen = "", set()
+    values = {"rpc_url": rpc_url, "registry": registry, "token": token, "arena": arena, "market": market}
+    section, seen, chain_header = "", set(), None
     for i, line in enumerate(lines):
         stripped = line.strip()
         if stripped.startswith("["):
             section = stripped
+            chain_header = i if section == "[chain]" else chain_header
         key = stripped.split("=", 1)[0].strip()
         if section == "[chain]" and key in values and "=" in stripped:
             lines[i] = f'{key} = "{values[key]}"\n'
             seen.add(key)
+    if chain_header is not None:
+        lines[chain_header + 1:chain_header + 1] = [f'{k} = "{values[k]}"\n' for k in ("arena", "market") if k not in seen]
+        seen |= {"arena", "market"}
     if seen != set(values):
         raise ConfigError(f"{path}: no [chain] {', '.join(sorted(set(values) - seen))} line to set; add them by hand")
     text = "".join(lines)

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
     from flockd.arena.service import ArenaService
     from flockd.chain.client.backends import ChainBackend
+    from flockd.chain.client.contract import ContractClient
     from flockd.chain.client.registry import Token
     from flockd.chain.node.service import ChainService
     from flockd.identity.keystore import Identity
@@ -229,9 +230,16 @@ class Node:
         from flockd.chain.client.addresses import ARENA_ADDRESS
         from flockd.chain.client.arena import Arena
 
-        # the genesis Arena (an external chain needs its address in the config: not yet)
-        self.arena = ArenaService(context, Arena(token.client, ARENA_ADDRESS), token)
+        self.arena = ArenaService(context, Arena(*self._place(token.client, "Arena", ARENA_ADDRESS)), token)
         self.tasks.handoff = Handoff(self.arena)  # tasks seeded by a competition's winner
+
+    def _place(self, client: ContractClient, name: str, genesis: bytes) -> tuple[ContractClient, bytes]:
+        """The client and address for the Arena or the Market: [chain] arena/market, else genesis."""
+        from flockd.chain.client.placement import place_contract
+
+        key = name.lower()
+        return place_contract(client, external=bool(self.config.chain.rpc_url), configured=getattr(self.config.chain, key),
+                              genesis=genesis, name=name, key=key)
 
     def _open_chain(self) -> None:
         from flockd.chain.client.backends import HttpBackend, InProcessBackend
@@ -410,7 +418,7 @@ class Node:
         from flockd.market.service import MarketService
         from flockd.rpc.market import MarketNamespace
 
-        market = Market(self.tasks.registry.client, MARKET_ADDRESS)
+        market = Market(*self._place(self.tasks.registry.client, "Market", MARKET_ADDRESS))
         self.market = MarketService(market, self.tasks, HeldModels(self.datadir / MARKET_DIR), lambda: self.serve_app)
         return MarketNamespace(self.market)
 

@@ -19,7 +19,7 @@ import trio
 from eth_utils import to_checksum_address
 
 from flockd.arena.peers import fetch_model
-from flockd.arena.snapshot import Snapshot, read_competition
+from flockd.arena.snapshot import CompetitionSnapshot, read_competition
 from flockd.arena.spec import ArenaSpec, ArenaSpecError, base_layout, load_submission
 from flockd.chain.client.arena import ARENA_PHASE_FINALISED, Submission
 from flockd.fl.checkpoint import model_hash
@@ -46,7 +46,7 @@ def arena_spec_of(spec: TaskSpec) -> ArenaSpec:
         raise HandoffError(f"the task's recipe cannot come from a competition: {exc}") from None
 
 
-def winner_of(snap: Snapshot, arena_spec: ArenaSpec) -> tuple[int, Submission]:
+def winner_of(snap: CompetitionSnapshot, arena_spec: ArenaSpec) -> tuple[int, Submission]:
     """(index, submission) of the competition's rank-1 submission, checked against the
     chain's record; HandoffError when the competition cannot seed this task."""
     cid = snap.competition_id
@@ -66,7 +66,7 @@ class Handoff:
     def __init__(self, svc: ArenaService) -> None:
         self.svc = svc
 
-    async def _winner(self, spec: TaskSpec) -> tuple[Snapshot, ArenaSpec, int, Submission]:
+    async def _winner(self, spec: TaskSpec) -> tuple[CompetitionSnapshot, ArenaSpec, int, Submission]:
         if spec.competition is None:
             raise HandoffError("the task spec names no competition")
         snap = await read_competition(self.svc.arena, spec.competition)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flockd.arena.snapshot import BadChainData, Snapshot
+from flockd.arena.snapshot import BadChainData, CompetitionSnapshot
 from flockd.chain.client.arena import Arena
 
 
@@ -31,7 +31,7 @@ class Outcome:
     settled: dict[bytes, Settled]  # by elected validator
 
 
-async def read_outcome(arena: Arena, snap: Snapshot) -> Outcome:
+async def read_outcome(arena: Arena, snap: CompetitionSnapshot) -> Outcome:
     """The finalise events of `snap`'s competition (empty before it is finalised)."""
     head = await arena.client.block_number()
     events = await arena.events(snap.competition.start_block, head, ("Ranked", "ValidatorSettled"))

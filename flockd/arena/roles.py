@@ -21,7 +21,7 @@ import trio
 from flockd import sortition, vrf
 from flockd.arena.peers import fetch_eval_set, fetch_model
 from flockd.arena.records import Membership
-from flockd.arena.snapshot import Snapshot
+from flockd.arena.snapshot import CompetitionSnapshot
 from flockd.arena.spec import (
     ArenaSpec,
     ArenaSpecError,
@@ -56,7 +56,7 @@ class NotYet(Exception):
     has given it, yet): try again at the next poll, quietly."""
 
 
-Step = Callable[["ArenaService", Membership, Snapshot], Awaitable[None]]
+Step = Callable[["ArenaService", Membership, CompetitionSnapshot], Awaitable[None]]
 
 
 async def drive(svc: ArenaService, cid: int) -> None:
@@ -86,18 +86,18 @@ async def drive(svc: ArenaService, cid: int) -> None:
 
 # -- creator ------------------------------------------------------------------------------
 
-async def publish_eval(svc: ArenaService, m: Membership, snap: Snapshot) -> None:
+async def publish_eval(svc: ArenaService, m: Membership, snap: CompetitionSnapshot) -> None:
     if snap.competition.eval_set_hash != bytes(32):
         return
     assert m.eval_set_hash is not None and m.eval_salt is not None  # set by create
     await svc.arena.publish_eval(m.competition_id, bytes.fromhex(m.eval_set_hash), bytes.fromhex(m.eval_salt))
 
 
-async def finalise(svc: ArenaService, m: Membership, snap: Snapshot) -> None:
+async def finalise(svc: ArenaService, m: Membership, snap: CompetitionSnapshot) -> None:
     await svc.arena.finalise(m.competition_id)
 
 
-async def finalise_late(svc: ArenaService, m: Membership, snap: Snapshot) -> None:
+async def finalise_late(svc: ArenaService, m: Membership, snap: CompetitionSnapshot) -> None:
     """A member finalises when the creator has not, a few blocks on: the payouts must not
     hang on one node."""
     if await svc.arena.client.block_number() < snap.ends.score_reveal + FINALISE_GRACE_BLOCKS:
@@ -107,7 +107,7 @@ async def finalise_late(svc: ArenaService, m: Membership, snap: Snapshot) -> Non
 
 # -- trainer ------------------------------------------------------------------------------
 
-async def reveal_submission(svc: ArenaService, m: Membership, snap: Snapshot) -> None:
+async def reveal_submission(svc: ArenaService, m: Membership, snap: CompetitionSnapshot) -> None:
     if m.model_hash is None or m.submission_salt is None:
         return  # joined, never submitted
     mine = [s for s in snap.submissions if s.trainer == svc.ctx.address]
@@ -117,7 +117,7 @@ async def reveal_submission(svc: ArenaService, m: Membership, snap: Snapshot) ->
 
 # -- validator ----------------------------------------------------------------------------
 
-async def elect(svc: ArenaService, m: Membership, snap: Snapshot) -> None:
+async def elect(svc: ArenaService, m: Membership, snap: CompetitionSnapshot) -> None:
     cid = m.competition_id
     seed = await svc.arena.seed(cid)
     if seed == bytes(32):
@@ -128,7 +128,7 @@ async def elect(svc: ArenaService, m: Membership, snap: Snapshot) -> None:
         await svc.arena.elect(cid, proof)
 
 
-async def score_and_commit(svc: ArenaService, m: Membership, snap: Snapshot) -> None:
+async def score_and_commit(svc: ArenaService, m: Membership, snap: CompetitionSnapshot) -> None:
     cid = m.competition_id
     me = snap.members.get(svc.ctx.address)
     if me is None or me.score_digest != bytes(32):
@@ -145,7 +145,7 @@ async def score_and_commit(svc: ArenaService, m: Membership, snap: Snapshot) -> 
     await svc.arena.commit_scores(cid, scores_digest(cid, svc.ctx.address, m.scores, bytes.fromhex(m.scores_salt)))
 
 
-async def reveal_scores(svc: ArenaService, m: Membership, snap: Snapshot) -> None:
+async def reveal_scores(svc: ArenaService, m: Membership, snap: CompetitionSnapshot) -> None:
     me = snap.members.get(svc.ctx.address)
     if me is None or me.revealed or me.score_digest == bytes(32) or m.scores is None or m.scores_salt is None:
         return
@@ -154,7 +154,7 @@ async def reveal_scores(svc: ArenaService, m: Membership, snap: Snapshot) -> Non
 
 # -- shared with arena_verify -------------------------------------------------------------
 
-async def obtain_eval_set(svc: ArenaService, spec: ArenaSpec, snap: Snapshot) -> Split:
+async def obtain_eval_set(svc: ArenaService, spec: ArenaSpec, snap: CompetitionSnapshot) -> Split:
     """The evaluation set, held or fetched, checked against the published hash (or,
     before publication, the commitment)."""
     cid = snap.competition_id
@@ -177,7 +177,7 @@ async def obtain_eval_set(svc: ArenaService, spec: ArenaSpec, snap: Snapshot) ->
     return await trio.to_thread.run_sync(check, *held)
 
 
-async def score_submissions(svc: ArenaService, spec: ArenaSpec, snap: Snapshot) -> list[int | None]:
+async def score_submissions(svc: ArenaService, spec: ArenaSpec, snap: CompetitionSnapshot) -> list[int | None]:
     """One score per submission in commit order: 0 for one that does not count, None for
     one that no peer could give (in the committed hash and the base layout), else its
     accuracy in millionths."""

@@ -19,7 +19,7 @@ from flockd.arena.exchange import (
     encode_eval_reply,
 )
 from flockd.arena.records import Membership, Records, Role
-from flockd.arena.snapshot import Snapshot, read_competition
+from flockd.arena.snapshot import CompetitionSnapshot, read_competition
 from flockd.arena.spec import (
     ArenaSpec,
     TrainerSettings,
@@ -86,7 +86,7 @@ class ArenaService:
         del self.errors[cid][:-8]  # the newest few: a status, not a log
         log.warning("arena step failed", competition=cid, step=step, reason=reason)
 
-    async def snapshot(self, cid: int) -> Snapshot:
+    async def snapshot(self, cid: int) -> CompetitionSnapshot:
         snap = await read_competition(self.arena, cid)
         if snap is None:
             raise ArenaError(f"no competition {cid}")
@@ -95,6 +95,8 @@ class ArenaService:
     # -- operations ----------------------------------------------------------------------
 
     async def create(self, spec: ArenaSpec, eval_path: str | None, params: CompetitionParams) -> dict[str, Any]:
+        if await self.arena.token() != self.token.address:  # also fails here when no Arena is configured
+            raise ArenaError(f"the Arena at {hex0x(self.arena.address)} takes another token than this node's")
         def prepare() -> tuple[bytes, bytes, bytes]:
             data, set_hash = encode_eval_set(creator_eval_split(spec, eval_path))
             return data, set_hash, model_hash(spec.base_model())

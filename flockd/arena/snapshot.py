@@ -27,7 +27,7 @@ class BadChainData(ChainError):
 
 
 @dataclass(frozen=True)
-class Snapshot:
+class CompetitionSnapshot:
     competition_id: int
     params: CompetitionParams
     competition: Competition
@@ -52,7 +52,7 @@ class Snapshot:
         return [i for i, s in enumerate(self.submissions) if s.revealed and not s.duplicate]
 
 
-async def read_competition(arena: Arena, competition_id: int) -> Snapshot | None:
+async def read_competition(arena: Arena, competition_id: int) -> CompetitionSnapshot | None:
     """The competition, or None when there is no such competition."""
     comp = await arena.get_competition(competition_id)
     if comp.creator == bytes(20):
@@ -77,6 +77,6 @@ async def read_competition(arena: Arena, competition_id: int) -> Snapshot | None
     backing = {v: await pools.backing(competition_id, v) for v in elected}
     if any(b < 0 for b in backing.values()):
         raise BadChainData(f"competition {competition_id}: a negative backing")
-    return Snapshot(
+    return CompetitionSnapshot(
         competition_id, params, comp, phase, await arena.deadlines(competition_id), subs, elected, members, scores, backing
     )

@@ -14,7 +14,7 @@ from eth_utils import to_checksum_address
 
 from flockd.arena.outcome import read_outcome
 from flockd.arena.roles import score_submissions
-from flockd.arena.snapshot import Snapshot
+from flockd.arena.snapshot import CompetitionSnapshot
 from flockd.arena.spec import ArenaSpec, ArenaSpecError
 from flockd.chain.client.arena import ARENA_PHASE_FINALISED
 from flockd.chain.client.arena_settlement import BPS, settle
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from flockd.arena.service import ArenaService
 
 
-def expected_settlement(snap: Snapshot) -> tuple[dict[int, int], list[int], list[int], dict[bytes, int]]:
+def expected_settlement(snap: CompetitionSnapshot) -> tuple[dict[int, int], list[int], list[int], dict[bytes, int]]:
     """(medians, order, trainer rewards by rank, validator rewards) as finalise must
     compute them from the chain's revealed score vectors."""
     p = snap.params
@@ -39,7 +39,7 @@ def expected_settlement(snap: Snapshot) -> tuple[dict[int, int], list[int], list
     s = settle(revealers, weights, snap.counted(), p, slashed)
     return s.medians, s.order, s.trainer_rewards, {v: s.validator_rewards.get(k, 0) for k, v in enumerate(snap.elected)}
 
-async def verify_competition(svc: ArenaService, snap: Snapshot, spec: ArenaSpec) -> dict[str, Any]:
+async def verify_competition(svc: ArenaService, snap: CompetitionSnapshot, spec: ArenaSpec) -> dict[str, Any]:
     problems: list[str] = []
     if snap.phase != ARENA_PHASE_FINALISED:
         problems.append(f"the competition is in its {snap.phase_name} phase, not finalised")

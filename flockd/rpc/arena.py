@@ -20,7 +20,7 @@ from eth_utils import to_checksum_address
 
 from flockd.arena.outcome import read_outcome
 from flockd.arena.service import ArenaError, ArenaService
-from flockd.arena.snapshot import Snapshot
+from flockd.arena.snapshot import CompetitionSnapshot
 from flockd.arena.spec import ArenaSpec, ArenaSpecError, TrainerSettings
 from flockd.arena.verify import verify_competition
 from flockd.chain.client.arena import MAX_ELECTED, CompetitionParams
@@ -201,7 +201,7 @@ class ArenaNamespace:
         with _ArenaErrors():
             return await self._arena.claim()
 
-    def _spec(self, cid: int, snap: Snapshot, given: dict[str, Any] | None) -> ArenaSpec:
+    def _spec(self, cid: int, snap: CompetitionSnapshot, given: dict[str, Any] | None) -> ArenaSpec:
         if given is not None:
             return ArenaSpec.from_json(given)
         mine = self._arena.members.get(cid)
