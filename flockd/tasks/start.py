@@ -1,6 +1,7 @@
 """A task whose initial model is not its recipe's: the spec's `start` names a model by
-its hash (a listed model, flockd.market.start; an Arena winner), and every node takes that
-model from its store, checked against the hash, instead of building the recipe's.
+its hash (a listed model, flockd.market.start; an Arena winner goes by the spec's
+`competition` instead, flockd.arena.handoff), and every node takes that model from its
+store, checked against the hash, instead of building the recipe's.
 
 The registry's `model_init_hash` of such a task is the start model's hash, so the rounds'
 lineage continues from it; what it continues from (a listing, its task) is recorded in
@@ -40,8 +41,8 @@ def start_hash(start: Mapping[str, Any]) -> bytes | None:
 
 def initial_state(worker: TaskWork, store: Store, start: Mapping[str, Any]) -> Tensors:
     """The task's model before round 0: the start model from the store (hash- and
-    layout-checked) when the spec's `start` names one, else the worker's own. Blocking: run it in a
-    worker thread. StoreError when the start model is not held (market_fetch it first)."""
+    layout-checked) when the spec's `start` names one, else the worker's own. Blocking:
+    run it in a worker thread. StoreError when the start model is not held (market_fetch it first)."""
     from flockd.fl.checkpoint import load_checkpoint_bytes
     from flockd.fl.tensors import shapes
     from flockd.store import StoreError
