@@ -45,7 +45,6 @@ from flockd.tasks.exchange import FETCH_KIND, FetchRequest, encode_fetch
 from flockd.tasks.service import TaskService
 from flockd.tasks.spec import TaskSpec
 from flockd.tasks.verify import verify_lineage
-from flockd.tasks.work import Worker
 
 if TYPE_CHECKING:
     from flockd.serve.app import ServeApp
@@ -123,7 +122,7 @@ class MarketService:
             await self._check_against_registry(listing)
             base = await trio.to_thread.run_sync(held_base, spec)
             await trio.to_thread.run_sync(check_model_size, spec, base)
-            worker = await trio.to_thread.run_sync(Worker, spec, 0, None)
+            worker = await self.tasks.worker_for(spec, 0, None)  # a task seeded by a competition: its winner's model
             # The global state's layout: for lm-lora the model's weights and the carried adapter.
             layout = shapes(await trio.to_thread.run_sync(worker.initial_model))
             fetched = await self._model_bytes(listing, layout)
