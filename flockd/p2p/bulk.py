@@ -136,7 +136,10 @@ class SealedChannel:
         self._opened = 0
         self._chunk = chunk
         self._timeout = timeout
-        self._buffer = bytearray(max(chunk, _HEADER.size) + TAG)  # sealed into / read into, reused
+        # Reused scratch space, one per direction: a dialer reads the reply while its body
+        # is still going out, and a shared buffer let each overwrite the other's record.
+        self._send_buffer = bytearray(max(chunk, _HEADER.size) + TAG)
+        self._receive_buffer = bytearray(max(chunk, _HEADER.size) + TAG)
 
     async def send_header(self, kind: str, size: int) -> None:
         await self._send_record(memoryview(encode_header(kind, size)))
@@ -198,13 +201,13 @@ class SealedChannel:
         with trio.move_on_after(2.0):
             try:
                 await self._sock.send_eof()
-                while await self._sock.receive_some(len(self._buffer)):
+                while await self._sock.receive_some(len(self._receive_buffer)):
                     pass
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 
     async def _send_record(self, plain: memoryview) -> None:
-        sealed = memoryview(self._buffer)[: len(plain) + TAG]
+        sealed = memoryview(self._send_buffer)[: len(plain) + TAG]
         self._aead.encrypt_into(_NONCE.pack(self._out, self._sent), plain, None, sealed)
         self._sent += 1
         try:
@@ -219,7 +222,7 @@ class SealedChannel:
         self, into: memoryview, *, first_timeout: float | None = None, end_ok: bool = False
     ) -> bool:
         """Open the next record into `into`; False at a clean end if `end_ok`."""
-        sealed = memoryview(self._buffer)[: len(into) + TAG]
+        sealed = memoryview(self._receive_buffer)[: len(into) + TAG]
         if not await read_exactly(self._sock, sealed, self._timeout, first_timeout=first_timeout):
             if end_ok:
                 return False
