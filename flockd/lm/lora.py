@@ -275,9 +275,9 @@ class LoraRecipe(Recipe):
         """The carried adapter becomes ``rule`` over the accepted adapters' factors; the
         residual weights take ``update`` plus the old product less the new one."""
         scale = self.lora().scale
-        weights, adapter = split_state(state)
-        adapter = aggregate(list(deltas), rule) if deltas else adapter
-        before, after = products(split_state(state)[1], scale), products(adapter, scale)
+        weights, carried = split_state(state)
+        adapter = aggregate(list(deltas), rule) if deltas else carried
+        before, after = products(carried, scale), products(adapter, scale)
         out: Tensors = dict(adapter)
         for name, value in weights.items():
             moved = value.astype(np.float64) + update[name]

@@ -112,8 +112,9 @@ class Worker:
 
     def honest_score(self, base: Tensors, deltas: Sequence[bytes | None], whole_round: bool) -> tuple[int, ...]:
         with self._lock:
-            usable = self.usable(base, deltas)  # cheap checks before any evaluation
-            scorer = Scorer(self.recipe, self.recipe.model_weights(base), self.val_split)
+            weights = self.recipe.model_weights(base)  # once: both the checks and the scorer need it
+            usable = self._usable(base, weights, deltas)  # cheap checks before any evaluation
+            scorer = Scorer(self.recipe, weights, self.val_split)
             if whole_round:
                 kept = [d for d in usable if d is not None]
                 if not kept:
@@ -133,8 +134,11 @@ class Worker:
     ) -> list[Delta | None]:
         """Each delta decoded and expanded, or None where it is missing or unusable for
         ``base``. ``sent``, when given, also receives each usable delta as sent, by hash."""
-        weights = self.recipe.model_weights(base)
+        return self._usable(base, self.recipe.model_weights(base), deltas, sent)
 
+    def _usable(
+        self, base: Tensors, weights: Tensors, deltas: Sequence[bytes | None], sent: dict[bytes, Delta] | None = None
+    ) -> list[Delta | None]:
         def expand(delta: Delta) -> Delta:
             if sent is not None:
                 sent[delta.hash] = delta
