@@ -112,3 +112,19 @@ async def test_a_winner_is_listed_fetched_verified_and_served(tmp_path: Path, mo
         assert report["ok"] and part["kind"] == "competition" and part["ends_at_listing"]
 
     await run(tmp_path, {3: (100, "honest")}, then=list_and_fetch)
+
+
+async def test_market_list_and_lineage_name_exactly_one_source() -> None:
+    from flockd.rpc.errors import RPCError
+    from flockd.rpc.market import MarketNamespace
+
+    rpc = MarketNamespace(None)  # type: ignore[arg-type]  # refused before the service is asked
+    for bad in ({}, {"task_id": 1, "competition_id": 1}):
+        with pytest.raises(RPCError, match="either task_id or competition_id"):
+            await rpc.market_list(NAME, **bad)
+    for bad in ({}, {"task_id": 1, "listing_id": 1}):
+        with pytest.raises(RPCError, match="either task_id or listing_id"):
+            await rpc.market_lineage(**bad)
+    with pytest.raises(RPCError) as refused:
+        await rpc.market_list(NAME, competition_id=1, spec={"recipe": "digits-mlp", "rule": "fedavg"})
+    assert refused.value.code == -32602  # not a competition spec
