@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from flockd.chain.client.artifacts import ARENA, load
 from flockd.chain.client.contract import ContractClient, TxReceipt
-from flockd.chain.client.registry import Contract, _one
+from flockd.chain.client.registry import _one
+from flockd.chain.client.view_checks import CheckedContract, within
 
 # The contract's constants (contracts/Arena.vy).
 MAX_COMMISSION_BPS = 5000
@@ -48,7 +49,7 @@ class Unbonding:
     release_block: int  # release_unbonded() succeeds from this block on
 
 
-class ArenaPools(Contract):
+class ArenaPools(CheckedContract):
     """The delegation side of the Arena contract at `address`."""
 
     def __init__(self, client: ContractClient, address: bytes) -> None:
@@ -80,11 +81,15 @@ class ArenaPools(Contract):
     # -- views -------------------------------------------------------------------------------
 
     async def get_pool(self, operator: bytes) -> Pool:
-        return Pool(*await self.view("get_pool", operator))
+        pool = Pool(*await self.view("get_pool", operator))
+        within("pool.locked", pool.locked, 0, pool.stake)
+        within("pool.commission_bps", pool.commission_bps, 0, MAX_COMMISSION_BPS)
+        within("pool.next_commission_bps", pool.next_commission_bps, 0, MAX_COMMISSION_BPS)
+        return pool
 
     async def commission(self, operator: bytes) -> int:
         """The commission in force for a reward paid in the next block."""
-        return int(await self.view("commission", operator))
+        return within("commission", int(await self.view("commission", operator)), 0, MAX_COMMISSION_BPS)
 
     async def shares_of(self, operator: bytes, holder: bytes) -> int:
         return int(await self.view("shares_of", operator, holder))
