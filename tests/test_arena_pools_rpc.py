@@ -1,0 +1,172 @@
+"""stake_arena_* and rewards_*: the Arena's delegation pools through the RPC namespaces, on
+the embedded chain with the Arena in its genesis. The refusals first (bad params, a
+non-operator, a withdrawal before the unbonding delay, a pending commission change, stake
+locked in a competition), each with its reason; then a competition that pays a backed
+validator, whose pool's share reaches the delegator by rewards_claim."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from eth_utils import keccak
+from test_anvil import E18, MEMBERS, Env
+from test_arena_anvil import EVAL_SALT, EVAL_SET_HASH, advance_to, arena_env, competition_params
+
+from flockd import vrf
+from flockd.chain.client.arena import (
+    ARENA_PHASE_CLOSED,
+    ARENA_PHASE_REVEAL,
+    ARENA_PHASE_SCORE_COMMIT,
+    ARENA_PHASE_SCORE_REVEAL,
+    ARENA_PHASE_SUBMIT,
+    ROLE_TRAINER,
+    ROLE_VALIDATOR,
+    Arena,
+    scores_digest,
+    submission_digest,
+)
+from flockd.chain.client.arena_pools import COMMISSION_DELAY_BLOCKS, UNBONDING_BLOCKS
+from flockd.rpc.arena import ARENA_ERROR
+from flockd.rpc.dispatch import Dispatcher
+from flockd.rpc.errors import INVALID_PARAMS, RPCError
+from flockd.rpc.rewards import RewardsNamespace
+from flockd.rpc.stake import StakeNamespace
+from flockd.stats import Counters
+
+CREATOR, TRAINER, DELEGATOR, VALIDATOR = 0, 1, 2, 3
+
+
+def hx(who: int) -> str:
+    return "0x" + MEMBERS[who].address.hex()
+
+
+def stake(env: Env, address: bytes, who: int) -> StakeNamespace:
+    return StakeNamespace(env.registry(who), env.token(who), Arena(env.client(who), address), Counters())
+
+
+def rewards(env: Env, address: bytes, who: int) -> RewardsNamespace:
+    return RewardsNamespace(Arena(env.client(who), address))
+
+
+async def test_bad_params_and_non_operators_are_refused_naming_the_param() -> None:
+    async with arena_env("embedded", None) as (env, address):
+        me = stake(env, address, DELEGATOR)
+        for call, param in [
+            (me.stake_arena_delegate("0x1234", E18), "operator"),
+            (me.stake_arena_delegate(hx(VALIDATOR), "-1"), "amount"),
+            (me.stake_arena_delegate(hx(VALIDATOR), "1.5"), "amount"),
+            (me.stake_arena_delegate(hx(DELEGATOR), E18), "operator"),  # itself: not a pool
+            (me.stake_arena_delegate("0x" + "00" * 20, E18), "operator"),
+            (me.stake_arena_undelegate(hx(VALIDATOR), "0"), "shares"),
+            (me.stake_arena_balances(hx(VALIDATOR), "nobody"), "holder"),
+            (me.stake_arena_commission(5001), "commission_bps"),
+            (me.stake_arena_commission(-1), "commission_bps"),
+            (rewards(env, address, DELEGATOR).rewards_pending("0xzz"), "operator"),
+        ]:
+            with pytest.raises(RPCError, match=param) as bad:
+                await call
+            assert bad.value.code == INVALID_PARAMS
+
+        # the contract's own refusals come back with its reason
+        with pytest.raises(RPCError, match="holds no shares") as none:
+            await me.stake_arena_undelegate(hx(VALIDATOR))
+        assert none.value.code == ARENA_ERROR
+        with pytest.raises(RPCError, match="the arena refused: not enough shares") as more:
+            await me.stake_arena_undelegate(hx(VALIDATOR), 1)
+        assert more.value.code == ARENA_ERROR
+        with pytest.raises(RPCError, match="the arena refused: no shares"):
+            await rewards(env, address, DELEGATOR).rewards_claim(hx(VALIDATOR))
+        with pytest.raises(RPCError, match="nothing to claim"):
+            await rewards(env, address, DELEGATOR).rewards_claim()
+        with pytest.raises(RPCError, match="nothing unbonding"):
+            await me.stake_arena_withdraw()
+
+        # through the dispatcher: JSON types are checked, the param named
+        dispatcher = Dispatcher([me, rewards(env, address, DELEGATOR)])
+        line = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "stake_arena_commission", "params": {"commission_bps": "9"}})
+        error = json.loads(await dispatcher.handle_line(line.encode()) or b"{}")["error"]
+        assert error["code"] == INVALID_PARAMS and "commission_bps" in error["message"]
+
+
+async def test_a_pool_from_delegation_through_a_paid_competition_to_withdrawal() -> None:
+    """One chain for every step past a delay (mining ~2k blocks is the cost of this file)."""
+    async with arena_env("embedded", None) as (env, address):
+        arena = {who: Arena(env.client(who), address) for who in range(4)}
+        for who in (CREATOR, TRAINER, VALIDATOR):
+            await env.token(who).approve(address, 2**256 - 1)
+        validator = MEMBERS[VALIDATOR].address
+        delegator, operator = stake(env, address, DELEGATOR), stake(env, address, VALIDATOR)
+        held = await env.token(DELEGATOR).balance_of(MEMBERS[DELEGATOR].address)
+
+        # the operator raises its commission: pending for COMMISSION_DELAY_BLOCKS, one change at a time
+        set_at = await env.client(0).block_number() + 1
+        changed = await operator.stake_arena_commission(2000)
+        commission_from = set_at + COMMISSION_DELAY_BLOCKS
+        assert (changed["commission_bps"], changed["next_commission_bps"], changed["commission_from"]) == (0, 2000, commission_from)
+        with pytest.raises(RPCError, match=f"commission change pending: .* from block {commission_from}") as pending:
+            await operator.stake_arena_commission(1000)
+        assert pending.value.code == ARENA_ERROR
+
+        delegated = await delegator.stake_arena_delegate(hx(VALIDATOR), "300e18")
+        assert (delegated["minted_shares"], delegated["shares"], delegated["value"]) == (300 * E18,) * 3
+        seen = await stake(env, address, CREATOR).stake_arena_balances(hx(VALIDATOR), hx(DELEGATOR))
+        assert (seen["shares"], seen["pending_rewards"], seen["claimable"]) == (300 * E18, 0, 0)
+
+        cid = await arena[CREATOR].create(competition_params())
+        await arena[TRAINER].join(cid, ROLE_TRAINER, 10 * E18)
+        await arena[VALIDATOR].join(cid, ROLE_VALIDATOR, 100 * E18, vrf.public_key(MEMBERS[VALIDATOR].vrf_sk))
+        pool = await stake(env, address, CREATOR).stake_arena_pool(hx(VALIDATOR))
+        assert (pool["stake"], pool["total_shares"], pool["locked"], pool["free"]) == (300 * E18, 300 * E18, 300 * E18, 0)
+        with pytest.raises(RPCError, match="the arena refused: stake locked in a competition"):
+            await delegator.stake_arena_undelegate(hx(VALIDATOR))
+
+        model, salt = keccak(b"model"), keccak(b"salt")
+        await arena[TRAINER].commit_submission(cid, submission_digest(cid, MEMBERS[TRAINER].address, model, salt))
+        await advance_to(env, arena[CREATOR], cid, ARENA_PHASE_SUBMIT)
+        await arena[VALIDATOR].elect(cid, vrf.prove(MEMBERS[VALIDATOR].vrf_sk, await arena[CREATOR].seed(cid)))
+        await advance_to(env, arena[CREATOR], cid, ARENA_PHASE_REVEAL)
+        await arena[TRAINER].reveal_submission(cid, model, salt)
+        await advance_to(env, arena[CREATOR], cid, ARENA_PHASE_SCORE_COMMIT)
+        await arena[VALIDATOR].commit_scores(cid, scores_digest(cid, validator, [800], salt))
+        await advance_to(env, arena[CREATOR], cid, ARENA_PHASE_SCORE_REVEAL)
+        await arena[VALIDATOR].reveal_scores(cid, [800], salt)
+        await arena[CREATOR].publish_eval(cid, EVAL_SET_HASH, EVAL_SALT)
+        await advance_to(env, arena[CREATOR], cid, ARENA_PHASE_CLOSED)
+        await arena[CREATOR].finalise(cid)
+
+        # the validator's reward is 300 (30% of the pool); the backing (300 of 400) earned
+        # 3/4 of it, all the delegator's (the 20% commission was still pending)
+        pulled = rewards(env, address, DELEGATOR)
+        pending_rewards = await pulled.rewards_pending(hx(VALIDATOR))
+        assert (pending_rewards["pending"], pending_rewards["claimable"]) == (225 * E18, 0)
+        claim = await pulled.rewards_claim(hx(VALIDATOR))
+        assert (claim["collected"], claim["claimed"]) == (225 * E18, 225 * E18)
+        assert (await pulled.rewards_pending(hx(VALIDATOR)))["pending"] == 0
+        assert (await operator.stake_arena_pool())["locked"] == 0  # finalised: free to leave
+
+        out = await delegator.stake_arena_undelegate(hx(VALIDATOR), "100e18")
+        assert (out["amount"], out["shares"]) == (100 * E18, 200 * E18)
+        with pytest.raises(RPCError, match="still unbonding: withdrawable from block") as early:
+            await delegator.stake_arena_withdraw()
+        assert early.value.code == ARENA_ERROR
+        rest = await delegator.stake_arena_undelegate(hx(VALIDATOR))  # default: all the shares left
+        release = await env.client(0).block_number() + UNBONDING_BLOCKS  # the later one restarts the wait
+        assert (rest["amount"], rest["shares"], rest["unbonding"]) == (200 * E18, 0, {"amount": 300 * E18, "release_block": release})
+        await env.mine(release - 2 - await env.client(0).block_number())  # a tx sent now lands in release - 1
+        with pytest.raises(RPCError, match=f"still unbonding: withdrawable from block {release}, 1 blocks from now"):
+            await delegator.stake_arena_withdraw()
+        await env.mine(1)
+        withdrawn = await delegator.stake_arena_withdraw()
+        assert (withdrawn["released"], withdrawn["claimed"]) == (300 * E18, 300 * E18)
+        assert await env.token(DELEGATOR).balance_of(MEMBERS[DELEGATOR].address) == held + 225 * E18
+        assert delegator.counters.snapshot() == {"pool_delegations": 1, "pool_undelegations": 2, "pool_withdrawals": 1}
+
+        # the raise bites from commission_from on, and then the operator may change it again
+        await env.mine(commission_from - 2 - await env.client(0).block_number())
+        with pytest.raises(RPCError, match="commission change pending"):
+            await operator.stake_arena_commission(1000)
+        await env.mine(1)
+        assert (await operator.stake_arena_pool())["commission_bps"] == 2000  # in force for a tx sent now
+        lowered = await operator.stake_arena_commission(1000)
+        assert (lowered["commission_bps"], lowered["next_commission_bps"]) == (2000, 1000)
