@@ -27,6 +27,7 @@ from flockd.chain.client.arena import (
     submission_digest,
 )
 from flockd.chain.client.arena_pools import COMMISSION_DELAY_BLOCKS, UNBONDING_BLOCKS
+from flockd.ctl import with_whole_units
 from flockd.rpc.arena import ARENA_ERROR
 from flockd.rpc.dispatch import Dispatcher
 from flockd.rpc.errors import INVALID_PARAMS, RPCError
@@ -170,3 +171,8 @@ async def test_a_pool_from_delegation_through_a_paid_competition_to_withdrawal()
         assert (await operator.stake_arena_pool())["commission_bps"] == 2000  # in force for a tx sent now
         lowered = await operator.stake_arena_commission(1000)
         assert (lowered["commission_bps"], lowered["next_commission_bps"]) == (2000, 1000)
+
+
+def test_flockctl_shows_pool_amounts_in_whole_tokens_beside_base_units() -> None:
+    shown = with_whole_units({"value": 225 * E18, "pending_rewards": 5 * 10**17, "shares": 7, "commission_bps": 2000})
+    assert shown == {"value": f"{225 * E18} (225)", "pending_rewards": f"{5 * 10**17} (0.5)", "shares": 7, "commission_bps": 2000}
