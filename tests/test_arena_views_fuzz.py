@@ -34,6 +34,7 @@ from flockd.chain.client.view_checks import MAX_VIEW_BYTES, MalformedView
 
 ARTIFACT = load(ARENA)
 WHO = bytes(range(20))
+E18 = 10**18
 
 
 class ReplyingBackend(ChainBackend):
@@ -51,7 +52,10 @@ class ReplyingBackend(ChainBackend):
 
 
 def _in_bounds_params(p: CompetitionParams) -> bool:
-    return p.expected_validators <= MAX_ELECTED and p.slash_bps <= 5000 and p.validator_cap >= p.validator_stake
+    if p.eval_commitment == bytes(32) and p.tolerance_bps == 0:  # no such competition: all zeros
+        return astuple(p) == (bytes(32),) * 3 + (0,) * 15
+    return (p.expected_validators <= MAX_ELECTED and p.slash_bps <= 5000 and p.validator_cap >= p.validator_stake
+            and p.tolerance_bps >= 1 and p.rank_decay_bps >= 1)
 
 
 def _sorted_ends(e: PhaseEnds) -> bool:
@@ -156,6 +160,9 @@ def call_of(fn: str) -> Call:
         ("get_submissions", reply("get_submissions", [("0x" + "11" * 20, bytes(32), bytes(32), True, False, 0, 99)]),
          "submission.rank = 99"),
         ("get_elected", b"\x00" * (MAX_VIEW_BYTES + 1), "at most 65536"),
+        # a settlement divides by tolerance + error: 0 and a score on the median divided by 0
+        ("get_params", reply("get_params", (b"\x01" * 32,) * 3 + (16, 8, 8, 8, 8, E18, E18, E18, E18, E18, 4, 7000, 5000, 0, 1000)),
+         "params.tolerance_bps = 0"),
     ],
     ids=lambda v: v if isinstance(v, str) and len(v) < 30 else "",
 )

@@ -122,8 +122,11 @@ def _checked_params(p: CompetitionParams) -> CompetitionParams:
         return p
     for name in ("join_blocks", "submit_blocks", "reveal_blocks", "score_commit_blocks", "score_reveal_blocks"):
         within(f"params.{name}", getattr(p, name), 1, MAX_PHASE_BLOCKS)
-    for name in ("trainer_share_bps", "rank_decay_bps", "tolerance_bps"):
-        within(f"params.{name}", getattr(p, name), 0, BPS)
+    within("params.trainer_share_bps", p.trainer_share_bps, 0, BPS)
+    for name in ("rank_decay_bps", "tolerance_bps"):  # divisors in the settlement: never 0
+        within(f"params.{name}", getattr(p, name), 1, BPS)
+    for name in ("reward_pool", "creator_bond", "trainer_stake", "validator_stake"):
+        within(f"params.{name}", getattr(p, name), 1, 2**256 - 1)
     within("params.slash_bps", p.slash_bps, 0, MAX_SLASH_BPS)
     within("params.expected_validators", p.expected_validators, 1, MAX_ELECTED)
     within("params.validator_cap", p.validator_cap, p.validator_stake, 2**256 - 1)
