@@ -30,6 +30,7 @@ from flockd.chain.client.arena import (
     submission_digest,
 )
 from flockd.chain.client.arena_pools import COMMISSION_DELAY_BLOCKS, UNBONDING_BLOCKS
+from flockd.chain.client.placement import place_contract
 from flockd.ctl import main as flockctl_main
 from flockd.ctl import with_whole_units
 from flockd.rpc.arena import ARENA_ERROR
@@ -87,6 +88,16 @@ async def test_bad_params_and_non_operators_are_refused_naming_the_param() -> No
             await rewards(env, address, DELEGATOR).rewards_claim()
         with pytest.raises(RPCError, match="nothing unbonding"):
             await me.stake_arena_withdraw()
+
+        # an external chain with no Arena configured: refused before anything is signed
+        nowhere = Arena(*place_contract(env.client(DELEGATOR), external=True, configured="", genesis=address,
+                                        name="Arena", key="arena"))
+        unplaced = StakeNamespace(env.registry(DELEGATOR), env.token(DELEGATOR), nowhere)
+        nonce = await env.backend.request("eth_getTransactionCount", [hx(DELEGATOR), "pending"])
+        with pytest.raises(RPCError, match="no Arena on this external chain") as unset:
+            await unplaced.stake_arena_delegate(hx(VALIDATOR), E18)
+        assert unset.value.code == ARENA_ERROR
+        assert await env.backend.request("eth_getTransactionCount", [hx(DELEGATOR), "pending"]) == nonce
 
         # through the dispatcher: JSON types are checked, the param named
         dispatcher = Dispatcher([me, rewards(env, address, DELEGATOR)])

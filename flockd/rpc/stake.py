@@ -123,6 +123,8 @@ class StakeNamespace:
         arena, op = self._arena_client(), self._operator(operator)
         value = parsed_param("amount", amount, parse_amount)
         with ArenaErrors():
+            if await arena.token() != self._token.address:  # also fails here, unsigned, when no Arena is configured
+                raise RPCError(ARENA_ERROR, f"the Arena at {to_checksum_address(arena.address)} takes another token than this node's")
             await self._token.approve(arena.address, value)
             minted = await ArenaPools(arena.client, arena.address).delegate(op, value)
             self.counters.incr("pool_delegations")
