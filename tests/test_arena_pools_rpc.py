@@ -9,14 +9,16 @@ from __future__ import annotations
 import json
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
-from eth_utils import keccak
-from test_anvil import E18, MEMBERS, Env
+from eth_utils import keccak, to_checksum_address
+from test_anvil import E18, MEMBERS, POLICY, Env
 from test_arena_anvil import EVAL_SALT, EVAL_SET_HASH, advance_to, arena_env, competition_params
 
 from flockd import vrf
+from flockd.chain.client.abc import ChainBackend
 from flockd.chain.client.arena import (
     ARENA_PHASE_CLOSED,
     ARENA_PHASE_REVEAL,
@@ -29,7 +31,8 @@ from flockd.chain.client.arena import (
     scores_digest,
     submission_digest,
 )
-from flockd.chain.client.arena_pools import COMMISSION_DELAY_BLOCKS, UNBONDING_BLOCKS
+from flockd.chain.client.arena_pools import COMMISSION_DELAY_BLOCKS, UNBONDING_BLOCKS, ArenaPools
+from flockd.chain.client.contract import ContractClient
 from flockd.chain.client.placement import place_contract
 from flockd.ctl import main as flockctl_main
 from flockd.ctl import with_whole_units
@@ -42,6 +45,21 @@ from flockd.rpc.stake import StakeNamespace
 from flockd.stats import Counters
 
 CREATOR, TRAINER, DELEGATOR, VALIDATOR = 0, 1, 2, 3
+
+
+class TopicsIgnored(ChainBackend):
+    """A chain node that answers eth_getLogs with every log of the address, whatever the topics."""
+
+    def __init__(self, inner: ChainBackend) -> None:
+        self.inner = inner
+
+    async def request(self, method: str, params: list[Any]) -> Any:
+        if method == "eth_getLogs":
+            params = [{k: v for k, v in params[0].items() if k != "topics"}]
+        return await self.inner.request(method, params)
+
+    async def aclose(self) -> None:
+        return None
 
 
 def hx(who: int) -> str:
@@ -69,6 +87,7 @@ async def test_bad_params_and_non_operators_are_refused_naming_the_param() -> No
             (me.stake_arena_balances(hx(VALIDATOR), "nobody"), "holder"),
             (me.stake_arena_commission(5001), "commission_bps"),
             (me.stake_arena_commission(-1), "commission_bps"),
+            (me.stake_arena_positions(from_block=10**9), "from_block"),
             (rewards(env, address, DELEGATOR).rewards_pending("0xzz"), "operator"),
         ]:
             with pytest.raises(RPCError, match=param) as bad:
@@ -161,6 +180,15 @@ async def test_a_pool_from_delegation_through_a_paid_competition_to_withdrawal()
         assert (claim["collected"], claim["claimed"]) == (225 * E18, 225 * E18)
         assert (await pulled.rewards_pending(hx(VALIDATOR)))["pending"] == 0
         assert (await operator.stake_arena_pool())["locked"] == 0  # finalised: free to leave
+
+        # positions: from the Delegated events, each rechecked (a node may ignore the filter)
+        await ArenaPools(env.client(CREATOR), address).delegate(MEMBERS[TRAINER].address, E18)
+        unfiltered = ContractClient(TopicsIgnored(env.backend), MEMBERS[DELEGATOR].account, POLICY)
+        listed = await StakeNamespace(env.registry(DELEGATOR), env.token(DELEGATOR), Arena(unfiltered, address)).stake_arena_positions()
+        assert [(p["operator"], p["value"], p["pending_rewards"]) for p in listed["positions"]] == [
+            (to_checksum_address(validator), 300 * E18, 0)
+        ]
+        assert (await stake(env, address, CREATOR).stake_arena_positions(hx(DELEGATOR), listed["to_block"]))["positions"] == []
 
         out = await delegator.stake_arena_undelegate(hx(VALIDATOR), "100e18")
         assert (out["amount"], out["shares"]) == (100 * E18, 200 * E18)

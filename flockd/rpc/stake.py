@@ -22,6 +22,7 @@ seat, and the pool's part of a reward, less the commission, is the delegators'.
                             else the Arena owes this node: its claim pays everything)
     stake_arena_balances    a holder's position in a pool: shares, value, pending rewards,
                             unbonding, claimable
+    stake_arena_positions   a holder's positions in every pool it delegated to
     stake_arena_pool        an operator's pool (default this node's) and its commission
     stake_arena_commission  this node's commission as an operator: in force after
                             COMMISSION_DELAY_BLOCKS, at most one change per delay
@@ -46,6 +47,8 @@ from flockd.rpc.errors import INVALID_PARAMS, RPCError
 from flockd.rpc.task import _TaskErrors as TaskErrors
 from flockd.stats import Counters
 
+MAX_POSITIONS = 64  # pools stake_arena_positions reads (3 views each) in one call
+
 
 def parsed_param(name: str, value: str | int, parse: Any) -> Any:
     try:
@@ -64,19 +67,27 @@ def _hex(raw: bytes) -> str:
     return "0x" + raw.hex()
 
 
+async def pool_share(pools: ArenaPools, operator: bytes, holder: bytes) -> dict[str, Any]:
+    """A holder's stake and uncollected rewards in an operator's Arena pool."""
+    shares = await pools.shares_of(operator, holder)
+    return {
+        "operator": to_checksum_address(operator), "shares": shares,
+        "value": (await pools.get_pool(operator)).value_of(shares),
+        "pending_rewards": await pools.pending_rewards(operator, holder),
+    }
+
+
+async def owed(arena: Arena, holder: bytes) -> dict[str, Any]:
+    """What the Arena holds for `holder` outside the pools: unbonding stake, and claimable."""
+    unbonding = await ArenaPools(arena.client, arena.address).get_unbonding(holder)
+    return {"unbonding": {"amount": unbonding.amount, "release_block": unbonding.release_block},
+            "claimable": await arena.claimable(holder)}
+
+
 async def arena_position(arena: Arena, operator: bytes, holder: bytes) -> dict[str, Any]:
     """A holder's stake and rewards in an operator's Arena pool, and what the Arena owes it."""
-    pools = ArenaPools(arena.client, arena.address)
-    pool = await pools.get_pool(operator)
-    shares = await pools.shares_of(operator, holder)
-    unbonding = await pools.get_unbonding(holder)
-    return {
-        "operator": to_checksum_address(operator), "holder": to_checksum_address(holder),
-        "shares": shares, "value": pool.value_of(shares),
-        "pending_rewards": await pools.pending_rewards(operator, holder),
-        "unbonding": {"amount": unbonding.amount, "release_block": unbonding.release_block},
-        "claimable": await arena.claimable(holder),
-    }
+    share = await pool_share(ArenaPools(arena.client, arena.address), operator, holder)
+    return {"operator": share["operator"], "holder": to_checksum_address(holder), **share, **await owed(arena, holder)}
 
 
 class StakeNamespace:
@@ -171,6 +182,25 @@ class StakeNamespace:
         who = self._me if holder is None else parsed_param("holder", holder, parse_address)
         with ArenaErrors():
             return await arena_position(arena, op, who)
+
+    async def stake_arena_positions(self, holder: str | None = None, from_block: int = 0) -> dict[str, Any]:
+        """A holder's (default this node's) positions in every pool it delegated to since
+        from_block (found in the Delegated events: a scan of the chain from there)."""
+        arena = self._arena_client()
+        who = self._me if holder is None else parsed_param("holder", holder, parse_address)
+        pools = ArenaPools(arena.client, arena.address)
+        with ArenaErrors():
+            head = await arena.client.block_number()
+            if not 0 <= from_block <= head:
+                raise RPCError(INVALID_PARAMS, f"from_block must be in [0, {head}] (the head), got {from_block}")
+            operators = await pools.delegated_to(who, from_block, head)
+            if len(operators) > MAX_POSITIONS:
+                raise RPCError(ARENA_ERROR, f"{len(operators)} pools since block {from_block}, over {MAX_POSITIONS}: "
+                                            "give a later from_block, or an operator to stake_arena_balances")
+            return {
+                "holder": to_checksum_address(who), "from_block": from_block, "to_block": head,
+                "positions": [await pool_share(pools, op, who) for op in operators], **await owed(arena, who),
+            }
 
     async def stake_arena_pool(self, operator: str | None = None) -> dict[str, Any]:
         """An operator's (default this node's) pool: stake, shares, locked backing, commission."""

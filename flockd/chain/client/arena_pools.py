@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flockd.chain.client.artifacts import ARENA, load
+from eth_utils import to_canonical_address
+
+from flockd.chain.client.artifacts import ARENA, event_topic, load
 from flockd.chain.client.contract import ContractClient, TxReceipt
 from flockd.chain.client.registry import _one
 from flockd.chain.client.view_checks import CheckedContract, within
@@ -99,6 +101,19 @@ class ArenaPools(CheckedContract):
 
     async def get_unbonding(self, holder: bytes) -> Unbonding:
         return Unbonding(*await self.view("get_unbonding", holder))
+
+    async def delegated_to(self, holder: bytes, from_block: int, to_block: int) -> list[bytes]:
+        """The operators `holder` delegated to in blocks [from_block, to_block], first
+        delegation first (from the Delegated events: the contract keeps no list)."""
+        holder_topic = bytes(12) + holder
+        topics = [event_topic(self.artifact.event("Delegated")), None, holder_topic]
+        logs = await self.client.get_logs(self.address, from_block, to_block, topics)
+        operators: dict[bytes, None] = {}
+        for event in self.decode_events(logs):
+            # a node may ignore the topic filter: keep only what the log itself says
+            if event.name == "Delegated" and to_canonical_address(event.args["delegator"]) == holder:
+                operators[to_canonical_address(event.args["operator"])] = None
+        return list(operators)
 
     async def backing(self, competition_id: int, operator: bytes) -> int:
         """The pool stake locked to `operator`'s seat in the competition."""
