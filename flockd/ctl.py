@@ -66,7 +66,7 @@ def main(argv: list[str]) -> int:
         if args.method.startswith(_WHOLE_UNIT_METHODS) and isinstance(result, dict):
             result = with_whole_units(result)
         console = Console(soft_wrap=True, highlight=False)
-        if args.method.startswith("arena_") and isinstance(result, dict):
+        if args.method.startswith(("arena_", "stake_arena_")) and isinstance(result, dict):  # lists as tables
             render_sections(result, console)
         else:
             render(result, console)

@@ -231,6 +231,9 @@ async def test_flockctl_reaches_the_pools_through_the_control_socket(short_tmp: 
         assert await flockctl("stake_arena_delegate", f"operator={hx(VALIDATOR)}", "amount=300e18") == 0
         shown = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines())
         assert (shown["value"], shown["delegated"]) == (f"{300 * E18} (300)",) * 2
+        assert await flockctl("stake_arena_positions") == 0
+        table = capsys.readouterr().out
+        assert "positions" in table.splitlines() and "operator" in table  # a table under its name (cells fold)
         assert await flockctl("stake_arena_withdraw") == 1
         assert "flockctl: error -32050: nothing unbonding" in capsys.readouterr().err
         assert await flockctl("stake_arena_commission", "commission_bps=9000") == 1
