@@ -45,7 +45,9 @@ def train_overhead(config: dict[str, Any], nodes: int, pairs: int) -> str:
         started = time.perf_counter()
         reference = child.train(state, 0)  # starts the child: once per task in a daemon
         child_start = time.perf_counter() - started
-        if worker.train(state, 0) != reference:  # and warms this process up as the child is
+        with capture_logs():
+            warm = worker.train(state, 0)  # warms this process up as the child is
+        if warm != reference:
             raise SystemExit("the two ways trained different deltas: the comparison is void")
         bare: list[float] = []
         piped: list[float] = []
