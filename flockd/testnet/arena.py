@@ -11,7 +11,7 @@ medians, every node's `arena_verify`, and the payouts each node claims.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from flockd.testnet.cluster import Cluster, Daemon
@@ -27,6 +27,7 @@ HYPERPARAMETERS: list[tuple[int | None, float | None]] = [(5, None), (1, 0.01), 
 @dataclass(frozen=True)
 class ArenaPlan:
     recipe: str = "digits-mlp"
+    config: dict[str, Any] = field(default_factory=dict)  # the recipe's (lm-lora: its base hash)
     validators: int = 2
     reward_pool: int = 1000 * E18
     creator_bond: int = 100 * E18
@@ -57,7 +58,7 @@ def run_competition(cluster: Cluster, plan: ArenaPlan, timeout: float) -> tuple[
     """Create, join, submit; wait until finalised. (competition id, spec, each trainer's settings by node)."""
     creator, trainers, validators = roles(cluster, plan)
     created = creator.call("arena_create", {
-        "recipe": plan.recipe, "reward_pool": str(plan.reward_pool), "creator_bond": str(plan.creator_bond),
+        "recipe": plan.recipe, **({"config": plan.config} if plan.config else {}), "reward_pool": str(plan.reward_pool), "creator_bond": str(plan.creator_bond),
         "trainer_stake": str(TRAINER_STAKE), "validator_stake": str(VALIDATOR_STAKE),
         "expected_validators": len(validators), "join_blocks": plan.join_blocks, "submit_blocks": plan.submit_blocks,
         "reveal_blocks": plan.reveal_blocks, "score_commit_blocks": plan.score_commit_blocks,
