@@ -92,8 +92,10 @@ def test_a_fact_the_model_only_repeats_is_reported_not_required(chat_reply: dict
 def lineage_parts(**changes: Any) -> dict[str, Any]:
     parts: dict[str, Any] = {
         "competition": {"competition_id": 1, "winner": {"node": "node2", "model_hash": h(1)}},
-        "task": {"task_id": 3, "model_init_hash": h(1),
-                 "rounds": [{"round": 0, "model_hash": h(2)}, {"round": 1, "model_hash": h(3)}]},
+        "task": {"task_id": 3, "model_init_hash": h(5),
+                 "rounds": [{"round": 0, "model_hash": h(2)}, {"round": 1, "model_hash": h(3)}],
+                 "model_verify": {"competition": {"competition_id": 1, "ok": True,
+                                                  "winner": {"index": 0, "model_hash": h(1)}}}},
         "listing": {"listing_id": 1, "name": "pipeline-lm", "model_hash": h(3)},
         "fetched": {"model_hash": h(3), "fetched_from": "16Uiu2", "lineage": {
             "ok": True, "complete": True, "final_model_hash": h(3), "rounds": [{}, {}], "problems": []}},
@@ -111,7 +113,11 @@ def test_a_consistent_lineage_passes_every_link() -> None:
 
 
 @pytest.mark.parametrize(("change", "failing"), [
-    ({"task": {"task_id": 3, "model_init_hash": h(9), "rounds": [{"round": 0, "model_hash": h(3)}]}},
+    ({"task": {"task_id": 3, "model_init_hash": h(5), "rounds": [{"round": 0, "model_hash": h(3)}],
+               "model_verify": {"competition": {"ok": True, "winner": {"index": 1, "model_hash": h(9)}}}}},
+     "the task starts from the competition's winner"),
+    ({"task": {"task_id": 3, "model_init_hash": h(5), "rounds": [{"round": 0, "model_hash": h(3)}],
+               "model_verify": {"competition": {"ok": False, "winner": {"index": 0, "model_hash": h(1)}}}}},
      "the task starts from the competition's winner"),
     ({"listing": {"listing_id": 1, "model_hash": h(2)}}, "the listing is the task's final model"),
     ({"fetched": {"model_hash": h(3), "lineage": {"ok": True, "complete": False, "final_model_hash": h(3)}}},
@@ -197,3 +203,13 @@ def test_pipeline_flags_default_and_refuse(monkeypatch: pytest.MonkeyPatch, caps
         with pytest.raises(SystemExit) as exited:
             parse_args(["--pipeline", *bad])
         assert exited.value.code == 2 and "--pipeline needs --nodes 4 or more" in capsys.readouterr().err
+
+
+def test_an_lm_competition_s_scores_read_as_bits_per_character_and_trainers_train_for_steps() -> None:
+    from flockd.testnet.arena import trainer_settings
+    from flockd.testnet.pipeline_report import score_bpc
+
+    assert score_bpc(4_500_000) == 3.5 and score_bpc(0) is None
+    lm = [trainer_settings(k, 2, lm=True) for k in range(2)]
+    assert all("steps" in s and "epochs" not in s for s in lm) and lm[0]["steps"] != lm[1]["steps"]
+    assert "epochs" in trainer_settings(0, 2)

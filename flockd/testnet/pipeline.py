@@ -43,6 +43,7 @@ from flockd.testnet.pipeline_report import (
     failure_line,
     lineage_checks,
     render_pipeline_markdown,
+    score_bpc,
     stages_json,
     write_knowledge,
 )
@@ -145,10 +146,14 @@ class Pipeline:
     def arena(self) -> tuple[dict[str, Any], str]:
         from flockd.testnet.arena import ArenaPlan, competition_report, run_competition
 
-        plan = ArenaPlan(recipe="lm-lora", config=self.config, validators=1)
+        # A validator scores every adapter on the evaluation text: longer phases than a classifier's.
+        plan = ArenaPlan(recipe="lm-lora", config=self.config, validators=1, submission="adapter",
+                         submit_blocks=20, score_commit_blocks=60, score_reveal_blocks=15)
         cid, spec, settings = run_competition(self.cluster, plan, self.args.task_timeout)
         arena = competition_report(self.cluster, plan, cid, spec, settings)
         arena["recipe"] = "lm-lora"
+        for row in arena["leaderboard"]:
+            row["median_bpc"] = score_bpc(row["median"])
         self.report["arena"] = arena
         bad = [n for n, v in arena["arena_verify"].items() if not v["ok"]]
         if bad:
@@ -158,7 +163,8 @@ class Pipeline:
         winner = arena["leaderboard"][0]
         return ({"competition_id": cid, "winner": winner},
                 f"competition {cid}: {len(arena['leaderboard'])} ranked, winner {winner['node']} "
-                f"(median {winner['median']}, model {short_hex(winner['model_hash'])})")
+                f"(median score {winner['median']}: {_bpc({'test_loss': winner['median_bpc']})} bpc, "
+                f"model {short_hex(winner['model_hash'])})")
 
     def alliance(self, competition: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
         plan = TaskPlan(recipe="lm-lora", rounds=self.args.rounds, expected_proposers=len(self.members),

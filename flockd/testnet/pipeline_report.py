@@ -47,6 +47,15 @@ STAGE_TITLES = {
 }
 
 
+# An LM competition's score is max(0, 8e6 - round(bpc * 1e6)) (flockd.arena.lm.bpc_score).
+BPC_CEILING, BPC_SCALE = 8, 10**6
+
+
+def score_bpc(score: int) -> float | None:
+    """The bits per character an LM competition's score stands for (None for 0: 8 bpc or worse)."""
+    return (BPC_CEILING * BPC_SCALE - score) / BPC_SCALE if score > 0 else None
+
+
 class StageFailed(Exception):
     """A stage did not reach its result; the message says why in one line."""
 
@@ -128,7 +137,7 @@ def lineage_checks(
 ) -> list[dict[str, Any]]:
     """Each link of competition → task rounds → listing → served model, as (what, ok,
     detail). `competition`: the winner's row and the competition's id (None without one);
-    `task`: the task's id, initial model hash on chain and rounds; `listing`: market_list's
+    `task`: the task's id, initial model hash, rounds and model_verify reply; `listing`: market_list's
     reply; `fetched`: the serving node's market_fetch reply (its lineage replayed);
     `verified`: the checks' replies by name (model_verify, arena_verify, ...)."""
     rounds = task.get("rounds") or []
@@ -140,11 +149,17 @@ def lineage_checks(
         checks.append({"what": what, "ok": bool(ok), "detail": detail})
 
     if competition is not None:
+        # The task's initial model is built from the winner (an adapter folded into the base
+        # and the task's carried adapter), so its hash is not the submission's: model_verify
+        # rebuilds it from the winner the chain names and checks it against the task's.
         winner = competition.get("winner") or {}
+        seeded = (task.get("model_verify") or {}).get("competition") or {}
+        named = seeded.get("winner") or {}
         check("the task starts from the competition's winner",
-              _same(task.get("model_init_hash"), winner.get("model_hash")),
-              f"task {task.get('task_id')} initial model {short_hex(task.get('model_init_hash'))}, winner's "
-              f"{short_hex(winner.get('model_hash'))}")
+              bool(seeded.get("ok")) and _same(named.get("model_hash"), winner.get("model_hash")),
+              f"model_verify: competition {seeded.get('competition_id')} won by submission {named.get('index')} "
+              f"({short_hex(named.get('model_hash'))}; the leaderboard's first: {short_hex(winner.get('model_hash'))}); "
+              f"task {task.get('task_id')}'s initial model {short_hex(task.get('model_init_hash'))} rebuilt from it")
     check("the listing is the task's final model", _same(listing.get("model_hash"), last_model),
           f"listing {listing.get('listing_id')}: {short_hex(listing.get('model_hash'))}; round "
           f"{rounds[-1]['round'] if rounds else '—'}: {short_hex(last_model)}")
@@ -211,8 +226,10 @@ def render_pipeline_markdown(report: Mapping[str, Any]) -> str:
 
 
 def _arena_lines(arena: Mapping[str, Any]) -> str:
-    rows = [f"## 1. Arena competition {arena['competition_id']} ({arena['recipe']}; scores in bits per character × 10⁶, "
-            "lower is better)", "", "| rank | node | training | model | median score | reward (tokens) |",
+    rows = [f"## 1. Arena competition {arena['competition_id']} ({arena['recipe']})", "",
+            "Scores are bits per character on the creator's held-out text, as the contract ranks them (higher is "
+            "better): 8,000,000 − bpc × 10⁶.", "",
+            "| rank | node | training | submission | median score | reward (tokens) |",
             "|---:|---|---|---|---:|---:|"]
     for row in arena["leaderboard"]:
         training = ", ".join(f"{k}={v}" for k, v in (row.get("training") or {}).items())
