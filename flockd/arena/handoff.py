@@ -3,9 +3,15 @@
 A task spec naming a competition (`TaskSpec.competition`) has, as its initial model, the
 recipe's initial state built on the winning submission's model instead of a fresh one.
 Every node derives it the same way, from the chain: the competition is finalised, its
-recipe hash is the task's recipe, config and seed (as an ArenaSpec), exactly one counted
-submission is ranked 1, and the model's bytes (this node's copy, else a peer's over
-`fl.fetch.1`) hash to that submission's revealed hash in the base model's layout. The
+recipe hash is the task's recipe, config and seed (as an ArenaSpec, with whichever
+submission kind the recipe allows hashes to it), exactly one counted submission is
+ranked 1, and the submission's bytes (this node's copy, else a peer's over `fl.fetch.1`)
+hash to its revealed hash in the submission layout. The winner's full model weights are
+the submission itself, or for an LM adapter the base with the adapter folded in
+(`LoraRecipe.model_weights`, exact float64 sums rounded once: the same bytes on every
+node); the task's initial state is the recipe's on those weights (for lm-lora: the
+weights plus a fresh adapter from the task's seed, whose B is zero, so round 0's model is
+exactly the winner's folded model). The
 task's `model_init_hash` on chain must then match, as for any task (the runner and
 model_verify check it). model_verify also reruns arena_verify on the competition, so the
 whole lineage is checked: the competition's scores and ranks, the winner, every round.
@@ -20,7 +26,14 @@ from eth_utils import to_checksum_address
 
 from flockd.arena.peers import fetch_model
 from flockd.arena.snapshot import CompetitionSnapshot, read_competition
-from flockd.arena.spec import ArenaSpec, ArenaSpecError, base_layout, load_submission
+from flockd.arena.spec import (
+    SUBMISSION_KINDS,
+    ArenaSpec,
+    ArenaSpecError,
+    base_layout,
+    load_submission,
+    submission_weights,
+)
 from flockd.chain.client.arena import ARENA_PHASE_FINALISED, Submission
 from flockd.fl.checkpoint import model_hash
 from flockd.fl.tensors import Tensors
@@ -38,12 +51,18 @@ class HandoffError(Exception):
     """A task cannot start from this competition's winner; says why."""
 
 
-def arena_spec_of(spec: TaskSpec) -> ArenaSpec:
-    """The competition spec a task spec names: its recipe, config and seed."""
-    try:
-        return ArenaSpec(spec.recipe, spec.config, spec.seed)
-    except ArenaSpecError as exc:
-        raise HandoffError(f"the task's recipe cannot come from a competition: {exc}") from None
+def arena_spec_of(spec: TaskSpec, recipe_hash: bytes | None = None) -> ArenaSpec:
+    """The competition spec a task spec names: its recipe, config and seed, and the
+    submission kind whose spec hashes to `recipe_hash` (the competition's), else the
+    default kind (which winner_of then finds not to match)."""
+    found: list[ArenaSpec] = []
+    for kind in SUBMISSION_KINDS:
+        try:
+            found.append(ArenaSpec(spec.recipe, spec.config, spec.seed, submission=kind))
+        except ArenaSpecError as exc:
+            if not found and kind == SUBMISSION_KINDS[0]:
+                raise HandoffError(f"the task's recipe cannot come from a competition: {exc}") from None
+    return next((s for s in found if s.spec_hash == recipe_hash), found[0])
 
 
 def winner_of(snap: CompetitionSnapshot, arena_spec: ArenaSpec) -> tuple[int, Submission]:
@@ -72,18 +91,22 @@ class Handoff:
         snap = await read_competition(self.svc.arena, spec.competition)
         if snap is None:
             raise HandoffError(f"no competition {spec.competition}")
-        arena_spec = await trio.to_thread.run_sync(arena_spec_of, spec)
+        arena_spec = await trio.to_thread.run_sync(arena_spec_of, spec, snap.params.recipe_hash)
         return (snap, arena_spec, *winner_of(snap, arena_spec))
 
     async def base_model(self, spec: TaskSpec) -> Tensors:
-        """The winning model's tensors: this node's copy, else the first peer's whose bytes
-        hash to the winner's revealed hash in the base layout (kept then)."""
+        """The winning model's full weights, from its submission: this node's copy, else the
+        first peer's whose bytes hash to the winner's revealed hash in the submission
+        layout (kept then)."""
         _, arena_spec, _, winner = await self._winner(spec)
         store = self.svc.ctx.store
         layout = await trio.to_thread.run_sync(base_layout, arena_spec)
 
         def check(data: bytes) -> Tensors:
             return load_submission(data, winner.model_hash, layout)
+
+        def weights(data: bytes) -> Tensors:
+            return submission_weights(arena_spec, check(data))
 
         for _ in range(FETCH_ATTEMPTS):
             data = await trio.to_thread.run_sync(store.get_model_bytes, winner.model_hash)
@@ -93,7 +116,7 @@ class Handoff:
                     await trio.to_thread.run_sync(store.put_model_bytes, data, winner.model_hash)
             if data is not None:
                 try:
-                    return await trio.to_thread.run_sync(check, data)
+                    return await trio.to_thread.run_sync(weights, data)
                 except ArenaSpecError as exc:  # this node's own copy is damaged
                     raise HandoffError(f"the stored winning model: {exc}") from None
             await trio.sleep(FETCH_RETRY_SECONDS)

@@ -25,9 +25,10 @@ from flockd.arena.snapshot import CompetitionSnapshot
 from flockd.arena.spec import (
     ArenaSpec,
     ArenaSpecError,
+    EvalSet,
     base_layout,
     decode_eval_set,
-    load_submission,
+    read_submission,
     score_model,
 )
 from flockd.chain.client.arena import (
@@ -41,8 +42,7 @@ from flockd.chain.client.arena import (
     scores_digest,
 )
 from flockd.chain.client.backends import ChainError
-from flockd.fl.data import Split
-from flockd.fl.tensors import Shapes
+from flockd.fl.tensors import Tensors
 
 if TYPE_CHECKING:
     from flockd.arena.service import ArenaService
@@ -154,13 +154,13 @@ async def reveal_scores(svc: ArenaService, m: Membership, snap: CompetitionSnaps
 
 # -- shared with arena_verify -------------------------------------------------------------
 
-async def obtain_eval_set(svc: ArenaService, spec: ArenaSpec, snap: CompetitionSnapshot) -> Split:
+async def obtain_eval_set(svc: ArenaService, spec: ArenaSpec, snap: CompetitionSnapshot) -> EvalSet:
     """The evaluation set, held or fetched, checked against the published hash (or,
     before publication, the commitment)."""
     cid = snap.competition_id
     published = snap.competition.eval_set_hash
 
-    def check(salt: bytes, data: bytes) -> Split:
+    def check(salt: bytes, data: bytes) -> EvalSet:
         split, digest = decode_eval_set(data, spec)
         if published != bytes(32) and digest != published:
             raise ArenaSpecError("the evaluation set does not hash to the published hash")
@@ -178,9 +178,10 @@ async def obtain_eval_set(svc: ArenaService, spec: ArenaSpec, snap: CompetitionS
 
 
 async def score_submissions(svc: ArenaService, spec: ArenaSpec, snap: CompetitionSnapshot) -> list[int | None]:
-    """One score per submission in commit order: 0 for one that does not count, None for
-    one that no peer could give (in the committed hash and the base layout), else its
-    accuracy in millionths."""
+    """One score per submission in commit order: 0 for one that does not count or whose
+    committed bytes are not in the submission layout, None for one that no peer could give
+    (bytes hashing to the committed hash; this node's own copy included), else the
+    recipe's score."""
     eval_set = await obtain_eval_set(svc, spec, snap)
     layout = await trio.to_thread.run_sync(base_layout, spec)
     scores: list[int | None] = []
@@ -188,20 +189,27 @@ async def score_submissions(svc: ArenaService, spec: ArenaSpec, snap: Competitio
         if i not in snap.counted():
             scores.append(0)
             continue
-        data = svc.ctx.store.get_model_bytes(sub.model_hash)
-        if data is None:
-            data = await fetch_model(svc.ctx.network, sub.model_hash, sub.trainer, partial(_check_submission, sub.model_hash, layout))
-        if data is None:
+        read = partial(read_submission, model_hash_=sub.model_hash, layout=layout)
+        found: tuple[Tensors | None] | None = None  # (None,): the committed model, in a wrong layout
+        data = await trio.to_thread.run_sync(svc.ctx.store.get_model_bytes, sub.model_hash)
+        if data is not None:
+            try:
+                found = (await trio.to_thread.run_sync(read, data),)
+            except ArenaSpecError:
+                svc.counters.incr("bad_stored_submissions")
+        if found is None:
+            data = await fetch_model(svc.ctx.network, sub.model_hash, sub.trainer, read)
+            if data is not None:
+                found = (await trio.to_thread.run_sync(read, data),)
+                await trio.to_thread.run_sync(svc.ctx.store.put_model_bytes, data, sub.model_hash)
+        if found is None:
             scores.append(None)
-            continue
-        state = await trio.to_thread.run_sync(load_submission, data, sub.model_hash, layout)
-        await trio.to_thread.run_sync(svc.ctx.store.put_model_bytes, data, sub.model_hash)
-        scores.append(await trio.to_thread.run_sync(score_model, spec, state, eval_set))
+        elif found[0] is None:
+            svc.counters.incr("wrong_layout_submissions")
+            scores.append(0)
+        else:
+            scores.append(await trio.to_thread.run_sync(score_model, spec, found[0], eval_set))
     return scores
-
-
-def _check_submission(digest: bytes, layout: Shapes, data: bytes) -> None:
-    load_submission(data, digest, layout)
 
 
 STEPS: dict[tuple[str, int], Step] = {

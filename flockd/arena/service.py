@@ -20,13 +20,7 @@ from flockd.arena.exchange import (
 )
 from flockd.arena.records import Membership, Records, Role
 from flockd.arena.snapshot import CompetitionSnapshot, read_competition
-from flockd.arena.spec import (
-    ArenaSpec,
-    TrainerSettings,
-    creator_eval_split,
-    encode_eval_set,
-    train_submission,
-)
+from flockd.arena.spec import ArenaSpec, TrainerSettings, creator_eval_set, train_submission
 from flockd.chain.client.arena import (
     ARENA_PHASE_FINALISED,
     ARENA_PHASE_JOIN,
@@ -98,7 +92,7 @@ class ArenaService:
         if await self.arena.token() != self.token.address:  # also fails here when no Arena is configured
             raise ArenaError(f"the Arena at {hex0x(self.arena.address)} takes another token than this node's")
         def prepare() -> tuple[bytes, bytes, bytes]:
-            data, set_hash = encode_eval_set(creator_eval_split(spec, eval_path))
+            data, set_hash = creator_eval_set(spec, eval_path)
             return data, set_hash, model_hash(spec.base_model())
 
         data, set_hash, base_hash = await trio.to_thread.run_sync(prepare)

@@ -59,8 +59,9 @@ async def verify_competition(svc: ArenaService, snap: CompetitionSnapshot, spec:
     medians, order, trainer_rewards, validator_rewards = expected_settlement(snap)
 
     for i in snap.counted():
-        if recomputed[i] is None:
-            problems.append(f"submission {i}: no peer gave its model {snap.submissions[i].model_hash.hex()}")
+        if recomputed[i] is None:  # the validators score 0 what nobody gives: only a 0 is consistent
+            if not medians or medians[i] != 0:
+                problems.append(f"submission {i}: no peer gave its model {snap.submissions[i].model_hash.hex()}")
         elif medians and medians[i] != recomputed[i]:
             problems.append(f"submission {i}: the median {medians[i]} is not its recomputed score {recomputed[i]}")
         if medians and snap.submissions[i].median != medians[i]:

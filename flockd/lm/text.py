@@ -115,20 +115,26 @@ def read_examples(path: str | Path, max_chars: int) -> list[Example]:
         text = path.read_bytes().decode()
     except UnicodeDecodeError:
         raise DataError(f"{path} is not UTF-8 text") from None
-    if path.suffix == ".txt":
+    return parse_examples(text, path.suffix.removeprefix("."), max_chars, str(path))
+
+
+def parse_examples(text: str, fmt: str, max_chars: int, source: str, max_records: int = MAX_RECORDS) -> list[Example]:
+    """The Examples of a text in format ``fmt`` (``jsonl`` or ``txt``, as the file
+    suffixes); ``source`` names it in errors."""
+    if fmt == "txt":
         examples = paragraphs(text, max_chars)
-    elif path.suffix == ".jsonl":
-        examples = list(_jsonl(text, path))
+    elif fmt == "jsonl":
+        examples = list(_jsonl(text, source))
     else:
-        raise DataError(f"{path}: expected a .jsonl or .txt file")
+        raise DataError(f"{source}: expected a .jsonl or .txt file")
     if not examples:
-        raise DataError(f"{path} holds no text")
-    if len(examples) > MAX_RECORDS:
-        raise DataError(f"{path} holds more than {MAX_RECORDS} records")
+        raise DataError(f"{source} holds no text")
+    if len(examples) > max_records:
+        raise DataError(f"{source} holds more than {max_records} records")
     return examples
 
 
-def _jsonl(text: str, path: Path) -> Iterable[Example]:
+def _jsonl(text: str, path: str) -> Iterable[Example]:
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue

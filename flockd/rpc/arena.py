@@ -75,6 +75,7 @@ class ArenaNamespace:
         config: dict[str, Any] | None = None,
         seed: int = 0,
         eval_path: str | None = None,
+        submission: str = "model",
         trainer_stake: int | str = 10 * E18,
         validator_stake: int | str = 100 * E18,
         validator_cap: int | str = 1000 * E18,
@@ -90,7 +91,8 @@ class ArenaNamespace:
         slash_bps: int = 1000,
     ) -> dict[str, Any]:
         """Post a competition; the evaluation set (eval_path, else the recipe's bundled
-        held-out split) stays on this node until the validators are elected."""
+        held-out split) stays on this node until the validators are elected. submission:
+        "model" (a full model) or, for an LM recipe, "adapter" (a LoRA adapter)."""
         with _ArenaErrors():
             amounts = {k: parse_amount(k, v) for k, v in (("reward_pool", reward_pool), ("creator_bond", creator_bond),
                        ("trainer_stake", trainer_stake), ("validator_stake", validator_stake), ("validator_cap", validator_cap))}
@@ -110,7 +112,7 @@ class ArenaNamespace:
                 slash_bps=_in("slash_bps", slash_bps, 0, BPS // 2),
                 **amounts,
             )
-            spec = ArenaSpec(recipe=recipe, config=config or {}, seed=seed)
+            spec = ArenaSpec(recipe=recipe, config=config or {}, seed=seed, submission=submission)
             return await self._arena.create(spec, eval_path, params)
 
     async def arena_join(
@@ -131,10 +133,12 @@ class ArenaNamespace:
         lr: float | None = None,
         seed: int = 0,
         model_path: str | None = None,
+        steps: int | None = None,
     ) -> dict[str, Any]:
-        """Train a model from the base on this node's data (data_path, else part node_index
-        of num_nodes of the bundled data) and commit it, or commit the model at model_path
-        (safetensors, trained elsewhere); the node reveals it in time."""
+        """Train a model (or an LM's adapter) from the base on this node's data (data_path,
+        else part node_index of num_nodes of the bundled data) with its own epochs or steps,
+        lr and seed, and commit it, or commit the model at model_path (safetensors, trained
+        elsewhere); the node reveals it in time."""
         with _ArenaErrors():
             cid = _cid(competition_id)
             settings = TrainerSettings(
@@ -142,6 +146,7 @@ class ArenaNamespace:
                 node_index=_in("node_index", node_index, 0, num_nodes - 1),
                 num_nodes=_in("num_nodes", num_nodes, 1, 1024),
                 epochs=None if epochs is None else _in("epochs", epochs, 1, 1000),
+                steps=None if steps is None else _in("steps", steps, 1, 100_000),
                 lr=None if lr is None else _positive_lr(lr),
                 seed=_in("seed", seed, 0, 2**63 - 1),
                 model_path=model_path,
