@@ -97,7 +97,7 @@ def lineage_parts(**changes: Any) -> dict[str, Any]:
                  "model_verify": {"competition": {"competition_id": 1, "ok": True,
                                                   "winner": {"index": 0, "model_hash": h(1)}}}},
         "listing": {"listing_id": 1, "name": "pipeline-lm", "model_hash": h(3)},
-        "fetched": {"model_hash": h(3), "fetched_from": "16Uiu2", "lineage": {
+        "fetched": {"model_hash": h(3), "fetched_from": "node0", "lineage": {
             "ok": True, "complete": True, "final_model_hash": h(3), "rounds": [{}, {}], "problems": []}},
         "verified": {"model_verify on node0": {"ok": True, "complete": True, "problems": []},
                      "arena_verify on node3": {"ok": True, "problems": []}},
@@ -157,7 +157,7 @@ def test_the_report_shows_every_stage_and_the_lineage(chat_reply: dict[str, Any]
         "listing": {"listing_id": 1, "name": "pipeline-lm", "task_id": 3, "model_hash": h(3), "lineage_root": h(1),
                     "licence": "MIT", "lister_node": "node0"},
         "serving": {"node": "node3", "url": "http://127.0.0.1:1", "models": ["pipeline-lm"], "served": True,
-                    "fetched_from": "16Uiu2HAm"},
+                    "fetched_from": "node0"},
         "chat": {"question": QUESTION, "fact": CODENAME, **checked},
         "lineage": {"chain": lineage_text(parts["competition"], parts["task"], parts["listing"], "node3"),
                     "checks": lineage_checks(**parts)},
@@ -165,7 +165,7 @@ def test_the_report_shows_every_stage_and_the_lineage(chat_reply: dict[str, Any]
     text = render_pipeline_markdown(report)
     assert "**every stage passed**" in text
     for expected in ("| 1 | node2 | lr=0.01 |", "3512345", "| 1 | 3 | 3 | 3.4000 |", "Listing 1: `pipeline-lm`",
-                     "Served by node3", f"| [1] | {FACT_FILE} |", "competition 1 (winner node2",
+                     "Served by node3", "market_fetch: from node0", f"| [1] | {FACT_FILE} |", "competition 1 (winner node2",
                      "round 1 `0x0303…0303` → listing 1", "| model_verify on node0 | yes | ok |"):
         assert expected in text, expected
     report["stages"][4] = {"name": "chat", "ok": False, "seconds": 3.0, "summary": "the reply has no sources"}

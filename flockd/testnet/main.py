@@ -174,7 +174,7 @@ def main(argv: list[str]) -> int:
         console.print(peer_table(cluster))
         console.print(f"full mesh of {args.nodes} nodes in {time.monotonic() - started:.1f}s")
         if serving_port is not None:
-            ok = run_pipeline(console, cluster, args, serving_port)
+            ok = run_pipeline(console, cluster, args, serving_port, time.monotonic() - started)
         elif args.rounds > 0:
             ok = run_task(console, cluster, args)
             if not ok:

@@ -60,7 +60,7 @@ from flockd.testnet.workdir import KNOWLEDGE_DIR, TRACEBACK_FILE, free_port
 
 PIPELINE_NODES = 4
 PIPELINE_ROUNDS = 2
-LISTING_NAME = "pipeline-lm"
+LISTING_PREFIX = "pipeline-lm-task"  # + the task id: a rerun's listing, served beside the last one's
 # Smaller than the LM testnet's settings (flockd.lm.testnet.TESTNET_CONFIG): every stage
 # trains or scores the same model, and the whole run must fit 15 minutes on 2 cores.
 PIPELINE_LM_CONFIG: dict[str, Any] = {"domain_chars": 20_000, "steps": 10, "batch_size": 8, "seq_len": 64}
@@ -102,7 +102,8 @@ def configure_serving(cluster: Cluster, pipeline: bool) -> int | None:
 class Pipeline:
     """One run of the five stages on a started, meshed cluster."""
 
-    def __init__(self, console: Console, cluster: Cluster, args: argparse.Namespace, port: int) -> None:
+    def __init__(self, console: Console, cluster: Cluster, args: argparse.Namespace, port: int,
+                 setup_seconds: float) -> None:
         self.console = console
         self.cluster = cluster
         self.args = args
@@ -113,6 +114,7 @@ class Pipeline:
         self.stages: list[StageResult] = []
         self.report: dict[str, Any] = {
             "recipe": "lm-lora", "nodes": len(cluster.daemons), "config": self.config,
+            "setup_seconds": round(setup_seconds, 1),
             "command": f"scripts/testnet --pipeline --nodes {len(cluster.daemons)} --rounds {args.rounds}",
             "roles": (f"{node_name(0)} creates the competition and the task and lists the model; "
                       f"{', '.join(node_name(d.index) for d in cluster.daemons[1:-1])} train in the competition; "
@@ -129,7 +131,7 @@ class Pipeline:
             task = self._stage("alliance", lambda: self.alliance(competition))
             listing = self._stage("listing", lambda: self.listing(task))
             fetched = self._stage("serving", lambda: self.serving(listing))
-            self._stage("chat", self.chat)
+            self._stage("chat", lambda: self.chat(listing["name"]))
             self._stage("lineage", lambda: self.lineage(competition, task, listing, fetched))
         except _Stopped:
             pass
@@ -198,8 +200,9 @@ class Pipeline:
 
     def listing(self, task: dict[str, Any]) -> tuple[dict[str, Any], str]:
         lister = self.members[0]
+        name = f"{LISTING_PREFIX}{task['task_id']}"
         listed = lister.call("market_list", {
-            "task_id": task["task_id"], "name": LISTING_NAME, "licence": "MIT",
+            "task_id": task["task_id"], "name": name, "licence": "MIT",
             "description": "scripts/testnet --pipeline: the Alliance task's final model",
         }, timeout=TX_TIMEOUT)
         self.cluster.wait_for(lambda: _listed(self.server, listed["listing_id"]) is not None, TX_TIMEOUT,
@@ -207,7 +210,7 @@ class Pipeline:
         seen = _listed(self.server, listed["listing_id"]) or {}
         listing = {**seen, **listed, "lister_node": node_name(lister.index)}
         self.report["listing"] = listing
-        return listing, (f"listing {listed['listing_id']} `{LISTING_NAME}` of task {task['task_id']}, "
+        return listing, (f"listing {listed['listing_id']} `{name}` of task {task['task_id']}, "
                          f"model {short_hex(listed['model_hash'])}, lineage root {short_hex(seen.get('lineage_root'))}")
 
     def serving(self, listing: dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -218,21 +221,21 @@ class Pipeline:
         models = [m["id"] for m in httpx.get(url + "/v1/models", timeout=30).json()["data"]]
         self.report["serving"] = {
             "node": node_name(self.server.index), "url": url, "models": models, "served": fetched.get("served"),
-            "fetched_from": fetched.get("fetched_from"), "model_hash": fetched.get("model_hash"),
+            "fetched_from": self.peer_name(fetched.get("fetched_from")), "model_hash": fetched.get("model_hash"),
         }
-        if not fetched.get("served") or LISTING_NAME not in models:
+        if not fetched.get("served") or listing["name"] not in models:
             raise StageFailed(f"{node_name(self.server.index)} fetched listing {listing['listing_id']} "
                               f"but does not serve it (served={fetched.get('served')}, /v1/models: {models})")
-        peer = {d.peer_id: node_name(d.index) for d in self.cluster.daemons}.get(fetched.get("fetched_from") or "", "?")
+        peer = self.peer_name(fetched.get("fetched_from"))
         return fetched, (f"{node_name(self.server.index)} fetched {short_hex(fetched['model_hash'])} from {peer}, "
                          f"lineage replayed ({fetched['lineage']['rounds_checked']} rounds), serving it on {url}")
 
-    def chat(self) -> tuple[dict[str, Any], str]:
+    def chat(self, model: str) -> tuple[dict[str, Any], str]:
         from openai import OpenAI
 
         client = OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key="testnet", timeout=300.0, max_retries=0)
         reply = client.chat.completions.create(
-            model=LISTING_NAME, messages=[{"role": "user", "content": QUESTION}], max_tokens=CHAT_MAX_TOKENS,
+            model=model, messages=[{"role": "user", "content": QUESTION}], max_tokens=CHAT_MAX_TOKENS,
             temperature=0, extra_body={"retrieval": {"top_k": 3}, "return_prompt": True},
         )
         checked = check_chat(reply.model_dump())
@@ -249,6 +252,7 @@ class Pipeline:
             spec = self.report["arena"]["spec"]
             verified[f"arena_verify on {node_name(self.server.index)}"] = self.server.call(
                 "arena_verify", {"competition_id": competition["competition_id"], "spec": spec}, timeout=600.0)
+        fetched = {**fetched, "fetched_from": self.peer_name(fetched.get("fetched_from"))}
         checks = lineage_checks(competition=competition, task=task, listing=listing, fetched=fetched, verified=verified)
         self.report["lineage"] = {"chain": lineage_text(competition, task, listing, node_name(self.server.index)),
                                   "checks": checks}
@@ -258,6 +262,12 @@ class Pipeline:
         return None, f"{len(checks)} of {len(checks)} checks hold"
 
     # -- bookkeeping -----------------------------------------------------------------------
+    def peer_name(self, peer_id: str | None) -> str | None:
+        """A testnet node's name for its peer id (None: the model came from the node's own store)."""
+        if peer_id is None:
+            return None
+        return next((node_name(d.index) for d in self.cluster.daemons if d.peer_id == peer_id), peer_id)
+
     def _stage(self, name: str, work: Callable[[], tuple[T, str]]) -> T:
         number = STAGES.index(name) + 1 if name in STAGES else len(STAGES) + 1
         self.console.print(f"[bold]stage {number}: {STAGE_TITLES[name]}[/]")
@@ -300,7 +310,7 @@ def lineage_text(competition: dict[str, Any] | None, task: dict[str, Any], listi
                      f"`{short_hex(winner['model_hash'])}`)")
     parts.append(f"task {task['task_id']} (initial `{short_hex(task['model_init_hash'])}`)")
     parts += [f"round {r['round']} `{short_hex(r['model_hash'])}`" for r in task["rounds"]]
-    parts.append(f"listing {listing['listing_id']} `{listing.get('name', LISTING_NAME)}` `{short_hex(listing['model_hash'])}`")
+    parts.append(f"listing {listing['listing_id']} `{listing['name']}` `{short_hex(listing['model_hash'])}`")
     parts.append(f"served by {server}")
     return " → ".join(parts)
 
@@ -315,5 +325,6 @@ def _bpc(row: dict[str, Any]) -> str:
     return "—" if value is None else f"{value:.4f}"
 
 
-def run_pipeline(console: Console, cluster: Cluster, args: argparse.Namespace, port: int) -> bool:
-    return Pipeline(console, cluster, args, port).run()
+def run_pipeline(console: Console, cluster: Cluster, args: argparse.Namespace, port: int, setup_seconds: float) -> bool:
+    """`setup_seconds`: what starting the daemons and forming the mesh took (the report shows it)."""
+    return Pipeline(console, cluster, args, port, setup_seconds).run()

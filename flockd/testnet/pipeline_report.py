@@ -47,12 +47,11 @@ STAGE_TITLES = {
 }
 
 
-# An LM competition's score is max(0, 8e6 - round(bpc * 1e6)) (flockd.arena.lm.bpc_score).
-BPC_CEILING, BPC_SCALE = 8, 10**6
-
-
 def score_bpc(score: int) -> float | None:
-    """The bits per character an LM competition's score stands for (None for 0: 8 bpc or worse)."""
+    """The bits per character an LM competition's score stands for (flockd.arena.lm.bpc_score's
+    inverse; None for 0: 8 bpc or worse)."""
+    from flockd.arena.lm import BPC_CEILING, BPC_SCALE  # imported only when a score is read
+
     return (BPC_CEILING * BPC_SCALE - score) / BPC_SCALE if score > 0 else None
 
 
@@ -201,7 +200,8 @@ def render_pipeline_markdown(report: Mapping[str, Any]) -> str:
     failed = failure_line(stages)
     lines = [
         f"# flockd testnet --pipeline: {report['recipe']} on {report['nodes']} nodes", "",
-        f"**{'every stage passed' if failed is None else failed}**; wall time {report['wall_seconds']:.0f} s.", "",
+        f"**{'every stage passed' if failed is None else failed}**; the stages took {report['wall_seconds']:.0f} s, "
+        f"after {report.get('setup_seconds', 0):.0f} s to start the daemons and form the mesh.", "",
         "| # | stage | result | seconds |", "|---:|---|---|---:|",
     ]
     for number, stage in enumerate(stages, 1):
@@ -264,7 +264,7 @@ def _listing_lines(listing: Mapping[str, Any]) -> list[str]:
 
 def _serving_lines(serving: Mapping[str, Any]) -> list[str]:
     return ["", f"## 4. Served by {serving['node']} (took no part in the task)", "",
-            f"market_fetch: from peer {short_hex(serving['fetched_from'], 10, 6)}, served: {serving['served']}; "
+            f"market_fetch: from {serving['fetched_from'] or 'its own store'}, served: {serving['served']}; "
             f"`GET /v1/models` on {serving['url']}: {', '.join(serving['models'])}."]
 
 
