@@ -23,6 +23,7 @@ from serve_tiny import TINY
 from test_anvil import E18, MEMBERS, embedded_env, genesis
 from test_arena_anvil import advance_to
 from test_arena_roles import Nodes, node, params
+from test_arena_wire import call
 
 from flockd.arena.handoff import Handoff
 from flockd.arena.lm import (
@@ -95,6 +96,20 @@ def test_an_lm_spec_names_its_submission_kind() -> None:
     assert adapter.to_json()["submission"] == "adapter" and ArenaSpec.from_json(adapter.to_json()) == adapter
     model = lm_spec("0x" + "11" * 32, "model")
     assert "submission" not in model.to_json() and model.spec_hash != adapter.spec_hash
+
+
+@pytest.mark.parametrize(
+    ("method", "params_", "reason"),
+    [
+        ("arena_create", {"recipe": "digits-mlp", "reward_pool": 1, "creator_bond": 1, "submission": "adapter"}, "full model"),
+        ("arena_create", {"recipe": "lm-lora", "config": {"base_hash": "0x" + "11" * 32}, "reward_pool": 1,
+                          "creator_bond": 1, "submission": "weights"}, "submission"),
+        ("arena_submit", {"competition_id": 1, "steps": 0}, "steps"),
+    ],
+)
+async def test_lm_params_are_refused_before_the_chain(method: str, params_: dict[str, object], reason: str) -> None:
+    error = await call(method, params_)
+    assert error["code"] == -32602 and reason in error["message"], error
 
 
 # -- the evaluation set -------------------------------------------------------------------
