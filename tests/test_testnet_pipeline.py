@@ -101,6 +101,10 @@ def lineage_parts(**changes: Any) -> dict[str, Any]:
             "ok": True, "complete": True, "final_model_hash": h(3), "rounds": [{}, {}], "problems": []}},
         "verified": {"model_verify on node0": {"ok": True, "complete": True, "problems": []},
                      "arena_verify on node3": {"ok": True, "problems": []}},
+        "listed": {"ok": True, "lineage": [
+            {"kind": "competition", "competition_id": 1, "ok": True, "winner": {"model_hash": h(1)}},
+            {"kind": "task", "task_id": 3, "ok": True, "rounds_checked": 2, "listing_id": 1, "ends_at_listing": True}]},
+        "listed_by": "node3",
     }
     parts.update(changes)
     return parts
@@ -108,8 +112,10 @@ def lineage_parts(**changes: Any) -> dict[str, Any]:
 
 def test_a_consistent_lineage_passes_every_link() -> None:
     checks = lineage_checks(**lineage_parts())
-    assert len(checks) == 6 and all(c["ok"] for c in checks), checks
-    assert len(lineage_checks(**lineage_parts(competition=None))) == 5  # no competition: no first link
+    assert len(checks) == 7 and all(c["ok"] for c in checks), checks
+    listed = {"ok": True, "lineage": [lineage_parts()["listed"]["lineage"][1]]}
+    alone = lineage_checks(**lineage_parts(competition=None, listed=listed))  # no competition: no first link
+    assert len(alone) == 6 and all(c["ok"] for c in alone)
 
 
 @pytest.mark.parametrize(("change", "failing"), [
@@ -126,6 +132,10 @@ def test_a_consistent_lineage_passes_every_link() -> None:
      "the served model is the listed one"),
     ({"verified": {"arena_verify on node3": {"ok": False, "problems": ["score 2 differs"]}}}, "arena_verify on node3"),
     ({"verified": {"model_verify on node0": {"ok": True, "complete": False, "problems": []}}}, "model_verify on node0"),
+    ({"listed": {"ok": False, "lineage": [{"kind": "task", "ok": False, "problems": ["round 1: replayed model differs"]}]}},
+     "market_lineage of listing 1 on node3"),
+    ({"listed": {"ok": True, "lineage": [{"kind": "task", "ok": True, "ends_at_listing": True}]}},
+     "market_lineage of listing 1 on node3"),  # the competition part is missing
 ])
 def test_a_broken_link_fails_its_check(change: dict[str, Any], failing: str) -> None:
     failed = [c["what"] for c in lineage_checks(**lineage_parts(**change)) if not c["ok"]]
@@ -166,7 +176,9 @@ def test_the_report_shows_every_stage_and_the_lineage(chat_reply: dict[str, Any]
     assert "**every stage passed**" in text
     for expected in ("| 1 | node2 | lr=0.01 |", "3512345", "| 1 | 3 | 3 | 3.4000 |", "Listing 1: `pipeline-lm`",
                      "Served by node3", "market_fetch: from node0", f"| [1] | {FACT_FILE} |", "competition 1 (winner node2",
-                     "round 1 `0x0303…0303` → listing 1", "| model_verify on node0 | yes | ok |"):
+                     "round 1 `0x0303…0303` → listing 1", "| model_verify on node0 | yes | ok |",
+                     "| market_lineage of listing 1 on node3 | yes | competition 1 ok (winner 0x0101…0101) → task 3 ok "
+                     "(2 rounds replayed, ends at listing 1) |"):
         assert expected in text, expected
     report["stages"][4] = {"name": "chat", "ok": False, "seconds": 3.0, "summary": "the reply has no sources"}
     assert "**pipeline failed at stage 5 (Chat with sources from the knowledge folder): the reply has no sources**" in (

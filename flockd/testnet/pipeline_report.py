@@ -132,13 +132,15 @@ def _cited(prompt: str, rank: int, fact_file: str, fact: str) -> bool:
 
 def lineage_checks(
     *, competition: Mapping[str, Any] | None, task: Mapping[str, Any], listing: Mapping[str, Any],
-    fetched: Mapping[str, Any], verified: Mapping[str, Any],
+    fetched: Mapping[str, Any], verified: Mapping[str, Any], listed: Mapping[str, Any] | None = None,
+    listed_by: str = "the serving node",
 ) -> list[dict[str, Any]]:
     """Each link of competition → task rounds → listing → served model, as (what, ok,
     detail). `competition`: the winner's row and the competition's id (None without one);
     `task`: the task's id, initial model hash, rounds and model_verify reply; `listing`: market_list's
     reply; `fetched`: the serving node's market_fetch reply (its lineage replayed);
-    `verified`: the checks' replies by name (model_verify, arena_verify, ...)."""
+    `verified`: the checks' replies by name (model_verify, arena_verify, ...); `listed`:
+    market_lineage of the listing on `listed_by` (its parts, oldest first)."""
     rounds = task.get("rounds") or []
     last_model = rounds[-1]["model_hash"] if rounds else None
     lineage = fetched.get("lineage") or {}
@@ -170,11 +172,28 @@ def lineage_checks(
           and _same(lineage.get("final_model_hash"), listing.get("model_hash")),
           f"{len(replayed)} round(s) replayed, final {short_hex(lineage.get('final_model_hash'))}"
           + (f"; problems: {'; '.join(lineage.get('problems') or [])}" if lineage.get("problems") else ""))
+    if listed is not None:
+        parts = [p for p in listed.get("lineage") or [] if isinstance(p, Mapping)]
+        kinds = [p.get("kind") for p in parts]
+        expected = ["competition", "task"] if competition is not None else ["task"]
+        check(f"market_lineage of listing {listing.get('listing_id')} on {listed_by}",
+              bool(listed.get("ok")) and kinds == expected and bool(parts) and bool(parts[-1].get("ends_at_listing")),
+              " → ".join(_part_text(p) for p in parts) or "no parts")
     for name, reply in verified.items():
         problems = reply.get("problems") or []
         check(f"{name}", bool(reply.get("ok")) and reply.get("complete", True) is not False,
               "ok" if not problems else "; ".join(str(p) for p in problems))
     return checks
+
+
+def _part_text(part: Mapping[str, Any]) -> str:
+    """One part of a market_lineage reply, in a few words."""
+    state = "ok" if part.get("ok") else "FAILED: " + "; ".join(str(p) for p in part.get("problems") or [])
+    if part.get("kind") == "competition":
+        winner = part.get("winner") or {}
+        return f"competition {part.get('competition_id')} {state} (winner {short_hex(winner.get('model_hash'))})"
+    ends = f", ends at listing {part.get('listing_id')}" if part.get("ends_at_listing") else ""
+    return f"task {part.get('task_id')} {state} ({part.get('rounds_checked')} rounds replayed{ends})"
 
 
 def _same(a: Any, b: Any) -> bool:
