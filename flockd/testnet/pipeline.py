@@ -148,9 +148,11 @@ class Pipeline:
     def arena(self) -> tuple[dict[str, Any], str]:
         from flockd.testnet.arena import ArenaPlan, competition_report, run_competition
 
-        # A validator scores every adapter on the evaluation text: longer phases than a classifier's.
+        # Longer phases than a classifier's: a trainer's first LM load and training, then its
+        # commit, must fit the join and submit phases (a 40 + 20 block window was missed
+        # at a load of ~10), and a validator scores every adapter on the evaluation text.
         plan = ArenaPlan(recipe="lm-lora", config=self.config, validators=1, submission="adapter",
-                         submit_blocks=20, score_commit_blocks=60, score_reveal_blocks=15)
+                         join_blocks=60, submit_blocks=60, score_commit_blocks=60, score_reveal_blocks=15)
         cid, spec, settings = run_competition(self.cluster, plan, self.args.task_timeout)
         arena = competition_report(self.cluster, plan, cid, spec, settings)
         arena["recipe"] = "lm-lora"
@@ -253,7 +255,10 @@ class Pipeline:
             verified[f"arena_verify on {node_name(self.server.index)}"] = self.server.call(
                 "arena_verify", {"competition_id": competition["competition_id"], "spec": spec}, timeout=600.0)
         fetched = {**fetched, "fetched_from": self.peer_name(fetched.get("fetched_from"))}
-        checks = lineage_checks(competition=competition, task=task, listing=listing, fetched=fetched, verified=verified)
+        listed = self.server.call("market_lineage", {"listing_id": listing["listing_id"]}, timeout=600.0)
+        self.report["market_lineage"] = listed
+        checks = lineage_checks(competition=competition, task=task, listing=listing, fetched=fetched, verified=verified,
+                                listed=listed, listed_by=node_name(self.server.index))
         self.report["lineage"] = {"chain": lineage_text(competition, task, listing, node_name(self.server.index)),
                                   "checks": checks}
         bad = [c for c in checks if not c["ok"]]
