@@ -211,6 +211,7 @@ def test_pipeline_flags_default_and_refuse(monkeypatch: pytest.MonkeyPatch, caps
     args: argparse.Namespace = parse_args(["--pipeline"])
     assert (args.nodes, args.rounds, args.recipe) == (4, 2, "lm-lora")
     assert parse_args(["--pipeline", "--rounds", "1", "--nodes", "5"]).nodes == 5
+    assert parse_args(["--pipeline", "--keep-running"]).keep_running  # the served model stays up to chat with
     for bad in (["--nodes", "3"], ["--recipe", "digits-mlp"], ["--arena"], ["--chaos"]):
         with pytest.raises(SystemExit) as exited:
             parse_args(["--pipeline", *bad])

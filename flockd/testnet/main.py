@@ -124,9 +124,9 @@ def _flag_problems(args: argparse.Namespace) -> list[str]:
         (args.proposers >= 1, "--proposers must be 1 or more"),
         (args.chain_blocks >= 0, "--chain-blocks must be 0 or more"),
         (not args.pipeline or (args.nodes >= 4 and args.rounds >= 1 and args.recipe == "lm-lora" and not args.chaos
-                               and not args.arena and not args.malicious and not args.keep_running),
+                               and not args.arena and not args.malicious),
          "--pipeline needs --nodes 4 or more (a creator, two trainers, a validator that serves), --rounds 1 or more, "
-         "the lm-lora recipe, and no --chaos, --arena, --malicious or --keep-running"),
+         "the lm-lora recipe, and no --chaos, --arena or --malicious"),
         (not args.chaos or (args.nodes >= 3 and args.rounds >= 2),
          "--chaos needs --nodes 3 or more and --rounds 2 or more (a third of the nodes is at least one)"),
         (not (args.chaos and args.keep_running), "--chaos and --keep-running do not go together"),
@@ -184,6 +184,9 @@ def main(argv: list[str]) -> int:
             wait_chain_agreement(console, cluster, args.chain_blocks)
         if args.keep_running:
             print_reach(console, cluster, args)
+            if serving_port is not None:
+                console.print(f"node{len(cluster.daemons) - 1} serves the listed model: "
+                              f"http://127.0.0.1:{serving_port}/v1 (any API key), its page at http://127.0.0.1:{serving_port}/")
             return 0
     except KeyboardInterrupt:
         console.print("interrupted: stopping the daemons")
