@@ -159,7 +159,8 @@ def test_the_report_shows_every_stage_and_the_lineage(chat_reply: dict[str, Any]
         "arena": {"competition_id": 1, "recipe": "lm-lora",
                   "leaderboard": [{"rank": 1, "node": "node2", "training": {"lr": 0.01}, "model_hash": h(1),
                                    "median": 3512345, "reward": 10**20}],
-                  "validators": [{"node": "node3", "scores": [{"score": 3512345}], "closeness": 1000000}],
+                  "validators": [{"node": "node3", "scores": [{"submission": 0, "node": "node2", "score": 3512345}],
+                                  "closeness": 1000000}],
                   "arena_verify": {"node3": {"ok": True, "problems": []}}},
         "alliance": {"task_id": 3, "members": ["node0", "node1", "node2"], "model_init_hash": h(1), "all_nodes_agree": True,
                      "rounds": [{"round": r, "proposals": 3, "accepted": 3, "test_loss": 3.5 - r / 10, "test_accuracy": 0.04,
@@ -174,7 +175,7 @@ def test_the_report_shows_every_stage_and_the_lineage(chat_reply: dict[str, Any]
     }
     text = render_pipeline_markdown(report)
     assert "**every stage passed**" in text
-    for expected in ("| 1 | node2 | lr=0.01 |", "3512345", "| 1 | 3 | 3 | 3.4000 |", "Listing 1: `pipeline-lm`",
+    for expected in ("| 1 | node2 | lr=0.01 |", "node3 scored node2: 3512345", "| 1 | 3 | 3 | 3.4000 |", "Listing 1: `pipeline-lm`",
                      "Served by node3", "market_fetch: from node0", f"| [1] | {FACT_FILE} |", "competition 1 (winner node2",
                      "round 1 `0x0303…0303` → listing 1", "| model_verify on node0 | yes | ok |",
                      "| market_lineage of listing 1 on node3 | yes | competition 1 ok (winner 0x0101…0101) → task 3 ok "

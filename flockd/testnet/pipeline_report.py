@@ -256,11 +256,16 @@ def _arena_lines(arena: Mapping[str, Any]) -> str:
         rows.append(f"| {row['rank']} | {row['node']} | {training} | `{short_hex(row['model_hash'])}` | {row['median']}"
                     + (f" ({bpc:.4f} bpc)" if isinstance(bpc, float) else "") + f" | {row['reward'] / 10**18:.2f} |")
     rows += ["", "Validators: " + "; ".join(
-        f"{v['node']} scored {', '.join(str(s['score']) for s in v['scores'])} (closeness {v['closeness']})"
+        f"{v['node']} scored {', '.join(_scored(s) for s in v['scores'])} (closeness {v['closeness']})"
         for v in arena["validators"])]
     rows += ["", "arena_verify: " + ", ".join(f"{n}: {'ok' if v['ok'] else 'FAILED ' + '; '.join(v['problems'])}"
                                               for n, v in arena["arena_verify"].items())]
     return "\n".join(rows)
+
+
+def _scored(score: Mapping[str, Any]) -> str:
+    """One validator's score of one submission, named by its trainer when known."""
+    return f"{score.get('node') or '#' + str(score.get('submission'))}: {score['score']}"
 
 
 def _alliance_lines(alliance: Mapping[str, Any]) -> list[str]:
