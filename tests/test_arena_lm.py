@@ -54,7 +54,7 @@ from flockd.chain.client.arena import (
     ARENA_PHASE_SUBMIT,
     submission_digest,
 )
-from flockd.fl.checkpoint import load_checkpoint, model_hash
+from flockd.fl.checkpoint import load_checkpoint, model_hash, save_checkpoint
 from flockd.fl.recipe import canonical_json
 from flockd.fl.tensors import shapes
 from flockd.lm.base import BASES_ENV
@@ -181,6 +181,16 @@ def test_an_adapter_and_its_folded_model_score_alike(tiny_base: str) -> None:
     assert 0 < score == score_model(model_spec, model, eval_set) == score_model(adapter_spec, adapter, eval_set)
     with pytest.raises(ArenaSpecError, match="steps, not epochs"):
         train_submission(adapter_spec, TrainerSettings(epochs=1))
+
+
+def test_a_prepared_submission_file_must_be_in_the_competitions_layout(tiny_base: str, tmp_path: Path) -> None:
+    adapter_spec, model_spec = lm_spec(tiny_base), lm_spec(tiny_base, "model")
+    adapter = train_submission(adapter_spec, TrainerSettings(steps=1, seed=2))
+    path = tmp_path / "adapter.safetensors"
+    save_checkpoint(path, adapter)
+    assert model_hash(train_submission(adapter_spec, TrainerSettings(model_path=str(path)))) == model_hash(adapter)
+    with pytest.raises(ArenaSpecError, match="model_path"):
+        train_submission(model_spec, TrainerSettings(model_path=str(path)))  # an adapter where a model is asked
 
 
 # -- a competition on the embedded chain, and the hand-off --------------------------------

@@ -121,6 +121,12 @@ class ArenaService:
         least = snap.params.trainer_stake if role == "trainer" else snap.params.validator_stake
         if stake < least:
             raise ArenaError(f"a {role} stakes at least {least}, not {stake}")
+        # Before staking: this node must hold the competition's base model (an LM's base
+        # store); loading it now also spares the later phases' deadlines its loading time.
+        base_hash = await trio.to_thread.run_sync(_base_model_hash, spec)
+        if base_hash != snap.params.base_model_hash:
+            raise ArenaError(f"competition {cid}: this node's base model hashes to {hex0x(base_hash)}, "
+                             f"the competition's is {hex0x(snap.params.base_model_hash)}")
         await self.token.approve(self.arena.address, stake)
         vrf_pk = self._vrf_public_key() if role == "validator" else bytes(32)
         await self.arena.join(cid, ROLE_TRAINER if role == "trainer" else ROLE_VALIDATOR, stake, vrf_pk)
@@ -205,3 +211,9 @@ class ArenaService:
         self.counters.incr("eval_sets_served")
         return encode_eval_reply(*held)
 
+
+def _base_model_hash(spec: ArenaSpec) -> bytes:
+    try:
+        return model_hash(spec.base_model())
+    except Exception as exc:  # a missing or refused base (flockd.lm.base), any recipe's load error
+        raise ArenaError(f"this node cannot build the competition's base model: {type(exc).__name__}: {exc}") from None
