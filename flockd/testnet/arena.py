@@ -11,7 +11,7 @@ medians, every node's `arena_verify`, and the payouts each node claims.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from flockd.testnet.cluster import Cluster, Daemon
@@ -22,12 +22,16 @@ E18 = 10**18
 TRAINER_STAKE, VALIDATOR_STAKE = 10 * E18, 100 * E18
 # epochs, lr by trainer: different hyperparameters (None: the recipe's)
 HYPERPARAMETERS: list[tuple[int | None, float | None]] = [(5, None), (1, 0.01), (3, 0.05), (2, None), (1, None)]
+# A language model trains for steps, not epochs: steps, lr by trainer.
+LM_HYPERPARAMETERS: list[tuple[int, float]] = [(16, 1e-2), (4, 1e-3), (8, 5e-3)]
 
 
 @dataclass(frozen=True)
 class ArenaPlan:
     recipe: str = "digits-mlp"
+    config: dict[str, Any] = field(default_factory=dict)  # the recipe's (lm-lora: its base hash)
     validators: int = 2
+    submission: str = "model"  # an LM competition may take LoRA adapters ("adapter")
     reward_pool: int = 1000 * E18
     creator_bond: int = 100 * E18
     join_blocks: int = 40
@@ -43,9 +47,12 @@ def roles(cluster: Cluster, plan: ArenaPlan) -> tuple[Daemon, list[Daemon], list
     return daemons[0], daemons[1:len(daemons) - plan.validators], daemons[len(daemons) - plan.validators:]
 
 
-def trainer_settings(k: int, trainers: int) -> dict[str, Any]:
-    epochs, lr = HYPERPARAMETERS[k % len(HYPERPARAMETERS)]
+def trainer_settings(k: int, trainers: int, lm: bool = False) -> dict[str, Any]:
     settings: dict[str, Any] = {"node_index": k, "num_nodes": trainers, "seed": k + 1}
+    if lm:
+        steps, lm_lr = LM_HYPERPARAMETERS[k % len(LM_HYPERPARAMETERS)]
+        return {**settings, "steps": steps, "lr": lm_lr}
+    epochs, lr = HYPERPARAMETERS[k % len(HYPERPARAMETERS)]
     if epochs is not None:
         settings["epochs"] = epochs
     if lr is not None:
@@ -57,7 +64,8 @@ def run_competition(cluster: Cluster, plan: ArenaPlan, timeout: float) -> tuple[
     """Create, join, submit; wait until finalised. (competition id, spec, each trainer's settings by node)."""
     creator, trainers, validators = roles(cluster, plan)
     created = creator.call("arena_create", {
-        "recipe": plan.recipe, "reward_pool": str(plan.reward_pool), "creator_bond": str(plan.creator_bond),
+        "recipe": plan.recipe, **({"config": plan.config} if plan.config else {}),
+        **({"submission": plan.submission} if plan.submission != "model" else {}), "reward_pool": str(plan.reward_pool), "creator_bond": str(plan.creator_bond),
         "trainer_stake": str(TRAINER_STAKE), "validator_stake": str(VALIDATOR_STAKE),
         "expected_validators": len(validators), "join_blocks": plan.join_blocks, "submit_blocks": plan.submit_blocks,
         "reveal_blocks": plan.reveal_blocks, "score_commit_blocks": plan.score_commit_blocks,
@@ -65,7 +73,8 @@ def run_competition(cluster: Cluster, plan: ArenaPlan, timeout: float) -> tuple[
     }, timeout=TX_TIMEOUT)
     cid, spec = created["competition_id"], created["spec"]
     cluster.wait_for(lambda: all(_sees(d, cid) for d in cluster.daemons), TX_TIMEOUT, f"every node to see competition {cid}")
-    settings = {node_name(d.index): trainer_settings(k, len(trainers)) for k, d in enumerate(trainers)}
+    lm = plan.recipe == "lm-lora"
+    settings = {node_name(d.index): trainer_settings(k, len(trainers), lm) for k, d in enumerate(trainers)}
     joins = [(d, "validator", VALIDATOR_STAKE) for d in validators] + [(d, "trainer", TRAINER_STAKE) for d in trainers]
     with ThreadPoolExecutor(len(joins)) as pool:  # every join in the join phase, at once
         list(pool.map(lambda j: j[0].call("arena_join", {"competition_id": cid, "spec": spec, "role": j[1], "stake": str(j[2])},

@@ -23,6 +23,7 @@ from flockd.rpc.errors import RPCError
 from flockd.testnet.chaos import ChaosScheduler, plan_chaos
 from flockd.testnet.chaos_driver import ChaosDriver, canonical_hashes
 from flockd.testnet.cluster import Cluster, ClusterError, agree_at_least, heads
+from flockd.testnet.pipeline import configure_serving, run_pipeline
 from flockd.testnet.progress import progress_table
 from flockd.testnet.report import build_report, node_name, write_report
 from flockd.testnet.task import TaskPlan, create_and_join, wait_finished, wait_models_on_chain
@@ -84,7 +85,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--arena", action="store_true",
                    help="first an Arena competition among the nodes (node0 creates, the last two validate, the "
                         "rest train), then the task from its winner (docs/arena.md)")
+    p.add_argument("--pipeline", action="store_true",
+                   help="Arena → Alliance → Marketplace on the language model: a competition, a task from its "
+                        "winner, a listing, the model served on the last node, a chat with sources "
+                        "(default --nodes 4 --rounds 2; docs/testnet.md)")
     args = p.parse_args(argv)
+    if args.pipeline:  # its own defaults; flags given still win
+        from flockd.testnet.pipeline import PIPELINE_NODES, PIPELINE_ROUNDS
+
+        p.set_defaults(nodes=PIPELINE_NODES, rounds=PIPELINE_ROUNDS, recipe="lm-lora")
+        args = p.parse_args(argv)
     for problem in _flag_problems(args):
         p.error(problem)
     try:
@@ -113,6 +123,10 @@ def _flag_problems(args: argparse.Namespace) -> list[str]:
         (args.timeout > 0 and args.task_timeout > 0, "--timeout and --task-timeout must be positive"),
         (args.proposers >= 1, "--proposers must be 1 or more"),
         (args.chain_blocks >= 0, "--chain-blocks must be 0 or more"),
+        (not args.pipeline or (args.nodes >= 4 and args.rounds >= 1 and args.recipe == "lm-lora" and not args.chaos
+                               and not args.arena and not args.malicious),
+         "--pipeline needs --nodes 4 or more (a creator, two trainers, a validator that serves), --rounds 1 or more, "
+         "the lm-lora recipe, and no --chaos, --arena or --malicious"),
         (not args.chaos or (args.nodes >= 3 and args.rounds >= 2),
          "--chaos needs --nodes 3 or more and --rounds 2 or more (a third of the nodes is at least one)"),
         (not (args.chaos and args.keep_running), "--chaos and --keep-running do not go together"),
@@ -153,12 +167,15 @@ def main(argv: list[str]) -> int:
                 f"node{i} ({spec}: {describe(parse_behaviour(spec))})" for i, spec in args.behaviours.items()))
         if args.chaos:
             serve_chain_http(cluster)
+        serving_port = configure_serving(cluster, args.pipeline)
         cluster.start(timeout=args.timeout, detach=args.keep_running)
         console.print("daemons up; waiting for a full mesh")
         cluster.wait_full_mesh(args.timeout)
         console.print(peer_table(cluster))
         console.print(f"full mesh of {args.nodes} nodes in {time.monotonic() - started:.1f}s")
-        if args.rounds > 0:
+        if serving_port is not None:
+            ok = run_pipeline(console, cluster, args, serving_port, time.monotonic() - started)
+        elif args.rounds > 0:
             ok = run_task(console, cluster, args)
             if not ok:
                 cluster.stop()
@@ -167,6 +184,9 @@ def main(argv: list[str]) -> int:
             wait_chain_agreement(console, cluster, args.chain_blocks)
         if args.keep_running:
             print_reach(console, cluster, args)
+            if serving_port is not None:
+                console.print(f"node{len(cluster.daemons) - 1} serves the listed model: "
+                              f"http://127.0.0.1:{serving_port}/v1 (any API key), its page at http://127.0.0.1:{serving_port}/")
             return 0
     except KeyboardInterrupt:
         console.print("interrupted: stopping the daemons")

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from flockd.testnet.cluster import Cluster, ClusterError
+from flockd.testnet.cluster import Cluster, ClusterError, Daemon
 
 # These calls return once their transactions are mined (task_join: approve, then join), so
 # they take blocks, and longer on a busy machine: far more than a plain query's 10 s.
@@ -31,10 +31,13 @@ class TaskPlan:
     competition: int | None = None  # an Arena competition whose winner is round 0's base
 
 
-def create_and_join(cluster: Cluster, plan: TaskPlan, before_start: Callable[[int], object] | None = None) -> int:
-    """`before_start(task_id)` runs once every node joined (a delegation must come then)."""
-    nodes = len(cluster.daemons)
-    created = cluster.daemons[0].call("task_create", {
+def create_and_join(cluster: Cluster, plan: TaskPlan, before_start: Callable[[int], object] | None = None,
+                    members: list[Daemon] | None = None) -> int:
+    """`before_start(task_id)` runs once every node joined (a delegation must come then);
+    `members`: the nodes that take part (default all; the first creates the task)."""
+    daemons = cluster.daemons if members is None else members
+    nodes = len(daemons)
+    created = daemons[0].call("task_create", {
         "recipe": plan.recipe, "rounds": plan.rounds, "partition": plan.partition, "rule": plan.rule,
         "num_nodes": nodes, "seed": plan.seed, "expected_proposers": min(plan.expected_proposers, nodes),
         "min_participants": nodes, "propose_blocks": plan.propose_blocks, "commit_blocks": plan.commit_blocks,
@@ -43,25 +46,26 @@ def create_and_join(cluster: Cluster, plan: TaskPlan, before_start: Callable[[in
     }, timeout=TX_TIMEOUT)
     task_id: int = created["task_id"]
     # A node that has not imported the creating block yet would answer "no task".
-    cluster.wait_for(lambda: all(d.call("task_status", {"task_id": task_id}) for d in cluster.daemons),
+    cluster.wait_for(lambda: all(d.call("task_status", {"task_id": task_id}) for d in daemons),
                      TX_TIMEOUT, f"every node to see task {task_id}")
     with ThreadPoolExecutor(max_workers=nodes) as pool:
         joins = [
             pool.submit(d.call, "task_join", {"task_id": task_id, "spec": created["spec"]}, TX_TIMEOUT)
-            for d in cluster.daemons
+            for d in daemons
         ]
         for future in joins:
             future.result()
     if before_start is not None:
         before_start(task_id)
-    cluster.daemons[0].call("task_start", {"task_id": task_id}, timeout=TX_TIMEOUT)
+    daemons[0].call("task_start", {"task_id": task_id}, timeout=TX_TIMEOUT)
     return task_id
 
 
-def poll(cluster: Cluster, task_id: int) -> tuple[list[dict[str, Any] | None], list[dict[str, Any] | None]]:
+def poll(cluster: Cluster, task_id: int, members: list[Daemon] | None = None,
+         ) -> tuple[list[dict[str, Any] | None], list[dict[str, Any] | None]]:
     statuses: list[dict[str, Any] | None] = []
     rounds: list[dict[str, Any] | None] = []
-    for d in cluster.daemons:
+    for d in cluster.daemons if members is None else members:
         try:
             statuses.append(d.call("task_status", {"task_id": task_id}))
         except Exception:
@@ -76,11 +80,12 @@ def poll(cluster: Cluster, task_id: int) -> tuple[list[dict[str, Any] | None], l
 def wait_finished(
     cluster: Cluster, task_id: int, plan: TaskPlan, timeout: float,
     on_poll: Callable[[list[dict[str, Any] | None], list[dict[str, Any] | None]], None],
+    members: list[Daemon] | None = None,
 ) -> list[dict[str, Any]]:
-    """Poll until every node finished every round; returns each node's task_status."""
+    """Poll until every node (of `members`) finished every round; returns each one's task_status."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        statuses, rounds = poll(cluster, task_id)
+        statuses, rounds = poll(cluster, task_id, members)
         on_poll(statuses, rounds)
         if all(s is not None and _done(s, plan.rounds) for s in statuses):
             return [s for s in statuses if s is not None]
@@ -91,14 +96,15 @@ def wait_finished(
     raise ClusterError(f"the task did not finish within {timeout:.0f}s")
 
 
-def wait_models_on_chain(cluster: Cluster, task_id: int, timeout: float) -> list[dict[str, Any]] | None:
+def wait_models_on_chain(cluster: Cluster, task_id: int, timeout: float,
+                         members: list[Daemon] | None = None) -> list[dict[str, Any]] | None:
     """After the task: poll until every node holds the model the chain recorded (a node
     restarted late may still be replaying rounds when the chain says finished); returns
     the last complete set of task_status replies, agreeing or not (None if never complete)."""
     deadline = time.monotonic() + timeout
     last: list[dict[str, Any]] | None = None
     while True:
-        statuses, _ = poll(cluster, task_id)
+        statuses, _ = poll(cluster, task_id, members)
         if all(s is not None for s in statuses):
             last = [s for s in statuses if s is not None]
             if all(_on_chain(s) for s in last):

@@ -33,7 +33,8 @@ _NODE_DIR = re.compile(r"node(0|[1-9][0-9]*)")
 # What a run writes besides the node datadirs.
 REPORT_DIR = "report"
 TRACEBACK_FILE = "traceback.txt"
-_OURS = frozenset({REPORT_DIR, TRACEBACK_FILE})
+KNOWLEDGE_DIR = "knowledge"  # --pipeline: the serving node's documents
+_OURS = frozenset({REPORT_DIR, TRACEBACK_FILE, KNOWLEDGE_DIR})
 _NODE_FILES = (NODE_KEYSTORE, VRF_KEYFILE, CONFIG_FILE, GENESIS_FILE)
 
 
