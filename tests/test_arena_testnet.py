@@ -25,7 +25,7 @@ def test_every_trainer_has_its_own_data_and_hyperparameters() -> None:
     assert ArenaPlan().validators == 2
 
 
-def test_the_report_section_shows_leaderboard_scores_claims_and_the_hand_off() -> None:
+def test_the_report_section_shows_leaderboard_scores_claims_pool_and_the_hand_off() -> None:
     verified = {"node0": {"ok": True, "complete": True, "rounds_checked": 2, "problems": [],
                           "competition": {"competition_id": 1, "ok": True, "winner": {"index": 1, "trainer": "0x" + "ab" * 20,
                                                                                     "model_hash": "0x" + "cd" * 32, "median": 900000}}}}
@@ -39,6 +39,8 @@ def test_the_report_section_shows_leaderboard_scores_claims_and_the_hand_off() -
         "arena_verify": {"node0": {"ok": True, "problems": []}},
         "claims": {"node0": 100 * E18},
         "handoff": handoff_report(verified, 7, "0x" + "cd" * 32),
+        "pool": {"delegator": "node0", "operator": "node3", "delegated": 50 * E18, "value": 50 * E18, "collected": 60 * E18,
+                 "claimed": 160 * E18, "undelegated": 50 * E18, "release_block": 1150},
         "delegation": {"delegator": "node0", "participant": "node1", "task_id": 7, "amount": 50 * E18, "shares": 50 * E18,
                        "withdrawn": 50 * E18},
     }
@@ -48,4 +50,6 @@ def test_the_report_section_shows_leaderboard_scores_claims_and_the_hand_off() -
     assert "node0: ok" in text and "| node0 | 100.00 |" in text
     assert "Task 7 started from competition 1's winner: submission 1" in text
     assert "| node0 | True | True | True | 2 |" in text
+    assert "node0 delegated 50.00 tokens to node3's Arena pool" in text and "collected 60.00 tokens" in text
+    assert "withdrawable from block 1150" in text
     assert "node0 delegated 50.00 tokens to node1's stake pool in task 7" in text and "withdrew 50.00 tokens" in text

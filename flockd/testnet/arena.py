@@ -39,6 +39,7 @@ class ArenaPlan:
     reveal_blocks: int = 10
     score_commit_blocks: int = 30
     score_reveal_blocks: int = 12
+    pool_delegation: int = 50 * E18  # node0 backs the first validator's Arena pool (0: nobody)
 
 
 def roles(cluster: Cluster, plan: ArenaPlan) -> tuple[Daemon, list[Daemon], list[Daemon]]:
@@ -75,6 +76,9 @@ def run_competition(cluster: Cluster, plan: ArenaPlan, timeout: float) -> tuple[
     cluster.wait_for(lambda: all(_sees(d, cid) for d in cluster.daemons), TX_TIMEOUT, f"every node to see competition {cid}")
     lm = plan.recipe == "lm-lora"
     settings = {node_name(d.index): trainer_settings(k, len(trainers), lm) for k, d in enumerate(trainers)}
+    if plan.pool_delegation:  # before the joins: a seat locks the backing it counts
+        creator.call("stake_arena_delegate", {"operator": validators[0].address, "amount": str(plan.pool_delegation)},
+                     timeout=TX_TIMEOUT)
     joins = [(d, "validator", VALIDATOR_STAKE) for d in validators] + [(d, "trainer", TRAINER_STAKE) for d in trainers]
     with ThreadPoolExecutor(len(joins)) as pool:  # every join in the join phase, at once
         list(pool.map(lambda j: j[0].call("arena_join", {"competition_id": cid, "spec": spec, "role": j[1], "stake": str(j[2])},
@@ -116,13 +120,32 @@ def competition_report(cluster: Cluster, plan: ArenaPlan, cid: int, spec: dict[s
     } for v in results["validators"]]
     verified = {node_name(d.index): d.call("arena_verify", {"competition_id": cid, "spec": spec}, timeout=300.0)
                 for d in cluster.daemons}
+    pool = pool_payout(cluster, plan) if plan.pool_delegation else None
     claims = {node_name(d.index): _claim(d) for d in cluster.daemons}
+    if pool is not None:  # rewards_claim claimed all the Arena owed node0, its bond too
+        claims[node_name(creator.index)] = pool["claimed"]
     return {
+        "pool": pool,
         "competition_id": cid, "spec": spec, "plan": {k: str(v) if isinstance(v, int) and v > 2**53 else v for k, v in vars(plan).items()},
         "leaderboard": leaderboard, "validators": validators,
         "arena_verify": {n: {"ok": v["ok"], "problems": v["problems"]} for n, v in verified.items()},
         "claims": claims,
     }
+
+
+def pool_payout(cluster: Cluster, plan: ArenaPlan) -> dict[str, Any]:
+    """node0, the delegator, collects its share of the first validator's pool rewards (and
+    claims all the Arena owes it), then undelegates: the stake unbonds for the contract's
+    delay, longer than a testnet runs."""
+    creator, _, validators = roles(cluster, plan)
+    operator = validators[0].address
+    position = creator.call("stake_arena_balances", {"operator": operator})
+    claimed = creator.call("rewards_claim", {"operator": operator}, timeout=TX_TIMEOUT)
+    undelegated = creator.call("stake_arena_undelegate", {"operator": operator}, timeout=TX_TIMEOUT)
+    return {"delegator": node_name(creator.index), "operator": node_name(validators[0].index),
+            "delegated": plan.pool_delegation, "value": int(position["value"]),
+            "collected": int(claimed["collected"]), "claimed": int(claimed["claimed"]),
+            "undelegated": int(undelegated["amount"]), "release_block": int(undelegated["unbonding"]["release_block"])}
 
 
 def _claim(d: Daemon) -> int:
@@ -187,6 +210,13 @@ def arena_markdown(arena: dict[str, Any]) -> str:
     lines += ["", "### Payouts claimed (stakes returned plus rewards; the creator: its bond and the unpaid pool)", "",
               "| node | claimed (tokens) |", "| --- | --- |"]
     lines += [f"| {n} | {c * tokens:.2f} |" for n, c in arena["claims"].items()]
+    pool = arena.get("pool")
+    if pool:
+        lines += ["", "### Delegation pool", "",
+                  f"{pool['delegator']} delegated {pool['delegated'] * tokens:.2f} tokens to {pool['operator']}'s Arena pool "
+                  f"before the joins (its seat counted the backing), collected {pool['collected'] * tokens:.2f} tokens of the "
+                  f"pool's rewards (`rewards_claim`), and undelegated {pool['undelegated'] * tokens:.2f}, withdrawable from "
+                  f"block {pool['release_block']} (`stake_arena_withdraw`)."]
     lines += ["", "### arena_verify", "", ", ".join(f"{n}: {'ok' if v['ok'] else 'FAILED ' + '; '.join(v['problems'])}"
                                                      for n, v in arena["arena_verify"].items())]
     handoff = arena.get("handoff")
