@@ -1,0 +1,140 @@
+"""The page's catalogue JSON (`GET /api/listings`): every listing on chain a page at a time,
+each with its lineage graph, read from a real py-evm chain with the TaskRegistry and the
+Market (tests/listed_chain.py): pages and their bounds, a page cached for its block, the
+hostile strings kept as text and capped, which listing this node serves, and a listing
+whose lineage cannot be read still there with the error."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from listed_chain import XSS_NAME, ListedChain, three_listings
+
+from flockd.chain.client.abc import ChainUnavailable
+from flockd.chain.client.market import MAX_DESCRIPTION_LEN, MAX_NAME_LEN, Listing
+from flockd.chain.client.registry import Registry, RoundInfo
+from flockd.market.catalogue import MAX_PAGE, ListingCatalogue, describe_listing
+from flockd.serve.app import ServeApp
+from flockd.tasks.spec import TaskSpec
+
+
+@pytest.fixture(scope="module")
+def listed() -> tuple[ListedChain, dict[str, int]]:
+    chain = ListedChain()
+    ids = three_listings(chain)
+    seeded = TaskSpec("digits-mlp", num_nodes=3, seed=4, competition=5)  # no Arena read here: its node errs
+    ids["seeded"] = chain.list(chain.task(seeded), seeded, "digits-arena")
+    return chain, ids
+
+
+class ServedDouble:
+    """Stands for a served model in ServeApp.models: only its name and listing are read here."""
+
+    kind = "causal-lm"
+
+    def __init__(self, name: str, listing_id: int) -> None:
+        self.name, self.listing = name, {"listing_id": listing_id}
+
+
+async def get(app: ServeApp, path: str) -> tuple[int, dict[str, Any]]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        reply = await client.get(path)
+        return reply.status_code, reply.json()
+
+
+def app_for(catalogue: ListingCatalogue) -> ServeApp:
+    app = ServeApp([])
+    app.models["digits-demo"] = ServedDouble("digits-demo", 1)  # type: ignore[assignment]
+    app.listings = catalogue.page
+    return app
+
+
+async def test_listings_come_a_page_at_a_time_with_their_lineage(listed) -> None:
+    chain, ids = listed
+    market, registry = chain.clients()
+    app = app_for(ListingCatalogue(market, registry))
+    status, body = await get(app, "/api/listings")
+    assert status == 200 and body["available"] and body["total"] == 4
+    rows = {row["listing_id"]: row for row in body["listings"]}
+    assert [row["name"] for row in body["listings"]] == ["digits-demo", XSS_NAME, "digits-modified", "digits-arena"]
+    assert rows[1]["served"] == {"model": "digits-demo", "endpoint": "/v1/chat/completions"}
+    assert rows[2]["served"] is None
+    # digits-demo: task → round 0 (one proposal accepted) → round 1 (none) → the listing
+    graph = rows[1]["lineage"]
+    assert [n["type"] for n in graph["nodes"]] == ["task", "round", "round", "listing"] and graph["error"] is None
+    assert graph["edges"] == [[a["id"], b["id"]] for a, b in zip(graph["nodes"], graph["nodes"][1:], strict=False)]
+    assert [n["details"]["accepted"] for n in graph["nodes"][1:3]] == [1, 0]
+    assert graph["nodes"][2]["details"]["model_hash"] == rows[1]["model_hash"]
+    # the modified model starts from listing 1
+    start = rows[ids["modified"]]["lineage"]["nodes"][0]
+    assert start["type"] == "start" and start["details"]["listing_id"] == ids["first"]
+    # a task seeded by a competition this node cannot read: the listing is there, with why
+    seeded = rows[ids["seeded"]]
+    assert seeded["name"] == "digits-arena" and "competition 5" in seeded["lineage"]["error"]
+    assert [n["type"] for n in seeded["lineage"]["nodes"]] == ["listing"]
+
+    status, body = await get(app, "/api/listings?start=2&limit=1")
+    assert status == 200 and [row["listing_id"] for row in body["listings"]] == [2]
+    assert body["listings"][0]["name"] == XSS_NAME  # as text: the page sets it with textContent
+    assert body["listings"][0]["description"] == "<script>alert(2)</script>"
+    status, body = await get(app, "/api/listings?start=9")
+    assert status == 200 and body["listings"] == [] and body["total"] == 4
+    for query, param in ((f"limit={MAX_PAGE + 1}", "limit"), ("limit=0", "limit"), ("start=0", "start"),
+                         ("start=-1", "start"), ("start=1e3", "start"), ("limit=" + "9" * 30, "limit")):
+        status, body = await get(app, "/api/listings?" + query)
+        assert status == 400 and body["error"]["param"] == param, query
+
+
+async def test_a_page_is_read_once_per_block(listed) -> None:
+    chain, _ = listed
+    market, registry = chain.clients()
+    catalogue = ListingCatalogue(market, registry)
+    backend = market.client.backend
+    first = await catalogue.page(1, 2)
+    calls = backend.calls
+    assert await catalogue.page(1, 2) == first and backend.calls == calls + 1  # the head's number only
+    chain.reg.chain.mine_empty(1)
+    again = await catalogue.page(1, 2)
+    assert again["block"] == first["block"] + 1 and again["listings"] == first["listings"]
+    # the finished tasks' rounds were kept: a new block reads the listings, not the rounds again
+    assert backend.calls - calls < calls
+    assert catalogue.counters.snapshot()["catalogue_pages_read"] == 2
+
+
+async def test_a_listing_whose_lineage_cannot_be_read_is_there_with_the_error(listed) -> None:
+    chain, ids = listed
+
+    class FlakyRegistry(Registry):  # the chain node fails on one task's rounds
+        async def get_round(self, task_id: int, r: int) -> RoundInfo:
+            if task_id == 2:
+                raise ChainUnavailable("connection reset by the chain node")
+            return await super().get_round(task_id, r)
+
+    market, registry = chain.clients(FlakyRegistry)
+    status, body = await get(app_for(ListingCatalogue(market, registry)), "/api/listings")
+    assert status == 200
+    broken = body["listings"][ids["xss"] - 1]
+    assert broken["name"] == XSS_NAME and "connection reset" in broken["lineage"]["error"]
+    assert [n["type"] for n in broken["lineage"]["nodes"]] == ["listing"]
+    assert body["listings"][0]["lineage"]["error"] is None
+
+
+async def test_no_market_or_no_chain_says_why() -> None:
+    chain = ListedChain()
+    market, registry = chain.clients()
+    market.address = bytes(19) + b"\x99"  # nothing deployed there
+    status, body = await get(app_for(ListingCatalogue(market, registry)), "/api/listings")
+    assert status == 200 and not body["available"] and "no Market contract" in body["why"]
+    status, body = await get(ServeApp([]), "/api/listings")
+    assert status == 200 and not body["available"] and "reads no chain" in body["why"]
+
+
+def test_strings_from_a_hostile_chain_node_are_capped() -> None:
+    listing = Listing(1, b"\x01" * 20, 1, b"\x02" * 32, b"\x03" * 32, b"\x04" * 32, 5, True, "n" * 5000, "d" * 10**6,
+                      "l" * 5000, "{}")
+    row = describe_listing(listing)
+    assert len(row["name"]) == MAX_NAME_LEN and row["name"].endswith("…")
+    assert len(row["description"]) == MAX_DESCRIPTION_LEN and len(row["licence"]) <= 64
