@@ -10,23 +10,21 @@ from typing import Any
 
 import httpx
 import pytest
-from listed_chain import XSS_NAME, ListedChain, three_listings
+from listed_chain import XSS_NAME, ListedChain, four_listings
 
 from flockd.chain.client.abc import ChainUnavailable
+from flockd.chain.client.arena import Arena
 from flockd.chain.client.market import MAX_DESCRIPTION_LEN, MAX_NAME_LEN, Listing
 from flockd.chain.client.registry import Registry, RoundInfo
 from flockd.market.catalogue import MAX_PAGE, ListingCatalogue, describe_listing
 from flockd.serve.app import ServeApp
-from flockd.tasks.spec import TaskSpec
 
 
 @pytest.fixture(scope="module")
-def listed() -> tuple[ListedChain, dict[str, int]]:
+def listed() -> tuple[ListedChain, Arena, dict[str, int]]:
     chain = ListedChain()
-    ids = three_listings(chain)
-    seeded = TaskSpec("digits-mlp", num_nodes=3, seed=4, competition=5)  # no Arena read here: its node errs
-    ids["seeded"] = chain.list(chain.task(seeded), seeded, "digits-arena")
-    return chain, ids
+    arena, ids = four_listings(chain)
+    return chain, arena, ids
 
 
 class ServedDouble:
@@ -53,7 +51,7 @@ def app_for(catalogue: ListingCatalogue) -> ServeApp:
 
 
 async def test_listings_come_a_page_at_a_time_with_their_lineage(listed) -> None:
-    chain, ids = listed
+    chain, _, ids = listed
     market, registry = chain.clients()
     app = app_for(ListingCatalogue(market, registry))
     status, body = await get(app, "/api/listings")
@@ -71,9 +69,9 @@ async def test_listings_come_a_page_at_a_time_with_their_lineage(listed) -> None
     # the modified model starts from listing 1
     start = rows[ids["modified"]]["lineage"]["nodes"][0]
     assert start["type"] == "start" and start["details"]["listing_id"] == ids["first"]
-    # a task seeded by a competition this node cannot read: the listing is there, with why
+    # a task seeded by a competition, and no Arena contract read here: the listing is there, with why
     seeded = rows[ids["seeded"]]
-    assert seeded["name"] == "digits-arena" and "competition 5" in seeded["lineage"]["error"]
+    assert seeded["name"] == "digits-arena" and "competition 1: this node reads no Arena" in seeded["lineage"]["error"]
     assert [n["type"] for n in seeded["lineage"]["nodes"]] == ["listing"]
 
     status, body = await get(app, "/api/listings?start=2&limit=1")
@@ -88,8 +86,19 @@ async def test_listings_come_a_page_at_a_time_with_their_lineage(listed) -> None
         assert status == 400 and body["error"]["param"] == param, query
 
 
+async def test_a_task_seeded_by_a_competition_starts_at_its_winner(listed) -> None:
+    chain, arena, ids = listed
+    market, registry = chain.clients()
+    status, body = await get(app_for(ListingCatalogue(market, registry, arena)), f"/api/listings?start={ids['seeded']}")
+    graph = body["listings"][0]["lineage"]
+    assert [n["type"] for n in graph["nodes"]] == ["arena", "task", "round", "listing"] and graph["error"] is None
+    competition = graph["nodes"][0]["details"]
+    assert competition["competition_id"] == 1 and competition["phase"] == "finalised"
+    assert competition["winner"]["index"] == 0 and competition["winner"]["score"] == 0.9
+
+
 async def test_a_page_is_read_once_per_block(listed) -> None:
-    chain, _ = listed
+    chain, _, _ = listed
     market, registry = chain.clients()
     catalogue = ListingCatalogue(market, registry)
     backend = market.client.backend
@@ -105,7 +114,7 @@ async def test_a_page_is_read_once_per_block(listed) -> None:
 
 
 async def test_a_listing_whose_lineage_cannot_be_read_is_there_with_the_error(listed) -> None:
-    chain, ids = listed
+    chain, _, ids = listed
 
     class FlakyRegistry(Registry):  # the chain node fails on one task's rounds
         async def get_round(self, task_id: int, r: int) -> RoundInfo:

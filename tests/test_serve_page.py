@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from listed_chain import XSS_NAME, ListedChain, three_listings
+from listed_chain import XSS_NAME, ListedChain, four_listings
 from serve_tiny import tiny_model_dir
 
 from flockd.market.catalogue import ListingCatalogue
@@ -49,13 +49,13 @@ def page_server(tmp_path_factory):
     index = KnowledgeIndex(knowledge, tmp_path_factory.mktemp("index") / "k.sqlite")
     index.refresh()
     chain = ListedChain()
-    ids = three_listings(chain)
+    arena, ids = four_listings(chain)
     tiny = ServedLM("tiny", tiny_model_dir(tmp_path_factory))
     # as market_fetch would leave it once it fetched and verified listing 1 (flockd.market.held.listing_of)
     tiny.listing = {"listing_id": ids["first"], "task_id": 1, "lineage_root": "0x" + "00" * 32, "rounds": 2,
                     "lister": "0x" + "00" * 20, "licence": "MIT"}
     app = ServeApp([tiny], index=index, tasks=two_rounds)
-    app.listings = ListingCatalogue(*chain.clients()).page
+    app.listings = ListingCatalogue(*chain.clients(), arena).page
     with ServerThread(app) as running:
         yield running
 
@@ -85,9 +85,9 @@ def test_the_page_shows_models_chats_with_sources_and_plots_tasks(page_server, b
     assert "causal-lm" in browser.find_element(By.ID, "models").text
 
     # the catalogue: every listing on chain, the hostile name as text, each lineage a graph
-    wait.until(seen.text_to_be_present_in_element((By.ID, "listing-cards"), "digits-modified"))
-    assert len(browser.find_elements(By.CSS_SELECTOR, "#listing-cards .listing-card")) == 3
-    assert "listings 1–3 of 3" in browser.find_element(By.ID, "listings-status").text
+    wait.until(seen.text_to_be_present_in_element((By.ID, "listing-cards"), "digits-arena"))
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#listing-cards .listing-card")) == 4
+    assert "listings 1–4 of 4" in browser.find_element(By.ID, "listings-status").text
     assert browser.find_element(By.CSS_SELECTOR, "#listing-2 .listing-name").text == XSS_NAME
     assert "<script>alert(2)</script>" in browser.find_element(By.ID, "listing-2").text
     assert not browser.find_elements(By.CSS_SELECTOR, "#listings img, #listings script, #listings b")
@@ -100,6 +100,8 @@ def test_the_page_shows_models_chats_with_sources_and_plots_tasks(page_server, b
     assert "round 0: 1/1 accepted" in details and "model_hash" in details
     started = browser.find_elements(By.CSS_SELECTOR, "#listing-3 svg .node")  # listing 1 → task → round 0 → listing
     assert len(started) == 4 and "started from" in started[0].text
+    seeded = browser.find_elements(By.CSS_SELECTOR, "#listing-4 svg .node")  # Arena → task → round 0 → listing
+    assert len(seeded) == 4 and "winner scored 0.9000" in seeded[0].text
     catalogue_shot = os.environ.get("FLOCKD_SERVE_CATALOGUE_SCREENSHOT")
     if catalogue_shot:  # docs/serving-catalogue.png is taken this way
         browser.find_element(By.ID, "listings").screenshot(catalogue_shot)

@@ -160,8 +160,6 @@ const SVG = "http://www.w3.org/2000/svg";
 const NODE_W = 168, NODE_H = 50, GAP = 42;
 const NODE_FILL = {arena: "#fde7c8", start: "#e8def8", task: "#d7e6f7", round: "#eef2f7", elided: "#f6f7f9",
                    listing: "#dff3e6"};
-const NODE_TITLE = {arena: "Arena", start: "started from", task: "Alliance task", round: "round", elided: "earlier rounds",
-                    listing: "listing"};
 let listingsStart = 1;
 const LISTINGS_PAGE = 10;
 
@@ -173,20 +171,24 @@ function svg(tag, attrs) {
 
 function clip(text, n) { text = String(text); return text.length > n ? text.slice(0, n - 1) + "…" : text; }
 
-function nodeSubtitle(node) {
+// Two lines per node: what it is, and what the chain says of it.
+function nodeLines(node) {
   const d = node.details;
+  const short = hash => hash ? String(hash).slice(0, 10) + "…" : "no hash";
   switch (node.type) {
-    case "arena": return d.winner ? "winner scored " + d.winner.score.toFixed(4) : "competition " + d.competition_id;
-    case "start": return "listing " + d.listing_id;
-    case "task": return "task " + d.task_id + ", " + d.rounds + " round(s)";
+    case "arena": return ["Arena competition " + d.competition_id,
+                          d.winner ? "winner scored " + d.winner.score.toFixed(4) : (d.problem || d.phase)];
+    case "start": return ["started from listing " + d.listing_id, "its model " + short(d.model_hash)];
+    case "task": return ["Alliance task " + d.task_id, d.recipe + ", " + d.rounds + " round(s)"];
     case "round": {
-      let text = "r" + d.round + ": " + d.accepted + "/" + d.proposals + " accepted";
+      let text = d.accepted + "/" + d.proposals + " accepted";
       if (typeof d.test_accuracy === "number") text += ", acc " + d.test_accuracy.toFixed(3);
       else if (typeof d.test_loss === "number") text += ", loss " + d.test_loss.toFixed(3);
-      return text;
+      else text += ", " + short(d.model_hash);
+      return ["round " + d.round, text];
     }
-    case "elided": return d.rounds + " round(s) not shown";
-    default: return "listing " + d.listing_id;
+    case "elided": return ["earlier rounds", d.rounds + " round(s) not shown"];
+    default: return ["listing " + d.listing_id, node.label.replace(/^listing \d+: /, "")];
   }
 }
 
@@ -198,6 +200,9 @@ function showDetails(node, box) {
     list.append(el("dt", {}, key), el("dd", {}, text));
   }
   box.replaceChildren(list);
+  if (node.type === "start" && document.getElementById("listing-" + node.details.listing_id)) {
+    box.append(el("a", {href: "#listing-" + node.details.listing_id}, "to listing " + node.details.listing_id));
+  }
 }
 
 function drawLineage(graph, parent) {
@@ -222,10 +227,11 @@ function drawLineage(graph, parent) {
     const x = at.get(node.id);
     const g = svg("g", {class: "node " + node.type, tabindex: 0, "data-node": i});
     g.append(svg("rect", {x, y: 4, width: NODE_W, height: NODE_H, rx: 6, fill: NODE_FILL[node.type] || "#fff"}));
-    const title = svg("text", {x: x + 8, y: 22});
-    title.textContent = clip(NODE_TITLE[node.type] || node.type, 26);
+    const [head, line] = nodeLines(node);
+    const title = svg("text", {x: x + 8, y: 22, class: "head"});
+    title.textContent = clip(head, 26);
     const sub = svg("text", {x: x + 8, y: 40});
-    sub.textContent = clip(nodeSubtitle(node), 27);
+    sub.textContent = clip(line, 27);
     const tip = svg("title");
     tip.textContent = node.label;
     g.append(title, sub, tip);
