@@ -97,6 +97,36 @@ async def test_a_task_seeded_by_a_competition_starts_at_its_winner(listed) -> No
     assert competition["winner"]["index"] == 0 and competition["winner"]["score"] == 0.9
 
 
+async def test_what_this_node_knows_joins_the_graph(listed, tmp_path, monkeypatch) -> None:
+    """The metrics of a task it runs, what its own fetch verified; a long task's early rounds
+    folded into one node."""
+    import json
+
+    import flockd.market.catalogue as catalogue_module
+    from flockd.market.catalogue import task_metrics
+
+    chain, _, ids = listed
+    monkeypatch.setattr(catalogue_module, "MAX_ROUNDS_SHOWN", 1)
+
+    async def status(task_id: int) -> dict[str, Any]:
+        return {"history": [{"round": 0, "test_accuracy": 0.25, "accepted": 1}, {"round": 1, "test_accuracy": 0.5},
+                            {"round": "x", "test_accuracy": 1.0}]}
+
+    (tmp_path / f"{ids['first']}.json").write_text(json.dumps(
+        {"model_hash": "0x" + "ab" * 32, "lineage": {"ok": True, "complete": True, "rounds_checked": 2}}))
+    (tmp_path / f"{ids['xss']}.json").write_text("{not json")
+    market, registry = chain.clients()
+    catalogue = ListingCatalogue(market, registry, metrics=task_metrics(status, lambda task_id: task_id == 1),
+                                 held_root=tmp_path)
+    rows = (await catalogue.page(1, 3))["listings"]
+    nodes = rows[0]["lineage"]["nodes"]
+    assert [n["type"] for n in nodes] == ["task", "elided", "round", "listing"]
+    assert nodes[1]["details"]["rounds"] == 1 and nodes[2]["details"]["test_accuracy"] == 0.5
+    assert "test_accuracy" not in rows[1]["lineage"]["nodes"][1]["details"]  # a task this node does not run
+    assert rows[0]["verified"] == {"model_hash": "0x" + "ab" * 32, "ok": True, "rounds_checked": 2}
+    assert rows[1]["verified"] is None and rows[2]["verified"] is None
+
+
 async def test_a_page_is_read_once_per_block(listed) -> None:
     chain, _, _ = listed
     market, registry = chain.clients()
