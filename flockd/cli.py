@@ -282,7 +282,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
             client = ContractClient(backend, Account.from_key(identity.node_secret))
             done = await deploy(client, holders)
             arena = await deploy_arena(client, done.token, done.verifier)
-            market = await deploy_market(client, done.registry)
+            market = await deploy_market(client, done.registry, arena)
             return {"token": done.token, "verifier": done.verifier, "registry": done.registry,
                     "arena": arena, "market": market}
 

@@ -10,17 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import trio
-from arena_chain import (
-    EVAL_SALT,
-    EVAL_SET_HASH,
-    PHASE_SCORE_COMMIT,
-    PHASE_SCORE_REVEAL,
-    ArenaChain,
-    model,
-)
-from arena_chain import PHASE_CLOSED as ARENA_CLOSED
-from test_arena_contract import CREATOR as ARENA_CREATOR
-from test_arena_contract import VALIDATORS, submitted
 from test_contracts import PHASE_CLOSED
 from test_market_contract import (
     CREATOR,
@@ -33,7 +22,6 @@ from test_market_contract import (
     record_final,
 )
 
-from flockd.arena.spec import ArenaSpec
 from flockd.chain.client.abc import ChainBackend, ChainRPCError
 from flockd.chain.client.arena import Arena
 from flockd.chain.client.contract import ContractClient
@@ -102,41 +90,24 @@ class ListedChain(MarketChain):
         client = ContractClient(ScratchReads(self.reg.chain))
         return Market(client, self.address), registry_class(client, self.reg.address)
 
+    def arena_client(self) -> Arena:
+        return Arena(ContractClient(ScratchReads(self.reg.chain)), self.arena.address)
 
-def four_listings(chain: ListedChain) -> tuple[Arena, dict[str, int]]:
-    """digits-demo (2 rounds), a hostile name, a task started from digits-demo, and a task
-    seeded by an Arena competition (on a chain of its own: the Arena client to read it)."""
+
+def five_listings(chain: ListedChain) -> dict[str, int]:
+    """digits-demo (2 rounds), a hostile name, a task started from digits-demo, a task
+    seeded by an Arena competition, and that competition's winner listed as it is."""
     base = TaskSpec("digits-mlp", num_nodes=3, seed=1)
     first = chain.list(chain.task(base, rounds=2), base, "digits-demo", "digits, 2 rounds")
     hostile = TaskSpec("digits-mlp", num_nodes=3, seed=2)
     xss = chain.list(chain.task(hostile), hostile, XSS_NAME, "<script>alert(2)</script>", licence="<b>MIT</b>")
-    first_task = chain.view("get_listing", first)[1]
+    first_task = chain.view("get_listing", first)[2]
     started = TaskSpec("digits-mlp", num_nodes=3, seed=3,
                        start={"listing_id": first, "task_id": first_task, "model_hash": "0x" + FINAL.hex()})
     modified = chain.list(chain.task(started), started, "digits-modified", "fine-tuned from digits-demo")
-    seeded = TaskSpec("digits-mlp", num_nodes=3, seed=4, competition=1)
-    arena, cid = finished_competition(seeded)
-    assert cid == seeded.competition
+    cid = chain.arena.competition()  # on ARENA_SPEC: digits-mlp, seed 0
+    seeded = TaskSpec("digits-mlp", num_nodes=3, seed=0, competition=cid)
     from_arena = chain.list(chain.task(seeded), seeded, "digits-arena", "fine-tuned from the Arena's winner")
-    return arena, {"first": first, "xss": xss, "modified": modified, "seeded": from_arena}
-
-
-def finished_competition(spec: TaskSpec) -> tuple[Arena, int]:
-    """An Arena competition run to its end on a scratch chain of its own, on `spec`'s recipe,
-    config and seed: two trainers, every validator scores trainer 1's model 0.9, trainer
-    2's 0.7 (millionths), so trainer 1 wins; its client and id."""
-    arena = ArenaChain()
-    recipe_hash = ArenaSpec(spec.recipe, spec.config, spec.seed).spec_hash
-    cid = submitted(arena, {1: model("a"), 2: model("b")}, recipe_hash=recipe_hash)
-    arena.advance_to(cid, PHASE_SCORE_COMMIT)
-    for v in VALIDATORS:
-        arena.commit_scores(cid, v, [900_000, 700_000])
-    arena.mine()
-    arena.advance_to(cid, PHASE_SCORE_REVEAL)
-    for v in VALIDATORS:
-        arena.reveal_scores(cid, v, [900_000, 700_000])
-    arena.send(ARENA_CREATOR, "publish_eval", cid, EVAL_SET_HASH, EVAL_SALT)
-    arena.mine()
-    arena.advance_to(cid, ARENA_CLOSED)
-    arena.tx(1, "finalise", cid)
-    return Arena(ContractClient(ScratchReads(arena.chain)), arena.address), cid
+    result = chain.tx(CREATOR, "list_winner", *chain.winner_args(cid, description="the Arena's winner as it is"))
+    winner = int(chain.events(result)[0][1]["listing_id"])
+    return {"first": first, "xss": xss, "modified": modified, "seeded": from_arena, "winner": winner}

@@ -19,7 +19,8 @@ from test_anvil import (
     anvil,  # noqa: F401  (the fixture)
 )
 
-from flockd.chain.client.addresses import MARKET_ADDRESS
+from flockd.chain.client.addresses import ARENA_ADDRESS, MARKET_ADDRESS
+from flockd.chain.client.arena import deploy_arena
 from flockd.chain.client.contract import ContractRevert
 from flockd.chain.client.market import Listing, Market, deploy_market
 from flockd.chain.node.genesis import Genesis
@@ -40,7 +41,8 @@ def genesis_with_market() -> Genesis:
 async def market_env(backend: str, node: object) -> AsyncIterator[tuple[Env, bytes]]:
     if backend == "anvil":
         async with chains.anvil_env(node) as env:  # type: ignore[arg-type]
-            yield env, await deploy_market(env.client(0), env.deployment.registry)
+            arena = await deploy_arena(env.client(0), env.deployment.token, env.deployment.verifier)
+            yield env, await deploy_market(env.client(0), env.deployment.registry, arena)
         return
     async with chains.embedded_env(genesis_with_market()) as env:
         yield env, MARKET_ADDRESS
@@ -51,6 +53,7 @@ async def test_list_and_unlist_through_the_client(backend: str, anvil) -> None: 
     async with market_env(backend, anvil) as (env, address):
         market = Market(env.client(0), address)
         assert await market.has_code() and await market.registry() == env.deployment.registry
+        assert await market.arena() != bytes(20) and (backend == "anvil" or await market.arena() == ARENA_ADDRESS)
         task = await chains.started_task(env, rounds=1, recipe_hash=keccak(SPEC.encode()))
         with pytest.raises(ContractRevert, match="task not finished"):
             await market.list_model(task, "digits", "", keccak(b"x"), "MIT", SPEC)
@@ -61,7 +64,7 @@ async def test_list_and_unlist_through_the_client(backend: str, anvil) -> None: 
             await market.list_model(task, "digits", "", keccak(b"x"), "MIT", SPEC)
         listing_id = await market.list_model(task, "digits", "a description", init, "MIT", SPEC)
         listing = await market.get_listing(listing_id)
-        assert listing == Listing(listing_id, MEMBERS[0].address, task, init, init, keccak(SPEC.encode()),
+        assert listing == Listing(listing_id, MEMBERS[0].address, "task", task, 0, init, init, keccak(SPEC.encode()),
                                   listing.listed_block, True, "digits", "a description", "MIT", SPEC)
         assert await market.listing_count() == listing_id and await market.get_listing(listing_id + 1) is None
         (event,) = await market.events(listing.listed_block, listing.listed_block, ["ModelListed"])

@@ -32,7 +32,8 @@ SPEC = TaskSpec(recipe="digits-mlp", num_nodes=2)
 
 
 def listing(**over) -> Listing:
-    fields = dict(listing_id=1, lister=b"\x01" * 20, task_id=1, model_hash=model_hash(STATE), lineage_root=bytes(32),
+    fields = dict(listing_id=1, lister=b"\x01" * 20, kind="task", task_id=1, competition_id=0,
+                  model_hash=model_hash(STATE), lineage_root=bytes(32),
                   recipe_hash=SPEC.spec_hash, listed_block=5, active=True, name="digits", description="",
                   licence="MIT", spec=checks.spec_text(SPEC))
     fields.update(over)

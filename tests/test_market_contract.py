@@ -1,12 +1,29 @@
-"""The Market contract beside a real TaskRegistry on a scratch py-evm chain: listing a
-finished task's final model, unlisting, the views, every revert, and the gas of the
-largest listing against the embedded chain's per-transaction cap."""
+"""The Market contract beside a real TaskRegistry and a real Arena on a scratch py-evm
+chain: listing a finished task's final model and a finalised competition's winner (one
+table), unlisting, the views, every revert, and the gas of the largest listings against
+the embedded chain's per-transaction cap."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
+from arena_chain import (
+    ARENA_ARTIFACT,
+    E18,
+    EVAL_SALT,
+    EVAL_SET_HASH,
+    PHASE_REVEAL,
+    PHASE_SCORE_COMMIT,
+    PHASE_SCORE_REVEAL,
+    PHASE_SUBMIT,
+    TRAINER,
+    VALIDATOR,
+    ArenaChain,
+    model,
+)
+from arena_chain import PHASE_CLOSED as ARENA_CLOSED
+from arena_chain import TOKEN as ARENA_TOKEN
 from eth_utils import keccak
 from test_contracts import PHASE_CLOSED, Registry
 
@@ -19,20 +36,71 @@ from flockd.chain.client.market import (
 )
 from flockd.chain.node.deploy import TxFailed, TxResult
 from flockd.chain.node.embedded import MAX_TX_GAS
+from flockd.chain.node.precompile import VRF_PRECOMPILE_ADDRESS
 
 MARKET_ARTIFACT = load(MARKET)
 SPEC = '{"config":{},"recipe":"digits-mlp","rule":"fedavg"}'
 FINAL = keccak(b"the final model")
 INIT = keccak(b"model 0")
 CREATOR, PROPOSER, VOTER_A, VOTER_B, OUTSIDER = 0, 1, 2, 3, 7
+WINNER, RUNNER_UP, JUDGE = 4, 5, 6  # in competitions, which CREATOR creates
+ARENA_SPEC = '{"config":{},"recipe":"digits-mlp","seed":0}'
+BASE, WINNING, LOSING = keccak(b"base model"), model("winner"), model("runner-up")
+KIND_TASK, KIND_COMPETITION = 1, 2
+
+
+class ArenaBeside(ArenaChain):
+    """The Arena on a Registry's chain, for the Registry's accounts (and its token)."""
+
+    def __init__(self, reg: Registry) -> None:  # not the dataclass's: no chain of its own
+        self.n_accounts, self.vrf_salt = len(reg.accounts), b""
+        self.accounts = [a.key for a in reg.accounts]
+        self.vrf_keys = [a.vrf_sk for a in reg.accounts]
+        self.chain, self.token = reg.chain, reg.token
+        self.address = self.chain.deploy(self.accounts[0], ARENA_ARTIFACT, self.token, VRF_PRECOMPILE_ADDRESS)
+        for key in self.accounts:
+            self.chain.send(key, self.token, ARENA_TOKEN.encode_call("approve", self.address, 2**256 - 1))
+        assert all(r.ok for r in self.chain.mine())
+
+    def competition(self, reveal: bool = True, finalise: bool = True, spec: str = ARENA_SPEC) -> int:
+        """CREATOR's competition on ARENA_SPEC: WINNER's model scores 900, RUNNER_UP's 100,
+        by JUDGE (which, without `reveal`, never reveals: nothing is ranked)."""
+        cid = self.create(CREATOR, recipe_hash=keccak(spec.encode()), base_model_hash=BASE)
+        for who, role, stake in ((WINNER, TRAINER, 10), (RUNNER_UP, TRAINER, 10), (JUDGE, VALIDATOR, 100)):
+            self.join(cid, who, role, stake * E18)
+        self.mine()
+        for who, m in ((WINNER, WINNING), (RUNNER_UP, LOSING)):
+            self.commit_submission(cid, who, m)
+            self.mine()
+        self.advance_to(cid, PHASE_SUBMIT)
+        self.chain.mine_empty(1)  # blockhash(join_end) readable from the next block on
+        self.tx(JUDGE, "elect", cid, self.proof(JUDGE, cid))
+        self.advance_to(cid, PHASE_REVEAL)
+        for who, m in ((WINNER, WINNING), (RUNNER_UP, LOSING)):
+            self.reveal_submission(cid, who, m)
+        self.mine()
+        self.advance_to(cid, PHASE_SCORE_COMMIT)
+        self.commit_scores(cid, JUDGE, [900, 100])
+        self.mine()
+        self.advance_to(cid, PHASE_SCORE_REVEAL)
+        if reveal:
+            self.reveal_scores(cid, JUDGE, [900, 100])
+        self.send(CREATOR, "publish_eval", cid, EVAL_SET_HASH, EVAL_SALT)
+        self.mine()
+        self.advance_to(cid, ARENA_CLOSED)
+        if finalise:
+            self.tx(RUNNER_UP, "finalise", cid)
+        return cid
 
 
 class MarketChain:
-    """A Registry (test_contracts) with the Market deployed for it."""
+    """A Registry (test_contracts) and an Arena with the Market deployed for both."""
 
     def __init__(self) -> None:
         self.reg = Registry()
-        self.address = self.reg.chain.deploy(self.reg.accounts[0].key, MARKET_ARTIFACT, self.reg.address)
+        self.arena = ArenaBeside(self.reg)
+        self.address = self.reg.chain.deploy(self.reg.accounts[0].key, MARKET_ARTIFACT, self.reg.address,
+                                             self.arena.address)
 
     def transact(self, who: int, fn: str, *args: Any) -> TxResult:
         return self.reg.chain.transact(self.reg.accounts[who].key, self.address, MARKET_ARTIFACT.encode_call(fn, *args))
@@ -57,6 +125,9 @@ class MarketChain:
         fields = {"name": "digits", "description": "a digits classifier", "model_hash": FINAL, "licence": "MIT",
                   "spec": SPEC} | over
         return task, fields["name"], fields["description"], fields["model_hash"], fields["licence"], fields["spec"]
+
+    def winner_args(self, cid: int, **over: Any) -> tuple[Any, ...]:
+        return self.listing_args(cid, **{"name": "digits-winner", "model_hash": WINNING, "spec": ARENA_SPEC} | over)
 
     def finished_task(self, record: bool = True) -> int:
         """One round: PROPOSER's delta accepted by both voters, the task finished, and (with
@@ -94,7 +165,7 @@ def test_the_creator_and_a_participant_list_the_final_model(market: MarketChain)
                      "lineage_root": INIT, "name": "digits"}
     assert MARKET_ARTIFACT.decode_output("list_model", result.output) == (1,)
     listing = market.view("get_listing", 1)
-    assert listing == (market.reg.hx(CREATOR), task, FINAL, INIT, keccak(SPEC.encode()), market.reg.chain.block_number,
+    assert listing == (market.reg.hx(CREATOR), KIND_TASK, task, 0, FINAL, INIT, keccak(SPEC.encode()), market.reg.chain.block_number,
                        True, "digits", "a digits classifier", "MIT", SPEC)
     market.tx(PROPOSER, "list_model", *market.listing_args(task, name="digits-2"))
     assert market.view("listing_count") == 2
@@ -153,7 +224,7 @@ def test_unlist(market: MarketChain) -> None:
     (name, event), = market.events(market.tx(CREATOR, "unlist", listing))
     assert (name, event) == ("ModelUnlisted", {"listing_id": listing, "lister": market.reg.hx(CREATOR)})
     assert market.reverts(CREATOR, "unlist", listing) == "already unlisted"
-    assert market.view("get_listing", listing)[6] is False  # still readable, marked inactive
+    assert market.view("get_listing", listing)[8] is False  # still readable, marked inactive
     assert market.view("listed_by", task, market.reg.addr(CREATOR)) == 0
     again = MARKET_ARTIFACT.decode_output("list_model", market.tx(CREATOR, "list_model",
                                                                   *market.listing_args(task)).output)[0]
@@ -177,3 +248,78 @@ def test_the_largest_listing_fits_a_transaction() -> None:
     assert listed.gas_used < MAX_TX_GAS // 2 and small.gas_used < listed.gas_used
     assert unlisted.gas_used < 100_000
     print(f"list_model: {listed.gas_used} (largest), {small.gas_used} (small); unlist {unlisted.gas_used}")
+
+
+# --- a competition's winner -------------------------------------------------------------------
+
+
+def test_the_creator_and_the_winning_trainer_list_the_winner_in_the_same_table(market: MarketChain) -> None:
+    cid = market.arena.competition()
+    task = market.finished_task()
+    market.tx(CREATOR, "list_model", *market.listing_args(task))
+    first = market.view("listing_count") + 1
+    assert market.view("arena") == "0x" + market.arena.address.hex()
+    result = market.tx(CREATOR, "list_winner", *market.winner_args(cid))
+    (name, event), = market.events(result)
+    assert (name, event) == ("WinnerListed", {"listing_id": first, "competition_id": cid, "lister": market.reg.hx(CREATOR),
+                                              "model_hash": WINNING, "lineage_root": BASE, "name": "digits-winner"})
+    assert MARKET_ARTIFACT.decode_output("list_winner", result.output) == (first,)
+    assert market.view("get_listing", first) == (
+        market.reg.hx(CREATOR), KIND_COMPETITION, 0, cid, WINNING, BASE, keccak(ARENA_SPEC.encode()),
+        market.reg.chain.block_number, True, "digits-winner", "a digits classifier", "MIT", ARENA_SPEC)
+    assert market.view("get_listing", first - 1)[1:4] == (KIND_TASK, task, 0)  # one table, both kinds
+    market.tx(WINNER, "list_winner", *market.winner_args(cid, name="mine"))
+    assert market.view("listing_count") == first + 1
+    assert market.view("winner_listed_by", cid, market.reg.addr(WINNER)) == first + 1
+    assert market.view("winner_listed_by", cid, market.reg.addr(RUNNER_UP)) == 0
+    assert market.view("listed_by", task, market.reg.addr(CREATOR)) == first - 1  # a task's slots are apart
+
+
+def test_list_winner_reverts(market: MarketChain) -> None:
+    arena = market.arena
+    cid = arena.competition()
+    assert market.reverts(CREATOR, "list_winner", *market.winner_args(cid, name="")) == "empty name"
+    assert market.reverts(CREATOR, "list_winner", *market.winner_args(cid, model_hash=bytes(32))) == "empty model hash"
+    assert market.reverts(CREATOR, "list_winner", *market.winner_args(10**6)) == "competition not finalised"
+    for who in (RUNNER_UP, JUDGE, OUTSIDER):
+        assert market.reverts(who, "list_winner", *market.winner_args(cid)) == "not the creator or the winner"
+    assert market.reverts(WINNER, "list_winner", *market.winner_args(cid, model_hash=LOSING)) == (
+        "not the competition's winning model")
+    assert market.reverts(WINNER, "list_winner", *market.winner_args(cid, spec=ARENA_SPEC + " ")) == (
+        "spec does not hash to the recipe hash")
+    market.tx(WINNER, "list_winner", *market.winner_args(cid))
+    assert market.reverts(WINNER, "list_winner", *market.winner_args(cid)) == "already listed"
+
+
+def test_a_competition_not_finalised_or_without_a_ranked_submission_cannot_be_listed(market: MarketChain) -> None:
+    arena = market.arena
+    closed = arena.competition(finalise=False)
+    assert market.reverts(CREATOR, "list_winner", *market.winner_args(closed)) == "competition not finalised"
+    arena.tx(RUNNER_UP, "finalise", closed)
+    market.tx(CREATOR, "list_winner", *market.winner_args(closed))
+    unranked = arena.competition(reveal=False)  # its only validator never revealed: nothing ranked
+    assert market.reverts(CREATOR, "list_winner", *market.winner_args(unranked)) == "competition has no winner"
+
+
+def test_unlist_a_winner_frees_its_slot(market: MarketChain) -> None:
+    cid = market.arena.competition()
+    listing = MARKET_ARTIFACT.decode_output("list_winner", market.tx(WINNER, "list_winner",
+                                                                     *market.winner_args(cid)).output)[0]
+    assert market.reverts(CREATOR, "unlist", listing) == "only the lister"
+    market.tx(WINNER, "unlist", listing)
+    assert market.view("get_listing", listing)[8] is False
+    assert market.view("winner_listed_by", cid, market.reg.addr(WINNER)) == 0
+    market.tx(WINNER, "list_winner", *market.winner_args(cid))
+
+
+def test_the_largest_winner_listing_fits_a_transaction() -> None:
+    chain = MarketChain()
+    spec = '{"pad":"' + "x" * (MAX_SPEC_LEN - 10) + '"}'
+    small = chain.tx(CREATOR, "list_winner", *chain.winner_args(chain.arena.competition()))
+    big = chain.arena.competition(spec=spec)
+    args = chain.winner_args(big, name="n" * MAX_NAME_LEN, description="d" * MAX_DESCRIPTION_LEN,
+                             licence="l" * MAX_LICENCE_LEN, spec=spec)
+    listed = chain.tx(WINNER, "list_winner", *args)
+    assert listed.gas_used < MAX_TX_GAS // 2 and small.gas_used < listed.gas_used
+    assert len(spec) == MAX_SPEC_LEN
+    print(f"list_winner: {listed.gas_used} (largest), {small.gas_used} (small)")

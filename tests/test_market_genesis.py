@@ -1,5 +1,5 @@
 """The Market in the daemon's genesis: at MARKET_ADDRESS, listing the genesis registry's
-tasks, readable through its client on the embedded chain; the other genesis contracts
+tasks and the genesis Arena's winners, readable through its client on the embedded chain; the other genesis contracts
 are byte for byte what `genesis_contracts` builds without it."""
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ NODE = Account.from_key(keccak(b"market genesis node"))
 def test_the_market_is_at_its_address_and_nothing_else_moved() -> None:
     genesis = network_genesis([NODE.address], timestamp=1_700_000_000)
     alloc = genesis.alloc
-    # Vyper keeps immutables after the runtime code: the registry's address
-    assert alloc[MARKET_ADDRESS].code == load(MARKET).bytecode_runtime + bytes(12) + TASK_REGISTRY_ADDRESS
+    # Vyper keeps immutables after the runtime code: the registry's address, then the Arena's
+    assert alloc[MARKET_ADDRESS].code == (load(MARKET).bytecode_runtime + bytes(12) + TASK_REGISTRY_ADDRESS
+                                          + bytes(12) + ARENA_ADDRESS)
     assert not alloc[MARKET_ADDRESS].storage
     before = genesis_contracts({bytes.fromhex(NODE.address[2:]): STAKE_FUNDS})
     for address, account in before.items():
@@ -42,6 +43,7 @@ async def test_the_client_reads_the_genesis_market() -> None:
         market = Market(ContractClient(InProcessBackend.for_chain(chain), NODE), MARKET_ADDRESS)
         assert await market.has_code()
         assert await market.registry() == TASK_REGISTRY_ADDRESS
+        assert await market.arena() == ARENA_ADDRESS
         assert await market.listing_count() == 0
         assert await market.get_listing(1) is None
         assert not await Market(market.client, bytes(19) + b"\x01").has_code()

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from listed_chain import XSS_NAME, ListedChain, four_listings
+from listed_chain import XSS_NAME, ListedChain, five_listings
 
 from flockd.chain.client.abc import ChainUnavailable
 from flockd.chain.client.arena import Arena
@@ -23,8 +23,8 @@ from flockd.serve.app import ServeApp
 @pytest.fixture(scope="module")
 def listed() -> tuple[ListedChain, Arena, dict[str, int]]:
     chain = ListedChain()
-    arena, ids = four_listings(chain)
-    return chain, arena, ids
+    ids = five_listings(chain)
+    return chain, chain.arena_client(), ids
 
 
 class ServedDouble:
@@ -55,9 +55,10 @@ async def test_listings_come_a_page_at_a_time_with_their_lineage(listed) -> None
     market, registry = chain.clients()
     app = app_for(ListingCatalogue(market, registry))
     status, body = await get(app, "/api/listings")
-    assert status == 200 and body["available"] and body["total"] == 4
+    assert status == 200 and body["available"] and body["total"] == 5
     rows = {row["listing_id"]: row for row in body["listings"]}
-    assert [row["name"] for row in body["listings"]] == ["digits-demo", XSS_NAME, "digits-modified", "digits-arena"]
+    assert [row["name"] for row in body["listings"]] == ["digits-demo", XSS_NAME, "digits-modified", "digits-arena",
+                                                         "digits-winner"]
     assert rows[1]["served"] == {"model": "digits-demo", "endpoint": "/v1/chat/completions"}
     assert rows[2]["served"] is None
     # digits-demo: task → round 0 (one proposal accepted) → round 1 (none) → the listing
@@ -73,28 +74,35 @@ async def test_listings_come_a_page_at_a_time_with_their_lineage(listed) -> None
     seeded = rows[ids["seeded"]]
     assert seeded["name"] == "digits-arena" and "competition 1: this node reads no Arena" in seeded["lineage"]["error"]
     assert [n["type"] for n in seeded["lineage"]["nodes"]] == ["listing"]
+    assert rows[ids["winner"]]["kind"] == "competition" and rows[ids["winner"]]["lineage"]["error"]
 
     status, body = await get(app, "/api/listings?start=2&limit=1")
     assert status == 200 and [row["listing_id"] for row in body["listings"]] == [2]
     assert body["listings"][0]["name"] == XSS_NAME  # as text: the page sets it with textContent
     assert body["listings"][0]["description"] == "<script>alert(2)</script>"
     status, body = await get(app, "/api/listings?start=9")
-    assert status == 200 and body["listings"] == [] and body["total"] == 4
+    assert status == 200 and body["listings"] == [] and body["total"] == 5
     for query, param in ((f"limit={MAX_PAGE + 1}", "limit"), ("limit=0", "limit"), ("start=0", "start"),
                          ("start=-1", "start"), ("start=1e3", "start"), ("limit=" + "9" * 30, "limit")):
         status, body = await get(app, "/api/listings?" + query)
         assert status == 400 and body["error"]["param"] == param, query
 
 
-async def test_a_task_seeded_by_a_competition_starts_at_its_winner(listed) -> None:
+async def test_a_competition_seeds_a_task_and_its_winner_is_listed_as_it_is(listed) -> None:
     chain, arena, ids = listed
     market, registry = chain.clients()
-    status, body = await get(app_for(ListingCatalogue(market, registry, arena)), f"/api/listings?start={ids['seeded']}")
-    graph = body["listings"][0]["lineage"]
+    app = app_for(ListingCatalogue(market, registry, arena))
+    status, body = await get(app, f"/api/listings?start={ids['seeded']}&limit=2")
+    seeded, winner = body["listings"]
+    graph = seeded["lineage"]
     assert [n["type"] for n in graph["nodes"]] == ["arena", "task", "round", "listing"] and graph["error"] is None
     competition = graph["nodes"][0]["details"]
-    assert competition["competition_id"] == 1 and competition["phase"] == "finalised"
-    assert competition["winner"]["index"] == 0 and competition["winner"]["score"] == 0.9
+    assert competition["phase"] == "finalised" and competition["winner"]["index"] == 0
+    assert competition["winner"]["median"] == 900  # test_market_contract's ArenaBeside: 900 and 100
+    # the winner listed as it is: one Arena node, then the listing, the same competition
+    assert winner["kind"] == "competition" and winner["source_id"] == competition["competition_id"]
+    assert [n["type"] for n in winner["lineage"]["nodes"]] == ["arena", "listing"]
+    assert winner["lineage"]["nodes"][0]["details"] == competition and winner["recipe"] == "digits-mlp"
 
 
 async def test_what_this_node_knows_joins_the_graph(listed, tmp_path, monkeypatch) -> None:
@@ -172,8 +180,8 @@ async def test_no_market_or_no_chain_says_why() -> None:
 
 
 def test_strings_from_a_hostile_chain_node_are_capped() -> None:
-    listing = Listing(1, b"\x01" * 20, 1, b"\x02" * 32, b"\x03" * 32, b"\x04" * 32, 5, True, "n" * 5000, "d" * 10**6,
-                      "l" * 5000, "{}")
+    listing = Listing(1, b"\x01" * 20, "task", 1, 0, b"\x02" * 32, b"\x03" * 32, b"\x04" * 32, 5, True, "n" * 5000,
+                      "d" * 10**6, "l" * 5000, "{}")
     row = describe_listing(listing)
     assert len(row["name"]) == MAX_NAME_LEN and row["name"].endswith("…")
     assert len(row["description"]) == MAX_DESCRIPTION_LEN and len(row["licence"]) <= 64

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from listed_chain import XSS_NAME, ListedChain, four_listings
+from listed_chain import XSS_NAME, ListedChain, five_listings
 from serve_tiny import tiny_model_dir
 
 from flockd.market.catalogue import ListingCatalogue
@@ -49,13 +49,13 @@ def page_server(tmp_path_factory):
     index = KnowledgeIndex(knowledge, tmp_path_factory.mktemp("index") / "k.sqlite")
     index.refresh()
     chain = ListedChain()
-    arena, ids = four_listings(chain)
+    ids = five_listings(chain)
     tiny = ServedLM("tiny", tiny_model_dir(tmp_path_factory))
     # as market_fetch would leave it once it fetched and verified listing 1 (flockd.market.held.listing_of)
     tiny.listing = {"listing_id": ids["first"], "task_id": 1, "lineage_root": "0x" + "00" * 32, "rounds": 2,
                     "lister": "0x" + "00" * 20, "licence": "MIT"}
     app = ServeApp([tiny], index=index, tasks=two_rounds)
-    app.listings = ListingCatalogue(*chain.clients(), arena).page
+    app.listings = ListingCatalogue(*chain.clients(), chain.arena_client()).page
     with ServerThread(app) as running:
         yield running
 
@@ -85,9 +85,9 @@ def test_the_page_shows_models_chats_with_sources_and_plots_tasks(page_server, b
     assert "causal-lm" in browser.find_element(By.ID, "models").text
 
     # the catalogue: every listing on chain, the hostile name as text, each lineage a graph
-    wait.until(seen.text_to_be_present_in_element((By.ID, "listing-cards"), "digits-arena"))
-    assert len(browser.find_elements(By.CSS_SELECTOR, "#listing-cards .listing-card")) == 4
-    assert "listings 1–4 of 4" in browser.find_element(By.ID, "listings-status").text
+    wait.until(seen.text_to_be_present_in_element((By.ID, "listing-cards"), "digits-winner"))
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#listing-cards .listing-card")) == 5
+    assert "listings 1–5 of 5" in browser.find_element(By.ID, "listings-status").text
     assert browser.find_element(By.CSS_SELECTOR, "#listing-2 .listing-name").text == XSS_NAME
     assert "<script>alert(2)</script>" in browser.find_element(By.ID, "listing-2").text
     assert not browser.find_elements(By.CSS_SELECTOR, "#listings img, #listings script, #listings b")
@@ -101,7 +101,9 @@ def test_the_page_shows_models_chats_with_sources_and_plots_tasks(page_server, b
     started = browser.find_elements(By.CSS_SELECTOR, "#listing-3 svg .node")  # listing 1 → task → round 0 → listing
     assert len(started) == 4 and "started from" in started[0].text
     seeded = browser.find_elements(By.CSS_SELECTOR, "#listing-4 svg .node")  # Arena → task → round 0 → listing
-    assert len(seeded) == 4 and "winner scored 0.9000" in seeded[0].text
+    assert len(seeded) == 4 and "winner scored" in seeded[0].text
+    winner = browser.find_element(By.ID, "listing-5")  # an Arena winner listed as it is: Arena → listing
+    assert len(winner.find_elements(By.CSS_SELECTOR, "svg .node")) == 2 and "Arena winner" in winner.text
     catalogue_shot = os.environ.get("FLOCKD_SERVE_CATALOGUE_SCREENSHOT")
     if catalogue_shot:  # docs/serving-catalogue.png is taken this way
         browser.find_element(By.ID, "listings").screenshot(catalogue_shot)

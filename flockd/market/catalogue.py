@@ -40,8 +40,9 @@ from flockd.chain.client.market import (
 )
 from flockd.chain.client.registry import STATUS_FINISHED, Registry
 from flockd.market.checks import ListingError, listed_spec
+from flockd.market.lineage import winner_task_spec
 from flockd.stats import Counters
-from flockd.tasks.spec import TaskSpec
+from flockd.tasks.spec import SpecError, TaskSpec
 
 if TYPE_CHECKING:
     from flockd.market.service import MarketService
@@ -72,18 +73,9 @@ def _hex(raw: bytes) -> str:
     return "0x" + raw.hex()
 
 
-def listing_kind(listing: Listing) -> str:
-    """"task" (a finished Alliance task's model) or "competition" (an Arena winner), for a
-    Market whose listings carry a kind; a Market without one lists tasks only."""
-    kind = getattr(listing, "kind", "task")
-    if isinstance(kind, int):
-        return "competition" if kind == 1 else "task"
-    return "competition" if kind == "competition" else "task"
-
-
 def listing_source(listing: Listing) -> int:
     """The id of the task or competition a listing lists."""
-    return int(getattr(listing, "competition_id", 0) or listing.task_id)
+    return listing.competition_id if listing.kind == "competition" else listing.task_id
 
 
 def describe_listing(listing: Listing) -> dict[str, Any]:
@@ -96,7 +88,7 @@ def describe_listing(listing: Listing) -> dict[str, Any]:
         "model_hash": _hex(listing.model_hash),
         "lineage_root": _hex(listing.lineage_root),
         "lister": to_checksum_address(listing.lister),
-        "kind": listing_kind(listing),
+        "kind": listing.kind,
         "source_id": listing_source(listing),
         "listed_block": listing.listed_block,
         "active": listing.active,
@@ -174,7 +166,7 @@ class ListingCatalogue:
     async def _entry(self, listing_id: int) -> dict[str, Any]:
         try:
             listing = await self.market.get_listing(listing_id)
-        except ChainError as exc:
+        except (ChainError, ValueError) as exc:  # ValueError: a kind the Market does not have
             self.counters.incr("catalogue_read_errors")
             return {"listing_id": listing_id, "error": capped(f"cannot read listing {listing_id}: {exc}", MAX_ERROR_LEN)}
         if listing is None:
@@ -182,21 +174,23 @@ class ListingCatalogue:
         row = describe_listing(listing)
         spec: TaskSpec | None = None
         try:
-            spec = listed_spec(listing) if row["kind"] == "task" else None
-            row["recipe"] = capped(spec.recipe, MAX_RECIPE_LEN) if spec else None
+            # a competition listing as the spec of a task seeded by it: recipe, config, seed, competition
+            spec = listed_spec(listing) if listing.kind == "task" else await trio.to_thread.run_sync(
+                winner_task_spec, listing)
+            row["recipe"] = capped(spec.recipe, MAX_RECIPE_LEN)
             row["verified"] = self._verified(listing)
             row["lineage"] = chained([*await self._origin(listing, spec), _listing_node(row)])
-        except (ChainError, ListingError, LineageUnreadable) as exc:
+        except (ChainError, ListingError, SpecError, LineageUnreadable) as exc:
             self.counters.incr("catalogue_read_errors")
             row.setdefault("recipe", capped(spec.recipe, MAX_RECIPE_LEN) if spec else None)
             row.setdefault("verified", None)
             row["lineage"] = chained([_listing_node(row)], capped(str(exc), MAX_ERROR_LEN))
         return row
 
-    async def _origin(self, listing: Listing, spec: TaskSpec | None) -> list[Node]:
+    async def _origin(self, listing: Listing, spec: TaskSpec) -> list[Node]:
         """The nodes before the listing: where the task (or the competition) came from."""
-        if spec is None:  # an Arena winner listed as it is
-            return [await self._competition(listing_source(listing), None)]
+        if listing.kind == "competition":  # an Arena winner listed as it is
+            return [await self._competition(listing.competition_id, spec)]
         before: list[Node] = []
         if spec.competition is not None:
             before.append(await self._competition(spec.competition, spec))
@@ -207,7 +201,7 @@ class ListingCatalogue:
                                 model_hash=start.get("model_hash")))
         return before + await self._task(listing.task_id)
 
-    async def _competition(self, competition_id: int, spec: TaskSpec | None) -> Node:
+    async def _competition(self, competition_id: int, spec: TaskSpec) -> Node:
         key = ("competition", competition_id)
         if key in self._kept:
             return self._kept[key][0]
@@ -219,13 +213,7 @@ class ListingCatalogue:
         details: dict[str, Any] = {"competition_id": competition_id, "phase": snap.phase_name,
                                    "submissions": len(snap.submissions)}
         try:
-            if spec is not None:
-                index, winner = winner_of(snap, await trio.to_thread.run_sync(arena_spec_of, spec))
-            else:
-                winners = [i for i in snap.counted() if snap.submissions[i].rank == 1]
-                if len(winners) != 1:
-                    raise HandoffError(f"competition {competition_id} has {len(winners)} counted submissions ranked 1")
-                index, winner = winners[0], snap.submissions[winners[0]]
+            index, winner = winner_of(snap, await trio.to_thread.run_sync(arena_spec_of, spec))
         except HandoffError as exc:
             details["problem"] = capped(str(exc), MAX_ERROR_LEN)
             return _node(f"arena-{competition_id}", "arena", f"Arena competition {competition_id}", **details)

@@ -12,13 +12,17 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from flockd.chain.client.market import MAX_DESCRIPTION_LEN, MAX_LICENCE_LEN, MAX_NAME_LEN, Listing
 from flockd.fl.checkpoint import MAX_CHECKPOINT_BYTES, load_checkpoint_bytes
 from flockd.fl.tensors import Tensors
 from flockd.tasks.spec import SpecError, TaskSpec
+
+if TYPE_CHECKING:
+    from flockd.arena.spec import ArenaSpec
 
 # A served model's id: what /v1/models shows and a client names in every request.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -45,15 +49,42 @@ def spec_text(spec: TaskSpec) -> str:
     return spec.canonical().decode()
 
 
-def listed_spec(listing: Listing) -> TaskSpec:
-    """The spec a listing carries, parsed, and checked against its recipe hash."""
+class _Hashed(Protocol):
+    @property
+    def spec_hash(self) -> bytes: ...
+
+
+_Spec = TypeVar("_Spec", bound=_Hashed)
+
+
+def _parsed_spec(listing: Listing, from_json: Callable[[Any], _Spec], refused: type[Exception], what: str) -> _Spec:
     try:
-        spec = TaskSpec.from_json(json.loads(listing.spec))
-    except (ValueError, TypeError, SpecError) as exc:
-        raise ListingError(f"listing {listing.listing_id}: unusable spec: {exc}") from None
+        spec = from_json(json.loads(listing.spec))
+    except (ValueError, TypeError, refused) as exc:
+        raise ListingError(f"listing {listing.listing_id}: unusable {what}: {exc}") from None
     if spec.spec_hash != listing.recipe_hash:
         raise ListingError(f"listing {listing.listing_id}: its spec does not hash to its recipe hash")
     return spec
+
+
+def listed_spec(listing: Listing) -> TaskSpec:
+    """The spec a listing carries, parsed, and checked against its recipe hash."""
+    return _parsed_spec(listing, TaskSpec.from_json, SpecError, "spec")
+
+
+def arena_spec_text(spec: ArenaSpec) -> str:
+    """A competition's spec as listed: the canonical JSON whose keccak256 is its recipe hash."""
+    from flockd.fl.recipe import canonical_json
+
+    return canonical_json(spec.to_json()).decode()
+
+
+def listed_arena_spec(listing: Listing) -> ArenaSpec:
+    """The competition spec a competition listing carries, parsed, and checked against its
+    recipe hash (an ArenaSpec loads its recipe: run it in a worker thread when that costs)."""
+    from flockd.arena.spec import ArenaSpec, ArenaSpecError
+
+    return _parsed_spec(listing, ArenaSpec.from_json, ArenaSpecError, "competition spec")
 
 
 def _usable_name(name: str) -> bool:

@@ -69,8 +69,13 @@ def served_classifier(record: dict[str, Any], checkpoint: Path) -> ServedClassif
 
 
 def listing_of(record: dict[str, Any]) -> dict[str, Any]:
-    """What a served model's catalogue entry says of its listing and verified lineage."""
+    """What a served model's catalogue entry says of its listing and verified lineage: an
+    Arena winner has a competition (recomputed) and no rounds; a task's model the rounds
+    replayed, after the competition it was seeded by, if any."""
     listing = {key: record[key] for key in ("listing_id", "task_id", "lineage_root", "lister", "licence")}
+    listing["kind"] = record.get("kind", "task")  # records from before competition listings: tasks
+    listing["competition_id"] = record.get("competition_id") or (record["lineage"].get("competition") or {}).get(
+        "competition_id")
     listing["rounds"] = record["lineage"]["rounds_checked"]
     return listing
 

@@ -1,5 +1,6 @@
-"""MarketService: list a finished task's model, read the listings, and fetch a listed
-model from peers, checked against the chain before this node keeps or serves it.
+"""MarketService: list a finished task's model or a finalised competition's winner, read
+the listings, and fetch a listed model from peers, checked against the chain before this
+node keeps or serves it.
 
 A fetch, cheapest check first: the listing is active, its name is a usable id, its spec
 hashes to its recipe hash, and the registry still says what the listing claims (task
@@ -9,8 +10,13 @@ one peer after another over the p2p fetch (`fl.fetch.1`, kind "model"): size aga
 recipe's layout, then safetensors parsed, layout and hash checked in a worker thread; a
 peer whose bytes fail is skipped and counted. Then the lineage is replayed from the
 chain and the deltas (flockd.tasks.verify, what model_verify runs) and must end at the
-listed hash. Only then is a record written and, in a serving daemon, the model served.
-One fetch runs at a time.
+listed hash; for a task seeded by a competition, the competition is recomputed too
+(flockd.market.lineage). A competition listing: the competition is finalised, its rank-1
+submission is the listed model, its recipe and base model hashes are the listing's; the
+winner's bytes come as the hand-off takes them (flockd.arena.handoff: this node's copy,
+else a peer's, in the competition's base layout and hash-checked), and the competition is
+recomputed (arena_verify). Only then is a record written and, in a serving daemon, the
+model served. One fetch runs at a time.
 """
 
 from __future__ import annotations
@@ -28,15 +34,18 @@ from flockd.fl.tensors import shapes
 from flockd.logs import get_logger
 from flockd.market.checks import (
     ListingError,
+    arena_spec_text,
     check_listed_name,
     check_listing_fields,
     check_model_bytes,
     check_model_size,
+    listed_arena_spec,
     listed_spec,
     max_model_bytes,
     spec_text,
 )
 from flockd.market.held import HeldModels, served_model
+from flockd.market.lineage import competition_part, handoff_of, winner_task_spec
 from flockd.market.lm_serve import held_base
 from flockd.p2p.abc import P2PError
 from flockd.p2p.blobs import BlobError
@@ -47,6 +56,7 @@ from flockd.tasks.spec import TaskSpec
 from flockd.tasks.verify import verify_lineage
 
 if TYPE_CHECKING:
+    from flockd.arena.spec import ArenaSpec
     from flockd.serve.app import ServeApp
 
 log = get_logger("flockd.market")
@@ -93,6 +103,37 @@ class MarketService:
         self.counters.incr("market_listed")
         return listing_id, final
 
+    async def list_winner(self, competition_id: int, name: str, description: str = "", licence: str = "",
+                          spec: ArenaSpec | None = None) -> tuple[int, bytes]:
+        """List a finalised competition's winning model; (listing id, model hash). What the
+        contract would refuse is refused here first, with the reason, before any gas is spent.
+        `spec`: the competition's (default: the one this node took part with)."""
+        from flockd.arena.handoff import HandoffError, winner_of
+        from flockd.arena.snapshot import read_competition
+        from flockd.arena.spec import ArenaSpec
+
+        check_listing_fields(name, description, licence)
+        await self._require_market()
+        arena = handoff_of(self).svc
+        if spec is None:
+            member = arena.members.get(competition_id)
+            if member is None:
+                raise ListingError(f"this node took no part in competition {competition_id}: pass its spec")
+            spec = await trio.to_thread.run_sync(ArenaSpec.from_json, member.spec)
+        snap = await read_competition(arena.arena, competition_id)
+        if snap is None:
+            raise ListingError(f"no competition {competition_id}")
+        try:
+            _, winner = winner_of(snap, spec)
+        except HandoffError as exc:
+            raise ListingError(str(exc)) from None
+        if self.tasks.ctx.address not in (snap.competition.creator, winner.trainer):
+            raise ListingError(f"only competition {competition_id}'s creator or its winning trainer may list it")
+        listing_id = await self.market.list_winner(competition_id, name, description, winner.model_hash, licence,
+                                                   arena_spec_text(spec))
+        self.counters.incr("market_listed")
+        return listing_id, winner.model_hash
+
     async def listings(self, start: int = 1, limit: int = 50) -> list[Listing]:
         """Listings start.. (at most `limit`, at most MAX_LISTINGS_PER_CALL), inactive ones too."""
         if start < 1 or not 1 <= limit <= MAX_LISTINGS_PER_CALL:
@@ -118,6 +159,8 @@ class MarketService:
             if not listing.active:
                 raise ListingError(f"listing {listing_id} was unlisted")
             check_listed_name(listing)
+            if listing.kind == "competition":
+                return await self._fetch_winner(listing)
             spec = listed_spec(listing)
             await self._check_against_registry(listing)
             base = await trio.to_thread.run_sync(held_base, spec)
@@ -133,6 +176,12 @@ class MarketService:
                 self.counters.incr("market_lineage_failures")
                 raise ListingError(f"listing {listing_id}: the lineage does not replay to the listed model: "
                                    f"{'; '.join(lineage['problems']) or lineage['final_model_hash']}")
+            if spec.competition is not None:  # seeded by a competition: that is recomputed too
+                lineage["competition"] = await competition_part(self, spec)
+                if not lineage["competition"]["ok"]:
+                    self.counters.incr("market_lineage_failures")
+                    raise ListingError(f"listing {listing_id}: competition {spec.competition} of its lineage does not "
+                                       f"verify: {'; '.join(lineage['competition']['problems'])}")
             if fetched.peer_id is not None:  # kept only now: a model whose lineage fails is not
                 await trio.to_thread.run_sync(store.put_model_bytes, fetched.data, listing.model_hash)
             record = _record(listing, spec, fetched.peer_id, lineage)
@@ -141,6 +190,49 @@ class MarketService:
             self.counters.incr("market_fetched")
             record["served"] = await self._serve(record)
             return record
+
+    async def _fetch_winner(self, listing: Listing) -> dict[str, Any]:
+        """A competition listing: checked against the Arena, the winner's bytes taken as the
+        hand-off takes them, the competition recomputed; then kept and served."""
+        from flockd.arena.handoff import HandoffError, winner_of
+        from flockd.arena.snapshot import read_competition
+
+        spec = await trio.to_thread.run_sync(winner_task_spec, listing)  # the hand-off's view of the winner
+        arena_spec = await trio.to_thread.run_sync(lambda: listed_arena_spec(listing))
+        handoff = handoff_of(self)
+        snap = await read_competition(handoff.svc.arena, listing.competition_id)
+        if snap is None:
+            raise ListingError(f"listing {listing.listing_id}: no competition {listing.competition_id}")
+        try:
+            _, winner = winner_of(snap, arena_spec)
+        except HandoffError as exc:
+            raise ListingError(f"listing {listing.listing_id}: {exc}") from None
+        if (winner.model_hash, snap.params.base_model_hash, snap.params.recipe_hash) != (
+                listing.model_hash, listing.lineage_root, listing.recipe_hash):
+            raise ListingError(f"listing {listing.listing_id} does not match competition {listing.competition_id}")
+        base = await trio.to_thread.run_sync(held_base, spec)
+        await trio.to_thread.run_sync(check_model_size, spec, base)
+        store = self.tasks.ctx.store
+        held_before = await trio.to_thread.run_sync(store.has_model, listing.model_hash)
+        try:  # this node's copy, else a peer's: hash and base layout checked, kept when they pass
+            await handoff.base_model(spec)
+        except HandoffError as exc:
+            raise ListingError(f"listing {listing.listing_id}: {exc}") from None
+        competition = await competition_part(self, spec)
+        if not competition["ok"]:
+            self.counters.incr("market_lineage_failures")
+            raise ListingError(f"listing {listing.listing_id}: competition {listing.competition_id} does not verify: "
+                               f"{'; '.join(competition['problems'])}")
+        served_spec = TaskSpec(arena_spec.recipe, arena_spec.config, seed=arena_spec.seed)  # what loads the model
+        lineage = {"ok": True, "competition": competition, "rounds_checked": 0,
+                   "final_model_hash": _hex(listing.model_hash)}
+        record = _record(listing, served_spec, None if held_before else "peer", lineage)
+        record["arena_spec"] = arena_spec.to_json()
+        record["path"] = str(store.model_path(listing.model_hash))
+        self.held.save(record)
+        self.counters.incr("market_fetched")
+        record["served"] = await self._serve(record)
+        return record
 
     async def _check_against_registry(self, listing: Listing) -> None:
         registry = self.tasks.registry
@@ -211,7 +303,9 @@ def _record(listing: Listing, spec: TaskSpec, peer_id: str | None, lineage: dict
     return {
         "listing_id": listing.listing_id,
         "name": listing.name,
+        "kind": listing.kind,
         "task_id": listing.task_id,
+        "competition_id": listing.competition_id,
         "model_hash": _hex(listing.model_hash),
         "lineage_root": _hex(listing.lineage_root),
         "lister": _hex(listing.lister),

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flockd.market.checks import listed_spec
+from flockd.market.lineage import listing_lineage, task_part, whole
 from flockd.market.service import MarketService
 from flockd.tasks.spec import SpecError, TaskSpec
-from flockd.tasks.verify import verify_lineage
-from flockd.tasks.work import Worker
 
 
 def started_spec(record: dict[str, Any], rule: str, partition: str, num_nodes: int, seed: int) -> TaskSpec:
@@ -49,22 +47,18 @@ async def create_from_listing(market: MarketService, listing_id: int, *, rule: s
 
 
 async def lineage(market: MarketService, task_id: int, spec: TaskSpec) -> dict[str, Any]:
-    """The listed task's lineage replayed, then this task's; ok when both replay whole and
-    this task's initial model is the listed task's final one."""
-    import trio
-
+    """The listing's lineage (flockd.market.lineage: the competition that seeded its task,
+    if any, and its task's rounds, or the competition it won), then this task's rounds;
+    ok when every part verifies, the listing's ends at its listed model, and this task's
+    initial model is that model."""
     listing = await market.listing(listing_started(spec))
-    tasks = market.tasks
-    parent_worker = await trio.to_thread.run_sync(Worker, listed_spec(listing), 0, None)
-    worker = await trio.to_thread.run_sync(Worker, spec, 0, None)
-    parent = await verify_lineage(tasks.registry, tasks.ctx.store, parent_worker, listing.task_id, tasks.fetch_delta,
-                                  start=parent_worker.spec.start)
-    own = await verify_lineage(tasks.registry, tasks.ctx.store, worker, task_id, tasks.fetch_delta, start=spec.start)
-    joined = parent["final_model_hash"] == spec.start["model_hash"] == "0x" + listing.model_hash.hex()
+    parts = await listing_lineage(market, listing)
+    own = await task_part(market, task_id, spec)
+    joined = parts[-1]["ends_at_listing"] and spec.start["model_hash"] == "0x" + listing.model_hash.hex()
     return {
         "task_id": task_id,
         "listing_id": listing.listing_id,
-        "ok": bool(parent["ok"] and parent["complete"] and own["ok"] and joined),
+        "ok": whole(parts) and bool(own["ok"]) and joined,
         "continues": joined,
-        "lineage": [parent, own],
+        "lineage": [*parts, own],
     }

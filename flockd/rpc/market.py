@@ -1,5 +1,6 @@
-"""market_*: list a finished task's model on chain, read the listings, fetch a listed
-model from peers (checked against the chain and its lineage replayed) and serve it."""
+"""market_*: list a finished task's model or a finalised competition's winner on chain,
+read the listings, fetch a listed model from peers (checked against the chain and its
+lineage replayed) and serve it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from flockd.chain.client.backends import ChainError
 from flockd.chain.client.contract import ContractRevert
 from flockd.chain.client.market import Listing
 from flockd.market.checks import ListingError
+from flockd.market.lineage import listing_report
 from flockd.market.service import MarketService
 from flockd.market.start import create_from_listing, lineage
 from flockd.rpc.errors import RPCError
@@ -42,14 +44,30 @@ class MarketNamespace:
     def __init__(self, market: MarketService) -> None:
         self._market = market
 
-    async def market_list(self, task_id: int, name: str, description: str = "", licence: str = "",
-                          spec: dict[str, Any] | None = None) -> dict[str, Any]:
-        """List a finished task's final model (this node its creator or a participant);
-        spec: the task's, as task_create returned it (default: the one this node joined with)."""
+    async def market_list(self, name: str, task_id: int | None = None, competition_id: int | None = None,
+                          description: str = "", licence: str = "", spec: dict[str, Any] | None = None) -> dict[str, Any]:
+        """List a finished task's final model (this node its creator or a participant), or
+        with competition_id a finalised competition's winning model (this node its creator
+        or the winning trainer); spec: the task's (as task_create returned it) or the
+        competition's (as arena_create did); default: the one this node took part with."""
         with _MarketErrors():
-            parsed = TaskSpec.from_json(spec) if spec is not None else None
-            listing_id, model_hash = await self._market.list_model(task_id, name, description, licence, parsed)
-            return {"listing_id": listing_id, "task_id": task_id, "name": name, "model_hash": "0x" + model_hash.hex()}
+            if (task_id is None) == (competition_id is None):
+                raise ListingError("name either task_id or competition_id")
+            if competition_id is not None:
+                from flockd.arena.spec import ArenaSpec, ArenaSpecError
+
+                try:
+                    arena_spec = ArenaSpec.from_json(spec) if spec is not None else None
+                except ArenaSpecError as exc:
+                    raise RPCError(-32602, str(exc)) from None
+                listing_id, model_hash = await self._market.list_winner(competition_id, name, description, licence,
+                                                                        arena_spec)
+            else:
+                assert task_id is not None
+                parsed = TaskSpec.from_json(spec) if spec is not None else None
+                listing_id, model_hash = await self._market.list_model(task_id, name, description, licence, parsed)
+            return {"listing_id": listing_id, "task_id": task_id, "competition_id": competition_id, "name": name,
+                    "model_hash": "0x" + model_hash.hex()}
 
     async def market_unlist(self, listing_id: int) -> dict[str, Any]:
         """Withdraw a listing this node made."""
@@ -82,10 +100,18 @@ class MarketNamespace:
                 vote_mode=0 if vote_mode == "per-proposal" else 1, max_proposals=max_proposals,
             )
 
-    async def market_lineage(self, task_id: int, spec: dict[str, Any] | None = None) -> dict[str, Any]:
-        """A task started from a listed model: the listed task's lineage replayed, then its
-        own; spec: as market_task_create returned it (default: the one this node joined with)."""
+    async def market_lineage(self, task_id: int | None = None, spec: dict[str, Any] | None = None,
+                             listing_id: int | None = None) -> dict[str, Any]:
+        """With listing_id: that listing's lineage, oldest first (the competition, the task's
+        rounds, ending at the listed model). With task_id, a task started from a listed
+        model: the listing's lineage, then the task's own rounds; spec: as
+        market_task_create returned it (default: the one this node joined with)."""
         with _MarketErrors():
+            if (task_id is None) == (listing_id is None):
+                raise ListingError("name either task_id or listing_id")
+            if listing_id is not None:
+                return await listing_report(self._market, listing_id)
+            assert task_id is not None
             parsed = TaskSpec.from_json(spec) if spec is not None else self._market.tasks.joined(task_id).spec
             return await lineage(self._market, task_id, parsed)
 
@@ -100,7 +126,9 @@ def describe_listing(listing: Listing) -> dict[str, Any]:
     return {
         "listing_id": listing.listing_id,
         "name": listing.name,
+        "kind": listing.kind,
         "task_id": listing.task_id,
+        "competition_id": listing.competition_id,
         "model_hash": "0x" + listing.model_hash.hex(),
         "lineage_root": "0x" + listing.lineage_root.hex(),
         "recipe_hash": "0x" + listing.recipe_hash.hex(),
