@@ -123,6 +123,8 @@ async def test_what_this_node_knows_joins_the_graph(listed, tmp_path, monkeypatc
     (tmp_path / f"{ids['first']}.json").write_text(json.dumps(
         {"model_hash": "0x" + "ab" * 32, "lineage": {"ok": True, "complete": True, "rounds_checked": 2}}))
     (tmp_path / f"{ids['xss']}.json").write_text("{not json")
+    (tmp_path / f"{ids['modified']}.json").write_text(json.dumps(  # as market_fetch keeps an Arena winner's
+        {"model_hash": "0x" + "cd" * 32, "lineage": {"ok": True, "competition": {"ok": True}, "rounds_checked": 0}}))
     market, registry = chain.clients()
     catalogue = ListingCatalogue(market, registry, metrics=task_metrics(status, lambda task_id: task_id == 1),
                                  held_root=tmp_path)
@@ -132,7 +134,7 @@ async def test_what_this_node_knows_joins_the_graph(listed, tmp_path, monkeypatc
     assert nodes[1]["details"]["rounds"] == 1 and nodes[2]["details"]["test_accuracy"] == 0.5
     assert "test_accuracy" not in rows[1]["lineage"]["nodes"][1]["details"]  # a task this node does not run
     assert rows[0]["verified"] == {"model_hash": "0x" + "ab" * 32, "ok": True, "rounds_checked": 2}
-    assert rows[1]["verified"] is None and rows[2]["verified"] is None
+    assert rows[1]["verified"] is None and rows[2]["verified"]["ok"]
 
 
 async def test_a_page_is_read_once_per_block(listed) -> None:

@@ -273,7 +273,8 @@ class ListingCatalogue:
         try:
             record = json.loads((self.held_root / f"{listing.listing_id}.json").read_text())
             lineage = record["lineage"]
-            return {"model_hash": record["model_hash"], "ok": bool(lineage["ok"] and lineage["complete"]),
+            # an Arena winner's record has no rounds: its competition was recomputed whole or not kept
+            return {"model_hash": record["model_hash"], "ok": bool(lineage["ok"] and lineage.get("complete", True)),
                     "rounds_checked": int(lineage["rounds_checked"])}
         except (OSError, ValueError, KeyError, TypeError):
             return None
