@@ -105,8 +105,10 @@ def test_the_page_shows_models_chats_with_sources_and_plots_tasks(page_server, b
     winner = browser.find_element(By.ID, "listing-5")  # an Arena winner listed as it is: Arena → listing
     assert len(winner.find_elements(By.CSS_SELECTOR, "svg .node")) == 2 and "Arena winner" in winner.text
     catalogue_shot = os.environ.get("FLOCKD_SERVE_CATALOGUE_SCREENSHOT")
-    if catalogue_shot:  # docs/serving-catalogue.png is taken this way
+    if catalogue_shot:  # docs/serving-catalogue.png is taken this way, the whole section in view
+        browser.set_window_size(1100, 2400)
         browser.find_element(By.ID, "listings").screenshot(catalogue_shot)
+        browser.set_window_size(1100, 1400)
     assert "(2 chunks indexed)" in browser.find_element(By.ID, "knowledge").text
 
     browser.find_element(By.ID, "chat-input").send_keys("When did the observatory on Mount Keldra open?")
