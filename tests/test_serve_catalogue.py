@@ -14,7 +14,7 @@ from listed_chain import XSS_NAME, ListedChain, five_listings
 
 from flockd.chain.client.abc import ChainUnavailable
 from flockd.chain.client.arena import Arena
-from flockd.chain.client.market import MAX_DESCRIPTION_LEN, MAX_NAME_LEN, Listing
+from flockd.chain.client.market import MAX_DESCRIPTION_LEN, MAX_NAME_LEN, Listing, Market
 from flockd.chain.client.registry import Registry, RoundInfo
 from flockd.market.catalogue import MAX_PAGE, ListingCatalogue, describe_listing
 from flockd.serve.app import ServeApp
@@ -151,6 +151,29 @@ async def test_a_page_is_read_once_per_block(listed) -> None:
     # the finished tasks' rounds were kept: a new block reads the listings, not the rounds again
     assert backend.calls - calls < calls
     assert catalogue.counters.snapshot()["catalogue_pages_read"] == 2
+
+
+async def test_ten_thousand_listings_cost_a_page_only_its_own(listed) -> None:
+    chain, _, _ = listed
+
+    class CrowdedMarket(Market):  # the count a chain with 10,000 listings would give; reads recorded
+        asked: list[int] = []
+
+        async def listing_count(self) -> int:
+            return 10_000
+
+        async def get_listing(self, listing_id: int) -> Listing | None:
+            self.asked.append(listing_id)
+            return await super().get_listing(listing_id)
+
+    market, registry = chain.clients()
+    crowded = CrowdedMarket(market.client, market.address)
+    catalogue = ListingCatalogue(crowded, registry)
+    page = await catalogue.page(1, MAX_PAGE)
+    assert page["total"] == 10_000 and len(page["listings"]) == MAX_PAGE and crowded.asked == list(range(1, 21))
+    last = await catalogue.page(9_999, 5)
+    assert crowded.asked[20:] == [9_999, 10_000]  # past the count: nothing read
+    assert [row["error"] for row in last["listings"]] == ["no listing 9999", "no listing 10000"]
 
 
 async def test_a_listing_whose_lineage_cannot_be_read_is_there_with_the_error(listed) -> None:
