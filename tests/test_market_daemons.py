@@ -137,6 +137,8 @@ def test_a_listed_model_is_fetched_verified_and_served_by_another_node(short_tmp
         (row,) = [r for r in httpx.get(url + "/api/listings").json()["listings"] if r["listing_id"] == listing_id]
         assert row["served"] == {"model": NAME, "endpoint": "/v1/predict"} and row["verified"]["ok"]
         assert [n["type"] for n in row["lineage"]["nodes"]] == ["task", "round", "listing"]
+        replayed = httpx.post(url + f"/api/listings/{listing_id}/replay", timeout=TX_TIMEOUT).json()
+        assert replayed["ok"] and [p["rounds_checked"] for p in replayed["lineage"]] == [1]
 
         # The knowledge folder named by RPC, searched at once.
         knowledge = short_tmp / "knowledge"

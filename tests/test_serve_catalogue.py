@@ -36,11 +36,15 @@ class ServedDouble:
         self.name, self.listing = name, {"listing_id": listing_id}
 
 
-async def get(app: ServeApp, path: str) -> tuple[int, dict[str, Any]]:
+async def get(app: ServeApp, path: str, method: str = "GET") -> tuple[int, dict[str, Any]]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
-        reply = await client.get(path)
+        reply = await client.request(method, path)
         return reply.status_code, reply.json()
+
+
+async def post(app: ServeApp, path: str) -> tuple[int, dict[str, Any]]:
+    return await get(app, path, "POST")
 
 
 def app_for(catalogue: ListingCatalogue) -> ServeApp:
@@ -202,6 +206,43 @@ async def test_no_market_or_no_chain_says_why() -> None:
     assert status == 200 and not body["available"] and "no Market contract" in body["why"]
     status, body = await get(ServeApp([]), "/api/listings")
     assert status == 200 and not body["available"] and "reads no chain" in body["why"]
+    status, body = await post(ServeApp([]), "/api/listings/1/replay")
+    assert status == 404 and body["error"]["code"] == "unavailable"
+
+
+async def test_one_replay_at_a_time(monkeypatch) -> None:
+    """A replay fetches deltas and rebuilds models: a second one asks again later."""
+    import trio
+
+    import flockd.market.catalogue as catalogue_module
+    from flockd.market.catalogue import ListingReplays
+
+    release = trio.Event()
+
+    async def slow_report(market: Any, listing_id: int) -> dict[str, Any]:  # stands for listing_report
+        await release.wait()
+        return {"listing_id": listing_id, "ok": True,
+                "lineage": [{"kind": "task", "rounds": list(range(100)), "problems": ["x" * 1000] * 50}]}
+
+    monkeypatch.setattr(catalogue_module, "listing_report", slow_report)
+    app = ServeApp([])
+    app.replay_listing = ListingReplays(None)  # type: ignore[arg-type]
+    answers: dict[int, Any] = {}
+
+    async def ask(listing_id: int) -> None:
+        answers[listing_id] = await post(app, f"/api/listings/{listing_id}/replay")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ask, 1)
+        await trio.testing.wait_all_tasks_blocked()
+        await ask(2)
+        release.set()
+    assert answers[2][1]["busy"] and not answers[2][1]["ok"]
+    (part,) = answers[1][1]["lineage"]
+    assert answers[1][1]["ok"] and part["rounds"] == list(range(76, 100)) and len(part["problems"]) == MAX_PAGE
+    assert all(len(p) <= 300 for p in part["problems"])
+    status, body = await post(app, "/api/listings/0/replay")
+    assert status == 400 and body["error"]["param"] == "listing_id"
 
 
 def test_strings_from_a_hostile_chain_node_are_capped() -> None:

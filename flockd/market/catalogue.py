@@ -40,12 +40,14 @@ from flockd.chain.client.market import (
 )
 from flockd.chain.client.registry import STATUS_FINISHED, Registry
 from flockd.market.checks import ListingError, listed_spec
-from flockd.market.lineage import winner_task_spec
+from flockd.market.lineage import listing_report, winner_task_spec
 from flockd.stats import Counters
+from flockd.tasks.service import TaskError
 from flockd.tasks.spec import SpecError, TaskSpec
 
 if TYPE_CHECKING:
     from flockd.market.service import MarketService
+    from flockd.serve.app import ServeApp
 
 MAX_PAGE = 20
 MAX_ROUNDS_SHOWN = 24
@@ -293,9 +295,37 @@ def task_metrics(status: Callable[[int], Awaitable[dict[str, Any]]], runs: Calla
     return measured
 
 
-def daemon_catalogue(market: MarketService, arena: Arena) -> ListingCatalogue:
-    """The catalogue a daemon's page reads: its Market, registry and Arena clients, the
-    metrics of the tasks it runs, and the listings it fetched."""
+class ListingReplays:
+    """`market_lineage listing_id=N` for the page: the listing's lineage replayed here
+    (flockd.market.lineage: the competition recomputed, the rounds rebuilt from the deltas,
+    which may come from peers), one at a time: a second asks again later rather than wait.
+    The rounds in the answer are the last MAX_ROUNDS_SHOWN of each task."""
+
+    def __init__(self, market: MarketService) -> None:
+        self.market = market
+        self._running = False
+
+    async def __call__(self, listing_id: int) -> dict[str, Any]:
+        if self._running:
+            return {"listing_id": listing_id, "ok": False, "busy": True,
+                    "error": "another listing's lineage is being replayed here: ask again when it ends"}
+        self._running = True
+        try:
+            report = await listing_report(self.market, listing_id)
+        except (ChainError, ListingError, SpecError, TaskError, HandoffError) as exc:
+            return {"listing_id": listing_id, "ok": False, "error": capped(str(exc), MAX_ERROR_LEN)}
+        finally:
+            self._running = False
+        for part in report["lineage"]:
+            part["rounds"] = part.get("rounds", [])[-MAX_ROUNDS_SHOWN:]
+            part["problems"] = [capped(str(p), MAX_ERROR_LEN) for p in part.get("problems", [])[:MAX_PAGE]]
+        return report
+
+
+def attach_catalogue(app: ServeApp, market: MarketService, arena: Arena) -> None:
+    """A daemon's page reads its Market, registry and Arena clients, the metrics of the
+    tasks it runs and the listings it fetched, and replays a listing's lineage on request."""
     tasks = market.tasks
-    return ListingCatalogue(market.market, tasks.registry, arena, held_root=market.held.root,
-                            metrics=task_metrics(tasks.status, lambda task_id: task_id in tasks.runners))
+    app.listings = ListingCatalogue(market.market, tasks.registry, arena, held_root=market.held.root,
+                                    metrics=task_metrics(tasks.status, lambda task_id: task_id in tasks.runners)).page
+    app.replay_listing = ListingReplays(market)

@@ -53,6 +53,8 @@ TaskView = Callable[[], Awaitable[list[dict[str, Any]]]]
 # The chain's listings, a page at a time (start, limit): flockd.market.catalogue.ListingCatalogue.page.
 ListingsView = Callable[[int, int], Awaitable[dict[str, Any]]]
 LISTINGS_PAGE = 10  # listings on a page unless the page asks otherwise
+# A listing's lineage replayed by this node (flockd.market.catalogue.ListingReplays).
+ListingReplay = Callable[[int], Awaitable[dict[str, Any]]]
 
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions
 DEFAULT_CHAT_TOKENS = 256
@@ -101,6 +103,7 @@ class ServeApp:
         self.default_top_k = default_top_k
         self.tasks = tasks
         self.listings: ListingsView | None = None  # in a daemon, once its Market client is open
+        self.replay_listing: ListingReplay | None = None
         self.counters = Counters()
         routes = [Route(path, self._page, methods=["GET"]) for path in _PAGES]
         routes += [
@@ -110,6 +113,7 @@ class ServeApp:
             Route("/v1/predict", self._predict, methods=["POST"]),
             Route("/api/catalogue", self._catalogue, methods=["GET"]),
             Route("/api/listings", self._listing_view, methods=["GET"]),
+            Route("/api/listings/{listing_id:int}/replay", self._listing_replay, methods=["POST"]),
             Route("/api/tasks", self._task_view, methods=["GET"]),
             Route("/api/search", self._search, methods=["POST"]),
         ]
@@ -175,8 +179,16 @@ class ServeApp:
         except ValueError as exc:  # the page's bounds
             raise bad_request(str(exc), "limit" if "limit" in str(exc) else "start") from None
         served = self._served_listings()
-        return JSONResponse({**view, "listings": [{**row, "served": served.get(row["listing_id"])}
-                                                  for row in view["listings"]]})
+        return JSONResponse({**view, "replay": self.replay_listing is not None,
+                             "listings": [{**row, "served": served.get(row["listing_id"])} for row in view["listings"]]})
+
+    async def _listing_replay(self, request: Request) -> Response:
+        if self.replay_listing is None:
+            raise APIError(404, "this server does not run inside a daemon: it replays no lineage", code="unavailable")
+        listing_id = request.path_params["listing_id"]
+        if not 1 <= listing_id < 2**63:
+            raise bad_request("listing_id must be an integer >= 1", "listing_id")
+        return JSONResponse(await self.replay_listing(listing_id))
 
     def _served_listings(self) -> dict[int, dict[str, str]]:
         """listing id -> the model name and endpoint this node serves it under."""

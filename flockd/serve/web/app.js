@@ -161,6 +161,7 @@ const NODE_W = 168, NODE_H = 50, GAP = 42;
 const NODE_FILL = {arena: "#fde7c8", start: "#e8def8", task: "#d7e6f7", round: "#eef2f7", elided: "#f6f7f9",
                    listing: "#dff3e6"};
 let listingsStart = 1;
+let canReplay = false;  // inside a daemon: POST /api/listings/N/replay
 const LISTINGS_PAGE = 10;
 
 function svg(tag, attrs) {
@@ -269,7 +270,37 @@ function listingCard(row) {
                                               : "fetched here, lineage not verified");
   card.append(el("div", {className: "meta"}, meta.join(" · ")));
   drawLineage(row.lineage, card);
+  if (canReplay) {
+    const outcome = el("div", {className: "replay-outcome"});
+    const button = el("button", {type: "button", className: "replay"}, "replay the lineage here");
+    button.addEventListener("click", () => replayLineage(row.listing_id, button, outcome));
+    card.append(el("div", {}, button, " ", outcome));
+  }
   return card;
+}
+
+// The listing's lineage replayed by this node (market_lineage): the competition recomputed,
+// the rounds rebuilt from the deltas; slow, and one at a time on the server.
+async function replayLineage(listingId, button, outcome) {
+  button.disabled = true;
+  outcome.textContent = "replaying…";
+  try {
+    const response = await fetch("/api/listings/" + listingId + "/replay", {method: "POST", headers: headers()});
+    const report = await response.json();
+    if (!response.ok) throw new Error(report.error ? report.error.message : response.statusText);
+    if (report.error) { outcome.textContent = "not replayed: " + report.error; return; }
+    const parts = report.lineage.map(p => p.kind === "competition"
+      ? "competition " + p.competition_id + (p.ok ? " recomputed" : " does not verify")
+      : "task " + p.task_id + ": " + p.rounds_checked + " round(s) replayed" + (p.ok ? "" : " with problems"));
+    const problems = report.lineage.flatMap(p => p.problems || []);
+    outcome.textContent = (report.ok ? "verified here: " : "NOT verified: ") + parts.join(" → ")
+      + (problems.length ? " (" + problems.join("; ") + ")" : "");
+    outcome.className = "replay-outcome " + (report.ok ? "ok" : "bad");
+  } catch (err) {
+    outcome.textContent = "cannot replay: " + err.message;
+  } finally {
+    button.disabled = false;
+  }
 }
 
 async function loadListings() {
@@ -278,6 +309,7 @@ async function loadListings() {
   try {
     const view = await getJSON("/api/listings?start=" + listingsStart + "&limit=" + LISTINGS_PAGE);
     if (!view.available) { status.textContent = view.why; cards.replaceChildren(); return; }
+    canReplay = Boolean(view.replay);
     const last = listingsStart + view.listings.length - 1;
     status.textContent = view.total
       ? "listings " + listingsStart + "–" + last + " of " + view.total + " (as of block " + view.block + ")"
