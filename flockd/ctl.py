@@ -30,7 +30,9 @@ _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # 25e18 would become a float and lose digits: amounts stay text, the daemon reads them exactly
 _EXPONENT_AMOUNT = re.compile(r"[0-9]+e[0-9]+")
 _BASE_UNITS = 10**18  # wei per ether, base units per stake token
-_AMOUNT_FIELDS = frozenset({"gas_wei", "stake", "amount"})
+_AMOUNT_FIELDS = frozenset({"gas_wei", "stake", "amount", "value", "free", "locked", "delegated", "pending",
+                            "pending_rewards", "claimable", "claimed", "collected", "released", "withdrawn"})
+_WHOLE_UNIT_METHODS = ("account_", "stake_", "rewards_")  # results whose amounts are tokens or ETH
 
 
 class UsageError(Exception):
@@ -61,10 +63,10 @@ def main(argv: list[str]) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        if args.method.startswith("account_") and isinstance(result, dict):
+        if args.method.startswith(_WHOLE_UNIT_METHODS) and isinstance(result, dict):
             result = with_whole_units(result)
         console = Console(soft_wrap=True, highlight=False)
-        if args.method.startswith("arena_") and isinstance(result, dict):
+        if args.method.startswith(("arena_", "stake_arena_")) and isinstance(result, dict):  # lists as tables
             render_sections(result, console)
         else:
             render(result, console)
@@ -159,6 +161,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--datadir", type=Path, default=default, help=f"daemon data directory (default {default})")
     parser.add_argument("--json", action="store_true", help="print the raw result as JSON")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the reply (default 60)")
-    parser.add_argument("method", metavar="METHOD", help="e.g. node_info, net_peers, net_connect")
+    parser.add_argument("method", metavar="METHOD",
+                        help="e.g. node_info, net_peers, arena_status, stake_arena_delegate, rewards_claim")
     parser.add_argument("params", metavar="PARAM", nargs="*", help="key=value or value (JSON if it parses)")
     return parser

@@ -385,6 +385,7 @@ class Node:
         from flockd.rpc.arena import ArenaNamespace
         from flockd.rpc.chain import ChainNamespace
         from flockd.rpc.net import NetNamespace
+        from flockd.rpc.rewards import RewardsNamespace
         from flockd.rpc.stake import StakeNamespace
         from flockd.rpc.task import ModelNamespace, RoundNamespace, TaskNamespace
 
@@ -396,7 +397,8 @@ class Node:
             ModelNamespace(self.tasks, self.datadir / "exports"),
             AccountNamespace(self.tasks.token),
             ArenaNamespace(self.arena),
-            StakeNamespace(self.tasks.registry, self.tasks.token),
+            StakeNamespace(self.tasks.registry, self.tasks.token, self.arena.arena, self.arena.counters),
+            RewardsNamespace(self.arena.arena, self.arena.counters),
         ):
             self.rpc_dispatcher.add_namespace(namespace)
         self.rpc_dispatcher.add_namespace(self._market_namespace())

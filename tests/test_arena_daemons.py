@@ -3,7 +3,9 @@ a creator, two trainers with different data and hyperparameters, one validator. 
 daemons' drivers reveal, elect, fetch the submissions and the evaluation set over p2p,
 score, publish and finalise by themselves; arena_verify then passes on every node. Then
 the hand-off: a two-round Alliance task among all four starts from the winner's model,
-and model_verify passes on every node with the competition in the lineage."""
+and model_verify passes on every node with the competition in the lineage. Then the
+market: the creator lists the task's model and the winner; another node fetches both,
+and the task's listing verifies back to the competition (competition, rounds, listing)."""
 
 from concurrent.futures import ThreadPoolExecutor
 
@@ -77,6 +79,23 @@ def test_a_competition_runs_to_the_end_and_verifies_on_every_node(short_tmp, cap
             assert verified["ok"] and verified["complete"], (d.index, verified)
             assert verified["initial_model_hash"] == winner["model_hash"]
             assert verified["competition"]["ok"] and verified["competition"]["winner"]["model_hash"] == winner["model_hash"]
+
+        # the market: the task seeded by the competition, and the winner itself, listed in one table
+        tuned = creator.call("market_list", {"task_id": task_id, "name": "digits-tuned"}, timeout=120)
+        won = creator.call("market_list", {"competition_id": cid, "name": "digits-winner"}, timeout=120)
+        cluster.wait_for(lambda: len(validator.call("market_listings")) == 2, 60, "the validator to see both listings")
+        assert [x["kind"] for x in validator.call("market_listings")] == ["task", "competition"]
+        fetched = validator.call("market_fetch", {"listing_id": tuned["listing_id"]}, timeout=300)
+        assert fetched["lineage"]["ok"] and fetched["lineage"]["complete"] and fetched["lineage"]["competition"]["ok"]
+        assert fetched["lineage"]["initial_model_hash"] == winner["model_hash"]
+        whole = validator.call("market_lineage", {"listing_id": tuned["listing_id"]}, timeout=300)
+        competition, rounds = whole["lineage"]
+        assert whole["ok"] and (competition["kind"], rounds["kind"]) == ("competition", "task"), whole
+        assert competition["winner"]["model_hash"] == rounds["initial_model_hash"] == winner["model_hash"]
+        assert rounds["ends_at_listing"] and rounds["final_model_hash"] == tuned["model_hash"]
+        fetched = validator.call("market_fetch", {"listing_id": won["listing_id"]}, timeout=300)
+        assert fetched["kind"] == "competition" and fetched["model_hash"] == winner["model_hash"] == won["model_hash"]
+        assert fetched["lineage"]["competition"]["ok"]
     finally:
         codes = cluster.stop()
     assert codes == [0, 0, 0, 0]

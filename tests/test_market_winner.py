@@ -112,3 +112,39 @@ async def test_a_winner_is_listed_fetched_verified_and_served(tmp_path: Path, mo
         assert report["ok"] and part["kind"] == "competition" and part["ends_at_listing"]
 
     await run(tmp_path, {3: (100, "honest")}, then=list_and_fetch)
+
+
+async def test_market_list_and_lineage_name_exactly_one_source() -> None:
+    from flockd.rpc.errors import RPCError
+    from flockd.rpc.market import MarketNamespace
+
+    rpc = MarketNamespace(None)  # type: ignore[arg-type]  # refused before the service is asked
+    for bad in ({}, {"task_id": 1, "competition_id": 1}):
+        with pytest.raises(RPCError, match="either task_id or competition_id"):
+            await rpc.market_list(NAME, **bad)
+    for bad in ({}, {"task_id": 1, "listing_id": 1}):
+        with pytest.raises(RPCError, match="either task_id or listing_id"):
+            await rpc.market_lineage(**bad)
+    with pytest.raises(RPCError) as refused:
+        await rpc.market_list(NAME, competition_id=1, spec={"recipe": "digits-mlp", "rule": "fedavg"})
+    assert refused.value.code == -32602  # not a competition spec
+
+
+async def test_a_winner_ranked_by_a_lazy_majority_is_listed_but_never_kept(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chain ranks what the validators holding most stake revealed: random scores here.
+    The contract lists the winner (it cannot recompute a score); a fetching node recomputes
+    the competition, finds the median is not the score, and keeps and serves nothing."""
+    monkeypatch.setattr(test_arena_roles, "genesis", genesis_with_arena_and_market)
+
+    async def list_and_fetch(nodes: Nodes, cid: int) -> None:
+        listing_id, _ = await market_of(nodes, CREATOR, MARKET_ADDRESS, tmp_path).list_winner(cid, NAME)
+        app = ServeApp([])
+        fetching = market_of(nodes, 3, MARKET_ADDRESS, tmp_path, app)
+        with pytest.raises(ListingError, match="does not verify.*is not its recomputed score"):
+            await fetching.fetch(listing_id)
+        assert fetching.held.records() == [] and app.models == {}
+        assert fetching.counters.snapshot()["market_lineage_failures"] == 1
+        assert not (await listing_report(fetching, listing_id))["ok"]
+
+    await run(tmp_path, {2: (300, "random"), 3: (100, "honest")}, then=list_and_fetch)

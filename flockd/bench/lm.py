@@ -229,36 +229,29 @@ def commit() -> str:
     return done.stdout.strip() or "unknown"
 
 
-def train_speed(config: dict[str, Any], nodes: int, repeats: int) -> None:
-    """A bare script's training speed: node 0's round-0 training as a daemon runs it (one
-    torch thread, ``Worker.train``), ``repeats`` times; tokens/s from the recipe's log."""
-    from flockd.fl.recipe import limit_torch_threads
-
-    limit_torch_threads(1)
-    worker = Worker(TaskSpec("lm-lora", config=config, num_nodes=nodes, seed=0), 0)
-    state = worker.initial_model()
-    for _ in range(repeats):
-        worker.train(state, 0)  # logs "lm trained ... tokens_per_s=..."
-
-
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench lm", description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=len(DOMAINS))
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--attackers", type=int, default=2, help="garbage-text proposers in the attack rows (0: none)")
     parser.add_argument("--write", action="store_true", help="replace the Language models section of docs/benchmarks.md")
-    parser.add_argument("--train-speed", type=int, default=0, metavar="N",
-                        help="only time N trainings of the testnet task's node 0 (a bare script, set against a daemon's log)")
+    parser.add_argument("--train-overhead", type=int, default=0, metavar="N",
+                        help="only compare N pairs of the same training: a bare script and the daemon's training process")
     args = parser.parse_args(argv)
-    if not (2 <= args.nodes <= len(DOMAINS) and (args.train_speed or 0 <= args.attackers < args.nodes) and args.rounds >= 1):
+    if not (2 <= args.nodes <= len(DOMAINS) and (args.train_overhead or 0 <= args.attackers < args.nodes) and args.rounds >= 1):
         parser.error(f"need 2 <= nodes <= {len(DOMAINS)}, 0 <= attackers < nodes, rounds >= 1")
 
     from flockd.lm.build import BaseBuild, build_base
     from flockd.lm.testnet import TESTNET_BASE_BUILD, TESTNET_CONFIG
 
     built = build_base(BaseBuild(**TESTNET_BASE_BUILD))
-    if args.train_speed:
-        train_speed({"base_hash": "0x" + built.base_hash.hex(), **TESTNET_CONFIG}, args.nodes, args.train_speed)
+    if args.train_overhead:
+        from flockd.bench.lm_train import train_overhead
+
+        config = {"base_hash": "0x" + built.base_hash.hex(), **TESTNET_CONFIG}
+        print(f"`scripts/bench lm --nodes {args.nodes} --train-overhead {args.train_overhead}` on "
+              f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {commit()}:\n")
+        print(train_overhead(config, args.nodes, args.train_overhead))
         return 0
     domains = list(DOMAINS[: args.nodes])
     config = {"base_hash": "0x" + built.base_hash.hex(), **TESTNET_CONFIG, "domains": domains}

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import trio
+
 from flockd.chain.client.market import Listing
 from flockd.market.checks import ListingError, listed_arena_spec, listed_spec
 from flockd.tasks.spec import TaskSpec
@@ -62,10 +64,10 @@ async def listing_lineage(market: MarketService, listing: Listing, depth: int = 
         raise ListingError(f"listing {listing.listing_id}: more than {MAX_LISTING_DEPTH} listings deep")
     listed = "0x" + listing.model_hash.hex()
     if listing.kind == "competition":
-        part = await competition_part(market, winner_task_spec(listing))
+        part = await competition_part(market, await trio.to_thread.run_sync(winner_task_spec, listing))
         ends = (part.get("winner") or {}).get("model_hash") == listed
         return [{**part, "listing_id": listing.listing_id, "ends_at_listing": ends}]
-    spec = listed_spec(listing)
+    spec = await trio.to_thread.run_sync(listed_spec, listing)  # loads the recipe
     parts: list[dict[str, Any]] = []
     if spec.competition is not None:
         parts.append(await competition_part(market, spec))

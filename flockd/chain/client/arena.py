@@ -9,14 +9,15 @@ Semantics, phases and revert reasons: protocol/spec/contracts.md ("Arena").
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, fields
 
 from eth_abi import encode as abi_encode
 from eth_utils import keccak
 
 from flockd.chain.client.artifacts import ARENA, load
 from flockd.chain.client.contract import ContractClient, TxReceipt
-from flockd.chain.client.registry import Contract, _address, _one, deploy_contract
+from flockd.chain.client.registry import _address, _one, deploy_contract
+from flockd.chain.client.view_checks import CheckedContract, MalformedView, at_most, within
 
 ROLE_TRAINER, ROLE_VALIDATOR = 1, 2
 (
@@ -31,6 +32,7 @@ ROLE_TRAINER, ROLE_VALIDATOR = 1, 2
 ) = range(8)
 MAX_SCORE = 2**128
 MAX_TRAINERS, MAX_VALIDATORS, MAX_ELECTED = 24, 32, 16
+MAX_PHASE_BLOCKS, BPS, MAX_SLASH_BPS = 1024, 10_000, 5000
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,33 @@ def eval_commitment(eval_set_hash: bytes, salt: bytes) -> bytes:
     return keccak(abi_encode(["bytes32", "bytes32"], [eval_set_hash, salt]))
 
 
-class Arena(Contract):
+_NO_PARAMS = CompetitionParams(bytes(32), bytes(32), bytes(32), *[0] * (len(fields(CompetitionParams)) - 3))
+
+
+def _checked_params(p: CompetitionParams) -> CompetitionParams:
+    """`create` refused anything else; a competition that does not exist reads as all zeros."""
+    if p == _NO_PARAMS:
+        return p
+    for name in ("join_blocks", "submit_blocks", "reveal_blocks", "score_commit_blocks", "score_reveal_blocks"):
+        within(f"params.{name}", getattr(p, name), 1, MAX_PHASE_BLOCKS)
+    within("params.trainer_share_bps", p.trainer_share_bps, 0, BPS)
+    for name in ("rank_decay_bps", "tolerance_bps"):  # divisors in the settlement: never 0
+        within(f"params.{name}", getattr(p, name), 1, BPS)
+    for name in ("reward_pool", "creator_bond", "trainer_stake", "validator_stake"):
+        within(f"params.{name}", getattr(p, name), 1, 2**256 - 1)
+    within("params.slash_bps", p.slash_bps, 0, MAX_SLASH_BPS)
+    within("params.expected_validators", p.expected_validators, 1, MAX_ELECTED)
+    within("params.validator_cap", p.validator_cap, p.validator_stake, 2**256 - 1)
+    return p
+
+
+def _checked_submission(s: Submission) -> Submission:
+    within("submission.median", s.median, 0, MAX_SCORE)
+    within("submission.rank", s.rank, 0, MAX_TRAINERS)
+    return s
+
+
+class Arena(CheckedContract):
     def __init__(self, client: ContractClient, address: bytes) -> None:
         super().__init__(client, address, load(ARENA))
 
@@ -166,43 +194,49 @@ class Arena(Contract):
         return int(await self.view("burned"))
 
     async def get_params(self, competition_id: int) -> CompetitionParams:
-        return CompetitionParams(*await self.view("get_params", competition_id))
+        return _checked_params(CompetitionParams(*await self.view("get_params", competition_id)))
 
     async def get_competition(self, competition_id: int) -> Competition:
         creator, *rest = await self.view("get_competition", competition_id)
         return Competition(_address(creator), *rest)
 
     async def get_member(self, competition_id: int, who: bytes) -> ArenaMember:
-        return ArenaMember(*await self.view("get_member", competition_id, who))
+        member = ArenaMember(*await self.view("get_member", competition_id, who))
+        within("member.role", member.role, 0, ROLE_VALIDATOR)
+        return member
 
     async def get_trainers(self, competition_id: int) -> list[bytes]:
-        return [_address(a) for a in await self.view("get_trainers", competition_id)]
+        return [_address(a) for a in at_most("trainers", await self.view("get_trainers", competition_id), MAX_TRAINERS)]
 
     async def get_validators(self, competition_id: int) -> list[bytes]:
-        return [_address(a) for a in await self.view("get_validators", competition_id)]
+        return [_address(a) for a in at_most("validators", await self.view("get_validators", competition_id), MAX_VALIDATORS)]
 
     async def get_elected(self, competition_id: int) -> list[bytes]:
-        return [_address(a) for a in await self.view("get_elected", competition_id)]
+        return [_address(a) for a in at_most("elected", await self.view("get_elected", competition_id), MAX_ELECTED)]
 
     async def get_submissions(self, competition_id: int) -> list[Submission]:
-        rows = await self.view("get_submissions", competition_id)
-        return [Submission(_address(trainer), *rest) for trainer, *rest in rows]
+        rows = at_most("submissions", await self.view("get_submissions", competition_id), MAX_TRAINERS)
+        return [_checked_submission(Submission(_address(trainer), *rest)) for trainer, *rest in rows]
 
     async def get_scores(self, competition_id: int, validator: bytes) -> list[int]:
-        return [int(s) for s in await self.view("get_scores", competition_id, validator)]
+        scores = at_most("scores", await self.view("get_scores", competition_id, validator), MAX_TRAINERS)
+        return [within("score", int(s), 0, MAX_SCORE) for s in scores]
 
     async def phase(self, competition_id: int) -> int:
         """The phase a transaction sent now lands in (the next block's)."""
-        return int(await self.view("phase", competition_id))
+        return within("phase", int(await self.view("phase", competition_id)), ARENA_PHASE_NONE, ARENA_PHASE_FINALISED)
 
     async def deadlines(self, competition_id: int) -> PhaseEnds:
-        return PhaseEnds(*await self.view("deadlines", competition_id))
+        ends = PhaseEnds(*await self.view("deadlines", competition_id))
+        if list(astuple(ends)) != sorted(astuple(ends)):
+            raise MalformedView(f"deadlines out of order: {ends}")
+        return ends
 
     async def seed(self, competition_id: int) -> bytes:
         return bytes(await self.view("seed", competition_id))
 
     async def election_threshold(self, competition_id: int, who: bytes) -> int:
-        return int(await self.view("election_threshold", competition_id, who))
+        return within("election_threshold", int(await self.view("election_threshold", competition_id, who)), 0, 2**64)
 
 
 async def deploy_arena(client: ContractClient, token: bytes, verifier: bytes) -> bytes:

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flockd.chain.client.artifacts import ARENA, load
+from eth_utils import to_canonical_address
+
+from flockd.chain.client.artifacts import ARENA, event_topic, load
 from flockd.chain.client.contract import ContractClient, TxReceipt
-from flockd.chain.client.registry import Contract, _one
+from flockd.chain.client.registry import _one
+from flockd.chain.client.view_checks import CheckedContract, within
 
 # The contract's constants (contracts/Arena.vy).
 MAX_COMMISSION_BPS = 5000
@@ -48,7 +51,7 @@ class Unbonding:
     release_block: int  # release_unbonded() succeeds from this block on
 
 
-class ArenaPools(Contract):
+class ArenaPools(CheckedContract):
     """The delegation side of the Arena contract at `address`."""
 
     def __init__(self, client: ContractClient, address: bytes) -> None:
@@ -80,11 +83,15 @@ class ArenaPools(Contract):
     # -- views -------------------------------------------------------------------------------
 
     async def get_pool(self, operator: bytes) -> Pool:
-        return Pool(*await self.view("get_pool", operator))
+        pool = Pool(*await self.view("get_pool", operator))
+        within("pool.locked", pool.locked, 0, pool.stake)
+        within("pool.commission_bps", pool.commission_bps, 0, MAX_COMMISSION_BPS)
+        within("pool.next_commission_bps", pool.next_commission_bps, 0, MAX_COMMISSION_BPS)
+        return pool
 
     async def commission(self, operator: bytes) -> int:
         """The commission in force for a reward paid in the next block."""
-        return int(await self.view("commission", operator))
+        return within("commission", int(await self.view("commission", operator)), 0, MAX_COMMISSION_BPS)
 
     async def shares_of(self, operator: bytes, holder: bytes) -> int:
         return int(await self.view("shares_of", operator, holder))
@@ -94,6 +101,19 @@ class ArenaPools(Contract):
 
     async def get_unbonding(self, holder: bytes) -> Unbonding:
         return Unbonding(*await self.view("get_unbonding", holder))
+
+    async def delegated_to(self, holder: bytes, from_block: int, to_block: int) -> list[bytes]:
+        """The operators `holder` delegated to in blocks [from_block, to_block], first
+        delegation first (from the Delegated events: the contract keeps no list)."""
+        holder_topic = bytes(12) + holder
+        topics = [event_topic(self.artifact.event("Delegated")), None, holder_topic]
+        logs = await self.client.get_logs(self.address, from_block, to_block, topics)
+        operators: dict[bytes, None] = {}
+        for event in self.decode_events(logs):
+            # a node may ignore the topic filter: keep only what the log itself says
+            if event.name == "Delegated" and to_canonical_address(event.args["delegator"]) == holder:
+                operators[to_canonical_address(event.args["operator"])] = None
+        return list(operators)
 
     async def backing(self, competition_id: int, operator: bytes) -> int:
         """The pool stake locked to `operator`'s seat in the competition."""

@@ -130,7 +130,9 @@ class Contract:
 
     async def view(self, fn: str, *args: Any, block: BlockTag = "pending") -> Any:
         """A view's decoded output: the value itself when it has one output, else a tuple."""
-        raw = await self.client.call(self.address, self.artifact.encode_call(fn, *args), block=block)
+        return self.decode_view(fn, await self.client.call(self.address, self.artifact.encode_call(fn, *args), block=block))
+
+    def decode_view(self, fn: str, raw: bytes) -> Any:
         try:
             out = self.artifact.decode_output(fn, raw)
         except (DecodingError, ArtifactError) as exc:
