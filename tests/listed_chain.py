@@ -7,6 +7,7 @@ transactions with the scratch chain's own helpers)."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import trio
@@ -111,3 +112,11 @@ def five_listings(chain: ListedChain) -> dict[str, int]:
     result = chain.tx(CREATOR, "list_winner", *chain.winner_args(cid, description="the Arena's winner as it is"))
     winner = int(chain.events(result)[0][1]["listing_id"])
     return {"first": first, "xss": xss, "modified": modified, "seeded": from_arena, "winner": winner}
+
+
+@functools.cache
+def shared_listings() -> tuple[ListedChain, dict[str, int]]:
+    """One chain with five_listings for every test module of a run: built once (about 150
+    transactions); tests may mine blocks on it, never list or unlist."""
+    chain = ListedChain()
+    return chain, five_listings(chain)

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from listed_chain import XSS_NAME, ListedChain, five_listings
+from listed_chain import XSS_NAME, ListedChain, shared_listings
 
 from flockd.chain.client.abc import ChainUnavailable
 from flockd.chain.client.arena import Arena
@@ -22,8 +22,7 @@ from flockd.serve.app import ServeApp
 
 @pytest.fixture(scope="module")
 def listed() -> tuple[ListedChain, Arena, dict[str, int]]:
-    chain = ListedChain()
-    ids = five_listings(chain)
+    chain, ids = shared_listings()
     return chain, chain.arena_client(), ids
 
 

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from listed_chain import XSS_NAME, ListedChain, five_listings
+from listed_chain import XSS_NAME, shared_listings
 from serve_tiny import tiny_model_dir
 
 from flockd.market.catalogue import ListingCatalogue
@@ -48,8 +48,7 @@ def page_server(tmp_path_factory):
     (knowledge / "gardening.txt").write_text("Roses want sun and little water.")
     index = KnowledgeIndex(knowledge, tmp_path_factory.mktemp("index") / "k.sqlite")
     index.refresh()
-    chain = ListedChain()
-    ids = five_listings(chain)
+    chain, ids = shared_listings()
     tiny = ServedLM("tiny", tiny_model_dir(tmp_path_factory))
     # as market_fetch would leave it once it fetched and verified listing 1 (flockd.market.held.listing_of)
     tiny.listing = {"listing_id": ids["first"], "task_id": 1, "lineage_root": "0x" + "00" * 32, "rounds": 2,
