@@ -176,9 +176,9 @@ class ListingCatalogue:
         row = describe_listing(listing)
         spec: TaskSpec | None = None
         try:
-            # a competition listing as the spec of a task seeded by it: recipe, config, seed, competition
-            spec = listed_spec(listing) if listing.kind == "task" else await trio.to_thread.run_sync(
-                winner_task_spec, listing)
+            # a competition listing as the spec of a task seeded by it: recipe, config, seed, competition;
+            # in a worker thread: a spec loads its recipe (imports torch the first time)
+            spec = await trio.to_thread.run_sync(listed_spec if listing.kind == "task" else winner_task_spec, listing)
             row["recipe"] = capped(spec.recipe, MAX_RECIPE_LEN)
             row["verified"] = self._verified(listing)
             row["lineage"] = chained([*await self._origin(listing, spec), _listing_node(row)])
