@@ -422,6 +422,10 @@ class Node:
 
         market = Market(*self._place(self.tasks.registry.client, "Market", MARKET_ADDRESS))
         self.market = MarketService(market, self.tasks, HeldModels(self.datadir / MARKET_DIR), lambda: self.serve_app)
+        if self.serve_app is not None:  # the page's catalogue of every listing on chain
+            from flockd.market.catalogue import attach_catalogue
+
+            attach_catalogue(self.serve_app, self.market, self.arena.arena)
         return MarketNamespace(self.market)
 
     @contextlib.contextmanager

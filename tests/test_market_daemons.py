@@ -133,6 +133,12 @@ def test_a_listed_model_is_fetched_verified_and_served_by_another_node(short_tmp
         (described,) = httpx.get(url + "/api/catalogue").json()["models"]
         assert described["lineage"]["listing_id"] == listing_id and described["lineage"]["rounds"] == 1
         assert described["lineage_note"].startswith(f"listing {listing_id} of task {task_id}: 1 round(s)")
+        # The page's catalogue of every listing: this one served here, verified, its graph task → round → listing
+        (row,) = [r for r in httpx.get(url + "/api/listings").json()["listings"] if r["listing_id"] == listing_id]
+        assert row["served"] == {"model": NAME, "endpoint": "/v1/predict"} and row["verified"]["ok"]
+        assert [n["type"] for n in row["lineage"]["nodes"]] == ["task", "round", "listing"]
+        replayed = httpx.post(url + f"/api/listings/{listing_id}/replay", timeout=TX_TIMEOUT).json()
+        assert replayed["ok"] and [p["rounds_checked"] for p in replayed["lineage"]] == [1]
 
         # The knowledge folder named by RPC, searched at once.
         knowledge = short_tmp / "knowledge"

@@ -1,5 +1,9 @@
 """The node's web page in a real headless browser (Debian's chromium through selenium):
-the catalogue, a streamed chat that shows its sources, and the task view's table and plot.
+the served models, the catalogue of every listing on chain with its lineage graph, a
+streamed chat that shows its sources, and the task view's table and plot.
+
+The listings are real: tasks run round by round through the TaskRegistry and listed in the
+Market on a py-evm scratch chain (tests/listed_chain.py), one with a hostile name.
 
 The task view is fed a fixed list here (the daemon's own view needs a running task, which
 tests/test_serve_daemon.py covers without a browser); everything else is the real server."""
@@ -11,8 +15,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from listed_chain import XSS_NAME, shared_listings
 from serve_tiny import tiny_model_dir
 
+from flockd.market.catalogue import ListingCatalogue
 from flockd.serve.app import ServeApp
 from flockd.serve.lm import ServedLM
 from flockd.serve.retrieval import KnowledgeIndex
@@ -42,7 +48,13 @@ def page_server(tmp_path_factory):
     (knowledge / "gardening.txt").write_text("Roses want sun and little water.")
     index = KnowledgeIndex(knowledge, tmp_path_factory.mktemp("index") / "k.sqlite")
     index.refresh()
-    app = ServeApp([ServedLM("tiny", tiny_model_dir(tmp_path_factory))], index=index, tasks=two_rounds)
+    chain, ids = shared_listings()
+    tiny = ServedLM("tiny", tiny_model_dir(tmp_path_factory))
+    # as market_fetch would leave it once it fetched and verified listing 1 (flockd.market.held.listing_of)
+    tiny.listing = {"listing_id": ids["first"], "task_id": 1, "lineage_root": "0x" + "00" * 32, "rounds": 2,
+                    "lister": "0x" + "00" * 20, "licence": "MIT"}
+    app = ServeApp([tiny], index=index, tasks=two_rounds)
+    app.listings = ListingCatalogue(*chain.clients(), chain.arena_client()).page
     with ServerThread(app) as running:
         yield running
 
@@ -70,6 +82,32 @@ def test_the_page_shows_models_chats_with_sources_and_plots_tasks(page_server, b
     browser.get(page_server.url + "/")
     wait.until(seen.text_to_be_present_in_element((By.ID, "models"), "tiny"))
     assert "causal-lm" in browser.find_element(By.ID, "models").text
+
+    # the catalogue: every listing on chain, the hostile name as text, each lineage a graph
+    wait.until(seen.text_to_be_present_in_element((By.ID, "listing-cards"), "digits-winner"))
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#listing-cards .listing-card")) == 5
+    assert "listings 1–5 of 5" in browser.find_element(By.ID, "listings-status").text
+    assert browser.find_element(By.CSS_SELECTOR, "#listing-2 .listing-name").text == XSS_NAME
+    assert "<script>alert(2)</script>" in browser.find_element(By.ID, "listing-2").text
+    assert not browser.find_elements(By.CSS_SELECTOR, "#listings img, #listings script, #listings b")
+    served = browser.find_element(By.ID, "listing-1")
+    assert "served here as tiny" in served.text and "served here" not in browser.find_element(By.ID, "listing-2").text
+    graph = served.find_elements(By.CSS_SELECTOR, "svg .node")  # task → round 0 → round 1 → listing
+    assert len(graph) == 4 and len(served.find_elements(By.CSS_SELECTOR, "svg .edge")) == 3
+    graph[1].click()
+    details = served.find_element(By.CSS_SELECTOR, ".node-details").text
+    assert "round 0: 1/1 accepted" in details and "model_hash" in details
+    started = browser.find_elements(By.CSS_SELECTOR, "#listing-3 svg .node")  # listing 1 → task → round 0 → listing
+    assert len(started) == 4 and "started from" in started[0].text
+    seeded = browser.find_elements(By.CSS_SELECTOR, "#listing-4 svg .node")  # Arena → task → round 0 → listing
+    assert len(seeded) == 4 and "winner scored" in seeded[0].text
+    winner = browser.find_element(By.ID, "listing-5")  # an Arena winner listed as it is: Arena → listing
+    assert len(winner.find_elements(By.CSS_SELECTOR, "svg .node")) == 2 and "Arena winner" in winner.text
+    catalogue_shot = os.environ.get("FLOCKD_SERVE_CATALOGUE_SCREENSHOT")
+    if catalogue_shot:  # docs/serving-catalogue.png is taken this way, the whole section in view
+        browser.set_window_size(1100, 2400)
+        browser.find_element(By.ID, "listings").screenshot(catalogue_shot)
+        browser.set_window_size(1100, 1400)
     assert "(2 chunks indexed)" in browser.find_element(By.ID, "knowledge").text
 
     browser.find_element(By.ID, "chat-input").send_keys("When did the observatory on Mount Keldra open?")

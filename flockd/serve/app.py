@@ -50,6 +50,11 @@ from flockd.stats import Counters
 
 ServedModel = ServedLM | ServedClassifier
 TaskView = Callable[[], Awaitable[list[dict[str, Any]]]]
+# The chain's listings, a page at a time (start, limit): flockd.market.catalogue.ListingCatalogue.page.
+ListingsView = Callable[[int, int], Awaitable[dict[str, Any]]]
+LISTINGS_PAGE = 10  # listings on a page unless the page asks otherwise
+# A listing's lineage replayed by this node (flockd.market.catalogue.ListingReplays).
+ListingReplay = Callable[[int], Awaitable[dict[str, Any]]]
 
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions
 DEFAULT_CHAT_TOKENS = 256
@@ -97,6 +102,8 @@ class ServeApp:
         self.gate = gate
         self.default_top_k = default_top_k
         self.tasks = tasks
+        self.listings: ListingsView | None = None  # in a daemon, once its Market client is open
+        self.replay_listing: ListingReplay | None = None
         self.counters = Counters()
         routes = [Route(path, self._page, methods=["GET"]) for path in _PAGES]
         routes += [
@@ -105,6 +112,8 @@ class ServeApp:
             Route("/v1/chat/completions", self._chat, methods=["POST"]),
             Route("/v1/predict", self._predict, methods=["POST"]),
             Route("/api/catalogue", self._catalogue, methods=["GET"]),
+            Route("/api/listings", self._listing_view, methods=["GET"]),
+            Route("/api/listings/{listing_id:int}/replay", self._listing_replay, methods=["POST"]),
             Route("/api/tasks", self._task_view, methods=["GET"]),
             Route("/api/search", self._search, methods=["POST"]),
         ]
@@ -159,6 +168,36 @@ class ServeApp:
     async def _catalogue(self, request: Request) -> Response:
         return JSONResponse({"models": [describe_model(m) for m in self.models.values()],
                              "knowledge": await self._knowledge()})
+
+    async def _listing_view(self, request: Request) -> Response:
+        if self.listings is None:
+            return JSONResponse({"available": False, "why": "this server does not run inside a daemon (flockd serve "
+                                 "alone), so it reads no chain", "listings": []})
+        start, limit = _query_int(request, "start", 1), _query_int(request, "limit", LISTINGS_PAGE)
+        try:
+            view = await self.listings(start, limit)
+        except ValueError as exc:  # the page's bounds
+            raise bad_request(str(exc), "limit" if "limit" in str(exc) else "start") from None
+        served = self._served_listings()
+        return JSONResponse({**view, "replay": self.replay_listing is not None,
+                             "listings": [{**row, "served": served.get(row["listing_id"])} for row in view["listings"]]})
+
+    async def _listing_replay(self, request: Request) -> Response:
+        if self.replay_listing is None:
+            raise APIError(404, "this server does not run inside a daemon: it replays no lineage", code="unavailable")
+        listing_id = request.path_params["listing_id"]
+        if not 1 <= listing_id < 2**63:
+            raise bad_request("listing_id must be an integer >= 1", "listing_id")
+        return JSONResponse(await self.replay_listing(listing_id))
+
+    def _served_listings(self) -> dict[int, dict[str, str]]:
+        """listing id -> the model name and endpoint this node serves it under."""
+        out = {}
+        for name, model in self.models.items():
+            if model.listing is not None:
+                endpoint = "/v1/predict" if isinstance(model, ServedClassifier) else "/v1/chat/completions"
+                out[int(model.listing["listing_id"])] = {"model": name, "endpoint": endpoint}
+        return out
 
     async def _task_view(self, request: Request) -> Response:
         if self.tasks is None:
@@ -331,6 +370,15 @@ async def _body(request: Request) -> bytes:
             raise APIError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes", code="body_too_large")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _query_int(request: Request, name: str, default: int) -> int:
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    if not text.isascii() or not text.isdigit() or len(text) > 19:
+        raise bad_request(f"{name} must be a non-negative integer", name)
+    return int(text)
 
 
 def describe_model(model: ServedModel) -> dict[str, Any]:

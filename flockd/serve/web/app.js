@@ -1,4 +1,4 @@
-// The node's page: catalogue, chat (streamed over SSE from /v1/chat/completions), tasks.
+// The node's page: served models, the on-chain catalogue with lineage graphs, chat (streamed over SSE from /v1/chat/completions), tasks.
 "use strict";
 
 const keyInput = document.getElementById("api-key");
@@ -154,6 +154,179 @@ async function loadTasks() {
   }
 }
 
-function refresh() { loadCatalogue(); loadTasks(); }
+// -- the catalogue of every listing on chain, each with its lineage as an SVG graph --------
+// Every string here comes from the chain (any lister's): it is set with textContent only.
+const SVG = "http://www.w3.org/2000/svg";
+const NODE_W = 168, NODE_H = 50, GAP = 42;
+const NODE_FILL = {arena: "#fde7c8", start: "#e8def8", task: "#d7e6f7", round: "#eef2f7", elided: "#f6f7f9",
+                   listing: "#dff3e6"};
+let listingsStart = 1;
+let canReplay = false;  // inside a daemon: POST /api/listings/N/replay
+const LISTINGS_PAGE = 10;
+
+function svg(tag, attrs) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, String(v));
+  return node;
+}
+
+function clip(text, n) { text = String(text); return text.length > n ? text.slice(0, n - 1) + "…" : text; }
+
+// Two lines per node: what it is, and what the chain says of it.
+function nodeLines(node) {
+  const d = node.details;
+  const short = hash => hash ? String(hash).slice(0, 10) + "…" : "no hash";
+  switch (node.type) {
+    case "arena": return ["Arena competition " + d.competition_id,
+                          d.winner ? "winner scored " + d.winner.score.toFixed(4) : (d.problem || d.phase)];
+    case "start": return ["started from listing " + d.listing_id, "its model " + short(d.model_hash)];
+    case "task": return ["Alliance task " + d.task_id, d.recipe + ", " + d.rounds + " round(s)"];
+    case "round": {
+      let text = d.accepted + "/" + d.proposals + " accepted";
+      if (typeof d.test_accuracy === "number") text += ", acc " + d.test_accuracy.toFixed(3);
+      else if (typeof d.test_loss === "number") text += ", loss " + d.test_loss.toFixed(3);
+      else text += ", " + short(d.model_hash);
+      return ["round " + d.round, text];
+    }
+    case "elided": return ["earlier rounds", d.rounds + " round(s) not shown"];
+    default: return ["listing " + d.listing_id, node.label.replace(/^listing \d+: /, "")];
+  }
+}
+
+function showDetails(node, box) {
+  const list = el("dl", {className: "node-details"});
+  list.append(el("dt", {}, "node"), el("dd", {}, node.label));
+  for (const [key, value] of Object.entries(node.details)) {
+    const text = value !== null && typeof value === "object" ? JSON.stringify(value) : String(value);
+    list.append(el("dt", {}, key), el("dd", {}, text));
+  }
+  box.replaceChildren(list);
+  if (node.type === "start" && document.getElementById("listing-" + node.details.listing_id)) {
+    box.append(el("a", {href: "#listing-" + node.details.listing_id}, "to listing " + node.details.listing_id));
+  }
+}
+
+function drawLineage(graph, parent) {
+  const holder = el("div", {className: "lineage"});
+  const details = el("div", {});
+  const nodes = graph.nodes;
+  const width = nodes.length * (NODE_W + GAP) - GAP + 4, height = NODE_H + 8;
+  const picture = svg("svg", {width, height, viewBox: "0 0 " + width + " " + height, role: "img"});
+  const defs = svg("defs");
+  const marker = svg("marker", {id: "arrow", viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 7, markerHeight: 7,
+                                orient: "auto-start-reverse"});
+  marker.append(svg("path", {d: "M 0 0 L 10 5 L 0 10 z", fill: "#6b7380"}));
+  defs.append(marker);
+  picture.append(defs);
+  const at = new Map(nodes.map((n, i) => [n.id, 2 + i * (NODE_W + GAP)]));
+  for (const [from, to] of graph.edges) {
+    if (!at.has(from) || !at.has(to)) continue;
+    picture.append(svg("line", {class: "edge", x1: at.get(from) + NODE_W, y1: 4 + NODE_H / 2, x2: at.get(to) - 2,
+                                y2: 4 + NODE_H / 2, "marker-end": "url(#arrow)"}));
+  }
+  nodes.forEach((node, i) => {
+    const x = at.get(node.id);
+    const g = svg("g", {class: "node " + node.type, tabindex: 0, "data-node": i});
+    g.append(svg("rect", {x, y: 4, width: NODE_W, height: NODE_H, rx: 6, fill: NODE_FILL[node.type] || "#fff"}));
+    const [head, line] = nodeLines(node);
+    const title = svg("text", {x: x + 8, y: 22, class: "head"});
+    title.textContent = clip(head, 26);
+    const sub = svg("text", {x: x + 8, y: 40});
+    sub.textContent = clip(line, 27);
+    const tip = svg("title");
+    tip.textContent = node.label;
+    g.append(title, sub, tip);
+    const select = () => {
+      for (const other of picture.querySelectorAll(".node.selected")) other.classList.remove("selected");
+      g.classList.add("selected");
+      showDetails(node, details);
+    };
+    g.addEventListener("click", select);
+    g.addEventListener("keydown", e => { if (e.key === "Enter") select(); });
+    picture.append(g);
+  });
+  holder.append(picture);
+  parent.append(holder);
+  if (graph.error) parent.append(el("div", {className: "lineage-error"}, "lineage not read whole: " + graph.error));
+  parent.append(details);
+}
+
+function listingCard(row) {
+  const card = el("div", {className: "listing-card", id: "listing-" + row.listing_id});
+  if (row.error) {
+    card.append(el("h3", {}, "listing " + row.listing_id), el("div", {className: "lineage-error"}, row.error));
+    return card;
+  }
+  const title = el("h3", {}, "#" + row.listing_id + " ", el("span", {className: "listing-name"}, row.name));
+  if (row.served) title.append(el("span", {className: "badge served"}, "served here as " + row.served.model
+                                   + " (" + row.served.endpoint + ")"));
+  if (!row.active) title.append(el("span", {className: "badge unlisted"}, "unlisted"));
+  card.append(title);
+  if (row.description) card.append(el("p", {className: "description"}, row.description));
+  const meta = [(row.kind === "competition" ? "Arena winner" : "Alliance task " + row.source_id)
+                + (row.recipe ? " (" + row.recipe + ")" : ""), "licence: " + (row.licence || "none given"),
+                "lister " + row.lister, "model " + row.model_hash.slice(0, 18) + "…", "block " + row.listed_block];
+  if (row.verified) meta.push(row.verified.ok ? "fetched and verified here (" + row.verified.rounds_checked + " rounds)"
+                                              : "fetched here, lineage not verified");
+  card.append(el("div", {className: "meta"}, meta.join(" · ")));
+  drawLineage(row.lineage, card);
+  if (canReplay) {
+    const outcome = el("div", {className: "replay-outcome"});
+    const button = el("button", {type: "button", className: "replay"}, "replay the lineage here");
+    button.addEventListener("click", () => replayLineage(row.listing_id, button, outcome));
+    card.append(el("div", {}, button, " ", outcome));
+  }
+  return card;
+}
+
+// The listing's lineage replayed by this node (market_lineage): the competition recomputed,
+// the rounds rebuilt from the deltas; slow, and one at a time on the server.
+async function replayLineage(listingId, button, outcome) {
+  button.disabled = true;
+  outcome.textContent = "replaying…";
+  try {
+    const response = await fetch("/api/listings/" + listingId + "/replay", {method: "POST", headers: headers()});
+    const report = await response.json();
+    if (!response.ok) throw new Error(report.error ? report.error.message : response.statusText);
+    if (report.error) { outcome.textContent = "not replayed: " + report.error; return; }
+    const parts = report.lineage.map(p => p.kind === "competition"
+      ? "competition " + p.competition_id + (p.ok ? " recomputed" : " does not verify")
+      : "task " + p.task_id + ": " + p.rounds_checked + " round(s) replayed" + (p.ok ? "" : " with problems"));
+    const problems = report.lineage.flatMap(p => p.problems || []);
+    outcome.textContent = (report.ok ? "verified here: " : "NOT verified: ") + parts.join(" → ")
+      + (problems.length ? " (" + problems.join("; ") + ")" : "");
+    outcome.className = "replay-outcome " + (report.ok ? "ok" : "bad");
+  } catch (err) {
+    outcome.textContent = "cannot replay: " + err.message;
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function loadListings() {
+  const status = document.getElementById("listings-status");
+  const cards = document.getElementById("listing-cards");
+  try {
+    const view = await getJSON("/api/listings?start=" + listingsStart + "&limit=" + LISTINGS_PAGE);
+    if (!view.available) { status.textContent = view.why; cards.replaceChildren(); return; }
+    canReplay = Boolean(view.replay);
+    const last = listingsStart + view.listings.length - 1;
+    status.textContent = view.total
+      ? "listings " + listingsStart + "–" + last + " of " + view.total + " (as of block " + view.block + ")"
+      : "nothing is listed on chain yet (block " + view.block + ")";
+    document.getElementById("listings-prev").disabled = listingsStart <= 1;
+    document.getElementById("listings-next").disabled = last >= view.total;
+    cards.replaceChildren(...view.listings.map(listingCard));
+  } catch (err) {
+    status.textContent = "cannot load the listings: " + err.message;
+  }
+}
+
+document.getElementById("listings-prev").addEventListener("click", () => {
+  listingsStart = Math.max(1, listingsStart - LISTINGS_PAGE); loadListings();
+});
+document.getElementById("listings-next").addEventListener("click", () => { listingsStart += LISTINGS_PAGE; loadListings(); });
+
+function refresh() { loadCatalogue(); loadListings(); loadTasks(); }
 document.getElementById("chat-form").addEventListener("submit", sendChat);
 refresh();
