@@ -5,13 +5,28 @@ from pathlib import Path
 import pytest
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, f"report_{report.when}", report)  # for fixtures that act on a failure
+    return report
+
+
 @pytest.fixture
-def short_tmp():
-    """A short temp dir: AF_UNIX socket paths are limited to 107 bytes, pytest's tmp_path is long."""
+def short_tmp(request):
+    """A short temp dir: AF_UNIX socket paths are limited to 107 bytes, pytest's tmp_path is long.
+    When the test failed, the end of every daemon log in it goes to stderr first: pytest
+    shows it with the failure, and the directory is gone after."""
     path = Path(tempfile.mkdtemp(prefix="fl-", dir="/tmp"))
     yield path
     import shutil
+    import sys
 
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        for log in sorted(path.glob("**/flockd.log")):
+            tail = log.read_text(errors="replace").splitlines()[-40:]
+            print(f"--- {log.relative_to(path)} (last {len(tail)} lines)", *tail, sep="\n", file=sys.stderr)
     shutil.rmtree(path, ignore_errors=True)
 
 
