@@ -16,7 +16,7 @@ from flockd.chain.client.abc import ChainUnavailable
 from flockd.chain.client.arena import Arena
 from flockd.chain.client.market import MAX_DESCRIPTION_LEN, MAX_NAME_LEN, Listing, Market
 from flockd.chain.client.registry import Registry, RoundInfo
-from flockd.market.catalogue import MAX_PAGE, ListingCatalogue, describe_listing
+from flockd.market.catalogue import MAX_PAGE, ListingCatalogue, catalogue_row
 from flockd.serve.app import ServeApp
 
 
@@ -247,6 +247,6 @@ async def test_one_replay_at_a_time(monkeypatch) -> None:
 def test_strings_from_a_hostile_chain_node_are_capped() -> None:
     listing = Listing(1, b"\x01" * 20, "task", 1, 0, b"\x02" * 32, b"\x03" * 32, b"\x04" * 32, 5, True, "n" * 5000,
                       "d" * 10**6, "l" * 5000, "{}")
-    row = describe_listing(listing)
+    row = catalogue_row(listing)
     assert len(row["name"]) == MAX_NAME_LEN and row["name"].endswith("…")
     assert len(row["description"]) == MAX_DESCRIPTION_LEN and len(row["licence"]) <= 64

@@ -80,7 +80,7 @@ def listing_source(listing: Listing) -> int:
     return listing.competition_id if listing.kind == "competition" else listing.task_id
 
 
-def describe_listing(listing: Listing) -> dict[str, Any]:
+def catalogue_row(listing: Listing) -> dict[str, Any]:
     """A listing's own fields for the page, strings capped."""
     return {
         "listing_id": listing.listing_id,
@@ -173,7 +173,7 @@ class ListingCatalogue:
             return {"listing_id": listing_id, "error": capped(f"cannot read listing {listing_id}: {exc}", MAX_ERROR_LEN)}
         if listing is None:
             return {"listing_id": listing_id, "error": f"no listing {listing_id}"}
-        row = describe_listing(listing)
+        row = catalogue_row(listing)
         spec: TaskSpec | None = None
         try:
             # a competition listing as the spec of a task seeded by it: recipe, config, seed, competition;
