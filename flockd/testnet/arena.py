@@ -121,9 +121,9 @@ def competition_report(cluster: Cluster, plan: ArenaPlan, cid: int, spec: dict[s
     verified = {node_name(d.index): d.call("arena_verify", {"competition_id": cid, "spec": spec}, timeout=300.0)
                 for d in cluster.daemons}
     pool = pool_payout(cluster, plan) if plan.pool_delegation else None
-    claims = {node_name(d.index): _claim(d) for d in cluster.daemons}
-    if pool is not None:  # rewards_claim claimed all the Arena owed node0, its bond too
-        claims[node_name(creator.index)] = pool["claimed"]
+    # The delegator's rewards_claim already claimed all the Arena owed it, its bond too.
+    claims = {node_name(d.index): pool["claimed"] if pool is not None and d is creator else _claim(d)
+              for d in cluster.daemons}
     return {
         "pool": pool,
         "competition_id": cid, "spec": spec, "plan": {k: str(v) if isinstance(v, int) and v > 2**53 else v for k, v in vars(plan).items()},
