@@ -25,7 +25,6 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import AsyncExitStack
 from functools import partial
 from pathlib import Path
 from types import FrameType
@@ -52,6 +51,7 @@ if TYPE_CHECKING:
 from flockd import __version__
 from flockd.config import Config
 from flockd.datadir import IPC_SOCKET
+from flockd.lifecycle import Service, ServiceStack
 from flockd.logs import get_logger
 from flockd.rpc.dispatch import Dispatcher
 
@@ -126,7 +126,8 @@ class Node:
         self.services_up: list[str] = []
         self.start_error: str | None = None  # why the node could not start, for the CLI
         self._password = password
-        self._services_scope = trio.CancelScope()  # cancelled by request_stop, even before entry
+        # started in order, stopped in reverse one at a time (request_stop, even before entry)
+        self._services = ServiceStack(self.services_up)
         self._watchdog: StopWatchdog | None = None
         self.rpc_dispatcher = Dispatcher([NodeNamespace(self)])
         self.rpc_dispatcher.add_namespace(RPCNamespace(self.rpc_dispatcher))
@@ -275,7 +276,7 @@ class Node:
         return self.p2p.listen_addrs()
 
     def request_stop(self) -> None:
-        self._services_scope.cancel()
+        self._services.request_stop()
 
     # -- lifecycle -----------------------------------------------------------
     async def run(self, *, stop_grace: float | None = None) -> None:
@@ -295,13 +296,12 @@ class Node:
             await control.start(self._serve_control_socket)
             self.services_up.append("rpc")
             try:
-                with self._services_scope:
-                    async with AsyncExitStack() as services:
-                        try:
-                            await self._bring_up(services)
-                            await trio.sleep_forever()
-                        finally:
-                            self._begin_stop()
+                async with self._services:
+                    try:
+                        await self._bring_up()
+                        await self._services.wait_for_stop()
+                    finally:
+                        self._begin_stop()
             except NodeStartError as exc:
                 self.start_error = str(exc)
             finally:
@@ -309,19 +309,24 @@ class Node:
         if self.start_error is None:
             log.info("node stopped")
 
-    async def _bring_up(self, services: AsyncExitStack) -> None:
+    async def _bring_up(self) -> None:
         # Not cancellable: a stop requested meanwhile waits for the imports (seconds).
         await trio.to_thread.run_sync(self._open_services)
+        if self._services.stop_requested:
+            return
         self._add_service_namespaces()
-        await self._start(services, "p2p", self.p2p.run)
+        starts: list[tuple[str, Service]] = [("p2p", self.p2p.run)]
         if self.chain_service is not None:
-            await self._start(services, "chain", self.chain_service.run)
-        await self._start(services, "tasks", self.tasks.run)
-        await self._start(services, "arena", self.arena.run)
+            starts.append(("chain", self.chain_service.run))
+        starts += [("tasks", self.tasks.run), ("arena", self.arena.run)]
         if self.config.serve.enabled:
-            await self._start(services, "serve", self._serve_models)
+            starts.append(("serve", self._serve_models))
         if self.config.metrics.port:
-            await self._start(services, "metrics", self._serve_metrics)
+            starts.append(("metrics", self._serve_metrics))
+        for name, service in starts:
+            if not await self._services.start(name, service):
+                return
+            log.debug("service started", service=name)
         self.state = "running"
         self.rpc_dispatcher.unrestrict()
         log.info("node started", address=self.address, peer_id=self.peer_id, listen=self.listen_addrs())
@@ -333,16 +338,6 @@ class Node:
         self.state = "stopping"
         if self._watchdog is not None:
             self._watchdog.stop_requested()
-
-    async def _start(self, stack: AsyncExitStack, name: str, service: object) -> None:
-        # One nursery per service, entered in start order; the exit stack unwinds them
-        # in reverse, cancelling each before the one it depends on.
-        nursery = await stack.enter_async_context(trio.open_nursery())
-        stack.callback(nursery.cancel_scope.cancel)
-        await nursery.start(service)  # type: ignore[arg-type]
-        self.services_up.append(name)
-        stack.callback(self.services_up.remove, name)
-        log.debug("service started", service=name)
 
     async def _serve_control_socket(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         from flockd.rpc.server import serve_ipc
