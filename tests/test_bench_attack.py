@@ -69,9 +69,9 @@ def test_plan_runs_every_cell_once_and_slow_runs_first() -> None:
     jobs = attack.plan(args)
     keys = [(j.system, j.attack, j.fraction, j.seed) for j in jobs]
     assert len(keys) == len(set(keys))
-    # 6 systems x 2 fractions x 2 seeds, plus 5 new attacks x 4 systems x 2 seeds
+    # 7 systems x 2 fractions x 2 seeds, plus 5 new attacks x 4 systems x 2 seeds
     # (collude at 40% is already in the grid)
-    assert len(jobs) == 6 * 2 * 2 + 5 * 4 * 2
+    assert len(jobs) == 7 * 2 * 2 + 5 * 4 * 2
     assert [j.cost for j in jobs] == sorted((j.cost for j in jobs), reverse=True)
     assert attack.parse_args(["--quick"]).per_attack == []
 
@@ -141,7 +141,7 @@ def test_plan_covers_every_partition_for_every_system() -> None:
     jobs = attack.plan(args)
     grid = [j for j in jobs if j.attack == "collude"]
     assert {(j.system, j.partition) for j in grid} == {(s, p) for s in SYSTEMS for p in parts}
-    assert len(grid) == 6 * 4 * 2 * 2
+    assert len(grid) == 7 * 4 * 2 * 2
     # the per-attack table runs on the first partition only
     assert {j.partition for j in jobs if j.attack != "collude"} == {"iid"}
 
@@ -265,3 +265,70 @@ def test_ceiling_prints_the_oracle_setups_against_the_clean_run(capsys):
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 25%")]
     assert [row.split("|")[2].strip() for row in rows] == ["clean", "perfect", "refilled"]
     assert rows[0].split("|")[5].strip() == "–" and "±" in rows[1].split("|")[5]
+
+
+def test_the_own_model_vote_system_keeps_its_scoring_whatever_the_flag() -> None:
+    args = attack.parse_args(
+        ["--seeds", "0", "--fractions", "0", "--vote-scoring", "guarded-contribution",
+         "--systems", "flockd-per-proposal,flockd-local-model-vote", "--per-attack", "none"]
+    )  # fmt: skip
+    scoring = {j.system: j.vote_scoring for j in attack.plan(args)}
+    assert scoring == {
+        "flockd-per-proposal": "guarded-contribution",
+        "flockd-local-model-vote": "local-model",
+    }
+
+
+def _batch(out: Path, meta: dict, runs: list[dict]) -> Path:
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps({"meta": meta, "runs": runs}))
+    return out
+
+
+def test_merge_makes_one_grid_of_batches_and_refuses_what_does_not_fit(tmp_path: Path) -> None:
+    """Batches of other seeds, partitions and systems read as one grid; a cell run twice
+    or another task is refused."""
+
+    def meta(**over):
+        base = {
+            "command": "scripts/bench attack", "date": "d", "commit": "c", "wall_minutes": 1.0,
+            "machine": "m", "workers": 2, "flwr_version": "not run", "nodes": 6, "rounds": 2,
+            "attack": "collude", "fractions": [0.0], "seeds": [0], "partitions": ["iid"],
+            "systems": ["flockd-per-proposal"], "proposers": 3, "robust_rule": "fedavg",
+            "vote_scoring": "guarded-contribution", "per_attack": [], "attack_fraction": 0.4,
+            "attack_seeds": [], "breakdown": None,
+        }  # fmt: skip
+        return {**base, **over}
+
+    def run(system, seed, partition="iid", scoring="guarded-contribution"):
+        return {"system": system, "attack": "collude", "fraction": 0.0, "seed": seed,
+                "partition": partition, "vote_scoring": scoring, "final_accuracy": 0.9,
+                "rounds": [{"accuracy": 0.9}], "model_at": [1.0]}  # fmt: skip
+
+    a = _batch(tmp_path / "a", meta(), [run("flockd-per-proposal", 0)])
+    b = _batch(
+        tmp_path / "b",
+        meta(seeds=[1], partitions=["dirichlet:0.5", "iid"], flwr_version="1.41.0",
+             systems=["flockd-local-model-vote", "flockd-per-proposal"], vote_scoring="local-model"),
+        [run("flockd-per-proposal", 1, "dirichlet:0.5"), run("flockd-per-proposal", 1),
+         run("flockd-local-model-vote", 1, scoring="local-model")],
+    )  # fmt: skip
+    merged, records = attack.merge_results([a, b])
+    assert merged["seeds"] == [0, 1] and merged["partitions"] == ["iid", "dirichlet:0.5"]
+    assert merged["systems"] == ["flockd-per-proposal", "flockd-local-model-vote"]
+    assert merged["vote_scoring"] == "guarded-contribution" and merged["flwr_version"] == "1.41.0"
+    assert [(r["partition"], r["system"], r["seed"]) for r in records] == [
+        ("iid", "flockd-per-proposal", 0),
+        ("iid", "flockd-per-proposal", 1),
+        ("iid", "flockd-local-model-vote", 1),
+        ("dirichlet:0.5", "flockd-per-proposal", 1),
+    ]
+    twice = _batch(tmp_path / "twice", meta(), [run("flockd-per-proposal", 0)])
+    with pytest.raises(attack.MergeError, match="run in both"):
+        attack.merge_results([a, twice])
+    other = _batch(tmp_path / "other", meta(nodes=20, seeds=[2]), [run("flockd-per-proposal", 2)])
+    with pytest.raises(attack.MergeError, match="differ in nodes"):
+        attack.merge_results([a, other])
+    scored = _batch(tmp_path / "scored", meta(seeds=[3]), [run("flockd-per-proposal", 3, scoring="local-model")])
+    with pytest.raises(attack.MergeError, match="scored votes differently"):
+        attack.merge_results([a, scored])

@@ -17,11 +17,15 @@ SYSTEMS: dict[str, str] = {
     "fedavg": "plain FedAvg, no defence (everyone trains, no vote)",
     "flockd-whole-round": "flockd, FLock's whole-round vote",
     "flockd-per-proposal": "flockd, per-proposal vote",
+    "flockd-local-model-vote": "flockd, per-proposal vote on the proposer's own model",
     "flockd-robust": "flockd, per-proposal vote + robust rule",
     "flower-fedavg": "Flower FedAvg",
     "flower-multi-krum": "Flower Multi-Krum",
 }
-FLOCKD_SYSTEMS = ("flockd-whole-round", "flockd-per-proposal", "flockd-robust")
+FLOCKD_SYSTEMS = ("flockd-whole-round", "flockd-per-proposal", "flockd-local-model-vote", "flockd-robust")
+# A system that fixes how its honest voters score, whatever --vote-scoring says: the
+# own-model vote beside the default, on the same seeds (issue 12's comparison).
+FIXED_SCORING = {"flockd-local-model-vote": "local-model"}
 FLOWER_SYSTEMS = ("flower-fedavg", "flower-multi-krum")
 # The systems of the per-attack table.
 PER_ATTACK_SYSTEMS = ("fedavg", "flockd-per-proposal", "flower-fedavg", "flower-multi-krum")

@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from flockd.bench._attack_breakdown import breakdown, breakdown_table
+from flockd.bench._attack_merge import MergeError, merge_results, sort_records
 from flockd.bench._attack_report import (
     BEGIN,
     DEFAULT_DOC,
@@ -64,6 +65,7 @@ from flockd.bench._attack_report import (
     write_results,
 )
 from flockd.bench._attack_systems import (
+    FIXED_SCORING,
     FLOCKD_SYSTEMS,
     FLOWER_SYSTEMS,
     PER_ATTACK_SYSTEMS,
@@ -79,9 +81,11 @@ __all__ = [
     "STAKE_BEGIN",
     "STAKE_END",
     "Job",
+    "MergeError",
     "execute",
     "git_commit",
     "main",
+    "merge_results",
     "parse_args",
     "plan",
     "write_doc",
@@ -130,7 +134,7 @@ def plan(args: argparse.Namespace) -> list[Job]:
             args.proposers,
             args.robust_rule,
             partition,
-            args.vote_scoring,
+            FIXED_SCORING.get(system, args.vote_scoring),
         )
 
     jobs = [
@@ -298,6 +302,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--attack-fraction", type=float, default=0.4)
     parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        metavar="DIR",
+        help="run nothing: one set of tables from these runs' results.json (batches of one grid)",
+    )
+    parser.add_argument(
         "--attack-seeds", type=_ints, default=None, help="per-attack table (default: 0-2)"
     )
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (processes)")
@@ -385,6 +396,12 @@ def git_commit() -> str:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.merge:
+        try:
+            write_results(*merge_results(args.merge), args.out, args.doc, args.markers)
+        except (MergeError, OSError, KeyError, ValueError) as exc:
+            raise SystemExit(f"scripts/bench attack --merge: {exc}") from exc
+        return 0
     flwr_version = "not run"
     if any(s in FLOWER_SYSTEMS for s in args.systems):
         from flockd.bench.flower import flower_available, flower_version
@@ -434,17 +451,7 @@ def main(argv: list[str]) -> int:
         "attack_seeds": args.attack_seeds,
         "breakdown": profiled,
     }
-    order = {s: i for i, s in enumerate(SYSTEMS)}
-    parts = {p: i for i, p in enumerate(args.partition)}
-    records.sort(
-        key=lambda r: (
-            parts[r["partition"]],
-            order[r["system"]],
-            r["attack"],
-            r["fraction"],
-            r["seed"],
-        )
-    )
+    sort_records(records, args.partition)
     write_results(meta, records, args.out, args.doc, args.markers)
     return 1 if any("error" in r for r in records) else 0
 
