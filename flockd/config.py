@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from multiaddr import Multiaddr
 
+from flockd.fl.vote_scoring import DEFAULT_VOTE_SCORING, VoteScoring, parse_vote_scoring
+
 if TYPE_CHECKING:
     from flockd.fl.attacks import Behaviour
-    from flockd.fl.score import VoteScoring
 
 CONFIG_FILE = "config.toml"
 
-DEFAULT_CONFIG_TOML = """\
+DEFAULT_CONFIG_TOML = f"""\
 # flockd configuration. Every key is optional; the values below are the defaults.
 
 [node]
@@ -89,7 +90,7 @@ max_task_blocks = 50000
 # on this node's validation split; guarded-contribution: each proposal's contribution to
 # the round's aggregate, behind a norm and a coarse own-model guard (for skewed data);
 # contribution: the unguarded prototype.
-scoring = "local-model"
+scoring = "{DEFAULT_VOTE_SCORING}"
 
 # Serve models over the OpenAI-compatible HTTP API, with retrieval and a web page
 # (docs/serving.md). Off unless enabled:
@@ -166,10 +167,9 @@ class PolicySection:
 
 @dataclass(frozen=True)
 class VoteSection:
-    scoring: str = "local-model"  # flockd.fl.score.VoteScoring
+    scoring: str = DEFAULT_VOTE_SCORING  # flockd.fl.vote_scoring.VoteScoring
 
     def parsed(self) -> VoteScoring:
-        from flockd.fl.score import parse_vote_scoring  # numpy: only when a config is checked
 
         try:
             return parse_vote_scoring(self.scoring)

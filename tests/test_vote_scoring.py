@@ -9,7 +9,7 @@ import pytest
 from flockd.bench import attack
 from flockd.bench._attack_systems import Job
 from flockd.config import Config, ConfigError, config_from_dict
-from flockd.fl.score import VOTE_SCORINGS, parse_vote_scoring
+from flockd.fl.vote_scoring import VOTE_SCORINGS, parse_vote_scoring
 from flockd.sim.__main__ import config_from, parse_args
 from flockd.sim.config import SimConfig
 from flockd.tasks.spec import TaskSpec

@@ -16,6 +16,7 @@ from flockd.bench._attack_breakdown import breakdown_table
 from flockd.bench._attack_paired import paired_table
 from flockd.bench._attack_stats import CI_METHOD, Spread, spread
 from flockd.bench._attack_systems import FLOCKD_SYSTEMS, PER_ATTACK_SYSTEMS, SYSTEMS, TARGET
+from flockd.fl.vote_scoring import DEFAULT_VOTE_SCORING
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / "docs" / "bench" / "attack"
@@ -426,8 +427,8 @@ def report(
         f"robust rule `{meta['robust_rule']}`, seeds {', '.join(map(str, meta['seeds']))} "
         f"({len(meta['seeds'])} per cell).",
     ]
-    scoring = meta.get("vote_scoring", "local-model")
-    if scoring != "local-model":  # the default's tables read as they always did
+    scoring = meta.get("vote_scoring", "local-model")  # runs from before the option
+    if scoring != DEFAULT_VOTE_SCORING:  # the default's tables read as they always did
         parts[-1] = parts[-1][:-1] + f"; honest voters score with `{scoring}`."
     for partition in partitions:
         if len(partitions) > 1:

@@ -109,7 +109,7 @@ def run_plain_fedavg(
 def run_flockd(
     job: Job, behaviours: dict[int, Behaviour], log: RoundLog
 ) -> tuple[float, dict[str, Any]]:
-    from flockd.fl.score import parse_vote_scoring
+    from flockd.fl.vote_scoring import parse_vote_scoring
     from flockd.sim import RoundFigures as SimRound
     from flockd.sim import SimConfig, run_simulation
 

@@ -74,6 +74,7 @@ from flockd.bench._attack_systems import (
     run_job,
     worker_init,
 )
+from flockd.fl.vote_scoring import DEFAULT_VOTE_SCORING
 
 __all__ = [
     "BEGIN",
@@ -252,7 +253,7 @@ def _partitions(text: str) -> list[str]:
 
 
 def _vote_scoring(text: str) -> str:
-    from flockd.fl.score import parse_vote_scoring
+    from flockd.fl.vote_scoring import parse_vote_scoring
 
     try:
         return parse_vote_scoring(text)
@@ -291,7 +292,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--vote-scoring",
         type=_vote_scoring,
-        default="local-model",
+        default=DEFAULT_VOTE_SCORING,
         help="flockd systems: how honest voters score a proposal (flockd.fl.score)",
     )
     parser.add_argument(

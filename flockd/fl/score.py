@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
@@ -23,6 +22,7 @@ from flockd.fl.codec import Delta
 from flockd.fl.data import Split
 from flockd.fl.recipe import Metrics, Recipe
 from flockd.fl.tensors import load_model_state, squared_norm
+from flockd.fl.vote_scoring import DEFAULT_VOTE_SCORING, VoteScoring, parse_vote_scoring
 
 # Defaults of `accepts`: how much worse than the baseline an honest update may look.
 # Measured (docs/learning.md): on IID digits an honest proposer's model scores at worst
@@ -42,21 +42,7 @@ MAX_LOSS_RISE = 0.25
 NOISE_ROWS = 2.5
 LOSS_PER_ROW = 2.5
 
-# What a per-proposal vote judges: ``local-model`` (the default) global + delta, the
-# proposer's own model; ``contribution`` (a prototype, issue 12) the round's aggregate with
-# and without the delta (``leave_one_out``); ``guarded-contribution`` the contribution of
-# each delta that passes two coarse guards (``guarded_votes``). Each voter's own choice,
-# not a consensus rule (protocol/spec/round.md, "Scoring").
-VoteScoring = Literal["local-model", "contribution", "guarded-contribution"]
-VOTE_SCORINGS: tuple[VoteScoring, ...] = ("local-model", "contribution", "guarded-contribution")
-
-
-def parse_vote_scoring(text: str) -> VoteScoring:
-    """``text`` as a VoteScoring; ValueError naming the known ones otherwise."""
-    for known in VOTE_SCORINGS:
-        if text == known:
-            return known
-    raise ValueError(f"vote scoring must be one of {', '.join(VOTE_SCORINGS)}, not {text!r}")
+# How a per-proposal vote judges (the names, numpy-free): flockd/fl/vote_scoring.py.
 
 
 # ``guarded-contribution``, measured on digits-mlp, 20 nodes, 8 proposals a round
@@ -232,7 +218,7 @@ def vote_on_proposals(
     scorer: Scorer,
     deltas: Sequence[Delta | None],
     *,
-    scoring: VoteScoring = "local-model",
+    scoring: VoteScoring = DEFAULT_VOTE_SCORING,
     rule: Rule | str = "fedavg",
     max_accuracy_drop: float = MAX_ACCURACY_DROP,
 ) -> tuple[int, ...]:

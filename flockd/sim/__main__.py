@@ -7,7 +7,7 @@ import json
 import sys
 
 from flockd.fl.attacks import assign_behaviours
-from flockd.fl.score import VOTE_SCORINGS
+from flockd.fl.vote_scoring import DEFAULT_VOTE_SCORING, VOTE_SCORINGS
 from flockd.sim.chain import SimError
 from flockd.sim.config import RoundFigures, SimConfig
 from flockd.sim.run import run_simulation
@@ -31,7 +31,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--malicious", type=float, default=0.0, help="fraction of malicious nodes (never node 0)")
     p.add_argument("--attack", default="honest", help="their behaviour: label-flip, noise:S, sign-flip:K, "
                    "random-vote, accept-all, collude, joined by + (flockd.fl.attacks)")
-    p.add_argument("--vote-scoring", choices=VOTE_SCORINGS, default="local-model",
+    p.add_argument("--vote-scoring", choices=VOTE_SCORINGS, default=DEFAULT_VOTE_SCORING,
                    help="how honest voters score a proposal (flockd.fl.score; per-proposal mode)")
     p.add_argument("--score-sample", type=int, default=None, help="at most this many validation rows per voter")
     p.add_argument("--config", default="{}", help="recipe config overrides, JSON")
@@ -65,7 +65,7 @@ def main(argv: list[str]) -> int:
         cfg = config_from(args)
         if not args.json:
             bad = cfg.malicious
-            scoring = "" if cfg.vote_scoring == "local-model" else f" ({cfg.vote_scoring})"
+            scoring = "" if cfg.vote_scoring == DEFAULT_VOTE_SCORING else f" ({cfg.vote_scoring})"
             print(f"{cfg.nodes} nodes, {cfg.rounds} rounds, {cfg.recipe}, {cfg.vote_mode}{scoring}, {cfg.rule}; "
                   f"malicious: {', '.join(map(str, bad)) or 'none'}" + (f" ({args.attack})" if bad else ""), flush=True)
         result = run_simulation(cfg, on_round=None if args.json else show)

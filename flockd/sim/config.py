@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from flockd.fl.aggregate import BadRule, Rule
 from flockd.fl.attacks import Behaviour
-from flockd.fl.score import VoteScoring, parse_vote_scoring
+from flockd.fl.vote_scoring import DEFAULT_VOTE_SCORING, VoteScoring, parse_vote_scoring
 
 E18 = 10**18
 
@@ -32,7 +32,7 @@ class SimConfig:
     stake: int = 100 * E18  # every node's stake (the testnet's default)
     stake_unit: int = E18
     key_seed: int | None = None  # node keys (so VRF draws, block hashes); None: `seed`
-    vote_scoring: VoteScoring = "local-model"  # how every honest voter scores a proposal
+    vote_scoring: VoteScoring = DEFAULT_VOTE_SCORING  # how every honest voter scores a proposal
 
     def __post_init__(self) -> None:
         if self.nodes < 2:

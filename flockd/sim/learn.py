@@ -29,15 +29,15 @@ from flockd.fl.attacks import Behaviour, training_split
 from flockd.fl.checkpoint import model_hash
 from flockd.fl.data import DataSpec
 from flockd.fl.recipe import Metrics
-from flockd.fl.score import VoteScoring
 from flockd.fl.tensors import Tensors
+from flockd.fl.vote_scoring import DEFAULT_VOTE_SCORING, VoteScoring
 from flockd.tasks.spec import TaskSpec
 from flockd.tasks.work import Worker
 
 
 class Learner:
     def __init__(
-        self, spec: TaskSpec, score_sample: int | None = None, scoring: VoteScoring = "local-model"
+        self, spec: TaskSpec, score_sample: int | None = None, scoring: VoteScoring = DEFAULT_VOTE_SCORING
     ) -> None:
         self.spec = spec
         self.shared = Worker(spec, 0, scoring=scoring)  # limits torch to one thread

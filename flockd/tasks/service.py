@@ -18,8 +18,8 @@ from flockd.fl.attacks import HONEST, Behaviour
 from flockd.fl.checkpoint import model_hash
 from flockd.fl.codec import delta_hash
 from flockd.fl.recipe import load_recipe
-from flockd.fl.score import VoteScoring
 from flockd.fl.tensors import model_state
+from flockd.fl.vote_scoring import DEFAULT_VOTE_SCORING, VoteScoring
 from flockd.logs import get_logger
 from flockd.p2p.abc import P2PError
 from flockd.p2p.blobs import BlobError
@@ -70,7 +70,7 @@ class TaskService:
         *,
         behaviour: Behaviour = HONEST,
         colluders: frozenset[bytes] = frozenset(),
-        scoring: VoteScoring = "local-model",
+        scoring: VoteScoring = DEFAULT_VOTE_SCORING,
     ) -> None:
         self.ctx = ctx
         self.token = token

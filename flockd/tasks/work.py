@@ -34,8 +34,9 @@ from flockd.fl.attacks import (
 from flockd.fl.codec import Delta, decode_delta, delta_hash, encode_delta
 from flockd.fl.data import DataSpec
 from flockd.fl.recipe import Metrics, limit_torch_threads, load_recipe, training_seed
-from flockd.fl.score import Scorer, VoteScoring, parse_vote_scoring, vote_on_proposals
+from flockd.fl.score import Scorer, vote_on_proposals
 from flockd.fl.tensors import Tensors, load_model_state, model_state, require_same_layout, shapes
+from flockd.fl.vote_scoring import DEFAULT_VOTE_SCORING, VoteScoring, parse_vote_scoring
 from flockd.logs import get_logger
 from flockd.stats import Counters
 from flockd.tasks.spec import TaskSpec
@@ -52,7 +53,7 @@ class Worker:
         *,
         behaviour: Behaviour = HONEST,
         colluders: frozenset[bytes] = frozenset(),
-        scoring: VoteScoring = "local-model",
+        scoring: VoteScoring = DEFAULT_VOTE_SCORING,
     ) -> None:
         parse_vote_scoring(scoring)  # a ValueError before any data is loaded
         limit_torch_threads(1)  # several daemons share a few cores

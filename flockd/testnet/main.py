@@ -17,7 +17,7 @@ from rich.live import Live
 from rich.table import Table
 
 from flockd.fl.attacks import assign_behaviours, describe, parse_behaviour
-from flockd.fl.score import VOTE_SCORINGS
+from flockd.fl.vote_scoring import DEFAULT_VOTE_SCORING, VOTE_SCORINGS
 from flockd.lm.testnet import append_lm_markdown, lm_section
 from flockd.rpc.errors import RPCError
 from flockd.testnet.chaos import ChaosScheduler, plan_chaos
@@ -67,7 +67,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--rule", default="fedavg", help="aggregation: fedavg, median, trimmed-mean:B, krum:F, multi-krum:F:M")
     p.add_argument("--proposers", type=int, default=3, help="expected proposers per round")
     p.add_argument("--vote-mode", choices=["per-proposal", "whole-round"], default="per-proposal")
-    p.add_argument("--vote-scoring", choices=VOTE_SCORINGS, default="local-model",
+    p.add_argument("--vote-scoring", choices=VOTE_SCORINGS, default=DEFAULT_VOTE_SCORING,
                    help="how every node scores proposals ([vote] scoring; docs/learning.md, Voter scoring)")
     p.add_argument("--task-timeout", type=float, default=1800.0, help="seconds to wait for the task")
     p.add_argument("--report-dir", type=Path, default=None, help="where the report goes (default WORKDIR/report)")

@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from flockd.fl.vote_scoring import DEFAULT_VOTE_SCORING
+
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 ACCURACY_PNG = "accuracy.png"
@@ -51,7 +53,7 @@ def build_report(
     malicious: dict[str, Any] | None = None,
     malicious_fraction: float = 0.0,
     chaos: dict[str, Any] | None = None,
-    vote_scoring: str = "local-model",
+    vote_scoring: str = DEFAULT_VOTE_SCORING,
 ) -> dict[str, Any]:
     """`statuses[i]` is node i's `task_status` reply, taken after the task finished;
     `malicious` maps the malicious nodes' names to their behaviour spec; `chaos` is the
@@ -109,10 +111,10 @@ def build_report(
 
 def testnet_command(
     *, nodes: int, rounds: int, recipe: str, partition: str, malicious_fraction: float = 0.0, attack: str | None = None,
-    chaos_seed: int | None = None, vote_scoring: str = "local-model",
+    chaos_seed: int | None = None, vote_scoring: str = DEFAULT_VOTE_SCORING,
 ) -> str:
     command = f"scripts/testnet --nodes {nodes} --rounds {rounds} --recipe {recipe} --partition {partition}"
-    if vote_scoring != "local-model":
+    if vote_scoring != DEFAULT_VOTE_SCORING:
         command += f" --vote-scoring {vote_scoring}"
     if malicious_fraction and attack:
         command += f" --malicious {malicious_fraction:g} --attack {attack}"

@@ -1,0 +1,24 @@
+"""How an honest voter scores a proposal in a per-proposal round: the names only, without
+numpy, so a config can be checked and a daemon start without loading the learning stack.
+
+``local-model``: the proposer's own model (global + delta) on the voter's validation
+split. ``contribution`` (a prototype): the round's aggregate with and without the delta.
+``guarded-contribution``: the contribution of each delta that passes two coarse guards
+(`flockd.fl.score.guarded_votes`). Each voter's own choice, not a consensus rule
+(protocol/spec/round.md, "Scoring a proposal")."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+VoteScoring = Literal["local-model", "contribution", "guarded-contribution"]
+VOTE_SCORINGS: tuple[VoteScoring, ...] = ("local-model", "contribution", "guarded-contribution")
+DEFAULT_VOTE_SCORING: VoteScoring = "local-model"
+
+
+def parse_vote_scoring(text: str) -> VoteScoring:
+    """``text`` as a VoteScoring; ValueError naming the known ones otherwise."""
+    for known in VOTE_SCORINGS:
+        if text == known:
+            return known
+    raise ValueError(f"vote scoring must be one of {', '.join(VOTE_SCORINGS)}, not {text!r}")
