@@ -46,6 +46,11 @@ from flockd.fl.codec import encode_delta
 from flockd.fl.data import DataSpec
 from flockd.fl.recipe import training_seed
 from flockd.fl.tensors import Tensors, load_model_state
+from flockd.fl.vote_scoring import (
+    DEFAULT_VOTE_SCORING,
+    VoteScoring,
+    parse_vote_scoring,
+)
 from flockd.lm.causal import TokenizedText
 from flockd.lm.corpus import garbage_text
 from flockd.lm.lora import adapter_values, attached, factor_mean, split_state
@@ -105,13 +110,17 @@ def garbage_file(directory: Path, index: int, chars: int) -> Path:
     return path
 
 
-def make_bench(config: dict[str, Any], nodes: int, rounds: int, attackers: int, garbage_dir: Path) -> Bench:
-    """Honest workers first, then ``attackers`` garbage-text ones voting accept-all."""
+def make_bench(
+    config: dict[str, Any], nodes: int, rounds: int, attackers: int, garbage_dir: Path,
+    scoring: VoteScoring = DEFAULT_VOTE_SCORING,
+) -> Bench:
+    """Honest workers first (voting by ``scoring``), then ``attackers`` garbage-text ones
+    voting accept-all."""
     spec = TaskSpec("lm-lora", config=config, num_nodes=nodes, seed=1)
     workers = []
     for i in range(nodes):
         if i < nodes - attackers:
-            workers.append(Worker(spec, i))
+            workers.append(Worker(spec, i, scoring=scoring))
         else:
             path = garbage_file(garbage_dir, i, config["domain_chars"])
             workers.append(Worker(spec, i, str(path), behaviour=ACCEPT_ALL))
@@ -224,6 +233,13 @@ def write_section(path: Path, text: str) -> None:
     path.write_text(kept + "\n\n" + text.rstrip() + "\n")
 
 
+def _scorings(text: str) -> list[VoteScoring]:
+    try:
+        return [parse_vote_scoring(part) for part in text.split(",")]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def commit() -> str:
     done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
     return done.stdout.strip() or "unknown"
@@ -234,6 +250,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--nodes", type=int, default=len(DOMAINS))
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--attackers", type=int, default=2, help="garbage-text proposers in the attack rows (0: none)")
+    parser.add_argument("--vote-scorings", type=_scorings, default=["local-model", "guarded-contribution"],
+                        help="the honest voters' scorings, a flockd row each (default: local-model,guarded-contribution)")
     parser.add_argument("--write", action="store_true", help="replace the Language models section of docs/benchmarks.md")
     parser.add_argument("--train-overhead", type=int, default=0, metavar="N",
                         help="only compare N pairs of the same training: a bare script and the daemon's training process")
@@ -260,19 +278,20 @@ def main(argv: list[str]) -> int:
     with TemporaryDirectory() as tmp:
         clean = make_bench(config, args.nodes, args.rounds, 0, Path(tmp))
         base_bpc = clean.bpc(clean.workers[0].initial_model())
+        scorings = [(s, make_bench(config, args.nodes, args.rounds, 0, Path(tmp), s)) for s in args.vote_scorings]
         runs: list[tuple[Bench, Callable[[Bench, str], Outcome], str]] = [
-            (clean, run_flockd, "flockd: per-proposal vote, exact mean of the updates, carried adapter"),
+            *((b, run_flockd, f"flockd: per-proposal vote ({s}), exact mean of the updates, carried adapter")
+              for s, b in scorings),
             (clean, run_factor_mean, "A and B averaged separately (FlowerTune / OpenFedLLM)"),
             (clean, run_centralized, "centralized (upper bound)"),
             (clean, run_local_only, "local-only (lower bound)"),
         ]
         if args.attackers:
-            attacked = make_bench(config, args.nodes, args.rounds, args.attackers, Path(tmp))
             share = f"{args.attackers}/{args.nodes} garbage-text proposers"
-            runs += [
-                (attacked, run_flockd, f"flockd, {share} voting accept-all"),
-                (attacked, run_factor_mean, f"A and B averaged separately, {share}"),
-            ]
+            for s in args.vote_scorings:
+                attacked = make_bench(config, args.nodes, args.rounds, args.attackers, Path(tmp), s)
+                runs.append((attacked, run_flockd, f"flockd ({s}), {share} voting accept-all"))
+            runs.append((attacked, run_factor_mean, f"A and B averaged separately, {share}"))
         for bench, run, label in runs:
             outcome = run(bench, label)
             print(f"{label}: mean {outcome.mean_bpc:.4f} bpc, {outcome.seconds:.0f} s", file=sys.stderr)
@@ -280,7 +299,8 @@ def main(argv: list[str]) -> int:
     c = clean.recipe.config
     text = "\n".join([
         SECTION, "",
-        f"`scripts/bench lm --nodes {args.nodes} --rounds {args.rounds} --attackers {args.attackers}` "
+        f"`scripts/bench lm --nodes {args.nodes} --rounds {args.rounds} --attackers {args.attackers} "
+        f"--vote-scorings {','.join(args.vote_scorings)}` "
         f"on {started:%Y-%m-%d %H:%M} UTC, commit {commit()}: the testnet's base ({built.parameters:,} parameters), "
         f"{args.nodes} nodes with one docstring domain each ({c['domain_chars']:,} characters), {args.rounds} rounds of "
         f"{c['steps']} Adam steps of {c['batch_size']} × {c['seq_len']} tokens, LoRA r={c['lora_rank']} α={c['lora_alpha']} "
