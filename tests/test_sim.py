@@ -53,6 +53,16 @@ def test_every_node_finishes_on_the_model_the_chain_recorded(honest: Simulation)
     assert result.final_accuracy > result.initial_accuracy
 
 
+def test_final_stakes_are_the_registrys_pools(honest: Simulation) -> None:
+    """Each node's stake after the last settlement, as the registry holds it; with nobody
+    malicious and every ballot revealed, no node ends below what it joined with."""
+    stakes = honest.result.final_stakes
+    assert sorted(stakes) == list(range(5))
+    total = int(honest.chain.view("get_state", honest.task_id)[3])
+    assert sum(stakes.values()) == total
+    assert min(stakes.values()) >= honest.cfg.stake
+
+
 def test_the_recorded_model_is_the_aggregate_of_the_accepted_deltas(honest: Simulation) -> None:
     """Recompute the lineage from the chain alone (proposals, accepted mask) and the delta
     bytes, with the FL core: the same accepted deltas give the same model hash."""

@@ -9,7 +9,7 @@ import sys
 from flockd.fl.attacks import assign_behaviours
 from flockd.fl.vote_scoring import DEFAULT_VOTE_SCORING, VOTE_SCORINGS
 from flockd.sim.chain import SimError
-from flockd.sim.config import RoundFigures, SimConfig
+from flockd.sim.config import RoundFigures, SimConfig, SimResult
 from flockd.sim.run import run_simulation
 
 
@@ -59,6 +59,18 @@ def show(f: RoundFigures) -> None:
           f"{f.seconds:.2f}s{share}", flush=True)
 
 
+def honest_stakes(cfg: SimConfig, result: SimResult) -> str:
+    """Where the settlement left the honest nodes' stakes: the lowest, the median and the
+    highest, and how many ended below what they joined with."""
+    honest = sorted(s for i, s in result.final_stakes.items() if i not in cfg.malicious)
+    if not honest:
+        return "no honest node"
+    below = sum(s < cfg.stake for s in honest)
+    low, mid, high = (100 * (s - cfg.stake) / cfg.stake for s in (honest[0], honest[len(honest) // 2], honest[-1]))
+    return (f"honest nodes' stake, start to end: lowest {low:+.2f}%, median {mid:+.2f}%, highest {high:+.2f}%; "
+            f"{below} of {len(honest)} ended below their start")
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     try:
@@ -78,6 +90,7 @@ def main(argv: list[str]) -> int:
         print(f"final accuracy {result.final_accuracy:.4f}  model {result.final_model_hash} "
               f"(= chain, on all {cfg.nodes} nodes)  {result.blocks} blocks, {result.transactions} txs, "
               f"fullest block {result.max_block_gas / 1e6:.1f} Mgas, {result.wall_seconds:.1f}s")
+        print(honest_stakes(cfg, result))
         shares = [f.malicious_stake_share for f in result.rounds if f.malicious_stake_share is not None]
         if result.initial_malicious_stake_share is not None and shares:
             print(f"malicious stake share {100 * result.initial_malicious_stake_share:.2f}% at the start, "

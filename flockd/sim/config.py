@@ -96,6 +96,9 @@ class SimResult:
     max_block_gas: int = 0  # the fullest block (a real chain's blocks hold 30M)
     reverted: int = 0  # transactions that reverted (late record_model attestations, mostly)
     refused_events: int = 0  # events a machine refused (RoundError): 0 in a healthy run
+    # Each node's stake in the task's pool after the last settlement (node index -> wei;
+    # every node joined with SimConfig.stake): who the slashing and the rewards moved.
+    final_stakes: dict[int, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -196,6 +196,9 @@ class Simulation:
             if node.final != chain_hash or node.adapter.machine.model_hash != chain_hash:
                 raise SimError(f"node {node.index} finished on {(node.final or b'').hex()}, "
                                f"the chain recorded {chain_hash.hex()}")
+        for node in self.nodes:
+            pool = self.chain.view("get_participant", self.task_id, node.address)
+            self.result.final_stakes[node.index] = int(pool[2])
         metrics = self.learner.evaluate(chain_hash)
         self.result.final_accuracy, self.result.final_loss = metrics["accuracy"], metrics["loss"]
         self.result.final_model_hash = self.result.chain_model_hash = "0x" + chain_hash.hex()
