@@ -147,6 +147,7 @@ def run_flockd(
         "reverted": sim.reverted,
         "model_hash": sim.final_model_hash,
         "initial_malicious_stake_share": sim.initial_malicious_stake_share,
+        "final_stakes": {str(i): str(stake) for i, stake in sorted(sim.final_stakes.items())},  # wei
     }
 
 
