@@ -332,3 +332,14 @@ def test_merge_makes_one_grid_of_batches_and_refuses_what_does_not_fit(tmp_path:
     scored = _batch(tmp_path / "scored", meta(seeds=[3]), [run("flockd-per-proposal", 3, scoring="local-model")])
     with pytest.raises(attack.MergeError, match="scored votes differently"):
         attack.merge_results([a, scored])
+
+
+def test_a_section_of_its_own_leaves_the_other_tables(tmp_path: Path) -> None:
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(f"# B\n\n{attack.BEGIN}\nattack tables\n{attack.END}\n")
+    args = attack.parse_args(["--merge", "x", "--section", "attack-partitions", "--doc", str(doc)])
+    attack.write_doc(doc, "partition tables\n", args.markers)
+    attack.write_doc(doc, "partition tables, again\n", args.markers)
+    text = doc.read_text()
+    assert "attack tables" in text and "## attack-partitions" in text
+    assert text.count("partition tables") == 1 and "again" in text

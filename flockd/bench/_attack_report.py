@@ -479,7 +479,9 @@ def write_doc(doc: Path, section: str, markers: tuple[str, str] = (BEGIN, END)) 
         _, tail = rest.split(end, 1)
         text = head + block + tail
     else:
-        title = "Defence under attack" if begin == BEGIN else "Cartel stake share"
+        title = {BEGIN: "Defence under attack", STAKE_BEGIN: "Cartel stake share"}.get(
+            begin, begin.removeprefix("<!-- ").removesuffix(":begin -->")
+        )
         text = text.rstrip("\n") + f"\n\n## {title}\n\n" + block + "\n"
     doc.write_text(text)
 

@@ -340,6 +340,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "docs/benchmarks.md when --out is the default and not --quick)",
     )
     parser.add_argument("--no-doc", action="store_true", help="write no doc")
+    parser.add_argument(
+        "--section",
+        default=None,
+        help="write between the <!-- SECTION:begin/end --> markers of --doc instead "
+        "(e.g. attack-partitions, for the partition tables)",
+    )
     given = {a.split("=")[0] for a in argv if a.startswith("--")}
     args = parser.parse_args(argv)
     args.markers = (BEGIN, END)
@@ -371,6 +377,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.attack_seeds = [s for s in args.seeds if s < 3] or args.seeds[:3]
     if args.out is None:
         args.out = default_out
+    if args.section:
+        args.markers = (f"<!-- {args.section}:begin -->", f"<!-- {args.section}:end -->")
     if args.no_doc:
         args.doc = None
     elif args.doc is None and not args.quick and args.out == default_out:
