@@ -18,6 +18,7 @@ from flockd.chain.client.market import MAX_DESCRIPTION_LEN, MAX_NAME_LEN, Listin
 from flockd.chain.client.registry import Registry, RoundInfo
 from flockd.market.catalogue import MAX_PAGE, ListingCatalogue, catalogue_row
 from flockd.serve.app import ServeApp
+from flockd.stats import Counters
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +144,8 @@ async def test_what_this_node_knows_joins_the_graph(listed, tmp_path, monkeypatc
 async def test_a_page_is_read_once_per_block(listed) -> None:
     chain, _, _ = listed
     market, registry = chain.clients()
-    catalogue = ListingCatalogue(market, registry)
+    shared = Counters()  # a daemon passes its market service's, which the metrics export
+    catalogue = ListingCatalogue(market, registry, counters=shared)
     backend = market.client.backend
     first = await catalogue.page(1, 2)
     calls = backend.calls
@@ -153,7 +155,7 @@ async def test_a_page_is_read_once_per_block(listed) -> None:
     assert again["block"] == first["block"] + 1 and again["listings"] == first["listings"]
     # the finished tasks' rounds were kept: a new block reads the listings, not the rounds again
     assert backend.calls - calls < calls
-    assert catalogue.counters.snapshot()["catalogue_pages_read"] == 2
+    assert shared.snapshot()["catalogue_pages_read"] == 2
 
 
 async def test_ten_thousand_listings_cost_a_page_only_its_own(listed) -> None:

@@ -117,13 +117,15 @@ class ListingCatalogue:
     """The listings a page at a time, with their lineages (see the module's docstring)."""
 
     def __init__(self, market: Market, registry: Registry, arena: Arena | None = None, *,
-                 metrics: RoundMetrics | None = None, held_root: Path | None = None) -> None:
+                 metrics: RoundMetrics | None = None, held_root: Path | None = None,
+                 counters: Counters | None = None) -> None:
         self.market = market
         self.registry = registry
         self.arena = arena
         self.metrics = metrics
         self.held_root = held_root  # <datadir>/market: the listings this node fetched and verified
-        self.counters = Counters()
+        # A daemon's are its market service's, so the metrics export them (service="market").
+        self.counters = counters if counters is not None else Counters()
         self._lock = trio.Lock()
         self._block = -1
         self._pages: dict[tuple[int, int], dict[str, Any]] = {}
@@ -327,5 +329,6 @@ def attach_catalogue(app: ServeApp, market: MarketService, arena: Arena) -> None
     tasks it runs and the listings it fetched, and replays a listing's lineage on request."""
     tasks = market.tasks
     app.listings = ListingCatalogue(market.market, tasks.registry, arena, held_root=market.held.root,
-                                    metrics=task_metrics(tasks.status, lambda task_id: task_id in tasks.runners)).page
+                                    metrics=task_metrics(tasks.status, lambda task_id: task_id in tasks.runners),
+                                    counters=market.counters).page
     app.replay_listing = ListingReplays(market)
