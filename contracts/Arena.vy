@@ -8,8 +8,9 @@
         identical hashes only the earliest commit counts. Validators are elected by
         ECVRF sortition linear in (capped) stake, commit their score vectors, then
         reveal them. Each submission's score is the stake-weighted median, ranks follow
-        it (ties to the earlier commit), trainers are paid by rank with a geometric
-        decay, validators by how close their scores are to the medians. Only a
+        it (ties to the earlier commit; a median of 0, the score of a model nobody
+        serves, is not ranked), trainers are paid by rank with a geometric decay,
+        validators by how close their scores are to the medians. Only a
         validator that does not reveal is slashed. The creator publishes the
         evaluation set after scoring, or loses its bond. Spec: protocol/spec/contracts.md.
 
@@ -197,7 +198,7 @@ event ValidatorSettled:
     competition_id: indexed(uint256)
     validator: indexed(address)
     revealed: bool
-    closeness: uint256  # sum over ranked submissions of BPS * tol / (tol + relative error)
+    closeness: uint256  # sum over counted submissions of BPS * tol / (tol + relative error)
     reward: uint256
     slashed: uint256
 
@@ -707,19 +708,25 @@ def _rank(cid: uint256, voters: DynArray[address, MAX_ELECTED], weights: DynArra
 
 
 @internal
-def _pay_trainers(cid: uint256, order: DynArray[uint256, MAX_TRAINERS], medians: DynArray[uint256, MAX_TRAINERS], pool: uint256) -> uint256:
-    """Rank k's share is decay^k of rank 0's; returns what was paid"""
+def _pay_trainers(cid: uint256, order: DynArray[uint256, MAX_TRAINERS], medians: DynArray[uint256, MAX_TRAINERS], pool: uint256) -> (uint256, uint256):
+    """
+    Rank k's share is decay^k of rank 0's; only medians above 0 are ranked (validators
+    score 0 a model nobody serves: withholding it must earn nothing). Returns what was
+    paid and how many were ranked.
+    """
     decay: uint256 = self._params[cid].rank_decay_bps
     weights: DynArray[uint256, MAX_TRAINERS] = []
     w: uint256 = ONE
     total: uint256 = 0
     for i: uint256 in order:
+        if medians[i] == 0:
+            break  # best first: every later one is 0 too
         weights.append(w)
         total += w
         w = w * decay // BPS
     paid: uint256 = 0
     for k: uint256 in range(MAX_TRAINERS):
-        if k >= len(order):
+        if k >= len(weights):
             break
         i: uint256 = order[k]
         reward: uint256 = pool * weights[k] // total
@@ -729,7 +736,7 @@ def _pay_trainers(cid: uint256, order: DynArray[uint256, MAX_TRAINERS], medians:
         self._pay(cid, trainer, reward)
         paid += reward
         log Ranked(competition_id=cid, trainer=trainer, index=i, rank=k + 1, median=medians[i], reward=reward)
-    return paid
+    return paid, len(weights)
 
 
 @internal
@@ -820,8 +827,9 @@ def finalise(cid: uint256):
     else:
         validator_pool = p.reward_pool - trainer_pool + slashed
     paid: uint256 = 0
+    ranked: uint256 = 0
     if len(order) > 0:
-        paid = self._pay_trainers(cid, order, medians, trainer_pool)
+        paid, ranked = self._pay_trainers(cid, order, medians, trainer_pool)
     paid += self._pay_validators(cid, order, medians, validator_pool, slashes)
     refund: uint256 = p.reward_pool + slashed - burned - paid
     if c.eval_set_hash == empty(bytes32):
@@ -830,7 +838,7 @@ def finalise(cid: uint256):
         refund += p.creator_bond
     self.claimable[c.creator] += refund
     self.burned += burned
-    log Finalised(competition_id=cid, ranked=len(order), revealed_weight=revealed_weight, creator_refund=refund, burned=burned)
+    log Finalised(competition_id=cid, ranked=ranked, revealed_weight=revealed_weight, creator_refund=refund, burned=burned)
 
 
 @external

@@ -197,6 +197,99 @@ def test_when_no_validator_reveals_the_pool_returns_and_the_slashes_burn(arena: 
     assert arena.view("get_submissions", cid)[0][6] == 0  # unranked
 
 
+def scored_and_finalised(arena: ArenaChain, models: dict[int, bytes], vectors: dict[int, list[int]]) -> tuple[int, list]:
+    """Every validator commits and reveals its vector, the set is published, then finalise:
+    (the competition, finalise's events)."""
+    cid = submitted(arena, models)
+    arena.advance_to(cid, PHASE_SCORE_COMMIT)
+    for v, s in vectors.items():
+        arena.commit_scores(cid, v, s)
+    arena.mine()
+    arena.advance_to(cid, PHASE_SCORE_REVEAL)
+    for v, s in vectors.items():
+        arena.reveal_scores(cid, v, s)
+    arena.send(CREATOR, "publish_eval", cid, EVAL_SET_HASH, EVAL_SALT)
+    arena.mine()
+    arena.advance_to(cid, PHASE_CLOSED)
+    return cid, arena.events(arena.tx(9, "finalise", cid))
+
+
+def claimed(arena: ArenaChain) -> dict[int, int]:
+    """Every member and the creator claim: what each gained."""
+    before = {who: arena.balance(who) for who in range(9)}
+    for who in range(9):
+        if arena.view("claimable", arena.addr(who)):
+            arena.send(who, "claim")
+    arena.mine()
+    return {who: arena.balance(who) - before[who] for who in range(9)}
+
+
+def test_a_withheld_submission_is_not_ranked_nor_paid(arena: ArenaChain) -> None:
+    """Trainer 3 commits a model hash and never serves the model: every honest validator
+    scores it 0, and 5 (the least stake, a friend of 3) scores it high. Its median is 0:
+    it gets no rank and no reward; the trainers' pool is shared by the two ranked ones as
+    if it had never entered, and the validators that scored it 0 are the close ones."""
+    vectors = {5: [800, 600, 900], 6: [800, 600, 0], 7: [810, 590, 0], 8: [805, 600, 0]}
+    cid, events = scored_and_finalised(arena, {1: model("a"), 2: model("b"), 3: model("withheld")}, vectors)
+
+    p = params()
+    weights = {v: min(STAKES[v], p["validator_cap"]) for v in VALIDATORS}
+    expected = settle(vectors, weights, [0, 1, 2], competition_params(), 0)
+    assert expected.medians == {0: 805, 1: 600, 2: 0}
+    assert expected.order == [0, 1]  # the withheld one is counted, not ranked
+    trainer_pool = p["reward_pool"] * p["trainer_share_bps"] // BPS
+    two = trainer_pool * ONE // (ONE + ONE // 2)  # rank 1 of two: all of the pool goes to the ranked
+    assert expected.trainer_rewards == [two, trainer_pool * (ONE // 2) // (ONE + ONE // 2)]
+
+    ranked = [e for name, e in events if name == "Ranked"]
+    assert [(r["index"], r["rank"], r["median"], r["reward"]) for r in ranked] == [
+        (0, 1, 805, expected.trainer_rewards[0]), (1, 2, 600, expected.trainer_rewards[1]),
+    ]
+    assert [(s[5], s[6]) for s in arena.view("get_submissions", cid)] == [(805, 1), (600, 2), (0, 0)]
+    final = dict(events)["Finalised"]
+    assert final["ranked"] == 2
+    settled = {e["validator"]: e for name, e in events if name == "ValidatorSettled"}
+    for v in VALIDATORS:  # closeness counts the withheld one: scoring it 0 was right
+        assert (settled[arena.hx(v)]["closeness"], settled[arena.hx(v)]["reward"]) == (
+            expected.closeness[v], expected.validator_rewards[v])
+    assert expected.closeness[5] < min(expected.closeness[v] for v in (6, 7, 8)) - BPS // 2
+
+    gained = claimed(arena)
+    assert gained[3] == 10 * E18  # its stake back, nothing more
+    assert gained[1] == 10 * E18 + expected.trainer_rewards[0]
+    assert gained[2] == 10 * E18 + expected.trainer_rewards[1]
+    paid = sum(expected.trainer_rewards) + sum(expected.validator_rewards.values())
+    assert gained[CREATOR] == p["reward_pool"] - paid + p["creator_bond"] == final["creator_refund"]
+    assert arena.arena_balance() == 0 and arena.view("burned") == 0  # nothing created, nothing lost
+
+
+def test_when_every_median_is_0_no_trainer_is_paid_and_their_pool_returns(arena: ArenaChain) -> None:
+    """No submission is served (or all are worthless): finalise still settles, ranks none,
+    pays the validators for their (right) zeros and gives the trainers' pool back to the
+    creator, as when nothing was submitted."""
+    vectors = {5: [0, 3], 6: [0, 0], 7: [0, 0], 8: [0, 0]}
+    cid, events = scored_and_finalised(arena, {1: model("a"), 2: model("b")}, vectors)
+
+    p = params()
+    weights = {v: min(STAKES[v], p["validator_cap"]) for v in VALIDATORS}
+    expected = settle(vectors, weights, [0, 1], competition_params(), 0)
+    assert expected.medians == {0: 0, 1: 0} and expected.order == [] and expected.trainer_rewards == []
+    assert [name for name, _ in events].count("Ranked") == 0
+    assert [s[6] for s in arena.view("get_submissions", cid)] == [0, 0]
+    final = dict(events)["Finalised"]
+    assert final["ranked"] == 0 and final["burned"] == 0
+    validator_pool = p["reward_pool"] - p["reward_pool"] * p["trainer_share_bps"] // BPS
+    assert 0 < sum(expected.validator_rewards.values()) <= validator_pool
+    settled = {e["validator"]: e for name, e in events if name == "ValidatorSettled"}
+    assert [settled[arena.hx(v)]["reward"] for v in VALIDATORS] == [expected.validator_rewards[v] for v in VALIDATORS]
+
+    gained = claimed(arena)
+    assert gained[1] == gained[2] == 10 * E18
+    refund = p["reward_pool"] - sum(expected.validator_rewards.values())
+    assert final["creator_refund"] == refund + p["creator_bond"] == gained[CREATOR]
+    assert arena.arena_balance() == 0 and arena.view("burned") == 0
+
+
 def test_ties_go_to_the_earlier_commit(arena: ArenaChain) -> None:
     cid = submitted(arena, {3: model("x"), 1: model("y"), 2: model("z")})  # commit order 3, 1, 2
     arena.advance_to(cid, PHASE_SCORE_COMMIT)

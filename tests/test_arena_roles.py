@@ -118,13 +118,16 @@ def node(env: Env, who: int, root: Path, network: P2PNetwork | None = None) -> A
 async def run(
     tmp_path: Path, validators: dict[int, tuple[int, str]], copies: dict[int, int] | None = None,
     then: Callable[[Nodes, int], Awaitable[None]] | None = None, backing: dict[int, int] | None = None,
+    withheld: tuple[int, ...] = (),
 ) -> dict[int, dict[str, Any]]:
     """A competition to the end: trainers are the members that are neither the creator nor
     a validator; `validators` maps a member to (stake in tokens, "honest" | "random"),
     `copies` a trainer to the trainer whose model it submits as its own; `then` runs on the
     finalised competition before the chain stops; `backing` maps a validator to the tokens
-    the creator delegates to its pool before it joins. Returns arena_verify's answer on
-    every member."""
+    the creator delegates to its pool before it joins; a trainer in `withheld` commits and
+    reveals its model but never gives it to anyone (the honest validators score it 0 once
+    they stop waiting, at the score-commit window's midpoint). Returns arena_verify's
+    answer on every member."""
     trainers = [w for w in range(1, 4) if w not in validators]
     async with embedded_env(genesis(arena=True)) as env:
         nodes = Nodes(env, {w: node(env, w, tmp_path) for w in range(4)})
@@ -154,7 +157,11 @@ async def run(
             await nodes.step(w, cid)
         await advance_to(env, arena, cid, ARENA_PHASE_SCORE_COMMIT)
         for w in [*trainers, CREATOR]:
-            nodes.hand_over(cid, w, list(validators))
+            if w not in withheld:
+                nodes.hand_over(cid, w, list(validators))
+        if withheld:
+            ends = await arena.deadlines(cid)
+            await env.mine((ends.reveal + ends.score_commit) // 2 - await env.client(0).block_number())
         for w, (_, behaviour) in validators.items():
             if behaviour == "honest":
                 await nodes.step(w, cid)
@@ -171,7 +178,8 @@ async def run(
         await advance_to(env, arena, cid, ARENA_PHASE_CLOSED)
         await nodes.step(CREATOR, cid)
         for w in [*trainers, CREATOR]:  # after publication: to everyone
-            nodes.hand_over(cid, w, [o for o in range(4) if o != w])
+            if w not in withheld:
+                nodes.hand_over(cid, w, [o for o in range(4) if o != w])
         verified = {w: await verify_competition(nodes.services[w], await nodes.services[w].snapshot(cid), SPEC) for w in range(4)}
         if then is not None:
             await then(nodes, cid)
@@ -220,3 +228,17 @@ async def test_a_copier_of_another_trainers_model_gains_nothing(tmp_path: Path) 
     assert original["model_hash"] == copy["model_hash"]
     assert (original["counted"], original["rank"]) == (True, 1)
     assert (copy["counted"], copy["rank"]) == (False, 0)  # a duplicate: unranked, unpaid
+
+
+async def test_a_withheld_model_is_scored_0_unranked_unpaid_and_verifies(tmp_path: Path) -> None:
+    """Trainer 2 commits and reveals a model hash and serves nobody the model: the
+    validator scores it 0, finalise gives it no rank (and so no reward: the other trainer
+    is ranked alone), and arena_verify, which cannot fetch it either, agrees."""
+    verified = await run(tmp_path, {3: (100, "honest")}, withheld=(2,))
+    for w in (CREATOR, 1, 3):  # the withholder's own node scores its model: only there do they differ
+        assert verified[w]["ok"], (w, verified[w]["problems"])
+        served, withheld = verified[w]["submissions"]
+        assert (served["counted"], served["rank"]) == (True, 1) and served["median"] > 0
+        assert (withheld["counted"], withheld["recomputed_score"], withheld["median"], withheld["rank"]) == (True, None, 0, 0)
+        assert verified[w]["validators"][0]["reward"] > 0  # its 0 was right: still paid for closeness
+    assert not verified[2]["ok"]

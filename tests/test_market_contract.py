@@ -62,9 +62,10 @@ class ArenaBeside(ArenaChain):
             self.chain.send(key, self.token, ARENA_TOKEN.encode_call("approve", self.address, 2**256 - 1))
         assert all(r.ok for r in self.chain.mine())
 
-    def competition(self, reveal: bool = True, finalise: bool = True, spec: str = ARENA_SPEC) -> int:
-        """CREATOR's competition on ARENA_SPEC: WINNER's model scores 900, RUNNER_UP's 100,
-        by JUDGE (which, without `reveal`, never reveals: nothing is ranked)."""
+    def competition(self, reveal: bool = True, finalise: bool = True, spec: str = ARENA_SPEC,
+                    scores: tuple[int, int] = (900, 100)) -> int:
+        """CREATOR's competition on ARENA_SPEC: WINNER's model scores 900, RUNNER_UP's 100
+        (or `scores`), by JUDGE (which, without `reveal`, never reveals: nothing is ranked)."""
         cid = self.create(CREATOR, recipe_hash=keccak(spec.encode()), base_model_hash=BASE)
         for who, role, stake in ((WINNER, TRAINER, 10), (RUNNER_UP, TRAINER, 10), (JUDGE, VALIDATOR, 100)):
             self.join(cid, who, role, stake * E18)
@@ -80,11 +81,11 @@ class ArenaBeside(ArenaChain):
             self.reveal_submission(cid, who, m)
         self.mine()
         self.advance_to(cid, PHASE_SCORE_COMMIT)
-        self.commit_scores(cid, JUDGE, [900, 100])
+        self.commit_scores(cid, JUDGE, list(scores))
         self.mine()
         self.advance_to(cid, PHASE_SCORE_REVEAL)
         if reveal:
-            self.reveal_scores(cid, JUDGE, [900, 100])
+            self.reveal_scores(cid, JUDGE, list(scores))
         self.send(CREATOR, "publish_eval", cid, EVAL_SET_HASH, EVAL_SALT)
         self.mine()
         self.advance_to(cid, ARENA_CLOSED)
@@ -299,6 +300,8 @@ def test_a_competition_not_finalised_or_without_a_ranked_submission_cannot_be_li
     market.tx(CREATOR, "list_winner", *market.winner_args(closed))
     unranked = arena.competition(reveal=False)  # its only validator never revealed: nothing ranked
     assert market.reverts(CREATOR, "list_winner", *market.winner_args(unranked)) == "competition has no winner"
+    worthless = arena.competition(scores=(0, 0))  # scored 0 (e.g. withheld): nothing ranked, no winner to list
+    assert market.reverts(CREATOR, "list_winner", *market.winner_args(worthless)) == "competition has no winner"
 
 
 def test_unlist_a_winner_frees_its_slot(market: MarketChain) -> None:

@@ -45,7 +45,7 @@ def rank_rewards(n: int, pool: int, decay_bps: int) -> list[int]:
 @dataclass(frozen=True)
 class Settlement:
     medians: dict[int, int]  # submission index -> median
-    order: list[int]  # submission indices, best first
+    order: list[int]  # the ranked submissions (median > 0), best first
     trainer_rewards: list[int]  # by rank
     validator_rewards: dict[int, int]  # by the revealers' keys
     closeness: dict[int, int]
@@ -61,13 +61,17 @@ def settle(
     """`scores` and capped-stake `weights` of the validators that revealed (any keys, e.g.
     their position among the elected); `counted` the submissions that count (revealed,
     not duplicates); `slashed` what the validators that did not reveal lost. At least one
-    validator revealed (else nothing is ranked and every pool goes back)."""
+    validator revealed (else nothing is ranked and every pool goes back).
+
+    Only a median above 0 is ranked and paid: validators score 0 what nobody serves (or
+    what is worthless), and a withheld model must earn nothing. Closeness still runs over
+    every counted submission: a validator that scored a withheld model 0 was right."""
     medians = {i: weighted_median([s[i] for s in scores.values()], [weights[v] for v in scores]) for i in counted}
-    order = sorted(counted, key=lambda i: (-medians[i], i))
+    order = sorted((i for i in counted if medians[i] > 0), key=lambda i: (-medians[i], i))
     trainer_pool = params.reward_pool * params.trainer_share_bps // BPS
     validator_pool = params.reward_pool - trainer_pool + slashed
     close = {
-        v: sum(closeness(s[i], medians[i], params.tolerance_bps) for i in order) if order else BPS
+        v: sum(closeness(s[i], medians[i], params.tolerance_bps) for i in counted) if counted else BPS
         for v, s in scores.items()
     }
     shares = {v: weights[v] * close[v] for v in scores}
