@@ -343,3 +343,18 @@ def test_a_section_of_its_own_leaves_the_other_tables(tmp_path: Path) -> None:
     text = doc.read_text()
     assert "attack tables" in text and "## attack-partitions" in text
     assert text.count("partition tables") == 1 and "again" in text
+
+
+def test_the_defence_table_counts_honest_nodes_that_lost_stake() -> None:
+    from flockd.bench._attack_report import defence_table
+
+    e18 = 10**18
+    row = {"proposers": [1, 2], "accepted": [2], "malicious_proposers": 0, "malicious_accepted": 0}
+    run = {"system": "flockd-per-proposal", "attack": "collude", "fraction": 0.0, "partition": "iid",
+           "malicious": [3], "rounds": [row],
+           "final_stakes": {"1": str(90 * e18), "2": str(101 * e18), "3": str(50 * e18)}}  # fmt: skip
+    meta = {"systems": ["flockd-per-proposal"], "fractions": [0.0], "attack": "collude"}
+    last = defence_table(meta, [run], "iid").splitlines()[-1]
+    assert last.endswith("| 1/2 (-10%) |")  # node 3 is malicious: not counted
+    older = {k: v for k, v in run.items() if k != "final_stakes"}
+    assert defence_table(meta, [older], "iid").splitlines()[-1].endswith("| – |")

@@ -137,8 +137,9 @@ def defence_table(meta: dict[str, Any], records: list[dict[str, Any]], partition
     """What the vote did in the flockd systems: malicious and honest proposals accepted."""
     groups = _group(records, partition)
     lines = [
-        "| system | malicious | proposals/round | malicious proposals accepted | honest proposals accepted | rounds with nothing accepted |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| system | malicious | proposals/round | malicious proposals accepted | honest proposals accepted "
+        "| rounds with nothing accepted | honest nodes ending below their stake (lowest) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for system in meta["systems"]:
         if system not in FLOCKD_SYSTEMS:
@@ -155,9 +156,23 @@ def defence_table(meta: dict[str, Any], records: list[dict[str, Any]], partition
             lines.append(
                 f"| {SYSTEMS[system]} | {_pct(f)} | {proposals / max(len(rows), 1):.1f} | "
                 f"{_rate_cell(bad_in, bad)} | {_rate_cell(good_in, good)} | "
-                f"{empty}/{len(rows)} |"
+                f"{empty}/{len(rows)} | {_honest_stakes_cell(runs)} |"
             )
     return "\n".join(lines)
+
+
+def _honest_stakes_cell(runs: Sequence[dict[str, Any]]) -> str:
+    """How many honest nodes ended the task with less stake than they joined with (a
+    rejected proposal is slashed, so honest work voted down drains honest stake), summed
+    over seeds, and the lowest one's change; runs from before `final_stakes` have none."""
+    from flockd.sim.config import SimConfig  # the bench never changes the stake a node joins with
+
+    if not runs or any("final_stakes" not in r for r in runs):
+        return "–"
+    start = SimConfig().stake
+    honest = [int(s) for r in runs for i, s in r["final_stakes"].items() if int(i) not in r["malicious"]]
+    below = sum(s < start for s in honest)
+    return f"{below}/{len(honest)} ({100 * (min(honest) - start) / start:+.0f}%)"
 
 
 def _proposal_counts(rounds: Sequence[dict[str, Any]]) -> tuple[int, int, int, int]:
