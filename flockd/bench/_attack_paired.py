@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from flockd.bench._attack_stats import spread
-from flockd.bench._attack_systems import SYSTEMS
+from flockd.bench._attack_systems import system_label
 
 LAST_ROUNDS = 5  # one round's test accuracy moves by a sample (0.28 points); five rounds average that out
 
@@ -48,5 +48,5 @@ def paired_table(meta: dict[str, Any], records: list[dict[str, Any]], partition:
                 continue
             final = [a[-1] - c[-1] for a, c in pairs]
             last = [statistics.fmean(a[-LAST_ROUNDS:]) - statistics.fmean(c[-LAST_ROUNDS:]) for a, c in pairs]
-            lines.append(f"| {SYSTEMS[system]} | {100 * fraction:g}% | {len(pairs)} | {_cell(final)} | {_cell(last)} |")
+            lines.append(f"| {system_label(meta, system)} | {100 * fraction:g}% | {len(pairs)} | {_cell(final)} | {_cell(last)} |")
     return "\n".join(lines) if len(lines) > 2 else ""

@@ -15,7 +15,7 @@ from typing import Any
 from flockd.bench._attack_breakdown import breakdown_table
 from flockd.bench._attack_paired import paired_table
 from flockd.bench._attack_stats import CI_METHOD, Spread, spread
-from flockd.bench._attack_systems import FLOCKD_SYSTEMS, PER_ATTACK_SYSTEMS, SYSTEMS, TARGET
+from flockd.bench._attack_systems import FLOCKD_SYSTEMS, PER_ATTACK_SYSTEMS, TARGET, system_label
 from flockd.fl.vote_scoring import DEFAULT_VOTE_SCORING
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,7 +73,7 @@ def accuracy_table(meta: dict[str, Any], records: list[dict[str, Any]], partitio
     ]
     for system in meta["systems"]:
         cells = [_accuracy_cell(groups.get((system, meta["attack"], f), [])) for f in fractions]
-        lines.append(f"| {SYSTEMS[system]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {system_label(meta, system)} | " + " | ".join(cells) + " |")
     if partition != "iid":  # the paper's figures are for an IID split
         return "\n".join(lines)
     if any(f in PUBLISHED_FEDAVG for f in fractions):
@@ -116,7 +116,7 @@ def timing_table(meta: dict[str, Any], records: list[dict[str, Any]], partition:
                 to95 += f" ({len(hit)}/{len(runs)} runs)"
                 r95 += f" ({len(hit)}/{len(runs)})"
             lines.append(
-                f"| {SYSTEMS[system]} | {_pct(f)} | {_accuracy_cell(runs, full=True)} | "
+                f"| {system_label(meta, system)} | {_pct(f)} | {_accuracy_cell(runs, full=True)} | "
                 f"{_mean([r['seconds_per_round'] for r in runs]):.2f} | "
                 f"{_mean([r['first_model_seconds'] for r in runs]):.1f} | {to95} | {r95} |"
             )
@@ -154,7 +154,7 @@ def defence_table(meta: dict[str, Any], records: list[dict[str, Any]], partition
             empty = sum(1 for x in rows if not x["accepted"])
             proposals = sum(bad) + sum(good)
             lines.append(
-                f"| {SYSTEMS[system]} | {_pct(f)} | {proposals / max(len(rows), 1):.1f} | "
+                f"| {system_label(meta, system)} | {_pct(f)} | {proposals / max(len(rows), 1):.1f} | "
                 f"{_rate_cell(bad_in, bad)} | {_rate_cell(good_in, good)} | "
                 f"{empty}/{len(rows)} | {_honest_stakes_cell(runs)} |"
             )
@@ -219,7 +219,7 @@ def stake_share_table(meta: dict[str, Any], records: list[dict[str, Any]], parti
                 for r in runs
             ]
             cells.append(spread(change).cell(digits=2))
-            lines.append(f"| {SYSTEMS[system]} | {_pct(f)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {system_label(meta, system)} | {_pct(f)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
@@ -238,7 +238,7 @@ def per_attack_table(meta: dict[str, Any], records: list[dict[str, Any]], partit
     f = meta["attack_fraction"]
     systems = [s for s in PER_ATTACK_SYSTEMS if s in meta["systems"]]
     lines = [
-        "| attack | " + " | ".join(SYSTEMS[s] for s in systems) + " |",
+        "| attack | " + " | ".join(system_label(meta, s) for s in systems) + " |",
         "| --- | " + " | ".join("---:" for _ in systems) + " |",
     ]
     for attack in meta["per_attack"]:
@@ -266,7 +266,7 @@ def plot(meta: dict[str, Any], records: list[dict[str, Any]], partition: str, pa
                 errors.append(0.0 if math.isnan(s.half_width) else 100 * s.half_width)
         if xs:
             style = "--" if system.startswith("flower") else "-"
-            left.errorbar(xs, means, yerr=errors, fmt="o" + style, capsize=3, label=SYSTEMS[system])
+            left.errorbar(xs, means, yerr=errors, fmt="o" + style, capsize=3, label=system_label(meta, system))
     if partition == "iid":
         px = sorted(PUBLISHED_FEDAVG)
         left.plot(
@@ -298,7 +298,7 @@ def plot(meta: dict[str, Any], records: list[dict[str, Any]], partition: str, pa
             for i in range(min(len(r["rounds"]) for r in runs))
         ]
         style = "--" if system.startswith("flower") else "-"
-        right.plot(range(1, len(curve) + 1), curve, style, label=SYSTEMS[system])
+        right.plot(range(1, len(curve) + 1), curve, style, label=system_label(meta, system))
     right.axhline(100 * TARGET, color="grey", lw=0.8)
     right.xaxis.get_major_locator().set_params(integer=True)
     right.set_xlabel("round")
@@ -340,7 +340,7 @@ def plot_stake_share(
             means = [100 * p.mean for p in points]
             half = [0.0 if math.isnan(p.half_width) else 100 * p.half_width for p in points]
             xs = range(len(points))
-            ax.plot(xs, means, label=f"{SYSTEMS[system]}, {_pct(f)} malicious")
+            ax.plot(xs, means, label=f"{system_label(meta, system)}, {_pct(f)} malicious")
             low = [m - h for m, h in zip(means, half, strict=True)]
             high = [m + h for m, h in zip(means, half, strict=True)]
             ax.fill_between(xs, low, high, alpha=0.2)

@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+from flockd.fl.vote_scoring import DEFAULT_VOTE_SCORING
+
 if TYPE_CHECKING:
     from flockd.fl.attacks import Behaviour
 
@@ -17,7 +19,7 @@ SYSTEMS: dict[str, str] = {
     "fedavg": "plain FedAvg, no defence (everyone trains, no vote)",
     "flockd-whole-round": "flockd, FLock's whole-round vote",
     "flockd-per-proposal": "flockd, per-proposal vote",
-    "flockd-local-model-vote": "flockd, per-proposal vote on the proposer's own model",
+    "flockd-local-model-vote": "flockd, per-proposal vote (`local-model`)",
     "flockd-robust": "flockd, per-proposal vote + robust rule",
     "flower-fedavg": "Flower FedAvg",
     "flower-multi-krum": "Flower Multi-Krum",
@@ -26,6 +28,15 @@ FLOCKD_SYSTEMS = ("flockd-whole-round", "flockd-per-proposal", "flockd-local-mod
 # A system that fixes how its honest voters score, whatever --vote-scoring says: the
 # own-model vote beside the default, on the same seeds (issue 12's comparison).
 FIXED_SCORING = {"flockd-local-model-vote": "local-model"}
+
+
+def system_label(meta: dict[str, Any], system: str) -> str:
+    """A system's name in the tables; a flockd system whose voters did not score by the
+    default says how they did."""
+    scoring = meta.get("vote_scoring", "local-model")  # runs from before the option: the default then
+    if system in FLOCKD_SYSTEMS and system not in FIXED_SCORING and scoring != DEFAULT_VOTE_SCORING:
+        return f"{SYSTEMS[system]} (`{scoring}`)"
+    return SYSTEMS[system]
 FLOWER_SYSTEMS = ("flower-fedavg", "flower-multi-krum")
 # The systems of the per-attack table.
 PER_ATTACK_SYSTEMS = ("fedavg", "flockd-per-proposal", "flower-fedavg", "flower-multi-krum")
