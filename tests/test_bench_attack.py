@@ -358,3 +358,9 @@ def test_the_defence_table_counts_honest_nodes_that_lost_stake() -> None:
     assert last.endswith("| 1/2 (-10%) |")  # node 3 is malicious: not counted
     older = {k: v for k, v in run.items() if k != "final_stakes"}
     assert defence_table(meta, [older], "iid").splitlines()[-1].endswith("| – |")
+
+
+def test_the_creators_model_is_for_the_flockd_systems_only() -> None:
+    args = attack.parse_args(["--seeds", "0", "--fractions", "0", "--creator-steps", "3",
+                              "--systems", "fedavg,flockd-per-proposal", "--per-attack", "none"])  # fmt: skip
+    assert {j.system: j.creator_steps for j in attack.plan(args)} == {"fedavg": 0, "flockd-per-proposal": 3}

@@ -146,3 +146,14 @@ def test_bad_configs_are_refused() -> None:
     with pytest.raises(ValueError):
         SimConfig(rule="no-such-rule")
     assert issubclass(SimError, Exception)
+
+
+def test_a_task_can_start_from_the_creators_model() -> None:
+    """creator_steps: round 0 starts from node 0's own training, not from chance; 0 (the
+    default) is the random model every earlier run started from."""
+    cold, warm = Simulation(small()), Simulation(small(creator_steps=2))
+    assert cold.init_hash == Simulation(small(creator_steps=0)).init_hash
+    assert warm.init_hash != cold.init_hash
+    assert warm.result.initial_accuracy > cold.result.initial_accuracy + 0.2
+    with pytest.raises(ValueError, match="creator_steps"):
+        small(creator_steps=-1)

@@ -12,7 +12,8 @@ from typing import Any
 
 from flockd.bench._attack_systems import FIXED_SCORING, FLOCKD_SYSTEMS, SYSTEMS
 
-AGREED = ("nodes", "rounds", "attack", "proposers", "robust_rule", "attack_fraction")
+AGREED = ("nodes", "rounds", "attack", "proposers", "robust_rule", "attack_fraction", "creator_steps")
+DEFAULTS = {"creator_steps": 0}  # batches from before an option ran with its default
 
 
 class MergeError(ValueError):
@@ -57,7 +58,7 @@ def merge_results(dirs: Sequence[Path]) -> tuple[dict[str, Any], list[dict[str, 
     batches = [json.loads((d / "results.json").read_text()) for d in dirs]
     metas = [b["meta"] for b in batches]
     for key in AGREED:
-        values = _unique([json.dumps(m.get(key)) for m in metas])
+        values = _unique([json.dumps(m.get(key, DEFAULTS.get(key))) for m in metas])
         if len(values) > 1:
             raise MergeError(f"the batches differ in {key}: {', '.join(values)}")
     records: list[dict[str, Any]] = []
@@ -78,7 +79,7 @@ def merge_results(dirs: Sequence[Path]) -> tuple[dict[str, Any], list[dict[str, 
         "machine": "; ".join(_unique([m["machine"] for m in metas])),
         "workers": max(m["workers"] for m in metas),
         "flwr_version": next((m["flwr_version"] for m in metas if m["flwr_version"] != "not run"), "not run"),
-        **{key: metas[0].get(key) for key in AGREED},
+        **{key: metas[0].get(key, DEFAULTS.get(key)) for key in AGREED},
         "fractions": sorted({f for m in metas for f in m["fractions"]}),
         "seeds": sorted({s for m in metas for s in m["seeds"]}),
         "partitions": partitions,

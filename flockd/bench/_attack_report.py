@@ -443,6 +443,11 @@ def report(
         f"({len(meta['seeds'])} per cell).",
     ]
     scoring = meta.get("vote_scoring", "local-model")  # runs from before the option
+    if meta.get("creator_steps"):
+        parts[-1] = parts[-1][:-1] + (
+            f"; flockd's round 0 starts from the creator's model (node 0's {meta['creator_steps']} local "
+            "updates on its own split), the other systems' from the random one."
+        )
     if scoring != DEFAULT_VOTE_SCORING:  # the default's tables read as they always did
         parts[-1] = parts[-1][:-1] + f"; honest voters score with `{scoring}`."
     for partition in partitions:

@@ -55,6 +55,7 @@ class Job:
     robust_rule: str
     partition: str = "iid"  # how the data is split across nodes (flockd.fl.data.Partition)
     vote_scoring: str = "local-model"  # flockd systems: how honest voters score (fl.score.VoteScoring)
+    creator_steps: int = 0  # flockd systems: start from the creator's model (SimConfig.creator_steps)
 
     @property
     def cost(self) -> float:
@@ -150,6 +151,7 @@ def run_flockd(
         expected_proposers=job.proposers,
         behaviours=behaviours,
         vote_scoring=parse_vote_scoring(job.vote_scoring),
+        creator_steps=job.creator_steps,
     )
     sim = run_simulation(cfg, on_round=on_chain)
     return sim.initial_accuracy, {

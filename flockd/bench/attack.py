@@ -136,6 +136,7 @@ def plan(args: argparse.Namespace) -> list[Job]:
             args.robust_rule,
             partition,
             FIXED_SCORING.get(system, args.vote_scoring),
+            args.creator_steps if system in FLOCKD_SYSTEMS else 0,
         )
 
     jobs = [
@@ -294,6 +295,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=_vote_scoring,
         default=DEFAULT_VOTE_SCORING,
         help="flockd systems: how honest voters score a proposal (flockd.fl.score)",
+    )
+    parser.add_argument(
+        "--creator-steps",
+        type=int,
+        default=0,
+        help="flockd systems: round 0 starts from the creator's model (node 0's local updates on its "
+        "split), not a random one (0)",
     )
     parser.add_argument(
         "--per-attack",
@@ -455,6 +463,7 @@ def main(argv: list[str]) -> int:
         "proposers": args.proposers,
         "robust_rule": args.robust_rule,
         "vote_scoring": args.vote_scoring,
+        "creator_steps": args.creator_steps,
         "per_attack": args.per_attack,
         "attack_fraction": args.attack_fraction,
         "attack_seeds": args.attack_seeds,

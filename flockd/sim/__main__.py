@@ -33,6 +33,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    "random-vote, accept-all, collude, joined by + (flockd.fl.attacks)")
     p.add_argument("--vote-scoring", choices=VOTE_SCORINGS, default=DEFAULT_VOTE_SCORING,
                    help="how honest voters score a proposal (flockd.fl.score; per-proposal mode)")
+    p.add_argument("--creator-steps", type=int, default=0,
+                   help="start from the creator's model (node 0's local updates on its split), not a random one")
     p.add_argument("--score-sample", type=int, default=None, help="at most this many validation rows per voter")
     p.add_argument("--config", default="{}", help="recipe config overrides, JSON")
     p.add_argument("--json", action="store_true", help="print the whole result as JSON")
@@ -48,6 +50,7 @@ def config_from(args: argparse.Namespace) -> SimConfig:
         commit_blocks=args.commit_blocks, reveal_blocks=args.reveal_blocks,
         behaviours=assign_behaviours(args.nodes, args.malicious, args.attack, args.seed),
         recipe_config=json.loads(args.config), score_sample=args.score_sample, vote_scoring=args.vote_scoring,
+        creator_steps=args.creator_steps,
     )
 
 

@@ -33,12 +33,18 @@ class SimConfig:
     stake_unit: int = E18
     key_seed: int | None = None  # node keys (so VRF draws, block hashes); None: `seed`
     vote_scoring: VoteScoring = DEFAULT_VOTE_SCORING  # how every honest voter scores a proposal
+    # The task's initial model: a random one (0), or the creator's (node 0, always honest)
+    # after this many local updates on its own split: a task that starts from a model
+    # someone trained (an Arena winner, a creator's own), not from chance.
+    creator_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.nodes < 2:
             raise ValueError("a task needs at least 2 nodes")
         if self.rounds < 1:
             raise ValueError("rounds must be >= 1")
+        if self.creator_steps < 0:
+            raise ValueError("creator_steps must be >= 0")
         if self.vote_mode not in ("per-proposal", "whole-round"):
             raise ValueError(f"vote_mode must be per-proposal or whole-round, not {self.vote_mode!r}")
         try:

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from flockd.fl.attacks import Behaviour, training_split
+from flockd.fl.attacks import HONEST, Behaviour, training_split
 from flockd.fl.checkpoint import model_hash
 from flockd.fl.data import DataSpec
 from flockd.fl.recipe import Metrics
@@ -33,6 +33,9 @@ from flockd.fl.tensors import Tensors
 from flockd.fl.vote_scoring import DEFAULT_VOTE_SCORING, VoteScoring
 from flockd.tasks.spec import TaskSpec
 from flockd.tasks.work import Worker
+
+
+CREATOR_ROUNDS = 10**9  # the training seeds of the creator's steps (a registry task has far fewer rounds)
 
 
 class Learner:
@@ -48,8 +51,15 @@ class Learner:
         self._aggregates: dict[tuple[bytes, tuple[bytes, ...]], bytes] = {}
         self._metrics: dict[bytes, Metrics] = {}
 
-    def initial_model(self) -> bytes:
-        return self.put_model(self.shared.initial_model())
+    def initial_model(self, creator_steps: int = 0) -> bytes:
+        """The task's round-0 model: the recipe's random one, then ``creator_steps`` local
+        updates of node 0 (honest) on its own split, each applied whole (seeded as rounds
+        CREATOR_ROUNDS, +1, ..., past any task's last round, so no round's training repeats one)."""
+        state = self.shared.initial_model()
+        creator = self.worker(0, HONEST, frozenset())
+        for step in range(creator_steps):
+            state = creator.aggregate(state, [creator.train(state, CREATOR_ROUNDS + step)])
+        return self.put_model(state)
 
     def put_model(self, state: Tensors) -> bytes:
         digest = model_hash(state)

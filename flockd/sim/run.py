@@ -79,7 +79,7 @@ class Simulation:
         colluders = frozenset(bytes(keys[i].public_key.to_canonical_address()) for i in cfg.malicious)
         self.nodes = [self._node(i, key, colluders) for i, key in enumerate(keys)]
         self.chain = SimChain([n.key for n in self.nodes], cfg.stake)
-        self.init_hash = self.learner.initial_model()
+        self.init_hash = self.learner.initial_model(cfg.creator_steps)
         self.params = TaskParams(
             recipe=cfg.recipe, recipe_hash=self.spec.spec_hash, model_init_hash=self.init_hash,
             rounds=cfg.rounds, min_participants=cfg.nodes, min_stake=cfg.stake_unit,
