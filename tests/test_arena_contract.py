@@ -197,10 +197,8 @@ def test_when_no_validator_reveals_the_pool_returns_and_the_slashes_burn(arena: 
     assert arena.view("get_submissions", cid)[0][6] == 0  # unranked
 
 
-def scored_and_finalised(arena: ArenaChain, models: dict[int, bytes], vectors: dict[int, list[int]]) -> tuple[int, list]:
-    """Every validator commits and reveals its vector, the set is published, then finalise:
-    (the competition, finalise's events)."""
-    cid = submitted(arena, models)
+def scores_revealed(arena: ArenaChain, cid: int, vectors: dict[int, list[int]]) -> None:
+    """Every validator in `vectors` commits its score vector, then reveals it."""
     arena.advance_to(cid, PHASE_SCORE_COMMIT)
     for v, s in vectors.items():
         arena.commit_scores(cid, v, s)
@@ -208,6 +206,13 @@ def scored_and_finalised(arena: ArenaChain, models: dict[int, bytes], vectors: d
     arena.advance_to(cid, PHASE_SCORE_REVEAL)
     for v, s in vectors.items():
         arena.reveal_scores(cid, v, s)
+
+
+def scored_and_finalised(arena: ArenaChain, models: dict[int, bytes], vectors: dict[int, list[int]]) -> tuple[int, list]:
+    """Every validator commits and reveals its vector, the set is published, then finalise:
+    (the competition, finalise's events)."""
+    cid = submitted(arena, models)
+    scores_revealed(arena, cid, vectors)
     arena.send(CREATOR, "publish_eval", cid, EVAL_SET_HASH, EVAL_SALT)
     arena.mine()
     arena.advance_to(cid, PHASE_CLOSED)
@@ -648,14 +653,7 @@ def test_phases_follow_the_block_windows(arena: ArenaChain) -> None:
 
 def test_a_validator_far_from_every_median_is_paid_nothing_and_not_slashed(arena: ArenaChain) -> None:
     cid = submitted(arena, {1: model("a")})
-    vectors = {5: [2**128], 6: [10], 7: [10], 8: [10]}
-    arena.advance_to(cid, PHASE_SCORE_COMMIT)
-    for v, s in vectors.items():
-        arena.commit_scores(cid, v, s)
-    arena.mine()
-    arena.advance_to(cid, PHASE_SCORE_REVEAL)
-    for v, s in vectors.items():
-        arena.reveal_scores(cid, v, s)
+    scores_revealed(arena, cid, {5: [2**128], 6: [10], 7: [10], 8: [10]})
     arena.mine()
     arena.advance_to(cid, PHASE_CLOSED)
     settled = {e["validator"]: e for name, e in arena.events(arena.tx(1, "finalise", cid)) if name == "ValidatorSettled"}

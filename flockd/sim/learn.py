@@ -34,7 +34,6 @@ from flockd.fl.vote_scoring import DEFAULT_VOTE_SCORING, VoteScoring
 from flockd.tasks.spec import TaskSpec
 from flockd.tasks.work import Worker
 
-
 CREATOR_ROUNDS = 10**9  # the training seeds of the creator's steps (a registry task has far fewer rounds)
 
 
