@@ -170,7 +170,6 @@ class VoteSection:
     scoring: str = DEFAULT_VOTE_SCORING  # flockd.fl.vote_scoring.VoteScoring
 
     def parsed(self) -> VoteScoring:
-
         try:
             return parse_vote_scoring(self.scoring)
         except ValueError as exc:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flockd.bench._attack_systems import FIXED_SCORING, FLOCKD_SYSTEMS, SYSTEMS
+from flockd.bench._attack_systems import FIXED_SCORING, FLOCKD_SYSTEMS, SYSTEMS, scoring_of
 
 AGREED = ("nodes", "rounds", "attack", "proposers", "robust_rule", "attack_fraction", "creator_steps")
 DEFAULTS = {"creator_steps": 0}  # batches from before an option ran with its default
@@ -44,14 +44,14 @@ def _unique(values: Sequence[Any]) -> list[Any]:
 def _scoring(batches: Sequence[dict[str, Any]]) -> str:
     """The vote scoring of the flockd systems that follow --vote-scoring; one for all."""
     found = {
-        r.get("vote_scoring", "local-model")
+        scoring_of(r)
         for b in batches
         for r in b["runs"]
         if r["system"] in FLOCKD_SYSTEMS and r["system"] not in FIXED_SCORING
     }
     if len(found) > 1:
         raise MergeError(f"the batches' flockd runs scored votes differently: {sorted(found)}")
-    return found.pop() if found else batches[0]["meta"].get("vote_scoring", "local-model")
+    return found.pop() if found else scoring_of(batches[0]["meta"])
 
 
 def merge_results(dirs: Sequence[Path]) -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -15,7 +15,13 @@ from typing import Any
 from flockd.bench._attack_breakdown import breakdown_table
 from flockd.bench._attack_paired import paired_table
 from flockd.bench._attack_stats import CI_METHOD, Spread, spread
-from flockd.bench._attack_systems import FLOCKD_SYSTEMS, PER_ATTACK_SYSTEMS, TARGET, system_label
+from flockd.bench._attack_systems import (
+    FLOCKD_SYSTEMS,
+    PER_ATTACK_SYSTEMS,
+    TARGET,
+    scoring_of,
+    system_label,
+)
 from flockd.fl.vote_scoring import DEFAULT_VOTE_SCORING
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -442,7 +448,7 @@ def report(
         f"robust rule `{meta['robust_rule']}`, seeds {', '.join(map(str, meta['seeds']))} "
         f"({len(meta['seeds'])} per cell).",
     ]
-    scoring = meta.get("vote_scoring", "local-model")  # runs from before the option
+    scoring = scoring_of(meta)
     if meta.get("creator_steps"):
         parts[-1] = parts[-1][:-1] + (
             f"; flockd's round 0 starts from the creator's model (node 0's {meta['creator_steps']} local "

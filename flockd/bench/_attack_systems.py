@@ -29,18 +29,25 @@ FLOCKD_SYSTEMS = ("flockd-whole-round", "flockd-per-proposal", "flockd-local-mod
 # own-model vote beside the default, on the same seeds (issue 12's comparison).
 FIXED_SCORING = {"flockd-local-model-vote": "local-model"}
 
-
-def system_label(meta: dict[str, Any], system: str) -> str:
-    """A system's name in the tables; a flockd system whose voters did not score by the
-    default says how they did."""
-    scoring = meta.get("vote_scoring", "local-model")  # runs from before the option: the default then
-    if system in FLOCKD_SYSTEMS and system not in FIXED_SCORING and scoring != DEFAULT_VOTE_SCORING:
-        return f"{SYSTEMS[system]} (`{scoring}`)"
-    return SYSTEMS[system]
 FLOWER_SYSTEMS = ("flower-fedavg", "flower-multi-krum")
 # The systems of the per-attack table.
 PER_ATTACK_SYSTEMS = ("fedavg", "flockd-per-proposal", "flower-fedavg", "flower-multi-krum")
 TARGET = 0.95  # "time to 95%" threshold
+
+
+def scoring_of(meta_or_record: dict[str, Any]) -> str:
+    """The vote scoring a run's meta or record names; runs from before the option scored
+    by `local-model`, the only vote there was."""
+    return str(meta_or_record.get("vote_scoring", "local-model"))
+
+
+def system_label(meta: dict[str, Any], system: str) -> str:
+    """A system's name in the tables; a flockd system whose voters did not score by the
+    default says how they did."""
+    scoring = scoring_of(meta)
+    if system in FLOCKD_SYSTEMS and system not in FIXED_SCORING and scoring != DEFAULT_VOTE_SCORING:
+        return f"{SYSTEMS[system]} (`{scoring}`)"
+    return SYSTEMS[system]
 
 
 @dataclass(frozen=True)

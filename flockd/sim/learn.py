@@ -55,9 +55,10 @@ class Learner:
         updates of node 0 (honest) on its own split, each applied whole (seeded as rounds
         CREATOR_ROUNDS, +1, ..., past any task's last round, so no round's training repeats one)."""
         state = self.shared.initial_model()
-        creator = self.worker(0, HONEST, frozenset())
-        for step in range(creator_steps):
-            state = creator.aggregate(state, [creator.train(state, CREATOR_ROUNDS + step)])
+        if creator_steps:  # node 0's data is loaded only for a creator's model
+            creator = self.worker(0, HONEST, frozenset())
+            for step in range(creator_steps):
+                state = creator.aggregate(state, [creator.train(state, CREATOR_ROUNDS + step)])
         return self.put_model(state)
 
     def put_model(self, state: Tensors) -> bytes:

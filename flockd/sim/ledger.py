@@ -23,16 +23,22 @@ class _Round:
     gas: int = 0
 
 
-def stake_share(chain: SimChain, task_id: int, addresses: Iterable[bytes], participants: Iterable[bytes]) -> float:
-    """The share of the task's active stake that ``addresses`` hold, from the registry's
-    pools (`get_participant`) at the chain's head."""
+def pools(chain: SimChain, task_id: int, addresses: Iterable[bytes]) -> dict[bytes, tuple[int, bool]]:
+    """Each address's stake in the task's pool and whether it is active, from the registry
+    (`get_participant`) at the chain's head."""
     # Fields by name from the ABI, so a Participant struct that gains fields still reads.
     fields = [c["name"] for c in REGISTRY.function("get_participant")["outputs"][0]["components"]]
     at_stake, at_active = fields.index("stake"), fields.index("active")
-    stake = {}
-    for a in participants:
+    found = {}
+    for a in addresses:
         pool = chain.view("get_participant", task_id, a)
-        stake[a] = int(pool[at_stake]) if pool[at_active] else 0
+        found[a] = (int(pool[at_stake]), bool(pool[at_active]))
+    return found
+
+
+def stake_share(chain: SimChain, task_id: int, addresses: Iterable[bytes], participants: Iterable[bytes]) -> float:
+    """The share of the task's active stake that ``addresses`` hold, at the chain's head."""
+    stake = {a: amount if active else 0 for a, (amount, active) in pools(chain, task_id, participants).items()}
     total = sum(stake.values())
     return sum(stake.get(a, 0) for a in addresses) / total if total else 0.0
 

@@ -29,7 +29,7 @@ from flockd.sim.actions import SimActions
 from flockd.sim.chain import Sealed, SimChain, SimError
 from flockd.sim.config import RoundFigures, SimConfig, SimResult
 from flockd.sim.learn import Learner
-from flockd.sim.ledger import Ledger, stake_share
+from flockd.sim.ledger import Ledger, pools, stake_share
 from flockd.sortition import Stakes
 from flockd.tasks.adapter import TaskAdapter
 from flockd.tasks.bridge import as_address, round_events
@@ -196,9 +196,8 @@ class Simulation:
             if node.final != chain_hash or node.adapter.machine.model_hash != chain_hash:
                 raise SimError(f"node {node.index} finished on {(node.final or b'').hex()}, "
                                f"the chain recorded {chain_hash.hex()}")
-        for node in self.nodes:
-            pool = self.chain.view("get_participant", self.task_id, node.address)
-            self.result.final_stakes[node.index] = int(pool[2])
+        held = pools(self.chain, self.task_id, [node.address for node in self.nodes])
+        self.result.final_stakes = {node.index: held[node.address][0] for node in self.nodes}
         metrics = self.learner.evaluate(chain_hash)
         self.result.final_accuracy, self.result.final_loss = metrics["accuracy"], metrics["loss"]
         self.result.final_model_hash = self.result.chain_model_hash = "0x" + chain_hash.hex()
