@@ -278,7 +278,8 @@ def main(argv: list[str]) -> int:
     with TemporaryDirectory() as tmp:
         clean = make_bench(config, args.nodes, args.rounds, 0, Path(tmp))
         base_bpc = clean.bpc(clean.workers[0].initial_model())
-        scorings = [(s, make_bench(config, args.nodes, args.rounds, 0, Path(tmp), s)) for s in args.vote_scorings]
+        scorings = [(s, clean if s == DEFAULT_VOTE_SCORING else make_bench(config, args.nodes, args.rounds, 0, Path(tmp), s))
+                    for s in args.vote_scorings]
         runs: list[tuple[Bench, Callable[[Bench, str], Outcome], str]] = [
             *((b, run_flockd, f"flockd: per-proposal vote ({s}), exact mean of the updates, carried adapter")
               for s, b in scorings),
