@@ -456,6 +456,11 @@ def report(
         )
     if scoring != DEFAULT_VOTE_SCORING:  # the default's tables read as they always did
         parts[-1] = parts[-1][:-1] + f"; honest voters score with `{scoring}`."
+    if meta.get("root_rows"):
+        parts[-1] = parts[-1][:-1] + (
+            f", against an update trained on a public root set of {meta['root_rows']} rows (a stratified "
+            "sample of the pool the nodes' data comes from; their parts are unchanged)."
+        )
     for partition in partitions:
         if len(partitions) > 1:
             parts += ["", f"#### Partition `{partition}`"]

@@ -63,6 +63,7 @@ class Job:
     partition: str = "iid"  # how the data is split across nodes (flockd.fl.data.Partition)
     vote_scoring: str = "local-model"  # flockd systems: how honest voters score (fl.score.VoteScoring)
     creator_steps: int = 0  # flockd systems: start from the creator's model (SimConfig.creator_steps)
+    root_rows: int = 0  # flockd systems scoring by root-direction: the task's root set (SimConfig.root_rows)
 
     @property
     def cost(self) -> float:
@@ -159,6 +160,7 @@ def run_flockd(
         behaviours=behaviours,
         vote_scoring=parse_vote_scoring(job.vote_scoring),
         creator_steps=job.creator_steps,
+        root_rows=job.root_rows,
     )
     sim = run_simulation(cfg, on_round=on_chain)
     return sim.initial_accuracy, {
@@ -216,8 +218,11 @@ def run_job(job: Job) -> dict[str, Any]:
     wall = time.perf_counter() - log.started
     stamps, rounds = log.stamps, log.rounds
     reached = next((i for i, r in enumerate(rounds) if r["accuracy"] >= TARGET), None)
+    fields = asdict(job)
+    if not job.root_rows:  # records read as they did before the option
+        del fields["root_rows"]
     return {
-        **asdict(job),
+        **fields,
         "malicious": sorted(behaviours),
         "initial_accuracy": initial,
         "final_accuracy": rounds[-1]["accuracy"],

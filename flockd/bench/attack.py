@@ -137,6 +137,7 @@ def plan(args: argparse.Namespace) -> list[Job]:
             partition,
             FIXED_SCORING.get(system, args.vote_scoring),
             args.creator_steps if system in FLOCKD_SYSTEMS else 0,
+            args.root_rows if FIXED_SCORING.get(system, args.vote_scoring) == "root-direction" else 0,
         )
 
     jobs = [
@@ -304,6 +305,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "split), not a random one (0)",
     )
     parser.add_argument(
+        "--root-rows",
+        type=int,
+        default=100,
+        help="flockd systems scoring by root-direction: rows of the task's public root set (100)",
+    )
+    parser.add_argument(
         "--per-attack",
         type=_names,
         default=None,
@@ -464,6 +471,7 @@ def main(argv: list[str]) -> int:
         "robust_rule": args.robust_rule,
         "vote_scoring": args.vote_scoring,
         "creator_steps": args.creator_steps,
+        "root_rows": args.root_rows if args.vote_scoring == "root-direction" else 0,
         "per_attack": args.per_attack,
         "attack_fraction": args.attack_fraction,
         "attack_seeds": args.attack_seeds,

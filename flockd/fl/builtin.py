@@ -27,6 +27,7 @@ from flockd.fl.data import (
     held_out_split,
     load_user_data,
     node_splits,
+    root_sample,
     split_held_out,
 )
 from flockd.fl.recipe import BadRecipeConfig, Metrics, Recipe, TrainStats
@@ -80,6 +81,9 @@ class TorchClassifier(Recipe):
 
     def load_test(self, spec: DataSpec) -> Split:
         return self._ready(held_out_split(self.bundled(), spec), spec)
+
+    def load_root(self, spec: DataSpec, rows: int) -> Split:
+        return self._ready(root_sample(self.bundled(), spec, rows), spec)
 
     def _check(self, data: Split) -> None:
         if data.x.ndim != 2 or data.x.shape[1] != self.num_features:

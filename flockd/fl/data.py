@@ -12,6 +12,12 @@ can take its own part without anyone shipping indices around:
 3. Node i's part is split into train and validation; voters score proposals on
    validation.
 
+A task may also name a ROOT set (``root_sample``): a small stratified sample of the pool
+that every node derives alike, the public data the ``root-direction`` vote trains its
+reference update on. It stands for data the task's creator publishes, so it is drawn from
+the same pool without being taken out of anyone's part: the nodes' parts are the same
+with or without it.
+
 Each step draws from its own numpy ``Generator`` seeded with ``[seed, step, ...]``, so
 the result is the same in every process. A node pointed at its own file (npz or CSV)
 uses the whole file as its local data and skips steps 1-2.
@@ -29,7 +35,8 @@ import numpy as np
 from flockd.fl.errors import FLError
 
 # Each random step has its own stream, so changing one never shifts another.
-_TEST_STREAM, _PARTITION_STREAM, _VALIDATION_STREAM = 1, 2, 3
+_TEST_STREAM, _PARTITION_STREAM, _VALIDATION_STREAM, _ROOT_STREAM = 1, 2, 3, 4
+MAX_ROOT_ROWS = 10_000
 _DIRICHLET_TRIES = 1000
 MAX_USER_FILE_BYTES = 1 << 30
 
@@ -185,6 +192,24 @@ def node_splits(data: Split, spec: DataSpec) -> tuple[Split, Split]:
         part = parts[spec.node_index]
     train_idx, val_idx = split_validation(part, spec.val_fraction, spec.seed, spec.node_index)
     return data.take(train_idx), data.take(val_idx)
+
+
+def root_sample(data: Split, spec: DataSpec, rows: int) -> Split:
+    """The task's root set of a bundled dataset: ``rows`` rows of the pool (never of the
+    test split), each class in its share of the pool, at least one of each; the same on
+    every node for the same seed and fraction."""
+    if not 1 <= rows <= MAX_ROOT_ROWS:
+        raise DataError(f"a root set has 1 to {MAX_ROOT_ROWS} rows, not {rows}")
+    _, pool = split_held_out(data.y, spec.test_fraction, spec.seed)
+    if rows > len(pool):
+        raise DataError(f"a root set of {rows} rows from a pool of {len(pool)}")
+    rng = _rng(spec.seed, _ROOT_STREAM)
+    labels = data.y[pool]
+    chosen: list[np.ndarray] = []
+    for label in np.unique(labels):
+        members = rng.permutation(pool[labels == label])
+        chosen.append(members[: max(1, round(rows * len(members) / len(pool)))])
+    return data.take(np.sort(np.concatenate(chosen)))
 
 
 def check_file_size(path: Path, limit: int) -> None:

@@ -28,6 +28,8 @@ Optional hooks, with defaults that fit a model trained whole:
 
 - ``load_test``: the held-out test split, or None when the recipe bundles none (then a
   node measures the global model on its own validation split).
+- ``load_root``: the task's public root set (``root_rows`` in the task spec), or None when
+  the recipe has none to draw it from (the ``root-direction`` vote then falls back).
 - ``build_model`` may load its weights from a local path named in the config (a base
   model); every node must then hold the same files, which the config's hash pins.
 - Which parameters travel: ``delta_layout`` (the names and shapes a delta holds),
@@ -150,6 +152,12 @@ class Recipe(ABC):
     def load_test(self, spec: DataSpec) -> LocalData | None:
         """The held-out test split (never trained on) that measures the global model, or
         None when the recipe bundles none."""
+        return None
+
+    def load_root(self, spec: DataSpec, rows: int) -> LocalData | None:
+        """The task's root set of ``rows`` rows: public data every node derives alike, on
+        which the ``root-direction`` vote trains its reference update; None when the recipe
+        has no bundled data to draw it from."""
         return None
 
     @abstractmethod

@@ -4,15 +4,17 @@ numpy, so a config can be checked and a daemon start without loading the learnin
 ``local-model``: the proposer's own model (global + delta) on the voter's validation
 split. ``contribution`` (a prototype): the round's aggregate with and without the delta.
 ``guarded-contribution``: the contribution of each delta that passes two coarse guards
-(`flockd.fl.score.guarded_votes`). Each voter's own choice, not a consensus rule
+(`flockd.fl.score.guarded_votes`). ``root-direction``: each delta's direction and size
+against an update trained on the task's public root set (`flockd.fl.root_vote`); a task
+with no root set is voted on as ``local-model``. Each voter's own choice, not a consensus rule
 (protocol/spec/round.md, "Scoring a proposal")."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-VoteScoring = Literal["local-model", "contribution", "guarded-contribution"]
-VOTE_SCORINGS: tuple[VoteScoring, ...] = ("local-model", "contribution", "guarded-contribution")
+VoteScoring = Literal["local-model", "contribution", "guarded-contribution", "root-direction"]
+VOTE_SCORINGS: tuple[VoteScoring, ...] = ("local-model", "contribution", "guarded-contribution", "root-direction")
 DEFAULT_VOTE_SCORING: VoteScoring = "local-model"
 
 

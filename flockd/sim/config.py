@@ -37,6 +37,9 @@ class SimConfig:
     # after this many local updates on its own split: a task that starts from a model
     # someone trained (an Arena winner, a creator's own), not from chance.
     creator_steps: int = 0
+    # Rows of the task's public root set (TaskSpec.root_rows; 0: none), which the
+    # root-direction vote trains its reference update on.
+    root_rows: int = 0
 
     def __post_init__(self) -> None:
         if self.nodes < 2:

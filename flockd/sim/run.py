@@ -70,7 +70,7 @@ class Simulation:
         self.on_round = on_round
         self.spec = TaskSpec(
             recipe=cfg.recipe, config=dict(cfg.recipe_config), rule=cfg.rule,
-            partition=cfg.partition, num_nodes=cfg.nodes, seed=cfg.seed,
+            partition=cfg.partition, num_nodes=cfg.nodes, seed=cfg.seed, root_rows=cfg.root_rows,
         )
         self.learner = Learner(self.spec, cfg.score_sample, cfg.vote_scoring)
         self.key_seed = cfg.seed if cfg.key_seed is None else cfg.key_seed

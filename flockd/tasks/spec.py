@@ -15,7 +15,7 @@ from typing import Any
 from eth_utils import keccak
 
 from flockd.fl.aggregate import Rule
-from flockd.fl.data import Partition
+from flockd.fl.data import MAX_ROOT_ROWS, Partition
 from flockd.fl.recipe import canonical_json, load_recipe
 from flockd.tasks.start import check_start
 
@@ -40,6 +40,9 @@ class TaskSpec:
     # Where the initial model comes from when not the recipe's (flockd.tasks.start): {} or
     # {"model_hash": "0x…", ...where it was listed}. Left out of the hash while empty.
     start: dict[str, Any] = field(default_factory=dict)
+    # Rows of the public root set the `root-direction` vote trains on (flockd.fl.data
+    # root_sample; 0: none). Left out of the hash while 0.
+    root_rows: int = 0
 
     def __post_init__(self) -> None:
         try:
@@ -55,6 +58,8 @@ class TaskSpec:
         if self.competition is not None and not (type(self.competition) is int and 1 <= self.competition < 2**64):
             raise SpecError("competition must be an Arena competition id in [1, 2**64)")
         check_start(self.start)
+        if not (type(self.root_rows) is int and 0 <= self.root_rows <= MAX_ROOT_ROWS):
+            raise SpecError(f"root_rows must be an integer in [0, {MAX_ROOT_ROWS}]")
         if self.start and self.competition is not None:
             raise SpecError("a task starts from a competition's winner or from `start`, not both")
 
@@ -64,6 +69,8 @@ class TaskSpec:
             del fields["competition"]
         if not self.start:
             del fields["start"]
+        if not self.root_rows:
+            del fields["root_rows"]
         return fields
 
     @property
@@ -71,8 +78,8 @@ class TaskSpec:
         return keccak(self.canonical())
 
     def canonical(self) -> bytes:
-        """The canonical JSON the recipe hash covers (a spec without `competition` or `start`
-        hashes as before they existed)."""
+        """The canonical JSON the recipe hash covers (a spec without `competition`, `start`
+        or `root_rows` hashes as before they existed)."""
         return canonical_json(self._fields())
 
     def to_json(self) -> dict[str, Any]:

@@ -31,9 +31,11 @@ from flockd.fl.attacks import (
     poison_wire,
     training_split,
 )
+from flockd.fl.checkpoint import model_hash
 from flockd.fl.codec import Delta, decode_delta, delta_hash, encode_delta
 from flockd.fl.data import DataSpec
-from flockd.fl.recipe import Metrics, limit_torch_threads, load_recipe, training_seed
+from flockd.fl.recipe import LocalData, Metrics, limit_torch_threads, load_recipe, training_seed
+from flockd.fl.root_vote import direction_votes
 from flockd.fl.score import Scorer, vote_on_proposals
 from flockd.fl.tensors import Tensors, load_model_state, model_state, require_same_layout, shapes
 from flockd.fl.vote_scoring import DEFAULT_VOTE_SCORING, VoteScoring, parse_vote_scoring
@@ -42,6 +44,9 @@ from flockd.stats import Counters
 from flockd.tasks.spec import TaskSpec
 
 log = get_logger("flockd.tasks")
+
+# The training seed of the root set's update: node index -1, which no node has.
+ROOT_TRAINER = -1
 
 
 class Worker:
@@ -79,6 +84,12 @@ class Worker:
         self.model_layout = shapes(model_state(self._model))
         self.layout = self.recipe.delta_layout(self.model_layout)  # what a delta holds
         self._lock = threading.Lock()  # one torch model, one user at a time
+        # The task's root set (drawn from the recipe's bundled data) and the round's update
+        # on it, for root-direction. Shared by the simulation's shallow copies of one
+        # Worker: the same for every voter, so trained once a round.
+        wants_root = scoring == "root-direction" and spec.root_rows > 0
+        self._root: LocalData | None = self.recipe.load_root(data, spec.root_rows) if wants_root else None
+        self._root_updates: dict[tuple[int, bytes], Tensors] = {}
         self.counters = Counters()
 
     def initial_model(self) -> Tensors:
@@ -107,14 +118,20 @@ class Worker:
         Whole-round: one vote, +1 when the aggregate of the usable deltas does not lower
         the voter's validation accuracy, else -1. ``proposers`` (in the deltas' order)
         matter only to a colluding voter. Never raises on a peer's bytes."""
-        honest = self.honest_score(base, deltas, whole_round)
+        honest = self.honest_score(base, deltas, whole_round, round_number)
         rng = attack_rng(self.spec.seed, round_number, self.node_index, "vote")
         return cast_votes(self.behaviour, honest, proposers, self.colluders, rng, whole_round)
 
-    def honest_score(self, base: Tensors, deltas: Sequence[bytes | None], whole_round: bool) -> tuple[int, ...]:
+    def honest_score(
+        self, base: Tensors, deltas: Sequence[bytes | None], whole_round: bool, round_number: int = 0
+    ) -> tuple[int, ...]:
         with self._lock:
             weights = self.recipe.model_weights(base)  # once: both the checks and the scorer need it
             usable = self._usable(base, weights, deltas)  # cheap checks before any evaluation
+            if self.scoring == "root-direction" and not whole_round:
+                votes = self._root_votes(base, weights, usable, round_number)
+                if votes is not None:
+                    return votes
             scorer = Scorer(self.recipe, weights, self.val_split)
             if whole_round:
                 kept = [d for d in usable if d is not None]
@@ -125,10 +142,25 @@ class Worker:
             return vote_on_proposals(
                 scorer,
                 usable,
-                scoring=self.scoring,
+                scoring="local-model" if self.scoring == "root-direction" else self.scoring,
                 rule=self.spec.rule,
                 max_accuracy_drop=self.spec.max_accuracy_drop,
             )
+
+    def _root_votes(
+        self, base: Tensors, weights: Tensors, usable: Sequence[Delta | None], round_number: int
+    ) -> tuple[int, ...] | None:
+        """The ``root-direction`` votes, or None when the task has no root set (or its
+        update cannot judge): the caller then votes as ``local-model``."""
+        if self._root is None:
+            return None
+        key = (round_number, model_hash(base))
+        if key not in self._root_updates:
+            seed = training_seed(self.spec.seed, round_number, ROOT_TRAINER)
+            update, _ = self.recipe.local_update(self._model, base, self._root, seed=seed)
+            self._root_updates.clear()  # one round's at a time
+            self._root_updates[key] = self.expand(base, weights, Delta(update, 0, "root", b"")).tensors
+        return direction_votes(self._root_updates[key], usable)
 
     def usable(
         self, base: Tensors, deltas: Sequence[bytes | None], sent: dict[bytes, Delta] | None = None
