@@ -89,6 +89,8 @@ max_task_blocks = 50000
 # consensus rule (docs/learning.md, "Voter scoring"). local-model: the proposer's model
 # on this node's validation split; guarded-contribution: each proposal's contribution to
 # the round's aggregate, behind a norm and a coarse own-model guard (for skewed data);
+# root-direction: each proposal's direction and size against an update trained on the
+# task's public root set (its spec's root_rows; local-model for a task without one);
 # contribution: the unguarded prototype.
 scoring = "{DEFAULT_VOTE_SCORING}"
 

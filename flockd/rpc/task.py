@@ -64,13 +64,15 @@ class TaskNamespace:
         vote_mode: Literal["per-proposal", "whole-round"] = "per-proposal",
         max_proposals: int = 16,
         competition: int | None = None,
+        root_rows: int = 0,
     ) -> dict[str, Any]:
         """Create a task on chain; returns its id and the spec every joiner must present.
         competition: a finalised Arena competition whose winning model is round 0's base
-        (recipe, config and seed must be the competition's)."""
+        (recipe, config and seed must be the competition's). root_rows: a public root set
+        of that many rows of the recipe's bundled data, for the root-direction vote."""
         with _TaskErrors():
             spec = TaskSpec(recipe=recipe, config=config or {}, rule=rule, partition=partition, num_nodes=num_nodes,
-                            seed=seed, competition=competition)
+                            seed=seed, competition=competition, root_rows=root_rows)
             created = await self._tasks.create(
                 spec, rounds=rounds, expected_proposers=expected_proposers, min_participants=min_participants,
                 min_stake=min_stake, stake_unit=stake_unit, propose_blocks=propose_blocks,

@@ -69,6 +69,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--vote-mode", choices=["per-proposal", "whole-round"], default="per-proposal")
     p.add_argument("--vote-scoring", choices=VOTE_SCORINGS, default=DEFAULT_VOTE_SCORING,
                    help="how every node scores proposals ([vote] scoring; docs/learning.md, Voter scoring)")
+    p.add_argument("--root-rows", type=int, default=None,
+                   help="a public root set of this many rows in the task, which root-direction votes against "
+                        "(default: 100 with --vote-scoring root-direction, else none)")
     p.add_argument("--task-timeout", type=float, default=1800.0, help="seconds to wait for the task")
     p.add_argument("--report-dir", type=Path, default=None, help="where the report goes (default WORKDIR/report)")
     p.add_argument("--chain-blocks", type=int, default=0,
@@ -108,8 +111,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         from flockd.tasks.spec import SpecError, TaskSpec
 
         args.config, args.windows = lm_task(args.recipe)  # lm-lora: builds its base once, cached
+        if args.root_rows is None:
+            args.root_rows = 100 if args.vote_scoring == "root-direction" else 0
         try:
-            TaskSpec(recipe=args.recipe, config=args.config, rule=args.rule, partition=args.partition, num_nodes=args.nodes)
+            TaskSpec(recipe=args.recipe, config=args.config, rule=args.rule, partition=args.partition, num_nodes=args.nodes,
+                     root_rows=args.root_rows)
         except SpecError as exc:
             p.error(f"--recipe/--rule/--partition: {str(exc).removeprefix('bad task spec: ')}")
     return args
@@ -278,7 +284,7 @@ def run_task(console: Console, cluster: Cluster, args: argparse.Namespace) -> bo
         recipe=args.recipe, rounds=args.rounds, partition=args.partition, rule=args.rule,
         expected_proposers=args.proposers, vote_mode=args.vote_mode,
         config=getattr(args, "config", {}), **getattr(args, "windows", {}),
-        competition=None if arena is None else arena["competition_id"],
+        competition=None if arena is None else arena["competition_id"], root_rows=args.root_rows or 0,
     )
     started = time.monotonic()
     if arena is not None:
@@ -314,7 +320,7 @@ def run_task(console: Console, cluster: Cluster, args: argparse.Namespace) -> bo
         statuses, nodes=len(cluster.daemons), rounds=plan.rounds, recipe=plan.recipe,
         partition=plan.partition, wall_seconds=wall,
         malicious={node_name(i): spec for i, spec in args.behaviours.items()}, malicious_fraction=args.malicious,
-        chaos=chaos_summary, vote_scoring=args.vote_scoring,
+        chaos=chaos_summary, vote_scoring=args.vote_scoring, root_rows=args.root_rows or 0,
     )
     # A replay re-aggregates every round (an LM's adapters are expanded to full weights):
     # seconds on a quiet machine, more than a plain query's 10 s on a loaded one.

@@ -54,11 +54,12 @@ def build_report(
     malicious_fraction: float = 0.0,
     chaos: dict[str, Any] | None = None,
     vote_scoring: str = DEFAULT_VOTE_SCORING,
+    root_rows: int = 0,
 ) -> dict[str, Any]:
     """`statuses[i]` is node i's `task_status` reply, taken after the task finished;
     `malicious` maps the malicious nodes' names to their behaviour spec; `chaos` is the
     chaos run's summary (flockd.testnet.chaos_driver), when there was one; `vote_scoring`
-    how every node scored proposals ([vote] scoring)."""
+    how every node scored proposals ([vote] scoring), `root_rows` the task's root set."""
     if not statuses:
         raise ReportError("no task_status replies")
     histories = [_history(s, i) for i, s in enumerate(statuses)]
@@ -89,10 +90,11 @@ def build_report(
         "wall_seconds": round(wall_seconds, 3),
         "malicious": malicious,
         "vote_scoring": vote_scoring,
+        "root_rows": root_rows,
         "command": testnet_command(
             nodes=nodes, rounds=rounds, recipe=recipe, partition=partition,
             malicious_fraction=malicious_fraction, attack=_attack_spec(malicious),
-            chaos_seed=chaos["seed"] if chaos else None, vote_scoring=vote_scoring,
+            chaos_seed=chaos["seed"] if chaos else None, vote_scoring=vote_scoring, root_rows=root_rows,
         ),
         "per_round": per_round,
         "totals": _totals(per_round, _ATTACK_COUNTS if malicious else ()),
@@ -111,11 +113,13 @@ def build_report(
 
 def testnet_command(
     *, nodes: int, rounds: int, recipe: str, partition: str, malicious_fraction: float = 0.0, attack: str | None = None,
-    chaos_seed: int | None = None, vote_scoring: str = DEFAULT_VOTE_SCORING,
+    chaos_seed: int | None = None, vote_scoring: str = DEFAULT_VOTE_SCORING, root_rows: int = 0,
 ) -> str:
     command = f"scripts/testnet --nodes {nodes} --rounds {rounds} --recipe {recipe} --partition {partition}"
     if vote_scoring != DEFAULT_VOTE_SCORING:
         command += f" --vote-scoring {vote_scoring}"
+    if root_rows:
+        command += f" --root-rows {root_rows}"
     if malicious_fraction and attack:
         command += f" --malicious {malicious_fraction:g} --attack {attack}"
     if chaos_seed is not None:
@@ -270,7 +274,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             f"- honest proposals: {totals['proposals']}, accepted {totals['accepted']}"
             f"{_share(totals['accepted'], totals['proposals'])}"
         )
-    lines.append(f"- votes scored with: `{report.get('vote_scoring', 'local-model')}` (each node's [vote] scoring)")
+    root = f", against a public root set of {report['root_rows']} rows" if report.get("root_rows") else ""
+    lines.append(f"- votes scored with: `{report.get('vote_scoring', 'local-model')}`{root} (each node's [vote] scoring)")
     lines += [
         "",
         "## Rounds",

@@ -29,6 +29,7 @@ class TaskPlan:
     seed: int = 0
     config: dict[str, Any] = field(default_factory=dict)  # the recipe's (lm-lora: its base hash)
     competition: int | None = None  # an Arena competition whose winner is round 0's base
+    root_rows: int = 0  # a public root set for the root-direction vote (TaskSpec.root_rows)
 
 
 def create_and_join(cluster: Cluster, plan: TaskPlan, before_start: Callable[[int], object] | None = None,
@@ -43,6 +44,7 @@ def create_and_join(cluster: Cluster, plan: TaskPlan, before_start: Callable[[in
         "min_participants": nodes, "propose_blocks": plan.propose_blocks, "commit_blocks": plan.commit_blocks,
         "reveal_blocks": plan.reveal_blocks, "vote_mode": plan.vote_mode, "config": plan.config,
         **({} if plan.competition is None else {"competition": plan.competition}),
+        **({"root_rows": plan.root_rows} if plan.root_rows else {}),
     }, timeout=TX_TIMEOUT)
     task_id: int = created["task_id"]
     # A node that has not imported the creating block yet would answer "no task".
