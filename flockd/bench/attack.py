@@ -74,7 +74,7 @@ from flockd.bench._attack_systems import (
     run_job,
     worker_init,
 )
-from flockd.fl.vote_scoring import DEFAULT_VOTE_SCORING
+from flockd.fl.vote_scoring import DEFAULT_ROOT_ROWS, DEFAULT_VOTE_SCORING
 
 __all__ = [
     "BEGIN",
@@ -307,8 +307,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--root-rows",
         type=int,
-        default=100,
-        help="flockd systems scoring by root-direction: rows of the task's public root set (100)",
+        default=DEFAULT_ROOT_ROWS,
+        help=f"flockd systems scoring by root-direction: rows of the task's public root set ({DEFAULT_ROOT_ROWS})",
     )
     parser.add_argument(
         "--per-attack",

@@ -18,6 +18,19 @@ VOTE_SCORINGS: tuple[VoteScoring, ...] = ("local-model", "contribution", "guarde
 DEFAULT_VOTE_SCORING: VoteScoring = "local-model"
 
 
+# The root set a task gets when it is run to be voted on by root-direction and no size is
+# given: about ten rows a class on digits (FLTrust's root sets were of 100 rows).
+DEFAULT_ROOT_ROWS = 100
+
+
+def root_rows_for(scoring: str, rows: int | None) -> int:
+    """The root set's rows: ``rows`` when given, else DEFAULT_ROOT_ROWS for the
+    root-direction vote and none for the others."""
+    if rows is not None:
+        return rows
+    return DEFAULT_ROOT_ROWS if scoring == "root-direction" else 0
+
+
 def parse_vote_scoring(text: str) -> VoteScoring:
     """``text`` as a VoteScoring; ValueError naming the known ones otherwise."""
     for known in VOTE_SCORINGS:

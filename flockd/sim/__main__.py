@@ -7,7 +7,7 @@ import json
 import sys
 
 from flockd.fl.attacks import assign_behaviours
-from flockd.fl.vote_scoring import DEFAULT_VOTE_SCORING, VOTE_SCORINGS
+from flockd.fl.vote_scoring import DEFAULT_VOTE_SCORING, VOTE_SCORINGS, root_rows_for
 from flockd.sim.chain import SimError
 from flockd.sim.config import RoundFigures, SimConfig, SimResult
 from flockd.sim.run import run_simulation
@@ -35,8 +35,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="how honest voters score a proposal (flockd.fl.score; per-proposal mode)")
     p.add_argument("--creator-steps", type=int, default=0,
                    help="start from the creator's model (node 0's local updates on its split), not a random one")
-    p.add_argument("--root-rows", type=int, default=0,
-                   help="rows of the task's public root set, which --vote-scoring root-direction trains on")
+    p.add_argument("--root-rows", type=int, default=None,
+                   help="rows of the task's public root set, which --vote-scoring root-direction trains on "
+                        "(default: 100 with root-direction, else none)")
     p.add_argument("--score-sample", type=int, default=None, help="at most this many validation rows per voter")
     p.add_argument("--config", default="{}", help="recipe config overrides, JSON")
     p.add_argument("--json", action="store_true", help="print the whole result as JSON")
@@ -52,7 +53,8 @@ def config_from(args: argparse.Namespace) -> SimConfig:
         commit_blocks=args.commit_blocks, reveal_blocks=args.reveal_blocks,
         behaviours=assign_behaviours(args.nodes, args.malicious, args.attack, args.seed),
         recipe_config=json.loads(args.config), score_sample=args.score_sample, vote_scoring=args.vote_scoring,
-        creator_steps=args.creator_steps, root_rows=args.root_rows,
+        creator_steps=args.creator_steps,
+        root_rows=root_rows_for(args.vote_scoring, args.root_rows),
     )
 
 

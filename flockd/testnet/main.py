@@ -17,7 +17,7 @@ from rich.live import Live
 from rich.table import Table
 
 from flockd.fl.attacks import assign_behaviours, describe, parse_behaviour
-from flockd.fl.vote_scoring import DEFAULT_VOTE_SCORING, VOTE_SCORINGS
+from flockd.fl.vote_scoring import DEFAULT_VOTE_SCORING, VOTE_SCORINGS, root_rows_for
 from flockd.lm.testnet import append_lm_markdown, lm_section
 from flockd.rpc.errors import RPCError
 from flockd.testnet.chaos import ChaosScheduler, plan_chaos
@@ -111,8 +111,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         from flockd.tasks.spec import SpecError, TaskSpec
 
         args.config, args.windows = lm_task(args.recipe)  # lm-lora: builds its base once, cached
-        if args.root_rows is None:
-            args.root_rows = 100 if args.vote_scoring == "root-direction" else 0
+        args.root_rows = root_rows_for(args.vote_scoring, args.root_rows)
         try:
             TaskSpec(recipe=args.recipe, config=args.config, rule=args.rule, partition=args.partition, num_nodes=args.nodes,
                      root_rows=args.root_rows)
