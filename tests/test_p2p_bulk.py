@@ -35,11 +35,11 @@ class Receiver:
     it was handed."""
 
     limits: P2PLimits = LIMITS
-    served: list[tuple[str, str, bytes]] = field(default_factory=list)
+    served: list[tuple[str, str, bytearray]] = field(default_factory=list)
     banned: set[str] = field(default_factory=set)
     listener: BulkListener | None = None
 
-    async def serve_blob(self, peer_id: str, kind: str, data: bytes) -> Frame:
+    async def serve_blob(self, peer_id: str, kind: str, data: bytearray) -> Frame:
         self.served.append((peer_id, kind, data))
         return Frame(REPLY_DATA, len(data).to_bytes(8, "big"))
 
@@ -293,7 +293,7 @@ async def test_a_refusal_comes_back_as_an_error_reply() -> None:
 async def test_a_reply_over_the_dialers_cap_fails_the_request() -> None:
     receiver = Receiver()
 
-    async def oversized(peer_id: str, kind: str, data: bytes) -> Frame:
+    async def oversized(peer_id: str, kind: str, data: bytearray) -> Frame:
         return Frame(REPLY_DATA, bytes(64))  # reply_cap allows 8
 
     receiver.serve_blob = oversized  # type: ignore[method-assign]

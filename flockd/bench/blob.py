@@ -74,15 +74,15 @@ async def serve(blob_size: int, limits: P2PLimits) -> None:
 
     host = P2PService(os.urandom(32), network_id=NETWORK, limits=limits)
 
-    async def on_blob(peer_id: str, kind: str, data: bytes) -> bytes:
+    async def on_blob(peer_id: str, kind: str, data: bytearray) -> bytes:
         return len(data).to_bytes(8, "big")
 
-    async def on_checked_blob(peer_id: str, kind: str, data: bytes) -> bytes:
+    async def on_checked_blob(peer_id: str, kind: str, data: bytearray) -> bytes:
         await trio.to_thread.run_sync(digest, data)  # as a consumer checks a delta against its on-chain hash
         return len(data).to_bytes(8, "big")
 
-    host.handle_blobs(KIND, on_blob, max_size=blob_size)
-    host.handle_blobs(CHECKED_KIND, on_checked_blob, max_size=blob_size)
+    host.handle_blob_buffers(KIND, on_blob, max_size=blob_size)
+    host.handle_blob_buffers(CHECKED_KIND, on_checked_blob, max_size=blob_size)
     async with trio.open_nursery() as nursery:
         await nursery.start(host.run)
         listeners = await nursery.start(
@@ -102,18 +102,19 @@ async def serve_plain_tcp(stream: trio.SocketStream) -> None:
             await stream.send_all(size.to_bytes(8, "big"))
 
 
-async def receive_exactly(stream: trio.SocketStream, size: int) -> bytes:
-    """Into one buffer allocated at the size, as the bulk channel reads (a fair baseline:
-    receive_some's per-read allocations and joins cost more than the socket)."""
+async def receive_exactly(stream: trio.SocketStream, size: int) -> bytearray:
+    """Into one buffer allocated at the size, handed over as it is, as the bulk channel
+    reads (a fair baseline: receive_some's per-read allocations and joins, or a copy of the
+    buffer, cost more than the socket)."""
     buffer = bytearray(size)
     view = memoryview(buffer)
     filled = 0
     while filled < size:
         got = await stream.socket.recv_into(view[filled : filled + MiB])
         if not got:
-            return b""
+            return bytearray()
         filled += got
-    return bytes(buffer)
+    return buffer
 
 
 async def wait_for_stdin_eof() -> None:

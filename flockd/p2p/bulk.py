@@ -157,13 +157,15 @@ class SealedChannel:
         for start in chunk_sizes(len(view), self._chunk):
             await self._send_record(view[start : start + self._chunk])
 
-    async def receive_body(self, size: int) -> bytes:
-        """`size` bytes (already checked against a cap), opened straight into one buffer."""
+    async def receive_body(self, size: int) -> bytearray:
+        """`size` bytes (already checked against a cap), opened straight into one buffer,
+        which the caller gets: copying it costs more than the transfer of a large blob (a
+        second allocation of its size, its page faults and the copy)."""
         blob = bytearray(size)
-        out = memoryview(blob)
-        for start in chunk_sizes(size, self._chunk):
-            await self._receive_record(out[start : start + self._chunk])
-        return bytes(blob)
+        with memoryview(blob) as out:  # released before the caller gets the buffer
+            for start in chunk_sizes(size, self._chunk):
+                await self._receive_record(out[start : start + self._chunk])
+        return blob
 
     async def send_message(self, kind: str, data: bytes) -> None:
         await self.send_header(kind, len(data))
@@ -187,7 +189,7 @@ class SealedChannel:
         allowed = transfer_deadline(size, grace, min_rate)
         try:
             with trio.fail_after(allowed):
-                return Frame(kind, await self.receive_body(size))
+                return Frame(kind, bytes(await self.receive_body(size)))
         except trio.TooSlowError as exc:
             raise BlobTimeout(f"the bulk message exceeded its deadline of {allowed:.0f}s") from exc
 
@@ -282,8 +284,9 @@ async def _connect(address: tuple[str, int], timeout: float) -> trio.SocketStrea
 
 # --- the receiver ---
 
-# (peer id, kind, blob) -> the reply frame (REPLY_*), as the blob service answers a stream
-BlobServer = Callable[[str, str, bytes], Awaitable[Frame]]
+# (peer id, kind, blob) -> the reply frame (REPLY_*), as the blob service answers a stream;
+# it owns the blob's buffer
+BlobServer = Callable[[str, str, bytearray], Awaitable[Frame]]
 
 
 @dataclass
