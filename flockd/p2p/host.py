@@ -492,7 +492,6 @@ class P2PService(P2PNetwork):
             raise P2PError("the p2p service is not running")
 
 
-@functools.lru_cache(maxsize=4096)
 def _handing(form: type[_Blob], handler: Callable[[str, str, _Blob], Awaitable[bytes | None]]) -> _InboundBlobHandler:
     """`handler` called with the blob in its `form`: converted (a copy) only when it arrived
     in the other one."""
@@ -503,6 +502,7 @@ def _handing(form: type[_Blob], handler: Callable[[str, str, _Blob], Awaitable[b
     return call
 
 
+@functools.lru_cache(maxsize=4096)
 def _address_of(peer_id: str) -> str:
     """The participant behind a peer id (decoding the key is not free: cached)."""
     return peerx.check_peer_id(peer_id)
