@@ -288,7 +288,7 @@ class P2PService(P2PNetwork):
         BlobError subclasses for transfer failures, P2PError when it cannot be reached."""
         self._require_running()
         blobs.check_kind(kind)
-        peerx.check_peer_id(peer_id)
+        _address_of(peer_id)  # raises BadPeerEntry for a bad id; cached, as is_banned reads it
         if self.is_banned(peer_id):
             raise P2PError(f"{peer_id} is banned")
         if len(data) >= self._limits.bulk_min:
