@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import secrets
 import struct
 from collections.abc import Awaitable, Callable
@@ -231,7 +232,7 @@ class SealedChannel:
     async def _send_sealed(self, sealed: memoryview) -> None:
         try:
             with trio.fail_after(self._timeout):
-                await self._sock.send_all(sealed)
+                await write_all(self._sock, sealed)
         except trio.TooSlowError as exc:
             raise BlobTimeout(f"the bulk peer accepted nothing for {self._timeout:.0f}s") from exc
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -260,15 +261,26 @@ async def read_exactly(
     """Fill `into`; False if the peer closed before its first byte (a clean end between
     records), TruncatedFrame if inside it. Each read must progress within `timeout`
     (`first_timeout` for the first)."""
+    # Straight on the non-blocking descriptor, waiting only when it has nothing: trio's
+    # recv_into passes through its scheduler after every read, which cost more than the
+    # reads here (a record takes several).
+    fd = sock.socket.fileno()
     filled = 0
     wait = timeout if first_timeout is None else first_timeout
+    await trio.lowlevel.checkpoint()
     while filled < len(into):
         try:
-            with trio.fail_after(wait):
-                got = await sock.socket.recv_into(into[filled:])
-        except trio.TooSlowError as exc:
-            raise BlobTimeout(f"the bulk peer sent nothing for {wait:.0f}s") from exc
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            got = os.readv(fd, [into[filled:]])
+        except BlockingIOError:
+            try:
+                with trio.fail_after(wait):
+                    await trio.lowlevel.wait_readable(fd)
+            except trio.TooSlowError as exc:
+                raise BlobTimeout(f"the bulk peer sent nothing for {wait:.0f}s") from exc
+            except trio.ClosedResourceError as exc:
+                raise BulkError("bulk connection closed while reading") from exc
+            continue
+        except OSError as exc:
             raise BulkError(f"bulk connection failed while reading: {exc!r}") from exc
         if not got:
             if filled:
@@ -277,6 +289,19 @@ async def read_exactly(
         filled += got
         wait = timeout
     return True
+
+
+async def write_all(sock: trio.SocketStream, data: memoryview) -> None:
+    """All of `data`, written as read_exactly reads (OSError or ClosedResourceError when the
+    connection fails; the caller bounds the time)."""
+    fd = sock.socket.fileno()
+    sent = 0
+    await trio.lowlevel.checkpoint()
+    while sent < len(data):
+        try:
+            sent += os.write(fd, data[sent:])
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(fd)
 
 
 def check_size(size_cap: SizeCap, kind: str, size: int) -> None:
