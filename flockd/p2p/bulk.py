@@ -18,9 +18,9 @@ its reply, and is keyed once over a `/flock/blob/1` stream:
    reordered, reflected back, or from another session fails authentication, and the
    session ends.
 
-Per blob: the dialer's header [kind, size]; the receiver's answer, `!go` once the size is
-within the kind's cap and a transfer slot is free (before it allocates anything), else a
-refusal (`!error`, the session goes on); the body in chunks; the reply message.
+Per blob: the dialer's header [kind, size] and the body in chunks, at once; the receiver
+checks the size against the kind's cap and takes a transfer slot before it allocates
+anything, else answers a refusal (`!error`) and ends the session; the reply message.
 
 No keccak256 on this path: the tags under the session key bind every byte, its place and
 the size to the peer that learnt the key over its Noise stream; what a blob must match is
