@@ -172,7 +172,14 @@ async def test_transfer_between_two_hosts_with_reply() -> None:
     async def on_crash(peer_id: str, kind: str, data: bytes) -> bytes:
         raise RuntimeError("handler bug")
 
+    buffers: list[bytearray] = []
+
+    async def on_buffer(peer_id: str, kind: str, data: bytearray) -> bytes:
+        buffers.append(data)
+        return digest(data)
+
     receiver.handle_blobs("delta", on_delta, max_size=8 << 20)
+    receiver.handle_blob_buffers("delta.buffer", on_buffer, max_size=8 << 20)
     receiver.handle_blobs("note", on_note, max_size=16)
     receiver.handle_blobs("crash", on_crash, max_size=16)
     payload = os.urandom(5 << 20)
@@ -189,6 +196,12 @@ async def test_transfer_between_two_hosts_with_reply() -> None:
             assert sender.counters.get("bulk_sessions_opened") == 1
             assert receiver.counters.get("bulk_sessions_keyed") == 1
             assert await sender.send_blob(receiver.peer_id, "note", b"hi") is None
+            # Each handler gets the form it registered for, by either path: a bulk blob's
+            # buffer itself (no copy) or a copy of it; a stream's bytes or a copy of them.
+            assert all(type(data) is bytes for _, _, data in received)
+            assert await sender.send_blob(receiver.peer_id, "delta.buffer", payload) == digest(payload)
+            assert await sender.send_blob(receiver.peer_id, "delta.buffer", b"small") == digest(b"small")
+            assert buffers == [payload, b"small"] and all(type(data) is bytearray for data in buffers)
 
             # Refusals come back as BlobRejected with the receiver's reason, and the
             # connection stays usable afterwards.

@@ -35,11 +35,11 @@ class Receiver:
     it was handed."""
 
     limits: P2PLimits = LIMITS
-    served: list[tuple[str, str, bytes]] = field(default_factory=list)
+    served: list[tuple[str, str, bytearray]] = field(default_factory=list)
     banned: set[str] = field(default_factory=set)
     listener: BulkListener | None = None
 
-    async def serve_blob(self, peer_id: str, kind: str, data: bytes) -> Frame:
+    async def serve_blob(self, peer_id: str, kind: str, data: bytearray) -> Frame:
         self.served.append((peer_id, kind, data))
         return Frame(REPLY_DATA, len(data).to_bytes(8, "big"))
 
@@ -146,6 +146,53 @@ async def test_a_replayed_record_fails_authentication_and_ends_the_session() -> 
             await sock.send_all(header + body)  # the first blob again, as recorded
             await assert_closed(sock)
         assert len(receiver.served) == 1  # the replay reached no handler
+        nursery.cancel_scope.cancel()
+
+
+def sealed_blob(answer: Answer, size: int) -> tuple[bytes, list[bytes]]:
+    """A blob's header and body records of `size` random bytes, sealed by hand (the dialer's
+    first blob on the session)."""
+    aead = bulk.AESGCM(answer.key)
+    header = aead.encrypt(bulk._NONCE.pack(bulk.TO_RECEIVER, 0), bulk.encode_header(KIND, size), None)
+    body = os.urandom(size)
+    records = [
+        aead.encrypt(bulk._NONCE.pack(bulk.TO_RECEIVER, 1 + index), body[start : start + CHUNK], None)
+        for index, start in enumerate(range(0, size, CHUNK))
+    ]
+    return header, records
+
+
+@pytest.mark.parametrize("where", [0, CHUNK // 2, CHUNK + bulk.TAG - 1])  # first byte, inside, last byte (its tag)
+async def test_a_tampered_body_record_fails_authentication_and_reaches_no_handler(where: int) -> None:
+    receiver = Receiver()
+    async with trio.open_nursery() as nursery:
+        listener = await receiver.start(nursery)
+        answer = listener.key_session(PEER)
+        header, records = sealed_blob(answer, 3 * CHUNK)
+        tampered = bytearray(records[1])
+        tampered[where] ^= 1
+        sock = await trio.open_tcp_stream("127.0.0.1", answer.port)
+        with trio.fail_after(30):
+            with contextlib.suppress(trio.BrokenResourceError):  # reset once the receiver fails it
+                await sock.send_all(answer.ticket + header + records[0] + tampered + records[2])
+            await assert_closed(sock)
+        assert receiver.served == []
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("cut", [CHUNK + bulk.TAG + 1, CHUNK + bulk.TAG + CHUNK // 2, 2 * (CHUNK + bulk.TAG) - 1])
+async def test_a_body_cut_inside_a_record_reaches_no_handler(cut: int) -> None:
+    receiver = Receiver()
+    async with trio.open_nursery() as nursery:
+        listener = await receiver.start(nursery)
+        answer = listener.key_session(PEER)
+        header, records = sealed_blob(answer, 3 * CHUNK)
+        sock = await trio.open_tcp_stream("127.0.0.1", answer.port)
+        with trio.fail_after(30):
+            await sock.send_all(answer.ticket + header + b"".join(records)[:cut])
+            await sock.send_eof()  # a clean end, inside a record
+            await assert_closed(sock)
+        assert receiver.served == []
         nursery.cancel_scope.cancel()
 
 
@@ -293,7 +340,7 @@ async def test_a_refusal_comes_back_as_an_error_reply() -> None:
 async def test_a_reply_over_the_dialers_cap_fails_the_request() -> None:
     receiver = Receiver()
 
-    async def oversized(peer_id: str, kind: str, data: bytes) -> Frame:
+    async def oversized(peer_id: str, kind: str, data: bytearray) -> Frame:
         return Frame(REPLY_DATA, bytes(64))  # reply_cap allows 8
 
     receiver.serve_blob = oversized  # type: ignore[method-assign]

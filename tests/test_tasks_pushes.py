@@ -112,5 +112,6 @@ async def test_flooding_pushes_from_a_participant_and_from_a_non_participant() -
     # each handed over with the digest computed once by the inbox.
     assert [(d.sender, d.delta) for d in delivered] == [(address[flooder], b"junk 0"), (address[honest], delta)]
     assert all(d.digest == delta_hash(d.delta) for d in delivered)
+    assert all(type(d.delta) is bytes for d in delivered)  # its own bytes, not the push's buffer
     assert counters.get("pushes_admitted") == 2
     assert counters.get("pushes_refused") == 19 + 5

@@ -7,7 +7,9 @@ same request/reply shape (the baseline); over `/flock/blob/1` as a node sends it
 AES-256-GCM chunks on a plain TCP socket); the same, with the receiver's handler checking
 each blob's keccak256 in a worker thread before it replies, as a delta's consumer checks
 it against the hash on chain; and over the libp2p stream alone (TCP + Noise + Yamux,
-keccak-checked frames), the path before the bulk channel.
+keccak-checked frames), the path before the bulk channel. The first three take turns, a
+quarter of the blobs each per round, so that a change of the machine's load hits them
+alike; the stream alone runs after them.
 """
 
 from __future__ import annotations
@@ -74,15 +76,15 @@ async def serve(blob_size: int, limits: P2PLimits) -> None:
 
     host = P2PService(os.urandom(32), network_id=NETWORK, limits=limits)
 
-    async def on_blob(peer_id: str, kind: str, data: bytes) -> bytes:
+    async def on_blob(peer_id: str, kind: str, data: bytearray) -> bytes:
         return len(data).to_bytes(8, "big")
 
-    async def on_checked_blob(peer_id: str, kind: str, data: bytes) -> bytes:
+    async def on_checked_blob(peer_id: str, kind: str, data: bytearray) -> bytes:
         await trio.to_thread.run_sync(digest, data)  # as a consumer checks a delta against its on-chain hash
         return len(data).to_bytes(8, "big")
 
-    host.handle_blobs(KIND, on_blob, max_size=blob_size)
-    host.handle_blobs(CHECKED_KIND, on_checked_blob, max_size=blob_size)
+    host.handle_blob_buffers(KIND, on_blob, max_size=blob_size)
+    host.handle_blob_buffers(CHECKED_KIND, on_checked_blob, max_size=blob_size)
     async with trio.open_nursery() as nursery:
         await nursery.start(host.run)
         listeners = await nursery.start(
@@ -102,18 +104,19 @@ async def serve_plain_tcp(stream: trio.SocketStream) -> None:
             await stream.send_all(size.to_bytes(8, "big"))
 
 
-async def receive_exactly(stream: trio.SocketStream, size: int) -> bytes:
-    """Into one buffer allocated at the size, as the bulk channel reads (a fair baseline:
-    receive_some's per-read allocations and joins cost more than the socket)."""
+async def receive_exactly(stream: trio.SocketStream, size: int) -> bytearray:
+    """Into one buffer allocated at the size, handed over as it is, as the bulk channel
+    reads (a fair baseline: receive_some's per-read allocations and joins, or a copy of the
+    buffer, cost more than the socket)."""
     buffer = bytearray(size)
     view = memoryview(buffer)
     filled = 0
     while filled < size:
         got = await stream.socket.recv_into(view[filled : filled + MiB])
         if not got:
-            return b""
+            return bytearray()
         filled += got
-    return bytes(buffer)
+    return buffer
 
 
 async def wait_for_stdin_eof() -> None:
@@ -176,11 +179,8 @@ async def measure(total: int, blob_size: int, chunk_kib: int | None) -> None:
                 await tcp.send_all(next_payload())
                 assert await receive_exactly(tcp, 8) == ok
 
-            tcp_rate = await throughput(send_tcp, count, blob_size)
-            bulk_rate = await throughput(send_bulk, count, blob_size)
-            checked_rate = await throughput(send_bulk_checked, count, blob_size)
+            rounds = await interleaved([send_tcp, send_bulk, send_bulk_checked], count)
             stream_rate = await throughput(send_stream_only, count, blob_size)
-            tcp_rate_again = await throughput(send_tcp, count, blob_size)
             hash_rate = keccak_rate(payloads[0])
             await tcp.aclose()
             nursery.cancel_scope.cancel()
@@ -191,13 +191,47 @@ async def measure(total: int, blob_size: int, chunk_kib: int | None) -> None:
 
     chunk = f"{chunk_kib} KiB" if chunk_kib else f"{P2PLimits().bulk_chunk // 1024} KiB (default)"
     print(f"blob throughput: {count} x {blob_size // MiB} MiB, sender and receiver in two processes, 127.0.0.1")
-    baseline = (tcp_rate + tcp_rate_again) / 2  # measured before and after the others
-    print(f"  load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; bulk chunk {chunk}")
+    tcp_rate, bulk_rate, checked_rate = (rate(seconds, blob_size) for seconds in rounds)
+    tcp_rounds = [blob_size * len(times) / sum(times) / 1e6 for times in rounds[0]]
+    bulk_ratios = [sum(tcp) / sum(bulk) for tcp, bulk in zip(rounds[0], rounds[1], strict=True)]
+    baseline = tcp_rate
+    print(f"  load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; bulk chunk {chunk}; {len(rounds[0])} rounds")
     print(f"  keccak256 alone, one core                      {hash_rate:8.1f} MB/s")
-    print(f"  plain TCP socket (trio), same request/reply    {baseline:8.1f} MB/s  ({tcp_rate:.1f} before, {tcp_rate_again:.1f} after)")
-    print(f"  /flock/blob/1 + bulk channel (aes-gcm)          {bulk_rate:8.1f} MB/s  ratio {bulk_rate / baseline:.3f}")
+    print(
+        f"  plain TCP socket (trio), same request/reply    {baseline:8.1f} MB/s  (rounds {min(tcp_rounds):.1f} to {max(tcp_rounds):.1f})"
+    )
+    print(
+        f"  /flock/blob/1 + bulk channel (aes-gcm)          {bulk_rate:8.1f} MB/s  ratio {bulk_rate / baseline:.3f}"
+        f"  (rounds {min(bulk_ratios):.3f} to {max(bulk_ratios):.3f})"
+    )
     print(f"  ... and the receiver checks each blob's keccak  {checked_rate:8.1f} MB/s  ratio {checked_rate / baseline:.3f}")
     print(f"  /flock/blob/1 stream only (noise+yamux+keccak)  {stream_rate:8.1f} MB/s  ratio {stream_rate / baseline:.3f}")
+
+
+async def interleaved(sends: list[Callable[[], Awaitable[None]]], count: int) -> list[list[list[float]]]:
+    """Seconds per blob, per round, per transport: after one warm-up blob each, round after
+    round each transport sends its share of `count` blobs in turn, so that they all see the
+    same load (on a shared machine plain TCP alone moved by up to 5x within one run when
+    each transport ran once, one after the other)."""
+    for send_one in sends:
+        await send_one()
+    rounds = min(count, 4)
+    per_round = count // rounds
+    timed: list[list[list[float]]] = [[] for _ in sends]
+    for _ in range(rounds):
+        for send_one, transport_rounds in zip(sends, timed, strict=True):
+            times = []
+            for _ in range(per_round):
+                started = time.perf_counter()
+                await send_one()
+                times.append(time.perf_counter() - started)
+            transport_rounds.append(times)
+    return timed
+
+
+def rate(rounds: list[list[float]], blob_size: int) -> float:
+    """MB/s (10^6 bytes) over every timed blob of every round."""
+    return blob_size * sum(len(times) for times in rounds) / sum(sum(times) for times in rounds) / 1e6
 
 
 async def throughput(send_one: Callable[[], Awaitable[None]], count: int, blob_size: int) -> float:

@@ -34,6 +34,9 @@ class GossipMessage:
 GossipHandler = Callable[[GossipMessage], Awaitable[None]]
 # A blob handler gets (remote peer id, kind, data) and returns a reply blob or None.
 BlobHandler = Callable[[str, str, bytes], Awaitable[bytes | None]]
+# The same, handed the buffer the blob arrived in: the handler owns it (the network keeps no
+# reference), so a large blob reaches it without a copy.
+BlobBufferHandler = Callable[[str, str, bytearray], Awaitable[bytes | None]]
 
 
 class P2PNetwork(ABC):
@@ -68,6 +71,15 @@ class P2PNetwork(ABC):
     @abstractmethod
     def handle_blobs(self, kind: str, handler: BlobHandler, *, max_size: int) -> None:
         """Accept inbound blobs of `kind` ([a-z0-9_.-]) up to `max_size` bytes."""
+
+    def handle_blob_buffers(self, kind: str, handler: BlobBufferHandler, *, max_size: int) -> None:
+        """As handle_blobs, the handler taking the blob's own buffer. This default copies
+        each blob into one; a network that receives into a buffer hands it over instead."""
+
+        async def copied(peer_id: str, blob_kind: str, data: bytes) -> bytes | None:
+            return await handler(peer_id, blob_kind, bytearray(data))
+
+        self.handle_blobs(kind, copied, max_size=max_size)
 
     @abstractmethod
     async def send_blob(self, peer_id: str, kind: str, data: bytes) -> bytes | None:

@@ -18,9 +18,9 @@ its reply, and is keyed once over a `/flock/blob/1` stream:
    reordered, reflected back, or from another session fails authentication, and the
    session ends.
 
-Per blob: the dialer's header [kind, size]; the receiver's answer, `!go` once the size is
-within the kind's cap and a transfer slot is free (before it allocates anything), else a
-refusal (`!error`, the session goes on); the body in chunks; the reply message.
+Per blob: the dialer's header [kind, size] and the body in chunks, at once; the receiver
+checks the size against the kind's cap and takes a transfer slot before it allocates
+anything, else answers a refusal (`!error`) and ends the session; the reply message.
 
 No keccak256 on this path: the tags under the session key bind every byte, its place and
 the size to the peer that learnt the key over its Noise stream; what a blob must match is
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import secrets
 import struct
 from collections.abc import Awaitable, Callable
@@ -138,11 +139,12 @@ class SealedChannel:
         self._timeout = timeout
         # Reused scratch space, one per direction: a dialer reads the reply while its body
         # is still going out, and a shared buffer let each overwrite the other's record.
-        self._send_buffer = bytearray(max(chunk, _HEADER.size) + TAG)
+        # Outgoing: room for a header and the first body record, sent in one write.
+        self._send_buffer = bytearray(SEALED_HEADER + chunk + TAG)
         self._receive_buffer = bytearray(max(chunk, _HEADER.size) + TAG)
 
     async def send_header(self, kind: str, size: int) -> None:
-        await self._send_record(memoryview(encode_header(kind, size)))
+        await self._send_sealed(self._seal_header(kind, size))
 
     async def receive_header(self, *, first_timeout: float | None = None) -> tuple[str, int] | None:
         """The next header, None if the peer closed the session cleanly before it.
@@ -152,22 +154,31 @@ class SealedChannel:
             return None
         return decode_header(plain)
 
-    async def send_body(self, data: bytes | bytearray | memoryview) -> None:
+    async def send_body(self, data: bytes | bytearray | memoryview, *, first: int = 0) -> None:
+        """The body's records, from its `first` byte on (a multiple of the chunk)."""
         view = memoryview(data)
-        for start in chunk_sizes(len(view), self._chunk):
-            await self._send_record(view[start : start + self._chunk])
+        for start in chunk_sizes(len(view), self._chunk)[first // self._chunk :]:
+            await self._send_sealed(self._seal(view[start : start + self._chunk]))
 
-    async def receive_body(self, size: int) -> bytes:
-        """`size` bytes (already checked against a cap), opened straight into one buffer."""
+    async def receive_body(self, size: int) -> bytearray:
+        """`size` bytes (already checked against a cap), opened straight into one buffer,
+        which the caller gets: copying it costs more than the transfer of a large blob (a
+        second allocation of its size, its page faults and the copy)."""
         blob = bytearray(size)
-        out = memoryview(blob)
-        for start in chunk_sizes(size, self._chunk):
-            await self._receive_record(out[start : start + self._chunk])
-        return bytes(blob)
+        with memoryview(blob) as out:  # released before the caller gets the buffer
+            for start in chunk_sizes(size, self._chunk):
+                await self._receive_record(out[start : start + self._chunk])
+        return blob
 
-    async def send_message(self, kind: str, data: bytes) -> None:
-        await self.send_header(kind, len(data))
-        await self.send_body(data)
+    async def send_message(self, kind: str, data: bytes | bytearray | memoryview) -> None:
+        """A header and its body, the header in one write with the body's first record:
+        one wake-up of the peer fewer per message (a small reply goes out in one write)."""
+        view = memoryview(data)
+        sealed = self._seal_header(kind, len(view))
+        if view:
+            sealed = self._seal(view[: self._chunk], at=len(sealed))
+        await self._send_sealed(sealed)
+        await self.send_body(view, first=self._chunk)
 
     async def receive_message(self, size_cap: SizeCap, grace: float, min_rate: float, *, first_timeout: float | None = None) -> Frame:
         """A header and its body: the size checked against `size_cap(kind)` first, the
@@ -187,7 +198,7 @@ class SealedChannel:
         allowed = transfer_deadline(size, grace, min_rate)
         try:
             with trio.fail_after(allowed):
-                return Frame(kind, await self.receive_body(size))
+                return Frame(kind, bytes(await self.receive_body(size)))
         except trio.TooSlowError as exc:
             raise BlobTimeout(f"the bulk message exceeded its deadline of {allowed:.0f}s") from exc
 
@@ -206,13 +217,22 @@ class SealedChannel:
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 
-    async def _send_record(self, plain: memoryview) -> None:
-        sealed = memoryview(self._send_buffer)[: len(plain) + TAG]
-        self._aead.encrypt_into(_NONCE.pack(self._out, self._sent), plain, None, sealed)
+    def _seal_header(self, kind: str, size: int) -> memoryview:
+        return self._seal(memoryview(encode_header(kind, size)))
+
+    def _seal(self, plain: memoryview, *, at: int = 0) -> memoryview:
+        """The next outgoing record sealed into the send buffer at `at`; the buffer up to
+        its end."""
+        end = at + len(plain) + TAG
+        with memoryview(self._send_buffer) as buffer:
+            self._aead.encrypt_into(_NONCE.pack(self._out, self._sent), plain, None, buffer[at:end])
         self._sent += 1
+        return memoryview(self._send_buffer)[:end]
+
+    async def _send_sealed(self, sealed: memoryview) -> None:
         try:
             with trio.fail_after(self._timeout):
-                await self._sock.send_all(sealed)
+                await write_all(self._sock, sealed)
         except trio.TooSlowError as exc:
             raise BlobTimeout(f"the bulk peer accepted nothing for {self._timeout:.0f}s") from exc
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -241,15 +261,26 @@ async def read_exactly(
     """Fill `into`; False if the peer closed before its first byte (a clean end between
     records), TruncatedFrame if inside it. Each read must progress within `timeout`
     (`first_timeout` for the first)."""
+    # Straight on the non-blocking descriptor, waiting only when it has nothing: trio's
+    # recv_into passes through its scheduler after every read, which cost more than the
+    # reads here (a record takes several).
+    fd = sock.socket.fileno()
     filled = 0
     wait = timeout if first_timeout is None else first_timeout
+    await trio.lowlevel.checkpoint()
     while filled < len(into):
         try:
-            with trio.fail_after(wait):
-                got = await sock.socket.recv_into(into[filled:])
-        except trio.TooSlowError as exc:
-            raise BlobTimeout(f"the bulk peer sent nothing for {wait:.0f}s") from exc
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            got = os.readv(fd, [into[filled:]])
+        except BlockingIOError:
+            try:
+                with trio.fail_after(wait):
+                    await trio.lowlevel.wait_readable(fd)
+            except trio.TooSlowError as exc:
+                raise BlobTimeout(f"the bulk peer sent nothing for {wait:.0f}s") from exc
+            except trio.ClosedResourceError as exc:
+                raise BulkError("bulk connection closed while reading") from exc
+            continue
+        except OSError as exc:
             raise BulkError(f"bulk connection failed while reading: {exc!r}") from exc
         if not got:
             if filled:
@@ -258,6 +289,19 @@ async def read_exactly(
         filled += got
         wait = timeout
     return True
+
+
+async def write_all(sock: trio.SocketStream, data: memoryview) -> None:
+    """All of `data`, written as read_exactly reads (OSError or ClosedResourceError when the
+    connection fails; the caller bounds the time)."""
+    fd = sock.socket.fileno()
+    sent = 0
+    await trio.lowlevel.checkpoint()
+    while sent < len(data):
+        try:
+            sent += os.write(fd, data[sent:])
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(fd)
 
 
 def check_size(size_cap: SizeCap, kind: str, size: int) -> None:
@@ -282,8 +326,9 @@ async def _connect(address: tuple[str, int], timeout: float) -> trio.SocketStrea
 
 # --- the receiver ---
 
-# (peer id, kind, blob) -> the reply frame (REPLY_*), as the blob service answers a stream
-BlobServer = Callable[[str, str, bytes], Awaitable[Frame]]
+# (peer id, kind, blob) -> the reply frame (REPLY_*), as the blob service answers a stream;
+# it owns the blob's buffer
+BlobServer = Callable[[str, str, bytearray], Awaitable[Frame]]
 
 
 @dataclass
@@ -539,7 +584,7 @@ class BulkSessions:
         async def upload(reading: trio.CancelScope) -> None:
             try:
                 with trio.fail_after(allowed):
-                    await channel.send_body(data)
+                    await channel.send_message(kind, data)
             except trio.TooSlowError:
                 upload_error.append(BlobTimeout(f"the bulk transfer exceeded its deadline of {allowed:.0f}s"))
                 reading.cancel()
@@ -548,7 +593,6 @@ class BulkSessions:
 
         try:
             try:
-                await channel.send_header(kind, len(data))
                 read_error: list[BlobError] = []
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(upload, nursery.cancel_scope)

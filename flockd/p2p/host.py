@@ -12,8 +12,8 @@ import functools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 import trio
 from eth_keys import keys
@@ -32,7 +32,14 @@ from libp2p.tools.anyio_service import background_trio_service
 from multiaddr import Multiaddr
 
 from flockd.p2p import blobs, bulk, peerx
-from flockd.p2p.abc import BlobHandler, GossipHandler, P2PError, P2PNetwork, PeerInfo
+from flockd.p2p.abc import (
+    BlobBufferHandler,
+    BlobHandler,
+    GossipHandler,
+    P2PError,
+    P2PNetwork,
+    PeerInfo,
+)
 from flockd.p2p.gossip import Gossip
 from flockd.p2p.isolation import IsolationGate
 from flockd.p2p.limits import P2PLimits
@@ -47,6 +54,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("flockd.p2p")
 MESHSUB = "/meshsub/1.2.0"
+# A registered handler as the service calls it: with the blob as it arrived, bytes from a
+# stream or the buffer a bulk session opened it into.
+_InboundBlobHandler = Callable[[str, str, bytes | bytearray], Awaitable[bytes | None]]
+_Blob = TypeVar("_Blob", bytes, bytearray)
 
 
 class P2PService(P2PNetwork):
@@ -102,7 +113,7 @@ class P2PService(P2PNetwork):
             counters=self.counters,
         )
         self._nursery: trio.Nursery | None = None
-        self._blob_handlers: dict[str, tuple[BlobHandler, int]] = {}
+        self._blob_handlers: dict[str, tuple[_InboundBlobHandler, int]] = {}
         self._blob_slots = TransferSlots(limits.max_inbound_blobs, limits.max_inbound_blobs_per_peer)
         self._bulk = bulk.BulkListener(
             bulk.listen_host(list(listen)),
@@ -266,14 +277,18 @@ class P2PService(P2PNetwork):
 
     def handle_blobs(self, kind: str, handler: BlobHandler, *, max_size: int) -> None:
         blobs.check_kind(kind)
-        self._blob_handlers[kind] = (handler, max_size)
+        self._blob_handlers[kind] = (_handing(bytes, handler), max_size)
+
+    def handle_blob_buffers(self, kind: str, handler: BlobBufferHandler, *, max_size: int) -> None:
+        blobs.check_kind(kind)
+        self._blob_handlers[kind] = (_handing(bytearray, handler), max_size)
 
     async def send_blob(self, peer_id: str, kind: str, data: bytes) -> bytes | None:
         """Raises BlobRejected when the peer refuses (its reason in the message), other
         BlobError subclasses for transfer failures, P2PError when it cannot be reached."""
         self._require_running()
         blobs.check_kind(kind)
-        peerx.check_peer_id(peer_id)
+        _address_of(peer_id)  # raises BadPeerEntry for a bad id; cached, as is_banned reads it
         if self.is_banned(peer_id):
             raise P2PError(f"{peer_id} is banned")
         if len(data) >= self._limits.bulk_min:
@@ -443,7 +458,7 @@ class P2PService(P2PNetwork):
             return
         await close_stream(stream)
 
-    async def _answer_blob(self, peer_id: str, kind: str, data: bytes) -> blobs.Frame:
+    async def _answer_blob(self, peer_id: str, kind: str, data: bytes | bytearray) -> blobs.Frame:
         """The reply frame to a blob that arrived whole (on a stream or a bulk session)."""
         handler = self._blob_handlers[kind][0]
         try:
@@ -475,6 +490,16 @@ class P2PService(P2PNetwork):
     def _require_running(self) -> None:
         if not self._running:
             raise P2PError("the p2p service is not running")
+
+
+def _handing(form: type[_Blob], handler: Callable[[str, str, _Blob], Awaitable[bytes | None]]) -> _InboundBlobHandler:
+    """`handler` called with the blob in its `form`: converted (a copy) only when it arrived
+    in the other one."""
+
+    async def call(peer_id: str, kind: str, data: bytes | bytearray) -> bytes | None:
+        return await handler(peer_id, kind, data if isinstance(data, form) else form(data))
+
+    return call
 
 
 @functools.lru_cache(maxsize=4096)

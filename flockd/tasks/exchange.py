@@ -47,7 +47,7 @@ def encode_push(push: DeltaPush) -> bytes:
     return msgpack.packb([push.task_id, push.round, push.proposer, push.delta], use_bin_type=True)
 
 
-def decode_push(data: bytes) -> DeltaPush:
+def decode_push(data: bytes | bytearray) -> DeltaPush:
     try:
         obj = msgpack.unpackb(data, raw=False, max_bin_len=len(data), max_array_len=4, max_str_len=0)
     except Exception as exc:

@@ -89,7 +89,7 @@ class PushInbox:
         self._tasks: dict[int, TaskPushes] = {}
 
     def listen(self) -> None:
-        self._network.handle_blobs(DELTA_KIND, self.on_push, max_size=self.max_push())
+        self._network.handle_blob_buffers(DELTA_KIND, self.on_push, max_size=self.max_push())
 
     def open_task(self, task_id: int, pushes: TaskPushes) -> None:
         self._tasks[task_id] = pushes
@@ -103,7 +103,7 @@ class PushInbox:
         """Zero while no task runs: every push is then refused from its header alone."""
         return max((t.max_delta + PUSH_OVERHEAD for t in self._tasks.values()), default=0)
 
-    async def on_push(self, peer_id: str, kind: str, data: bytes) -> None:
+    async def on_push(self, peer_id: str, kind: str, data: bytes | bytearray) -> None:
         try:
             push = decode_push(data)
             task = self._tasks.get(push.task_id)
