@@ -156,3 +156,12 @@ def test_a_tiny_copy_of_the_reference_direction_passes_but_moves_little(rooted_r
     tensors = decode_delta(honest[0]).tensors
     tiny = encode_delta({k: v * 1e-3 for k, v in tensors.items()}, samples=1)
     assert Worker(spec, 0, scoring=ROOT).score(base, [tiny, *honest], [A] * 4, False, 5) == (1, 1, 1, 1)
+
+
+def test_a_root_set_larger_than_the_pool_leaves_the_node_voting_as_local_model():
+    spec = TaskSpec("cancer-logreg", num_nodes=4, seed=3, root_rows=10_000)  # the pool holds ~455
+    by_root, by_local = Worker(spec, 1, scoring=ROOT), Worker(spec, 1)
+    assert by_root.counters.snapshot()["root_set_unusable"] == 1
+    base = by_local.initial_model()
+    good = Worker(spec, 2).train(base, 1)
+    assert by_root.score(base, [good, None], [A, B], False, 1) == by_local.score(base, [good, None], [A, B], False, 1)

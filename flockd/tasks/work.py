@@ -33,7 +33,7 @@ from flockd.fl.attacks import (
 )
 from flockd.fl.checkpoint import model_hash
 from flockd.fl.codec import Delta, decode_delta, delta_hash, encode_delta
-from flockd.fl.data import DataSpec
+from flockd.fl.data import DataError, DataSpec
 from flockd.fl.recipe import LocalData, Metrics, limit_torch_threads, load_recipe, training_seed
 from flockd.fl.root_vote import direction_votes
 from flockd.fl.score import Scorer, vote_on_proposals
@@ -87,10 +87,9 @@ class Worker:
         # The task's root set (drawn from the recipe's bundled data) and the round's update
         # on it, for root-direction. Shared by the simulation's shallow copies of one
         # Worker: the same for every voter, so trained once a round.
-        wants_root = scoring == "root-direction" and spec.root_rows > 0
-        self._root: LocalData | None = self.recipe.load_root(data, spec.root_rows) if wants_root else None
-        self._root_updates: dict[tuple[int, bytes], Tensors] = {}
         self.counters = Counters()
+        self._root = self._load_root(data) if scoring == "root-direction" and spec.root_rows > 0 else None
+        self._root_updates: dict[tuple[int, bytes], Tensors] = {}
 
     def initial_model(self) -> Tensors:
         return self.recipe.initial_state(model_state(self.recipe.build_model(self.spec.seed)), self.spec.seed)
@@ -146,6 +145,17 @@ class Worker:
                 rule=self.spec.rule,
                 max_accuracy_drop=self.spec.max_accuracy_drop,
             )
+
+    def _load_root(self, data: DataSpec) -> LocalData | None:
+        """The task's root set, or None (then this node votes as local-model) when the task
+        asks for more rows than the recipe's pool holds: the creator's mistake must not stop
+        this node voting."""
+        try:
+            return self.recipe.load_root(data, self.spec.root_rows)
+        except DataError as exc:
+            self.counters.incr("root_set_unusable")
+            log.warning("no root set: voting as local-model", node=self.node_index, reason=str(exc))
+            return None
 
     def _root_votes(
         self, base: Tensors, weights: Tensors, usable: Sequence[Delta | None], round_number: int
