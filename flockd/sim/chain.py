@@ -33,6 +33,7 @@ from flockd.chain.node.deploy import (
     revert_reason,
 )
 from flockd.chain.node.precompile import VRF_PRECOMPILE_ADDRESS
+from flockd.sim import evm_speed
 
 TOKEN = load(STAKE_TOKEN)
 REGISTRY = load(TASK_REGISTRY)
@@ -119,6 +120,7 @@ class SimChain:
     (genesis) and `stake` tokens (a transfer), and approving the registry."""
 
     def __init__(self, nodes: Sequence[PrivateKey], stake: int) -> None:
+        evm_speed.install()
         self.faucet = FAUCET_KEY
         addresses = [k.public_key.to_canonical_address() for k in nodes]
         faucet = self.faucet.public_key.to_canonical_address()
