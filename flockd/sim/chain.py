@@ -60,6 +60,9 @@ class _Chain(ScratchChain):
         self._read_scope = contextlib.ExitStack()
         self._outputs: dict[tuple[bytes, bytes, bytes], bytes] = {}
 
+    def computation_class(self, base: type[Any]) -> type[Any]:
+        return evm_speed.fast_computation(base)
+
     def mine(self) -> list[TxResult]:
         self.chain.header = self.chain.header.copy(gas_limit=SIM_GAS_LIMIT)
         return super().mine()

@@ -120,7 +120,10 @@ class ScratchChain:
             written.add((address, slot))
             base_state.set_storage(state, address, slot, value)
 
-        state_class = type("RecordingState", (base_state,), {"set_storage": set_storage})
+        computation_class = self.computation_class(base_state.computation_class)
+        state_class = type(
+            "RecordingState", (base_state,), {"set_storage": set_storage, "computation_class": computation_class}
+        )
         vm_class = base_vm.configure(__name__="ScratchVM", _state_class=state_class)
         chain_class = MiningChain.configure(
             __name__="ScratchChain", vm_configuration=((0, vm_class),), chain_id=SCRATCH_CHAIN_ID
@@ -140,6 +143,11 @@ class ScratchChain:
         self.chain: Any = chain_class.from_genesis(AtomicDB(), genesis_params, state)
         self._pending: list[SignedTransactionAPI] = []
         self._nonces: dict[bytes, int] = {}
+
+    def computation_class(self, base: type[Any]) -> type[Any]:
+        """The computation class this chain's VM runs: py-evm's (a subclass may run a faster
+        equivalent, as the simulation's does)."""
+        return base
 
     @property
     def block_number(self) -> int:
