@@ -42,8 +42,22 @@ def test_installed_keccak_is_the_one_eth_hash_and_eth_utils_use() -> None:
     from eth_utils import keccak as utils_keccak
 
     evm_speed.install()
-    assert keccak.hasher is evm_speed.keccak256
-    assert keccak(b"flockd") == utils_keccak(b"flockd") == reference_keccak(b"flockd")
+    assert keccak.hasher is evm_speed.kept_keccak256
+    rng = random.Random(5)
+    for length in (0, 1, 20, 32, 64, 65, 200):
+        data = rng.randbytes(length)
+        for _ in range(2):  # computed, then kept (up to 64 bytes)
+            assert keccak(data) == utils_keccak(data) == reference_keccak(data)
+            assert keccak(bytearray(data)) == reference_keccak(data)
+
+
+def test_kept_nibbles_are_trie_own() -> None:
+    from trie.utils.nibbles import bytes_to_nibbles as reference
+
+    rng = random.Random(9)
+    for length in (0, 1, 20, 32):
+        key = rng.randbytes(length)
+        assert evm_speed.bytes_to_nibbles(key) == evm_speed.bytes_to_nibbles(key) == reference(key)
 
 
 class _PlainTrie(HexaryTrie):

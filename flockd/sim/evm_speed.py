@@ -8,9 +8,12 @@
   still raises where it did.
 - **Keccak without the wrapper.** eth-hash's pycryptodome backend builds a hash object per
   call (~9 us); the same C functions called directly take ~4 us, and trie hashing, SHA3
-  and storage keys call it ~10,000 times a simulated round.
+  and storage keys call it ~10,000 times a simulated round. Inputs of at most 64 bytes
+  (mapping slots, storage keys: 70% of the calls, 9 in 10 of them repeats) are kept.
+- **Trie keys split into nibbles once.** Every trie read and write turns its 32-byte key
+  into 64 nibbles through a generator (~4 us); the same storage keys come back every block.
 
-`install()` puts both in place for the whole process (idempotent).
+`install()` puts these in place for the whole process (idempotent).
 
 - **A leaner interpreter loop** (`fast_computation`, for the simulation's VM only, not the
   daemon's): py-evm runs ~120,000 opcodes a simulated round, each through a generator
@@ -40,13 +43,18 @@ from eth.vm.opcode import _FastOpcode
 from eth_hash.auto import keccak as _eth_keccak
 from trie import hexary
 from trie.constants import BLANK_NODE, BLANK_NODE_HASH
+from trie.utils.nibbles import bytes_to_nibbles as _bytes_to_nibbles
 
 NODE_CACHE_SIZE = 50_000  # decoded nodes kept (a branch node is ~1 KB decoded)
+SMALL_CACHE_SIZE = 100_000  # keccak digests of short inputs, and nibble keys, kept
+KEPT_KECCAK_INPUT = 64  # bytes: a mapping slot's preimage is two words
 _KECCAK_CAPACITY_BYTES = 64  # Keccak-256: capacity 512 bits
 _KECCAK_ROUNDS = 24
 _KECCAK_PADDING = 0x01  # original Keccak padding (SHA3-256 uses 0x06)
 
 _decoded: dict[bytes, Any] = {}
+_digests: dict[bytes, bytes] = {}
+_nibbles: dict[bytes, tuple[int, ...]] = {}
 _original_get_node = hexary.HexaryTrie.get_node
 _installed = False
 
@@ -72,6 +80,29 @@ def get_node(self: hexary.HexaryTrie, node_hash: Any) -> Any:
     return node if node.__class__ is bytes else _fresh(node)
 
 
+def bytes_to_nibbles(value: bytes) -> tuple[int, ...]:
+    """trie's bytes_to_nibbles, kept per key (a tuple: nobody can edit it)."""
+    found = _nibbles.get(value)
+    if found is None:
+        if len(_nibbles) >= SMALL_CACHE_SIZE:
+            _nibbles.clear()
+        found = _nibbles[value] = _bytes_to_nibbles(value)
+    return found
+
+
+def kept_keccak256(data: bytes | bytearray) -> bytes:
+    """keccak256, with the digests of short inputs kept (looked up by their bytes)."""
+    if len(data) > KEPT_KECCAK_INPUT:
+        return keccak256(data)
+    key = bytes(data)
+    found = _digests.get(key)
+    if found is None:
+        if len(_digests) >= SMALL_CACHE_SIZE:
+            _digests.clear()
+        found = _digests[key] = keccak256(key)
+    return found
+
+
 def keccak256(data: bytes | bytearray) -> bytes:
     """Keccak-256 of ``data`` through pycryptodome's C functions, one state per call
     (thread-safe: the daemon's chain runs in worker threads)."""
@@ -89,15 +120,16 @@ def keccak256(data: bytes | bytearray) -> bytes:
 
 
 def install() -> None:
-    """Put both speed-ups in place (once per process)."""
+    """Put the process-wide speed-ups in place (once per process)."""
     global _installed
     if _installed:
         return
     # The check eth-hash itself runs on a backend before trusting it.
     assert keccak256(b"") == bytes.fromhex("c5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470")
     _eth_keccak(b"")  # let eth-hash settle its backend first, then replace the hasher
-    _eth_keccak.hasher = keccak256  # type: ignore[assignment]
+    _eth_keccak.hasher = kept_keccak256  # type: ignore[assignment]
     hexary.HexaryTrie.get_node = get_node  # type: ignore[method-assign]
+    hexary.bytes_to_nibbles = bytes_to_nibbles  # the name hexary looks up per read and write
     _installed = True
 
 
