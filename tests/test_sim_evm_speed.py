@@ -106,8 +106,8 @@ def test_a_read_at_the_head_is_what_a_fresh_costless_state_returns() -> None:
 
 
 class _FastScratch(ScratchChain):
-    def computation_class(self, base: type[Any]) -> type[Any]:
-        return evm_speed.fast_computation(base)
+    def state_overrides(self, base_state: type[Any]) -> dict[str, Any]:
+        return sim_chain._Chain.state_overrides(self, base_state)  # type: ignore[arg-type]
 
 
 def _code(hex_ops: str) -> GenesisAccount:
@@ -130,6 +130,7 @@ PROGRAMS = {
 
 
 def test_fast_loop_ends_every_program_as_py_evm_does() -> None:
+    """On py-evm's stock VM and on the simulation's (leaner loop, unpruned storage)."""
     key = PrivateKey(keccak(b"flockd evm speed test"))
     sender = key.public_key.to_canonical_address()
     addresses = {name: bytes([0xEE] * 19 + [i]) for i, name in enumerate(PROGRAMS)}
@@ -150,14 +151,16 @@ def test_fast_loop_ends_every_program_as_py_evm_does() -> None:
 
 def test_simulation_on_the_fast_loop_seals_the_blocks_of_the_stock_one(monkeypatch: pytest.MonkeyPatch) -> None:
     """A small simulation (real contracts, VRF precompile, reverted transactions) ends on
-    the same head block and model with py-evm's own computation class."""
+    the same head block and model with py-evm's own computation and account classes."""
     cfg = SimConfig(nodes=4, rounds=2, expected_proposers=2, seed=1, behaviours={3: parse_behaviour("sign-flip")})
     fast = Simulation(cfg)
     fast_result = fast.run()
-    monkeypatch.setattr(sim_chain._Chain, "computation_class", ScratchChain.computation_class)
+    monkeypatch.setattr(sim_chain._Chain, "state_overrides", ScratchChain.state_overrides)
     stock = Simulation(cfg)
     stock_result = stock.run()
-    assert not issubclass(stock.chain.scratch.chain.get_vm().get_state_class().computation_class, tuple(evm_speed._fast_classes.values()))
+    stock_state = stock.chain.scratch.chain.get_vm().get_state_class()
+    assert stock_state.computation_class not in evm_speed._fast_classes.values()
+    assert stock_state.account_db_class not in evm_speed._unpruned_classes.values()
     assert fast.chain.head == stock.chain.head
     assert fast.chain.block_hash(fast.chain.head) == stock.chain.block_hash(stock.chain.head)
     assert fast_result.final_model_hash == stock_result.final_model_hash

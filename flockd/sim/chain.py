@@ -60,8 +60,11 @@ class _Chain(ScratchChain):
         self._read_scope = contextlib.ExitStack()
         self._outputs: dict[tuple[bytes, bytes, bytes], bytes] = {}
 
-    def computation_class(self, base: type[Any]) -> type[Any]:
-        return evm_speed.fast_computation(base)
+    def state_overrides(self, base_state: type[Any]) -> dict[str, Any]:
+        return {
+            "computation_class": evm_speed.fast_computation(base_state.computation_class),
+            "account_db_class": evm_speed.unpruned_storage(base_state.account_db_class),
+        }
 
     def mine(self) -> list[TxResult]:
         self.chain.header = self.chain.header.copy(gas_limit=SIM_GAS_LIMIT)

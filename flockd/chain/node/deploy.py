@@ -120,10 +120,7 @@ class ScratchChain:
             written.add((address, slot))
             base_state.set_storage(state, address, slot, value)
 
-        computation_class = self.computation_class(base_state.computation_class)
-        state_class = type(
-            "RecordingState", (base_state,), {"set_storage": set_storage, "computation_class": computation_class}
-        )
+        state_class = type("RecordingState", (base_state,), {"set_storage": set_storage, **self.state_overrides(base_state)})
         vm_class = base_vm.configure(__name__="ScratchVM", _state_class=state_class)
         chain_class = MiningChain.configure(
             __name__="ScratchChain", vm_configuration=((0, vm_class),), chain_id=SCRATCH_CHAIN_ID
@@ -144,10 +141,10 @@ class ScratchChain:
         self._pending: list[SignedTransactionAPI] = []
         self._nonces: dict[bytes, int] = {}
 
-    def computation_class(self, base: type[Any]) -> type[Any]:
-        """The computation class this chain's VM runs: py-evm's (a subclass may run a faster
-        equivalent, as the simulation's does)."""
-        return base
+    def state_overrides(self, base_state: type[Any]) -> dict[str, Any]:
+        """Attributes this chain's VM state class replaces on py-evm's: none (a subclass may
+        run a faster equivalent, as the simulation's does)."""
+        return {}
 
     @property
     def block_number(self) -> int:
