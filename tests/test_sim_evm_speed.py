@@ -165,3 +165,15 @@ def test_simulation_on_the_fast_loop_seals_the_blocks_of_the_stock_one(monkeypat
     assert fast.chain.block_hash(fast.chain.head) == stock.chain.block_hash(stock.chain.head)
     assert fast_result.final_model_hash == stock_result.final_model_hash
     assert [r.gas_used for r in fast_result.rounds] == [r.gas_used for r in stock_result.rounds]
+
+
+def test_a_sent_transaction_carries_the_sender_its_signature_recovers_to() -> None:
+    from eth.vm.forks.frontier.transactions import extract_transaction_sender
+
+    keys = [PrivateKey(keccak(b"flockd sender %d" % i)) for i in range(3)]
+    chain = ScratchChain(funded=[k.public_key.to_canonical_address() for k in keys])
+    for key in keys:
+        chain.send(key, bytes(20), b"")
+    pending = list(chain._pending)
+    assert [tx.sender for tx in pending] == [extract_transaction_sender(tx) for tx in pending]
+    assert all(result.ok for result in chain.mine())
