@@ -17,7 +17,7 @@ _BREAKDOWN: tuple[tuple[str, str | None, str, str], ...] = (
     ("flockd.sim.chain", "SimChain", "seal", "py-evm: execute and seal each block's transactions"),
     ("flockd.sim.chain", "SimChain", "view", "py-evm: contract reads (stakes for sortition)"),
     ("flockd.sim.chain", "SimChain", "send", "sign transactions (secp256k1)"),
-    ("flockd.sim.run", None, "elect", "ECVRF proofs (sortition)"),
+    ("flockd.sim.actions", None, "elect", "ECVRF proofs (sortition)"),
     ("flockd.round", "TaskMachine", "handle", "round state machines (every node)"),
     ("flockd.sim.learn", "Learner", "train", "training (proposers)"),
     ("flockd.sim.learn", "Learner", "score", "scoring every proposal (voters)"),

@@ -12,17 +12,28 @@ chain's blocks would have had to hold.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import astuple, dataclass, field
 from typing import Any
 
+from eth.vm.spoof import SpoofTransaction
 from eth_keys.datatypes import PrivateKey
 from eth_utils import keccak
 
+from flockd.chain.client.addresses import DEPLOYER
 from flockd.chain.client.artifacts import STAKE_TOKEN, TASK_REGISTRY, load
 from flockd.chain.client.registry import TaskParams
-from flockd.chain.node.deploy import ScratchChain, TxResult, revert_reason
+from flockd.chain.node.deploy import (
+    GAS_PRICE,
+    SCRATCH_GAS_LIMIT,
+    ScratchChain,
+    TxFailed,
+    TxResult,
+    revert_reason,
+)
 from flockd.chain.node.precompile import VRF_PRECOMPILE_ADDRESS
+from flockd.sim import evm_speed
 
 TOKEN = load(STAKE_TOKEN)
 REGISTRY = load(TASK_REGISTRY)
@@ -37,9 +48,55 @@ class _Chain(ScratchChain):
     header rule lets a limit move by 1/1024 a block), so a full block's header shows more
     gas used than its limit. Nothing imports these blocks, so nothing else notices."""
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # Reads at the head: every node reads the same stakes at the same block, so one
+        # costless state serves them all (each call reverted to a snapshot, the state's
+        # trie and account caches kept) and an exact repeat is answered from `_outputs`.
+        # Both are keyed by the head's hash and dropped when a block is mined.
+        self._read_head: bytes | None = None
+        self._read_vm: Any = None
+        self._read_state: Any = None
+        self._read_scope = contextlib.ExitStack()
+        self._outputs: dict[tuple[bytes, bytes, bytes], bytes] = {}
+
+    def state_overrides(self, base_state: type[Any]) -> dict[str, Any]:
+        return {
+            "computation_class": evm_speed.fast_computation(base_state.computation_class),
+            "account_db_class": evm_speed.unpruned_storage(base_state.account_db_class),
+        }
+
     def mine(self) -> list[TxResult]:
         self.chain.header = self.chain.header.copy(gas_limit=SIM_GAS_LIMIT)
         return super().mine()
+
+    def call(self, to: bytes, data: bytes, sender: bytes = DEPLOYER) -> bytes:
+        """ScratchChain.call (eth_call as if in the next block), on a state shared by every
+        read at this head."""
+        head = self.chain.get_canonical_head()
+        if head.hash != self._read_head:
+            self._read_scope.close()
+            self._read_scope = contextlib.ExitStack()
+            self._read_vm = self.chain.get_vm(head)
+            self._read_state = self._read_scope.enter_context(self._read_vm.in_costless_state())
+            self._read_head = head.hash
+            self._outputs.clear()
+        key = (to, data, sender)
+        if key in self._outputs:
+            return self._outputs[key]
+        state = self._read_state
+        utx = self._read_vm.create_unsigned_transaction(
+            nonce=state.get_nonce(sender), gas_price=GAS_PRICE, gas=SCRATCH_GAS_LIMIT, to=to, value=0, data=data,
+        )
+        snapshot = state.snapshot()
+        try:
+            computation = state.costless_execute_transaction(SpoofTransaction(utx, from_=sender))
+        finally:
+            state.revert(snapshot)
+        if computation.is_error:
+            raise TxFailed(revert_reason(computation))
+        self._outputs[key] = computation.output
+        return computation.output
 
 
 class SimError(Exception):
@@ -69,6 +126,7 @@ class SimChain:
     (genesis) and `stake` tokens (a transfer), and approving the registry."""
 
     def __init__(self, nodes: Sequence[PrivateKey], stake: int) -> None:
+        evm_speed.install()
         self.faucet = FAUCET_KEY
         addresses = [k.public_key.to_canonical_address() for k in nodes]
         faucet = self.faucet.public_key.to_canonical_address()

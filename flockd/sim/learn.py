@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from flockd.fl.attacks import HONEST, Behaviour, training_split
 from flockd.fl.checkpoint import model_hash
+from flockd.fl.codec import Delta
 from flockd.fl.data import DataSpec
 from flockd.fl.recipe import Metrics
 from flockd.fl.tensors import Tensors
@@ -37,12 +39,39 @@ from flockd.tasks.work import Worker
 CREATOR_ROUNDS = 10**9  # the training seeds of the creator's steps (a registry task has far fewer rounds)
 
 
+class _SharedWorker(Worker):
+    """The Worker every node's copy is made from. Which of a round's deltas are usable, and
+    their decoding, depend on the base model and the bytes alone (``usable_deltas``: the
+    same on every node), so the voters of a round share one decoding instead of each
+    decoding every proposal again. Kept for the latest base only (holding the base itself,
+    so its id names it), in a map every copy shares. Refusals are logged and counted once
+    per round, not once per voter. Aggregation (``sent`` given) decodes as before."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.decoded: dict[int, tuple[Tensors, dict[tuple[bytes | None, ...], list[Delta | None]]]] = {}
+
+    def _usable(
+        self, base: Tensors, weights: Tensors, deltas: Sequence[bytes | None], sent: dict[bytes, Delta] | None = None
+    ) -> list[Delta | None]:
+        if sent is not None:
+            return super()._usable(base, weights, deltas, sent)
+        held = self.decoded.get(id(base))
+        if held is None or held[0] is not base:
+            self.decoded.clear()
+            held = self.decoded[id(base)] = (base, {})
+        key = tuple(deltas)
+        if key not in held[1]:
+            held[1][key] = super()._usable(base, weights, deltas)
+        return list(held[1][key])
+
+
 class Learner:
     def __init__(
         self, spec: TaskSpec, score_sample: int | None = None, scoring: VoteScoring = DEFAULT_VOTE_SCORING
     ) -> None:
         self.spec = spec
-        self.shared = Worker(spec, 0, scoring=scoring)  # limits torch to one thread
+        self.shared = _SharedWorker(spec, 0, scoring=scoring)  # limits torch to one thread
         self.recipe = self.shared.recipe
         self.score_sample = score_sample
         self.models: dict[bytes, Tensors] = {}
