@@ -146,9 +146,8 @@ def test_contribution_scoring_accepts_honest_work_on_labels_the_voter_never_sees
 GUARDED = "guarded-contribution"
 
 
-@pytest.fixture(scope="module")
-def digits_round():
-    spec = TaskSpec("digits-mlp", num_nodes=4, seed=0)
+def a_digits_round(spec: TaskSpec):
+    """(spec, base, three honest IID deltas, one honest delta of digits 5-9 only)."""
     nodes = [Worker(spec, i) for i in range(4)]
     base = nodes[0].initial_model()
     for r in range(2):
@@ -157,6 +156,11 @@ def digits_round():
     skewed = Worker(spec, 1)
     skewed.train_split = only(skewed.train_split, lambda y: y >= 5)
     return spec, base, honest, skewed.train(base, 5)
+
+
+@pytest.fixture(scope="module")
+def digits_round():
+    return a_digits_round(TaskSpec("digits-mlp", num_nodes=4, seed=0))
 
 
 def attack_delta(spec: TaskSpec, base: Tensors, attack: str) -> bytes:

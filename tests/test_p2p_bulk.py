@@ -8,7 +8,7 @@ import contextlib
 import os
 import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -162,38 +162,38 @@ def sealed_blob(answer: Answer, size: int) -> tuple[bytes, list[bytes]]:
     return header, records
 
 
-@pytest.mark.parametrize("where", [0, CHUNK // 2, CHUNK + bulk.TAG - 1])  # first byte, inside, last byte (its tag)
-async def test_a_tampered_body_record_fails_authentication_and_reaches_no_handler(where: int) -> None:
+async def assert_no_handler_gets(body: Callable[[list[bytes]], bytes], *, end: bool) -> None:
+    """Send a blob's ticket and header, then ``body(records)`` (a 3-record body sealed by
+    hand), and a clean end if ``end``: the receiver closes the session, serving nothing."""
     receiver = Receiver()
     async with trio.open_nursery() as nursery:
         listener = await receiver.start(nursery)
         answer = listener.key_session(PEER)
         header, records = sealed_blob(answer, 3 * CHUNK)
-        tampered = bytearray(records[1])
-        tampered[where] ^= 1
         sock = await trio.open_tcp_stream("127.0.0.1", answer.port)
         with trio.fail_after(30):
             with contextlib.suppress(trio.BrokenResourceError):  # reset once the receiver fails it
-                await sock.send_all(answer.ticket + header + records[0] + tampered + records[2])
+                await sock.send_all(answer.ticket + header + body(records))
+                if end:
+                    await sock.send_eof()
             await assert_closed(sock)
         assert receiver.served == []
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("where", [0, CHUNK // 2, CHUNK + bulk.TAG - 1])  # first byte, inside, last byte (its tag)
+async def test_a_tampered_body_record_fails_authentication_and_reaches_no_handler(where: int) -> None:
+    def tampered(records: list[bytes]) -> bytes:
+        middle = bytearray(records[1])
+        middle[where] ^= 1
+        return records[0] + middle + records[2]
+
+    await assert_no_handler_gets(tampered, end=False)
 
 
 @pytest.mark.parametrize("cut", [CHUNK + bulk.TAG + 1, CHUNK + bulk.TAG + CHUNK // 2, 2 * (CHUNK + bulk.TAG) - 1])
 async def test_a_body_cut_inside_a_record_reaches_no_handler(cut: int) -> None:
-    receiver = Receiver()
-    async with trio.open_nursery() as nursery:
-        listener = await receiver.start(nursery)
-        answer = listener.key_session(PEER)
-        header, records = sealed_blob(answer, 3 * CHUNK)
-        sock = await trio.open_tcp_stream("127.0.0.1", answer.port)
-        with trio.fail_after(30):
-            await sock.send_all(answer.ticket + header + b"".join(records)[:cut])
-            await sock.send_eof()  # a clean end, inside a record
-            await assert_closed(sock)
-        assert receiver.served == []
-        nursery.cancel_scope.cancel()
+    await assert_no_handler_gets(lambda records: b"".join(records)[:cut], end=True)  # a clean end, inside a record
 
 
 async def test_a_receiver_record_reflected_back_fails_authentication() -> None:

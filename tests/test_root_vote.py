@@ -3,7 +3,7 @@ update, trained on the task's public root set, so the honest stake votes as one.
 
 import numpy as np
 import pytest
-from test_fl_worker import SPEC, A, B, C, attack_delta, garbage, hostile, only
+from test_fl_worker import SPEC, A, B, C, a_digits_round, attack_delta, garbage, hostile, only
 
 from flockd.fl.attacks import parse_behaviour
 from flockd.fl.codec import Delta, decode_delta, encode_delta
@@ -93,15 +93,7 @@ def test_a_reference_that_cannot_judge_says_so():
 
 @pytest.fixture(scope="module")
 def rooted_round():
-    spec = TaskSpec("digits-mlp", num_nodes=4, seed=0, root_rows=100)
-    nodes = [Worker(spec, i) for i in range(4)]
-    base = nodes[0].initial_model()
-    for r in range(2):
-        base = nodes[0].aggregate(base, [n.train(base, r) for n in nodes])
-    honest = [n.train(base, 5) for n in nodes[1:]]
-    skewed = Worker(spec, 1)
-    skewed.train_split = only(skewed.train_split, lambda y: y >= 5)
-    return spec, base, honest, skewed.train(base, 5)
+    return a_digits_round(TaskSpec("digits-mlp", num_nodes=4, seed=0, root_rows=100))
 
 
 def narrow_voter(spec: TaskSpec, scoring: str) -> Worker:

@@ -38,7 +38,8 @@ without them (every round's figures, gas and model hash).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import rlp
 from Crypto.Hash.keccak import _raw_keccak_lib  # type: ignore[attr-defined]
@@ -65,6 +66,7 @@ _KECCAK_ROUNDS = 24
 _KECCAK_PADDING = 0x01  # original Keccak padding (SHA3-256 uses 0x06)
 
 _decoded: dict[bytes, Any] = {}
+T = TypeVar("T")
 _digests: dict[bytes, bytes] = {}
 _nibbles: dict[bytes, tuple[int, ...]] = {}
 _original_get_node = hexary.HexaryTrie.get_node
@@ -92,27 +94,26 @@ def get_node(self: hexary.HexaryTrie, node_hash: Any) -> Any:
     return node if node.__class__ is bytes else _fresh(node)
 
 
+def _kept(cache: dict[bytes, T], key: bytes, compute: Callable[[bytes], T]) -> T:
+    """``compute(key)``, kept in ``cache`` (emptied when full: any eviction is exact)."""
+    found = cache.get(key)
+    if found is None:
+        if len(cache) >= SMALL_CACHE_SIZE:
+            cache.clear()
+        found = cache[key] = compute(key)
+    return found
+
+
 def bytes_to_nibbles(value: bytes) -> tuple[int, ...]:
     """trie's bytes_to_nibbles, kept per key (a tuple: nobody can edit it)."""
-    found = _nibbles.get(value)
-    if found is None:
-        if len(_nibbles) >= SMALL_CACHE_SIZE:
-            _nibbles.clear()
-        found = _nibbles[value] = _bytes_to_nibbles(value)
-    return found
+    return _kept(_nibbles, value, _bytes_to_nibbles)
 
 
 def kept_keccak256(data: bytes | bytearray) -> bytes:
     """keccak256, with the digests of short inputs kept (looked up by their bytes)."""
     if len(data) > KEPT_KECCAK_INPUT:
         return keccak256(data)
-    key = bytes(data)
-    found = _digests.get(key)
-    if found is None:
-        if len(_digests) >= SMALL_CACHE_SIZE:
-            _digests.clear()
-        found = _digests[key] = keccak256(key)
-    return found
+    return _kept(_digests, bytes(data), keccak256)
 
 
 def keccak256(data: bytes | bytearray) -> bytes:
