@@ -81,3 +81,16 @@ def test_the_testnet_report_names_the_scoring_and_the_honest_acceptance():
     assert "- honest proposals: 10, accepted 8 (80%)" in text
     assert "- votes scored with: `guarded-contribution`" in text
     assert "--vote-scoring" not in report_of(statuses())["command"]
+
+
+def test_the_testnet_sets_every_config_s_confirmation_depth():
+    from flockd.config import DEFAULT_CONFIG_TOML
+    from flockd.testnet.cluster import with_setting
+    from flockd.testnet.report import testnet_command
+
+    shallow = with_setting(DEFAULT_CONFIG_TOML, "chain", "confirmations", 0)
+    assert config_from_dict(_toml_dict(shallow)).chain.confirmations == 0
+    assert with_setting(shallow, "chain", "confirmations", 2) == DEFAULT_CONFIG_TOML
+    command = testnet_command(nodes=6, rounds=8, recipe="digits-mlp", partition="iid", confirmations=0)
+    assert command.endswith("--confirmations 0")
+    assert "--confirmations" not in testnet_command(nodes=6, rounds=8, recipe="digits-mlp", partition="iid")

@@ -27,21 +27,26 @@ def vote_section(scoring: str) -> str:
     return f"[vote]\nscoring = {json.dumps(scoring)}\n"
 
 
-def with_vote_scoring(text: str, scoring: str) -> str:
-    """A config file's text with its [vote] section's ``scoring`` set (the section added,
-    before any testnet [attack] section, when there is none); every other line kept."""
+def with_setting(text: str, section: str, key: str, value: str | int) -> str:
+    """A config file's text with ``key`` of ``[section]`` set to ``value`` (the section
+    added, before any testnet [attack] section, when there is none); every other line kept."""
     lines = text.splitlines(keepends=True)
     headers = [i for i, line in enumerate(lines) if line.strip().startswith("[")]
-    start = next((i for i in headers if lines[i].strip() == "[vote]"), None)
+    start = next((i for i in headers if lines[i].strip() == f"[{section}]"), None)
+    setting = f"{key} = {json.dumps(value)}\n"
     if start is None:
         cut = text.index(_ATTACK_HEADER) if _ATTACK_HEADER in text else len(text)
-        return text[:cut] + "\n" + vote_section(scoring) + text[cut:]
+        return text[:cut] + f"\n[{section}]\n" + setting + text[cut:]
     end = next((i for i in headers if i > start), len(lines))
-    setting = f"scoring = {json.dumps(scoring)}\n"
-    at = next((i for i in range(start + 1, end) if lines[i].split("=")[0].strip() == "scoring"), None)
+    at = next((i for i in range(start + 1, end) if lines[i].split("=")[0].strip() == key), None)
     if at is None:
         return "".join([*lines[: start + 1], setting, *lines[start + 1 :]])
     return "".join([*lines[:at], setting, *lines[at + 1 :]])
+
+
+def with_vote_scoring(text: str, scoring: str) -> str:
+    """A config file's text with its [vote] section's ``scoring`` set."""
+    return with_setting(text, "vote", "scoring", scoring)
 
 
 class ClusterError(Exception):
@@ -111,6 +116,16 @@ class Cluster:
         for d in self.daemons:
             path = d.datadir / CONFIG_FILE
             path.write_text(with_vote_scoring(path.read_text(), scoring))
+            load_config(d.datadir)
+
+    def configure_confirmations(self, confirmations: int) -> None:
+        """Every node acts on results ``confirmations`` blocks deep ([chain] confirmations):
+        fewer blocks a round, against acting on blocks a reorganisation may replace."""
+        from flockd.config import CONFIG_FILE, load_config
+
+        for d in self.daemons:
+            path = d.datadir / CONFIG_FILE
+            path.write_text(with_setting(path.read_text(), "chain", "confirmations", confirmations))
             load_config(d.datadir)
 
     def configure_attacks(self, behaviours: Mapping[int, str]) -> None:

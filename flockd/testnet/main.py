@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from flockd.config import ChainSection
 from flockd.fl.attacks import assign_behaviours, describe, parse_behaviour
 from flockd.fl.vote_scoring import DEFAULT_VOTE_SCORING, VOTE_SCORINGS, root_rows_for
 from flockd.lm.testnet import append_lm_markdown, lm_section
@@ -45,6 +46,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see --help)\n")
 
 
+DEFAULT_CONFIRMATIONS = ChainSection().confirmations
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = _Parser(
         prog="scripts/testnet",
@@ -72,6 +76,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--root-rows", type=int, default=None,
                    help="a public root set of this many rows in the task, which root-direction votes against "
                         "(default: 100 with --vote-scoring root-direction, else none)")
+    p.add_argument("--confirmations", type=int, default=DEFAULT_CONFIRMATIONS, metavar="N",
+                   help="blocks every node waits on top of a result before acting on it ([chain] confirmations; "
+                        f"default {DEFAULT_CONFIRMATIONS})")
     p.add_argument("--task-timeout", type=float, default=1800.0, help="seconds to wait for the task")
     p.add_argument("--report-dir", type=Path, default=None, help="where the report goes (default WORKDIR/report)")
     p.add_argument("--chain-blocks", type=int, default=0,
@@ -166,6 +173,7 @@ def main(argv: list[str]) -> int:
         console.print(f"[bold]initialising {args.nodes} nodes[/] under {cluster.workdir}")
         cluster.init()
         cluster.configure_votes(args.vote_scoring)
+        cluster.configure_confirmations(args.confirmations)
         cluster.configure_attacks(args.behaviours)
         if args.behaviours:
             console.print("[bold red]malicious:[/] " + ", ".join(
@@ -320,6 +328,7 @@ def run_task(console: Console, cluster: Cluster, args: argparse.Namespace) -> bo
         partition=plan.partition, wall_seconds=wall,
         malicious={node_name(i): spec for i, spec in args.behaviours.items()}, malicious_fraction=args.malicious,
         chaos=chaos_summary, vote_scoring=args.vote_scoring, root_rows=args.root_rows or 0,
+        confirmations=args.confirmations,
     )
     # A replay re-aggregates every round (an LM's adapters are expanded to full weights):
     # seconds on a quiet machine, more than a plain query's 10 s on a loaded one.

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from flockd.config import ChainSection
 from flockd.fl.vote_scoring import DEFAULT_VOTE_SCORING
 
 REPORT_JSON = "report.json"
@@ -55,11 +56,13 @@ def build_report(
     chaos: dict[str, Any] | None = None,
     vote_scoring: str = DEFAULT_VOTE_SCORING,
     root_rows: int = 0,
+    confirmations: int = ChainSection().confirmations,
 ) -> dict[str, Any]:
     """`statuses[i]` is node i's `task_status` reply, taken after the task finished;
     `malicious` maps the malicious nodes' names to their behaviour spec; `chaos` is the
     chaos run's summary (flockd.testnet.chaos_driver), when there was one; `vote_scoring`
-    how every node scored proposals ([vote] scoring), `root_rows` the task's root set."""
+    how every node scored proposals ([vote] scoring), `root_rows` the task's root set,
+    `confirmations` how deep the nodes acted ([chain] confirmations)."""
     if not statuses:
         raise ReportError("no task_status replies")
     histories = [_history(s, i) for i, s in enumerate(statuses)]
@@ -91,10 +94,12 @@ def build_report(
         "malicious": malicious,
         "vote_scoring": vote_scoring,
         "root_rows": root_rows,
+        "confirmations": confirmations,
         "command": testnet_command(
             nodes=nodes, rounds=rounds, recipe=recipe, partition=partition,
             malicious_fraction=malicious_fraction, attack=_attack_spec(malicious),
             chaos_seed=chaos["seed"] if chaos else None, vote_scoring=vote_scoring, root_rows=root_rows,
+            confirmations=confirmations,
         ),
         "per_round": per_round,
         "totals": _totals(per_round, _ATTACK_COUNTS if malicious else ()),
@@ -114,12 +119,15 @@ def build_report(
 def testnet_command(
     *, nodes: int, rounds: int, recipe: str, partition: str, malicious_fraction: float = 0.0, attack: str | None = None,
     chaos_seed: int | None = None, vote_scoring: str = DEFAULT_VOTE_SCORING, root_rows: int = 0,
+    confirmations: int = ChainSection().confirmations,
 ) -> str:
     command = f"scripts/testnet --nodes {nodes} --rounds {rounds} --recipe {recipe} --partition {partition}"
     if vote_scoring != DEFAULT_VOTE_SCORING:
         command += f" --vote-scoring {vote_scoring}"
     if root_rows:
         command += f" --root-rows {root_rows}"
+    if confirmations != ChainSection().confirmations:
+        command += f" --confirmations {confirmations}"
     if malicious_fraction and attack:
         command += f" --malicious {malicious_fraction:g} --attack {attack}"
     if chaos_seed is not None:
