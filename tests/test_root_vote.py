@@ -157,3 +157,17 @@ def test_a_root_set_larger_than_the_pool_leaves_the_node_voting_as_local_model()
     base = by_local.initial_model()
     good = Worker(spec, 2).train(base, 1)
     assert by_root.score(base, [good, None], [A, B], False, 1) == by_local.score(base, [good, None], [A, B], False, 1)
+
+
+def test_root_or_local_model_accepts_what_either_vote_accepts(rooted_round):
+    """A sign-flipped honest delta scaled to almost nothing points away from the root
+    update (root-direction: -1) and changes nothing on the voter's split (local-model:
+    +1); the label flip is rejected by both."""
+    spec, base, honest, _ = rooted_round
+    tensors = decode_delta(honest[0]).tensors
+    backwards = encode_delta({k: -1e-3 * v for k, v in tensors.items()}, samples=1)
+    flipper = attack_delta(spec, base, "label-flip")
+    deltas = [backwards, flipper, *honest]
+    assert Worker(spec, 0, scoring=ROOT).score(base, deltas, [A] * 5, False, 5) == (-1, -1, 1, 1, 1)
+    either = Worker(spec, 0, scoring="root-or-local-model")
+    assert either.score(base, deltas, [A] * 5, False, 5) == (1, -1, 1, 1, 1)

@@ -74,7 +74,7 @@ from flockd.bench._attack_systems import (
     run_job,
     worker_init,
 )
-from flockd.fl.vote_scoring import DEFAULT_ROOT_ROWS, DEFAULT_VOTE_SCORING
+from flockd.fl.vote_scoring import DEFAULT_ROOT_ROWS, DEFAULT_VOTE_SCORING, ROOT_SCORINGS
 
 __all__ = [
     "BEGIN",
@@ -137,7 +137,7 @@ def plan(args: argparse.Namespace) -> list[Job]:
             partition,
             FIXED_SCORING.get(system, args.vote_scoring),
             args.creator_steps if system in FLOCKD_SYSTEMS else 0,
-            args.root_rows if FIXED_SCORING.get(system, args.vote_scoring) == "root-direction" else 0,
+            args.root_rows if FIXED_SCORING.get(system, args.vote_scoring) in ROOT_SCORINGS else 0,
         )
 
     jobs = [
@@ -471,7 +471,7 @@ def main(argv: list[str]) -> int:
         "robust_rule": args.robust_rule,
         "vote_scoring": args.vote_scoring,
         "creator_steps": args.creator_steps,
-        "root_rows": args.root_rows if args.vote_scoring == "root-direction" else 0,
+        "root_rows": args.root_rows if args.vote_scoring in ROOT_SCORINGS else 0,
         "per_attack": args.per_attack,
         "attack_fraction": args.attack_fraction,
         "attack_seeds": args.attack_seeds,

@@ -5,16 +5,21 @@ numpy, so a config can be checked and a daemon start without loading the learnin
 split. ``contribution`` (a prototype): the round's aggregate with and without the delta.
 ``guarded-contribution``: the contribution of each delta that passes two coarse guards
 (`flockd.fl.score.guarded_votes`). ``root-direction``: each delta's direction and size
-against an update trained on the task's public root set (`flockd.fl.root_vote`); a task
-with no root set is voted on as ``local-model``. Each voter's own choice, not a consensus rule
+against an update trained on the task's public root set (`flockd.fl.root_vote`);
+``root-or-local-model``: accepted by either ``root-direction`` or ``local-model``. A task
+with no root set is voted on as ``local-model`` by both. Each voter's own choice, not a consensus rule
 (protocol/spec/round.md, "Scoring a proposal")."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-VoteScoring = Literal["local-model", "contribution", "guarded-contribution", "root-direction"]
-VOTE_SCORINGS: tuple[VoteScoring, ...] = ("local-model", "contribution", "guarded-contribution", "root-direction")
+VoteScoring = Literal["local-model", "contribution", "guarded-contribution", "root-direction", "root-or-local-model"]
+VOTE_SCORINGS: tuple[VoteScoring, ...] = (
+    "local-model", "contribution", "guarded-contribution", "root-direction", "root-or-local-model",
+)
+# The scorings that judge against the task's root set (a task without one: local-model).
+ROOT_SCORINGS: tuple[VoteScoring, ...] = ("root-direction", "root-or-local-model")
 DEFAULT_VOTE_SCORING: VoteScoring = "local-model"
 
 
@@ -24,11 +29,11 @@ DEFAULT_ROOT_ROWS = 100
 
 
 def root_rows_for(scoring: str, rows: int | None) -> int:
-    """The root set's rows: ``rows`` when given, else DEFAULT_ROOT_ROWS for the
-    root-direction vote and none for the others."""
+    """The root set's rows: ``rows`` when given, else DEFAULT_ROOT_ROWS for the votes
+    against a root set and none for the others."""
     if rows is not None:
         return rows
-    return DEFAULT_ROOT_ROWS if scoring == "root-direction" else 0
+    return DEFAULT_ROOT_ROWS if scoring in ROOT_SCORINGS else 0
 
 
 def parse_vote_scoring(text: str) -> VoteScoring:

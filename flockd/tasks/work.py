@@ -38,7 +38,12 @@ from flockd.fl.recipe import LocalData, Metrics, limit_torch_threads, load_recip
 from flockd.fl.root_vote import direction_votes
 from flockd.fl.score import Scorer, vote_on_proposals
 from flockd.fl.tensors import Tensors, load_model_state, model_state, require_same_layout, shapes
-from flockd.fl.vote_scoring import DEFAULT_VOTE_SCORING, VoteScoring, parse_vote_scoring
+from flockd.fl.vote_scoring import (
+    DEFAULT_VOTE_SCORING,
+    ROOT_SCORINGS,
+    VoteScoring,
+    parse_vote_scoring,
+)
 from flockd.logs import get_logger
 from flockd.stats import Counters
 from flockd.tasks.spec import TaskSpec
@@ -88,7 +93,7 @@ class Worker:
         # on it, for root-direction. Shared by the simulation's shallow copies of one
         # Worker: the same for every voter, so trained once a round.
         self.counters = Counters()
-        self._root = self._load_root(data) if scoring == "root-direction" and spec.root_rows > 0 else None
+        self._root = self._load_root(data) if scoring in ROOT_SCORINGS and spec.root_rows > 0 else None
         self._root_updates: dict[tuple[int, bytes], Tensors] = {}
 
     def initial_model(self) -> Tensors:
@@ -127,8 +132,16 @@ class Worker:
         with self._lock:
             weights = self.recipe.model_weights(base)  # once: both the checks and the scorer need it
             usable = self._usable(base, weights, deltas)  # cheap checks before any evaluation
-            if self.scoring == "root-direction" and not whole_round:
+            if self.scoring in ROOT_SCORINGS and not whole_round:
                 votes = self._root_votes(base, weights, usable, round_number)
+                if votes is not None and self.scoring == "root-or-local-model":
+                    # The voter's own split accepts converged honest work whose direction
+                    # is noise, and lets almost no label flip in on its own.
+                    local = vote_on_proposals(
+                        Scorer(self.recipe, weights, self.val_split), usable,
+                        rule=self.spec.rule, max_accuracy_drop=self.spec.max_accuracy_drop,
+                    )
+                    votes = tuple(max(by_root, by_own) for by_root, by_own in zip(votes, local, strict=True))
                 if votes is not None:
                     return votes
             scorer = Scorer(self.recipe, weights, self.val_split)
@@ -141,7 +154,7 @@ class Worker:
             return vote_on_proposals(
                 scorer,
                 usable,
-                scoring="local-model" if self.scoring == "root-direction" else self.scoring,
+                scoring="local-model" if self.scoring in ROOT_SCORINGS else self.scoring,
                 rule=self.spec.rule,
                 max_accuracy_drop=self.spec.max_accuracy_drop,
             )
