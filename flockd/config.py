@@ -91,6 +91,7 @@ max_task_blocks = 50000
 # the round's aggregate, behind a norm and a coarse own-model guard (for skewed data);
 # root-direction: each proposal's direction and size against an update trained on the
 # task's public root set (its spec's root_rows; local-model for a task without one);
+# root-or-local-model: accepted by either root-direction or local-model;
 # contribution: the unguarded prototype.
 scoring = "{DEFAULT_VOTE_SCORING}"
 

@@ -308,7 +308,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--root-rows",
         type=int,
         default=DEFAULT_ROOT_ROWS,
-        help=f"flockd systems scoring by root-direction: rows of the task's public root set ({DEFAULT_ROOT_ROWS})",
+        help=f"flockd systems on a root vote: rows of the task's public root set ({DEFAULT_ROOT_ROWS})",
     )
     parser.add_argument(
         "--per-attack",

@@ -36,8 +36,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--creator-steps", type=int, default=0,
                    help="start from the creator's model (node 0's local updates on its split), not a random one")
     p.add_argument("--root-rows", type=int, default=None,
-                   help="rows of the task's public root set, which --vote-scoring root-direction trains on "
-                        "(default: 100 with root-direction, else none)")
+                   help="rows of the task's public root set, which the root votes train on "
+                        "(default: 100 with a root vote, root-direction or root-or-local-model, else none)")
     p.add_argument("--score-sample", type=int, default=None, help="at most this many validation rows per voter")
     p.add_argument("--config", default="{}", help="recipe config overrides, JSON")
     p.add_argument("--json", action="store_true", help="print the whole result as JSON")

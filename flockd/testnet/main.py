@@ -74,8 +74,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--vote-scoring", choices=VOTE_SCORINGS, default=DEFAULT_VOTE_SCORING,
                    help="how every node scores proposals ([vote] scoring; docs/learning.md, Voter scoring)")
     p.add_argument("--root-rows", type=int, default=None,
-                   help="a public root set of this many rows in the task, which root-direction votes against "
-                        "(default: 100 with --vote-scoring root-direction, else none)")
+                   help="a public root set of this many rows in the task, which the root votes train on "
+                        "(default: 100 with a root vote, root-direction or root-or-local-model, else none)")
     p.add_argument("--confirmations", type=int, default=DEFAULT_CONFIRMATIONS, metavar="N",
                    help="blocks every node waits on top of a result before acting on it ([chain] confirmations; "
                         f"default {DEFAULT_CONFIRMATIONS})")
