@@ -28,7 +28,7 @@ import numpy as np
 
 from flockd.fl.codec import Delta, DeltaError, decode_delta, delta_limits
 from flockd.fl.errors import FLError
-from flockd.fl.tensors import StateError, Tensors, add, shapes, squared_norm
+from flockd.fl.tensors import StateError, Tensors, add, flat, shapes, squared_norm
 
 RULE_NAMES = ("fedavg", "median", "trimmed-mean", "krum", "multi-krum")
 # A delta is usable for a model only when ||delta|| <= MAX_UPDATE_RATIO * max(1, ||model||)
@@ -173,10 +173,7 @@ def trimmed_mean(deltas: Sequence[Delta], beta: float) -> Tensors:
 
 def krum_scores(deltas: Sequence[Delta], f: int) -> list[float]:
     """Krum score of each delta, in the order given (lower is more central)."""
-    vectors = [
-        np.concatenate([t.reshape(-1).astype(np.float64) for t in d.tensors.values()])
-        for d in deltas
-    ]
+    vectors = [flat(d.tensors) for d in deltas]  # distances are exact sums: any one order
     n = len(vectors)
     dist = [[0.0] * n for _ in range(n)]
     for i in range(n):

@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from flockd.fl.codec import Delta
+from flockd.fl.tensors import flat
 
 # Measured on digits-mlp, 20 nodes, Dirichlet 0.1 and 0.5 (docs/learning.md, "The
 # root-direction vote"): honest updates had cosines of 0.003 to 0.6 with a 100-row root
@@ -33,13 +34,6 @@ from flockd.fl.codec import Delta
 # honest update boosted 4x (model replacement) lands beyond the norm bound.
 MIN_COSINE = 0.0
 MAX_NORM_RATIO = 3.0
-
-
-def flat(tensors: Mapping[str, np.ndarray]) -> np.ndarray:
-    """The tensors as one float64 vector, in name order."""
-    if not tensors:
-        return np.zeros(0, np.float64)
-    return np.concatenate([np.asarray(tensors[name], np.float64).reshape(-1) for name in sorted(tensors)])
 
 
 def direction_votes(

@@ -96,6 +96,13 @@ def add(base: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray]) -> Tens
     return {name: np.add(base[name], delta[name], dtype=np.float32) for name in sorted(base)}
 
 
+def flat(tensors: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The tensors as one float64 vector, in name order."""
+    if not tensors:
+        return np.zeros(0, np.float64)
+    return np.concatenate([np.asarray(tensors[name], np.float64).reshape(-1) for name in sorted(tensors)])
+
+
 def squared_norm(tensors: Mapping[str, np.ndarray]) -> float:
     """The sum of squares of every value, exactly rounded (float64 squares of float32
     values are exact, ``math.fsum`` rounds once), so every node gets the same number."""

@@ -89,10 +89,10 @@ class Worker:
         self.model_layout = shapes(model_state(self._model))
         self.layout = self.recipe.delta_layout(self.model_layout)  # what a delta holds
         self._lock = threading.Lock()  # one torch model, one user at a time
-        # The task's root set (drawn from the recipe's bundled data) and the round's update
-        # on it, for root-direction. Shared by the simulation's shallow copies of one
-        # Worker: the same for every voter, so trained once a round.
         self.counters = Counters()
+        # The task's root set (drawn from the recipe's bundled data) and the round's update
+        # on it, for the root votes. Shared by the simulation's shallow copies of one
+        # Worker: the same for every voter, so trained once a round.
         self._root = self._load_root(data) if scoring in ROOT_SCORINGS and spec.root_rows > 0 else None
         self._root_updates: dict[tuple[int, bytes], Tensors] = {}
 
