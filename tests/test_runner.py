@@ -531,34 +531,52 @@ async def test_a_missed_round_whose_delta_is_gone_is_not_attested_and_takes_the_
 # -- what the machine holds, the store gives -------------------------------------------------
 
 
-async def test_a_model_fetched_for_two_rounds_at_once_completes_both(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The failure seen once in tests/test_task_daemons.py under load. A node restarted
-    after rounds it missed fetches their recorded models; round 1 accepted nothing, so
-    model_1 is model_0, and both rounds fetch it at once. The write that syncs first is held
-    (a disk slow under load): the other must not tell the machine the model is held before
-    it is in the store, or the round's history line finds no model and the runner ends."""
-    node = Node(tmp_path)
-    chain = node.chain
+def one_model_for_two_rounds(node: Node) -> tuple[bytes, list[bytes]]:
+    """Round 1 accepted nothing: model_1 is model_0, and both rounds fetch it at once."""
     model_0 = node.peer_store(P1).put_model(model_of(1.0))
-    chain.open_round(0)
-    finish_round(chain, 0, model_0, accepted=1)
-    finish_round(chain, 1, model_0)
-    held = HeldFsync(model_0.hex(), os.fsync, hold_seconds=3)
+    node.chain.open_round(0)
+    finish_round(node.chain, 0, model_0, accepted=1)
+    finish_round(node.chain, 1, model_0)
+    return model_0, [model_0, model_0]
+
+
+def a_model_to_fetch_and_to_compute(node: Node) -> tuple[bytes, list[bytes]]:
+    """Round 1's model is recorded and its accepted delta can be had: the node fetches
+    model_1 and computes it at once."""
+    model_0, model_1 = (node.peer_store(V2).put_model(model_of(v)) for v in (1.0, 2.0))
+    node.peer_store(V2).put_delta(round_delta(1, 0))
+    node.chain.open_round(0)
+    finish_round(node.chain, 0, model_0, accepted=1)
+    finish_round(node.chain, 1, model_1, accepted=1)
+    return model_1, [model_0, model_1]
+
+
+@pytest.mark.parametrize("missed", [one_model_for_two_rounds, a_model_to_fetch_and_to_compute])
+async def test_a_model_written_twice_at_once_completes_the_rounds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, missed: Callable[[Node], tuple[bytes, list[bytes]]]
+) -> None:
+    """The failure seen once in tests/test_task_daemons.py under load: a node restarted
+    after rounds it missed writes one model twice at once (``missed`` says why). The write
+    that syncs first is held (a disk slow under load): the other must not tell the machine
+    the model is held before it is in the store, or the round's history line finds no
+    model and the runner ends."""
+    node = Node(tmp_path)
+    twice, models = missed(node)
+    held = HeldFsync(twice.hex(), os.fsync, hold_seconds=3)
     monkeypatch.setattr(os, "fsync", held)
     runner = node.runner(params=THREE_ROUNDS)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(runner.run)
             await until(lambda: held.holding.is_set() and bool(node.store.history(TASK)),
-                        "one round's line while the other's write is held")
+                        "a round's line while the first write is held")
             held.release.set()
             await until(lambda: rounds_written(node.store) == [0, 1], "both rounds' lines")
             nursery.cancel_scope.cancel()
     finally:
         held.release.set()
-    assert [line["model_hash"] for line in round_history(node.store.history(TASK))] == ["0x" + model_0.hex()] * 2
+    assert [line["model_hash"] for line in round_history(node.store.history(TASK))] == ["0x" + m.hex() for m in models]
+    assert runner.counters.get("store_mismatches") == 0
     assert runner.error is None
 
 
