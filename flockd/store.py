@@ -1,8 +1,12 @@
 """What a node keeps of the learning on disk: models, deltas and each task's round history.
 
 Models and deltas are content-addressed (the file name is the keccak-256 the chain
-records), written whole or not at all (temp file, fsync, link), and checked against their
-name when read back, so neither a crash nor a bit flip can pass a wrong model off as right.
+records), written whole or not at all (a temp file of the write's own, fsync, link), and
+checked against their name when read back, so neither a crash nor a bit flip can pass a
+wrong model off as right. A write that returns has its file in place, even while another
+write of the same file is under way (two rounds with the same model, a rebuilt machine's
+action beside the replaced one's). A file that does not hash to its name is removed when
+read, so the node fetches or computes it again and can keep the good copy.
 """
 
 from __future__ import annotations
@@ -10,14 +14,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from flockd.files import write_new_file
-from flockd.fl.checkpoint import checkpoint_bytes, load_checkpoint_bytes, model_hash
+from flockd.fl.checkpoint import (
+    CheckpointError,
+    checkpoint_bytes,
+    load_checkpoint_bytes,
+    model_hash,
+)
 from flockd.fl.codec import delta_hash
 from flockd.fl.tensors import Tensors
 
@@ -26,11 +35,20 @@ class StoreError(Exception):
     """A stored file is missing or does not match its content address."""
 
 
+TEMP_SUFFIX = ".tmp"
+
+
 class Store:
+    """One per node, opened before its first write (it clears the temp files of writes a
+    kill cut short)."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
         for sub in ("models", "deltas", "tasks"):
             (root / sub).mkdir(parents=True, exist_ok=True)
+        for sub in ("models", "deltas"):
+            for leftover in (root / sub).glob(f".*{TEMP_SUFFIX}"):
+                leftover.unlink(missing_ok=True)
 
     # -- deltas: the exact bytes a proposer committed to on chain --------------------------
 
@@ -45,7 +63,8 @@ class Store:
             return None
         data = path.read_bytes()
         if delta_hash(data) != digest:
-            raise StoreError(f"{path} does not hash to its name: delete it and fetch it again")
+            path.unlink(missing_ok=True)
+            raise StoreError(f"{path} does not hash to its name: removed, to be fetched again")
         return data
 
     # -- models: safetensors checkpoints named by model hash ------------------------------
@@ -72,10 +91,16 @@ class Store:
         return path.read_bytes() if path.exists() else None
 
     def load_model(self, digest: bytes) -> Tensors:
+        """StoreError when the model is not held, or its file is not that model (then the
+        file is removed, to be fetched or computed again)."""
         data = self.get_model_bytes(digest)
         if data is None:
             raise StoreError(f"model {digest.hex()} is not in {self.root / 'models'}")
-        return load_checkpoint_bytes(data, expected_hash=digest)
+        try:
+            return load_checkpoint_bytes(data, expected_hash=digest)
+        except CheckpointError as exc:
+            self.model_path(digest).unlink(missing_ok=True)
+            raise StoreError(f"{self.model_path(digest)} is not model {digest.hex()} ({exc}): removed") from exc
 
     # -- round history: one JSON line per finished round ----------------------------------
 
@@ -103,6 +128,24 @@ class Store:
 
     @staticmethod
     def _put(path: Path, data: bytes) -> None:
-        # Content-addressed: an existing file of that name already holds these bytes.
-        with contextlib.suppress(FileExistsError):
-            write_new_file(path, data, mode=0o644)
+        # A temp file of this write's own (not one per process: two threads may write the
+        # same model at once, and a leftover of a killed process must not stand in for the
+        # file), synced, then linked into place: a kill at any point leaves the whole file
+        # or none. Content-addressed: a file already in place holds these bytes.
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        temp = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            temp.chmod(0o644)
+            with contextlib.suppress(FileExistsError):
+                os.link(temp, path)
+        finally:
+            temp.unlink(missing_ok=True)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the link itself survives a power cut
+        finally:
+            os.close(directory)

@@ -10,6 +10,7 @@ the chain (blocks the test seals, transactions logged in the next block), the pe
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 import trio
 from eth_utils import keccak
 from fake_task_chain import INIT_HASH, ArithmeticWork, ScriptedChain, ScriptedPeers
+from held_fsync import HeldFsync
 
 from flockd import round as rnd
 from flockd import sortition
@@ -95,6 +97,14 @@ async def vote_on_one_proposal(node: Node, runner: TaskRunner, *, push: bool = T
     return opened
 
 
+async def run_while_voting(node: Node, runner: TaskRunner) -> None:
+    """The runner runs while it votes on round 0 (vote_on_one_proposal), then stops."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        await vote_on_one_proposal(node, runner)
+        nursery.cancel_scope.cancel()
+
+
 def ballots(store: Store) -> list[dict]:
     return store.history(TASK, log="ballots")
 
@@ -124,10 +134,7 @@ async def test_a_failed_aggregate_takes_the_recorded_model(tmp_path: Path) -> No
 async def test_a_voter_keeps_the_deltas_it_scored_to_serve_them(tmp_path: Path) -> None:
     node = Node(tmp_path)
     runner = node.runner()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(runner.run)
-        await vote_on_one_proposal(node, runner)
-        nursery.cancel_scope.cancel()
+    await run_while_voting(node, runner)
     assert node.work.scored == [(D1,)]
     assert node.store.get_delta(H1) == D1  # what the fetch handler serves to other voters
 
@@ -518,4 +525,89 @@ async def test_a_missed_round_whose_delta_is_gone_is_not_attested_and_takes_the_
         nursery.cancel_scope.cancel()
     assert round_history(node.store.history(TASK))[1]["model_hash"] == "0x" + model_1.hex()
     assert 1 not in dict(attested(chain))
+    assert runner.error is None
+
+
+# -- what the machine holds, the store gives -------------------------------------------------
+
+
+def one_model_for_two_rounds(node: Node) -> tuple[bytes, list[bytes]]:
+    """Round 1 accepted nothing: model_1 is model_0, and both rounds fetch it at once."""
+    model_0 = node.peer_store(P1).put_model(model_of(1.0))
+    node.chain.open_round(0)
+    finish_round(node.chain, 0, model_0, accepted=1)
+    finish_round(node.chain, 1, model_0)
+    return model_0, [model_0, model_0]
+
+
+def a_model_to_fetch_and_to_compute(node: Node) -> tuple[bytes, list[bytes]]:
+    """Round 1's model is recorded and its accepted delta can be had: the node fetches
+    model_1 and computes it at once."""
+    model_0, model_1 = (node.peer_store(V2).put_model(model_of(v)) for v in (1.0, 2.0))
+    node.peer_store(V2).put_delta(round_delta(1, 0))
+    node.chain.open_round(0)
+    finish_round(node.chain, 0, model_0, accepted=1)
+    finish_round(node.chain, 1, model_1, accepted=1)
+    return model_1, [model_0, model_1]
+
+
+@pytest.mark.parametrize("missed", [one_model_for_two_rounds, a_model_to_fetch_and_to_compute])
+async def test_a_model_written_twice_at_once_completes_the_rounds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, missed: Callable[[Node], tuple[bytes, list[bytes]]]
+) -> None:
+    """The failure seen once in tests/test_task_daemons.py under load: a node restarted
+    after rounds it missed writes one model twice at once (``missed`` says why). The write
+    that syncs first is held (a disk slow under load): the other must not tell the machine
+    the model is held before it is in the store, or the round's history line finds no
+    model and the runner ends."""
+    node = Node(tmp_path)
+    twice, models = missed(node)
+    held = HeldFsync(twice.hex(), os.fsync, hold_seconds=3)
+    monkeypatch.setattr(os, "fsync", held)
+    runner = node.runner(params=THREE_ROUNDS)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(runner.run)
+            await until(lambda: held.holding.is_set() and bool(node.store.history(TASK)),
+                        "a round's line while the first write is held")
+            held.release.set()
+            await until(lambda: rounds_written(node.store) == [0, 1], "both rounds' lines")
+            nursery.cancel_scope.cancel()
+    finally:
+        held.release.set()
+    assert [line["model_hash"] for line in round_history(node.store.history(TASK))] == ["0x" + m.hex() for m in models]
+    assert runner.counters.get("store_mismatches") == 0
+    assert runner.error is None
+
+
+async def test_a_model_the_store_cannot_give_is_fetched_again_and_the_runner_goes_on(tmp_path: Path) -> None:
+    """The node's file of model_0 does not hash to its name (a disk fault): the machine is
+    told it holds model_0 (the file is there), and the round's line cannot read it. That
+    is counted, the bad file removed, the machine rebuilt from the chain and what the store
+    really holds, and model_0 fetched from a peer: the runner goes on."""
+    node = Node(tmp_path)
+    chain = node.chain
+    model_0 = node.peer_store(P1).put_model(model_of(1.0))
+    good = node.peer_store(P1).get_model_bytes(model_0)
+    assert good is not None
+    node.store.model_path(model_0).write_bytes(good[:-3])
+    chain.open_round(0)
+    finish_round(chain, 0, model_0, accepted=1)
+    runner = node.runner(params=THREE_ROUNDS)
+    await run_until(runner, lambda: rounds_written(node.store) == [0], "round 0's line")
+    assert runner.counters.get("store_mismatches") == 1
+    assert node.store.get_model_bytes(model_0) == good
+    assert runner.error is None
+
+
+async def test_a_file_of_the_initial_model_that_is_not_it_is_written_again(tmp_path: Path) -> None:
+    """Every replay holds the initial model: when its file turns out not to be it, the
+    runner writes it again before the rebuild, and the voter scores on it."""
+    node = Node(tmp_path)
+    node.store.model_path(INIT_HASH).write_bytes(b"not a checkpoint")
+    runner = node.runner()
+    await run_while_voting(node, runner)
+    assert node.work.scored == [(D1,)]
+    assert runner.counters.get("store_mismatches") == 1
+    assert model_hash(node.store.load_model(INIT_HASH)) == INIT_HASH
     assert runner.error is None

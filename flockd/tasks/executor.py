@@ -8,8 +8,14 @@ libp2p, and its answer is posted to the runner's inbox tagged with that generati
 Failures. An action that fails in a documented, recoverable way answers with the event
 the machine handles: TrainingFailed, AggregateFailed, DeltaFetchFailed / ModelFetchFailed
 (posted after a pause: asked again while the delta or model still matters), TxFailed.
-Each is counted in ``counters["action_failures"]``. Any other exception is a bug: it is
-not caught here and ends the task's runner.
+Each is counted in ``counters["action_failures"]``.
+
+A model the machine holds (it was told ModelReady, or replayed it from the store) that
+the store cannot give (gone, or its file not that model) means the machine's picture is
+wrong: no answer can fix that, so the action asks the runner to rebuild the machine from
+the chain and what the store really holds (`Mismatch`), counted in
+``counters["store_mismatches"]``; the rebuilt machine fetches or computes the model again.
+Any other exception is a bug: it is not caught here and ends the task's runner.
 """
 
 from __future__ import annotations
@@ -46,23 +52,23 @@ from flockd.tasks.history import RoundRecords, is_written, round_line
 log = get_logger("flockd.tasks")
 
 # The documented failures of the node's own work, which the machine answers (anything
-# else is a bug). Training: the base model unreadable (StoreError), the recipe, data or
-# codec refusing (FLError: a diverged, non-finite delta, say), memory. Aggregating: an
-# accepted delta that does not decode or fit the model (FLError, ValueError), the base
-# model unreadable.
-TRAINING_ERRORS: tuple[type[Exception], ...] = (StoreError, FLError, MemoryError)
-AGGREGATE_ERRORS: tuple[type[Exception], ...] = (StoreError, FLError, ValueError, MemoryError)
+# else is a bug; a model the store cannot give is a Mismatch). Training: the recipe, data
+# or codec refusing (FLError: a diverged, non-finite delta, say), memory. Aggregating: an
+# accepted delta that does not decode or fit the model (FLError, ValueError), memory.
+TRAINING_ERRORS: tuple[type[Exception], ...] = (FLError, MemoryError)
+AGGREGATE_ERRORS: tuple[type[Exception], ...] = (FLError, ValueError, MemoryError)
 
 ActionTask = Callable[[Any, int], Awaitable[None]]  # (action, generation)
 Spawn = Callable[[ActionTask, Any], None]  # start it in the current generation's nursery
 Answer = Callable[[int, rnd.Event], None]  # post an answer of that generation
+Mismatch = Callable[[int, str], None]  # (generation, why): rebuild the machine of that generation
 
 
 class DaemonActions(ActionHost):
     def __init__(
         self, ctx: NodeContext, task_id: int, params: TaskParams, participants: list[bytes], worker: TaskWork,
         chain: TaskChain, records: RoundRecords, counters: Counters, spawn: Spawn, answer: Answer,
-        *, retry_seconds: float, fetch_retry_seconds: float,
+        mismatch: Mismatch, *, retry_seconds: float, fetch_retry_seconds: float,
     ) -> None:
         self.ctx = ctx
         self.task_id = task_id
@@ -74,6 +80,7 @@ class DaemonActions(ActionHost):
         self.counters = counters
         self._spawn = spawn
         self._answer = answer
+        self._mismatch = mismatch
         self.retry_seconds = retry_seconds  # between stake reads that failed
         self.fetch_retry_seconds = fetch_retry_seconds  # after a fetch no peer could answer
 
@@ -123,6 +130,18 @@ class DaemonActions(ActionHost):
             await trio.sleep(pause)  # a fetch nobody could answer is asked again, not at once
         self._answer(generation, event)
 
+    async def _held_model(self, digest: bytes, generation: int, why: str) -> Tensors | None:
+        """A model the machine holds, from the store; None when the store cannot give it
+        (counted, logged, and the machine rebuilt from what the store really holds)."""
+        try:
+            return await trio.to_thread.run_sync(self.ctx.store.load_model, digest)
+        except StoreError as exc:
+            self.counters.incr("store_mismatches")
+            log.warning("a model the round machine holds is not in the store: rebuilding", task=self.task_id,
+                        model=hex0x(digest), wanted_for=why, error=str(exc))
+            self._mismatch(generation, f"model {hex0x(digest)} not in the store")
+            return None
+
     async def _elect(self, action: rnd.RunElection, generation: int) -> None:
         while True:  # a read that failed is retried; a late answer the machine handles
             try:
@@ -136,8 +155,10 @@ class DaemonActions(ActionHost):
         self._answer(generation, rnd.ElectionDone(action.round, election))
 
     async def _train(self, action: rnd.StartTraining, generation: int) -> None:
+        base = await self._held_model(action.base_model_hash, generation, "training")
+        if base is None:
+            return
         try:
-            base = await trio.to_thread.run_sync(self._model, action.base_model_hash)
             delta = await trio.to_thread.run_sync(self.worker.train, base, action.round)
         except TRAINING_ERRORS as exc:
             await self._failed(generation, rnd.TrainingFailed(action.round, describe(exc)), describe(exc))
@@ -175,7 +196,9 @@ class DaemonActions(ActionHost):
         for delta in action.deltas:
             if delta is not None:
                 await trio.to_thread.run_sync(self.ctx.store.put_delta, delta)
-        base = await trio.to_thread.run_sync(self._model, action.base_model_hash)
+        base = await self._held_model(action.base_model_hash, generation, "scoring")
+        if base is None:
+            return
         whole = action.mode is rnd.VoteMode.WHOLE_ROUND
         votes = await trio.to_thread.run_sync(
             self.worker.score, base, action.deltas, list(proposers), whole, action.round
@@ -190,8 +213,10 @@ class DaemonActions(ActionHost):
         await self._transact(asked, generation)
 
     async def _aggregate(self, action: rnd.Aggregate, generation: int) -> None:
+        base = await self._held_model(action.base_model_hash, generation, "aggregating")
+        if base is None:
+            return
         try:
-            base = await trio.to_thread.run_sync(self._model, action.base_model_hash)
             state = await trio.to_thread.run_sync(self.worker.aggregate, base, list(action.deltas))
         except AGGREGATE_ERRORS as exc:
             await self._failed(generation, rnd.AggregateFailed(action.round, describe(exc)), describe(exc))
@@ -225,7 +250,9 @@ class DaemonActions(ActionHost):
         store = self.ctx.store
         if is_written(store.history(self.task_id), action):
             return  # before a restart or rebuild
-        state = await trio.to_thread.run_sync(self._model, action.model_hash)
+        state = await self._held_model(action.model_hash, generation, "the round's history line")
+        if state is None:
+            return
         metrics = await trio.to_thread.run_sync(self.worker.evaluate_test, state)
         # Asked again: the machine replaced by a rebuild may have completed the round too,
         # and its action (its thread not cancellable) comes here. No checkpoint from this
@@ -250,9 +277,6 @@ class DaemonActions(ActionHost):
             self.records.add_gas(action.round, gas_used)
 
     # -- helpers -----------------------------------------------------------------------
-
-    def _model(self, digest: bytes) -> Tensors:
-        return self.ctx.store.load_model(digest)
 
     def _participant_peers(self, first: bytes | None = None, avoid: tuple[bytes, ...] = ()) -> dict[bytes, str]:
         """Connected participants' peer ids by address, `first` first, never ourselves."""

@@ -12,7 +12,10 @@ replayed from and posts a `Rebuild`; the runner replaces the machine, cancels th
 actions of the old one, and drops answers to them (each answer carries the generation of
 its action).
 
-Errors. A documented failure of an action reaches the machine as an event. Any other
+Errors. A documented failure of an action reaches the machine as an event. A model the
+machine holds that the store cannot give (`DaemonActions._held_model`) makes the feed read
+for a rebuild, as a reorg does: the machine replayed from the chain and what the store
+really holds fetches or computes the model again. Any other
 exception is a bug: it is not swallowed, it ends this task's runner; ``error`` and
 ``status()`` say what it was, and the task service logs it with its traceback. The other
 tasks and the node go on.
@@ -84,7 +87,7 @@ class TaskRunner:
         self.poll_seconds = POLL_SECONDS
         actions = DaemonActions(
             ctx, task_id, params, participants, worker, self.chain, records, self.counters, self._spawn,
-            self._post, retry_seconds=POLL_SECONDS, fetch_retry_seconds=FETCH_RETRY_SECONDS,
+            self._post, self._store_mismatch, retry_seconds=POLL_SECONDS, fetch_retry_seconds=FETCH_RETRY_SECONDS,
         )
         self.adapter = TaskAdapter(self.config, _salt, actions)
         self.feed = ChainFeed(
@@ -132,6 +135,12 @@ class TaskRunner:
     def _post(self, generation: int | None, item: rnd.Event | Rebuild) -> None:
         self._inbox_send.send_nowait((generation, item))
 
+    def _store_mismatch(self, generation: int, why: str) -> None:
+        """An action of ``generation`` found a model its machine holds missing from the
+        store: rebuild (a replaced machine's picture is gone already)."""
+        if generation == self._generation:
+            self.feed.want_rebuild(why)
+
     def _spawn(self, task: ActionTask, action: Any) -> None:
         assert self._actions is not None
         self._actions.start_soon(task, action, self._generation)
@@ -148,14 +157,19 @@ class TaskRunner:
         finally:
             self.done.set()
 
-    async def _run(self) -> None:
+    async def _put_initial_model(self) -> None:
+        """The initial model in the store, checked against the chain's: every replay holds
+        it (ModelReady(-1))."""
         init = await trio.to_thread.run_sync(initial_state, self.worker, self.ctx.store, getattr(self.spec, "start", {}))  # start hook
-        init_hash = self.ctx.store.put_model(init)
+        init_hash = await trio.to_thread.run_sync(self.ctx.store.put_model, init)
         if init_hash != self.params.model_init_hash:
             raise RuntimeError(
                 f"task {self.task_id}: our initial model {init_hash.hex()} is not the one on chain "
                 f"({self.params.model_init_hash.hex()}): different recipe code or config"
             )
+
+    async def _run(self) -> None:
+        await self._put_initial_model()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await self._new_generation()
@@ -200,6 +214,8 @@ class TaskRunner:
             log.warning("replay met a conflicting event: reading the chain again", task=self.task_id, error=str(exc))
             self.feed.want_rebuild("conflicting replay")
             return
+        if not self.ctx.store.has_model(self.params.model_init_hash):
+            await self._put_initial_model()  # its file was not that model, and was removed
         self._generation += 1
         await self._new_generation()  # actions of the replaced machine are cancelled
         log.info("task state rebuilt from the chain", task=self.task_id, reason=rebuild.reason,
