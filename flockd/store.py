@@ -14,13 +14,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from flockd.files import TEMP_SUFFIX, write_new_file
 from flockd.fl.checkpoint import (
     CheckpointError,
     checkpoint_bytes,
@@ -35,7 +35,6 @@ class StoreError(Exception):
     """A stored file is missing or does not match its content address."""
 
 
-TEMP_SUFFIX = ".tmp"
 
 
 class Store:
@@ -128,24 +127,6 @@ class Store:
 
     @staticmethod
     def _put(path: Path, data: bytes) -> None:
-        # A temp file of this write's own (not one per process: two threads may write the
-        # same model at once, and a leftover of a killed process must not stand in for the
-        # file), synced, then linked into place: a kill at any point leaves the whole file
-        # or none. Content-addressed: a file already in place holds these bytes.
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-        temp = Path(name)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            temp.chmod(0o644)
-            with contextlib.suppress(FileExistsError):
-                os.link(temp, path)
-        finally:
-            temp.unlink(missing_ok=True)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)  # the link itself survives a power cut
-        finally:
-            os.close(directory)
+        # Content-addressed: a file already in place holds these bytes.
+        with contextlib.suppress(FileExistsError):
+            write_new_file(path, data, mode=0o644)
