@@ -1,6 +1,8 @@
 """The root-direction vote (issue 12): every honest voter judges a proposal against the same
 update, trained on the task's public root set, so the honest stake votes as one."""
 
+import inspect
+
 import numpy as np
 import pytest
 from test_fl_worker import SPEC, A, B, C, a_digits_round, attack_delta, garbage, hostile, only
@@ -8,7 +10,16 @@ from test_fl_worker import SPEC, A, B, C, a_digits_round, attack_delta, garbage,
 from flockd.fl.attacks import parse_behaviour
 from flockd.fl.codec import Delta, decode_delta, encode_delta
 from flockd.fl.data import DataError, DataSpec, Split, root_sample, split_held_out
+from flockd.fl.recipe import load_recipe
 from flockd.fl.root_vote import MAX_NORM_RATIO, direction_votes
+from flockd.fl.vote_scoring import (
+    DEFAULT_ROOT_ROWS,
+    DEFAULT_VOTE_SCORING,
+    ROOT_SCORINGS,
+    root_rows_for,
+)
+from flockd.rpc.market import MarketNamespace
+from flockd.rpc.task import TaskNamespace
 from flockd.tasks.spec import SpecError, TaskSpec
 from flockd.tasks.work import Worker
 
@@ -134,7 +145,7 @@ def test_hostile_deltas_get_minus_one(rooted_round):
 
 
 def test_a_task_without_a_root_set_is_voted_on_as_local_model():
-    by_root, by_local = Worker(SPEC, 1, scoring=ROOT), Worker(SPEC, 1)
+    by_root, by_local = Worker(SPEC, 1, scoring=ROOT), Worker(SPEC, 1, scoring="local-model")
     base = by_local.initial_model()
     good = Worker(SPEC, 2).train(base, 1)
     deltas = [good, garbage(good), good]
@@ -152,11 +163,28 @@ def test_a_tiny_copy_of_the_reference_direction_passes_but_moves_little(rooted_r
 
 def test_a_root_set_larger_than_the_pool_leaves_the_node_voting_as_local_model():
     spec = TaskSpec("cancer-logreg", num_nodes=4, seed=3, root_rows=10_000)  # the pool holds ~455
-    by_root, by_local = Worker(spec, 1, scoring=ROOT), Worker(spec, 1)
+    by_root, by_local = Worker(spec, 1, scoring=ROOT), Worker(spec, 1, scoring="local-model")
     assert by_root.counters.snapshot()["root_set_unusable"] == 1
     base = by_local.initial_model()
     good = Worker(spec, 2).train(base, 1)
     assert by_root.score(base, [good, None], [A, B], False, 1) == by_local.score(base, [good, None], [A, B], False, 1)
+
+
+def test_a_node_on_its_own_data_has_no_root_set_from_the_bundled_pool():
+    """The bundled pool says nothing about a task learnt from the nodes' own files, so a
+    node given a data path votes as local-model whatever the spec's root_rows."""
+    recipe = load_recipe("digits-mlp")
+    assert recipe.load_root(DataSpec(0, 4, "iid", 0, path="own.csv"), 100) is None
+    assert len(recipe.load_root(DataSpec(0, 4, "iid", 0), 100)) == 100
+
+
+def test_the_default_vote_is_a_root_vote_and_tasks_carry_a_root_set_by_default():
+    assert DEFAULT_VOTE_SCORING == "root-or-local-model" and DEFAULT_VOTE_SCORING in ROOT_SCORINGS
+    assert root_rows_for(DEFAULT_VOTE_SCORING, None) == DEFAULT_ROOT_ROWS > 0
+    assert root_rows_for("local-model", None) == 0 and root_rows_for(DEFAULT_VOTE_SCORING, 0) == 0
+    created = inspect.signature(TaskNamespace.task_create).parameters["root_rows"].default
+    listed = inspect.signature(MarketNamespace.market_task_create).parameters["root_rows"].default
+    assert created == listed == DEFAULT_ROOT_ROWS
 
 
 def test_root_or_local_model_accepts_what_either_vote_accepts(rooted_round):

@@ -82,7 +82,11 @@ class TorchClassifier(Recipe):
     def load_test(self, spec: DataSpec) -> Split:
         return self._ready(held_out_split(self.bundled(), spec), spec)
 
-    def load_root(self, spec: DataSpec, rows: int) -> Split:
+    def load_root(self, spec: DataSpec, rows: int) -> Split | None:
+        # A node on its own data: the bundled pool is not what the task learns, so it says
+        # nothing about a proposal's direction (the vote falls back to the node's own split).
+        if spec.path is not None:
+            return None
         return self._ready(root_sample(self.bundled(), spec, rows), spec)
 
     def _check(self, data: Split) -> None:

@@ -157,7 +157,8 @@ class Recipe(ABC):
     def load_root(self, spec: DataSpec, rows: int) -> LocalData | None:
         """The task's root set of ``rows`` rows: public data every node derives alike, on
         which the ``root-direction`` vote trains its reference update; None when the recipe
-        has no bundled data to draw it from."""
+        has no bundled data to draw it from, or the node learns from its own data
+        (``spec.path``), which the bundled data does not stand for."""
         return None
 
     @abstractmethod

@@ -20,11 +20,15 @@ VOTE_SCORINGS: tuple[VoteScoring, ...] = (
 )
 # The scorings that judge against the task's root set (a task without one: local-model).
 ROOT_SCORINGS: tuple[VoteScoring, ...] = ("root-direction", "root-or-local-model")
-DEFAULT_VOTE_SCORING: VoteScoring = "local-model"
+# Every honest voter judges alike on the task's root set, and its own split rescues the
+# converged honest work whose direction is noise (docs/learning.md, "Root direction or the
+# voter's own split"); on a task without a root set it is local-model.
+DEFAULT_VOTE_SCORING: VoteScoring = "root-or-local-model"
 
 
-# The root set a task gets when it is run to be voted on by root-direction and no size is
-# given: about ten rows a class on digits (FLTrust's root sets were of 100 rows).
+# The root set a task gets when none is asked for (task_create, the testnet, the simulation
+# and the bench under a root vote): about ten rows a class on digits (FLTrust's root sets
+# were of 100 rows). A recipe without bundled data has none whatever the spec says.
 DEFAULT_ROOT_ROWS = 100
 
 

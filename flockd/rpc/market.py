@@ -11,6 +11,7 @@ from eth_utils import to_checksum_address
 from flockd.chain.client.backends import ChainError
 from flockd.chain.client.contract import ContractRevert
 from flockd.chain.client.market import Listing
+from flockd.fl.vote_scoring import DEFAULT_ROOT_ROWS
 from flockd.market.checks import ListingError
 from flockd.market.lineage import listing_report
 from flockd.market.service import MarketService
@@ -86,15 +87,16 @@ class MarketNamespace:
         seed: int = 0, expected_proposers: int = 3, min_participants: int = 1, stake_unit: int = E18,
         min_stake: int = E18, propose_blocks: int = 8, commit_blocks: int = 6, reveal_blocks: int = 8,
         reward_pool: int = 0, vote_mode: Literal["per-proposal", "whole-round"] = "per-proposal",
-        max_proposals: int = 16,
+        max_proposals: int = 16, root_rows: int = DEFAULT_ROOT_ROWS,
     ) -> dict[str, Any]:
         """A new task whose initial model is a listed model (fetched and verified first), with
         the listing's recipe and config; its lineage continues from the listing. Joiners run
-        market_fetch of the listing, then task_join with the returned spec."""
+        market_fetch of the listing, then task_join with the returned spec. root_rows: as
+        task_create's."""
         with _MarketErrors():
             return await create_from_listing(
                 self._market, listing_id, rule=rule, partition=partition, num_nodes=num_nodes, seed=seed,
-                rounds=rounds, expected_proposers=expected_proposers, min_participants=min_participants,
+                root_rows=root_rows, rounds=rounds, expected_proposers=expected_proposers, min_participants=min_participants,
                 min_stake=min_stake, stake_unit=stake_unit, propose_blocks=propose_blocks,
                 commit_blocks=commit_blocks, reveal_blocks=reveal_blocks, reward_pool=reward_pool,
                 vote_mode=0 if vote_mode == "per-proposal" else 1, max_proposals=max_proposals,

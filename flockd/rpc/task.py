@@ -9,6 +9,7 @@ from flockd.arena.handoff import HandoffError
 from flockd.chain.client.backends import ChainError
 from flockd.chain.client.contract import ContractRevert
 from flockd.config import PolicySection
+from flockd.fl.vote_scoring import DEFAULT_ROOT_ROWS
 from flockd.rpc.errors import RPCError
 from flockd.rpc.round_view import current_round_view
 from flockd.tasks.policy import PolicyError, check_join
@@ -64,12 +65,13 @@ class TaskNamespace:
         vote_mode: Literal["per-proposal", "whole-round"] = "per-proposal",
         max_proposals: int = 16,
         competition: int | None = None,
-        root_rows: int = 0,
+        root_rows: int = DEFAULT_ROOT_ROWS,
     ) -> dict[str, Any]:
         """Create a task on chain; returns its id and the spec every joiner must present.
         competition: a finalised Arena competition whose winning model is round 0's base
         (recipe, config and seed must be the competition's). root_rows: a public root set
-        of that many rows of the recipe's bundled data, for the root-direction vote."""
+        of that many rows of the recipe's bundled data, for the root votes (0: none; a
+        recipe without bundled data has none)."""
         with _TaskErrors():
             spec = TaskSpec(recipe=recipe, config=config or {}, rule=rule, partition=partition, num_nodes=num_nodes,
                             seed=seed, competition=competition, root_rows=root_rows)
