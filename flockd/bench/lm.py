@@ -50,6 +50,7 @@ from flockd.fl.vote_scoring import (
     DEFAULT_VOTE_SCORING,
     VoteScoring,
     parse_vote_scoring,
+    root_rows_for,
 )
 from flockd.lm.causal import TokenizedText
 from flockd.lm.corpus import garbage_text
@@ -115,8 +116,8 @@ def make_bench(
     scoring: VoteScoring = DEFAULT_VOTE_SCORING,
 ) -> Bench:
     """Honest workers first (voting by ``scoring``), then ``attackers`` garbage-text ones
-    voting accept-all."""
-    spec = TaskSpec("lm-lora", config=config, num_nodes=nodes, seed=1)
+    voting accept-all. A root vote's task carries a root set (``root_rows_for``)."""
+    spec = TaskSpec("lm-lora", config=config, num_nodes=nodes, seed=1, root_rows=root_rows_for(scoring, None))
     workers = []
     for i in range(nodes):
         if i < nodes - attackers:
@@ -131,8 +132,13 @@ def make_bench(
     return Bench(spec, rounds, workers, tests)
 
 
-def run_flockd(bench: Bench, label: str) -> Outcome:
-    """Per-proposal votes (every node proposes; the others vote), exact aggregation."""
+Observer = Callable[[int, Tensors, Sequence[bytes]], None]
+
+
+def run_flockd(bench: Bench, label: str, observe: Observer | None = None) -> Outcome:
+    """Per-proposal votes (every node proposes; the others vote), exact aggregation.
+    ``observe``, when given, sees every round's number, state and proposals (its time is
+    not counted)."""
     workers, n = bench.workers, len(bench.workers)
     state = workers[0].initial_model()
     sent, accepted = 0, [0] * n
@@ -140,6 +146,10 @@ def run_flockd(bench: Bench, label: str) -> Outcome:
     for r in range(bench.rounds):
         wires = [w.train(state, r) for w in workers]
         sent += sum(len(w) for w in wires) * (n - 1)
+        if observe is not None:
+            paused = time.perf_counter()
+            observe(r, state, wires)
+            start += time.perf_counter() - paused
         yes = [0] * n
         for v, voter in enumerate(workers):
             others = [p for p in range(n) if p != v]
@@ -253,6 +263,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--vote-scorings", type=_scorings, default=["local-model", "guarded-contribution"],
                         help="the honest voters' scorings, a flockd row each (default: local-model,guarded-contribution)")
     parser.add_argument("--write", action="store_true", help="replace the Language models section of docs/benchmarks.md")
+    parser.add_argument("--root-alignment", action="store_true",
+                        help="only show how the root-direction vote sees honest and poisoned adapters, round by round")
     parser.add_argument("--train-overhead", type=int, default=0, metavar="N",
                         help="only compare N pairs of the same training: a bare script and the daemon's training process")
     args = parser.parse_args(argv)
@@ -273,6 +285,15 @@ def main(argv: list[str]) -> int:
         return 0
     domains = list(DOMAINS[: args.nodes])
     config = {"base_hash": "0x" + built.base_hash.hex(), **TESTNET_CONFIG, "domains": domains}
+    if args.root_alignment:
+        from flockd.bench.lm_root import alignment
+
+        with TemporaryDirectory() as tmp:
+            table_text = alignment(make_bench(config, args.nodes, args.rounds, 0, Path(tmp), "root-or-local-model"), Path(tmp))
+        print(f"`scripts/bench lm --nodes {args.nodes} --rounds {args.rounds} --root-alignment` on "
+              f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {commit()}:\n")
+        print(table_text)
+        return 0
     started = datetime.now(UTC)
     outcomes: list[Outcome] = []
     with TemporaryDirectory() as tmp:
