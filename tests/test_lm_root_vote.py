@@ -1,8 +1,9 @@
 """The root-direction vote on lm-lora: the demo corpus's root set (deterministic, an equal
 share of every domain, never test text, bounded) and the vote on adapters, on the tiny
-Llama the other LM tests build: an honest adapter from a domain the voter does not hold
-passes, noise, a boosted sign flip and an adapter trained on garbage text do not, and a
-node with its own text votes as local-model."""
+Llama the other LM tests build: in round 0 an honest adapter from a domain the voter does
+not hold passes, noise, a boosted sign flip and an adapter trained on garbage text do not,
+and a node with its own text votes as local-model. (In later rounds a garbage-text
+adapter can point along the root update: docs/lm.md, "The root set and the root votes".)"""
 
 import numpy as np
 import pytest
