@@ -113,11 +113,11 @@ def garbage_file(directory: Path, index: int, chars: int) -> Path:
 
 def make_bench(
     config: dict[str, Any], nodes: int, rounds: int, attackers: int, garbage_dir: Path,
-    scoring: VoteScoring = DEFAULT_VOTE_SCORING,
+    scoring: VoteScoring = DEFAULT_VOTE_SCORING, root_rows: int | None = None,
 ) -> Bench:
     """Honest workers first (voting by ``scoring``), then ``attackers`` garbage-text ones
     voting accept-all. A root vote's task carries a root set (``root_rows_for``)."""
-    spec = TaskSpec("lm-lora", config=config, num_nodes=nodes, seed=1, root_rows=root_rows_for(scoring, None))
+    spec = TaskSpec("lm-lora", config=config, num_nodes=nodes, seed=1, root_rows=root_rows_for(scoring, root_rows))
     workers = []
     for i in range(nodes):
         if i < nodes - attackers:
@@ -263,6 +263,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--vote-scorings", type=_scorings, default=["local-model", "guarded-contribution"],
                         help="the honest voters' scorings, a flockd row each (default: local-model,guarded-contribution)")
     parser.add_argument("--write", action="store_true", help="replace the Language models section of docs/benchmarks.md")
+    parser.add_argument("--root-rows", type=int, default=None,
+                        help="the root set's rows of a root vote's task (default: flockd.fl.vote_scoring.DEFAULT_ROOT_ROWS)")
     parser.add_argument("--root-alignment", action="store_true",
                         help="only show how the root-direction vote sees honest and poisoned adapters, round by round")
     parser.add_argument("--train-overhead", type=int, default=0, metavar="N",
@@ -285,12 +287,13 @@ def main(argv: list[str]) -> int:
         return 0
     domains = list(DOMAINS[: args.nodes])
     config = {"base_hash": "0x" + built.base_hash.hex(), **TESTNET_CONFIG, "domains": domains}
+    rows = f" --root-rows {args.root_rows}" if args.root_rows is not None else ""
     if args.root_alignment:
         from flockd.bench.lm_root import alignment
 
         with TemporaryDirectory() as tmp:
-            table_text = alignment(make_bench(config, args.nodes, args.rounds, 0, Path(tmp), "root-or-local-model"), Path(tmp))
-        print(f"`scripts/bench lm --nodes {args.nodes} --rounds {args.rounds} --root-alignment` on "
+            table_text = alignment(make_bench(config, args.nodes, args.rounds, 0, Path(tmp), "root-or-local-model", args.root_rows), Path(tmp))
+        print(f"`scripts/bench lm --nodes {args.nodes} --rounds {args.rounds}{rows} --root-alignment` on "
               f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {commit()}:\n")
         print(table_text)
         return 0
@@ -299,7 +302,7 @@ def main(argv: list[str]) -> int:
     with TemporaryDirectory() as tmp:
         clean = make_bench(config, args.nodes, args.rounds, 0, Path(tmp))
         base_bpc = clean.bpc(clean.workers[0].initial_model())
-        scorings = [(s, clean if s == DEFAULT_VOTE_SCORING else make_bench(config, args.nodes, args.rounds, 0, Path(tmp), s))
+        scorings = [(s, clean if s == DEFAULT_VOTE_SCORING else make_bench(config, args.nodes, args.rounds, 0, Path(tmp), s, args.root_rows))
                     for s in args.vote_scorings]
         runs: list[tuple[Bench, Callable[[Bench, str], Outcome], str]] = [
             *((b, run_flockd, f"flockd: per-proposal vote ({s}), exact mean of the updates, carried adapter")
@@ -311,7 +314,7 @@ def main(argv: list[str]) -> int:
         if args.attackers:
             share = f"{args.attackers}/{args.nodes} garbage-text proposers"
             for s in args.vote_scorings:
-                attacked = make_bench(config, args.nodes, args.rounds, args.attackers, Path(tmp), s)
+                attacked = make_bench(config, args.nodes, args.rounds, args.attackers, Path(tmp), s, args.root_rows)
                 runs.append((attacked, run_flockd, f"flockd ({s}), {share} voting accept-all"))
             runs.append((attacked, run_factor_mean, f"A and B averaged separately, {share}"))
         for bench, run, label in runs:
@@ -322,7 +325,7 @@ def main(argv: list[str]) -> int:
     text = "\n".join([
         SECTION, "",
         f"`scripts/bench lm --nodes {args.nodes} --rounds {args.rounds} --attackers {args.attackers} "
-        f"--vote-scorings {','.join(args.vote_scorings)}` "
+        f"--vote-scorings {','.join(args.vote_scorings)}{rows}` "
         f"on {started:%Y-%m-%d %H:%M} UTC, commit {commit()}: the testnet's base ({built.parameters:,} parameters), "
         f"{args.nodes} nodes with one docstring domain each ({c['domain_chars']:,} characters), {args.rounds} rounds of "
         f"{c['steps']} Adam steps of {c['batch_size']} × {c['seq_len']} tokens, LoRA r={c['lora_rank']} α={c['lora_alpha']} "
