@@ -19,6 +19,10 @@ task config, with ``--nodes`` nodes each holding one docstring domain (non-IID):
 
 Then the attack rows: ``--attackers`` of the nodes (40% by default) train on garbage text
 (random symbols, ``flockd.lm.corpus.garbage_text``) and vote to accept everything, under 1. and 2.
+A root vote's rows (``--vote-scorings`` with ``root-direction`` or ``root-or-local-model``)
+run on a task with a root set of ``--root-rows`` paragraphs (``CausalLoraRecipe.load_root``);
+``--root-alignment`` only shows how that vote sees honest and poisoned adapters
+(``flockd.bench.lm_root``).
 
 Reported per method: bits per character on each domain's test split, their mean, wall
 seconds (all nodes' training, voting and aggregation, one after another; not the test
