@@ -19,6 +19,10 @@ task config, with ``--nodes`` nodes each holding one docstring domain (non-IID):
 
 Then the attack rows: ``--attackers`` of the nodes (40% by default) train on garbage text
 (random symbols, ``flockd.lm.corpus.garbage_text``) and vote to accept everything, under 1. and 2.
+A root vote's rows (``--vote-scorings`` with ``root-direction`` or ``root-or-local-model``)
+run on a task with a root set of ``--root-rows`` paragraphs (``CausalLoraRecipe.load_root``);
+``--root-alignment`` only shows how that vote sees honest and poisoned adapters
+(``flockd.bench.lm_root``).
 
 Reported per method: bits per character on each domain's test split, their mean, wall
 seconds (all nodes' training, voting and aggregation, one after another; not the test
@@ -50,6 +54,7 @@ from flockd.fl.vote_scoring import (
     DEFAULT_VOTE_SCORING,
     VoteScoring,
     parse_vote_scoring,
+    root_rows_for,
 )
 from flockd.lm.causal import TokenizedText
 from flockd.lm.corpus import garbage_text
@@ -112,11 +117,11 @@ def garbage_file(directory: Path, index: int, chars: int) -> Path:
 
 def make_bench(
     config: dict[str, Any], nodes: int, rounds: int, attackers: int, garbage_dir: Path,
-    scoring: VoteScoring = DEFAULT_VOTE_SCORING,
+    scoring: VoteScoring = DEFAULT_VOTE_SCORING, root_rows: int | None = None,
 ) -> Bench:
     """Honest workers first (voting by ``scoring``), then ``attackers`` garbage-text ones
-    voting accept-all."""
-    spec = TaskSpec("lm-lora", config=config, num_nodes=nodes, seed=1)
+    voting accept-all. A root vote's task carries a root set (``root_rows_for``)."""
+    spec = TaskSpec("lm-lora", config=config, num_nodes=nodes, seed=1, root_rows=root_rows_for(scoring, root_rows))
     workers = []
     for i in range(nodes):
         if i < nodes - attackers:
@@ -131,8 +136,13 @@ def make_bench(
     return Bench(spec, rounds, workers, tests)
 
 
-def run_flockd(bench: Bench, label: str) -> Outcome:
-    """Per-proposal votes (every node proposes; the others vote), exact aggregation."""
+Observer = Callable[[int, Tensors, Sequence[bytes]], None]
+
+
+def run_flockd(bench: Bench, label: str, observe: Observer | None = None) -> Outcome:
+    """Per-proposal votes (every node proposes; the others vote), exact aggregation.
+    ``observe``, when given, sees every round's number, state and proposals (its time is
+    not counted)."""
     workers, n = bench.workers, len(bench.workers)
     state = workers[0].initial_model()
     sent, accepted = 0, [0] * n
@@ -140,6 +150,10 @@ def run_flockd(bench: Bench, label: str) -> Outcome:
     for r in range(bench.rounds):
         wires = [w.train(state, r) for w in workers]
         sent += sum(len(w) for w in wires) * (n - 1)
+        if observe is not None:
+            paused = time.perf_counter()
+            observe(r, state, wires)
+            start += time.perf_counter() - paused
         yes = [0] * n
         for v, voter in enumerate(workers):
             others = [p for p in range(n) if p != v]
@@ -253,6 +267,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--vote-scorings", type=_scorings, default=["local-model", "guarded-contribution"],
                         help="the honest voters' scorings, a flockd row each (default: local-model,guarded-contribution)")
     parser.add_argument("--write", action="store_true", help="replace the Language models section of docs/benchmarks.md")
+    parser.add_argument("--root-rows", type=int, default=None,
+                        help="the root set's rows of a root vote's task (default: flockd.fl.vote_scoring.DEFAULT_ROOT_ROWS)")
+    parser.add_argument("--root-alignment", action="store_true",
+                        help="only show how the root-direction vote sees honest and poisoned adapters, round by round")
     parser.add_argument("--train-overhead", type=int, default=0, metavar="N",
                         help="only compare N pairs of the same training: a bare script and the daemon's training process")
     args = parser.parse_args(argv)
@@ -273,12 +291,22 @@ def main(argv: list[str]) -> int:
         return 0
     domains = list(DOMAINS[: args.nodes])
     config = {"base_hash": "0x" + built.base_hash.hex(), **TESTNET_CONFIG, "domains": domains}
+    rows = f" --root-rows {args.root_rows}" if args.root_rows is not None else ""
+    if args.root_alignment:
+        from flockd.bench.lm_root import alignment
+
+        with TemporaryDirectory() as tmp:
+            table_text = alignment(make_bench(config, args.nodes, args.rounds, 0, Path(tmp), "root-or-local-model", args.root_rows), Path(tmp))
+        print(f"`scripts/bench lm --nodes {args.nodes} --rounds {args.rounds}{rows} --root-alignment` on "
+              f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {commit()}:\n")
+        print(table_text)
+        return 0
     started = datetime.now(UTC)
     outcomes: list[Outcome] = []
     with TemporaryDirectory() as tmp:
         clean = make_bench(config, args.nodes, args.rounds, 0, Path(tmp))
         base_bpc = clean.bpc(clean.workers[0].initial_model())
-        scorings = [(s, clean if s == DEFAULT_VOTE_SCORING else make_bench(config, args.nodes, args.rounds, 0, Path(tmp), s))
+        scorings = [(s, clean if s == DEFAULT_VOTE_SCORING else make_bench(config, args.nodes, args.rounds, 0, Path(tmp), s, args.root_rows))
                     for s in args.vote_scorings]
         runs: list[tuple[Bench, Callable[[Bench, str], Outcome], str]] = [
             *((b, run_flockd, f"flockd: per-proposal vote ({s}), exact mean of the updates, carried adapter")
@@ -290,7 +318,7 @@ def main(argv: list[str]) -> int:
         if args.attackers:
             share = f"{args.attackers}/{args.nodes} garbage-text proposers"
             for s in args.vote_scorings:
-                attacked = make_bench(config, args.nodes, args.rounds, args.attackers, Path(tmp), s)
+                attacked = make_bench(config, args.nodes, args.rounds, args.attackers, Path(tmp), s, args.root_rows)
                 runs.append((attacked, run_flockd, f"flockd ({s}), {share} voting accept-all"))
             runs.append((attacked, run_factor_mean, f"A and B averaged separately, {share}"))
         for bench, run, label in runs:
@@ -301,7 +329,7 @@ def main(argv: list[str]) -> int:
     text = "\n".join([
         SECTION, "",
         f"`scripts/bench lm --nodes {args.nodes} --rounds {args.rounds} --attackers {args.attackers} "
-        f"--vote-scorings {','.join(args.vote_scorings)}` "
+        f"--vote-scorings {','.join(args.vote_scorings)}{rows}` "
         f"on {started:%Y-%m-%d %H:%M} UTC, commit {commit()}: the testnet's base ({built.parameters:,} parameters), "
         f"{args.nodes} nodes with one docstring domain each ({c['domain_chars']:,} characters), {args.rounds} rounds of "
         f"{c['steps']} Adam steps of {c['batch_size']} × {c['seq_len']} tokens, LoRA r={c['lora_rank']} α={c['lora_alpha']} "

@@ -12,7 +12,9 @@ target tokens). A voter's ``accepts`` therefore bounds the rise in bits per char
 Data: a node's own ``.jsonl`` / ``.txt`` file (``--data``), carved into train and
 validation (no test split: the node measures on validation), or, with no file, the demo
 corpus: domain ``domains[node_index % len(domains)]`` (``flockd.lm.corpus``), carved into
-train / validation / test; the test split of the task is every domain's test part.
+train / validation / test; the test split of the task is every domain's test part, and
+its root set (``root_rows``, for the root votes) an equal share of every domain's
+train and validation parts, the same on every node; a node's own text has none.
 Everything runs on CPU in float32 with one torch thread, so scores and trained adapters
 repeat exactly on a node (training may use CUDA and bfloat16 where a node asks:
 ``flockd.lm.accel``); the bytes every node must agree on (the aggregate) are
@@ -29,14 +31,14 @@ from abc import abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from flockd.fl.data import DataSpec
+from flockd.fl.data import MAX_ROOT_ROWS, DataError, DataSpec
 from flockd.fl.recipe import BadRecipeConfig, Metrics, TrainStats
 from flockd.lm.accel import Accelerator
 from flockd.lm.base import BaseModelError, parse_hash, resolve_base
 from flockd.lm.causal import TokenizedText, Tokenizer, score_text, tokenize, train_steps
 from flockd.lm.corpus import DOMAINS, domain_examples
 from flockd.lm.lora import LoraRecipe, lora_keys
-from flockd.lm.text import Example, carve, read_examples
+from flockd.lm.text import Example, carve, read_examples, stratified_draw
 from flockd.logs import get_logger
 
 if TYPE_CHECKING:
@@ -145,6 +147,26 @@ class CausalLoraRecipe(LoraRecipe):
         for index in range(len(self.config["domains"])):
             test += self._domain_test_examples(spec, index)
         return self._tokenized(test)
+
+    def load_root(self, spec: DataSpec, rows: int) -> TokenizedText | None:
+        """The demo task's root set (``root_examples``) tokenized like the training text. A
+        node's own text has none: nothing public that every node holds stands beside it,
+        so its voters vote as ``local-model``."""
+        if spec.path is not None:
+            return None
+        return self._tokenized(self.root_examples(spec, rows))
+
+    def root_examples(self, spec: DataSpec, rows: int) -> list[Example]:
+        """``rows`` examples of the demo corpus, an equal share from each domain's train
+        and validation text (never its test split), drawn by the task's seed: the same on
+        every node. DataError when a domain holds fewer than its share."""
+        if not 1 <= rows <= MAX_ROOT_ROWS:
+            raise DataError(f"a root set has 1 to {MAX_ROOT_ROWS} rows, not {rows}")
+        pools: dict[str, list[Example]] = {}
+        for index, domain in enumerate(self.config["domains"]):
+            train, val, _ = self._carved(self._domain(index), spec, True)
+            pools[domain] = train + val
+        return stratified_draw(pools, rows, spec.seed)
 
     def domain_test(self, spec: DataSpec, index: int) -> TokenizedText:
         """The test split of the demo corpus's domain ``index`` alone (per-domain figures)."""

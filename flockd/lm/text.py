@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +34,7 @@ CHAT_ROLES = ("system", "user", "assistant")
 # The chat template: a role marker line, then the content; the marker is context.
 ROLE_MARKER = {role: f"<|{role}|>\n" for role in CHAT_ROLES}
 _SPLIT_STREAM = 11  # numpy PCG64 stream of the train/validation/test carve
+_ROOT_STREAM = 12  # numpy PCG64 stream of a root set's draw
 
 
 @dataclass(frozen=True)
@@ -165,3 +166,20 @@ def carve(
     val_idx = np.sort(order[n_test : n_test + n_val])
     train_idx = np.sort(order[n_test + n_val :])
     return ([examples[i] for i in train_idx], [examples[i] for i in val_idx], [examples[i] for i in test_idx])
+
+
+def stratified_draw(pools: Mapping[str, Sequence[Example]], rows: int, seed: int) -> list[Example]:
+    """``rows`` examples drawn alike from every named pool: an equal share of each (the
+    first ``rows % len(pools)`` pools one more), each share by the pool's own seeded
+    permutation, pools in order, each share in its pool's order. The same on every
+    machine (numpy PCG64); DataError when a pool holds fewer examples than its share."""
+    if not pools:
+        raise DataError("no pools to draw from")
+    out: list[Example] = []
+    for index, (name, pool) in enumerate(pools.items()):
+        share = rows // len(pools) + (index < rows % len(pools))
+        if share > len(pool):
+            raise DataError(f"{rows} rows across {len(pools)} domains take {share} from {name!r}, which has {len(pool)}")
+        order = np.random.Generator(np.random.PCG64([seed, _ROOT_STREAM, index])).permutation(len(pool))
+        out += [pool[i] for i in np.sort(order[:share])]
+    return out
