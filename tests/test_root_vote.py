@@ -1,8 +1,6 @@
 """The root-direction vote (issue 12): every honest voter judges a proposal against the same
 update, trained on the task's public root set, so the honest stake votes as one."""
 
-import inspect
-
 import numpy as np
 import pytest
 from test_fl_worker import SPEC, A, B, C, a_digits_round, attack_delta, garbage, hostile, only
@@ -18,9 +16,7 @@ from flockd.fl.vote_scoring import (
     ROOT_SCORINGS,
     root_rows_for,
 )
-from flockd.rpc.market import MarketNamespace
-from flockd.rpc.task import TaskNamespace
-from flockd.tasks.spec import SpecError, TaskSpec
+from flockd.tasks.spec import SpecError, TaskSpec, default_root_rows
 from flockd.tasks.work import Worker
 
 ROOT = "root-direction"
@@ -182,9 +178,10 @@ def test_the_default_vote_is_a_root_vote_and_tasks_carry_a_root_set_by_default()
     assert DEFAULT_VOTE_SCORING == "root-or-local-model" and DEFAULT_VOTE_SCORING in ROOT_SCORINGS
     assert root_rows_for(DEFAULT_VOTE_SCORING, None) == DEFAULT_ROOT_ROWS > 0
     assert root_rows_for("local-model", None) == 0 and root_rows_for(DEFAULT_VOTE_SCORING, 0) == 0
-    created = inspect.signature(TaskNamespace.task_create).parameters["root_rows"].default
-    listed = inspect.signature(MarketNamespace.market_task_create).parameters["root_rows"].default
-    assert created == listed == DEFAULT_ROOT_ROWS
+    assert root_rows_for(DEFAULT_VOTE_SCORING, None, default_root_rows("lm-lora")) == 0
+    assert default_root_rows("digits-mlp") == default_root_rows("cancer-logreg") == DEFAULT_ROOT_ROWS
+    # the language models: a garbage-text adapter passed the root vote (docs/lm.md)
+    assert default_root_rows("lm-lora") == 0 and default_root_rows("no-such-recipe") == 0
 
 
 def test_root_or_local_model_accepts_what_either_vote_accepts(rooted_round):

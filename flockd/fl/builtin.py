@@ -31,6 +31,7 @@ from flockd.fl.data import (
     split_held_out,
 )
 from flockd.fl.recipe import BadRecipeConfig, Metrics, Recipe, TrainStats
+from flockd.fl.vote_scoring import DEFAULT_ROOT_ROWS
 
 # Local training per round, measured in docs/learning.md: 8 nodes x 10 rounds of these
 # reach ~97% held-out digits accuracy (IID) at well under a second per round.
@@ -43,6 +44,9 @@ class TorchClassifier(Recipe):
 
     num_features: ClassVar[int]
     num_classes: ClassVar[int]
+    # Measured on digits under every partition (docs/benchmarks.md, "Root direction or the
+    # voter's own split").
+    root_rows_default = DEFAULT_ROOT_ROWS
 
     @abstractmethod
     def bundled(self) -> Split:

@@ -123,6 +123,9 @@ class Recipe(ABC):
     # Train in a child process of the daemon's (flockd.tasks.trainer): for recipes whose
     # training loop is Python-heavy enough to suffer from sharing the daemon's GIL.
     train_in_child: ClassVar[bool] = False
+    # The root set a task of this recipe gets when its creator names none (TaskSpec
+    # root_rows): 0 unless the root votes were measured to judge this recipe's updates.
+    root_rows_default: ClassVar[int] = 0
 
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
         overrides = dict(config or {})

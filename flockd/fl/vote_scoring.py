@@ -32,12 +32,12 @@ DEFAULT_VOTE_SCORING: VoteScoring = "root-or-local-model"
 DEFAULT_ROOT_ROWS = 100
 
 
-def root_rows_for(scoring: str, rows: int | None) -> int:
-    """The root set's rows: ``rows`` when given, else DEFAULT_ROOT_ROWS for the votes
-    against a root set and none for the others."""
+def root_rows_for(scoring: str, rows: int | None, default: int = DEFAULT_ROOT_ROWS) -> int:
+    """The root set's rows: ``rows`` when given, else ``default`` (the recipe's
+    ``root_rows_default``) for the votes against a root set and none for the others."""
     if rows is not None:
         return rows
-    return DEFAULT_ROOT_ROWS if scoring in ROOT_SCORINGS else 0
+    return default if scoring in ROOT_SCORINGS else 0
 
 
 def parse_vote_scoring(text: str) -> VoteScoring:

@@ -69,6 +69,10 @@ CAUSAL_LORA_DEFAULTS: dict[str, Any] = {
 class CausalLoraRecipe(LoraRecipe):
     default_config: ClassVar[dict[str, Any]] = CAUSAL_LORA_DEFAULTS
     train_in_child = True  # many small torch calls a step: the daemon's GIL slowed it ~30% (docs/lm.md)
+    # No root set unless asked: against the root update a garbage-text adapter passed in 4
+    # of 8 tries, where the voters' own text stopped every one (docs/lm.md, "The root set
+    # and the root votes").
+    root_rows_default = 0
 
     def __init__(self, config: dict[str, Any] | None = None) -> None:
         super().__init__(config)

@@ -15,19 +15,20 @@ from typing import Any
 
 from flockd.market.lineage import listing_lineage, task_part, whole
 from flockd.market.service import MarketService
-from flockd.tasks.spec import SpecError, TaskSpec
+from flockd.tasks.spec import SpecError, TaskSpec, default_root_rows
 
 
 def started_spec(
-    record: dict[str, Any], rule: str, partition: str, num_nodes: int, seed: int, root_rows: int = 0
+    record: dict[str, Any], rule: str, partition: str, num_nodes: int, seed: int, root_rows: int | None = None
 ) -> TaskSpec:
     """The new task's spec: the listed model's recipe and config (its layout), the new
-    task's rule, data split and root set, and `start` naming the listing."""
+    task's rule, data split and root set (default: the recipe's), and `start` naming the listing."""
     listed = TaskSpec.from_json(record["spec"])
     start = {"listing_id": int(record["listing_id"]), "task_id": int(record["task_id"]),
              "model_hash": str(record["model_hash"])}
     return TaskSpec(recipe=listed.recipe, config=listed.config, rule=rule, partition=partition,
-                    num_nodes=num_nodes, seed=seed, start=start, root_rows=root_rows)
+                    num_nodes=num_nodes, seed=seed, start=start,
+                    root_rows=default_root_rows(listed.recipe) if root_rows is None else root_rows)
 
 
 def listing_started(spec: TaskSpec) -> int:
@@ -39,7 +40,7 @@ def listing_started(spec: TaskSpec) -> int:
 
 
 async def create_from_listing(market: MarketService, listing_id: int, *, rule: str, partition: str, num_nodes: int,
-                              seed: int, root_rows: int = 0, **params: Any) -> dict[str, Any]:
+                              seed: int, root_rows: int | None = None, **params: Any) -> dict[str, Any]:
     """Fetch and verify the listing, then create the task starting from its model;
     `params`: TaskService.create's keywords (rounds, stakes, windows, ...)."""
     record = await market.fetch(listing_id)

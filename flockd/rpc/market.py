@@ -11,7 +11,6 @@ from eth_utils import to_checksum_address
 from flockd.chain.client.backends import ChainError
 from flockd.chain.client.contract import ContractRevert
 from flockd.chain.client.market import Listing
-from flockd.fl.vote_scoring import DEFAULT_ROOT_ROWS
 from flockd.market.checks import ListingError
 from flockd.market.lineage import listing_report
 from flockd.market.service import MarketService
@@ -87,7 +86,7 @@ class MarketNamespace:
         seed: int = 0, expected_proposers: int = 3, min_participants: int = 1, stake_unit: int = E18,
         min_stake: int = E18, propose_blocks: int = 8, commit_blocks: int = 6, reveal_blocks: int = 8,
         reward_pool: int = 0, vote_mode: Literal["per-proposal", "whole-round"] = "per-proposal",
-        max_proposals: int = 16, root_rows: int = DEFAULT_ROOT_ROWS,
+        max_proposals: int = 16, root_rows: int | None = None,
     ) -> dict[str, Any]:
         """A new task whose initial model is a listed model (fetched and verified first), with
         the listing's recipe and config; its lineage continues from the listing. Joiners run

@@ -9,12 +9,11 @@ from flockd.arena.handoff import HandoffError
 from flockd.chain.client.backends import ChainError
 from flockd.chain.client.contract import ContractRevert
 from flockd.config import PolicySection
-from flockd.fl.vote_scoring import DEFAULT_ROOT_ROWS
 from flockd.rpc.errors import RPCError
 from flockd.rpc.round_view import current_round_view
 from flockd.tasks.policy import PolicyError, check_join
 from flockd.tasks.service import TaskError, TaskService
-from flockd.tasks.spec import SpecError, TaskSpec
+from flockd.tasks.spec import SpecError, TaskSpec, default_root_rows
 from flockd.tasks.verify import verify_lineage
 
 TASK_ERROR = -32020
@@ -65,16 +64,17 @@ class TaskNamespace:
         vote_mode: Literal["per-proposal", "whole-round"] = "per-proposal",
         max_proposals: int = 16,
         competition: int | None = None,
-        root_rows: int = DEFAULT_ROOT_ROWS,
+        root_rows: int | None = None,
     ) -> dict[str, Any]:
         """Create a task on chain; returns its id and the spec every joiner must present.
         competition: a finalised Arena competition whose winning model is round 0's base
         (recipe, config and seed must be the competition's). root_rows: a public root set
-        of that many rows of the recipe's bundled data, for the root votes (0: none; a
-        recipe without bundled data has none)."""
+        of that many rows of the recipe's bundled data, for the root votes (0: none;
+        default: the recipe's, 100 for the classifiers, none for the language models)."""
         with _TaskErrors():
             spec = TaskSpec(recipe=recipe, config=config or {}, rule=rule, partition=partition, num_nodes=num_nodes,
-                            seed=seed, competition=competition, root_rows=root_rows)
+                            seed=seed, competition=competition,
+                            root_rows=default_root_rows(recipe) if root_rows is None else root_rows)
             created = await self._tasks.create(
                 spec, rounds=rounds, expected_proposers=expected_proposers, min_participants=min_participants,
                 min_stake=min_stake, stake_unit=stake_unit, propose_blocks=propose_blocks,

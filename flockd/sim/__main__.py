@@ -11,6 +11,7 @@ from flockd.fl.vote_scoring import DEFAULT_VOTE_SCORING, VOTE_SCORINGS, root_row
 from flockd.sim.chain import SimError
 from flockd.sim.config import RoundFigures, SimConfig, SimResult
 from flockd.sim.run import run_simulation
+from flockd.tasks.spec import default_root_rows
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -54,7 +55,7 @@ def config_from(args: argparse.Namespace) -> SimConfig:
         behaviours=assign_behaviours(args.nodes, args.malicious, args.attack, args.seed),
         recipe_config=json.loads(args.config), score_sample=args.score_sample, vote_scoring=args.vote_scoring,
         creator_steps=args.creator_steps,
-        root_rows=root_rows_for(args.vote_scoring, args.root_rows),
+        root_rows=root_rows_for(args.vote_scoring, args.root_rows, default_root_rows(args.recipe)),
     )
 
 

@@ -16,12 +16,21 @@ from eth_utils import keccak
 
 from flockd.fl.aggregate import Rule
 from flockd.fl.data import MAX_ROOT_ROWS, Partition
-from flockd.fl.recipe import canonical_json, load_recipe
+from flockd.fl.recipe import RecipeError, canonical_json, load_recipe, recipe_class
 from flockd.tasks.start import check_start
 
 
 class SpecError(ValueError):
     """A task spec is malformed or does not match the task's on-chain hash."""
+
+
+def default_root_rows(recipe: str) -> int:
+    """The root set a task of ``recipe`` gets when its creator names none (0 for a recipe
+    that does not load: the spec then says why)."""
+    try:
+        return recipe_class(recipe).root_rows_default
+    except RecipeError:
+        return 0
 
 
 @dataclass(frozen=True)

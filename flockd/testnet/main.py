@@ -115,10 +115,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error(f"--attack: {exc}")
     if args.rounds > 0 and not args.stop:
         from flockd.lm.testnet import lm_task
-        from flockd.tasks.spec import SpecError, TaskSpec
+        from flockd.tasks.spec import SpecError, TaskSpec, default_root_rows
 
         args.config, args.windows = lm_task(args.recipe)  # lm-lora: builds its base once, cached
-        args.root_rows = root_rows_for(args.vote_scoring, args.root_rows)
+        args.root_rows = root_rows_for(args.vote_scoring, args.root_rows, default_root_rows(args.recipe))
         try:
             TaskSpec(recipe=args.recipe, config=args.config, rule=args.rule, partition=args.partition, num_nodes=args.nodes,
                      root_rows=args.root_rows)
