@@ -10,6 +10,8 @@ from flockd.fl.codec import Delta, decode_delta, encode_delta
 from flockd.fl.data import DataError, DataSpec, Split, root_sample, split_held_out
 from flockd.fl.recipe import load_recipe
 from flockd.fl.root_vote import MAX_NORM_RATIO, direction_votes
+from flockd.fl.score import Scorer, vote_on_proposals
+from flockd.fl.tensors import model_state
 from flockd.fl.vote_scoring import (
     DEFAULT_ROOT_ROWS,
     DEFAULT_VOTE_SCORING,
@@ -196,3 +198,27 @@ def test_root_or_local_model_accepts_what_either_vote_accepts(rooted_round):
     assert Worker(spec, 0, scoring=ROOT).score(base, deltas, [A] * 5, False, 5) == (-1, -1, 1, 1, 1)
     either = Worker(spec, 0, scoring="root-or-local-model")
     assert either.score(base, deltas, [A] * 5, False, 5) == (1, -1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("scoring", ["root-or-local-model", None])  # None: the Worker's default
+def test_the_or_is_of_the_root_vote_and_the_own_model_vote_nothing_else(rooted_round, scoring):
+    """Each proposal's verdict is the larger of root-direction's and local-model's, so a
+    delta both reject is rejected: `sign-flip:4` and `noise:0.2`, which a leave-one-out
+    contribution would have let in (docs/learning.md, "Voting on a proposal's
+    contribution"); the default vote is this OR."""
+    spec, base, honest, skewed = rooted_round
+    deltas = [attack_delta(spec, base, "sign-flip:4"), attack_delta(spec, base, "noise:0.2"), skewed, *honest]
+    proposers = [A] * len(deltas)
+    root = Worker(spec, 0, scoring=ROOT).score(base, deltas, proposers, False, 5)
+    own = Worker(spec, 0, scoring="local-model").score(base, deltas, proposers, False, 5)
+    either = Worker(spec, 0) if scoring is None else Worker(spec, 0, scoring=scoring)
+    assert either.score(base, deltas, proposers, False, 5) == tuple(map(max, root, own))
+    assert root[:2] == own[:2] == (-1, -1)
+
+
+def test_the_own_split_scorer_refuses_the_root_votes():
+    recipe = load_recipe("digits-mlp")
+    scorer = Scorer(recipe, model_state(recipe.build_model(0)), Split(np.zeros((1, 64), np.float32), np.zeros(1, np.int64)))
+    for scoring in ROOT_SCORINGS:
+        with pytest.raises(ValueError, match="root set"):
+            vote_on_proposals(scorer, [], scoring=scoring)

@@ -22,7 +22,7 @@ from flockd.fl.codec import Delta
 from flockd.fl.data import Split
 from flockd.fl.recipe import Metrics, Recipe
 from flockd.fl.tensors import load_model_state, squared_norm
-from flockd.fl.vote_scoring import DEFAULT_VOTE_SCORING, VoteScoring, parse_vote_scoring
+from flockd.fl.vote_scoring import ROOT_SCORINGS, VoteScoring, parse_vote_scoring
 
 # Defaults of `accepts`: how much worse than the baseline an honest update may look.
 # Measured (docs/learning.md): on IID digits an honest proposer's model scores at worst
@@ -218,7 +218,7 @@ def vote_on_proposals(
     scorer: Scorer,
     deltas: Sequence[Delta | None],
     *,
-    scoring: VoteScoring = DEFAULT_VOTE_SCORING,
+    scoring: VoteScoring = "local-model",
     rule: Rule | str = "fedavg",
     max_accuracy_drop: float = MAX_ACCURACY_DROP,
 ) -> tuple[int, ...]:
@@ -226,8 +226,10 @@ def vote_on_proposals(
     score ``scoring`` names. ``contribution`` scores each delta within the aggregate of all
     the usable ones, so a node with other labels than the voter's is judged by what it adds
     to the round, not by how its own model does on a split it never saw;
-    ``guarded-contribution`` does so after two coarse guards (``guarded_votes``)."""
-    parse_vote_scoring(scoring)
+    ``guarded-contribution`` does so after two coarse guards (``guarded_votes``). The root
+    votes need the task's root set: the Worker casts them (ValueError here)."""
+    if parse_vote_scoring(scoring) in ROOT_SCORINGS:
+        raise ValueError(f"{scoring} is voted by the Worker, against the task's root set")
     present = [d for d in deltas if d is not None]
     rows, own_rise = scorer.rows, scorer.max_loss_rise
     # A recipe's own loss bound replaces the row-scaled default.

@@ -138,7 +138,7 @@ class Worker:
                     # The voter's own split accepts converged honest work whose direction
                     # is noise, and lets almost no label flip in on its own.
                     local = vote_on_proposals(
-                        Scorer(self.recipe, weights, self.val_split), usable,
+                        Scorer(self.recipe, weights, self.val_split), usable, scoring="local-model",
                         rule=self.spec.rule, max_accuracy_drop=self.spec.max_accuracy_drop,
                     )
                     votes = tuple(max(by_root, by_own) for by_root, by_own in zip(votes, local, strict=True))

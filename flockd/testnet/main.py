@@ -75,7 +75,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="how every node scores proposals ([vote] scoring; docs/learning.md, Voter scoring)")
     p.add_argument("--root-rows", type=int, default=None,
                    help="a public root set of this many rows in the task, which the root votes train on "
-                        "(default: 100 with a root vote, root-direction or root-or-local-model, else none)")
+                        "(default under a root vote, root-direction or root-or-local-model: the recipe's, 100 for the "
+                        "classifiers, none for the language models; else none)")
     p.add_argument("--confirmations", type=int, default=DEFAULT_CONFIRMATIONS, metavar="N",
                    help="blocks every node waits on top of a result before acting on it ([chain] confirmations; "
                         f"default {DEFAULT_CONFIRMATIONS})")
