@@ -183,9 +183,10 @@ def test_stake_share_table_on_known_numbers() -> None:
     records = [run(0, [0.3, 0.29, 0.285, 0.28]), run(1, [0.3, 0.31, 0.315, 0.32])]
     assert stake_checkpoints(4) == [1, 2, 3, 4] and stake_checkpoints(50) == [1, 12, 25, 38, 50]
     table = stake_share_table(meta, records, "iid")
+    # a record naming no vote scoring is local-model's, labelled now that it is not the default;
     # last round: 28 and 32 -> mean 30.00, half-width 12.706 * sd(2.828) / sqrt(2) = 25.41
     assert table.splitlines()[2] == (
-        "| flockd, per-proposal vote | 30% | 30.00 ± 0.00 | 30.00 ± 0.00 | 30.00 ± 12.71 | "
+        "| flockd, per-proposal vote (`local-model`) | 30% | 30.00 ± 0.00 | 30.00 ± 0.00 | 30.00 ± 12.71 | "
         "30.00 ± 19.06 | 30.00 ± 25.41 | 0.00 ± 25.41 |"
     )
     assert stake_share_table(meta, records, "dirichlet:0.5") == ""
@@ -210,7 +211,7 @@ def test_paired_table_subtracts_the_clean_run_of_the_same_seed() -> None:
     ]
     rows = paired_table(meta, records, "iid").splitlines()
     # final: -2 and 0 -> mean -1.00, half-width 12.706 * sd(1.414) / sqrt(2) = 12.71
-    assert rows[2] == "| flockd, per-proposal vote | 40% | 2 | -1.00 ± 12.71 | -0.60 ± 7.62 |"
+    assert rows[2] == "| flockd, per-proposal vote (`local-model`) | 40% | 2 | -1.00 ± 12.71 | -0.60 ± 7.62 |"
     assert paired_table({**meta, "fractions": [0.4]}, records, "iid") == ""
 
 

@@ -20,7 +20,8 @@ task config, with ``--nodes`` nodes each holding one docstring domain (non-IID):
 Then the attack rows: ``--attackers`` of the nodes (40% by default) train on garbage text
 (random symbols, ``flockd.lm.corpus.garbage_text``) and vote to accept everything, under 1. and 2.
 A root vote's rows (``--vote-scorings`` with ``root-direction`` or ``root-or-local-model``)
-run on a task with a root set of ``--root-rows`` paragraphs (``CausalLoraRecipe.load_root``);
+run on a task with a root set of ``--root-rows`` paragraphs (``CausalLoraRecipe.load_root``;
+none unless given, as an lm-lora task's default);
 ``--root-alignment`` only shows how that vote sees honest and poisoned adapters
 (``flockd.bench.lm_root``).
 
@@ -51,6 +52,7 @@ from flockd.fl.data import DataSpec
 from flockd.fl.recipe import training_seed
 from flockd.fl.tensors import Tensors, load_model_state
 from flockd.fl.vote_scoring import (
+    DEFAULT_ROOT_ROWS,
     DEFAULT_VOTE_SCORING,
     VoteScoring,
     parse_vote_scoring,
@@ -120,8 +122,10 @@ def make_bench(
     scoring: VoteScoring = DEFAULT_VOTE_SCORING, root_rows: int | None = None,
 ) -> Bench:
     """Honest workers first (voting by ``scoring``), then ``attackers`` garbage-text ones
-    voting accept-all. A root vote's task carries a root set (``root_rows_for``)."""
-    spec = TaskSpec("lm-lora", config=config, num_nodes=nodes, seed=1, root_rows=root_rows_for(scoring, root_rows))
+    voting accept-all. A root vote's task carries ``root_rows`` rows of root set, by default
+    none, as an lm-lora task created without naming any (``root_rows_default``)."""
+    rows = root_rows_for(scoring, root_rows, CausalLoraRecipe.root_rows_default)
+    spec = TaskSpec("lm-lora", config=config, num_nodes=nodes, seed=1, root_rows=rows)
     workers = []
     for i in range(nodes):
         if i < nodes - attackers:
@@ -268,7 +272,8 @@ def main(argv: list[str]) -> int:
                         help="the honest voters' scorings, a flockd row each (default: local-model,guarded-contribution)")
     parser.add_argument("--write", action="store_true", help="replace the Language models section of docs/benchmarks.md")
     parser.add_argument("--root-rows", type=int, default=None,
-                        help="the root set's rows of a root vote's task (default: flockd.fl.vote_scoring.DEFAULT_ROOT_ROWS)")
+                        help="the root set's rows of a root vote's task (default: none, as an lm-lora task created "
+                             f"without naming any; --root-alignment: {DEFAULT_ROOT_ROWS})")
     parser.add_argument("--root-alignment", action="store_true",
                         help="only show how the root-direction vote sees honest and poisoned adapters, round by round")
     parser.add_argument("--train-overhead", type=int, default=0, metavar="N",
@@ -296,7 +301,9 @@ def main(argv: list[str]) -> int:
         from flockd.bench.lm_root import alignment
 
         with TemporaryDirectory() as tmp:
-            table_text = alignment(make_bench(config, args.nodes, args.rounds, 0, Path(tmp), "root-or-local-model", args.root_rows), Path(tmp))
+            root_rows = DEFAULT_ROOT_ROWS if args.root_rows is None else args.root_rows
+            bench = make_bench(config, args.nodes, args.rounds, 0, Path(tmp), "root-or-local-model", root_rows)
+            table_text = alignment(bench, Path(tmp))
         print(f"`scripts/bench lm --nodes {args.nodes} --rounds {args.rounds}{rows} --root-alignment` on "
               f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {commit()}:\n")
         print(table_text)
