@@ -112,10 +112,13 @@ def narrow_voter(spec: TaskSpec, scoring: str) -> Worker:
 
 
 def test_honest_work_on_labels_the_voter_never_sees_is_accepted(rooted_round):
+    """Under the old default (local-model) it was rejected; under the root votes, the
+    default among them, it is accepted."""
     spec, base, honest, skewed = rooted_round
     deltas, proposers = [skewed, *honest], [A, B, C, A]
     assert narrow_voter(spec, "local-model").score(base, deltas, proposers, False, 5) == (-1, 1, 1, 1)
     assert narrow_voter(spec, ROOT).score(base, deltas, proposers, False, 5) == (1, 1, 1, 1)
+    assert narrow_voter(spec, DEFAULT_VOTE_SCORING).score(base, deltas, proposers, False, 5) == (1, 1, 1, 1)
 
 
 @pytest.mark.parametrize("attack", ["label-flip", "noise:1", "noise:0.2", "sign-flip:4", "scaled:4"])
