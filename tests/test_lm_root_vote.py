@@ -15,6 +15,7 @@ from flockd.fl.codec import Delta, decode_delta
 from flockd.fl.data import MAX_ROOT_ROWS, DataError, DataSpec
 from flockd.fl.recipe import load_recipe, training_seed
 from flockd.fl.root_vote import direction_votes
+from flockd.fl.score import Scorer, vote_on_proposals
 from flockd.lm.corpus import garbage_text
 from flockd.lm.recipe import CausalLoraRecipe
 from flockd.tasks.spec import TaskSpec
@@ -119,3 +120,26 @@ def test_a_node_with_its_own_text_has_no_root_set_and_votes_as_local_model(votin
     proposers = [bytes([i]) * 20 for i in range(len(wires))]
     assert by_root.score(base, wires, proposers, False, 0) == by_own.score(base, wires, proposers, False, 0)
     assert "root_set_unusable" not in by_root.counters.snapshot()  # no root set is not an error
+
+
+def test_the_default_vote_judges_an_adapter_by_the_proposers_model_on_the_root_set(voting):
+    """lm-lora's root test is the proposer's model on the root set (every domain's text),
+    which every honest voter computes alike: the default vote is that or the voter's own
+    text, so an adapter both reject is out. On the voter's own text alone an honest
+    adapter from another domain may look worse than the bound; on the root set, not."""
+    spec, _, base, proposals = voting
+    assert CausalLoraRecipe.root_test == "model" and CausalLoraRecipe.root_rows_default > 0
+    wires = list(proposals.values())
+    proposers = [bytes([i]) * 20 for i in range(len(wires))]
+    default = Worker(spec, 0)  # root-or-local-model
+    recipe = default.recipe
+    root = recipe.load_root(DataSpec(num_nodes=2, seed=spec.seed), ROWS)
+    assert root is not None
+    on_root = vote_on_proposals(Scorer(recipe, recipe.model_weights(base), root), default.usable(base, wires))
+    own = Worker(spec, 0, scoring="local-model").score(base, wires, proposers, False, 0)
+    got = default.score(base, wires, proposers, False, 0)
+    assert got == tuple(map(max, on_root, own))
+    verdict = dict(zip(proposals, got, strict=True))
+    assert verdict["honest, another domain"] == 1
+    assert verdict["noise"] == verdict["sign-flip:4"] == -1
+    assert verdict["trained on garbage text"] == on_root[-1] == -1

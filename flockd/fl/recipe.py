@@ -54,7 +54,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from importlib import import_module
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypedDict
 
 from eth_utils import keccak
 
@@ -77,6 +77,9 @@ BUILTIN_RECIPES: dict[str, str] = {
     "cancer-logreg": "flockd.fl.builtin:CancerLogReg",
     "lm-lora": "flockd.lm.hf:LmLora",  # needs a base: config {"base_hash": ...} (docs/lm.md)
 }
+
+
+RootTest = Literal["direction", "model"]
 
 
 class RecipeError(FLError):
@@ -126,6 +129,10 @@ class Recipe(ABC):
     # The root set a task of this recipe gets when its creator names none (TaskSpec
     # root_rows): 0 unless the root votes were measured to judge this recipe's updates.
     root_rows_default: ClassVar[int] = 0
+    # How the default vote (root-or-local-model) judges a proposal on the root set: by its
+    # update's direction against one trained there ("direction", flockd.fl.root_vote), or
+    # by the proposer's model there, as local-model judges on a validation split ("model").
+    root_test: ClassVar[RootTest] = "direction"
 
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
         overrides = dict(config or {})

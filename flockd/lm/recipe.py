@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from flockd.fl.data import MAX_ROOT_ROWS, DataError, DataSpec
 from flockd.fl.recipe import BadRecipeConfig, Metrics, TrainStats
+from flockd.fl.vote_scoring import DEFAULT_ROOT_ROWS
 from flockd.lm.accel import Accelerator
 from flockd.lm.base import BaseModelError, parse_hash, resolve_base
 from flockd.lm.causal import TokenizedText, Tokenizer, score_text, tokenize, train_steps
@@ -69,10 +70,11 @@ CAUSAL_LORA_DEFAULTS: dict[str, Any] = {
 class CausalLoraRecipe(LoraRecipe):
     default_config: ClassVar[dict[str, Any]] = CAUSAL_LORA_DEFAULTS
     train_in_child = True  # many small torch calls a step: the daemon's GIL slowed it ~30% (docs/lm.md)
-    # No root set unless asked: against the root update a garbage-text adapter passed in 4
-    # of 8 tries, where the voters' own text stopped every one (docs/lm.md, "The root set
-    # and the root votes").
-    root_rows_default = 0
+    # An adapter is judged by the proposer's model on the root set (every domain's text):
+    # against the root update's direction a garbage-text adapter passed in 4 of 8 tries
+    # (docs/lm.md, "The root set and the root votes").
+    root_test = "model"
+    root_rows_default = DEFAULT_ROOT_ROWS
 
     def __init__(self, config: dict[str, Any] | None = None) -> None:
         super().__init__(config)

@@ -34,7 +34,14 @@ from flockd.fl.attacks import (
 from flockd.fl.checkpoint import model_hash
 from flockd.fl.codec import Delta, decode_delta, delta_hash, encode_delta
 from flockd.fl.data import DataError, DataSpec
-from flockd.fl.recipe import LocalData, Metrics, limit_torch_threads, load_recipe, training_seed
+from flockd.fl.recipe import (
+    LocalData,
+    Metrics,
+    RootTest,
+    limit_torch_threads,
+    load_recipe,
+    training_seed,
+)
 from flockd.fl.root_vote import direction_votes
 from flockd.fl.score import Scorer, vote_on_proposals
 from flockd.fl.tensors import Tensors, load_model_state, model_state, require_same_layout, shapes
@@ -133,7 +140,8 @@ class Worker:
             weights = self.recipe.model_weights(base)  # once: both the checks and the scorer need it
             usable = self._usable(base, weights, deltas)  # cheap checks before any evaluation
             if self.scoring in ROOT_SCORINGS and not whole_round:
-                votes = self._root_votes(base, weights, usable, round_number)
+                test = "direction" if self.scoring == "root-direction" else self.recipe.root_test
+                votes = self._root_votes(base, weights, usable, round_number, test)
                 if votes is not None and self.scoring == "root-or-local-model":
                     # The voter's own split accepts converged honest work whose direction
                     # is noise, and lets almost no label flip in on its own.
@@ -171,12 +179,17 @@ class Worker:
             return None
 
     def _root_votes(
-        self, base: Tensors, weights: Tensors, usable: Sequence[Delta | None], round_number: int
+        self, base: Tensors, weights: Tensors, usable: Sequence[Delta | None], round_number: int, test: RootTest
     ) -> tuple[int, ...] | None:
-        """The ``root-direction`` votes, or None when the task has no root set (or its
-        update cannot judge): the caller then votes as ``local-model``."""
+        """The votes of the root ``test`` (``Recipe.root_test``), or None when the task has
+        no root set (or its update cannot judge): the caller then votes as ``local-model``."""
         if self._root is None:
             return None
+        if test == "model":  # the proposer's model on the root set, as local-model on a split
+            return vote_on_proposals(
+                Scorer(self.recipe, weights, self._root), usable, scoring="local-model",
+                rule=self.spec.rule, max_accuracy_drop=self.spec.max_accuracy_drop,
+            )
         key = (round_number, model_hash(base))
         if key not in self._root_updates:
             seed = training_seed(self.spec.seed, round_number, ROOT_TRAINER)
