@@ -70,7 +70,7 @@ class TaskNamespace:
         competition: a finalised Arena competition whose winning model is round 0's base
         (recipe, config and seed must be the competition's). root_rows: a public root set
         of that many rows of the recipe's bundled data, for the root votes (0: none;
-        default: the recipe's, 100 for the classifiers, none for the language models)."""
+        default: the recipe's, 100 rows or paragraphs for the built-in recipes)."""
         with _TaskErrors():
             spec = TaskSpec(recipe=recipe, config=config or {}, rule=rule, partition=partition, num_nodes=num_nodes,
                             seed=seed, competition=competition,

@@ -39,7 +39,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--root-rows", type=int, default=None,
                    help="rows of the task's public root set, which the root votes train on "
                         "(default under a root vote, root-direction or root-or-local-model: the recipe's, 100 for the "
-                        "classifiers, none for the language models; else none)")
+                        "built-in recipes; else none)")
     p.add_argument("--score-sample", type=int, default=None, help="at most this many validation rows per voter")
     p.add_argument("--config", default="{}", help="recipe config overrides, JSON")
     p.add_argument("--json", action="store_true", help="print the whole result as JSON")

@@ -76,7 +76,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--root-rows", type=int, default=None,
                    help="a public root set of this many rows in the task, which the root votes train on "
                         "(default under a root vote, root-direction or root-or-local-model: the recipe's, 100 for the "
-                        "classifiers, none for the language models; else none)")
+                        "built-in recipes; else none)")
     p.add_argument("--confirmations", type=int, default=DEFAULT_CONFIRMATIONS, metavar="N",
                    help="blocks every node waits on top of a result before acting on it ([chain] confirmations; "
                         f"default {DEFAULT_CONFIRMATIONS})")
