@@ -17,12 +17,13 @@ from flockd.tasks.work import Worker
 from flockd.testnet.cluster import vote_section
 
 
-def test_every_layer_defaults_to_the_local_model_vote():
-    assert Config().vote.parsed() == "local-model"
-    assert SimConfig().vote_scoring == "local-model"
-    assert config_from(parse_args([])).vote_scoring == "local-model"
-    assert Job("flockd-per-proposal", "collude", 0.4, 0, 20, 30, 8, "x").vote_scoring == "local-model"
-    assert attack.parse_args([]).vote_scoring == "local-model"
+def test_every_layer_defaults_to_the_root_or_local_model_vote():
+    assert Config().vote.parsed() == "root-or-local-model"
+    assert SimConfig().vote_scoring == "root-or-local-model"
+    assert config_from(parse_args([])).vote_scoring == "root-or-local-model"
+    assert config_from(parse_args([])).root_rows == 100  # the CLI's task carries digits' root set
+    assert Job("flockd-per-proposal", "collude", 0.4, 0, 20, 30, 8, "x").vote_scoring == "root-or-local-model"
+    assert attack.parse_args([]).vote_scoring == "root-or-local-model"
 
 
 @pytest.mark.parametrize("scoring", VOTE_SCORINGS)
@@ -61,7 +62,7 @@ def test_the_testnet_sets_every_config_s_vote_section():
     once = with_vote_scoring(DEFAULT_CONFIG_TOML, "guarded-contribution")
     assert config_from_dict(_toml_dict(once)).vote.parsed() == "guarded-contribution"
     assert with_vote_scoring(once, "guarded-contribution") == once  # a re-run changes nothing
-    assert with_vote_scoring(once, "local-model") == DEFAULT_CONFIG_TOML
+    assert with_vote_scoring(once, "root-or-local-model") == DEFAULT_CONFIG_TOML
     # An older config without [vote], with the testnet's [attack] section last: [vote]
     # goes before it, so configure_attacks can still cut [attack] off.
     old = "[node]\nnetwork = \"x\"\n" + _ATTACK_HEADER + "behaviour = \"collude\"\n"

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from flockd.fl.vote_scoring import DEFAULT_VOTE_SCORING
+from flockd.fl.vote_scoring import DEFAULT_ROOT_ROWS, DEFAULT_VOTE_SCORING
 
 if TYPE_CHECKING:
     from flockd.fl.attacks import Behaviour
@@ -61,9 +61,9 @@ class Job:
     proposers: int  # expected proposers per round (flockd systems)
     robust_rule: str
     partition: str = "iid"  # how the data is split across nodes (flockd.fl.data.Partition)
-    vote_scoring: str = "local-model"  # flockd systems: how honest voters score (fl.score.VoteScoring)
+    vote_scoring: str = DEFAULT_VOTE_SCORING  # flockd systems: how honest voters score (fl.score.VoteScoring)
     creator_steps: int = 0  # flockd systems: start from the creator's model (SimConfig.creator_steps)
-    root_rows: int = 0  # flockd systems scoring by root-direction: the task's root set (SimConfig.root_rows)
+    root_rows: int = DEFAULT_ROOT_ROWS  # flockd systems on a root vote: the task's root set (SimConfig.root_rows)
 
     @property
     def cost(self) -> float:
