@@ -87,6 +87,7 @@ class P2PService(P2PNetwork):
         swarm = self._host.get_network()
         assert isinstance(swarm, Swarm)  # new_host builds a Swarm
         swarm.auto_connector = _NoAutoDials(swarm, swarm.connection_config.auto_connect_interval)
+        swarm._inbound_limiter = _LiveConnectionCap(swarm)  # type: ignore[assignment]
         self._id = self._host.get_id()
         # gossip_dropped, gossip_rejected, peers_banned, inbound_refused, bulk_sessions_opened,
         # bulk_sessions_keyed, bulk_sessions_failed (metrics).
@@ -204,7 +205,7 @@ class P2PService(P2PNetwork):
             infos.append(
                 PeerInfo(
                     peer_id=peer_id,
-                    address=peerx.check_peer_id(peer_id),
+                    address=_address_of(peer_id),
                     addrs=self._peering.addrs_of(peer_id),
                     direction="inbound" if inbound else "outbound",
                     latency_ms=self._peering.latency_of(peer_id),
@@ -514,6 +515,31 @@ class _NoAutoDials(AutoConnector):
     undo max_peers and redial peers peering.py chose to drop. peering.py alone dials."""
 
     async def maybe_connect(self) -> None:
+        return None
+
+
+class _LiveConnectionCap:
+    """Stands in for the swarm's inbound limiter, which leaks: py-libp2p 0.8.1 takes a token
+    for every accepted TCP connection and returns it only when the swarm stops (a
+    successful inbound handler waits on `manager.wait_finished()`), so after
+    max_connections inbound connections in its lifetime a node closed every new one at
+    accept. Churn while a 32-daemon mesh forms got there in minutes. This one refuses a
+    connection at accept (before the costly handshake) only while the swarm holds
+    max_connections live ones; connections still in their handshake are bounded by the
+    swarm's inbound upgrade timeout, and peering.py closes inbound peers beyond max_peers."""
+
+    def __init__(self, swarm: Swarm) -> None:
+        self._swarm = swarm
+
+    @property
+    def total_tokens(self) -> int:  # read by the swarm's log line when it refuses
+        return self._swarm.connection_config.max_connections
+
+    def acquire_nowait(self) -> None:
+        if self._swarm.get_total_connections() >= self.total_tokens:
+            raise trio.WouldBlock
+
+    def release(self) -> None:
         return None
 
 

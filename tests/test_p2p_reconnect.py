@@ -1,0 +1,61 @@
+"""A node keeps accepting peers however many connections came and went before.
+
+py-libp2p 0.8.1's swarm takes an inbound slot (a CapacityLimiter of max_connections -
+min_connections tokens) for each accepted TCP connection and gives it back only when the
+whole swarm stops: a successful inbound handler waits on `manager.wait_finished()`. So
+after max_connections inbound connections in its lifetime a node closed every new one at
+accept, whatever was still open: a testnet's daemons, whose connections churn while the
+mesh forms, stopped accepting peers for good.
+"""
+
+from __future__ import annotations
+
+import trio
+from libp2p.peer.id import ID
+
+from flockd.p2p.host import P2PService
+from flockd.p2p.limits import P2PLimits
+
+# max_peers=3 gives libp2p a max_connections of 3 * 2 + 8 = 14 (host._connection_config);
+# three dialers, each with at most one connection open, stay within max_peers.
+DIALERS = 3
+SMALL = P2PLimits(max_peers=DIALERS)
+
+
+def secret(i: int) -> bytes:
+    return bytes([i + 1]) * 32
+
+
+async def wait_until(condition: object, poll: float = 0.02) -> None:
+    while not condition():  # type: ignore[operator]
+        await trio.sleep(poll)
+
+
+async def test_inbound_slots_come_back_when_connections_close() -> None:
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            listener = P2PService(secret(0), network_id="reconnect", limits=SMALL)
+            await nursery.start(listener.run)
+            dialers = [P2PService(secret(i), network_id="reconnect") for i in range(1, DIALERS + 1)]
+            for dialer in dialers:
+                await nursery.start(dialer.run)
+            ceiling = listener._host.get_network().connection_config.max_connections
+            cycles = ceiling // DIALERS + 1  # more connections in all than the ceiling
+
+            def listener_sees(dialer: P2PService) -> bool:
+                return dialer.peer_id in {p.peer_id for p in listener.peers()}
+
+            async def come_and_go(dialer: P2PService) -> None:
+                for _ in range(cycles):
+                    await dialer.connect(listener.listen_addrs()[0])
+                    await wait_until(lambda: listener_sees(dialer))
+                    await dialer._host.disconnect(ID.from_base58(listener.peer_id))
+                    await wait_until(lambda: not listener_sees(dialer))
+
+            async with trio.open_nursery() as cycling:
+                for dialer in dialers:
+                    cycling.start_soon(come_and_go, dialer)
+            for dialer in dialers:
+                await dialer.connect(listener.listen_addrs()[0])
+            await wait_until(lambda: len(listener.peers()) == DIALERS)
+            nursery.cancel_scope.cancel()
