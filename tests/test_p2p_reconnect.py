@@ -59,3 +59,29 @@ async def test_inbound_slots_come_back_when_connections_close() -> None:
                 await dialer.connect(listener.listen_addrs()[0])
             await wait_until(lambda: len(listener.peers()) == DIALERS)
             nursery.cancel_scope.cancel()
+
+
+def directions(node: P2PService, other: P2PService) -> list[str]:
+    """The direction of each connection `node` holds to `other`."""
+    conns = node._host.get_network().get_connections(ID.from_base58(other.peer_id))
+    return sorted(str(getattr(conn, "direction", "")) for conn in conns)
+
+
+async def test_peers_that_learn_of_each_other_at_once_connect_once() -> None:
+    # Peer exchange tells both ends of a pair about each other at about the same moment;
+    # if both dialed, the pair would hold two connections.
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            low, high = sorted(
+                (P2PService(secret(i), network_id="reconnect") for i in (4, 5)),
+                key=lambda node: node.peer_id,
+            )
+            await nursery.start(low.run)
+            await nursery.start(high.run)
+            async with trio.open_nursery() as both:
+                both.start_soon(low._peering._consider, high.peer_id, high._own_dial_addrs())
+                both.start_soon(high._peering._consider, low.peer_id, low._own_dial_addrs())
+            await wait_until(lambda: directions(high, low) and directions(low, high))
+            assert directions(low, high) == ["outbound"]
+            assert directions(high, low) == ["inbound"]
+            nursery.cancel_scope.cancel()
