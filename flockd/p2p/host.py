@@ -8,7 +8,6 @@ host is closed explicitly, or its socket leaks and peers keep listing us for sec
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
 import time
@@ -205,7 +204,7 @@ class P2PService(P2PNetwork):
             infos.append(
                 PeerInfo(
                     peer_id=peer_id,
-                    address=_address_of(peer_id),
+                    address=peerx.check_peer_id(peer_id),
                     addrs=self._peering.addrs_of(peer_id),
                     direction="inbound" if inbound else "outbound",
                     latency_ms=self._peering.latency_of(peer_id),
@@ -227,7 +226,7 @@ class P2PService(P2PNetwork):
 
     def penalize_peer(self, peer_id: str, points: float, reason: str) -> None:
         try:
-            address = _address_of(peer_id)
+            address = peerx.check_peer_id(peer_id)
         except peerx.BadPeerEntry:
             return  # not a flock peer: it could not have connected
         self.penalize_sender(address, points, reason)
@@ -242,12 +241,12 @@ class P2PService(P2PNetwork):
         nursery = self._nursery
         if nursery is not None:
             for peer in self._peering.connected():
-                if _address_of(peer) == address:
+                if peerx.check_peer_id(peer) == address:
                     nursery.start_soon(self._peering.disconnect, peer)
 
     def is_banned(self, peer_id: str) -> bool:
         try:
-            return self._sender_banned(_address_of(peer_id))
+            return self._sender_banned(peerx.check_peer_id(peer_id))
         except peerx.BadPeerEntry:
             return True
 
@@ -289,7 +288,7 @@ class P2PService(P2PNetwork):
         BlobError subclasses for transfer failures, P2PError when it cannot be reached."""
         self._require_running()
         blobs.check_kind(kind)
-        _address_of(peer_id)  # raises BadPeerEntry for a bad id; cached, as is_banned reads it
+        peerx.check_peer_id(peer_id)  # raises BadPeerEntry for a bad id; cached, as is_banned reads it
         if self.is_banned(peer_id):
             raise P2PError(f"{peer_id} is banned")
         if len(data) >= self._limits.bulk_min:
@@ -501,12 +500,6 @@ def _handing(form: type[_Blob], handler: Callable[[str, str, _Blob], Awaitable[b
         return await handler(peer_id, kind, data if isinstance(data, form) else form(data))
 
     return call
-
-
-@functools.lru_cache(maxsize=4096)
-def _address_of(peer_id: str) -> str:
-    """The participant behind a peer id (decoding the key is not free: cached)."""
-    return peerx.check_peer_id(peer_id)
 
 
 class _NoAutoDials(AutoConnector):
