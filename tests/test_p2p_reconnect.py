@@ -1,19 +1,22 @@
-"""A node keeps accepting peers however many connections came and went before.
+"""What kept 32 daemons from holding a mesh: connections that come and go, pairs that
+dial each other at once, and a held event loop.
 
-py-libp2p 0.8.1's swarm takes an inbound slot (a CapacityLimiter of max_connections -
+A node keeps accepting peers however many connections came and went before: py-libp2p
+0.8.1's swarm takes an inbound slot (a CapacityLimiter of max_connections -
 min_connections tokens) for each accepted TCP connection and gives it back only when the
-whole swarm stops: a successful inbound handler waits on `manager.wait_finished()`. So
+whole swarm stops (a successful inbound handler waits on `manager.wait_finished()`), so
 after max_connections inbound connections in its lifetime a node closed every new one at
-accept, whatever was still open: a testnet's daemons, whose connections churn while the
-mesh forms, stopped accepting peers for good.
+accept, whatever was still open.
 """
 
 from __future__ import annotations
 
+import time
+
 import trio
 from libp2p.peer.id import ID
 
-from flockd.p2p.host import P2PService
+from flockd.p2p.host import LOOP_STALL, LOOP_TICK, P2PService
 from flockd.p2p.limits import P2PLimits
 
 # max_peers=3 gives libp2p a max_connections of 3 * 2 + 8 = 14 (host._connection_config);
@@ -84,4 +87,18 @@ async def test_peers_that_learn_of_each_other_at_once_connect_once() -> None:
             await wait_until(lambda: directions(high, low) and directions(low, high))
             assert directions(low, high) == ["outbound"]
             assert directions(high, low) == ["inbound"]
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_held_event_loop_is_counted() -> None:
+    # A handler that holds the loop (CPU work or sync I/O in a coroutine) stalls every
+    # peer's stream negotiation in the process; the service counts such stalls.
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            node = P2PService(secret(6), network_id="reconnect")
+            await nursery.start(node.run)
+            await trio.sleep(LOOP_TICK)  # the watcher has started its first tick
+            time.sleep(LOOP_STALL + 0.5)  # holds the event loop, as a blocking handler would
+            await wait_until(lambda: node.counters.get("loop_stalls") >= 1)
+            assert node.counters.get("loop_stall_ms") >= LOOP_STALL * 1000
             nursery.cancel_scope.cancel()

@@ -89,7 +89,7 @@ class P2PService(P2PNetwork):
         swarm._inbound_limiter = _LiveConnectionCap(swarm)  # type: ignore[assignment]
         self._id = self._host.get_id()
         # gossip_dropped, gossip_rejected, peers_banned, inbound_refused, bulk_sessions_opened,
-        # bulk_sessions_keyed, bulk_sessions_failed (metrics).
+        # bulk_sessions_keyed, bulk_sessions_failed, loop_stalls, loop_stall_ms (metrics).
         self.counters = Counters()
         self._scores = PeerScores(
             threshold=limits.ban_threshold, decay=limits.score_decay, ban_seconds=limits.ban_seconds
@@ -173,6 +173,7 @@ class P2PService(P2PNetwork):
                             await ours.start(self._bulk.run)
                             ours.start_soon(self._bulk_sessions.run)
                             ours.start_soon(self._peering.run)
+                            ours.start_soon(_watch_loop_stalls, self.counters)
                             self._running = True
                             logger.info("p2p listening on %s", " ".join(self.listen_addrs()))
                             task_status.started()
@@ -509,6 +510,23 @@ class _NoAutoDials(AutoConnector):
 
     async def maybe_connect(self) -> None:
         return None
+
+
+LOOP_TICK = 0.25  # seconds between the stall watcher's wake-ups
+LOOP_STALL = 1.0  # a wake-up this late means the event loop was held (by anything in the process)
+
+
+async def _watch_loop_stalls(counters: Counters) -> None:
+    """Count and log the times the event loop did not run for LOOP_STALL seconds: every
+    peer's stream negotiation waits meanwhile, and 10 s of it fails them."""
+    while True:
+        expected = trio.current_time() + LOOP_TICK
+        await trio.sleep(LOOP_TICK)
+        late = trio.current_time() - expected
+        if late >= LOOP_STALL:
+            counters.incr("loop_stalls")
+            counters.incr("loop_stall_ms", round(late * 1000))
+            logger.warning("event loop stalled for %.1fs", late)
 
 
 class _LiveConnectionCap:
