@@ -102,3 +102,21 @@ async def test_a_held_event_loop_is_counted() -> None:
             await wait_until(lambda: node.counters.get("loop_stalls") >= 1)
             assert node.counters.get("loop_stall_ms") >= LOOP_STALL * 1000
             nursery.cancel_scope.cancel()
+
+
+async def test_the_larger_peer_id_dials_when_the_smaller_does_not() -> None:
+    # Only the larger id learned of the pair: it waits an exchange interval, then dials.
+    quick = P2PLimits(peer_exchange_interval=0.3)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            low, high = sorted(
+                (P2PService(secret(i), network_id="reconnect", limits=quick) for i in (7, 8)),
+                key=lambda node: node.peer_id,
+            )
+            await nursery.start(low.run)
+            await nursery.start(high.run)
+            await high._peering._consider(low.peer_id, low._own_dial_addrs())
+            assert directions(high, low) == []  # deferred, not dialed
+            await wait_until(lambda: directions(high, low) == ["outbound"])
+            await wait_until(lambda: directions(low, high) == ["inbound"])
+            nursery.cancel_scope.cancel()

@@ -32,8 +32,8 @@ EXCHANGE_FANOUT = 3  # connected peers asked for their peers each peer_exchange_
 # Exchanges spread news of a peer to both ends of a pair at about the same moment; if both
 # dialed, each pair would hold two connections (two handshakes, and one of them is closed
 # later, resetting its streams). So of two peers only the one with the smaller peer id
-# dials an exchanged peer at once; the other waits this many exchange intervals for it.
-DIAL_DEFERRAL_INTERVALS = 3
+# dials an exchanged peer at once; the other gives it one exchange interval, then dials
+# (from the periodic loop) if they are still apart.
 
 
 class Peering:
@@ -57,7 +57,8 @@ class Peering:
         self._addrs: dict[str, list[str]] = {}  # dialable addrs per peer (dialed or self-announced)
         self._latency_ms: dict[str, float] = {}
         self._failures: dict[str, tuple[int, float]] = {}  # peer -> (failed dials, retry after)
-        self._deferred: dict[str, float] = {}  # exchanged peer -> when we may dial it ourselves
+        # exchanged peers we leave to dial us: peer -> (when we dial it ourselves, its addrs)
+        self._deferred: dict[str, tuple[float, list[str]]] = {}
         self._busy: set[str] = set()  # peers with an exchange or dial in flight
         self._connects, self._connect_events = trio.open_memory_channel[tuple[str, bool]](256)
         host.get_network().register_notifee(_ConnectNotifee(self._connects))
@@ -113,6 +114,8 @@ class Peering:
                 # 32 daemons on 2 cores spent both cores on it and never held a mesh.
                 for peer_id in random.sample(allowed, min(len(allowed), EXCHANGE_FANOUT)):
                     nursery.start_soon(self._exchange, peer_id)
+                for peer_id, addrs in self._due_deferrals(trio.current_time()):
+                    nursery.start_soon(self._consider, peer_id, addrs)
                 await trio.sleep(self._limits.peer_exchange_interval)
 
     async def _keep_seed(self, seed: Libp2pPeerInfo) -> None:
@@ -201,7 +204,7 @@ class Peering:
             or self._banned(peer_id)
             or self.is_connected(peer_id)
             or len(self.connected()) >= self._limits.max_peers
-            or self._defers_to(peer_id, now)
+            or self._defers_to(peer_id, addrs, now)
         ):
             return
         self._busy.add(peer_id)
@@ -216,14 +219,17 @@ class Peering:
         finally:
             self._busy.discard(peer_id)
 
-    def _defers_to(self, peer_id: str, now: float) -> bool:
-        """Whether to leave dialing `peer_id` to it for now (see DIAL_DEFERRAL_INTERVALS)."""
+    def _defers_to(self, peer_id: str, addrs: list[str], now: float) -> bool:
+        """Whether to leave dialing `peer_id` to it for now (see the note at the top)."""
         if self._me < peer_id:
             return False
-        dial_at = self._deferred.setdefault(
-            peer_id, now + DIAL_DEFERRAL_INTERVALS * self._limits.peer_exchange_interval
-        )
+        dial_at, _ = self._deferred.get(peer_id, (now + self._limits.peer_exchange_interval, []))
+        self._deferred[peer_id] = (dial_at, addrs)
         return now < dial_at
+
+    def _due_deferrals(self, now: float) -> list[tuple[str, list[str]]]:
+        """Deferred peers whose time is up (forgotten once connected, like failures)."""
+        return [(peer_id, addrs) for peer_id, (at, addrs) in self._deferred.items() if at <= now]
 
     async def _serve(self, stream: INetStream) -> None:
         limits = self._limits
