@@ -23,6 +23,8 @@ from flockd.p2p.limits import P2PLimits
 # three dialers, each with at most one connection open, stay within max_peers.
 DIALERS = 3
 SMALL = P2PLimits(max_peers=DIALERS)
+# A dialer at one peer dials no peer it hears of from the listener (nor the listener again).
+LONER = P2PLimits(max_peers=1)
 
 
 def secret(i: int) -> bytes:
@@ -39,7 +41,10 @@ async def test_inbound_slots_come_back_when_connections_close() -> None:
         async with trio.open_nursery() as nursery:
             listener = P2PService(secret(0), network_id="reconnect", limits=SMALL)
             await nursery.start(listener.run)
-            dialers = [P2PService(secret(i), network_id="reconnect") for i in range(1, DIALERS + 1)]
+            dialers = [
+                P2PService(secret(i), network_id="reconnect", limits=LONER)
+                for i in range(1, DIALERS + 1)
+            ]
             for dialer in dialers:
                 await nursery.start(dialer.run)
             ceiling = listener._host.get_network().connection_config.max_connections

@@ -32,8 +32,9 @@ EXCHANGE_FANOUT = 3  # connected peers asked for their peers each peer_exchange_
 # Exchanges spread news of a peer to both ends of a pair at about the same moment; if both
 # dialed, each pair would hold two connections (two handshakes, and one of them is closed
 # later, resetting its streams). So of two peers only the one with the smaller peer id
-# dials an exchanged peer at once; the other gives it one exchange interval, then dials
-# (from the periodic loop) if they are still apart.
+# dials an exchanged peer at once; the other gives it DIAL_DEFERRAL seconds (far more than
+# a handshake), then dials if they are still apart.
+DIAL_DEFERRAL = 1.0
 
 
 class Peering:
@@ -57,8 +58,8 @@ class Peering:
         self._addrs: dict[str, list[str]] = {}  # dialable addrs per peer (dialed or self-announced)
         self._latency_ms: dict[str, float] = {}
         self._failures: dict[str, tuple[int, float]] = {}  # peer -> (failed dials, retry after)
-        # exchanged peers we leave to dial us: peer -> (when we dial it ourselves, its addrs)
-        self._deferred: dict[str, tuple[float, list[str]]] = {}
+        self._deferred: dict[str, float] = {}  # exchanged peer left to dial us -> until when
+        self._nursery: trio.Nursery | None = None
         self._busy: set[str] = set()  # peers with an exchange or dial in flight
         self._connects, self._connect_events = trio.open_memory_channel[tuple[str, bool]](256)
         host.get_network().register_notifee(_ConnectNotifee(self._connects))
@@ -98,6 +99,7 @@ class Peering:
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             for seed in self._seeds:
                 nursery.start_soon(self._keep_seed, seed)
             nursery.start_soon(self._exchange_on_connect, nursery)
@@ -114,8 +116,6 @@ class Peering:
                 # 32 daemons on 2 cores spent both cores on it and never held a mesh.
                 for peer_id in random.sample(allowed, min(len(allowed), EXCHANGE_FANOUT)):
                     nursery.start_soon(self._exchange, peer_id)
-                for peer_id, addrs in self._due_deferrals(trio.current_time()):
-                    nursery.start_soon(self._consider, peer_id, addrs)
                 await trio.sleep(self._limits.peer_exchange_interval)
 
     async def _keep_seed(self, seed: Libp2pPeerInfo) -> None:
@@ -220,16 +220,19 @@ class Peering:
             self._busy.discard(peer_id)
 
     def _defers_to(self, peer_id: str, addrs: list[str], now: float) -> bool:
-        """Whether to leave dialing `peer_id` to it for now (see the note at the top)."""
+        """Whether to leave dialing `peer_id` to it for now (see DIAL_DEFERRAL); the first
+        time, we come back to it when the deferral ends."""
         if self._me < peer_id:
             return False
-        dial_at, _ = self._deferred.get(peer_id, (now + self._limits.peer_exchange_interval, []))
-        self._deferred[peer_id] = (dial_at, addrs)
-        return now < dial_at
+        if peer_id not in self._deferred and self._nursery is not None:
+            until = now + min(DIAL_DEFERRAL, self._limits.peer_exchange_interval)
+            self._deferred[peer_id] = until
+            self._nursery.start_soon(self._consider_later, peer_id, addrs, until)
+        return now < self._deferred.get(peer_id, now)
 
-    def _due_deferrals(self, now: float) -> list[tuple[str, list[str]]]:
-        """Deferred peers whose time is up (forgotten once connected, like failures)."""
-        return [(peer_id, addrs) for peer_id, (at, addrs) in self._deferred.items() if at <= now]
+    async def _consider_later(self, peer_id: str, addrs: list[str], until: float) -> None:
+        await trio.sleep_until(until)
+        await self._consider(peer_id, addrs)
 
     async def _serve(self, stream: INetStream) -> None:
         limits = self._limits
