@@ -8,7 +8,6 @@ host is closed explicitly, or its socket leaks and peers keep listing us for sec
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
 import time
@@ -87,9 +86,10 @@ class P2PService(P2PNetwork):
         swarm = self._host.get_network()
         assert isinstance(swarm, Swarm)  # new_host builds a Swarm
         swarm.auto_connector = _NoAutoDials(swarm, swarm.connection_config.auto_connect_interval)
+        swarm._inbound_limiter = _LiveConnectionCap(swarm)  # type: ignore[assignment]
         self._id = self._host.get_id()
         # gossip_dropped, gossip_rejected, peers_banned, inbound_refused, bulk_sessions_opened,
-        # bulk_sessions_keyed, bulk_sessions_failed (metrics).
+        # bulk_sessions_keyed, bulk_sessions_failed, loop_stalls, loop_stall_ms (metrics).
         self.counters = Counters()
         self._scores = PeerScores(
             threshold=limits.ban_threshold, decay=limits.score_decay, ban_seconds=limits.ban_seconds
@@ -173,6 +173,7 @@ class P2PService(P2PNetwork):
                             await ours.start(self._bulk.run)
                             ours.start_soon(self._bulk_sessions.run)
                             ours.start_soon(self._peering.run)
+                            ours.start_soon(_watch_loop_stalls, self.counters)
                             self._running = True
                             logger.info("p2p listening on %s", " ".join(self.listen_addrs()))
                             task_status.started()
@@ -226,7 +227,7 @@ class P2PService(P2PNetwork):
 
     def penalize_peer(self, peer_id: str, points: float, reason: str) -> None:
         try:
-            address = _address_of(peer_id)
+            address = peerx.check_peer_id(peer_id)
         except peerx.BadPeerEntry:
             return  # not a flock peer: it could not have connected
         self.penalize_sender(address, points, reason)
@@ -241,12 +242,12 @@ class P2PService(P2PNetwork):
         nursery = self._nursery
         if nursery is not None:
             for peer in self._peering.connected():
-                if _address_of(peer) == address:
+                if peerx.check_peer_id(peer) == address:
                     nursery.start_soon(self._peering.disconnect, peer)
 
     def is_banned(self, peer_id: str) -> bool:
         try:
-            return self._sender_banned(_address_of(peer_id))
+            return self._sender_banned(peerx.check_peer_id(peer_id))
         except peerx.BadPeerEntry:
             return True
 
@@ -288,7 +289,7 @@ class P2PService(P2PNetwork):
         BlobError subclasses for transfer failures, P2PError when it cannot be reached."""
         self._require_running()
         blobs.check_kind(kind)
-        _address_of(peer_id)  # raises BadPeerEntry for a bad id; cached, as is_banned reads it
+        peerx.check_peer_id(peer_id)  # raises BadPeerEntry for a bad id; cached, as is_banned reads it
         if self.is_banned(peer_id):
             raise P2PError(f"{peer_id} is banned")
         if len(data) >= self._limits.bulk_min:
@@ -502,18 +503,54 @@ def _handing(form: type[_Blob], handler: Callable[[str, str, _Blob], Awaitable[b
     return call
 
 
-@functools.lru_cache(maxsize=4096)
-def _address_of(peer_id: str) -> str:
-    """The participant behind a peer id (decoding the key is not free: cached)."""
-    return peerx.check_peer_id(peer_id)
-
-
 class _NoAutoDials(AutoConnector):
     """libp2p's auto-connector dials everything in the peerstore up to the midpoint of the
     watermarks, on a timer and after every disconnect, whatever the watermarks say: it would
     undo max_peers and redial peers peering.py chose to drop. peering.py alone dials."""
 
     async def maybe_connect(self) -> None:
+        return None
+
+
+LOOP_TICK = 0.25  # seconds between the stall watcher's wake-ups
+LOOP_STALL = 1.0  # a wake-up this late means the event loop was held (by anything in the process)
+
+
+async def _watch_loop_stalls(counters: Counters) -> None:
+    """Count and log the times the event loop did not run for LOOP_STALL seconds: every
+    peer's stream negotiation waits meanwhile, and 10 s of it fails them."""
+    while True:
+        expected = trio.current_time() + LOOP_TICK
+        await trio.sleep(LOOP_TICK)
+        late = trio.current_time() - expected
+        if late >= LOOP_STALL:
+            counters.incr("loop_stalls")
+            counters.incr("loop_stall_ms", round(late * 1000))
+            logger.warning("event loop stalled for %.1fs", late)
+
+
+class _LiveConnectionCap:
+    """Stands in for the swarm's inbound limiter, which leaks: py-libp2p 0.8.1 takes a token
+    for every accepted TCP connection and returns it only when the swarm stops (a
+    successful inbound handler waits on `manager.wait_finished()`), so after
+    max_connections inbound connections in its lifetime a node closed every new one at
+    accept. Churn while a 32-daemon mesh forms got there in minutes. This one refuses a
+    connection at accept (before the costly handshake) only while the swarm holds
+    max_connections live ones; connections still in their handshake are bounded by the
+    swarm's inbound upgrade timeout, and peering.py closes inbound peers beyond max_peers."""
+
+    def __init__(self, swarm: Swarm) -> None:
+        self._swarm = swarm
+
+    @property
+    def total_tokens(self) -> int:  # read by the swarm's log line when it refuses
+        return self._swarm.connection_config.max_connections
+
+    def acquire_nowait(self) -> None:
+        if self._swarm.get_total_connections() >= self.total_tokens:
+            raise trio.WouldBlock
+
+    def release(self) -> None:
         return None
 
 

@@ -29,6 +29,12 @@ from flockd.stats import Counters
 logger = logging.getLogger("flockd.p2p")
 
 EXCHANGE_FANOUT = 3  # connected peers asked for their peers each peer_exchange_interval
+# Exchanges spread news of a peer to both ends of a pair at about the same moment; if both
+# dialed, each pair would hold two connections (two handshakes, and one of them is closed
+# later, resetting its streams). So of two peers only the one with the smaller peer id
+# dials an exchanged peer at once; the other gives it DIAL_DEFERRAL seconds (far more than
+# a handshake), then dials if they are still apart.
+DIAL_DEFERRAL = 1.0
 
 
 class Peering:
@@ -52,6 +58,8 @@ class Peering:
         self._addrs: dict[str, list[str]] = {}  # dialable addrs per peer (dialed or self-announced)
         self._latency_ms: dict[str, float] = {}
         self._failures: dict[str, tuple[int, float]] = {}  # peer -> (failed dials, retry after)
+        self._deferred: dict[str, float] = {}  # exchanged peer left to dial us -> until when
+        self._nursery: trio.Nursery | None = None
         self._busy: set[str] = set()  # peers with an exchange or dial in flight
         self._connects, self._connect_events = trio.open_memory_channel[tuple[str, bool]](256)
         host.get_network().register_notifee(_ConnectNotifee(self._connects))
@@ -91,6 +99,7 @@ class Peering:
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             for seed in self._seeds:
                 nursery.start_soon(self._keep_seed, seed)
             nursery.start_soon(self._exchange_on_connect, nursery)
@@ -195,6 +204,7 @@ class Peering:
             or self._banned(peer_id)
             or self.is_connected(peer_id)
             or len(self.connected()) >= self._limits.max_peers
+            or self._defers_to(peer_id, addrs, now)
         ):
             return
         self._busy.add(peer_id)
@@ -208,6 +218,21 @@ class Peering:
             logger.debug("exchanged peer %s unreachable: %s", peer_id, exc)
         finally:
             self._busy.discard(peer_id)
+
+    def _defers_to(self, peer_id: str, addrs: list[str], now: float) -> bool:
+        """Whether to leave dialing `peer_id` to it for now (see DIAL_DEFERRAL); the first
+        time, we come back to it when the deferral ends."""
+        if self._me < peer_id:
+            return False
+        if peer_id not in self._deferred and self._nursery is not None:
+            until = now + min(DIAL_DEFERRAL, self._limits.peer_exchange_interval)
+            self._deferred[peer_id] = until
+            self._nursery.start_soon(self._consider_later, peer_id, addrs, until)
+        return now < self._deferred.get(peer_id, now)
+
+    async def _consider_later(self, peer_id: str, addrs: list[str], until: float) -> None:
+        await trio.sleep_until(until)
+        await self._consider(peer_id, addrs)
 
     async def _serve(self, stream: INetStream) -> None:
         limits = self._limits
@@ -251,8 +276,12 @@ class Peering:
         for table in (self._addrs, self._latency_ms):
             for peer_id in [p for p in table if p not in live]:
                 del table[peer_id]
+        for peer_id in [p for p in self._deferred if p in live]:
+            del self._deferred[peer_id]
         if len(self._failures) > 4 * peerx.MAX_PEERS:
             self._failures.clear()
+        if len(self._deferred) > 4 * peerx.MAX_PEERS:
+            self._deferred.clear()
 
 
 class _ConnectNotifee(INotifee):
