@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import trio
+
 from flockd.market.lineage import listing_lineage, task_part, whole
 from flockd.market.service import MarketService
 from flockd.tasks.spec import SpecError, TaskSpec, default_root_rows
@@ -44,7 +46,8 @@ async def create_from_listing(market: MarketService, listing_id: int, *, rule: s
     """Fetch and verify the listing, then create the task starting from its model;
     `params`: TaskService.create's keywords (rounds, stakes, windows, ...)."""
     record = await market.fetch(listing_id)
-    spec = started_spec(record, rule, partition, num_nodes, seed, root_rows)
+    # Off the event loop: a spec loads its recipe, so torch on first use (as task_create).
+    spec = await trio.to_thread.run_sync(started_spec, record, rule, partition, num_nodes, seed, root_rows)
     created = await market.tasks.create(spec, **params)
     return {**created, "spec": spec.to_json()}
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+import trio
+
 from flockd.arena.handoff import HandoffError
 from flockd.chain.client.backends import ChainError
 from flockd.chain.client.contract import ContractRevert
@@ -71,10 +73,15 @@ class TaskNamespace:
         (recipe, config and seed must be the competition's). root_rows: a public root set
         of that many rows of the recipe's bundled data, for the root votes (0: none;
         default: the recipe's, 100 rows or paragraphs for the built-in recipes)."""
-        with _TaskErrors():
-            spec = TaskSpec(recipe=recipe, config=config or {}, rule=rule, partition=partition, num_nodes=num_nodes,
+        def build() -> TaskSpec:
+            return TaskSpec(recipe=recipe, config=config or {}, rule=rule, partition=partition, num_nodes=num_nodes,
                             seed=seed, competition=competition,
                             root_rows=default_root_rows(recipe) if root_rows is None else root_rows)
+
+        with _TaskErrors():
+            # A spec loads its recipe, so torch on first use: 40 s of import at load 25 that
+            # must not hold the event loop (docs/benchmarks.md, "32 daemons").
+            spec = await trio.to_thread.run_sync(build)
             created = await self._tasks.create(
                 spec, rounds=rounds, expected_proposers=expected_proposers, min_participants=min_participants,
                 min_stake=min_stake, stake_unit=stake_unit, propose_blocks=propose_blocks,
@@ -88,7 +95,8 @@ class TaskNamespace:
         with _TaskErrors():
             params = await self._tasks.registry.get_params(task_id)
             check_join(self._policy, task_id, params, self._tasks.ctx.confirmations)
-            return await self._tasks.join(task_id, TaskSpec.from_json(spec), stake, data_path)
+            joined = await trio.to_thread.run_sync(TaskSpec.from_json, spec)  # as task_create's build
+            return await self._tasks.join(task_id, joined, stake, data_path)
 
     async def task_start(self, task_id: int) -> dict[str, Any]:
         """Start a task's first round (its creator, once enough participants joined)."""
