@@ -35,8 +35,6 @@ class StoreError(Exception):
     """A stored file is missing or does not match its content address."""
 
 
-
-
 class Store:
     """One per node, opened before its first write (it clears the temp files of writes a
     kill cut short)."""

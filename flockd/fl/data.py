@@ -194,12 +194,17 @@ def node_splits(data: Split, spec: DataSpec) -> tuple[Split, Split]:
     return data.take(train_idx), data.take(val_idx)
 
 
+def check_root_rows(rows: int) -> None:
+    """DataError unless a root set of ``rows`` rows is within bounds (any recipe's)."""
+    if not 1 <= rows <= MAX_ROOT_ROWS:
+        raise DataError(f"a root set has 1 to {MAX_ROOT_ROWS} rows, not {rows}")
+
+
 def root_sample(data: Split, spec: DataSpec, rows: int) -> Split:
     """The task's root set of a bundled dataset: ``rows`` rows of the pool (never of the
     test split), each class in its share of the pool, at least one of each; the same on
     every node for the same seed and fraction."""
-    if not 1 <= rows <= MAX_ROOT_ROWS:
-        raise DataError(f"a root set has 1 to {MAX_ROOT_ROWS} rows, not {rows}")
+    check_root_rows(rows)
     _, pool = split_held_out(data.y, spec.test_fraction, spec.seed)
     if rows > len(pool):
         raise DataError(f"a root set of {rows} rows from a pool of {len(pool)}")

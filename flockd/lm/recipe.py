@@ -31,7 +31,7 @@ from abc import abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from flockd.fl.data import MAX_ROOT_ROWS, DataError, DataSpec
+from flockd.fl.data import DataSpec, check_root_rows
 from flockd.fl.recipe import BadRecipeConfig, Metrics, TrainStats
 from flockd.fl.vote_scoring import DEFAULT_ROOT_ROWS
 from flockd.lm.accel import Accelerator
@@ -166,8 +166,7 @@ class CausalLoraRecipe(LoraRecipe):
         """``rows`` examples of the demo corpus, an equal share from each domain's train
         and validation text (never its test split), drawn by the task's seed: the same on
         every node. DataError when a domain holds fewer than its share."""
-        if not 1 <= rows <= MAX_ROOT_ROWS:
-            raise DataError(f"a root set has 1 to {MAX_ROOT_ROWS} rows, not {rows}")
+        check_root_rows(rows)
         pools: dict[str, list[Example]] = {}
         for index, domain in enumerate(self.config["domains"]):
             train, val, _ = self._carved(self._domain(index), spec, True)

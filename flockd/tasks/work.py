@@ -145,27 +145,29 @@ class Worker:
                 if votes is not None and self.scoring == "root-or-local-model":
                     # The voter's own split accepts converged honest work whose direction
                     # is noise, and lets almost no label flip in on its own.
-                    local = vote_on_proposals(
-                        Scorer(self.recipe, weights, self.val_split), usable, scoring="local-model",
-                        rule=self.spec.rule, max_accuracy_drop=self.spec.max_accuracy_drop,
-                    )
+                    local = self._own_split_votes(weights, usable, self.val_split)
                     votes = tuple(max(by_root, by_own) for by_root, by_own in zip(votes, local, strict=True))
                 if votes is not None:
                     return votes
-            scorer = Scorer(self.recipe, weights, self.val_split)
             if whole_round:
                 kept = [d for d in usable if d is not None]
                 if not kept:
                     return (-1,)
+                scorer = Scorer(self.recipe, weights, self.val_split)
                 gain = scorer.score(aggregate(kept, self.spec.rule)).accuracy_gain
                 return (1 if gain >= 0 else -1,)
-            return vote_on_proposals(
-                scorer,
-                usable,
-                scoring="local-model" if self.scoring in ROOT_SCORINGS else self.scoring,
-                rule=self.spec.rule,
-                max_accuracy_drop=self.spec.max_accuracy_drop,
-            )
+            scoring = "local-model" if self.scoring in ROOT_SCORINGS else self.scoring
+            return self._own_split_votes(weights, usable, self.val_split, scoring)
+
+    def _own_split_votes(
+        self, weights: Tensors, usable: Sequence[Delta | None], split: LocalData, scoring: VoteScoring = "local-model"
+    ) -> tuple[int, ...]:
+        """``vote_on_proposals`` on ``split`` (the voter's validation split, or the root set
+        for a recipe whose root test is the proposer's model there), under the task's bounds."""
+        return vote_on_proposals(
+            Scorer(self.recipe, weights, split), usable, scoring=scoring,
+            rule=self.spec.rule, max_accuracy_drop=self.spec.max_accuracy_drop,
+        )
 
     def _load_root(self, data: DataSpec) -> LocalData | None:
         """The task's root set, or None (then this node votes as local-model) when the task
@@ -186,10 +188,7 @@ class Worker:
         if self._root is None:
             return None
         if test == "model":  # the proposer's model on the root set, as local-model on a split
-            return vote_on_proposals(
-                Scorer(self.recipe, weights, self._root), usable, scoring="local-model",
-                rule=self.spec.rule, max_accuracy_drop=self.spec.max_accuracy_drop,
-            )
+            return self._own_split_votes(weights, usable, self._root)
         key = (round_number, model_hash(base))
         if key not in self._root_updates:
             seed = training_seed(self.spec.seed, round_number, ROOT_TRAINER)
