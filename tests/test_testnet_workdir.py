@@ -86,6 +86,21 @@ def test_busy_port_found() -> None:
         assert busy_port(range(port, port + 1)) == port
 
 
+def test_a_port_left_in_time_wait_is_free() -> None:
+    # A run just stopped leaves its connections in TIME_WAIT on its ports; the daemons bind
+    # with SO_REUSEADDR and can listen there, so a rerun must not call the port busy.
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = listener.accept()
+        accepted.close()  # the listening side closes first: its end goes to TIME_WAIT
+        client.close()
+    assert busy_port(range(port, port + 1)) is None
+
+
 def test_missing_dependency_named() -> None:
     assert missing_modules(["trio", "no_such_package_xyz", "no.such.sub"]) == ["no_such_package_xyz", "no.such.sub"]
     assert missing_modules() == []

@@ -52,7 +52,9 @@ if TYPE_CHECKING:
     from trio_typing import TaskStatus  # trio's own TaskStatus is hidden by trio-stubs
 
 logger = logging.getLogger("flockd.p2p")
-MESHSUB = "/meshsub/1.2.0"
+# Not 1.2: its IDONTWANT control messages, one to every mesh peer per message received,
+# cost more CPU than they save on small gossip (protocol/spec/p2p.md §1).
+MESHSUB = "/meshsub/1.1.0"
 # A registered handler as the service calls it: with the blob as it arrived, bytes from a
 # stream or the buffer a bulk session opened it into.
 _InboundBlobHandler = Callable[[str, str, bytes | bytearray], Awaitable[bytes | None]]

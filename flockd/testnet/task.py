@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from flockd.testnet.cluster import Cluster, ClusterError, Daemon
+from flockd.testnet.cluster import START_WAVE, Cluster, ClusterError, Daemon
 
 # These calls return once their transactions are mined (task_join: approve, then join), so
 # they take blocks, and longer on a busy machine: far more than a plain query's 10 s.
@@ -50,13 +50,17 @@ def create_and_join(cluster: Cluster, plan: TaskPlan, before_start: Callable[[in
     # A node that has not imported the creating block yet would answer "no task".
     cluster.wait_for(lambda: all(d.call("task_status", {"task_id": task_id}) for d in daemons),
                      TX_TIMEOUT, f"every node to see task {task_id}")
-    with ThreadPoolExecutor(max_workers=nodes) as pool:
-        joins = [
-            pool.submit(d.call, "task_join", {"task_id": task_id, "spec": created["spec"]}, TX_TIMEOUT)
-            for d in daemons
-        ]
-        for future in joins:
-            future.result()
+    # In waves, as the daemons start: joining builds the task's spec, which imports torch and
+    # loads the data, and 31 daemons doing it at once on 2 cores left one without an answer
+    # within TX_TIMEOUT (a 32-node run, load 35).
+    with ThreadPoolExecutor(max_workers=START_WAVE) as pool:
+        for first in range(0, nodes, START_WAVE):
+            joins = [
+                pool.submit(d.call, "task_join", {"task_id": task_id, "spec": created["spec"]}, TX_TIMEOUT)
+                for d in daemons[first : first + START_WAVE]
+            ]
+            for future in joins:
+                future.result()
     if before_start is not None:
         before_start(task_id)
     daemons[0].call("task_start", {"task_id": task_id}, timeout=TX_TIMEOUT)

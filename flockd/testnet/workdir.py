@@ -181,6 +181,9 @@ def busy_port(ports: range) -> int | None:
     """The first of `ports` that 127.0.0.1 cannot listen on, or None."""
     for port in ports:
         with socket.socket() as s:
+            # As the daemons' listeners bind: a port whose only sockets are an earlier run's
+            # connections in TIME_WAIT is free to them.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
