@@ -13,7 +13,9 @@ import pytest
 from flockd.chain.node.network import GENESIS_FILE, network_genesis
 from flockd.config import CONFIG_FILE
 from flockd.identity.keystore import NODE_KEYSTORE, VRF_KEYFILE
+from flockd.testnet.cluster import backup_after_periods
 from flockd.testnet.deps import missing_modules
+from flockd.testnet.main import TASK_TIMEOUT, parse_args
 from flockd.testnet.workdir import WorkdirError, busy_port, check_reusable, running_daemons
 
 ADDRESSES = [f"0x{i:040x}" for i in range(1, 5)]
@@ -99,6 +101,18 @@ def test_a_port_left_in_time_wait_is_free() -> None:
         accepted.close()  # the listening side closes first: its end goes to TIME_WAIT
         client.close()
     assert busy_port(range(port, port + 1)) is None
+
+
+def test_the_task_timeout_grows_with_the_nodes_above_16() -> None:
+    args = ["--rounds", "0"]  # no task spec to build
+    assert parse_args(args).task_timeout == TASK_TIMEOUT
+    assert parse_args([*args, "--nodes", "16"]).task_timeout == TASK_TIMEOUT
+    assert parse_args([*args, "--nodes", "32"]).task_timeout == 2 * TASK_TIMEOUT
+    assert parse_args([*args, "--nodes", "32", "--task-timeout", "60"]).task_timeout == 60
+
+
+def test_big_testnets_give_a_late_sealer_more_slots() -> None:
+    assert [backup_after_periods(n) for n in (1, 6, 16, 24, 32, 64)] == [2, 2, 2, 3, 4, 8]
 
 
 def test_missing_dependency_named() -> None:

@@ -38,6 +38,7 @@ def network_genesis(
     chain_id: int = LOCAL_CHAIN_ID,
     timestamp: int | None = None,
     block_period: int = 1,
+    backup_after_periods: int = 2,
     extra_alloc: dict[str, Any] | None = None,
 ) -> Genesis:
     """Authorities seal in turn; every funded account (default: the authorities) gets gas
@@ -52,6 +53,7 @@ def network_genesis(
         timestamp=int(time.time()) if timestamp is None else timestamp,
         alloc=alloc,
         block_period=block_period,
+        backup_after_periods=backup_after_periods,
     )
 
 
