@@ -176,6 +176,10 @@ class TaskRunner:
             poller = trio.CancelScope()
             nursery.start_soon(self._poll_chain, poller)
             async for generation, item in self._inbox:
+                # Receiving yields with cancellation shielded: when the runner is stopped
+                # meanwhile, this generation's actions nursery has closed, and handling the
+                # item would spawn into it ("Nursery is closed to new arrivals").
+                await trio.lowlevel.checkpoint_if_cancelled()
                 if isinstance(item, Rebuild):
                     await self._rebuild(item)
                 elif generation is None or generation == self._generation:
