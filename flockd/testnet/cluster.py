@@ -20,15 +20,16 @@ from flockd.rpc.client import IPCClient
 PASSWORD = "flockd-testnet"  # testnet keys guard nothing of value
 START_WAVE = 8  # daemons started at once after node 0 (Cluster.start)
 
+# configure_attacks appends this section last, so it can cut it off again on a re-run.
+_ATTACK_HEADER = "\n# set by the testnet (--malicious): this node is MALICIOUS\n[attack]\n"
+
 
 def backup_after_periods(nodes: int) -> int:
     """The genesis's K (slots an in-turn authority has before the next may seal): 2, and
     nodes/8 above 16 nodes. 32 daemons on 2 cores stall for 2-5 s at a time, so with K = 2
-    a late in-turn block raced its backup's: 643 reorganisations in the first 15 minutes,
+    a late in-turn block raced its backup's: 643 reorganisations in the first 14 minutes,
     each re-executing blocks on a machine already short of CPU, and 15 s a block."""
     return max(2, nodes // 8)
-# configure_attacks appends this section last, so it can cut it off again on a re-run.
-_ATTACK_HEADER = "\n# set by the testnet (--malicious): this node is MALICIOUS\n[attack]\n"
 
 
 def vote_section(scoring: str) -> str:

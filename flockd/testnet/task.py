@@ -67,6 +67,13 @@ def create_and_join(cluster: Cluster, plan: TaskPlan, before_start: Callable[[in
     return task_id
 
 
+def poll_interval(cluster: Cluster, members: list[Daemon] | None = None) -> float:
+    """Seconds between polls of every node: task_status reads the registry (about 20 ms of
+    a daemon's CPU on an idle machine), and at one poll a second 32 daemons spent a third
+    of 2 cores answering the testnet."""
+    return max(1.0, len(cluster.daemons if members is None else members) / 8)
+
+
 def poll(cluster: Cluster, task_id: int, members: list[Daemon] | None = None,
          ) -> tuple[list[dict[str, Any] | None], list[dict[str, Any] | None]]:
     statuses: list[dict[str, Any] | None] = []
@@ -90,9 +97,7 @@ def wait_finished(
 ) -> list[dict[str, Any]]:
     """Poll until every node (of `members`) finished every round; returns each one's task_status."""
     deadline = time.monotonic() + timeout
-    # task_status reads the registry (about 20 ms of a daemon's CPU on an idle machine): at
-    # one poll a second, 32 daemons spent a third of 2 cores answering the testnet.
-    interval = max(1.0, len(cluster.daemons if members is None else members) / 8)
+    interval = poll_interval(cluster, members)
     while time.monotonic() < deadline:
         statuses, rounds = poll(cluster, task_id, members)
         on_poll(statuses, rounds)
@@ -120,7 +125,7 @@ def wait_models_on_chain(cluster: Cluster, task_id: int, timeout: float,
                 return last
         if time.monotonic() >= deadline:
             return last
-        time.sleep(1.0)
+        time.sleep(poll_interval(cluster, members))
 
 
 def _done(status: dict[str, Any], rounds: int) -> bool:
