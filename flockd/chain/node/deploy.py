@@ -24,6 +24,7 @@ from eth import constants
 from eth.abc import ComputationAPI, SignedTransactionAPI
 from eth.chains.base import MiningChain
 from eth.db.atomic import AtomicDB
+from eth.vm.forks.london.headers import calculate_expected_base_fee_per_gas
 from eth.vm.forks.prague import PragueVM
 from eth_abi import decode as abi_decode
 from eth_keys.datatypes import PrivateKey
@@ -166,7 +167,7 @@ class ScratchChain:
         sender = key.public_key.to_canonical_address()
         vm: Any = self.chain.get_vm()
         utx = vm.create_unsigned_transaction(
-            nonce=self._next_nonce(sender), gas_price=GAS_PRICE, gas=gas, to=to, value=0, data=data
+            nonce=self._next_nonce(sender), gas_price=self.gas_price(), gas=gas, to=to, value=0, data=data
         )
         signed = utx.as_signed_transaction(key, chain_id=SCRATCH_CHAIN_ID)
         # the builder's legacy tx does not RLP-encode inside a Prague block: round-trip it
@@ -176,6 +177,13 @@ class ScratchChain:
         # still checked when the transaction is applied).
         tx.__dict__["sender"] = sender
         self._pending.append(tx)
+
+    def gas_price(self) -> int:
+        """GAS_PRICE, or the next block's base fee when blocks fuller than the 15M target
+        have pushed it above that (256 simulated nodes' reveals do); staying at GAS_PRICE
+        otherwise keeps every smaller chain's transactions, and so its block hashes, as
+        they were."""
+        return max(GAS_PRICE, calculate_expected_base_fee_per_gas(self.chain.get_canonical_head()))
 
     def mine(self) -> list[TxResult]:
         """Seal one block holding every queued transaction, in order."""
