@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from functools import cached_property
 
 from eth_abi import encode as abi_encode
 from eth_utils import keccak
@@ -164,17 +165,23 @@ class TaskConfig:
             return self.delta_grace_blocks
         return self.commit_blocks // 2
 
-    @property
+    # Cached: a machine asks on every event it decides on, and a scan or sort of 256
+    # participants each time was a fifth of a 256-node simulation. The fields are frozen.
+    @cached_property
     def is_participant(self) -> bool:
         return self.me in self.participants
+
+    @cached_property
+    def _sorted_position(self) -> int | None:
+        return sorted(self.participants).index(self.me) if self.is_participant else None
 
     def finalise_rank(self, round_number: int) -> int | None:
         """This node's turn to finalise round r: rank 0 goes at the reveal deadline, rank k
         FINALISE_STAGGER*k blocks later. Rotating by round spreads the gas."""
-        if not self.is_participant:
+        position = self._sorted_position
+        if position is None:
             return None
-        ordered = sorted(self.participants)
-        return (ordered.index(self.me) - round_number) % len(ordered)
+        return (position - round_number) % len(self.participants)
 
 
 def check_address(name: str, value: object, error: type[RoundError] = InvalidEvent) -> None:

@@ -55,6 +55,9 @@ class RoundFacts:
     ticked_since_final: bool = False  # a block sealed after the RoundFinalised log
     model: bytes | None = None  # model_r, as this node holds it
     recorded: bytes | None = None  # model_r, as the chain records it
+    # `deadlines`, kept until an event that moves a window (the machine reads it a dozen
+    # times for every event it decides on)
+    _deadlines: tuple[int, int, int] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def new(cls, config: TaskConfig, round_number: int) -> RoundFacts:
@@ -71,6 +74,8 @@ class RoundFacts:
         base_event = isinstance(event, ModelReady) and event.round == self.round - 1
         if event.round != self.round and not base_event:
             raise WrongRound(f"{type(event).__name__} for round {event.round} in round {self.round}")
+        if isinstance(event, RoundOpened | PhaseClosedOnChain | FallbackOnChain):
+            self._deadlines = None
         me = self.config.me
         match event:
             case RoundOpened():
@@ -128,12 +133,14 @@ class RoundFacts:
         each window follows the previous one's end, and a PhaseClosed log ends it early."""
         if self.open_block is None:
             return None
-        early, config = self.closed_early, self.config
-        full = self.open_block + config.propose_blocks if self.fallback is None else self.fallback.last_block
-        propose_end = early.get(ChainPhase.PROPOSE, full)
-        commit_end = early.get(ChainPhase.COMMIT, propose_end + config.commit_blocks)
-        reveal_end = early.get(ChainPhase.REVEAL, commit_end + config.reveal_blocks)
-        return propose_end, commit_end, reveal_end
+        if self._deadlines is None:
+            early, config = self.closed_early, self.config
+            full = self.open_block + config.propose_blocks if self.fallback is None else self.fallback.last_block
+            propose_end = early.get(ChainPhase.PROPOSE, full)
+            commit_end = early.get(ChainPhase.COMMIT, propose_end + config.commit_blocks)
+            reveal_end = early.get(ChainPhase.REVEAL, commit_end + config.reveal_blocks)
+            self._deadlines = propose_end, commit_end, reveal_end
+        return self._deadlines
 
     def now(self) -> tuple[int, tuple[int, int, int]]:
         assert self.head is not None and self.deadlines is not None
