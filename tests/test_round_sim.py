@@ -43,6 +43,7 @@ from flockd.round import (
     RoundFinalisedOnChain,
     RoundOpened,
     RunElection,
+    SaltSource,
     ScoreProposals,
     ScoresReady,
     StartTraining,
@@ -556,3 +557,44 @@ def test_lossy_network_never_breaks_the_machines(seed: int, mode: VoteMode) -> N
     for node in sim.nodes.values():
         assert node.final in (None, final)
         assert node.completed.items() <= sim.chain.recorded.items()
+
+
+class ShadowedSim(LossySim):
+    """Every node's machine has a shadow fed the same events through `record` and `decide`
+    each time: `handle` may skip deciding after an event no decision reads (another
+    participant's decline, commit or reveal), and must still answer exactly as the shadow
+    does, event by event."""
+
+    def __init__(self, mode: VoteMode, rng: random.Random) -> None:
+        super().__init__(mode, rng)
+        self.shadows = {a: TaskMachine(task_config(a, mode), self._node_salt(a)) for a in NODES}
+        for a in NODES:
+            self.nodes[a].task = TaskMachine(task_config(a, mode), self._node_salt(a))
+
+    @staticmethod
+    def _node_salt(address: bytes) -> SaltSource:
+        count = iter(range(10**9))  # the same salts in the same order for a node and its shadow
+        return lambda: keccak(address + b"salt %d" % next(count))
+
+    def start(self) -> None:
+        for address in NODES:
+            self.deliver(address, ModelReady(-1, INIT))  # every node builds model_-1
+        self.broadcast_block(self.chain.head + 1, self.chain.start(), {})
+
+    def deliver(self, to: bytes, event: Event) -> None:
+        node = self.nodes[to]
+        if node.alive:
+            shadow = self.shadows[to]
+            expected = [*shadow.record(event), *shadow.decide()]
+            actions = node.task.handle(event)
+            assert actions == expected, f"{type(event).__name__} to {to.hex()[:4]}"
+            self.act(node, actions)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**64), mode=st.sampled_from(VoteMode))
+def test_handle_answers_as_record_then_decide(seed: int, mode: VoteMode) -> None:
+    sim = ShadowedSim(mode, random.Random(seed))
+    sim.start()
+    sim.run(blocks=80)
+    assert sim.chain.round >= 1  # the task got past its first round
