@@ -250,11 +250,15 @@ class Node:
             self.chain_backend: ChainBackend = HttpBackend(self.config.chain.rpc_url)
             return
         from flockd.chain.ethrpc.eth_http import HTTPAccess
+        from flockd.chain.node import evm_caches
         from flockd.chain.node.embedded import EmbeddedChain
         from flockd.chain.node.genesis import Genesis
         from flockd.chain.node.network import GENESIS_FILE
         from flockd.chain.node.service import ChainService
 
+        # Every daemon re-executes every block: importing was half a daemon's CPU at 32
+        # daemons (docs/benchmarks.md, "32 daemons"), and these caches are exact.
+        evm_caches.install(evm_caches.DAEMON_SIZES)
         genesis = Genesis.load(self.datadir / GENESIS_FILE)
         (self.datadir / "chain").mkdir(exist_ok=True)
         chain = EmbeddedChain(

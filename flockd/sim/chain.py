@@ -24,6 +24,7 @@ from eth_utils import keccak
 from flockd.chain.client.addresses import DEPLOYER
 from flockd.chain.client.artifacts import STAKE_TOKEN, TASK_REGISTRY, load
 from flockd.chain.client.registry import TaskParams
+from flockd.chain.node import evm_caches
 from flockd.chain.node.deploy import (
     GAS_PRICE,
     SCRATCH_GAS_LIMIT,
@@ -126,7 +127,7 @@ class SimChain:
     (genesis) and `stake` tokens (a transfer), and approving the registry."""
 
     def __init__(self, nodes: Sequence[PrivateKey], stake: int) -> None:
-        evm_speed.install()
+        evm_caches.install()
         self.faucet = FAUCET_KEY
         addresses = [k.public_key.to_canonical_address() for k in nodes]
         faucet = self.faucet.public_key.to_canonical_address()
