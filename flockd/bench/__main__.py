@@ -8,8 +8,9 @@ import sys
 
 import flockd.bench
 
-# Long runs that install extra packages (flwr): named explicitly, never part of `all`.
-NOT_IN_ALL = frozenset({"attack", "ceiling", "flower", "lm"})  # each runs for many minutes
+# Named explicitly, never part of `all`: long runs (some install flwr), and `replay`, which
+# needs a stopped testnet's workdir.
+NOT_IN_ALL = frozenset({"attack", "ceiling", "flower", "lm", "replay"})
 
 
 def available() -> list[str]:
