@@ -50,6 +50,18 @@ def test_kept_nibbles_are_trie_own() -> None:
         assert evm_caches.bytes_to_nibbles(key) == evm_caches.bytes_to_nibbles(key) == reference(key)
 
 
+def test_kept_node_paths_are_trie_own() -> None:
+    from trie.utils.nibbles import decode_nibbles as reference
+
+    rng = random.Random(13)
+    for flag in range(6):  # even, odd, leaf even, leaf odd, and two no encoder makes
+        for length in (0, 1, 5, 32):
+            path = bytes([flag << 4 | rng.randrange(16)]) + rng.randbytes(length)
+            assert evm_caches.decode_nibbles(path) == evm_caches.decode_nibbles(path) == reference(path)
+    with pytest.raises(IndexError):
+        evm_caches.decode_nibbles(b"")  # as the original: an empty path has no flag
+
+
 class _PlainTrie(HexaryTrie):
     get_node = evm_caches._original_get_node  # type: ignore[assignment]
 
