@@ -16,8 +16,9 @@ and each must end on the source's head hash.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -45,16 +46,20 @@ def main(argv: list[str]) -> int:
     datadir = args.workdir / args.node
     if not (datadir / GENESIS_FILE).is_file() or not (datadir / "chain" / "chain.sqlite").is_file():
         parser.error(f"{datadir} holds no genesis and chain database (scripts/testnet --workdir {args.workdir})")
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
     if args.child:
         print(json.dumps(replay(datadir, args.child)))
         return 0
     results: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
-    for _ in range(args.runs):
-        for mode in MODES:
-            out = subprocess.run(
-                [sys.executable, "-m", "flockd.bench", "replay", str(args.workdir), "--node", args.node, "--child", mode],
-                check=True, capture_output=True, text=True,
-            )
+    for run in range(args.runs):
+        # stock, cached, then cached, stock: neither mode always goes first
+        for mode in MODES if run % 2 == 0 else MODES[::-1]:
+            child = [sys.executable, "-m", "flockd.bench", "replay", str(args.workdir), "--node", args.node, "--child", mode]
+            out = subprocess.run(child, capture_output=True, text=True)
+            if out.returncode != 0:
+                print(f"replay ({mode}) failed:\n{out.stderr}", file=sys.stderr)
+                return 1
             results[mode].append(json.loads(out.stdout))
     first = results["stock"][0]
     print(f"replay bench: {args.node}'s chain, {first['blocks']:.0f} blocks, {first['txs']:.0f} transactions, "
@@ -72,14 +77,16 @@ def main(argv: list[str]) -> int:
 
 
 def replay(datadir: Path, mode: str) -> dict[str, float]:
-    """Import every block of ``datadir``'s canonical chain into a fresh chain; the source
-    database is copied first, so a replay never writes to a node's own."""
-    if mode == "cached":
-        evm_caches.install(evm_caches.DAEMON_SIZES)
+    """Import every block of ``datadir``'s canonical chain into a fresh chain. The source
+    database is copied first (sqlite's backup, which takes its write-ahead log along), so a
+    replay never writes to a node's own; the caches go in only after the source is read,
+    so that reading it does not warm them."""
     genesis = Genesis.load(datadir / GENESIS_FILE)
     with tempfile.TemporaryDirectory(prefix="flockd-bench-replay-") as tmp:
         copy = Path(tmp) / "chain.sqlite"
-        shutil.copy(datadir / "chain" / "chain.sqlite", copy)
+        with contextlib.closing(sqlite3.connect(datadir / "chain" / "chain.sqlite")) as src, \
+                contextlib.closing(sqlite3.connect(copy)) as dst:
+            src.backup(dst)
         source = EmbeddedChain(genesis, copy)
         head = source.head
         blocks, txs = [], 0
@@ -89,6 +96,10 @@ def replay(datadir: Path, mode: str) -> dict[str, float]:
             blocks.append(rlp.encode(block))
             txs += len(block.transactions)
         source.close()
+    if not blocks:
+        raise SystemExit(f"{datadir}'s chain has no block beyond its genesis")
+    if mode == "cached":
+        evm_caches.install(evm_caches.DAEMON_SIZES)
     follower = EmbeddedChain(genesis, None)
     start = time.perf_counter()
     for raw in blocks:

@@ -180,9 +180,9 @@ class ScratchChain:
 
     def gas_price(self) -> int:
         """GAS_PRICE, or the next block's base fee when blocks fuller than the 15M target
-        have pushed it above that (256 simulated nodes' reveals do); staying at GAS_PRICE
-        otherwise keeps every smaller chain's transactions, and so its block hashes, as
-        they were."""
+        have pushed it above that (200 simulated nodes' rounds do within a few rounds).
+        A chain whose base fee never gets there, which is every chain that could run
+        before (py-evm refused the rest), keeps its transactions and block hashes."""
         return max(GAS_PRICE, calculate_expected_base_fee_per_gas(self.chain.get_canonical_head()))
 
     def mine(self) -> list[TxResult]:

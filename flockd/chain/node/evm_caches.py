@@ -17,7 +17,7 @@
 
 `install()` puts them in place (idempotent): the simulation's chain and the daemon's
 embedded chain both run on them. Nothing they compute differs from what py-evm computed
-before (tests/test_sim_evm_speed.py checks each against the original). Every cache is
+before (tests/test_evm_caches.py checks each against the original). Every cache is
 bounded, and shared by the chain's worker threads (the node cache's writes take a lock).
 """
 
@@ -37,10 +37,11 @@ from trie.utils import nodes as trie_nodes
 from trie.utils.nibbles import bytes_to_nibbles as _bytes_to_nibbles
 from trie.utils.nibbles import decode_nibbles as _decode_nibbles
 
-# How much each cache keeps, as `install` was asked: a decoded trie node is ~1 KB (a
-# branch), a key's nibbles ~0.6 KB, a short input's digest ~0.2 KB.
-SIMULATION_SIZES = (50_000, 100_000)  # (trie nodes, digests and nibble keys): ~100 MB at most
-DAEMON_SIZES = (5_000, 10_000)  # ~13 MB at most: a daemon with no task stays light
+# How much each cache keeps, as `install` was asked: (decoded trie nodes; and each of the
+# digests, nibble keys and node paths). An entry with its key is ~1.8 KB for a branch node,
+# ~0.65 KB for nibbles or a path, ~0.2 KB for a digest.
+SIMULATION_SIZES = (50_000, 100_000)  # ~240 MB at most, for a process that is all chain
+DAEMON_SIZES = (4_000, 5_000)  # ~15 MB at most, so that a daemon with no task stays light
 _sizes = SIMULATION_SIZES
 KEPT_KECCAK_INPUT = 64  # bytes: a mapping slot's preimage is two words
 _KECCAK_CAPACITY_BYTES = 64  # Keccak-256: capacity 512 bits
@@ -97,7 +98,7 @@ def bytes_to_nibbles(value: bytes) -> tuple[int, ...]:
 def decode_nibbles(value: bytes) -> tuple[int, ...]:
     """trie's decode_nibbles (a hex-prefixed node path), kept per path (a tuple)."""
     if value.__class__ is not bytes:
-        return _decode_nibbles(value)  # not a dictionary key; as before
+        return _decode_nibbles(value)  # unhashable (a bytearray): not kept
     return _kept(_paths, value, _decode_nibbles)
 
 
