@@ -7,7 +7,13 @@ import pytest
 from rich.console import Console
 
 from flockd.testnet.progress import progress_table, summary_line
-from flockd.testnet.report import ReportError, build_report, write_report
+from flockd.testnet.report import (
+    ReportError,
+    build_report,
+    render_markdown,
+    stake_changes,
+    write_report,
+)
 
 ADDRESSES = ["0xAaaa000000000000000000000000000000000001",
              "0xBbbb000000000000000000000000000000000002",
@@ -65,6 +71,24 @@ def test_report_figures():
     assert all(r["nodes_agree"] for r in report["per_round"])
     assert report["rounds_completed"] == 4 and report["wall_seconds"] == 123.456
     assert "--partition iid" in report["command"]
+
+
+def test_stakes_start_to_end_and_the_honest_nodes_below_their_start():
+    e18 = 10**18
+    balances = {
+        "node0": {"shares": 100 * e18, "value": 112 * e18},  # rewarded
+        "node1": {"shares": 100 * e18, "value": 95 * e18},  # an unopened commitment slashed
+        "node2": {"shares": 100 * e18, "value": 60 * e18},  # malicious, slashed
+    }
+    stakes = stake_changes(balances, {"node2": "collude"})
+    assert stakes["per_node"]["node1"] == {"start": 100 * e18, "end": 95 * e18, "change": -0.05}
+    assert stakes["honest"] == 2 and stakes["honest_below_start"] == 1
+    assert (stakes["honest_lowest"], stakes["honest_highest"]) == (-0.05, 0.12)
+    report = report_of(statuses(), malicious={"node2": "collude"})
+    report["stakes"] = stakes
+    text = render_markdown(report)
+    assert "lowest -5.00%, median +12.00%, highest +12.00%; 1 of 2 ended below their start" in text
+    assert "| +12.00% |" in text and "| -40.00% | collude |" in text
 
 
 def test_one_node_with_another_hash_breaks_agreement():

@@ -26,7 +26,7 @@ from flockd.testnet.chaos_driver import ChaosDriver, canonical_hashes
 from flockd.testnet.cluster import Cluster, ClusterError, agree_at_least, heads
 from flockd.testnet.pipeline import configure_serving, run_pipeline
 from flockd.testnet.progress import progress_table
-from flockd.testnet.report import build_report, node_name, write_report
+from flockd.testnet.report import build_report, node_name, stake_changes, write_report
 from flockd.testnet.task import TaskPlan, create_and_join, wait_finished, wait_models_on_chain
 from flockd.testnet.workdir import (
     TRACEBACK_FILE,
@@ -340,6 +340,11 @@ def run_task(console: Console, cluster: Cluster, args: argparse.Namespace) -> bo
     # seconds on a quiet machine, more than a plain query's 10 s on a loaded one.
     verified = [d.call("model_verify", {"task_id": task_id}, timeout=300.0) for d in cluster.daemons]
     report["model_verify"] = {f"node{d.index}": v["ok"] and v["complete"] for d, v in zip(cluster.daemons, verified, strict=True)}
+    balances = {
+        f"node{d.index}": d.call("stake_balances", {"task_id": task_id, "participant": report["addresses"][f"node{d.index}"]})
+        for d in cluster.daemons
+    }
+    report["stakes"] = stake_changes(balances, report["malicious"])
     if arena is not None:
         from flockd.testnet.arena import handoff_report, withdraw_delegation
 

@@ -116,6 +116,26 @@ def build_report(
     }
 
 
+def stake_changes(balances: Mapping[str, Mapping[str, Any]], malicious: Mapping[str, Any]) -> dict[str, Any]:
+    """Each node's own stake in the task, start and end, from its `stake_balances` reply
+    after the task: a participant's shares were bought one per token before the task
+    started and do not change while it runs, so they are its starting stake, and their
+    `value` is what every reward and slash since has left of it."""
+    per_node: dict[str, dict[str, Any]] = {}
+    for name, balance in balances.items():
+        start, end = int(balance["shares"]), int(balance["value"])
+        per_node[name] = {"start": start, "end": end, "change": (end - start) / start if start else None}
+    honest = sorted(v["change"] for n, v in per_node.items() if n not in malicious and v["change"] is not None)
+    return {
+        "per_node": per_node,
+        "honest": len(honest),
+        "honest_below_start": sum(change < 0 for change in honest),
+        "honest_lowest": honest[0] if honest else None,
+        "honest_median": honest[len(honest) // 2] if honest else None,
+        "honest_highest": honest[-1] if honest else None,
+    }
+
+
 def testnet_command(
     *, nodes: int, rounds: int, recipe: str, partition: str, malicious_fraction: float = 0.0, attack: str | None = None,
     chaos_seed: int | None = None, vote_scoring: str = DEFAULT_VOTE_SCORING, root_rows: int = 0,
@@ -282,6 +302,13 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             f"- honest proposals: {totals['proposals']}, accepted {totals['accepted']}"
             f"{_share(totals['accepted'], totals['proposals'])}"
         )
+    stakes = report.get("stakes")
+    if stakes and stakes["honest"]:
+        lines.append(
+            f"- honest nodes' own stake, start to end: lowest {_pct(stakes['honest_lowest'])}, median "
+            f"{_pct(stakes['honest_median'])}, highest {_pct(stakes['honest_highest'])}; "
+            f"{stakes['honest_below_start']} of {stakes['honest']} ended below their start"
+        )
     root = f", against a public root set of {report['root_rows']} rows" if report.get("root_rows") else ""
     lines.append(f"- votes scored with: `{report.get('vote_scoring', 'local-model')}`{root} (each node's [vote] scoring)")
     lines += [
@@ -306,14 +333,16 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "",
         "## Nodes",
         "",
-        "| node | address | final model hash | equals chain | final accuracy | malicious |",
-        "|---|---|---|---|---:|---|",
+        "| node | address | final model hash | equals chain | final accuracy | stake change | malicious |",
+        "|---|---|---|---|---:|---:|---|",
     ]
+    per_node = stakes["per_node"] if stakes else {}
     for name, address in report["addresses"].items():
         agrees = name not in report["disagreeing_nodes"]
+        change = per_node.get(name, {}).get("change")
         lines.append(
             f"| {name} | `{address}` | `{report['model_hashes'][name]}` | {'yes' if agrees else 'NO'} "
-            f"| {_fmt(report['final_accuracies'][name], '.4f')} | {report['malicious'].get(name, '')} |"
+            f"| {_fmt(report['final_accuracies'][name], '.4f')} | {_pct(change)} | {report['malicious'].get(name, '')} |"
         )
     if report.get("chaos"):
         lines += _chaos_lines(report["chaos"], report["per_round"])
@@ -363,6 +392,10 @@ def _by_node(counts: Mapping[str, int]) -> str:
 
 def _share(part: int | None, whole: int | None) -> str:
     return f" ({100 * part / whole:.0f}%)" if part is not None and whole else ""
+
+
+def _pct(change: float | None) -> str:
+    return "–" if change is None else f"{change * 100:+.2f}%"
 
 
 def _fmt(value: float | int | None, spec: str) -> str:
