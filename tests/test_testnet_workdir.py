@@ -16,6 +16,7 @@ from flockd.identity.keystore import NODE_KEYSTORE, VRF_KEYFILE
 from flockd.testnet.cluster import backup_after_periods
 from flockd.testnet.deps import missing_modules
 from flockd.testnet.main import TASK_TIMEOUT, parse_args
+from flockd.testnet.task import scaled_windows
 from flockd.testnet.workdir import WorkdirError, busy_port, check_reusable, running_daemons
 
 ADDRESSES = [f"0x{i:040x}" for i in range(1, 5)]
@@ -113,6 +114,12 @@ def test_the_task_timeout_grows_with_the_nodes_above_16() -> None:
 
 def test_big_testnets_give_a_late_sealer_more_slots() -> None:
     assert [backup_after_periods(n) for n in (1, 6, 16, 24, 32, 64)] == [2, 2, 2, 3, 4, 8]
+
+
+def test_big_testnets_get_longer_windows() -> None:
+    default = {"propose_blocks": 8, "commit_blocks": 6, "reveal_blocks": 8}
+    assert scaled_windows(6) == scaled_windows(15) == default
+    assert scaled_windows(32) == {"propose_blocks": 32, "commit_blocks": 24, "reveal_blocks": 32}
 
 
 def test_missing_dependency_named() -> None:

@@ -27,7 +27,13 @@ from flockd.testnet.cluster import Cluster, ClusterError, agree_at_least, heads
 from flockd.testnet.pipeline import configure_serving, run_pipeline
 from flockd.testnet.progress import progress_table
 from flockd.testnet.report import build_report, node_name, stake_changes, write_report
-from flockd.testnet.task import TaskPlan, create_and_join, wait_finished, wait_models_on_chain
+from flockd.testnet.task import (
+    TaskPlan,
+    create_and_join,
+    scaled_windows,
+    wait_finished,
+    wait_models_on_chain,
+)
 from flockd.testnet.workdir import (
     TRACEBACK_FILE,
     WorkdirError,
@@ -296,7 +302,7 @@ def run_task(console: Console, cluster: Cluster, args: argparse.Namespace) -> bo
     plan = TaskPlan(
         recipe=args.recipe, rounds=args.rounds, partition=args.partition, rule=args.rule,
         expected_proposers=args.proposers, vote_mode=args.vote_mode,
-        config=getattr(args, "config", {}), **getattr(args, "windows", {}),
+        config=getattr(args, "config", {}), **(getattr(args, "windows", {}) or scaled_windows(args.nodes)),
         competition=None if arena is None else arena["competition_id"], root_rows=args.root_rows or 0,
     )
     started = time.monotonic()
