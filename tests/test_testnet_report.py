@@ -82,8 +82,9 @@ def test_stakes_start_to_end_and_the_honest_nodes_below_their_start():
     }
     stakes = stake_changes(balances, {"node2": "collude"})
     assert stakes["per_node"]["node1"] == {"start": 100 * e18, "end": 95 * e18, "change": -0.05}
-    assert stakes["honest"] == 2 and stakes["honest_below_start"] == 1
-    assert (stakes["honest_lowest"], stakes["honest_highest"]) == (-0.05, 0.12)
+    honest = stakes["honest"]
+    assert honest["count"] == 2 and honest["below_start"] == 1
+    assert (honest["lowest"], honest["highest"]) == (-0.05, 0.12)
     report = report_of(statuses(), malicious={"node2": "collude"})
     report["stakes"] = stakes
     text = render_markdown(report)

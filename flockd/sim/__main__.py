@@ -11,6 +11,7 @@ from flockd.fl.vote_scoring import DEFAULT_VOTE_SCORING, VOTE_SCORINGS, root_row
 from flockd.sim.chain import SimError
 from flockd.sim.config import RoundFigures, SimConfig, SimResult
 from flockd.sim.run import run_simulation
+from flockd.stakes import StakeSpread
 from flockd.tasks.spec import default_root_rows
 
 
@@ -71,13 +72,8 @@ def show(f: RoundFigures) -> None:
 def honest_stakes(cfg: SimConfig, result: SimResult) -> str:
     """Where the settlement left the honest nodes' stakes: the lowest, the median and the
     highest, and how many ended below what they joined with."""
-    honest = sorted(s for i, s in result.final_stakes.items() if i not in cfg.malicious)
-    if not honest:
-        return "no honest node"
-    below = sum(s < cfg.stake for s in honest)
-    low, mid, high = (100 * (s - cfg.stake) / cfg.stake for s in (honest[0], honest[len(honest) // 2], honest[-1]))
-    return (f"honest nodes' stake, start to end: lowest {low:+.2f}%, median {mid:+.2f}%, highest {high:+.2f}%; "
-            f"{below} of {len(honest)} ended below their start")
+    spread = StakeSpread.of([(s - cfg.stake) / cfg.stake for i, s in result.final_stakes.items() if i not in cfg.malicious])
+    return "no honest node" if spread is None else spread.line()
 
 
 def main(argv: list[str]) -> int:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from flockd.config import ChainSection
 from flockd.fl.vote_scoring import DEFAULT_VOTE_SCORING
+from flockd.stakes import StakeSpread
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -125,15 +127,8 @@ def stake_changes(balances: Mapping[str, Mapping[str, Any]], malicious: Mapping[
     for name, balance in balances.items():
         start, end = int(balance["shares"]), int(balance["value"])
         per_node[name] = {"start": start, "end": end, "change": (end - start) / start if start else None}
-    honest = sorted(v["change"] for n, v in per_node.items() if n not in malicious and v["change"] is not None)
-    return {
-        "per_node": per_node,
-        "honest": len(honest),
-        "honest_below_start": sum(change < 0 for change in honest),
-        "honest_lowest": honest[0] if honest else None,
-        "honest_median": honest[len(honest) // 2] if honest else None,
-        "honest_highest": honest[-1] if honest else None,
-    }
+    spread = StakeSpread.of([v["change"] for n, v in per_node.items() if n not in malicious and v["change"] is not None])
+    return {"per_node": per_node, "honest": None if spread is None else asdict(spread)}
 
 
 def testnet_command(
@@ -304,11 +299,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         )
     stakes = report.get("stakes")
     if stakes and stakes["honest"]:
-        lines.append(
-            f"- honest nodes' own stake, start to end: lowest {_pct(stakes['honest_lowest'])}, median "
-            f"{_pct(stakes['honest_median'])}, highest {_pct(stakes['honest_highest'])}; "
-            f"{stakes['honest_below_start']} of {stakes['honest']} ended below their start"
-        )
+        lines.append(f"- {StakeSpread(**stakes['honest']).line()}")
     root = f", against a public root set of {report['root_rows']} rows" if report.get("root_rows") else ""
     lines.append(f"- votes scored with: `{report.get('vote_scoring', 'local-model')}`{root} (each node's [vote] scoring)")
     lines += [

@@ -126,8 +126,9 @@ def keccak256(data: bytes | bytearray) -> bytes:
 
 
 def install(sizes: tuple[int, int] = SIMULATION_SIZES) -> None:
-    """Put the process-wide speed-ups in place, keeping up to ``sizes`` (trie nodes,
-    digests and nibble keys); once per process, the first call's sizes hold."""
+    """Put the process-wide speed-ups in place, keeping up to ``sizes`` (trie nodes; and
+    each of digests, nibble keys and node paths); once per process, the first call's
+    sizes hold."""
     global _installed, _sizes
     if _installed:
         return
