@@ -10,7 +10,10 @@
 from ethereum.ercs import IERC20
 
 # Bounds that keep every loop and array finite.
-MAX_PARTICIPANTS: constant(uint256) = 256
+MAX_PARTICIPANTS: constant(uint256) = 1024
+# finalise settles at most this many voters a call, so its gas stays under the per-tx cap
+# whatever the task's size: a bigger task takes one more finalise per SETTLE_BATCH voters
+SETTLE_BATCH: constant(uint256) = 256
 MAX_PROPOSALS: constant(uint256) = 16
 # blockhash() reaches back 256 blocks: the whole propose window must see B_r.
 MAX_PROPOSE_BLOCKS: constant(uint256) = 256
@@ -198,6 +201,12 @@ event VoteRevealed:
     votes: DynArray[int256, MAX_PROPOSALS]
     salt: bytes32
 
+event VotersSettled:
+    task_id: indexed(uint256)
+    round: indexed(uint256)
+    settled: uint256
+    n_participants: uint256
+
 event RoundFinalised:
     task_id: indexed(uint256)
     round: indexed(uint256)
@@ -261,6 +270,9 @@ _proposal_slot: HashMap[uint256, HashMap[uint256, HashMap[address, uint256]]]  #
 _ballots: HashMap[uint256, HashMap[uint256, HashMap[address, Ballot]]]
 _model_support: HashMap[uint256, HashMap[uint256, HashMap[bytes32, uint256]]]
 _model_voted: HashMap[uint256, HashMap[uint256, HashMap[address, bool]]]
+# a round settled over several finalise calls: voters settled so far, and the round's budget
+_settled: HashMap[uint256, HashMap[uint256, uint256]]
+_budget: HashMap[uint256, HashMap[uint256, uint256]]
 
 
 @deploy
@@ -333,16 +345,15 @@ def _deposit(task_id: uint256, participant: address, holder: address, amount: ui
 
 @internal
 def _remove_participant(task_id: uint256, who: address):
-    addrs: DynArray[address, MAX_PARTICIPANTS] = self._participants[task_id]
-    n: uint256 = len(addrs)
+    # in place: copying the list out and back would read and write every slot
+    n: uint256 = len(self._participants[task_id])
     for i: uint256 in range(MAX_PARTICIPANTS):
         if i >= n:
             break
-        if addrs[i] == who:
-            addrs[i] = addrs[n - 1]
-            addrs.pop()
+        if self._participants[task_id][i] == who:
+            self._participants[task_id][i] = self._participants[task_id][n - 1]
+            self._participants[task_id].pop()
             break
-    self._participants[task_id] = addrs
 
 
 @internal
@@ -809,43 +820,47 @@ def _settle_proposers(task_id: uint256, r: uint256, mask: uint256, whole: bool, 
 
 
 @internal
-def _settle_voters(task_id: uint256, r: uint256, mask: uint256, n: uint256, whole: bool, budget: uint256, slash_bps: uint256) -> (uint256, uint256):
-    """
-    returns (paid, slashed). A voter is slashed only for a commitment it did not open;
-    a revealed voter is paid by agreement: budget pro rata to stake x the number of its
-    +1/-1 votes that match the verdict. Voting with the losing side costs nothing, so
-    honest voters who disagree among themselves do not feed a cartel that always agrees.
-    """
-    addrs: DynArray[address, MAX_PARTICIPANTS] = self._participants[task_id]
-    weights: uint256[MAX_PARTICIPANTS] = empty(uint256[MAX_PARTICIPANTS])
-    total_weight: uint256 = 0
-    slashed: uint256 = 0
-    verdict: uint256 = mask
-    if whole and mask != 0:
-        verdict = 1
-    for i: uint256 in range(MAX_PARTICIPANTS):
-        if i >= len(addrs):
+@view
+def _agreement_total(task_id: uint256, r: uint256, verdict: uint256, n: uint256) -> uint256:
+    """Sum over revealed voters of stake x votes matching the verdict, from the tallies:
+    a voter's stake cannot change between its reveal and its settlement"""
+    total: uint256 = 0
+    for i: uint256 in range(MAX_PROPOSALS):
+        if i >= n:
             break
-        who: address = addrs[i]
+        if (verdict >> i) & 1 == 1:
+            total += self._rounds[task_id][r].accept_stake[i]
+        else:
+            total += self._rounds[task_id][r].reject_stake[i]
+    return total
+
+
+@internal
+def _settle_voters(task_id: uint256, r: uint256, verdict: uint256, first: uint256, last: uint256, budget: uint256, total: uint256, slash_bps: uint256) -> (uint256, uint256):
+    """
+    returns (paid, slashed) for participants [first, last). A voter is slashed only for a
+    commitment it did not open; a revealed voter is paid by agreement: budget pro rata to
+    stake x the number of its +1/-1 votes that match the verdict. Voting with the losing
+    side costs nothing, so honest voters who disagree among themselves do not feed a
+    cartel that always agrees.
+    """
+    paid: uint256 = 0
+    slashed: uint256 = 0
+    for i: uint256 in range(SETTLE_BATCH):
+        if first + i >= last:
+            break
+        who: address = self._participants[task_id][first + i]
         ballot: Ballot = self._ballots[task_id][r][who]
         if ballot.digest == empty(bytes32):
             continue  # did not commit: neither rewarded nor slashed
         if not ballot.revealed:
             slashed += self._slash(task_id, r, who, slash_bps, BPS, SLASH_UNREVEALED_VOTE)
-            continue
-        # a 0 ("not received") is in neither mask: it neither agrees nor loses
-        agreed: uint256 = self._popcount((ballot.accept_mask & verdict) | (ballot.reject_mask & ~verdict))
-        weights[i] = self._pools[task_id][who].stake * agreed
-        total_weight += weights[i]
-    paid: uint256 = 0
-    if total_weight == 0:
-        return 0, slashed
-    for i: uint256 in range(MAX_PARTICIPANTS):
-        if i >= len(addrs):
-            break
-        share: uint256 = budget * weights[i] // total_weight
-        self._credit(task_id, r, addrs[i], share, REWARD_VOTER)
-        paid += share
+        elif total > 0:
+            # a 0 ("not received") is in neither mask: it neither agrees nor loses
+            agreed: uint256 = self._popcount((ballot.accept_mask & verdict) | (ballot.reject_mask & ~verdict))
+            share: uint256 = budget * self._pools[task_id][who].stake * agreed // total
+            self._credit(task_id, r, who, share, REWARD_VOTER)
+            paid += share
     return paid, slashed
 
 
@@ -854,7 +869,9 @@ def _settle_voters(task_id: uint256, r: uint256, mask: uint256, n: uint256, whol
 def finalise(task_id: uint256, r: uint256):
     """
     @notice anyone, after the reveal window: tally, reward, slash, and open round r+1
-            at this block (or finish the task after the last round)
+            at this block (or finish the task after the last round). A task of more
+            than SETTLE_BATCH participants takes one call per SETTLE_BATCH voters: each
+            but the last settles its batch and logs VotersSettled
     """
     self._require_phase(task_id, r, PHASE_CLOSED)
     p: TaskParams = self._params[task_id]
@@ -870,19 +887,35 @@ def finalise(task_id: uint256, r: uint256):
     mask: uint256 = 0
     if decided:
         mask = self._accepted_mask(task_id, r, n, whole)
-    budget: uint256 = self._state[task_id].pool // (p.rounds - r)
+    # voters first, in batches, each at the stake it revealed with; the proposers last
+    first: uint256 = self._settled[task_id][r]
+    budget: uint256 = self._budget[task_id][r]
+    if first == 0:
+        budget = self._state[task_id].pool // (p.rounds - r)
     proposer_budget: uint256 = budget * p.proposer_share_bps // BPS
-    paid: uint256 = 0
-    slashed: uint256 = 0
-    if decided:
-        paid, slashed = self._settle_proposers(task_id, r, mask, whole, proposer_budget, p.slash_bps)
-    voter_paid: uint256 = 0
-    voter_slashed: uint256 = 0
     voter_budget: uint256 = 0
+    verdict: uint256 = mask
+    if whole:
+        verdict = convert(mask != 0, uint256)
     if decided:
         voter_budget = budget - proposer_budget
-    voter_paid, voter_slashed = self._settle_voters(task_id, r, mask, n, whole, voter_budget, p.slash_bps)
-    self._state[task_id].pool = self._state[task_id].pool + slashed + voter_slashed - paid - voter_paid
+    n_participants: uint256 = len(self._participants[task_id])
+    last: uint256 = min(first + SETTLE_BATCH, n_participants)
+    total: uint256 = self._agreement_total(task_id, r, verdict, min(n, 1) if whole else n)
+    paid: uint256 = 0
+    slashed: uint256 = 0
+    paid, slashed = self._settle_voters(task_id, r, verdict, first, last, voter_budget, total, p.slash_bps)
+    if last < n_participants:
+        self._state[task_id].pool = self._state[task_id].pool + slashed - paid
+        self._settled[task_id][r] = last
+        self._budget[task_id][r] = budget
+        log VotersSettled(task_id=task_id, round=r, settled=last, n_participants=n_participants)
+        return
+    proposers_paid: uint256 = 0
+    proposers_slashed: uint256 = 0
+    if decided:
+        proposers_paid, proposers_slashed = self._settle_proposers(task_id, r, mask, whole, proposer_budget, p.slash_bps)
+    self._state[task_id].pool = self._state[task_id].pool + slashed + proposers_slashed - paid - proposers_paid
     self._rounds[task_id][r].accepted_mask = mask
     self._rounds[task_id][r].finalised = True
     log RoundFinalised(task_id=task_id, round=r, accepted_mask=mask, n_proposals=n, revealed_stake=revealed)

@@ -1,5 +1,5 @@
-"""Gas used by every contract function, and the worst case (MAX_PARTICIPANTS = 256
-participants, 16 proposals) fitting comfortably in a block.
+"""Gas used by every contract function, and the worst call (finalise settling a batch of
+SETTLE_BATCH = 256 voters on 16 proposals) fitting comfortably in a block.
 
     .venv/bin/python tests/test_contracts_gas.py      # prints the markdown table
 """
@@ -95,13 +95,14 @@ def small_task_rows() -> list[Row]:
     return rows
 
 
-MAX_PARTICIPANTS = 256
+SETTLE_BATCH = 256  # voters settled by one finalise call (contracts/TaskRegistry.vy)
+N_WORST = SETTLE_BATCH + 44  # a task that takes two finalise calls
+UNREVEALED = range(N_WORST - 10, N_WORST)  # commit, never reveal: slashed in the last call
 
 
 def _worst_case_registry() -> tuple[Registry, int, list[int]]:
-    """MAX_PARTICIPANTS participants and a VRF key set under which at least 16 of them are
-    elected."""
-    n = MAX_PARTICIPANTS
+    """N_WORST participants and a VRF key set under which at least 16 of them are elected."""
+    n = N_WORST
     for attempt in range(20):
         reg = Registry(n_accounts=n, vrf_salt=b"%d" % attempt)
         task = reg.started(list(range(n)), expected_proposers=16, stake_unit=100 * E18)
@@ -128,28 +129,61 @@ def _in_blocks(reg: Registry, task: int, calls: list[tuple[Any, ...]], per_block
     return results
 
 
+def _expected_voter_rewards(reg: Registry, task: int, ballots: dict[int, list[int]], mask: int) -> dict[bytes, int]:
+    """Each revealed voter's share in one pass over all of them: budget x stake x votes
+    matching the verdict / the sum of that product (every stake is 100 tokens in round 0)."""
+    p = params(expected_proposers=16, stake_unit=100 * E18)
+    budget = reg.view("get_state", task)[4] // p["rounds"]
+    voter_budget = budget - budget * p["proposer_share_bps"] // 10_000
+    agreed = {
+        who: sum((v == 1) == bool(mask >> i & 1) for i, v in enumerate(votes))
+        for who, votes in ballots.items() if who not in UNREVEALED
+    }
+    total = sum(agreed.values())
+    return {reg.addr(who): voter_budget * a // total for who, a in agreed.items() if voter_budget * a // total}
+
+
 def worst_case_rows() -> list[Row]:
+    """Every participant votes (the proposers too) on 16 proposals: even ones accepted, odd
+    rejected, every 4th voter the other way (unpaid). Settling takes two finalise calls; the
+    first, SETTLE_BATCH voters each paid or slashed, is the heaviest call of the protocol."""
     reg, task, proposers = _worst_case_registry()
     for who in proposers:
         reg.send(who, "propose", task, 0, keccak(b"%d" % who), reg.proof(who, task, 0))
     _ok(reg.chain.mine())
-    voters = list(range(MAX_PARTICIPANTS))  # every participant votes, the proposers too
-    # even proposals accepted, odd rejected; every 4th voter votes the other way (unpaid)
     ballots = {
-        who: [(1 if i % 2 == 0 else -1) * (-1 if n % 4 == 0 else 1) for i in range(16)]
-        for n, who in enumerate(voters)
+        who: [(1 if i % 2 == 0 else -1) * (-1 if who % 4 == 0 else 1) for i in range(16)]
+        for who in range(N_WORST)
     }
     reg.advance_to(task, 0, PHASE_COMMIT)
     _in_blocks(reg, task, [("commit_vote", who, reg.digest(who, votes, salt(who, 0))) for who, votes in ballots.items()])
-    reveal = _in_blocks(reg, task, [("reveal_vote", who, votes, salt(who, 0)) for who, votes in ballots.items()])
+    reveal = _in_blocks(reg, task, [
+        ("reveal_vote", who, votes, salt(who, 0)) for who, votes in ballots.items() if who not in UNREVEALED
+    ])
     reg.advance_to(task, 0, 5)
-    res = reg.tx(0, "finalise", task, 0)
-    mask = dict(reg.events(res))["RoundFinalised"]["accepted_mask"]
-    assert mask == int("01" * 8, 2)
+    mask = int("01" * 8, 2)
+    expected = _expected_voter_rewards(reg, task, ballots, mask)
+    first = reg.tx(0, "finalise", task, 0)
+    first_events = reg.events(first)
+    assert ("VotersSettled", {"task_id": task, "round": 0, "settled": SETTLE_BATCH, "n_participants": N_WORST}) in first_events
+    assert "RoundFinalised" not in dict(first_events)
+    assert reg.reverts(1, "record_model", task, 0, keccak(b"m")) == "round not finalised"
+    last = reg.tx(1, "finalise", task, 0)  # anyone may go on
+    last_events = reg.events(last)
+    assert dict(last_events)["RoundFinalised"]["accepted_mask"] == mask
+    assert dict(last_events)["RoundOpened"]["round"] == 1
+    events = first_events + last_events
+    paid = {ev["participant"]: ev["amount"] for name, ev in events if name == "Rewarded" and ev["kind"] == 2}
+    assert {bytes.fromhex(a[2:]) if isinstance(a, str) else a: v for a, v in paid.items()} == expected
+    slashed = {ev["participant"] for name, ev in events if name == "Slashed" and ev["reason"] == 3}
+    assert len(slashed) == len(UNREVEALED)
+    assert reg.reverts(0, "finalise", task, 0) == "wrong round"
     return [
         ("reveal_vote", reveal[-1].gas_used, "per-proposal mode, 16 proposals, last revealer"),
-        ("finalise", res.gas_used,
-         f"worst case: {MAX_PARTICIPANTS} voters, 16 proposals, 8 accepted, {len(voters[::4])} of them always outvoted"),
+        ("finalise", first.gas_used,
+         f"worst call: the first of two for {N_WORST} participants, {SETTLE_BATCH} voters settled, 16 proposals"),
+        ("finalise", last.gas_used,
+         f"the last call: {N_WORST - SETTLE_BATCH} voters ({len(UNREVEALED)} slashed), 16 proposers, opens the next round"),
     ]
 
 

@@ -61,6 +61,7 @@ from flockd.round import (
     VoteCommittedOnChain,
     VoteMode,
     VoteRevealedOnChain,
+    VotersSettledOnChain,
     VoterStep,
     WrongRound,
     vote_digest,
@@ -382,6 +383,24 @@ def test_finalise_takes_turns_by_rank() -> None:
     assert node.to(REVEAL_END + 6) == [SubmitFinalise(0)]
     assert node.feed(TxFailed(0, TxKind.FINALISE, "wrong phase")) == []
     assert node.to(REVEAL_END + 9) == []
+
+
+def test_a_finalise_that_settled_a_batch_goes_on_and_other_turns_wait() -> None:
+    """A task of more than SETTLE_BATCH participants is finalised over several calls: the
+    node whose call settled a batch sends the next at once; the others keep their turns."""
+    first = Node()  # rank 0 in round 0
+    first.open()
+    first.feed(ElectionDone(0, sortition.Election(PROOF, b"\x08" * 64, 0)))
+    assert of(SubmitFinalise, first.to(REVEAL_END)) == [SubmitFinalise(0)]
+    assert first.feed(VotersSettledOnChain(0, 256)) == [SubmitFinalise(0)]
+    assert first.feed(VotersSettledOnChain(0, 512)) == [SubmitFinalise(0)]
+    assert first.feed(RoundFinalisedOnChain(0, 0, 0)) == []
+    later = Node(me=V2)  # rank 3: its turn is 6 blocks after the reveal window
+    later.open()
+    later.feed(ElectionDone(0, sortition.Election(PROOF, b"\x08" * 64, 0)))
+    later.to(REVEAL_END + 1)
+    assert of(SubmitFinalise, later.feed(VotersSettledOnChain(0, 256))) == []
+    assert of(SubmitFinalise, later.to(REVEAL_END + 6)) == [SubmitFinalise(0)]
 
 
 def test_observer_follows_without_acting() -> None:

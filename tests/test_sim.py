@@ -157,3 +157,23 @@ def test_a_task_can_start_from_the_creators_model() -> None:
     assert warm.result.initial_accuracy > cold.result.initial_accuracy + 0.2
     with pytest.raises(ValueError, match="creator_steps"):
         small(creator_steps=-1)
+
+
+def test_a_task_bigger_than_one_settlement_batch_finalises_over_two_calls() -> None:
+    """finalise settles 256 voters a call (the registry's SETTLE_BATCH): with 260 nodes the
+    node whose call settled the first batch sends the second, which finalises the round."""
+    sim = Simulation(small(nodes=260, rounds=1, expected_proposers=4))
+    seen: list[tuple[str, int]] = []
+    follow = sim.ledger.log
+
+    def log(name: str, args: dict[str, object], number: int) -> None:
+        if name in ("VotersSettled", "RoundFinalised"):
+            seen.append((name, number))
+        follow(name, args, number)
+
+    sim.ledger.log = log  # type: ignore[method-assign]
+    result = sim.run()
+    assert [name for name, _ in seen] == ["VotersSettled", "RoundFinalised"]
+    assert seen[1][1] == seen[0][1] + 1  # the next block: no waiting for another turn
+    assert result.final_model_hash == result.chain_model_hash
+    assert all(node.machine is not None and node.machine.finished for node in sim.nodes)

@@ -74,6 +74,7 @@ from flockd.round.events import (
     TxFailed,
     VoteCommittedOnChain,
     VoteRevealedOnChain,
+    VotersSettledOnChain,
 )
 from flockd.round.facts import RoundFacts
 from flockd.round.machine import RoundMachine, SaltSource
@@ -118,6 +119,7 @@ __all__ = [
     "ModelStep",
     "Phase",
     "PhaseClosedOnChain",
+    "VotersSettledOnChain",
     "FallbackOnChain",
     "Proposal",
     "ProposerStep",

@@ -234,6 +234,19 @@ class VoteRevealedOnChain:
 
 
 @dataclass(frozen=True)
+class VotersSettledOnChain:
+    """VotersSettled(task, round, settled, n_participants) log: a finalise call settled the
+    first ``settled`` voters of a task too big for one call; the next call goes on."""
+
+    round: int
+    settled: int
+
+    def __post_init__(self) -> None:
+        check_round(self.round)
+        check_round(self.settled)
+
+
+@dataclass(frozen=True)
 class RoundFinalisedOnChain:
     """RoundFinalised(task, round, accepted_mask, n_proposals, revealed_stake) log."""
 
@@ -339,6 +352,7 @@ RoundEvent = (
     | BallotRestored
     | VoteCommittedOnChain
     | VoteRevealedOnChain
+    | VotersSettledOnChain
     | RoundFinalisedOnChain
     | ModelRecordedOnChain
     | AggregateFailed

@@ -57,6 +57,7 @@ from flockd.round.events import (
     TxFailed,
     VoteCommittedOnChain,
     VoteRevealedOnChain,
+    VotersSettledOnChain,
 )
 from flockd.round.facts import RoundFacts
 from flockd.round.tracks import (
@@ -166,6 +167,8 @@ class RoundMachine(RoundViews):
                 self._model_to(ModelStep.AGGREGATE_FAILED)
             case ModelFetchFailed() if event.model_hash == self._fetching_model:
                 self._fetching_model = None  # asked again while still wanted
+            case VotersSettledOnChain() if self._tx[TxKind.FINALISE].in_flight:
+                self._tx[TxKind.FINALISE] = TxTrack()  # a call of ours settled a batch: go on
             case TxFailed() if event.kind is TxKind.FINALISE and self._finalise_predates_fallback():
                 self._tx[TxKind.FINALISE] = TxTrack()  # it met the reopened window: try again at its end
             case TxFailed():

@@ -44,6 +44,8 @@ def round_events(name: str, args: dict[str, Any], block_hash: bytes | None = Non
         return [rnd.VoteCommittedOnChain(r, as_address(args["voter"]), args["digest"])]
     if name == "VoteRevealed":
         return [rnd.VoteRevealedOnChain(r, as_address(args["voter"]), tuple(args["votes"]))]
+    if name == "VotersSettled":
+        return [rnd.VotersSettledOnChain(r, args["settled"])]
     if name == "RoundFinalised":
         return [rnd.RoundFinalisedOnChain(r, args["accepted_mask"], args["n_proposals"])]
     if name == "ModelRecorded":

@@ -84,13 +84,13 @@ BLOCK_CACHE_SIZE = 64  # decoded blocks (and their receipts) kept for reads
 MAX_LOG_RANGE = 10_000  # blocks one get_logs may scan
 SUPPORTED_TX_TYPES = (None, 1, 2)  # legacy (EIP-155), access list, dynamic fee; no blobs/set-code
 # The per-transaction gas cap (a validity rule, protocol/spec/chain.md). The heaviest call the
-# protocol makes, `finalise` at its bounds (256 participants, 16 proposals), uses 5.64M gas;
-# the contract client adds a 25% margin to its estimate (7.05M). A block of the 30M default
-# holds three such transactions.
+# protocol makes, a `finalise` call settling its batch of 256 voters on 16 proposals, uses
+# 5.43M gas; the contract client adds a 25% margin to its estimate (6.79M). A block of the 30M
+# default holds four such transactions.
 MAX_TX_GAS = 8_000_000
 # Per-tx work (a signature recovery, a py-evm message, trie writes) dominates a block of
-# cheap txs: a 30M-gas block held 1428 transfers. 256 = MAX_PARTICIPANTS: one message from
-# every participant of a task still fits one block.
+# cheap txs: a 30M-gas block held 1428 transfers. 256: one message from every participant
+# of a task of up to 256 still fits one block (a bigger task's phases span more blocks).
 MAX_BLOCK_TXS = 256
 
 
