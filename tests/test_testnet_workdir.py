@@ -104,11 +104,12 @@ def test_a_port_left_in_time_wait_is_free() -> None:
     assert busy_port(range(port, port + 1)) is None
 
 
-def test_the_task_timeout_grows_with_the_nodes_above_16() -> None:
+def test_the_task_timeout_grows_with_the_square_of_the_nodes_above_16() -> None:
     args = ["--rounds", "0"]  # no task spec to build
     assert parse_args(args).task_timeout == TASK_TIMEOUT
     assert parse_args([*args, "--nodes", "16"]).task_timeout == TASK_TIMEOUT
-    assert parse_args([*args, "--nodes", "32"]).task_timeout == 2 * TASK_TIMEOUT
+    # 32 daemons with the scaled windows ran 62 min and were in their last round at 2 x
+    assert parse_args([*args, "--nodes", "32"]).task_timeout == 4 * TASK_TIMEOUT
     assert parse_args([*args, "--nodes", "32", "--task-timeout", "60"]).task_timeout == 60
 
 

@@ -88,8 +88,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="blocks every node waits on top of a result before acting on it ([chain] confirmations; "
                         f"default {DEFAULT_CONFIRMATIONS})")
     p.add_argument("--task-timeout", type=float, default=None,
-                   help=f"seconds to wait for the task (default {TASK_TIMEOUT:.0f}, and {TASK_TIMEOUT:.0f} x nodes/16 "
-                        "above 16 nodes: on 2 cores a round takes longer the more daemons share them)")
+                   help=f"seconds to wait for the task (default {TASK_TIMEOUT:.0f}, and {TASK_TIMEOUT:.0f} x (nodes/16)^2 "
+                        "above 16 nodes: on shared cores every daemon re-executes every node's transactions, "
+                        "so a round's CPU grows with the square of the nodes)")
     p.add_argument("--report-dir", type=Path, default=None, help="where the report goes (default WORKDIR/report)")
     p.add_argument("--chain-blocks", type=int, default=0,
                    help="at the end, wait until every node agrees on one chain head at this height or above")
@@ -116,7 +117,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.set_defaults(nodes=PIPELINE_NODES, rounds=PIPELINE_ROUNDS, recipe="lm-lora")
         args = p.parse_args(argv)
     if args.task_timeout is None:
-        args.task_timeout = TASK_TIMEOUT * max(1.0, args.nodes / 16)
+        args.task_timeout = TASK_TIMEOUT * max(1.0, args.nodes / 16) ** 2
     for problem in _flag_problems(args):
         p.error(problem)
     try:
