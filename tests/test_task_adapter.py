@@ -7,11 +7,13 @@ import itertools
 from typing import Any, get_args
 
 from eth_utils import keccak
+from hypothesis import given
+from hypothesis import strategies as st
 
 from flockd import round as rnd
 from flockd import sortition
 from flockd.tasks.adapter import ActionHost, Call, TaskAdapter
-from flockd.tasks.bridge import Submission, transaction
+from flockd.tasks.bridge import Submission, round_events, transaction
 
 ME, P1, P2 = (bytes([i]) * 20 for i in (1, 2, 3))
 INIT = keccak(b"init")
@@ -197,3 +199,14 @@ def test_a_node_behind_keeps_unrecorded_rounds_and_attests_them_in_order() -> No
         feed(node, rnd.ModelReady(r, model), rnd.BlockSealed(block))
     attested = [a for m, a, _ in host.asked if m == "transact" and isinstance(a, rnd.SubmitRecordModel)]
     assert [(a.round, a.model_hash) for a in attested] == list(enumerate(models))
+
+
+@given(r=st.integers(-2, 2**256), settled=st.integers(-2, 2**256))
+def test_a_voters_settled_log_is_one_event_or_refused(r: int, settled: int) -> None:
+    """VotersSettled: a call of a batched finalise. Any decoded uint256 gives the machine's
+    event or InvalidEvent, never another exception."""
+    try:
+        events = round_events("VotersSettled", {"task_id": 1, "round": r, "settled": settled, "n_participants": 300})
+    except rnd.InvalidEvent:
+        return
+    assert events == [rnd.VotersSettledOnChain(r, settled)]
