@@ -333,6 +333,18 @@ def test_merge_makes_one_grid_of_batches_and_refuses_what_does_not_fit(tmp_path:
     scored = _batch(tmp_path / "scored", meta(seeds=[3]), [run("flockd-per-proposal", 3, scoring="local-model")])
     with pytest.raises(attack.MergeError, match="scored votes differently"):
         attack.merge_results([a, scored])
+    # How many proposers flockd expects is no part of a baseline's task: a batch of
+    # baselines merges with flockd runs at any count, and flockd runs must agree.
+    baseline = _batch(
+        tmp_path / "baseline", meta(seeds=[4], systems=["fedavg"], proposers=8), [run("fedavg", 4)]
+    )
+    merged, _ = attack.merge_results([a, baseline])
+    assert merged["proposers"] == 3 and merged["systems"] == ["fedavg", "flockd-per-proposal"]
+    merged, _ = attack.merge_results([baseline, a])
+    assert merged["proposers"] == 3
+    more = _batch(tmp_path / "more", meta(seeds=[5], proposers=8), [run("flockd-per-proposal", 5)])
+    with pytest.raises(attack.MergeError, match="differ in proposers"):
+        attack.merge_results([a, more])
 
 
 def test_a_section_of_its_own_leaves_the_other_tables(tmp_path: Path) -> None:

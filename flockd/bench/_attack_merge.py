@@ -13,6 +13,9 @@ from typing import Any
 from flockd.bench._attack_systems import FIXED_SCORING, FLOCKD_SYSTEMS, SYSTEMS, scoring_of
 
 AGREED = ("nodes", "rounds", "attack", "proposers", "robust_rule", "attack_fraction", "creator_steps")
+# Settings only flockd's systems read: a batch of baselines alone (plain FedAvg, Flower)
+# ran the same task whatever they say, so only batches with a flockd system must agree.
+FLOCKD_ONLY = ("proposers", "robust_rule", "creator_steps")
 DEFAULTS = {"creator_steps": 0}  # batches from before an option ran with its default
 
 
@@ -57,8 +60,10 @@ def _scoring(batches: Sequence[dict[str, Any]]) -> str:
 def merge_results(dirs: Sequence[Path]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     batches = [json.loads((d / "results.json").read_text()) for d in dirs]
     metas = [b["meta"] for b in batches]
+    flockd_metas = [m for m in metas if any(s in FLOCKD_SYSTEMS for s in m["systems"])] or metas
     for key in AGREED:
-        values = _unique([json.dumps(m.get(key, DEFAULTS.get(key))) for m in metas])
+        judged = flockd_metas if key in FLOCKD_ONLY else metas
+        values = _unique([json.dumps(m.get(key, DEFAULTS.get(key))) for m in judged])
         if len(values) > 1:
             raise MergeError(f"the batches differ in {key}: {', '.join(values)}")
     records: list[dict[str, Any]] = []
@@ -79,7 +84,7 @@ def merge_results(dirs: Sequence[Path]) -> tuple[dict[str, Any], list[dict[str, 
         "machine": "; ".join(_unique([m["machine"] for m in metas])),
         "workers": max(m["workers"] for m in metas),
         "flwr_version": next((m["flwr_version"] for m in metas if m["flwr_version"] != "not run"), "not run"),
-        **{key: metas[0].get(key, DEFAULTS.get(key)) for key in AGREED},
+        **{key: (flockd_metas if key in FLOCKD_ONLY else metas)[0].get(key, DEFAULTS.get(key)) for key in AGREED},
         "fractions": sorted({f for m in metas for f in m["fractions"]}),
         "seeds": sorted({s for m in metas for s in m["seeds"]}),
         "partitions": partitions,
