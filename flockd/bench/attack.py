@@ -16,7 +16,11 @@ Systems (each run is one federation of ``--nodes`` nodes for ``--rounds`` rounds
 
 The flockd systems are `flockd.sim`: every node's real round state machine against a real
 in-process py-evm chain running the TaskRegistry contract (VRF sortition, proposals,
-vote commit/reveal, finalise, model attestation).
+vote commit/reveal, finalise, model attestation). They expect 16 proposers a round
+(``--proposers``, the registry's MAX_PROPOSALS), which sortition makes about 11 distinct
+nodes of 20: the baselines train every node every round, and on a skewed split each
+node a round leaves out costs accuracy whatever the vote (docs/learning.md, "Sixteen
+expected proposers").
 
 Malicious nodes are `flockd.fl.attacks.assign_behaviours(nodes, fraction, attack, seed)`:
 the same nodes for every system at a given seed. Every system splits the data by
@@ -288,7 +292,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--systems", type=_names, default=None, help="default: all")
     parser.add_argument(
-        "--proposers", type=int, default=8, help="flockd: expected proposers per round"
+        "--proposers", type=int, default=16, help="flockd: expected proposers per round (16, a round's cap)"
     )
     parser.add_argument("--robust-rule", default="trimmed-mean:0.2")
     parser.add_argument(
