@@ -81,13 +81,23 @@ def test_a_delta_is_accepted_when_it_points_the_way_of_the_reference_and_is_not_
         delta(w=[1, 0.5], b=[0]),  # same way
         delta(w=[-1, -1], b=[0]),  # flipped
         delta(w=[1, -1], b=[0]),  # orthogonal: no sign of learning the task
-        delta(w=[2, 2], b=[0]),  # larger, within the bound
+        delta(w=[1.5, 1.5], b=[0]),  # larger, within the bound
         delta(w=[MAX_NORM_RATIO + 1, MAX_NORM_RATIO + 1], b=[0]),  # boosted
         delta(w=[0, 0], b=[0]),  # does nothing
         delta(w=[1, 1]),  # another layout
         None,  # missing or unusable
     ])
     assert votes == (1, -1, -1, 1, -1, -1, -1, -1)
+
+
+def test_a_late_label_flip_near_orthogonal_but_large_is_refused():
+    """Late in a task converged honest work and a label flip both point almost nowhere
+    (cosine near 0); the flip is the one 2 to 9 times the reference's norm, honest work
+    about 1 (flockd/fl/root_vote.py)."""
+    ref = {"w": np.array([1.0, 0.0, 0.0]), "b": np.array([0.0])}
+    converged = delta(w=[0.1, 0.9, 0.4], b=[0])  # cosine 0.1, 0.99 times the norm
+    flipped = delta(w=[0.25, 2.2, 1.0], b=[0])  # cosine 0.1, 2.4 times the norm
+    assert direction_votes(ref, [converged, flipped]) == (1, -1)
 
 
 def test_a_reference_that_cannot_judge_says_so():
