@@ -61,8 +61,8 @@ def merge_results(dirs: Sequence[Path]) -> tuple[dict[str, Any], list[dict[str, 
     batches = [json.loads((d / "results.json").read_text()) for d in dirs]
     metas = [b["meta"] for b in batches]
     flockd_metas = [m for m in metas if any(s in FLOCKD_SYSTEMS for s in m["systems"])] or metas
-    for key in AGREED:
-        judged = flockd_metas if key in FLOCKD_ONLY else metas
+    judged_by = {key: flockd_metas if key in FLOCKD_ONLY else metas for key in AGREED}
+    for key, judged in judged_by.items():
         values = _unique([json.dumps(m.get(key, DEFAULTS.get(key))) for m in judged])
         if len(values) > 1:
             raise MergeError(f"the batches differ in {key}: {', '.join(values)}")
@@ -84,7 +84,7 @@ def merge_results(dirs: Sequence[Path]) -> tuple[dict[str, Any], list[dict[str, 
         "machine": "; ".join(_unique([m["machine"] for m in metas])),
         "workers": max(m["workers"] for m in metas),
         "flwr_version": next((m["flwr_version"] for m in metas if m["flwr_version"] != "not run"), "not run"),
-        **{key: (flockd_metas if key in FLOCKD_ONLY else metas)[0].get(key, DEFAULTS.get(key)) for key in AGREED},
+        **{key: judged[0].get(key, DEFAULTS.get(key)) for key, judged in judged_by.items()},
         "fractions": sorted({f for m in metas for f in m["fractions"]}),
         "seeds": sorted({s for m in metas for s in m["seeds"]}),
         "partitions": partitions,
