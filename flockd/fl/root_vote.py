@@ -33,9 +33,10 @@ from flockd.fl.tensors import flat
 # update and norms of 0.1 to 1.6 times its norm (1.85 at most in later runs),
 # label-flipped ones mostly below 0; an honest update boosted 4x (model replacement)
 # lands beyond the norm bound. Late in a task a label flip's cosine is near 0 like
-# converged honest work, but its norm is 2 to 9 times the reference's (honest work: about
-# 1 at most): at a bound of 3, three flips of 2.5-2.8 times passed in one round and cost
-# 22 points (docs/learning.md, "Sixteen expected proposers").
+# converged honest work, but its norm is mostly 2 to 9 times the reference's (one was
+# 1.68; honest work the voters' own splits accepted: 1.1 at most): at a bound of 3, three
+# flips of 2.5-2.8 times passed in one round and cost 22 points. A trade, not a
+# separation (docs/learning.md, "Sixteen expected proposers").
 MIN_COSINE = 0.0
 MAX_NORM_RATIO = 2.0
 
