@@ -13,7 +13,7 @@ import pytest
 from flockd.chain.node.network import GENESIS_FILE, network_genesis
 from flockd.config import CONFIG_FILE
 from flockd.identity.keystore import NODE_KEYSTORE, VRF_KEYFILE
-from flockd.testnet.cluster import backup_after_periods
+from flockd.testnet.cluster import backup_after_periods, mesh_shortfall
 from flockd.testnet.deps import missing_modules
 from flockd.testnet.main import TASK_TIMEOUT, parse_args
 from flockd.testnet.task import scaled_windows
@@ -115,6 +115,15 @@ def test_the_task_timeout_grows_with_the_square_of_the_nodes_above_16() -> None:
 
 def test_big_testnets_give_a_late_sealer_more_slots() -> None:
     assert [backup_after_periods(n) for n in (1, 6, 16, 24, 32, 64)] == [2, 2, 2, 3, 4, 8]
+
+
+def test_a_mesh_that_did_not_form_names_who_lacks_whom() -> None:
+    ids = {"a": 0, "b": 1, "c": 2, "d": 3}
+    seen: dict[int, list[str] | None] = {0: ["b", "c"], 1: ["a", "c"], 2: ["a", "b"], 3: None}
+    assert mesh_shortfall(seen, ids) == (
+        "node0 lacks node3; node1 lacks node3; node2 lacks node3; node3 did not answer"
+    )
+    assert mesh_shortfall({0: ["b"], 1: ["a"]}, {"a": 0, "b": 1}) == "every node now sees every peer"
 
 
 def test_big_testnets_get_longer_windows() -> None:

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,21 @@ def backup_after_periods(nodes: int) -> int:
     a late in-turn block raced its backup's: 643 reorganisations in the first 14 minutes,
     each re-executing blocks on a machine already short of CPU, and 15 s a block."""
     return max(2, nodes // 8)
+
+
+def mesh_shortfall(seen: Mapping[int, Sequence[str] | None], ids: Mapping[str, int]) -> str:
+    """Which nodes lack which peers, from each node's peer ids (None: it did not answer), so
+    a mesh that did not form says where it broke: a node nobody reaches, or one that
+    reaches nobody."""
+    parts: list[str] = []
+    for index, peers in sorted(seen.items()):
+        if peers is None:
+            parts.append(f"node{index} did not answer")
+            continue
+        lacks = sorted(i for peer, i in ids.items() if i != index and peer not in peers)
+        if lacks:
+            parts.append(f"node{index} lacks " + ", ".join(f"node{i}" for i in lacks))
+    return "; ".join(parts) if parts else "every node now sees every peer"
 
 
 def vote_section(scoring: str) -> str:
@@ -231,7 +246,17 @@ class Cluster:
         def full() -> bool:
             return all(len(d.call("net_peers")) >= want for d in daemons)
 
-        self.wait_for(full, timeout, f"every node to see {want} peers")
+        try:
+            self.wait_for(full, timeout, f"every node to see {want} peers")
+        except ClusterError as exc:
+            seen: dict[int, list[str] | None] = {}
+            for d in daemons:
+                try:
+                    seen[d.index] = [p["peer_id"] for p in d.call("net_peers")]
+                except Exception:
+                    seen[d.index] = None
+            ids = {d.peer_id: d.index for d in daemons}
+            raise ClusterError(f"{exc}; {mesh_shortfall(seen, ids)}") from None
 
     def stop(self, timeout: float = 30.0) -> list[int | None]:
         """node_stop every daemon, then SIGTERM, then SIGKILL; returns exit codes."""
