@@ -885,6 +885,46 @@ def test_a_commit_in_flight_is_not_given_up_before_the_deadline() -> None:
     assert of(SubmitReveal, out) == [SubmitReveal(0, (1, -1), commit.salt)]  # 18 + 2 < 22
 
 
+def test_a_commitment_that_lands_after_its_resend_reverted_is_revealed() -> None:
+    # Seen at 32 daemons: a reorganisation rebuilt the machine, which sent its (saved)
+    # commit again while the first was back in the pool; the resend reverted "already
+    # committed", the voter gave up, and was slashed for the commitment it never opened.
+    node = voter_with_deltas()
+    node.to(PROPOSE_END)
+    commit = of(SubmitCommit, node.feed(ScoresReady(0, (1, -1))))[0]
+    node.feed(TxFailed(0, TxKind.COMMIT, "already committed"))
+    assert node.machine.abstain_reason is AbstainReason.COMMIT_FAILED
+    node.feed(VoteCommittedOnChain(0, ME, commit.digest))
+    assert node.machine.abstain_reason is None and node.machine.step is Step.COMMITTED
+    assert of(SubmitReveal, node.to(COMMIT_END)) == [SubmitReveal(0, (1, -1), commit.salt)]
+
+
+def test_a_commitment_sent_before_a_rebuild_is_revealed_when_it_lands() -> None:
+    salt = keccak(b"saved salt")
+    digest = vote_digest((1, 1), salt, ME)
+    events: list[Event] = [
+        BlockSealed(COMMIT_END - 1),  # too late to send the commit again (a lag of 2)
+        RoundOpened(0, OPEN, OPEN_HASH),
+        *two_proposals(),
+        ModelReady(-1, BASE),
+        BallotRestored(0, (1, 1), salt),
+    ]
+    machine, actions = RoundMachine.replay(config(lag_blocks=2), 0, events, salts())
+    assert of(SubmitCommit, actions) == [] and machine.abstain_reason is AbstainReason.TOO_LATE
+    out = machine.handle(VoteCommittedOnChain(0, ME, digest)) + machine.handle(BlockSealed(COMMIT_END))
+    assert of(SubmitReveal, out) == [SubmitReveal(0, (1, 1), salt)]
+
+
+def test_a_commitment_this_node_cannot_open_stays_abstained() -> None:
+    node = voter_with_deltas()
+    node.to(PROPOSE_END)
+    node.feed(ScoresReady(0, (1, -1)))
+    node.feed(TxFailed(0, TxKind.COMMIT, "already committed"))
+    node.feed(VoteCommittedOnChain(0, ME, keccak(b"a ballot this node no longer holds")))
+    assert node.machine.abstain_reason is AbstainReason.COMMIT_FAILED
+    assert of(SubmitReveal, node.to(COMMIT_END)) == []
+
+
 def test_with_a_lagging_clock_no_decline_is_sent_that_would_land_too_late() -> None:
     node = Node(lag_blocks=2)
     node.open()

@@ -270,6 +270,15 @@ class RoundMachine(RoundViews):
     def _advance_voter(self, out: list[Action]) -> None:
         # Every participant votes: a voter, and a proposer once its proposal is on chain.
         facts = self.facts
+        ballot = self._ballot
+        if (
+            isinstance(self._voter_state, AbstainReason)
+            and ballot is not None
+            and facts.committed.get(self.config.me) == ballot.digest
+        ):
+            # Its commitment landed all the same (sent before a rebuild, or the first of
+            # two sends): unopened, it would be slashed.
+            self._voter_to(VoterStep.VOTES_READY)
         if not self._votes or isinstance(self._voter_state, AbstainReason) or not facts.closed():
             return
         head, (propose_end, commit_end, reveal_end) = facts.now()
@@ -282,7 +291,6 @@ class RoundMachine(RoundViews):
         in_time = facts.lands_by(commit_end)  # a commit sent now still lands in the window
         if self._voter_state is VoterStep.COLLECTING and in_time:
             self._maybe_score(proposals, out)
-        ballot = self._ballot
         if self._voter_state is not VoterStep.VOTES_READY or ballot is None:
             if not in_time and isinstance(self._voter_state, VoterStep):
                 self._voter_to(AbstainReason.TOO_LATE if facts.base is not None else AbstainReason.NO_BASE_MODEL)

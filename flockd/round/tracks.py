@@ -31,7 +31,8 @@ class ProposerStep(enum.Enum):
 
 
 class VoterStep(enum.Enum):
-    """The voter track up to the ballot (an AbstainReason in its place ends the track)."""
+    """The voter track up to the ballot (an AbstainReason in its place ends the track, but
+    for a commitment of its own found on chain)."""
 
     COLLECTING = "collecting"  # proposals and their deltas
     SCORING = "scoring"  # ScoreProposals sent
@@ -82,7 +83,10 @@ VOTER_MOVES: Mapping[VoterState, frozenset[VoterState]] = {
     _V.SCORING: frozenset({_V.VOTES_READY, _A.TOO_LATE}),  # it scores with proposals and a base model
     _V.VOTES_READY: frozenset({_A.NO_PROPOSALS, _A.TOO_LATE, _A.COMMIT_FAILED, _A.PROPOSALS_CHANGED, _A.BALLOT_LOST}),
     _A.NO_PROPOSALS: frozenset({_V.COLLECTING, _V.VOTES_READY}),  # FallbackOpened: proposals may come
-    **{reason: frozenset() for reason in AbstainReason if reason is not _A.NO_PROPOSALS},
+    # An abstention ends the track, unless the chain shows a commitment of this node's that
+    # its ballot opens (a commit sent before a rebuild, or the first of two sends when the
+    # second reverted "already committed"): unopened, it would be slashed.
+    **{reason: frozenset({_V.VOTES_READY}) for reason in AbstainReason if reason is not _A.NO_PROPOSALS},
 }
 MODEL_MOVES: Mapping[ModelStep, frozenset[ModelStep]] = {
     _M.WAITING: frozenset({_M.AGGREGATING, _M.DONE}),  # DONE: nothing accepted, or fetched
