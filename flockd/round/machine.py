@@ -270,12 +270,8 @@ class RoundMachine(RoundViews):
     def _advance_voter(self, out: list[Action]) -> None:
         # Every participant votes: a voter, and a proposer once its proposal is on chain.
         facts = self.facts
-        ballot = self._ballot
-        if (
-            isinstance(self._voter_state, AbstainReason)
-            and ballot is not None
-            and facts.committed.get(self.config.me) == ballot.digest
-        ):
+        ballot, mine = self._ballot, facts.committed.get(self.config.me)
+        if isinstance(self._voter_state, AbstainReason) and ballot is not None and mine == ballot.digest:
             # Its commitment landed all the same (sent before a rebuild, or the first of
             # two sends): unopened, it would be slashed.
             self._voter_to(VoterStep.VOTES_READY)
@@ -295,7 +291,6 @@ class RoundMachine(RoundViews):
             if not in_time and isinstance(self._voter_state, VoterStep):
                 self._voter_to(AbstainReason.TOO_LATE if facts.base is not None else AbstainReason.NO_BASE_MODEL)
             return
-        mine = facts.committed.get(self.config.me)
         commit = self._tx[TxKind.COMMIT]
         if mine is None:
             # Logs come before the clock: at head >= commit_end a commit not seen never landed.
