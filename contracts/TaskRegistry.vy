@@ -290,29 +290,14 @@ def __init__(stake_token: address, verifier: address):
 
 @internal
 @pure
-def _fixed_pow(q: uint256, w: uint256) -> uint256:
-    result: uint256 = ONE
-    base: uint256 = q
-    e: uint256 = w
-    for i: uint256 in range(256):
-        if e == 0:
-            break
-        if e & 1 == 1:
-            result = (result * base) >> 64
-        base = (base * base) >> 64
-        e = e >> 1
-    return result
-
-
-@internal
-@pure
-def _is_proposer(stake: uint256, total: uint256, expected: uint256, unit: uint256, x: uint256) -> bool:
-    w: uint256 = stake // unit
+def _sortition_threshold(stake: uint256, total: uint256, expected: uint256, unit: uint256) -> uint256:
+    # Elected with chance min(1, w * p), linear in stake: splitting a stake earns no more
+    # proposals in expectation than holding it whole.
     big_w: uint256 = total // unit
-    if big_w == 0 or w == 0:
-        return False
+    if big_w == 0:
+        return ONE
     p: uint256 = min(ONE, expected * ONE // big_w)
-    return x >= self._fixed_pow(ONE - p, w)
+    return ONE - min(ONE, stake // unit * p)
 
 
 # ---------------------------------------------------------------- helpers
@@ -678,7 +663,8 @@ def propose(task_id: uint256, r: uint256, delta_hash: bytes32, vrf_proof: Bytes[
         assert not self._declined[task_id][r][msg.sender], "declined this round"
         x: uint256 = self._draw(pool.vrf_pk, vrf_proof, self._fix_seed(task_id, r))
         total: uint256 = self._state[task_id].total_stake
-        assert self._is_proposer(pool.stake, total, p.expected_proposers, p.stake_unit, x), "not elected"
+        threshold: uint256 = self._sortition_threshold(pool.stake, total, p.expected_proposers, p.stake_unit)
+        assert x >= threshold, "not elected"
     self._proposals[task_id][r].append(Proposal(proposer=msg.sender, delta_hash=delta_hash))
     self._proposal_slot[task_id][r][msg.sender] = index + 1
     self._rounds[task_id][r].n_proposals = index + 1
@@ -1068,11 +1054,7 @@ def has_declined(task_id: uint256, r: uint256, who: address) -> bool:
 @external
 @view
 def sortition_threshold(task_id: uint256, who: address) -> uint256:
-    """@notice P0: who is elected this round iff first8(beta) >= this (2**64 = never)"""
+    """@notice who is elected this round iff first8(beta) >= this (2**64 = never)"""
     p: TaskParams = self._params[task_id]
-    w: uint256 = self._pools[task_id][who].stake // p.stake_unit
-    big_w: uint256 = self._state[task_id].total_stake // p.stake_unit
-    if w == 0 or big_w == 0:
-        return ONE
-    q: uint256 = ONE - min(ONE, p.expected_proposers * ONE // big_w)
-    return self._fixed_pow(q, w)
+    stake: uint256 = self._pools[task_id][who].stake
+    return self._sortition_threshold(stake, self._state[task_id].total_stake, p.expected_proposers, p.stake_unit)

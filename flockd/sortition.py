@@ -1,11 +1,12 @@
-"""Round seed and stake-weighted sortition (Algorand-style), in exact integers.
+"""Round seed and stake-weighted sortition, in exact integers.
 
 The rule is protocol/spec/sortition-algorithm.md to the bit: the task contract evaluates the
-same proposer test (`x >= threshold`) in Vyper, so every floor and shift here is part of
-consensus, and floats must never creep in. A node holding w stake units is w independent
-trials of probability p = expected_proposers / W; it is a proposer when at least one trial
-succeeds, i.e. when its draw x / 2**64 is at least P0 = (1 - p)**w. The weight (how many of
-its trials succeeded, read off the binomial CDF) is computed off chain only.
+same proposer test (`x >= threshold`) in Vyper, so every floor here is part of consensus,
+and floats must never creep in. Each of the W stake units is worth p = expected_proposers / W;
+a node holding w units is a proposer with probability min(1, w * p), i.e. when its draw
+x / 2**64 is at least 1 - min(1, w * p). The chance is linear in stake, so the expected
+number of proposers is expected_proposers (while no node is certain) and splitting a stake
+over several keys earns no more proposals than holding it whole.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from eth_utils import keccak
 from flockd import vrf
 
 ONE = 1 << 64  # fixed point: a fraction f is the integer f * 2**64
-MAX_WEIGHT = 64
 _UINT256_LIMIT = 1 << 256
 
 
@@ -64,17 +64,6 @@ def draw(beta: bytes) -> int:
     return int.from_bytes(beta[:8], "big")
 
 
-def fixed_pow(base: int, exponent: int) -> int:
-    """(base / 2**64) ** exponent by square-and-multiply, flooring after every product."""
-    result = ONE
-    while exponent:
-        if exponent & 1:
-            result = (result * base) >> 64
-        base = (base * base) >> 64
-        exponent >>= 1
-    return result
-
-
 @dataclass(frozen=True)
 class Stakes:
     """One node's standing in a task round: what sortition needs besides the draw."""
@@ -106,30 +95,20 @@ class Stakes:
         return min(ONE, self.expected_proposers * ONE // self.total_units)
 
     @property
-    def threshold(self) -> int:
-        """P0: a proposer iff x >= this; ONE (unreachable) when there is no weight at all."""
-        if self.units == 0 or self.total_units == 0:
-            return ONE
-        return fixed_pow(ONE - self.unit_probability, self.units)
+    def chance(self) -> int:
+        """min(1, w * p), the node's chance of being drawn, in 64.64 fixed point."""
+        return min(ONE, self.units * self.unit_probability)
 
-    def weight(self, x: int) -> int:
-        """j, how many of the node's units the draw x elects (0: a voter), capped at MAX_WEIGHT."""
+    @property
+    def threshold(self) -> int:
+        """A proposer iff x >= this; ONE (unreachable) when the node has no chance at all."""
+        return ONE - self.chance
+
+    def elects(self, x: int) -> bool:
+        """Whether the draw x makes the node a proposer (it proposes once a round at most)."""
         if not 0 <= x < ONE:
             raise InvalidOutput("draw must be in [0, 2**64)")
-        threshold = self.threshold
-        if x < threshold:
-            return 0
-        w, p = self.units, self.unit_probability
-        q = ONE - p
-        if q == 0:
-            return min(w, MAX_WEIGHT)
-        # Walk the binomial CDF: P is Pr[exactly k of w units], cdf is Pr[at most k].
-        probability, cdf, k = threshold, threshold, 0
-        while x >= cdf and k < w and k < MAX_WEIGHT:
-            probability = probability * (w - k) * p // ((k + 1) * q)
-            k += 1
-            cdf += probability
-        return k
+        return x >= self.threshold
 
 
 @dataclass(frozen=True)
@@ -138,11 +117,11 @@ class Election:
 
     proof: bytes  # pi, 80 bytes
     output: bytes  # beta, 64 bytes
-    weight: int
+    elected: bool  # a proposer this round
 
     @property
     def role(self) -> Role:
-        return Role.PROPOSER if self.weight > 0 else Role.VOTER
+        return Role.PROPOSER if self.elected else Role.VOTER
 
 
 def _check_seed(seed: bytes) -> None:
@@ -153,7 +132,7 @@ def _check_seed(seed: bytes) -> None:
 
 
 def _decide(proof: bytes, output: bytes, stakes: Stakes) -> Election:
-    return Election(proof=proof, output=output, weight=stakes.weight(draw(output)))
+    return Election(proof=proof, output=output, elected=stakes.elects(draw(output)))
 
 
 def elect(vrf_secret: bytes, seed: bytes, stakes: Stakes) -> Election:

@@ -111,7 +111,7 @@ def _worst_case_registry() -> tuple[Registry, int, list[int]]:
             who for who in range(n)
             if sortition.elect(
                 reg.accounts[who].vrf_sk, seed, sortition.Stakes(100 * E18, total, 100 * E18, 16)
-            ).weight
+            ).elected
         ]
         if len(elected) >= 16:
             return reg, task, elected[:16]

@@ -235,7 +235,7 @@ def open_propose_window() -> ProposeWindow:
     seed = sortition.round_seed(chain.block_hash(chain.block_number), 1, 0)
     proofs = [vrf.prove(sk, seed) for sk in vrf_keys]
     stakes = sortition.Stakes(100 * E18, 600 * E18, 100 * E18, 3)
-    elected = [stakes.weight(sortition.draw(vrf.proof_to_hash(pi))) > 0 for pi in proofs]
+    elected = [stakes.elects(sortition.draw(vrf.proof_to_hash(pi))) for pi in proofs]
     return ProposeWindow(chain, keys, registry, proofs, elected)
 
 

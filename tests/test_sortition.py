@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 from Crypto.Hash import keccak as pycryptodome_keccak
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from flockd import sortition, vrf
-from flockd.sortition import MAX_WEIGHT, ONE, Role, Stakes
+from flockd.sortition import ONE, Role, Stakes
 
 VECTORS = json.loads(
     (Path(__file__).parent.parent / "protocol/vectors/ecvrf-sortition.json").read_text()
@@ -49,8 +49,7 @@ def test_seed_vectors_with_an_independent_keccak(case):
 def test_sortition_vectors(case):
     stakes = stakes_of(case)
     assert stakes.threshold == int(case["threshold"])
-    assert stakes.weight(int(case["x"])) == case["weight"]
-    assert (int(case["x"]) >= stakes.threshold) == case["proposer"]
+    assert stakes.elects(int(case["x"])) == case["proposer"]
 
 
 @pytest.mark.parametrize("case", VECTORS["elections"], ids=lambda c: c["stake"])
@@ -59,11 +58,7 @@ def test_election_vectors_end_to_end(case):
     mine = sortition.elect(bytes.fromhex(case["vrf_sk"]), seed, stakes)
     theirs = sortition.check_election(bytes.fromhex(case["vrf_pk"]), seed, mine.proof, stakes)
     assert mine == theirs
-    assert (mine.proof.hex(), mine.output.hex(), mine.weight) == (
-        case["pi"],
-        case["beta"],
-        case["weight"],
-    )
+    assert (mine.proof.hex(), mine.output.hex()) == (case["pi"], case["beta"])
     assert sortition.draw(mine.output) == int(case["x"])
     assert (mine.role is Role.PROPOSER) == case["proposer"]
 
@@ -71,33 +66,24 @@ def test_election_vectors_end_to_end(case):
 # --- the rule, derived by hand and against exact arithmetic ---------------------------------
 
 
-def test_hand_derived_thresholds_and_weights():
-    # w = 2 units of W = 4, one expected: p = 1/4, Pr[0] = 9/16, Pr[<=1] = 15/16.
+def test_hand_derived_thresholds():
+    # w = 2 units of W = 4, one expected: p = 1/4 a unit, a chance of 2/4.
     stakes = Stakes(stake=2, total_stake=4, stake_unit=1, expected_proposers=1)
-    sixteenth = ONE // 16
-    assert stakes.threshold == 9 * sixteenth
-    assert [stakes.weight(x) for x in (9 * sixteenth - 1, 9 * sixteenth)] == [0, 1]
-    assert [stakes.weight(x) for x in (15 * sixteenth - 1, 15 * sixteenth, ONE - 1)] == [1, 2, 2]
+    assert stakes.threshold == ONE // 2
+    assert [stakes.elects(x) for x in (ONE // 2 - 1, ONE // 2, ONE - 1)] == [False, True, True]
 
 
-def test_no_weight_means_voter_and_certainty_means_proposer():
+def test_no_units_means_voter_and_certainty_means_proposer():
     assert Stakes(9, 1000, 10, 5).threshold == ONE  # less than one unit
-    assert Stakes(0, 0, 1, 5).weight(ONE - 1) == 0  # empty task
+    assert not Stakes(0, 0, 1, 5).elects(ONE - 1)  # empty task
     assert Stakes(3, 4, 1, 4).threshold == 0  # p = 1
-    assert Stakes(3, 4, 1, 4).weight(0) == 3
-    assert Stakes(1000, 1000, 1, 1000).weight(0) == MAX_WEIGHT
-
-
-def test_walk_is_bounded_when_the_threshold_floors_to_zero():
-    stakes = Stakes(2**70, 2**71, 1, 2**70)  # (1/2) ** 2**70
-    assert stakes.threshold == 0
-    assert stakes.weight(ONE - 1) == MAX_WEIGHT
+    assert Stakes(3, 10, 1, 5).elects(0)  # w * p = 3/2, capped at 1
 
 
 def test_per_unit_probability_floors_to_zero_on_vast_totals():
     stakes = Stakes(2**200, 2**201, 1, 2**100)  # p = 2**-101 is below one ulp
     assert stakes.unit_probability == 0
-    assert stakes.weight(ONE - 1) == 0
+    assert not stakes.elects(ONE - 1)
 
 
 @settings(max_examples=60, deadline=None)
@@ -106,71 +92,48 @@ def test_per_unit_probability_floors_to_zero_on_vast_totals():
     extra=st.integers(0, 20000),
     expected=st.integers(1, 40),
 )
-def test_threshold_is_the_floored_power_within_rounding(w, extra, expected):
+def test_threshold_is_one_minus_the_linear_chance_within_rounding(w, extra, expected):
     stakes = Stakes(w, w + extra, 1, expected)
-    q = Fraction(ONE - stakes.unit_probability, ONE)
-    exact = q**w * ONE
-    # Every floor loses under one ulp and later products carry earlier losses along; measured
-    # over random cases the total stays under 0.8 * w ulps (of 2**64). Never above exact.
-    assert exact - w - 2 * w.bit_length() <= stakes.threshold <= exact
+    exact = max(0, 1 - Fraction(w * expected, w + extra)) * ONE
+    # p floors by under one ulp, and w * p carries that loss w times. Never below exact.
+    assert exact <= stakes.threshold <= exact + w
 
 
 @settings(max_examples=60, deadline=None)
 @given(
-    w=st.integers(1, 80),
-    extra=st.integers(0, 400),
-    expected=st.integers(1, 30),
-    x=st.integers(0, ONE - 1),
+    units=st.lists(st.integers(1, 200), min_size=2, max_size=6),
+    expected=st.integers(1, 16),
+    parts=st.integers(2, 5),
 )
-def test_weight_is_the_binomial_quantile_away_from_boundaries(w, extra, expected, x):
-    stakes = Stakes(w, w + extra, 1, expected)
-    p = Fraction(stakes.unit_probability, ONE)
-    cdf, boundaries = Fraction(0), []
-    for k in range(min(w, MAX_WEIGHT) + 1):
-        cdf += _binomial(w, k) * p**k * (1 - p) ** (w - k)
-        boundaries.append(cdf * ONE)
-    if any(abs(x - edge) < 2**20 for edge in boundaries):
-        return  # within rounding of a boundary: either side is right
-    exact = next((k for k, edge in enumerate(boundaries) if x < edge), min(w, MAX_WEIGHT))
-    assert stakes.weight(x) == exact
-
-
-def _binomial(n: int, k: int) -> int:
-    result = 1
-    for i in range(k):
-        result = result * (n - i) // (i + 1)
-    return result
-
-
-def test_fixed_pow_square_and_multiply():
-    half = ONE // 2
-    assert sortition.fixed_pow(half, 0) == ONE
-    assert sortition.fixed_pow(half, 3) == ONE // 8
-    assert sortition.fixed_pow(ONE, 2**255) == ONE
-    assert sortition.fixed_pow(0, 5) == 0
+def test_splitting_a_stake_earns_no_more_expected_proposals(units, expected, parts):
+    total = sum(units) * parts
+    whole = Stakes(units[0] * parts, total, 1, expected).chance
+    assume(whole < ONE)  # a certain proposer proposes once: past that, splitting pays
+    split = parts * Stakes(units[0], total, 1, expected).chance
+    # Linear, so the parts' expected proposals equal the whole's, exactly.
+    assert split == whole
 
 
 # --- statistics on deterministic pseudo-random draws ---------------------------------------
 
 
 def test_election_rates_follow_stake():
-    units = [1, 2, 3, 4, 5, 10, 15, 20, 20, 20]  # W = 100, 10 expected: p = 1/10
+    units = [1, 2, 3, 4, 5, 10, 15, 20, 20, 20]  # W = 100, 4 expected: p = 1/25 a unit
     total, rounds = sum(units), 3000
-    chosen, weight_sum = [0] * len(units), 0
+    chosen = [0] * len(units)
     for r in range(rounds):
         for i, w in enumerate(units):
             beta = hashlib.sha512(f"{r}/{i}".encode()).digest()
-            j = Stakes(w, total, 1, 10).weight(sortition.draw(beta))
-            chosen[i] += j > 0
-            weight_sum += j
+            chosen[i] += Stakes(w, total, 1, 4).elects(sortition.draw(beta))
     rates = [c / rounds for c in chosen]
     for w, rate in zip(units, rates, strict=True):
-        expected = 1 - 0.9**w
+        expected = min(1.0, w / 25)
         sigma = (expected * (1 - expected) / rounds) ** 0.5
         assert abs(rate - expected) < 5 * sigma + 1e-9
-    # Each unit is a Bernoulli(1/10) trial: the mean total weight is the expected count.
-    mean_weight = weight_sum / rounds
-    assert abs(mean_weight - 10) < 5 * (100 * 0.1 * 0.9 / rounds) ** 0.5
+    # Linear in stake: the mean number of proposers is the expected count.
+    mean = sum(chosen) / rounds
+    variance = sum(min(1.0, w / 25) * (1 - min(1.0, w / 25)) for w in units)
+    assert abs(mean - 4) < 5 * (variance / rounds) ** 0.5
     assert rates[0] < rates[4] < rates[5] < rates[7]
 
 
@@ -216,9 +179,9 @@ def test_draw_needs_a_64_byte_output(beta):
 
 
 @pytest.mark.parametrize("x", [-1, ONE])
-def test_weight_needs_a_draw_in_range(x):
+def test_a_draw_must_be_in_range(x):
     with pytest.raises(sortition.InvalidOutput):
-        Stakes(1, 2, 1, 1).weight(x)
+        Stakes(1, 2, 1, 1).elects(x)
 
 
 def test_forged_or_replayed_elections_are_rejected():

@@ -58,12 +58,12 @@ def main(argv: list[str]) -> int:
     verify_rate = _rate("vrf verify", n, lambda i: vrf.verify(public, alphas[i], proofs[i]))
     _rate("vrf proof_to_hash", n, lambda i: vrf.proof_to_hash(proofs[i]))
 
-    print("flockd.sortition (draw + threshold + CDF walk, 40 of 1000 units, 10 expected):")
+    print("flockd.sortition (draw + threshold, 40 of 1000 units, 10 expected):")
     outputs = [vrf.proof_to_hash(p) for p in proofs]
     stakes = sortition.Stakes(stake=40, total_stake=1000, stake_unit=1, expected_proposers=10)
-    _rate("sortition weight", n, lambda i: stakes.weight(sortition.draw(outputs[i])))
+    _rate("sortition elects", n, lambda i: stakes.elects(sortition.draw(outputs[i])))
     _rate(
-        "check_election (verify + weight)",
+        "check_election (verify + elects)",
         n // 4 or 1,
         lambda i: sortition.check_election(public, alphas[i], proofs[i], stakes),
     )

@@ -93,7 +93,7 @@ class RoundViews:
     @property
     def _elected(self) -> bool:
         election = self.facts.election
-        return election is not None and (election.weight > 0 or self.is_fallback_proposer)
+        return election is not None and (election.elected or self.is_fallback_proposer)
 
     @property
     def _votes(self) -> bool:
