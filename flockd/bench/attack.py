@@ -17,10 +17,10 @@ Systems (each run is one federation of ``--nodes`` nodes for ``--rounds`` rounds
 The flockd systems are `flockd.sim`: every node's real round state machine against a real
 in-process py-evm chain running the TaskRegistry contract (VRF sortition, proposals,
 vote commit/reveal, finalise, model attestation). They expect 16 proposers a round
-(``--proposers``, the registry's MAX_PROPOSALS), which sortition makes about 11 distinct
-nodes of 20: the baselines train every node every round, and on a skewed split each
-node a round leaves out costs accuracy whatever the vote (docs/learning.md, "Sixteen
-expected proposers").
+(``--proposers``, the registry's MAX_PROPOSALS; sortition is linear in stake, so each of
+20 equal nodes is drawn at 0.8): the baselines train every node every round, and on a
+skewed split each node a round leaves out costs accuracy whatever the vote
+(docs/learning.md, "Sixteen expected proposers", "Linear sortition").
 
 Malicious nodes are `flockd.fl.attacks.assign_behaviours(nodes, fraction, attack, seed)`:
 the same nodes for every system at a given seed. Every system splits the data by
