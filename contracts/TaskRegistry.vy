@@ -97,6 +97,8 @@ struct Round:
     finalised: bool
     accepted_mask: uint256
     model_hash: bytes32
+    # keccak chain over the proposals' delta hashes in slot order: what a ballot judges
+    proposals_digest: bytes32
 
 # Where round r's windows end (last block of each, inclusive) and how many of the
 # expected messages are in: a window ends early at the block its last one lands in.
@@ -668,6 +670,7 @@ def propose(task_id: uint256, r: uint256, delta_hash: bytes32, vrf_proof: Bytes[
     self._proposals[task_id][r].append(Proposal(proposer=msg.sender, delta_hash=delta_hash))
     self._proposal_slot[task_id][r][msg.sender] = index + 1
     self._rounds[task_id][r].n_proposals = index + 1
+    self._rounds[task_id][r].proposals_digest = keccak256(concat(self._rounds[task_id][r].proposals_digest, delta_hash))
     log Proposed(task_id=task_id, round=r, proposer=msg.sender, index=index, delta_hash=delta_hash)
     self._maybe_close_propose(task_id, r)
     return index
@@ -699,14 +702,17 @@ def decline(task_id: uint256, r: uint256, vrf_proof: Bytes[VRF_PROOF_LEN]):
 
 
 @external
-def commit_vote(task_id: uint256, r: uint256, digest: bytes32):
+def commit_vote(task_id: uint256, r: uint256, digest: bytes32, proposals_digest: bytes32):
     """
     @notice a participant commits its vote digest once. Every participant votes, the
             round's proposers included (on every proposal, their own among them), so
             each round's verdict is a majority of all the stake that revealed and never
-            of a random committee a minority may happen to dominate.
+            of a random committee a minority may happen to dominate. `proposals_digest`
+            names the proposals the ballot judged: a commit replayed onto a branch whose
+            proposals differ reverts instead of judging other deltas.
     """
     self._require_phase(task_id, r, PHASE_COMMIT)
+    assert proposals_digest == self._rounds[task_id][r].proposals_digest, "proposals differ"
     assert self._pools[task_id][msg.sender].active, "not a participant"
     assert self._ballots[task_id][r][msg.sender].digest == empty(bytes32), "already committed"
     assert digest != empty(bytes32), "empty digest"

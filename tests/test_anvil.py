@@ -226,10 +226,11 @@ async def advance_to(env: Env, task: int, r: int, phase: int) -> None:
 async def vote(env: Env, task: int, r: int, ballots: dict[int, list[int]]) -> None:
     salts = {who: keccak(b"salt %d %d" % (who, r)) for who in ballots}
     await advance_to(env, task, r, PHASE_COMMIT)
+    judged = (await env.registry(0).get_round(task, r)).proposals_digest
     async with trio.open_nursery() as nursery:
         for who, votes in ballots.items():
             digest = vote_digest(tuple(votes), salts[who], MEMBERS[who].address)
-            nursery.start_soon(env.registry(who).commit_vote, task, r, digest)
+            nursery.start_soon(env.registry(who).commit_vote, task, r, digest, judged)
     await advance_to(env, task, r, PHASE_REVEAL)
     async with trio.open_nursery() as nursery:
         for who, votes in ballots.items():
@@ -310,7 +311,7 @@ async def test_round_without_proposals_finishes_task(backend: str, anvil: AnvilN
         before = await env.token(1).balance_of(MEMBERS[1].address)
         await vote(env, task, 0, {0: [], 1: []})
         with pytest.raises(ContractRevert, match="wrong phase"):
-            await env.registry(2).commit_vote(task, 0, keccak(b"late"))
+            await env.registry(2).commit_vote(task, 0, keccak(b"late"), bytes(32))
         await env.registry(2).finalise(task, 0)
         info = await registry.get_round(task, 0)
         # nothing accepted: model_0 stands, recorded at once; the last round ends the task

@@ -14,7 +14,7 @@ from flockd import sortition, vrf
 from flockd.chain.client.artifacts import STAKE_TOKEN, TASK_REGISTRY, load
 from flockd.chain.node.deploy import ScratchChain, TxFailed, TxResult
 from flockd.chain.node.precompile import VRF_PRECOMPILE_ADDRESS
-from flockd.round import vote_digest
+from flockd.round import proposals_digest, vote_digest
 
 TOKEN = load(STAKE_TOKEN)
 REGISTRY = load(TASK_REGISTRY)
@@ -194,11 +194,15 @@ class Registry:
         is the one the contract checks."""
         return vote_digest(tuple(votes), salt, self.addr(who))
 
+    def judged(self, task: int, r: int) -> bytes:
+        """The round's proposals digest, which a commit_vote must name."""
+        return bytes(self.view("get_round", task, r)[9])
+
     def vote_round(self, task: int, r: int, ballots: dict[int, list[int]], reveal: set[int] | None = None) -> None:
         """Commit every ballot, then reveal those in `reveal` (all by default)."""
         self.advance_to(task, r, PHASE_COMMIT)
         for who, votes in ballots.items():
-            self.send(who, "commit_vote", task, r, self.digest(who, votes, salt(who, r)))
+            self.send(who, "commit_vote", task, r, self.digest(who, votes, salt(who, r)), self.judged(task, r))
         assert all(x.ok for x in self.chain.mine())
         self.advance_to(task, r, PHASE_REVEAL)
         for who, votes in ballots.items():
@@ -423,22 +427,27 @@ def test_commit_and_reveal_reverts(reg: Registry) -> None:
     reg.propose(task, 0, 2)
     votes, s3 = [1, -1], salt(3, 0)
     d3 = reg.digest(3, votes, s3)
-    assert reg.reverts(3, "commit_vote", task, 0, d3) == "wrong phase"
+    assert reg.reverts(3, "commit_vote", task, 0, d3, reg.judged(task, 0)) == "wrong phase"
     reg.advance_to(task, 0, PHASE_COMMIT)
-    assert reg.reverts(5, "commit_vote", task, 0, d3) == "not a participant"
-    assert reg.reverts(3, "commit_vote", task, 0, bytes(32)) == "empty digest"
-    assert reg.reverts(3, "commit_vote", task, 1, d3) == "wrong round"
-    (name, ev), = reg.events(reg.tx(3, "commit_vote", task, 0, d3))
+    assert reg.reverts(5, "commit_vote", task, 0, d3, reg.judged(task, 0)) == "not a participant"
+    assert reg.reverts(3, "commit_vote", task, 0, bytes(32), reg.judged(task, 0)) == "empty digest"
+    assert reg.reverts(3, "commit_vote", task, 1, d3, reg.judged(task, 1)) == "wrong round"
+    # the ballot names what it judged: the node's own digest of the proposals in slot order
+    hashes = [h for _, h in reg.view("get_proposals", task, 0)]
+    assert reg.judged(task, 0) == proposals_digest(hashes) != proposals_digest(hashes[::-1])
+    assert reg.reverts(3, "commit_vote", task, 0, d3, proposals_digest(hashes[::-1])) == "proposals differ"
+    assert reg.reverts(3, "commit_vote", task, 0, d3, proposals_digest(hashes[:1])) == "proposals differ"
+    (name, ev), = reg.events(reg.tx(3, "commit_vote", task, 0, d3, reg.judged(task, 0)))
     assert (name, ev["digest"]) == ("VoteCommitted", d3)
-    assert reg.reverts(3, "commit_vote", task, 0, d3) == "already committed"
+    assert reg.reverts(3, "commit_vote", task, 0, d3, reg.judged(task, 0)) == "already committed"
     # voter 4 commits a malformed ballot, to show reveal rejects it despite a matching digest
-    reg.tx(4, "commit_vote", task, 0, reg.digest(4, [1, 2], s3))
+    reg.tx(4, "commit_vote", task, 0, reg.digest(4, [1, 2], s3), reg.judged(task, 0))
     assert reg.view("phase", task) == PHASE_COMMIT  # the proposers vote too: not all in yet
-    reg.tx(1, "commit_vote", task, 0, reg.digest(1, votes, salt(1, 0)))
-    reg.tx(2, "commit_vote", task, 0, reg.digest(2, votes, salt(2, 0)))
+    reg.tx(1, "commit_vote", task, 0, reg.digest(1, votes, salt(1, 0)), reg.judged(task, 0))
+    reg.tx(2, "commit_vote", task, 0, reg.digest(2, votes, salt(2, 0)), reg.judged(task, 0))
     # every participant is in: the commit window closed at that block, the reveal one is open
     assert reg.view("phase", task) == PHASE_REVEAL
-    assert reg.reverts(3, "commit_vote", task, 0, d3) == "wrong phase"
+    assert reg.reverts(3, "commit_vote", task, 0, d3, reg.judged(task, 0)) == "wrong phase"
     assert reg.reverts(3, "reveal_vote", task, 0, votes, salt(9, 9)) == "reveal does not match commitment"
     assert reg.reverts(3, "reveal_vote", task, 0, [1, 1], s3) == "reveal does not match commitment"
     # a copied commitment does not open for the copier: the digest binds the sender
@@ -504,7 +513,7 @@ def test_vote_count_must_match_proposals(reg: Registry) -> None:
     task = reg.started([1, 2, 3])
     reg.propose(task, 0, 1)
     reg.advance_to(task, 0, PHASE_COMMIT)
-    reg.tx(2, "commit_vote", task, 0, reg.digest(2, [1, 1], salt(2, 0)))
+    reg.tx(2, "commit_vote", task, 0, reg.digest(2, [1, 1], salt(2, 0)), reg.judged(task, 0))
     reg.advance_to(task, 0, PHASE_REVEAL)
     assert reg.reverts(2, "reveal_vote", task, 0, [1, 1], salt(2, 0)) == "one vote per proposal"
 
@@ -604,7 +613,7 @@ def test_whole_round_mode(reg: Registry) -> None:
     reg.propose(task, 0, 1)
     reg.propose(task, 0, 2)
     reg.advance_to(task, 0, PHASE_COMMIT)
-    reg.tx(3, "commit_vote", task, 0, reg.digest(3, [1, 1], salt(3, 0)))
+    reg.tx(3, "commit_vote", task, 0, reg.digest(3, [1, 1], salt(3, 0)), reg.judged(task, 0))
     reg.advance_to(task, 0, PHASE_REVEAL)
     assert reg.reverts(3, "reveal_vote", task, 0, [1, 1], salt(3, 0)) == "one vote for the round"
     # a fresh task for the well-formed round: +1, +1, -1 by equal stakes: both accepted
@@ -631,7 +640,7 @@ def test_whole_round_mode(reg: Registry) -> None:
     reg.propose(task, 2, 1)
     reg.advance_to(task, 2, PHASE_COMMIT)
     for who, vote in ((2, E18), (3, 0), (4, 2)):
-        reg.tx(who, "commit_vote", task, 2, reg.digest(who, [vote], salt(who, 2)))
+        reg.tx(who, "commit_vote", task, 2, reg.digest(who, [vote], salt(who, 2)), reg.judged(task, 2))
     reg.advance_to(task, 2, PHASE_REVEAL)
     assert reg.reverts(2, "reveal_vote", task, 2, [E18], salt(2, 2)) == "vote must be -1, 0 or +1"
     assert reg.reverts(3, "reveal_vote", task, 2, [0], salt(3, 2)) == "vote must be +1 or -1"
@@ -647,7 +656,7 @@ def test_whole_round_cartel_cannot_outvote_by_magnitude() -> None:
     ballots = {2: [1], 3: [1], 4: [1], 5: [1], 6: [1], 7: [-E18]}
     reg.advance_to(task, 0, PHASE_COMMIT)
     for who, votes in ballots.items():
-        reg.tx(who, "commit_vote", task, 0, reg.digest(who, votes, salt(who, 0)))
+        reg.tx(who, "commit_vote", task, 0, reg.digest(who, votes, salt(who, 0)), reg.judged(task, 0))
     reg.advance_to(task, 0, PHASE_REVEAL)
     for who, votes in ballots.items():
         result = reg.chain.transact(reg.accounts[who].key, reg.address, REGISTRY.encode_call("reveal_vote", task, 0, votes, salt(who, 0)))

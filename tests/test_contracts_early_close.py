@@ -57,10 +57,10 @@ def test_commit_and_reveal_close_when_every_vote_is_in(reg: Registry) -> None:
     reg.decline(task, 0, 2)
     reg.decline(task, 0, 3)
     ballots = {1: [1], 2: [1], 3: [1]}
-    reg.tx(2, "commit_vote", task, 0, reg.digest(2, ballots[2], salt(2, 0)))
-    reg.tx(3, "commit_vote", task, 0, reg.digest(3, ballots[3], salt(3, 0)))
+    reg.tx(2, "commit_vote", task, 0, reg.digest(2, ballots[2], salt(2, 0)), reg.judged(task, 0))
+    reg.tx(3, "commit_vote", task, 0, reg.digest(3, ballots[3], salt(3, 0)), reg.judged(task, 0))
     assert reg.view("phase", task) == PHASE_COMMIT  # the proposer has not committed yet
-    result = reg.tx(1, "commit_vote", task, 0, reg.digest(1, ballots[1], salt(1, 0)))
+    result = reg.tx(1, "commit_vote", task, 0, reg.digest(1, ballots[1], salt(1, 0)), reg.judged(task, 0))
     commit_closed = reg.chain.block_number
     assert [ev["phase"] for name, ev in reg.events(result) if name == "PhaseClosed"] == [PHASE_COMMIT]
     assert reg.view("deadlines", task, 0)[1:] == (commit_closed, commit_closed + 50)
@@ -83,7 +83,7 @@ def test_a_silent_voter_holds_the_commit_window_open(reg: Registry) -> None:
     reg.decline(task, 0, 2)
     reg.decline(task, 0, 3)
     propose_end = reg.chain.block_number
-    reg.tx(2, "commit_vote", task, 0, reg.digest(2, [1], salt(2, 0)))
+    reg.tx(2, "commit_vote", task, 0, reg.digest(2, [1], salt(2, 0)), reg.judged(task, 0))
     # voter 3 never commits: the window runs its full length, then the one voter reveals
     assert reg.view("deadlines", task, 0)[1] == propose_end + 8
     reg.advance_to(task, 0, PHASE_REVEAL)

@@ -66,7 +66,7 @@ def small_task_rows() -> list[Row]:
     ballots = {1: [1, -1], 2: [-1, 1], 3: [1, -1], 4: [1, -1], 5: [1, 1]}  # proposers vote too
     reg.advance_to(task, 0, PHASE_COMMIT)
     for who, votes in ballots.items():
-        reg.send(who, "commit_vote", task, 0, reg.digest(who, votes, salt(who, 0)))
+        reg.send(who, "commit_vote", task, 0, reg.digest(who, votes, salt(who, 0)), reg.judged(task, 0))
     commits = _ok(reg.chain.mine())
     rows.append(("commit_vote", commits[0].gas_used, ""))
     rows.append(("commit_vote", commits[-1].gas_used, "the last one: closes the commit window"))
@@ -88,7 +88,7 @@ def small_task_rows() -> list[Row]:
     whole = reg.started([1, 2, 3], vote_mode=1)
     reg.propose(whole, 0, 1)
     reg.advance_to(whole, 0, PHASE_COMMIT)
-    reg.tx(2, "commit_vote", whole, 0, reg.digest(2, [-1], salt(2, 0)))
+    reg.tx(2, "commit_vote", whole, 0, reg.digest(2, [-1], salt(2, 0)), reg.judged(whole, 0))
     reg.advance_to(whole, 0, PHASE_REVEAL)
     res = reg.tx(2, "reveal_vote", whole, 0, [-1], salt(2, 0))
     rows.append(("reveal_vote", res.gas_used, "whole-round mode, one -1"))
@@ -156,7 +156,10 @@ def worst_case_rows() -> list[Row]:
         for who in range(N_WORST)
     }
     reg.advance_to(task, 0, PHASE_COMMIT)
-    _in_blocks(reg, task, [("commit_vote", who, reg.digest(who, votes, salt(who, 0))) for who, votes in ballots.items()])
+    judged = reg.judged(task, 0)
+    _in_blocks(reg, task, [
+        ("commit_vote", who, reg.digest(who, votes, salt(who, 0)), judged) for who, votes in ballots.items()
+    ])
     reveal = _in_blocks(reg, task, [
         ("reveal_vote", who, votes, salt(who, 0)) for who, votes in ballots.items() if who not in UNREVEALED
     ])

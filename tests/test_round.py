@@ -64,6 +64,7 @@ from flockd.round import (
     VotersSettledOnChain,
     VoterStep,
     WrongRound,
+    proposals_digest,
     vote_digest,
 )
 from flockd.rpc.round_view import round_view
@@ -691,6 +692,59 @@ def test_restart_in_the_reveal_window_reveals_the_saved_ballot() -> None:
     assert actions == [SubmitReveal(0, (1, 1), salt)]  # no election, no training, no scoring
     assert machine.phase is Phase.REVEALING and machine.role is Role.VOTER
     assert machine.votes_committed == {ME, V2}
+
+
+def test_a_commit_names_the_proposals_its_ballot_judged() -> None:
+    node = voter_with_deltas()
+    node.to(PROPOSE_END)
+    node.feed(ScoresReady(0, (1, -1)))
+    (commit,) = of(SubmitCommit, node.actions)
+    assert commit.proposals_digest == proposals_digest([H1, H2])  # slot order, as the registry chains them
+    assert commit.proposals_digest != proposals_digest([H2, H1])
+
+
+def restarted_before_commit(saved: BallotRestored, proposals: list[Event]) -> tuple[RoundMachine, list[Any]]:
+    events: list[Event] = [
+        BlockSealed(PROPOSE_END + 1),
+        RoundOpened(0, OPEN, OPEN_HASH),
+        *proposals,
+        ModelReady(-1, BASE),
+        saved,
+        DeltaReceived(0, P1, D1, ME),
+        DeltaReceived(0, P2, D2, ME),
+    ]
+    return RoundMachine.replay(config(), 0, events, salts())
+
+
+def test_a_saved_ballot_is_committed_when_it_judged_the_proposals_on_chain() -> None:
+    salt = keccak(b"saved salt")
+    saved = BallotRestored(0, (1, -1), salt, proposals_digest([H1, H2]))
+    _, actions = restarted_before_commit(saved, two_proposals())
+    assert of(SubmitCommit, actions) == [SubmitCommit(0, vote_digest((1, -1), salt, ME), (1, -1), salt, saved.proposals)]
+
+
+@pytest.mark.parametrize("judged", [proposals_digest([H1, H2]), None], ids=["reordered", "not-saved"])
+def test_a_saved_ballot_of_other_proposals_is_never_committed(judged: bytes | None) -> None:
+    """After a reorganisation the canonical chain may hold the same proposals in another
+    order: the ballot saved before it judged other slots. So does one saved without
+    what it judged. The node abstains: the registry would refuse the commit anyway."""
+    saved = BallotRestored(0, (1, -1), keccak(b"saved salt"), judged)
+    reordered = [ProposalOnChain(0, 0, P2, H2), ProposalOnChain(0, 1, P1, H1)]
+    machine, actions = restarted_before_commit(saved, reordered)
+    assert of(SubmitCommit, actions) == [] and machine.step is Step.ABSTAINED
+
+
+def test_a_saved_ballot_whose_commitment_landed_is_revealed_whatever_it_judged() -> None:
+    # unopened, the commitment would be slashed: the reveal opens it even without what it judged
+    salt = keccak(b"saved salt")
+    events: list[Event] = [
+        BlockSealed(COMMIT_END + 1),
+        *chain_log_until_commit(vote_digest((1, 1), salt, ME)),
+        ModelReady(-1, BASE),
+        BallotRestored(0, (1, 1), salt, None),
+    ]
+    _, actions = RoundMachine.replay(config(), 0, events, salts())
+    assert actions == [SubmitReveal(0, (1, 1), salt)]
 
 
 def test_restart_without_the_ballot_cannot_reveal() -> None:

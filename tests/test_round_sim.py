@@ -266,7 +266,7 @@ class Node:
     task: TaskMachine
     deltas: dict[bytes, bytes] = field(default_factory=dict)  # what it stores and serves
     models: set[bytes] = field(default_factory=lambda: {INIT})
-    ballots: dict[int, tuple[tuple[int, ...], bytes]] = field(default_factory=dict)
+    ballots: dict[int, tuple[tuple[int, ...], bytes, bytes]] = field(default_factory=dict)
     rejected: list[DeltaRejected] = field(default_factory=list)
     completed: dict[int, bytes] = field(default_factory=dict)
     final: bytes | None = None
@@ -313,8 +313,8 @@ class Sim:
                 case StartTraining(round=r, base_model_hash=base):
                     delta = b"%s delta of %s on %s" % (PROPOSERS[r][me].encode(), me.hex().encode(), base.hex().encode())
                     self.send(me, TrainingDone(r, delta))
-                case SubmitCommit(round=r, votes=votes, salt=salt):
-                    node.ballots[r] = (votes, salt)  # written ahead of the transaction
+                case SubmitCommit(round=r, votes=votes, salt=salt, proposals_digest=judged):
+                    node.ballots[r] = (votes, salt, judged)  # written ahead of the transaction
                     self.chain.pending.append((me, action))
                 case SubmitPropose() | SubmitDecline() | SubmitReveal() | SubmitFinalise() | SubmitRecordModel():
                     self.chain.pending.append((me, action))
@@ -406,7 +406,7 @@ class Sim:
         if newest is not None:
             events.append(ModelRecordedOnChain(newest, self.chain.recorded[newest]))
         events += [e for _, e in self.chain.log if e.round >= from_round]
-        events += [BallotRestored(r, v, s) for r, (v, s) in old.ballots.items() if r >= from_round]
+        events += [BallotRestored(r, v, s, j) for r, (v, s, j) in old.ballots.items() if r >= from_round]
         events += [
             DeltaReceived(e.round, e.proposer, old.deltas[e.delta_hash], address)
             for _, e in self.chain.log

@@ -99,7 +99,7 @@ SAMPLES: dict[str, rnd.Action] = {
     "score": rnd.ScoreProposals(0, INIT, (D1,), rnd.VoteMode.PER_PROPOSAL),
     "aggregate": rnd.Aggregate(0, INIT, (D1,)),
     "fetch_model": rnd.FetchModel(0, INIT),
-    "commit": rnd.SubmitCommit(0, b"d" * 32, (1,), b"t" * 32),
+    "commit": rnd.SubmitCommit(0, b"d" * 32, (1,), b"t" * 32, b"p" * 32),
     "propose": rnd.SubmitPropose(0, keccak(D1), b"p" * 80),
     "decline": rnd.SubmitDecline(0, b"p" * 80),
     "reveal": rnd.SubmitReveal(0, (1,), b"t" * 32),
@@ -131,7 +131,7 @@ def test_transactions_reach_the_host_translated_by_the_bridge() -> None:
     node.dispatch([SAMPLES["reveal"], SAMPLES["commit"]])
     assert host.asked == [
         ("transact", SAMPLES["reveal"], transaction(SAMPLES["reveal"])),  # type: ignore[arg-type]
-        ("commit", SAMPLES["commit"], (rnd.TxKind.COMMIT, "commit_vote", (b"d" * 32,))),
+        ("commit", SAMPLES["commit"], (rnd.TxKind.COMMIT, "commit_vote", (b"d" * 32, b"p" * 32))),
     ]
 
 

@@ -47,6 +47,7 @@ from flockd.round.base import (
     VoteMode,
     WrongRound,
     delta_hash,
+    proposals_digest,
     vote_digest,
 )
 from flockd.round.deltas import Proposal
@@ -161,5 +162,6 @@ __all__ = [
     "VoteRevealedOnChain",
     "WrongRound",
     "delta_hash",
+    "proposals_digest",
     "vote_digest",
 ]

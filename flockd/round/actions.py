@@ -93,13 +93,14 @@ class ScoreProposals:
 
 @dataclass(frozen=True)
 class SubmitCommit:
-    """Persist (round, votes, salt) durably first (a restart needs them to reveal), then
-    send commit_vote(task, round, digest)."""
+    """Persist (round, votes, salt, proposals_digest) durably first (a restart needs them
+    to reveal), then send commit_vote(task, round, digest, proposals_digest)."""
 
     round: int
     digest: bytes
     votes: tuple[int, ...]
     salt: bytes
+    proposals_digest: bytes
 
 
 @dataclass(frozen=True)

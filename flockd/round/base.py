@@ -4,6 +4,7 @@ phases, roles and steps, the errors, and the two hashes the protocol commits to.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -203,6 +204,15 @@ def delta_hash(data: bytes) -> bytes:
     """keccak256 of a delta's bytes: the same as flockd.fl.codec.delta_hash, without
     importing the codec (which pulls in torch)."""
     return keccak(data)
+
+
+def proposals_digest(delta_hashes: Iterable[bytes]) -> bytes:
+    """The registry's keccak chain over a round's delta hashes in slot order (starting from
+    32 zero bytes): the proposals a ballot judged, which commit_vote must match."""
+    digest = bytes(32)
+    for h in delta_hashes:
+        digest = keccak(digest + h)
+    return digest
 
 
 def vote_digest(votes: tuple[int, ...], salt: bytes, voter: Address) -> bytes:

@@ -197,16 +197,20 @@ class ScoresReady:
 
 @dataclass(frozen=True)
 class BallotRestored:
-    """After a restart: the votes and salt this node saved before sending its commit."""
+    """After a restart: the votes and salt this node saved before sending its commit, and
+    the proposals_digest of what they judged (None: a ballot saved without it)."""
 
     round: int
     votes: tuple[int, ...]
     salt: bytes
+    proposals: bytes | None = None
 
     def __post_init__(self) -> None:
         check_round(self.round)
         _check_votes(self.votes)
         check_hash("salt", self.salt)
+        if self.proposals is not None:
+            check_hash("proposals", self.proposals)
 
 
 @dataclass(frozen=True)

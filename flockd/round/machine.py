@@ -41,6 +41,7 @@ from flockd.round.base import (
     VoteMode,
     check_round,
     delta_hash,
+    proposals_digest,
     vote_digest,
 )
 from flockd.round.deltas import Proposal
@@ -160,7 +161,7 @@ class RoundMachine(RoundViews):
             case ScoresReady() if self._voter_state is VoterStep.SCORING:  # else late or unasked
                 self._on_scores(event.votes)
             case BallotRestored() if self._ballot is None:
-                self._set_ballot(event.votes, event.salt)
+                self._set_ballot(event.votes, event.salt, event.proposals)
             case TrainingFailed() if self._proposer_step is ProposerStep.TRAINING:
                 self._proposer_to(ProposerStep.TRAINING_FAILED)
             case AggregateFailed() if self._model_step is ModelStep.AGGREGATING:
@@ -201,12 +202,12 @@ class RoundMachine(RoundViews):
                 0 if gap else 1 if digest == mine else v
                 for v, gap, digest in zip(votes, self._gaps, scored, strict=True)
             )
-        self._set_ballot(votes, self._salt_source())
+        self._set_ballot(votes, self._salt_source(), proposals_digest(scored))
 
-    def _set_ballot(self, votes: tuple[int, ...], salt: bytes) -> None:
+    def _set_ballot(self, votes: tuple[int, ...], salt: bytes, proposals: bytes | None) -> None:
         if not isinstance(salt, bytes) or len(salt) != 32:
             raise InvalidConfig("the salt source must return 32 bytes")
-        self._ballot = Ballot(votes, salt, vote_digest(votes, salt, self.config.me))
+        self._ballot = Ballot(votes, salt, vote_digest(votes, salt, self.config.me), proposals)
         if isinstance(self._voter_state, VoterStep):  # an abstained voter keeps its reason
             self._voter_to(VoterStep.VOTES_READY)
 
@@ -296,10 +297,12 @@ class RoundMachine(RoundViews):
             # Logs come before the clock: at head >= commit_end a commit not seen never landed.
             if head >= commit_end or commit.dead or (not in_time and not commit.in_flight):
                 self._voter_to(AbstainReason.COMMIT_FAILED if commit.dead else AbstainReason.TOO_LATE)
-            elif self._scored is not None and len(self._scored) != len(proposals):
+            elif ballot.proposals is None or ballot.proposals != proposals_digest(p.delta_hash for p in proposals):
+                # It judged other proposals (more landed, or a reorganisation reordered
+                # them); the registry would refuse the commit anyway.
                 self._voter_to(AbstainReason.PROPOSALS_CHANGED)
             elif head >= propose_end and in_time:
-                action = SubmitCommit(self.round, ballot.digest, ballot.votes, ballot.salt)
+                action = SubmitCommit(self.round, ballot.digest, ballot.votes, ballot.salt, ballot.proposals)
                 self._send(TxKind.COMMIT, action, out)
             return
         if mine != ballot.digest:

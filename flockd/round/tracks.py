@@ -148,3 +148,4 @@ class Ballot:
     votes: tuple[int, ...]
     salt: bytes
     digest: bytes
+    proposals: bytes | None  # proposals_digest of what it judged; None: saved without it

@@ -72,7 +72,7 @@ def transaction(action: Submission) -> tuple[rnd.TxKind, str, tuple[Any, ...]]:
         case rnd.SubmitDecline():
             return rnd.TxKind.DECLINE, "decline", (action.proof,)
         case rnd.SubmitCommit():
-            return rnd.TxKind.COMMIT, "commit_vote", (action.digest,)
+            return rnd.TxKind.COMMIT, "commit_vote", (action.digest, action.proposals_digest)
         case rnd.SubmitReveal():
             return rnd.TxKind.REVEAL, "reveal_vote", (list(action.votes), action.salt)
         case rnd.SubmitFinalise():

@@ -210,8 +210,10 @@ class ChainFeed:
         ballots: dict[int, rnd.BallotRestored] = {}
         for line in store.history(self.task_id, log="ballots"):
             try:
+                judged = line.get("proposals")  # absent in ballots saved before it was kept
                 ballots[int(line["round"])] = rnd.BallotRestored(
-                    int(line["round"]), tuple(int(v) for v in line["votes"]), bytes.fromhex(line["salt"])
+                    int(line["round"]), tuple(int(v) for v in line["votes"]), bytes.fromhex(line["salt"]),
+                    None if judged is None else bytes.fromhex(judged),
                 )
             except (KeyError, TypeError, ValueError, rnd.InvalidEvent) as exc:
                 log.warning("unreadable saved ballot skipped", task=self.task_id, error=str(exc))

@@ -208,7 +208,8 @@ class DaemonActions(ActionHost):
     async def _commit(self, asked: tuple[rnd.SubmitCommit, Call], generation: int) -> None:
         action, _ = asked
         # Durable before the digest goes out: without votes and salt we could not reveal.
-        ballot = {"round": action.round, "votes": list(action.votes), "salt": action.salt.hex()}
+        ballot = {"round": action.round, "votes": list(action.votes), "salt": action.salt.hex(),
+                  "proposals": action.proposals_digest.hex()}
         await trio.to_thread.run_sync(lambda: self.ctx.store.append_history(self.task_id, ballot, log="ballots"))
         await self._transact(asked, generation)
 

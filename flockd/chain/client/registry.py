@@ -86,6 +86,7 @@ class RoundInfo:
     finalised: bool
     accepted_mask: int
     model_hash: bytes
+    proposals_digest: bytes  # flockd.round.proposals_digest of the round's delta hashes
 
 
 @dataclass(frozen=True)
@@ -224,8 +225,9 @@ class Registry(Contract):
         receipt = await self.transact("propose", task_id, r, delta_hash, vrf_proof)
         return int(_one(self.decode_events(receipt.logs), "Proposed").args["index"])
 
-    async def commit_vote(self, task_id: int, r: int, digest: bytes) -> TxReceipt:
-        return await self.transact("commit_vote", task_id, r, digest)
+    async def commit_vote(self, task_id: int, r: int, digest: bytes, proposals_digest: bytes) -> TxReceipt:
+        """`proposals_digest`: flockd.round.proposals_digest of the delta hashes judged."""
+        return await self.transact("commit_vote", task_id, r, digest, proposals_digest)
 
     async def reveal_vote(self, task_id: int, r: int, votes: Sequence[int], salt: bytes) -> TxReceipt:
         return await self.transact("reveal_vote", task_id, r, list(votes), salt)
