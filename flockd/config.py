@@ -64,8 +64,13 @@ http_vhosts = ["localhost"]
 # Web page origins allowed to call it from a browser (geth's --http.corsdomain), e.g.
 # ["http://localhost:3000"]; "*" = any. Empty: every request from a web page is refused.
 http_corsdomain = []
-# Blocks to wait on top of a result before acting on it.
+# Blocks on top of a transaction before it counts as confirmed (task_join, chain_tx, the
+# "safe" and "finalized" tags of the JSON-RPC endpoint).
 confirmations = 2
+# Blocks on top of a task's logs before the round machine acts on them. 0 (the newest
+# block) is safe: a commit names the proposals its ballot judged, so a reorganisation
+# cannot make it judge others (protocol/spec/round.md, "The clock").
+round_confirmations = 0
 
 [metrics]
 # Prometheus text on http://127.0.0.1:PORT/metrics (0 = off; docs/operator.md, "Metrics").
@@ -150,6 +155,7 @@ class ChainSection:
     http_vhosts: list[str] = field(default_factory=lambda: ["localhost"])
     http_corsdomain: list[str] = field(default_factory=list)
     confirmations: int = 2
+    round_confirmations: int = 0
 
 
 @dataclass(frozen=True)
@@ -253,6 +259,7 @@ class Config:
         _check_range("rpc.max_clients", self.rpc.max_clients, 1, 100_000)
         _check_range("chain.http_port", self.chain.http_port, 0, 65535)
         _check_range("chain.confirmations", self.chain.confirmations, 0, 1000)
+        _check_range("chain.round_confirmations", self.chain.round_confirmations, 0, 1000)
         for host in self.chain.http_vhosts:
             if not host or any(c in host for c in "/: \t"):
                 raise ConfigError(f"chain.http_vhosts: {host!r} is not a host name (no scheme, port or path)")

@@ -206,7 +206,7 @@ class Node:
             store=Store(self.datadir / "store"),
             address=bytes(self.identity.private_key.public_key.to_canonical_address()),
             vrf_secret=self.identity.vrf_secret,
-            confirmations=self.config.chain.confirmations,
+            confirmations=self.config.chain.round_confirmations,
             # On an external node the chain does not depend on our peers: a lone daemon
             # cannot have sealed what it reads there.
             min_peers=0 if self.config.chain.rpc_url else 1,

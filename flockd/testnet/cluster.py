@@ -144,13 +144,14 @@ class Cluster:
             load_config(d.datadir)
 
     def configure_confirmations(self, confirmations: int) -> None:
-        """Every node acts on results ``confirmations`` blocks deep ([chain] confirmations):
-        fewer blocks a round, against acting on blocks a reorganisation may replace."""
+        """Every node's rounds act on logs ``confirmations`` blocks deep ([chain]
+        round_confirmations): more blocks a round, against acting on blocks a
+        reorganisation may replace."""
         from flockd.config import CONFIG_FILE, load_config
 
         for d in self.daemons:
             path = d.datadir / CONFIG_FILE
-            path.write_text(with_setting(path.read_text(), "chain", "confirmations", confirmations))
+            path.write_text(with_setting(path.read_text(), "chain", "round_confirmations", confirmations))
             load_config(d.datadir)
 
     def configure_attacks(self, behaviours: Mapping[int, str]) -> None:

@@ -52,7 +52,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see --help)\n")
 
 
-DEFAULT_CONFIRMATIONS = ChainSection().confirmations
+DEFAULT_CONFIRMATIONS = ChainSection().round_confirmations
 TASK_TIMEOUT = 1800.0  # seconds to wait for the task, up to 16 nodes
 
 
@@ -85,7 +85,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "(default under a root vote, root-direction or root-or-local-model: the recipe's, 100 for the "
                         "built-in recipes; else none)")
     p.add_argument("--confirmations", type=int, default=DEFAULT_CONFIRMATIONS, metavar="N",
-                   help="blocks every node waits on top of a result before acting on it ([chain] confirmations; "
+                   help="blocks every node's rounds wait on top of a task log before acting on it ([chain] round_confirmations; "
                         f"default {DEFAULT_CONFIRMATIONS})")
     p.add_argument("--task-timeout", type=float, default=None,
                    help=f"seconds to wait for the task (default {TASK_TIMEOUT:.0f}, and {TASK_TIMEOUT:.0f} x (nodes/16)^2 "

@@ -58,13 +58,13 @@ def build_report(
     chaos: dict[str, Any] | None = None,
     vote_scoring: str = DEFAULT_VOTE_SCORING,
     root_rows: int = 0,
-    confirmations: int = ChainSection().confirmations,
+    confirmations: int = ChainSection().round_confirmations,
 ) -> dict[str, Any]:
     """`statuses[i]` is node i's `task_status` reply, taken after the task finished;
     `malicious` maps the malicious nodes' names to their behaviour spec; `chaos` is the
     chaos run's summary (flockd.testnet.chaos_driver), when there was one; `vote_scoring`
     how every node scored proposals ([vote] scoring), `root_rows` the task's root set,
-    `confirmations` how deep the nodes acted ([chain] confirmations)."""
+    `confirmations` how deep the nodes' rounds acted ([chain] round_confirmations)."""
     if not statuses:
         raise ReportError("no task_status replies")
     histories = [_history(s, i) for i, s in enumerate(statuses)]
@@ -134,14 +134,14 @@ def stake_changes(balances: Mapping[str, Mapping[str, Any]], malicious: Mapping[
 def testnet_command(
     *, nodes: int, rounds: int, recipe: str, partition: str, malicious_fraction: float = 0.0, attack: str | None = None,
     chaos_seed: int | None = None, vote_scoring: str = DEFAULT_VOTE_SCORING, root_rows: int = 0,
-    confirmations: int = ChainSection().confirmations,
+    confirmations: int = ChainSection().round_confirmations,
 ) -> str:
     command = f"scripts/testnet --nodes {nodes} --rounds {rounds} --recipe {recipe} --partition {partition}"
     if vote_scoring != DEFAULT_VOTE_SCORING:
         command += f" --vote-scoring {vote_scoring}"
     if root_rows:
         command += f" --root-rows {root_rows}"
-    if confirmations != ChainSection().confirmations:
+    if confirmations != ChainSection().round_confirmations:
         command += f" --confirmations {confirmations}"
     if malicious_fraction and attack:
         command += f" --malicious {malicious_fraction:g} --attack {attack}"
