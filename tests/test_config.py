@@ -25,6 +25,7 @@ def test_default_file_equals_default_object():
         ({"node": {"network": "a b"}}, r"node.network"),
         ({"chain": {"rpc_url": "ftp://x"}}, r"chain.rpc_url"),
         ({"chain": {"http_port": 70000}}, r"chain.http_port"),
+        ({"chain": {"round_confirmations": -1}}, r"chain.round_confirmations: -1 is out of range"),
         ({"chain": {"http_vhosts": ["localhost:8545"]}}, r"chain.http_vhosts: 'localhost:8545' is not a host name"),
         ({"chain": {"http_corsdomain": ["app.example"]}}, r"chain.http_corsdomain: 'app.example' must be"),
         ({"metrics": {"port": -1}}, r"metrics.port"),

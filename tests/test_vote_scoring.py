@@ -89,9 +89,10 @@ def test_the_testnet_sets_every_config_s_confirmation_depth():
     from flockd.testnet.cluster import with_setting
     from flockd.testnet.report import testnet_command
 
-    shallow = with_setting(DEFAULT_CONFIG_TOML, "chain", "confirmations", 0)
-    assert config_from_dict(_toml_dict(shallow)).chain.confirmations == 0
-    assert with_setting(shallow, "chain", "confirmations", 2) == DEFAULT_CONFIG_TOML
-    command = testnet_command(nodes=6, rounds=8, recipe="digits-mlp", partition="iid", confirmations=0)
-    assert command.endswith("--confirmations 0")
+    deep = with_setting(DEFAULT_CONFIG_TOML, "chain", "round_confirmations", 2)
+    assert config_from_dict(_toml_dict(deep)).chain.round_confirmations == 2
+    assert config_from_dict(_toml_dict(deep)).chain.confirmations == 2  # transactions' depth untouched
+    assert with_setting(deep, "chain", "round_confirmations", 0) == DEFAULT_CONFIG_TOML
+    command = testnet_command(nodes=6, rounds=8, recipe="digits-mlp", partition="iid", confirmations=2)
+    assert command.endswith("--confirmations 2")
     assert "--confirmations" not in testnet_command(nodes=6, rounds=8, recipe="digits-mlp", partition="iid")
