@@ -6,6 +6,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,38 @@ def test_busy_port_is_one_line(tmp_path: Path) -> None:
     lines = (done.stdout + done.stderr).splitlines()
     assert done.returncode == 1 and len(lines) == 1, lines
     assert f"port {port} (node0) is in use" in lines[0]
+
+
+# A stand-in for a daemon with no control socket (node_stop fails, so SIGTERM follows): told
+# to stop, it takes a moment, writes when it was told and when it finished, and exits 0.
+STAND_IN = """
+import signal, sys, time
+from pathlib import Path
+out = Path(sys.argv[1])
+def stop(*_):
+    told = time.monotonic()
+    time.sleep(0.3)
+    out.write_text(f"{told!r} {time.monotonic()!r}")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+out.write_text("up")
+while True:
+    time.sleep(0.05)
+"""
+
+
+def test_the_testnet_stops_its_daemons_a_batch_at_a_time(tmp_path: Path) -> None:
+    from flockd.testnet.cluster import Cluster
+
+    cluster = Cluster(tmp_path, 5)
+    for d in cluster.daemons:
+        d.datadir.mkdir()
+        d.process = subprocess.Popen([sys.executable, "-c", STAND_IN, str(d.datadir / "state")])
+    for d in cluster.daemons:
+        while not (d.datadir / "state").exists():
+            assert d.alive()
+            time.sleep(0.01)
+    assert cluster.stop(timeout=20.0, batch=2) == [0] * 5
+    told, done = zip(*((float(t) for t in (d.datadir / "state").read_text().split()) for d in cluster.daemons), strict=True)
+    # a batch is told to stop only once the one before it has finished
+    assert max(done[0:2]) < min(told[2:4]) and max(done[2:4]) < told[4]

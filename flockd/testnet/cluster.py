@@ -77,6 +77,12 @@ class ClusterError(Exception):
     """A daemon failed to start, died, or did not reach the expected state in time."""
 
 
+# Daemons stopped at once. Each stop closes its peers' connections and flushes its chain
+# database; 32 at once on 2 cores starved one another past the daemon's 10 s grace, so
+# six ended by their watchdog (docs/benchmarks.md, "32 daemons", run 11).
+STOP_BATCH = 8
+
+
 @dataclass
 class Daemon:
     index: int
@@ -259,9 +265,17 @@ class Cluster:
             ids = {d.peer_id: d.index for d in daemons}
             raise ClusterError(f"{exc}; {mesh_shortfall(seen, ids)}") from None
 
-    def stop(self, timeout: float = 30.0) -> list[int | None]:
-        """node_stop every daemon, then SIGTERM, then SIGKILL; returns exit codes."""
-        for d in self.daemons:
+    def stop(self, timeout: float = 30.0, batch: int = STOP_BATCH) -> list[int | None]:
+        """node_stop the daemons ``batch`` at a time, each batch given ``timeout`` seconds,
+        then SIGTERM, then SIGKILL; returns exit codes."""
+        codes: list[int | None] = []
+        for start in range(0, len(self.daemons), batch):
+            codes += self._stop_some(self.daemons[start : start + batch], timeout)
+        return codes
+
+    @staticmethod
+    def _stop_some(daemons: list[Daemon], timeout: float) -> list[int | None]:
+        for d in daemons:
             if d.alive():
                 try:
                     d.call("node_stop")
@@ -270,7 +284,7 @@ class Cluster:
                     d.process.send_signal(signal.SIGTERM)
         codes: list[int | None] = []
         deadline = time.monotonic() + timeout
-        for d in self.daemons:
+        for d in daemons:
             if d.process is None:
                 codes.append(None)
                 continue
