@@ -203,3 +203,10 @@ def test_the_testnet_stops_its_daemons_a_batch_at_a_time(tmp_path: Path) -> None
     told, done = zip(*((float(t) for t in (d.datadir / "state").read_text().split()) for d in cluster.daemons), strict=True)
     # a batch is told to stop only once the one before it has finished
     assert max(done[0:2]) < min(told[2:4]) and max(done[2:4]) < told[4]
+
+
+def test_a_crowded_testnet_acts_two_blocks_deep_unless_told() -> None:
+    assert parse_args([]).confirmations == 0
+    assert parse_args(["--nodes", "15"]).confirmations == 0
+    assert parse_args(["--nodes", "32"]).confirmations == 2
+    assert parse_args(["--nodes", "32", "--confirmations", "0"]).confirmations == 0

@@ -53,6 +53,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 DEFAULT_CONFIRMATIONS = ChainSection().round_confirmations
+# From 16 nodes (where the windows scale too) the rounds act 2 blocks deep. 32 daemons on
+# 2 cores seal 5-30 s apart and reorganise often; acting on the newest block there rebuilt
+# the round machines three times as often as at depth 2, and in round 0 voters scored
+# before the deltas reached them (docs/benchmarks.md, "32 daemons", run 12).
+CROWDED_CONFIRMATIONS = 2
+CROWDED_NODES = 16
 TASK_TIMEOUT = 1800.0  # seconds to wait for the task, up to 16 nodes
 
 
@@ -84,9 +90,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="a public root set of this many rows in the task, which the root votes train on "
                         "(default under a root vote, root-direction or root-or-local-model: the recipe's, 100 for the "
                         "built-in recipes; else none)")
-    p.add_argument("--confirmations", type=int, default=DEFAULT_CONFIRMATIONS, metavar="N",
-                   help="blocks every node's rounds wait on top of a task log before acting on it ([chain] round_confirmations; "
-                        f"default {DEFAULT_CONFIRMATIONS})")
+    p.add_argument("--confirmations", type=int, default=None, metavar="N",
+                   help="blocks every node's rounds wait on top of a task log before acting on it ([chain] "
+                        f"round_confirmations; default {DEFAULT_CONFIRMATIONS}, and {CROWDED_CONFIRMATIONS} from "
+                        f"{CROWDED_NODES} nodes)")
     p.add_argument("--task-timeout", type=float, default=None,
                    help=f"seconds to wait for the task (default {TASK_TIMEOUT:.0f}, and {TASK_TIMEOUT:.0f} x (nodes/16)^2 "
                         "above 16 nodes: on shared cores every daemon re-executes every node's transactions, "
@@ -118,6 +125,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args = p.parse_args(argv)
     if args.task_timeout is None:
         args.task_timeout = TASK_TIMEOUT * max(1.0, args.nodes / 16) ** 2
+    if args.confirmations is None:
+        args.confirmations = CROWDED_CONFIRMATIONS if args.nodes >= CROWDED_NODES else DEFAULT_CONFIRMATIONS
     for problem in _flag_problems(args):
         p.error(problem)
     try:
