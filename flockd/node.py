@@ -211,6 +211,7 @@ class Node:
             # cannot have sealed what it reads there.
             min_peers=0 if self.config.chain.rpc_url else 1,
             head_synced=self.chain_service.head_synced if self.chain_service is not None else None,
+            head_moved=self.chain_service.wait_head_moved if self.chain_service is not None else None,
         )
         behaviour = self.config.attack.parsed()
         if not behaviour.is_honest:  # a research tool: nobody should run one by accident

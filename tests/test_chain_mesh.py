@@ -210,3 +210,19 @@ async def test_authority_without_peers_does_not_seal() -> None:
             await trio.sleep(4)  # four slots, two of them its own
             assert head(lone) == 0
             nursery.cancel_scope.cancel()
+
+
+async def test_a_new_head_wakes_whoever_waits_for_it() -> None:
+    """wait_head_moved returns once the head moves: on the authority when it seals, on a
+    follower when it imports; the task runners read the chain then."""
+    genesis = make_genesis()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            authority, a_net = await start(nursery, genesis, b"\x31" * 32, AUTHORITY, [])
+            follower, _ = await start(nursery, genesis, b"\x33" * 32, None, [a_net.listen_addrs()[0]])
+            await wait_until(lambda: head(follower) >= 1)
+            for service in (authority, follower):
+                before = head(service)
+                await service.wait_head_moved()
+                assert head(service) > before
+            nursery.cancel_scope.cancel()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
@@ -61,10 +61,13 @@ class Node:
         for address in (P1, V2):
             self.peers.add(address, Store(tmp / address.hex()[:6]))
 
-    def runner(self, confirmations: int = 0, params: TaskParams = PARAMS) -> TaskRunner:
+    def runner(
+        self, confirmations: int = 0, params: TaskParams = PARAMS,
+        head_moved: Callable[[], Awaitable[None]] | None = None,
+    ) -> TaskRunner:
         ctx = NodeContext(
             network=self.peers, registry=None, store=self.store, address=ME,  # type: ignore[arg-type]
-            vrf_secret=keccak(b"vrf of me"), confirmations=confirmations,
+            vrf_secret=keccak(b"vrf of me"), confirmations=confirmations, head_moved=head_moved,
         )
         return TaskRunner(ctx, TASK, None, params, [ME, P1, V2], self.work, chain=self.chain)  # type: ignore[arg-type]
 
@@ -102,6 +105,27 @@ async def run_while_voting(node: Node, runner: TaskRunner) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(runner.run)
         await vote_on_one_proposal(node, runner)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_moved_head_wakes_the_chain_feed_before_its_next_poll(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner_module, "POLL_SECONDS", 3600.0)  # one poll at the start, then none
+    moved = [trio.Event()]
+
+    async def head_moved() -> None:
+        await moved[0].wait()
+
+    node = Node(tmp_path)
+    runner = node.runner(head_moved=head_moved)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        await until(lambda: runner.feed.rebuild_wanted is None, "the first poll")
+        node.chain.open_round(0)
+        moved[0].set()  # as ChainService.wait_head_moved's waiters are woken
+        moved[0] = trio.Event()
+        await until(lambda: "decline" in node.chain.sent_fns(0), "the voter to decline")
         nursery.cancel_scope.cancel()
 
 

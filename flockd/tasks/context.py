@@ -25,6 +25,9 @@ class NodeContext:
     # Whether the chain's head is one to act on (the embedded chain: ChainService.head_synced,
     # false while it may still be a branch of our own that our peers' chain will replace).
     head_synced: Callable[[], Awaitable[bool]] | None = None
+    # Returns once the head moves (the embedded chain: ChainService.wait_head_moved), so the
+    # chain feed reads a block as it arrives; without it the feed polls alone.
+    head_moved: Callable[[], Awaitable[None]] | None = None
 
 
 def describe(exc: BaseException) -> str:

@@ -131,11 +131,21 @@ class ChainService:
         self.counters = Counters()
         self.targets = SyncTargets()
         self._catchups: dict[str, bytes] = {}  # peer -> the target hash its attempt aims at
-        self._new_head = trio.Event()
+        self._new_head = trio.Event()  # the seal loop's: replaced each time it waits
+        self._head_moved = trio.Event()  # wait_head_moved's: set, then replaced, per new head
         self._sync_wanted = trio.Event()
         self._txs_out, self._txs_in = trio.open_memory_channel[bytes](LOCAL_TX_BUFFER)
         self._token: trio.lowlevel.TrioToken | None = None
         self._nursery: trio.Nursery | None = None
+
+    async def wait_head_moved(self) -> None:
+        """Returns once the canonical head moves (a block sealed, gossiped or caught up):
+        the task runners read the chain then rather than at their next poll."""
+        await self._head_moved.wait()
+
+    def _wake_head_waiters(self) -> None:
+        self._head_moved.set()
+        self._head_moved = trio.Event()
 
     @property
     def syncing(self) -> bool:
@@ -207,6 +217,7 @@ class ChainService:
                 block = await trio.to_thread.run_sync(self.chain.seal_block, slot)
             except NotOurTurn:
                 continue
+            self._wake_head_waiters()
             await self._announce(block)
 
     async def may_seal(self) -> bool:
@@ -269,6 +280,7 @@ class ChainService:
             self._want(header.block_number, header.hash, msg.peer_id)
         elif result.new_head:
             self._new_head.set()
+            self._wake_head_waiters()
 
     def _heard(self, peer_id: str, number: int) -> None:
         self.peer_heads[peer_id] = number
@@ -352,6 +364,7 @@ class ChainService:
             self._count(importer.results)
             if any(r.new_head for r in importer.results):
                 self._new_head.set()
+            self._wake_head_waiters()
 
     def _failed(self, peer_id: str, target: SyncTarget, exc: BaseException) -> None:
         self.counters.incr("catchups_failed")
