@@ -364,7 +364,7 @@ class ChainService:
             self._count(importer.results)
             if any(r.new_head for r in importer.results):
                 self._new_head.set()
-            self._wake_head_waiters()
+                self._wake_head_waiters()
 
     def _failed(self, peer_id: str, target: SyncTarget, exc: BaseException) -> None:
         self.counters.incr("catchups_failed")
